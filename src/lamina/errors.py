@@ -55,3 +55,7 @@ class RegistryError(LaminaError):
 
 class AuthenticationRequired(RegistryError):
     """The registry refused the credentials (or their absence)."""
+
+
+class InvalidPlatform(LaminaError, ValueError):
+    """A platform string (os/arch[/variant]) is malformed or unknown."""

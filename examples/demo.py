@@ -1,0 +1,93 @@
+"""``make demo``: lamina's main job as it stands, offline, on a throwaway root.
+
+It drives the real ``lamina`` command, printing each command line as a user would
+type it: an image made from Debian's busybox-static, pushed to a registry server the
+demo starts on 127.0.0.1, removed, pulled back, saved, inspected by skopeo and
+loaded into a second root.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from registry_server import start_registry  # noqa: E402
+
+from lamina.testing import make_busybox_rootfs  # noqa: E402
+
+LAMINA = [sys.executable, "-m", "lamina.cli.main"]
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1m== {title}\033[0m", flush=True)
+
+
+def sh(*args: str, root: Path | None = None, check: bool = True) -> str:
+    cmd = list(args)
+    shown = cmd
+    if cmd[0] == "lamina":
+        cmd = [*LAMINA, *(["--root", str(root)] if root else []), *cmd[1:]]
+        shown = ["lamina", *cmd[len(LAMINA):]]
+    print(f"$ {shlex.join(shown)}", flush=True)
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    out = proc.stdout + proc.stderr
+    print(out, end="" if out.endswith("\n") or not out else "\n", flush=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: command failed with exit code {proc.returncode}")
+    return proc.stdout
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="lamina-demo-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        step("Make a first image offline: busybox-static as a root filesystem")
+        rootfs = make_busybox_rootfs(work / "rootfs")
+        print(f"root filesystem at {rootfs} ({len(os.listdir(rootfs / 'bin'))} entries in /bin)")
+        sh(
+            "lamina", "import", str(rootfs), "demo/busybox:1.0",
+            "--change", 'CMD ["/bin/sh"]', "--change", "ENV DEMO=1",
+            root=root,
+        )
+        sh("lamina", "images", root=root)
+
+        step("Start a registry on 127.0.0.1 and push to it")
+        registry = start_registry(work / "registry")
+        try:
+            remote = f"{registry.host}/demo/busybox:1.0"
+            sh("lamina", "push", "demo/busybox:1.0", remote, root=root)
+
+            step("Remove the image, then pull it back")
+            sh("lamina", "rmi", "demo/busybox:1.0", root=root)
+            sh("lamina", "images", root=root)
+            sh("lamina", "pull", remote, root=root)
+            sh("lamina", "images", "--digests", root=root)
+
+            step("Inspect it")
+            sh("lamina", "inspect", remote, root=root)
+
+            step("Save as an OCI archive; skopeo reads it; load it into a fresh root")
+            archive = work / "busybox.tar"
+            sh("lamina", "save", "-o", str(archive), "--format", "oci-archive", remote, root=root)
+            sh("skopeo", "inspect", "--format", "{{.Digest}} {{.Architecture}}", f"oci-archive:{archive}")
+            other = work / "other-root"
+            sh("lamina", "load", "-i", str(archive), root=other)
+            sh("lamina", "images", root=other)
+
+            step("Bad input gets one clear line and a non-zero exit")
+            sh("lamina", "pull", "Not/A:Valid:Ref", root=root, check=False)
+            sh("lamina", "pull", "127.0.0.1:1/nothing:here", root=root, check=False)
+        finally:
+            registry.stop()
+    print("\ndemo: done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+"""Image commands: pull, push, images, rmi, tag, inspect, save, load, import,
+login, logout and the ``image`` group."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lamina.cli._output import (
+    FORMAT_OPTION,
+    human_age,
+    human_size,
+    parse_timestamp,
+    print_json,
+    print_table,
+)
+
+if TYPE_CHECKING:
+    from lamina.image import ImageRecord, LocalImages
+    from lamina.registry import RegistryConfig
+
+
+def _settings() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+def open_local() -> LocalImages:
+    from lamina.image import LocalImages
+
+    return LocalImages.open(_settings().root)
+
+
+def registry_config() -> RegistryConfig:
+    from lamina.registry import RegistryConfig
+
+    s = _settings()
+    return RegistryConfig.load(s.registries_config, insecure=s.insecure_registries)
+
+
+def progress_sink(quiet: bool) -> Any:
+    """Rich bars on a terminal, one plain line per event otherwise, nothing if quiet."""
+    if quiet:
+        return None
+    from lamina.registry import PlainProgress, RichProgress
+
+    if sys.stderr.isatty():
+        return RichProgress()
+    return PlainProgress(sys.stderr)
+
+
+def _platform_arg(value: str | None) -> Any:
+    if value is None:
+        return None
+    from lamina.image import parse_platform
+
+    return parse_platform(value)
+
+
+PLATFORM_OPTION = click.option(
+    "--platform", default=None, metavar="OS/ARCH[/VARIANT]", help="Platform to select from an index."
+)
+
+
+@click.command()
+@click.argument("reference")
+@PLATFORM_OPTION
+@click.option(
+    "--policy",
+    type=click.Choice(["always", "if-not-present", "missing", "never", "newer"]),
+    default="always",
+    show_default=True,
+    help="When to contact the registry.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
+def pull(reference: str, platform: str | None, policy: str, quiet: bool) -> None:
+    """Pull an image from a registry."""
+    from lamina.registry import pull as do_pull
+
+    local = open_local()
+    if policy == "missing":
+        policy = "if-not-present"
+    progress = progress_sink(quiet)
+    record = do_pull(
+        local,
+        reference,
+        policy=policy,
+        platform=_platform_arg(platform),
+        progress=progress,
+        config=registry_config(),
+    )
+    if quiet:
+        click.echo(record.id)
+        return
+    click.echo(f"Digest: {record.digest}")
+    from lamina.image import parse_reference
+
+    click.echo(str(parse_reference(reference)))
+
+
+@click.command()
+@click.argument("source")
+@click.argument("destination", required=False)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option(
+    "--chunk-size", type=int, default=None, help="Upload blobs in chunks of this many bytes."
+)
+def push(source: str, destination: str | None, quiet: bool, chunk_size: int | None) -> None:
+    """Push an image (SOURCE) to a registry, optionally under another name."""
+    from lamina.registry import push as do_push
+
+    local = open_local()
+    digest = do_push(
+        local,
+        source,
+        destination,
+        progress=progress_sink(quiet),
+        config=registry_config(),
+        chunk_size=chunk_size,
+    )
+    if not quiet:
+        click.echo(f"Digest: {digest}")
+
+
+def _image_rows(records: list[ImageRecord], digests: bool, no_trunc: bool) -> list[list[str]]:
+    from lamina.image import parse_reference
+
+    rows = []
+    for rec in records:
+        image_id = rec.id if no_trunc else rec.id.removeprefix("sha256:")[:12]
+        created = human_age(parse_timestamp(rec.created))
+        size = human_size(rec.image_size)
+        pairs: list[tuple[str, str, str]] = []
+        for tag in rec.tags:
+            ref = parse_reference(tag)
+            repo = ref.familiar().rsplit(":", 1)[0] if ref.tag else ref.familiar()
+            digest = next(
+                (d.split("@", 1)[1] for d in rec.repo_digests if d.split("@")[0] == ref.name),
+                "<none>",
+            )
+            pairs.append((repo, ref.tag or "<none>", digest))
+        if not pairs:
+            repo = "<none>"
+            digest = "<none>"
+            if rec.repo_digests:
+                ref = parse_reference(rec.repo_digests[0])
+                repo = ref.familiar().split("@", 1)[0]
+                digest = ref.digest or "<none>"
+            pairs.append((repo, "<none>", digest))
+        for repo, tag, digest in pairs:
+            row = [repo, tag]
+            if digests:
+                row.append(digest)
+            row += [image_id, created, size]
+            rows.append(row)
+    return rows
+
+
+@click.command("images")
+@click.argument("repository", required=False)
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("-a", "--all", "all_", is_flag=True, help="Show all images (kept for Docker).")
+@click.option("--digests", is_flag=True, help="Show digests.")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
+@click.option(
+    "-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE", help="dangling=true|false, reference=PATTERN"
+)
+@FORMAT_OPTION
+def images(
+    repository: str | None,
+    quiet: bool,
+    all_: bool,
+    digests: bool,
+    no_trunc: bool,
+    filters: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """List images."""
+    local = open_local()
+    records = _filter_images(local.images.list(), repository, filters)
+    if quiet:
+        seen: list[str] = []
+        for rec in records:
+            short = rec.id if no_trunc else rec.id.removeprefix("sha256:")[:12]
+            if short not in seen:
+                seen.append(short)
+        click.echo("\n".join(seen)) if seen else None
+        return
+    if fmt == "json":
+        print_json([rec.to_dict() for rec in records])
+        return
+    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    print_table(headers, _image_rows(records, digests, no_trunc))
+
+
+def _filter_images(
+    records: list[ImageRecord], repository: str | None, filters: tuple[str, ...]
+) -> list[ImageRecord]:
+    import fnmatch
+
+    from lamina.image import parse_reference
+
+    out = records
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep:
+            raise click.UsageError(f"bad filter {f!r}: expected KEY=VALUE")
+        if key == "dangling":
+            want = value.lower() in ("true", "1")
+            out = [r for r in out if (not r.tags) == want]
+        elif key == "reference":
+            out = [
+                r
+                for r in out
+                if any(
+                    fnmatch.fnmatch(parse_reference(t).familiar(), value)
+                    or fnmatch.fnmatch(parse_reference(t).familiar().rsplit(":", 1)[0], value)
+                    for t in r.tags
+                )
+            ]
+        else:
+            raise click.UsageError(f"unknown filter {key!r} (supported: dangling, reference)")
+    if repository:
+        ref = parse_reference(repository, default_tag=False)
+        out = [
+            r
+            for r in out
+            if any(
+                parse_reference(t).name == ref.name and (ref.tag is None or parse_reference(t).tag == ref.tag)
+                for t in r.tags
+            )
+        ]
+    return out
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Remove an image with several names.")
+def rmi(names: tuple[str, ...], force: bool) -> None:
+    """Remove one or more images."""
+    from lamina.errors import LaminaError
+
+    local = open_local()
+    failed = []
+    for name in names:
+        try:
+            result = local.remove(name, force=force)
+        except LaminaError as e:
+            print(f"lamina: error: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        for n in result.untagged:
+            click.echo(f"Untagged: {n}")
+        for d in result.deleted:
+            click.echo(f"Deleted: {d}")
+    if failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target")
+def tag(source: str, target: str) -> None:
+    """Create a tag TARGET that refers to SOURCE."""
+    open_local().images.tag(source, target)
+
+
+def inspect_image(local: LocalImages, rec: ImageRecord) -> dict[str, Any]:
+    cfg = local.config(rec)
+    return {
+        "Id": rec.id,
+        "Digest": rec.digest,
+        "MediaType": rec.media_type,
+        "ManifestDigest": rec.manifest_digest,
+        "RepoTags": [_familiar(t) for t in rec.tags],
+        "RepoDigests": [_familiar(d) for d in rec.repo_digests],
+        "Created": rec.created,
+        "Author": cfg.get("author", ""),
+        "Architecture": cfg.get("architecture", ""),
+        "Variant": cfg.get("variant", ""),
+        "Os": cfg.get("os", ""),
+        "Size": rec.image_size,
+        "Config": cfg.get("config", {}),
+        "RootFS": cfg.get("rootfs", {}),
+        "History": cfg.get("history", []),
+        "Unpacked": local.is_unpacked(rec),
+    }
+
+
+def _familiar(name: str) -> str:
+    from lamina.image import parse_reference
+
+    return parse_reference(name).familiar()
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", help="Output format.")
+def inspect(names: tuple[str, ...], fmt: str) -> None:
+    """Show low-level information on images, as JSON."""
+    from lamina.errors import NotFound
+
+    local = open_local()
+    out = []
+    missing = []
+    for name in names:
+        try:
+            out.append(inspect_image(local, local.images.resolve(name)))
+        except NotFound:
+            missing.append(name)
+    print_json(out)
+    if missing:
+        for name in missing:
+            print(f"lamina: error: no such object: {name}", file=sys.stderr)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Archive path.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["oci-archive", "docker-archive", "oci-dir"]),
+    default="docker-archive",
+    show_default=True,
+)
+def save(names: tuple[str, ...], output: Path, fmt: str) -> None:
+    """Save one or more images to an archive."""
+    from lamina.image import save as do_save
+
+    do_save(open_local(), list(names), output, format=fmt)
+
+
+@click.command()
+@click.option("-i", "--input", "source", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("-q", "--quiet", is_flag=True)
+def load(source: Path, quiet: bool) -> None:
+    """Load images from an archive (oci-archive, docker-archive) or an OCI layout dir."""
+    from lamina.image import load as do_load
+
+    records = do_load(open_local(), source)
+    if quiet:
+        return
+    for rec in records:
+        if rec.tags:
+            for t in rec.tags:
+                click.echo(f"Loaded image: {_familiar(t)}")
+        else:
+            click.echo(f"Loaded image ID: {rec.id}")
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("reference", required=False)
+@click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction.")
+@click.option("-m", "--message", default=None, help="Commit message for the history entry.")
+@PLATFORM_OPTION
+def import_(
+    source: Path, reference: str | None, changes: tuple[str, ...], message: str | None, platform: str | None
+) -> None:
+    """Create an image from a root filesystem directory or tarball."""
+    from lamina.image import import_rootfs
+
+    rec = import_rootfs(
+        open_local(),
+        source,
+        reference=reference,
+        changes=list(changes),
+        message=message,
+        platform=_platform_arg(platform),
+    )
+    click.echo(rec.id)
+
+
+@click.command()
+@click.argument("server")
+@click.option("-u", "--username", default=None)
+@click.option("-p", "--password", default=None)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def login(server: str, username: str | None, password: str | None, password_stdin: bool) -> None:
+    """Log in to a registry; credentials go to Docker's config.json."""
+    from lamina.registry import login as do_login
+
+    if password_stdin:
+        if password:
+            raise click.UsageError("--password and --password-stdin are mutually exclusive")
+        password = sys.stdin.read().rstrip("\n")
+    if username is None:
+        username = click.prompt("Username")
+    if password is None:
+        password = click.prompt("Password", hide_input=True)
+    do_login(server, username, password, config=registry_config())
+    click.echo("Login Succeeded")
+
+
+@click.command()
+@click.argument("server")
+def logout(server: str) -> None:
+    """Remove saved credentials for a registry."""
+    from lamina.registry import logout as do_logout
+
+    do_logout(server)
+    click.echo(f"Removing login credentials for {server}")
+
+
+@click.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Remove all images not in use, not only dangling.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+def prune(all_: bool, force: bool) -> None:
+    """Remove unused images and the blobs and snapshots only they used."""
+    if not force and sys.stdin.isatty():
+        what = "all images without at least one container" if all_ else "all dangling images"
+        if not click.confirm(f"This will remove {what}. Continue?"):
+            return
+    result = open_local().prune(all_unused=all_)
+    for n in result.untagged:
+        click.echo(f"Untagged: {n}")
+    for d in result.deleted:
+        click.echo(f"Deleted: {d}")
+
+
+@click.group()
+def image() -> None:
+    """Manage images."""
+
+
+for _name, _cmd in (
+    ("ls", images),
+    ("list", images),
+    ("rm", rmi),
+    ("prune", prune),
+    ("inspect", inspect),
+    ("tag", tag),
+    ("pull", pull),
+    ("push", push),
+    ("save", save),
+    ("load", load),
+    ("import", import_),
+):
+    image.add_command(_cmd, _name)

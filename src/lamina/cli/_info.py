@@ -1,0 +1,79 @@
+"""``lamina version`` and ``lamina info``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from typing import Any
+
+import click
+
+from lamina.cli._output import FORMAT_OPTION, print_json
+
+
+@click.command()
+@FORMAT_OPTION
+def version(fmt: str) -> None:
+    """Show the lamina version."""
+    from lamina import __version__
+
+    data = {
+        "Version": __version__,
+        "Python": platform.python_version(),
+        "Os": sys.platform,
+        "Arch": platform.machine(),
+    }
+    if fmt == "json":
+        print_json(data)
+    else:
+        for k, v in data.items():
+            click.echo(f"{k + ':':<10}{v}")
+
+
+def _cgroup_mode() -> str:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return "v2"
+    if os.path.isdir("/sys/fs/cgroup/unified"):
+        return "hybrid"
+    return "v1"
+
+
+@click.command()
+@FORMAT_OPTION
+def info(fmt: str) -> None:
+    """Show system-wide information."""
+    from lamina import __version__
+    from lamina.image import host_platform, platform_str
+
+    root = click.get_current_context().find_root().obj.root
+    data: dict[str, Any] = {
+        "Version": __version__,
+        "Root": str(root),
+        "Platform": platform_str(host_platform()),
+        "Kernel": platform.release(),
+        "CgroupVersion": _cgroup_mode(),
+        "Runtimes": {n: shutil.which(n) for n in ("runc", "crun") if shutil.which(n)},
+        "Monitor": shutil.which("conmon"),
+    }
+    if (root / "images.db").exists():
+        from lamina.image import LocalImages
+
+        local = LocalImages.open(root)
+        blobs = list(local.content.list())
+        data["Images"] = len(local.images.list())
+        data["Blobs"] = {"Count": len(blobs), "Bytes": sum(b.size for b in blobs)}
+        data["Snapshots"] = len(local.snapshots.list())
+    else:
+        data["Images"] = 0
+    if fmt == "json":
+        print_json(data)
+        return
+    for k, v in data.items():
+        if isinstance(v, dict):
+            click.echo(f"{k}:")
+            for k2, v2 in v.items():
+                click.echo(f"  {k2}: {v2}")
+        else:
+            click.echo(f"{k}: {v}")

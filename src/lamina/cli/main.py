@@ -1,0 +1,182 @@
+"""The ``lamina`` command: a thin click front end over the library.
+
+Start-up time matters (``lamina ps`` runs in scripts and loops), so this module
+imports only click. Each command lives in a module of its own that is imported
+when that command runs, through ``LazyGroup``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+# command name -> "module:attribute" under lamina.cli
+_COMMANDS: dict[str, str] = {
+    "pull": "_images:pull",
+    "push": "_images:push",
+    "images": "_images:images",
+    "rmi": "_images:rmi",
+    "tag": "_images:tag",
+    "inspect": "_images:inspect",
+    "save": "_images:save",
+    "load": "_images:load",
+    "import": "_images:import_",
+    "login": "_images:login",
+    "logout": "_images:logout",
+    "image": "_images:image",
+    "version": "_info:version",
+    "info": "_info:info",
+}
+_ALIASES = {"ls": "images"}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            module, _, attr = self._lazy[cmd_name].partition(":")
+            mod = importlib.import_module(f"lamina.cli.{module}")
+            cmd: click.Command = getattr(mod, attr)
+            return cmd
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lists names and one-line summaries without importing every command.
+        rows = [(name, _SUMMARIES.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+_SUMMARIES = {
+    "pull": "Pull an image from a registry",
+    "push": "Push an image to a registry",
+    "images": "List images",
+    "rmi": "Remove one or more images",
+    "tag": "Create a tag TARGET that refers to SOURCE",
+    "inspect": "Show low-level information on images",
+    "save": "Save images to an archive (oci-archive or docker-archive)",
+    "load": "Load images from an archive or OCI layout",
+    "import": "Create an image from a root filesystem directory or tarball",
+    "login": "Log in to a registry",
+    "logout": "Log out from a registry",
+    "image": "Manage images (ls, rm, prune, inspect, ...)",
+    "version": "Show the lamina version",
+    "info": "Show system-wide information",
+}
+
+
+class Settings:
+    """Global options, passed to every command through the click context."""
+
+    def __init__(
+        self, root: Path, debug: bool, insecure_registries: tuple[str, ...], registries_config: str | None
+    ) -> None:
+        self.root = root
+        self.debug = debug
+        self.insecure_registries = insecure_registries
+        self.registries_config = registries_config
+
+
+@click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for all lamina state [env LAMINA_ROOT; default /var/lib/lamina as root].",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--insecure-registry",
+    "insecure_registries",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Allow plain HTTP and unverified TLS for this registry (repeatable).",
+)
+@click.option(
+    "--registries-config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Registry settings file (JSON) [env LAMINA_REGISTRIES_CONFIG].",
+)
+@click.version_option(package_name="lamina", prog_name="lamina")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    root: Path | None,
+    debug: bool,
+    insecure_registries: tuple[str, ...],
+    registries_config: str | None,
+) -> None:
+    """lamina: run, build and ship OCI containers."""
+    if root is None:
+        from lamina.config import default_root
+
+        root = default_root()
+    ctx.obj = Settings(root, debug, insecure_registries, registries_config)
+
+
+for _alias, _target in _ALIASES.items():
+    _COMMANDS[_alias] = _COMMANDS[_target]
+    _SUMMARIES[_alias] = f"Alias of {_target}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv)
+    try:
+        cli.main(args=argv, prog_name="lamina", standalone_mode=False)
+    except click.exceptions.Abort:
+        print("lamina: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # Output closed early (e.g. piped to head): not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except Exception as e:
+        from lamina.errors import LaminaError
+
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, LaminaError):
+            print(f"lamina: error: {_one_line(str(e))}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        if isinstance(e, OSError) and e.strerror:
+            where = f" {e.filename}" if e.filename else ""
+            print(f"lamina: error:{where}: {e.strerror}", file=sys.stderr)
+            sys.exit(1)
+        print(
+            f"lamina: internal error: {type(e).__name__}: {_one_line(str(e))}"
+            + ("" if debug else " (run with --debug for details)"),
+            file=sys.stderr,
+        )
+        sys.exit(70)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split()) or "unknown error"
+
+
+if __name__ == "__main__":
+    main()

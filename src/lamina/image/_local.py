@@ -1,0 +1,193 @@
+"""The image plane on one lamina root: content store + image store + snapshots.
+
+``LocalImages.open(root)`` is how every caller (registry pull/push, load/save,
+import, later the runtime and builder) gets at local images. It owns the steps
+that are the same whichever way an image arrived:
+
+- ``record(target_digest, platform)``: once the target blob (manifest or index),
+  the chosen platform manifest and its config are committed to the content store,
+  build the ``ImageRecord`` for it;
+- ``unpack(record)``: make sure every layer is unpacked as a snapshot (the shared,
+  read-only lower dirs containers start from);
+- ``remove`` / ``prune`` with Docker's ``rmi`` semantics, then garbage collection of
+  blobs and snapshots no image references any more.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import InUse, InvalidManifest, NotFound
+from lamina.image._content import ContentStore
+from lamina.image._manifest import Index, Manifest, Platform, parse_manifest
+from lamina.image._platform import host_platform, platform_str, select_manifest
+from lamina.image._reference import parse_reference
+from lamina.image._snapshots import Snapshotter, chain_ids
+from lamina.image._store import ImageRecord, ImageStore
+
+
+@dataclass
+class RemoveResult:
+    untagged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LocalImages:
+    root: Path
+    content: ContentStore
+    images: ImageStore
+    snapshots: Snapshotter
+
+    @classmethod
+    def open(cls, root: Path) -> LocalImages:
+        root = Path(root)
+        content = ContentStore(root / "content")
+        return cls(
+            root=root,
+            content=content,
+            images=ImageStore(root / "images.db", content),
+            snapshots=Snapshotter(root / "snapshots"),
+        )
+
+    def close(self) -> None:
+        self.images.close()
+
+    # -- reading content
+    def manifest_for(self, target_digest: str, platform: Platform | None = None) -> Manifest:
+        """The platform manifest behind a target (itself when it is a manifest)."""
+        parsed = parse_manifest(self.content.read(target_digest))
+        if isinstance(parsed, Index):
+            desc = select_manifest(parsed, platform or host_platform())
+            child = parse_manifest(self.content.read(desc.digest))
+            if not isinstance(child, Manifest):
+                raise InvalidManifest(f"index {target_digest} nests an index; not supported")
+            return child
+        return parsed
+
+    def config(self, record: ImageRecord) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.content.read(record.config_digest))
+        return data
+
+    def record(
+        self, target_digest: str, platform: Platform | None = None, *, media_type: str = ""
+    ) -> ImageRecord:
+        """Build the record for a committed target (nothing is stored yet)."""
+        raw = self.content.read(target_digest)
+        parsed = parse_manifest(raw)
+        manifest_digest = target_digest
+        if isinstance(parsed, Index):
+            desc = select_manifest(parsed, platform or host_platform())
+            manifest_digest = desc.digest
+        manifest = self.manifest_for(target_digest, platform)
+        cfg = json.loads(self.content.read(manifest.config.digest))
+        plat = Platform(
+            os=str(cfg.get("os", "linux")),
+            architecture=str(cfg.get("architecture", "")),
+            variant=cfg.get("variant"),
+        )
+        return ImageRecord(
+            digest=target_digest,
+            media_type=media_type or parsed.media_type,
+            size=len(raw),
+            manifest_digest=manifest_digest,
+            config_digest=manifest.config.digest,
+            platform=platform_str(plat),
+            image_size=manifest.config.size + sum(layer.size for layer in manifest.layers),
+            created=cfg.get("created"),
+            added=time.time(),
+        )
+
+    # -- snapshots
+    def diff_ids(self, record: ImageRecord) -> list[str]:
+        ids = self.config(record).get("rootfs", {}).get("diff_ids", [])
+        return [str(i) for i in ids]
+
+    def unpack(self, record: ImageRecord) -> list[str]:
+        """Unpack every layer not yet unpacked; returns the chain IDs, bottom first."""
+        manifest = self.manifest_for(record.manifest_digest)
+        ids = self.diff_ids(record)
+        if len(ids) != len(manifest.layers):
+            raise InvalidManifest(
+                f"image {record.id}: config lists {len(ids)} diff_ids for "
+                f"{len(manifest.layers)} layers"
+            )
+        chains = chain_ids(ids)
+        for layer, diff_id, chain in zip(manifest.layers, ids, chains, strict=True):
+            if self.snapshots.exists(chain):
+                continue
+            with self.content.open(layer.digest) as blob:
+                self.snapshots.unpack(
+                    chain, blob, expected_diff_id=diff_id, media_type=layer.media_type
+                )
+        return chains
+
+    def is_unpacked(self, record: ImageRecord) -> bool:
+        return all(self.snapshots.exists(c) for c in chain_ids(self.diff_ids(record)))
+
+    # -- removal
+    def remove(self, name_or_id: str, *, force: bool = False) -> RemoveResult:
+        """Docker's ``rmi``: a name untags; an ID deletes the image (refused when it has
+        several names unless forced, or when something holds it)."""
+        result = RemoveResult()
+        image = self.images.resolve(name_or_id)
+        by_name = False
+        try:
+            ref = parse_reference(name_or_id)
+            by_name = str(ref) in image.names or (
+                ref.digest is not None and any(n.endswith(ref.digest) for n in image.names)
+            )
+        except Exception:
+            by_name = False
+        if by_name and len(image.tags) > 1 and "@" not in name_or_id:
+            image = self.images.untag(name_or_id)
+            result.untagged.append(str(parse_reference(name_or_id)))
+            return result
+        if not by_name and len(image.tags) > 1 and not force:
+            raise InUse(
+                f"unable to delete {image.id[7:19]} (must be forced): image is referenced "
+                f"in multiple repositories"
+            )
+        holders = self.images.holders(image.digest)
+        if holders and not force:
+            raise InUse(f"image {name_or_id} is in use by {holders[0]}")
+        if holders:
+            raise InUse(f"image {name_or_id} is in use by {holders[0]}; remove it first")
+        result.untagged.extend(image.names)
+        self.images.delete(image.digest)
+        result.deleted.extend(self.collect_garbage())
+        result.deleted.insert(0, image.id)
+        return result
+
+    def prune(self, *, all_unused: bool = False) -> RemoveResult:
+        result = RemoveResult()
+        candidates = self.images.list() if all_unused else self.images.dangling()
+        for image in candidates:
+            if self.images.holders(image.digest):
+                continue
+            result.untagged.extend(image.names)
+            self.images.delete(image.digest)
+            result.deleted.append(image.id)
+        result.deleted.extend(self.collect_garbage())
+        return result
+
+    def collect_garbage(self) -> list[str]:
+        """Sweep blobs and snapshots nothing references; returns what went."""
+        removed = self.images.collect_garbage()
+        _, diff_lists = self.images.referenced_blobs()
+        keep = {c for ids in diff_lists for c in chain_ids(ids)}
+        for chain in self.snapshots.list():
+            if chain not in keep:
+                self.snapshots.remove(chain)
+                removed.append(chain)
+        return removed
+
+    def require(self, name_or_id: str) -> ImageRecord:
+        try:
+            return self.images.resolve(name_or_id)
+        except NotFound:
+            raise NotFound(f"image not known locally: {name_or_id}") from None

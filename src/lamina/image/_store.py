@@ -1,0 +1,285 @@
+"""The image store: names -> image records, in SQLite (WAL), over the content store.
+
+An *image* is a record keyed by the digest of its target (a manifest or an index)
+with the facts a listing needs (config digest, platform, sizes, created). *Names*
+point at images: tags (``docker.io/library/busybox:latest``) and digest names
+(``docker.io/library/busybox@sha256:...``). An image with no names is *dangling*
+and shows as ``<none>``. *Holds* let higher layers (containers, the build cache)
+pin an image so that ``rmi`` refuses and ``prune`` skips it, without this layer
+knowing what they are.
+
+Blobs and snapshots are never reference-counted by hand: ``collect_garbage`` marks
+everything reachable from the remaining images (target, child manifests, configs,
+layers, chain IDs) and sweeps the rest, as containerd's GC does. So a blob shared
+by two images survives the removal of one of them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lamina.errors import InUse, InvalidReference, NotFound
+from lamina.image._content import ContentStore
+from lamina.image._manifest import Index, Manifest, parse_manifest
+from lamina.image._reference import Reference, parse_reference
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    digest TEXT PRIMARY KEY,          -- target: manifest or index digest
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,            -- size of the target blob
+    manifest_digest TEXT NOT NULL,    -- the platform manifest chosen for this host
+    config_digest TEXT NOT NULL,      -- the image ID
+    platform TEXT NOT NULL,
+    image_size INTEGER NOT NULL,      -- compressed layers + config of manifest_digest
+    created TEXT,                     -- from the image config
+    added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,            -- canonical reference, tag or digest form
+    digest TEXT NOT NULL REFERENCES images(digest)
+);
+CREATE INDEX IF NOT EXISTS names_digest ON names(digest);
+CREATE TABLE IF NOT EXISTS holds (
+    holder TEXT NOT NULL,             -- e.g. "container:<id>"
+    digest TEXT NOT NULL,
+    PRIMARY KEY (holder, digest)
+);
+"""
+
+
+@dataclass
+class ImageRecord:
+    digest: str
+    media_type: str
+    size: int
+    manifest_digest: str
+    config_digest: str
+    platform: str
+    image_size: int
+    created: str | None
+    added: float
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.config_digest
+
+    @property
+    def tags(self) -> list[str]:
+        return [n for n in self.names if "@" not in n]
+
+    @property
+    def repo_digests(self) -> list[str]:
+        return [n for n in self.names if "@" in n]
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["id"] = self.id
+        d["tags"] = self.tags
+        d["repo_digests"] = self.repo_digests
+        return d
+
+
+class ImageStore:
+    def __init__(self, db_path: Path, content: ContentStore) -> None:
+        self.content = content
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(db_path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- writing
+    def put(self, record: ImageRecord, names: Sequence[str | Reference] = ()) -> ImageRecord:
+        """Insert or refresh an image record and point ``names`` at it. A name moving
+        from another image leaves that image dangling (as ``docker pull`` does)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
+                "media_type=excluded.media_type, size=excluded.size, "
+                "manifest_digest=excluded.manifest_digest, config_digest=excluded.config_digest, "
+                "platform=excluded.platform, image_size=excluded.image_size, "
+                "created=excluded.created",
+                (
+                    record.digest,
+                    record.media_type,
+                    record.size,
+                    record.manifest_digest,
+                    record.config_digest,
+                    record.platform,
+                    record.image_size,
+                    record.created,
+                    record.added or time.time(),
+                ),
+            )
+            for name in names:
+                db.execute(
+                    "INSERT INTO names VALUES (?,?) ON CONFLICT(name) DO UPDATE SET "
+                    "digest=excluded.digest",
+                    (str(name), record.digest),
+                )
+        return self.get_by_digest(record.digest)
+
+    def tag(self, source: str, target: str) -> ImageRecord:
+        image = self.resolve(source)
+        ref = parse_reference(target)
+        if ref.digest:
+            raise InvalidReference(f"cannot tag with a digest reference: {target}")
+        return self.put(image, [str(ref)])
+
+    def untag(self, name: str) -> ImageRecord:
+        """Remove one name; returns the image it pointed at."""
+        canonical = str(parse_reference(name))
+        image = self._by_name(canonical)
+        if image is None:
+            raise NotFound(f"no such image name: {name}")
+        self._db.execute("DELETE FROM names WHERE name=?", (canonical,))
+        return image
+
+    def delete(self, digest: str) -> None:
+        """Delete an image record and all its names (no GC: call collect_garbage)."""
+        with self._tx() as db:
+            held = db.execute("SELECT holder FROM holds WHERE digest=?", (digest,)).fetchone()
+            if held:
+                raise InUse(f"image {digest} is in use by {held[0]}")
+            db.execute("DELETE FROM names WHERE digest=?", (digest,))
+            db.execute("DELETE FROM images WHERE digest=?", (digest,))
+
+    def hold(self, holder: str, digest: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO holds VALUES (?,?)", (holder, digest))
+
+    def release(self, holder: str) -> None:
+        self._db.execute("DELETE FROM holds WHERE holder=?", (holder,))
+
+    def holders(self, digest: str) -> builtins.list[str]:
+        rows = self._db.execute("SELECT holder FROM holds WHERE digest=?", (digest,))
+        return [r[0] for r in rows]
+
+    # -- reading
+    def _row_to_record(self, row: tuple[object, ...]) -> ImageRecord:
+        rec = ImageRecord(*row)  # type: ignore[arg-type]
+        rec.names = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT name FROM names WHERE digest=? ORDER BY name", (rec.digest,)
+            )
+        ]
+        return rec
+
+    def get_by_digest(self, digest: str) -> ImageRecord:
+        row = self._db.execute("SELECT * FROM images WHERE digest=?", (digest,)).fetchone()
+        if row is None:
+            raise NotFound(f"image {digest} not found")
+        return self._row_to_record(row)
+
+    def _by_name(self, canonical: str) -> ImageRecord | None:
+        row = self._db.execute("SELECT digest FROM names WHERE name=?", (canonical,)).fetchone()
+        return self.get_by_digest(row[0]) if row else None
+
+    def list(self) -> builtins.list[ImageRecord]:
+        rows = self._db.execute("SELECT * FROM images ORDER BY added DESC").fetchall()
+        return [self._row_to_record(r) for r in rows]
+
+    def lookup(self, name: str) -> ImageRecord | None:
+        """Find an image by reference only (no ID prefixes); None when absent."""
+        ref = parse_reference(name)
+        if ref.digest:
+            row = self._db.execute(
+                "SELECT * FROM images WHERE digest=? OR manifest_digest=?",
+                (ref.digest, ref.digest),
+            ).fetchone()
+            return self._row_to_record(row) if row else None
+        return self._by_name(str(ref))
+
+    def resolve(self, name_or_id: str) -> ImageRecord:
+        """Resolve what a user typed: a reference, a full or short image ID, or a digest."""
+        s = name_or_id.strip()
+        hexpart = s.removeprefix("sha256:")
+        if 3 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
+            rows = self._db.execute(
+                "SELECT * FROM images WHERE config_digest LIKE ? OR digest LIKE ?",
+                (f"sha256:{hexpart}%", f"sha256:{hexpart}%"),
+            ).fetchall()
+            ids = {r[4] for r in rows}
+            if len(ids) == 1:
+                return self._row_to_record(rows[0])
+            if len(ids) > 1:
+                raise InvalidReference(f"short image ID {s!r} is ambiguous")
+            if len(hexpart) == 64:
+                raise NotFound(f"no such image: {s}")
+        try:
+            found = self.lookup(s)
+        except InvalidReference:
+            if 3 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
+                raise NotFound(f"no such image: {s}") from None
+            raise
+        if found is None:
+            raise NotFound(f"no such image: {s}")
+        return found
+
+    # -- garbage collection
+    def referenced_blobs(self) -> tuple[set[str], builtins.list[builtins.list[str]]]:
+        """Everything reachable from image records: blob digests, and each platform
+        manifest's diff_id list (the caller turns those into snapshot chain IDs)."""
+        import json
+
+        blobs: set[str] = set()
+        diff_id_lists: list[list[str]] = []
+        stack = [r[0] for r in self._db.execute("SELECT digest FROM images")]
+        while stack:
+            digest = stack.pop()
+            if digest in blobs or not self.content.exists(digest):
+                continue
+            blobs.add(digest)
+            parsed = parse_manifest(self.content.read(digest))
+            if isinstance(parsed, Index):
+                stack.extend(d.digest for d in parsed.manifests)
+            elif isinstance(parsed, Manifest):
+                blobs.add(parsed.config.digest)
+                blobs.update(layer.digest for layer in parsed.layers)
+                if self.content.exists(parsed.config.digest):
+                    try:
+                        cfg = json.loads(self.content.read(parsed.config.digest))
+                        ids = cfg.get("rootfs", {}).get("diff_ids", [])
+                        if isinstance(ids, list):
+                            diff_id_lists.append([str(i) for i in ids])
+                    except (ValueError, AttributeError):
+                        pass
+        return blobs, diff_id_lists
+
+    def collect_garbage(self) -> builtins.list[str]:
+        """Delete blobs no image references; returns the deleted digests."""
+        keep, _ = self.referenced_blobs()
+        removed = []
+        for info in list(self.content.list()):
+            if info.digest not in keep:
+                self.content.delete(info.digest)
+                removed.append(info.digest)
+        return removed
+
+    def dangling(self) -> builtins.list[ImageRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM images WHERE digest NOT IN (SELECT digest FROM names)"
+        ).fetchall()
+        return [self._row_to_record(r) for r in rows]
