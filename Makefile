@@ -20,7 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# Byte-compile lamina's sources: with PYTHONDONTWRITEBYTECODE set (as on some hosts)
+# Python would otherwise recompile every module on every CLI start.
 setup: $(VENV)/.installed
+	@$(PY) -m compileall -q src >/dev/null
 
 demo: setup
 	$(PY) examples/demo.py

@@ -36,8 +36,8 @@ def sh(*args: str, root: Path | None = None, check: bool = True) -> str:
         cmd = [*LAMINA, *(["--root", str(root)] if root else []), *cmd[1:]]
         shown = ["lamina", *cmd[len(LAMINA):]]
     print(f"$ {shlex.join(shown)}", flush=True)
-    proc = subprocess.run(cmd, text=True, capture_output=True)
-    out = proc.stdout + proc.stderr
+    proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout
     print(out, end="" if out.endswith("\n") or not out else "\n", flush=True)
     if check and proc.returncode != 0:
         raise SystemExit(f"demo: command failed with exit code {proc.returncode}")

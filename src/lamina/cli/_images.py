@@ -37,7 +37,7 @@ def registry_config() -> RegistryConfig:
     from lamina.registry import RegistryConfig
 
     s = _settings()
-    return RegistryConfig.load(s.registries_config, insecure=s.insecure_registries)
+    return RegistryConfig.load(s.registries_config, insecure_registries=s.insecure_registries)
 
 
 def progress_sink(quiet: bool) -> Any:
@@ -252,7 +252,7 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
             failed.append(name)
             continue
         for n in result.untagged:
-            click.echo(f"Untagged: {n}")
+            click.echo(f"Untagged: {_familiar(n)}")
         for d in result.deleted:
             click.echo(f"Deleted: {d}")
     if failed:
@@ -417,7 +417,7 @@ def prune(all_: bool, force: bool) -> None:
             return
     result = open_local().prune(all_unused=all_)
     for n in result.untagged:
-        click.echo(f"Untagged: {n}")
+        click.echo(f"Untagged: {_familiar(n)}")
     for d in result.deleted:
         click.echo(f"Deleted: {d}")
 

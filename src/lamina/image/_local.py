@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import InUse, InvalidManifest, NotFound
+from lamina.errors import InUse, InvalidManifest, InvalidReference, NotFound
 from lamina.image._content import ContentStore
 from lamina.image._manifest import Index, Manifest, Platform, parse_manifest
 from lamina.image._platform import host_platform, platform_str, select_manifest
@@ -131,37 +131,38 @@ class LocalImages:
 
     # -- removal
     def remove(self, name_or_id: str, *, force: bool = False) -> RemoveResult:
-        """Docker's ``rmi``: a name untags; an ID deletes the image (refused when it has
-        several names unless forced, or when something holds it)."""
-        result = RemoveResult()
+        """Docker's ``rmi``. By name: untag, and delete the image when that was its
+        last tag. By ID or digest: delete the image, refused when it has several tags
+        unless ``force``. Always refused while something holds it (a container)."""
         image = self.images.resolve(name_or_id)
-        by_name = False
-        try:
-            ref = parse_reference(name_or_id)
-            by_name = str(ref) in image.names or (
-                ref.digest is not None and any(n.endswith(ref.digest) for n in image.names)
-            )
-        except Exception:
-            by_name = False
-        if by_name and len(image.tags) > 1 and "@" not in name_or_id:
-            image = self.images.untag(name_or_id)
-            result.untagged.append(str(parse_reference(name_or_id)))
+        tag = self._tag_named(name_or_id, image)
+        result = RemoveResult()
+        if tag is not None and len(image.tags) > 1:
+            self.images.untag(tag)
+            result.untagged.append(tag)
             return result
-        if not by_name and len(image.tags) > 1 and not force:
+        if tag is None and len(image.tags) > 1 and not force:
             raise InUse(
                 f"unable to delete {image.id[7:19]} (must be forced): image is referenced "
                 f"in multiple repositories"
             )
         holders = self.images.holders(image.digest)
-        if holders and not force:
-            raise InUse(f"image {name_or_id} is in use by {holders[0]}")
         if holders:
-            raise InUse(f"image {name_or_id} is in use by {holders[0]}; remove it first")
+            raise InUse(f"unable to remove image {name_or_id}: in use by {holders[0]}")
         result.untagged.extend(image.names)
         self.images.delete(image.digest)
-        result.deleted.extend(self.collect_garbage())
-        result.deleted.insert(0, image.id)
+        result.deleted.append(image.id)
+        result.deleted.extend(d for d in self.collect_garbage() if d != image.id)
         return result
+
+    @staticmethod
+    def _tag_named(name: str, image: ImageRecord) -> str | None:
+        """The tag ``name`` spells, when it names one of ``image``'s tags."""
+        try:
+            ref = parse_reference(name)
+        except InvalidReference:
+            return None
+        return str(ref) if ref.digest is None and str(ref) in image.tags else None
 
     def prune(self, *, all_unused: bool = False) -> RemoveResult:
         result = RemoveResult()

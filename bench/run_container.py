@@ -1,0 +1,164 @@
+"""Container start benchmark (issue 3): ``lamina run --rm IMAGE true`` against
+``podman run --rm --network none IMAGE true`` and bare ``runc run`` on a prepared
+bundle, alternating, in one run; then the memory held per running container
+(monitor RSS) with 50 idle containers, for lamina (conmon) and podman (conmon).
+
+Goals: lamina/podman <= 0.7, lamina/runc <= 2.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LAMINA = [sys.executable, "-m", "lamina.cli.main"]
+IMAGE = "bench/busybox:latest"
+CONTAINERS_CONF = """[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def rss_kib(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(int(line.split()[1]))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def conmon_pids(marker: str) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"conmon") and marker.encode() in b" ".join(cmdline):
+            pids.append(int(d))
+    return pids
+
+
+def main() -> None:
+    from lamina.testing import make_busybox_rootfs
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--idle", type=int, default=50)
+    parser.add_argument("--work", type=Path, default=HERE / ".work" / "run")
+    args = parser.parse_args()
+    work: Path = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    lroot = work / "lamina"
+    lam = [*LAMINA, "--root", str(lroot)]
+    conf = work / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    penv = dict(os.environ, CONTAINERS_CONF=str(conf))
+    podman = [
+        "podman", "--root", str(work / "p"), "--runroot", str(work / "pr"),
+        "--storage-driver", "overlay", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
+        "--events-backend", "none",
+    ]
+    try:
+        rootfs = make_busybox_rootfs(work / "rootfs")
+        subprocess.run([*lam, "import", str(rootfs), IMAGE], check=True, stdout=subprocess.DEVNULL)
+        archive = work / "image.tar"
+        subprocess.run([*lam, "save", "-o", str(archive), IMAGE], check=True)
+        subprocess.run([*podman, "load", "-q", "-i", str(archive)], check=True, env=penv,
+                       stdout=subprocess.DEVNULL)
+        # bare runc: a prepared bundle, as cheap as a container start can be
+        bundle = work / "bundle"
+        shutil.copytree(rootfs, bundle / "rootfs", symlinks=True)
+        subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["true"]
+        (bundle / "config.json").write_text(json.dumps(spec))
+        runc = ["runc", "--root", str(work / "runc"), "run", "--bundle", str(bundle)]
+
+        # warm caches (image unpack, page cache) once for each
+        timed([*lam, "run", "--rm", IMAGE, "true"])
+        timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
+        timed([*runc, "warm"])
+
+        results: dict[str, list[float]] = {"lamina": [], "podman": [], "runc": []}
+        for i in range(args.rounds):
+            results["lamina"].append(timed([*lam, "run", "--rm", IMAGE, "true"]))
+            results["podman"].append(
+                timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
+            )
+            results["runc"].append(timed([*runc, f"b{i}"]))
+        py = [timed([sys.executable, "-c", "pass"]) for _ in range(5)]
+        med = {k: statistics.median(v) for k, v in results.items()}
+        for k, v in med.items():
+            print(f"{k:7s} median {v * 1000:.1f} ms")
+        print(f"python  median {statistics.median(py) * 1000:.1f} ms (interpreter floor)")
+
+        # memory per idle container: conmon RSS
+        ids = []
+        for i in range(args.idle):
+            out = subprocess.run([*lam, "run", "-d", "--name", f"idle{i}", IMAGE, "sleep", "600"],
+                                 check=True, capture_output=True, text=True)
+            ids.append(out.stdout.strip())
+        lamina_rss = rss_kib(conmon_pids(str(lroot)))
+        for i in range(args.idle):
+            subprocess.run([*podman, "run", "-d", "--network", "none", "--name", f"idle{i}",
+                            IMAGE, "sleep", "600"], check=True, env=penv, stdout=subprocess.DEVNULL)
+        podman_rss = rss_kib(conmon_pids(str(work / "pr")))
+        summary = {
+            "median_ms": {k: v * 1000 for k, v in med.items()},
+            "python_floor_ms": statistics.median(py) * 1000,
+            "lamina/podman": med["lamina"] / med["podman"],
+            "lamina/runc": med["lamina"] / med["runc"],
+            "idle_containers": args.idle,
+            "monitor_rss_kib_mean": {
+                "lamina": statistics.mean(lamina_rss) if lamina_rss else None,
+                "podman": statistics.mean(podman_rss) if podman_rss else None,
+            },
+            "monitors_found": {"lamina": len(lamina_rss), "podman": len(podman_rss)},
+            "rounds": args.rounds,
+        }
+        print(json.dumps(summary, indent=2))
+        print(
+            f"run: lamina/podman = {summary['lamina/podman']:.2f} (goal <= 0.7); "
+            f"lamina/runc = {summary['lamina/runc']:.2f} (goal <= 2.0)"
+        )
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    finally:
+        subprocess.run([*lam, "rm", "-f", *[f"idle{i}" for i in range(args.idle)]],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([*podman, "rm", "-f", "-a", "-t", "0"], env=penv,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([*podman, "system", "reset", "-f"], env=penv,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/mounts | xargs -r -n1 umount -l"],
+                       check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1647 @@
+"""Container commands: run, create, start, stop, restart, kill, rm, ps, logs, exec,
+wait, stats, top, inspect, pause, unpause, rename, cp, diff, commit, update, and the
+``container`` group.
+
+Each command opens the runtime on the root, does one thing through the Runtime
+interface and prints what Docker prints. Flag and pre-run failures exit 125 with one
+line on stderr (Docker's code); ``run`` and ``start -a`` exit with the container's
+code, 126/127 when its command could not be executed or found. Imports of the
+runtime and image plane happen inside the commands: this module loads with click.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+import click
+
+if TYPE_CHECKING:
+    from lamina.runtime import Container, Runtime, WaitOutcome
+
+_SIGNALS_TO_PROXY = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+# -- plumbing ------------------------------------------------------------------------
+
+
+class FlagError(click.ClickException):
+    """A bad flag or argument: one line, exit 125 (Docker's "lamina itself failed")."""
+
+    exit_code = 125
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+    def show(self, file: Any = None) -> None:
+        msg = " ".join(self.format_message().split())
+        hint = f" (see 'lamina {self.command} --help')" if self.command else ""
+        print(f"lamina: error: {msg}{hint}", file=file or sys.stderr)
+
+
+class DockerCommand(click.Command):
+    """Usage errors become ``FlagError``: one line and exit 125, not click's usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise FlagError(e.format_message(), ctx.command_path.partition(" ")[2]) from None
+
+
+class DockerGroup(click.Group):
+    """A group whose usage errors (unknown subcommand) are one line and exit 125."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args:  # bare ``lamina volume``: the help, as Docker shows it
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise FlagError(e.format_message(), ctx.command_path.partition(" ")[2]) from None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            raise FlagError(e.format_message(), ctx.command_path.partition(" ")[2]) from None
+
+
+def _command(name: str | None = None, **kw: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    return click.command(name, cls=DockerCommand, **kw)
+
+
+def _args_command(name: str | None = None) -> Callable[[Callable[..., Any]], click.Command]:
+    """A command whose trailing arguments belong to the container (``run IMAGE sh -c``);
+    ``-h`` is --hostname there, as in Docker, so help is ``--help`` only."""
+    settings = {"allow_interspersed_args": False, "help_option_names": ["--help"]}
+    return _command(name, context_settings=settings)
+
+
+def _settings() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+def open_runtime() -> Runtime:
+    from lamina.runtime import open_runtime as _open
+
+    return _open(_settings().root)
+
+
+def _error(msg: str) -> None:
+    print(f"lamina: error: {' '.join(msg.split())}", file=sys.stderr)
+
+
+def _each(refs: Sequence[str], action: Callable[[str], object], echo: bool = True) -> None:
+    """Apply ``action`` to every container, reporting failures one line each (Docker
+    goes on with the others), then exit 1 if any failed."""
+    from lamina.errors import LaminaError
+
+    failed = False
+    for ref in refs:
+        try:
+            action(ref)
+        except LaminaError as e:
+            _error(str(e))
+            failed = True
+            continue
+        if echo:
+            click.echo(ref)
+    if failed:
+        sys.exit(1)
+
+
+def _short(cid: str) -> str:
+    return cid[:12]
+
+
+# -- durations and statuses, as Docker words them ------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's units.HumanDuration: ``Less than a second``, ``About a minute``, ..."""
+    s = int(seconds)
+    if seconds < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = round(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+def status_text(c: Container, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    st = c.state
+    status = str(st.status)
+    if status in ("running", "paused"):
+        up = f"Up {human_duration(now - (st.started_at or c.created))}"
+        return up + " (Paused)" if status == "paused" else up
+    if status == "removing":
+        return "Removal In Progress"
+    if status in ("exited", "failed") and st.exit_code is not None:
+        ago = f" {human_duration(now - st.finished_at)} ago" if st.finished_at else ""
+        oom = " (OOMKilled)" if st.oom_killed else ""
+        return f"Exited ({st.exit_code}){ago}{oom}"
+    return "Created"
+
+
+def _state_word(c: Container) -> str:
+    s = str(c.state.status)
+    return "exited" if s == "failed" else s
+
+
+# -- images: resolve, pulling per --pull ---------------------------------------------
+
+
+def _resolve_image(image: str, pull: str, platform: str | None) -> Any:
+    """The ImageRecord for ``image`` under Docker's --pull policy (always, missing,
+    never, newer); pull progress goes to stderr, as ``docker run`` does."""
+    from lamina.cli._images import _platform_arg, open_local, progress_sink, registry_config
+    from lamina.errors import NotFound
+    from lamina.registry import pull as do_pull
+
+    local = open_local()
+    hexpart = image.removeprefix("sha256:")
+    if len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
+        return local.images.resolve(image)  # an image ID: nothing to pull it by
+    if pull in ("missing", "never"):
+        try:
+            return local.images.resolve(image)
+        except NotFound:
+            if pull == "never":
+                raise NotFound(f"no such image: {image} (and --pull never)") from None
+        print(f"Unable to find image '{image}' locally", file=sys.stderr)
+    policy = {"missing": "if-not-present"}.get(pull, pull)
+    return do_pull(
+        local,
+        image,
+        policy=policy,
+        platform=_platform_arg(platform),
+        progress=progress_sink(False),
+        config=registry_config(),
+    )
+
+
+# -- run / create --------------------------------------------------------------------
+
+
+_RUN_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--name", default=None, help="Assign a name to the container."),
+    click.option(
+        "-e",
+        "--env",
+        "env",
+        metavar="KEY[=VALUE]",
+        multiple=True,
+        help="Set an environment variable (KEY alone: the host's value).",
+    ),
+    click.option(
+        "--env-file",
+        "env_files",
+        metavar="FILE",
+        multiple=True,
+        help="Read environment variables from a file.",
+    ),
+    click.option(
+        "-v",
+        "--volume",
+        "volumes",
+        metavar="[SRC:]DST[:OPTS]",
+        multiple=True,
+        help="Bind mount a host path, or mount a named/anonymous volume.",
+    ),
+    click.option(
+        "--mount",
+        "mounts",
+        metavar="type=...,source=...,target=...",
+        multiple=True,
+        help="Attach a bind, volume or tmpfs mount.",
+    ),
+    click.option("--tmpfs", "tmpfs", metavar="PATH[:OPTS]", multiple=True, help="Mount a tmpfs."),
+    click.option(
+        "--entrypoint", default=None, help='Override the image\'s entrypoint ("" clears it).'
+    ),
+    click.option("-w", "--workdir", default=None, help="Working directory inside the container."),
+    click.option("-u", "--user", default=None, metavar="USER[:GROUP]", help="User to run as."),
+    click.option("-h", "--hostname", default=None, help="Container host name."),
+    click.option(
+        "--network",
+        "--net",
+        "network",
+        default="none",
+        show_default=True,
+        metavar="none|host|container:ID",
+        help="Network mode (bridge networks come later).",
+    ),
+    click.option(
+        "-p",
+        "--publish",
+        multiple=True,
+        metavar="PORTS",
+        help="Publish ports (needs bridge networking: not available yet).",
+    ),
+    click.option("--cpus", default=None, help="Number of CPUs (e.g. 1.5)."),
+    click.option(
+        "-c", "--cpu-shares", type=int, default=None, help="CPU shares (relative weight)."
+    ),
+    click.option("--cpuset-cpus", default=None, help="CPUs to run on (0-3, 0,1)."),
+    click.option("-m", "--memory", default=None, help="Memory limit (b, k, m, g)."),
+    click.option(
+        "--memory-swap", default=None, help="Memory plus swap limit; -1 for unlimited swap."
+    ),
+    click.option("--pids-limit", type=int, default=None, help="Process limit (-1 for unlimited)."),
+    click.option("--privileged", is_flag=True, help="Give extended privileges to the container."),
+    click.option("--cap-add", multiple=True, help="Add a Linux capability."),
+    click.option("--cap-drop", multiple=True, help="Drop a Linux capability."),
+    click.option(
+        "--security-opt",
+        multiple=True,
+        help="seccomp=unconfined|FILE, no-new-privileges[:true|false].",
+    ),
+    click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+    click.option(
+        "--sysctl",
+        "sysctls",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a namespaced kernel parameter.",
+    ),
+    click.option(
+        "--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]", help="Set a ulimit."
+    ),
+    click.option("--stop-signal", default=None, help="Signal to stop the container."),
+    click.option(
+        "--stop-timeout", type=int, default=None, help="Seconds to wait before killing on stop."
+    ),
+    click.option(
+        "--init", is_flag=True, help="Run an init inside the container that reaps processes."
+    ),
+    click.option(
+        "-l", "--label", "labels", multiple=True, metavar="KEY[=VALUE]", help="Set metadata."
+    ),
+    click.option(
+        "--label-file",
+        "label_files",
+        multiple=True,
+        metavar="FILE",
+        help="Read labels from a file.",
+    ),
+    click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open and attach it."),
+    click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY."),
+    click.option(
+        "--pull",
+        type=click.Choice(["always", "missing", "never", "newer"]),
+        default="missing",
+        show_default=True,
+        help="When to pull the image.",
+    ),
+    click.option(
+        "--platform",
+        default=None,
+        metavar="OS/ARCH[/VARIANT]",
+        help="Platform of the image to pull.",
+    ),
+    click.option(
+        "--isolation",
+        default="process",
+        show_default=True,
+        metavar="process|vm|auto",
+        help="Isolation technology (vm comes later).",
+    ),
+]
+
+
+def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(_RUN_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _prepare(
+    image: str, command: Sequence[str], flags: dict[str, Any], *, auto_remove: bool
+) -> Any:
+    """Flags -> ContainerConfig, the image resolved (pulled per --pull). Every failure
+    here is Docker's 125: the container never existed."""
+    from lamina.cli._runopts import InvalidOption, RunOptions, build_config
+    from lamina.errors import LaminaError
+
+    pull = flags.pop("pull")
+    platform = flags.pop("platform")
+    try:
+        opts = RunOptions(**flags, auto_remove=auto_remove)
+        # Parse flags before touching the image: a typo should not cost a pull.
+        build_config(opts, image="", image_ref=image, command=command, cpu_count=os.cpu_count())
+        record = _resolve_image(image, pull, platform)
+        parsed = build_config(
+            opts, image=record.id, image_ref=image, command=command, cpu_count=os.cpu_count()
+        )
+        for w in parsed.warnings:
+            print(f"WARNING: {w}", file=sys.stderr)
+        for d in parsed.bind_dirs_to_create:
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as e:
+                raise InvalidOption(f"cannot create bind mount source {d}: {e.strerror}") from None
+        return parsed.config
+    except LaminaError as e:
+        e.exit_code = 125
+        raise
+
+
+def _create(rt: Runtime, config: Any) -> Container:
+    from lamina.errors import LaminaError
+
+    try:
+        return rt.create(config)
+    except LaminaError as e:
+        if e.exit_code not in (126, 127):
+            e.exit_code = 125
+        raise
+
+
+@_args_command("run")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "-d", "--detach", is_flag=True, help="Run in the background and print the container ID."
+)
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
+@click.option(
+    "--sig-proxy/--no-sig-proxy", default=True, help="Forward signals to the container (no TTY)."
+)
+@_run_options
+def run(
+    image: str,
+    command: tuple[str, ...],
+    detach: bool,
+    auto_remove: bool,
+    sig_proxy: bool,
+    **flags: Any,
+) -> None:
+    """Create and run a new container from an image."""
+    config = _prepare(image, command, flags, auto_remove=auto_remove)
+    rt = open_runtime()
+    ctr = _create(rt, config)
+    if detach:
+        try:
+            rt.start(ctr.id)
+        except Exception as e:
+            _start_failed(rt, ctr.id, e, remove=auto_remove)
+        click.echo(ctr.id)
+        return
+    code = run_attached(
+        rt,
+        ctr.id,
+        stdin=config.stdin_open,
+        tty=config.tty,
+        sig_proxy=sig_proxy,
+        start=True,
+    )
+    if auto_remove:
+        _remove_quietly(rt, ctr.id)
+    sys.exit(code)
+
+
+@_args_command("create")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
+@_run_options
+def create(image: str, command: tuple[str, ...], auto_remove: bool, **flags: Any) -> None:
+    """Create a new container (without starting it); prints its ID."""
+    config = _prepare(image, command, flags, auto_remove=auto_remove)
+    click.echo(_create(open_runtime(), config).id)
+
+
+def _start_failed(rt: Runtime, cid: str, e: BaseException, *, remove: bool) -> None:
+    from lamina.errors import LaminaError
+
+    if remove:
+        _remove_quietly(rt, cid)
+    if isinstance(e, LaminaError) and e.exit_code not in (126, 127):
+        e.exit_code = 125
+    raise e
+
+
+def _remove_quietly(rt: Runtime, cid: str) -> None:
+    from lamina.errors import LaminaError
+
+    with contextlib.suppress(LaminaError):
+        rt.remove(cid, force=True, volumes=True)
+
+
+def exit_code_of(outcome: WaitOutcome) -> int:
+    """The code ``run`` exits with: the container's, or Docker's 125/126/127 when its
+    command never ran (reported as a runtime error with runc's message)."""
+    from lamina.runtime import ExitReason
+
+    if outcome.reason != ExitReason.RUNTIME_ERROR:
+        return outcome.exit_code
+    if outcome.exit_code in (126, 127):
+        return outcome.exit_code
+    low = outcome.error.lower()
+    if "executable file not found" in low or "no such file" in low or "not found" in low:
+        return 127
+    if "permission denied" in low or "is a directory" in low:
+        return 126
+    return 125
+
+
+def run_attached(
+    rt: Runtime, cid: str, *, stdin: bool, tty: bool, sig_proxy: bool, start: bool
+) -> int:
+    """Attach the caller's stdio (stdin only if asked), start, wait; the exit code.
+
+    The runtime connects the attach before it starts the container, so no early
+    output is lost. Attaching happens on the main thread: the runtime follows the
+    terminal size through SIGWINCH there. With a TTY the caller's terminal is raw for
+    the duration and always restored; without one, the signals lamina gets are
+    forwarded to the container (Docker's --sig-proxy).
+    """
+    import signal
+    import threading
+
+    from lamina.errors import LaminaError, NotFound
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    in_stream = sys.stdin.buffer if stdin else None
+    with contextlib.ExitStack() as stack:
+        if tty and stdin and sys.stdin.isatty():
+            stack.enter_context(_raw_terminal(sys.stdin.fileno()))
+        if sig_proxy and not tty and threading.current_thread() is threading.main_thread():
+            stack.enter_context(_proxy_signals(rt, cid, signal))
+        try:
+            rt.attach(
+                cid,
+                stdin=in_stream,
+                stdout=sys.stdout.buffer,
+                stderr=sys.stderr.buffer,
+                tty=tty,
+                start=start,
+            )
+        except LaminaError as e:
+            if e.exit_code not in (126, 127):
+                e.exit_code = 125
+            raise
+        try:
+            outcome = rt.wait(cid)
+        except NotFound:
+            raise LaminaError(
+                f"container {_short(cid)} was removed before its exit code could be read"
+            ) from None
+    code = exit_code_of(outcome)
+    if outcome.error and code in (125, 126, 127):
+        _error(outcome.error)
+    return code
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[None]:
+    import termios
+    import tty as ttymod
+
+    saved = termios.tcgetattr(fd)
+    try:
+        ttymod.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _proxy_signals(rt: Runtime, cid: str, signal: Any) -> Iterator[None]:
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(Exception):
+            rt.kill(cid, signal.Signals(signum).name)
+
+    previous = {}
+    for name in _SIGNALS_TO_PROXY:
+        sig = getattr(signal, name)
+        previous[sig] = signal.signal(sig, forward)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- lifecycle -----------------------------------------------------------------------
+
+
+@_command("start")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-a", "--attach", is_flag=True, help="Attach stdout/stderr and forward signals.")
+@click.option("-i", "--interactive", is_flag=True, help="Attach the container's STDIN.")
+def start(containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
+    """Start one or more stopped containers."""
+    rt = open_runtime()
+    if attach or interactive:
+        if len(containers) > 1:
+            raise FlagError("you cannot start and attach multiple containers at once", "start")
+        ctr = rt.get(containers[0])
+        code = run_attached(
+            rt, ctr.id, stdin=interactive, tty=ctr.config.tty, sig_proxy=True, start=True
+        )
+        sys.exit(code)
+    _each(containers, rt.start)
+
+
+@_command("stop")
+@click.argument("containers", nargs=-1, required=True)
+@click.option(
+    "-t",
+    "--time",
+    "--timeout",
+    "timeout",
+    type=int,
+    default=None,
+    help="Seconds to wait before killing.",
+)
+@click.option(
+    "-s",
+    "--signal",
+    "sig",
+    default=None,
+    help="Signal to send (default: the container's stop signal).",
+)
+def stop(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> None:
+    """Stop one or more running containers (stop signal, then SIGKILL)."""
+    rt = open_runtime()
+    _each(containers, lambda ref: rt.stop(ref, timeout=timeout, signal=sig))
+
+
+@_command("restart")
+@click.argument("containers", nargs=-1, required=True)
+@click.option(
+    "-t",
+    "--time",
+    "--timeout",
+    "timeout",
+    type=int,
+    default=None,
+    help="Seconds to wait before killing.",
+)
+@click.option("-s", "--signal", "sig", default=None, help="Signal to stop with.")
+def restart(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> None:
+    """Restart one or more containers."""
+    rt = open_runtime()
+
+    def do(ref: str) -> None:
+        if str(rt.get(ref).state.status) in ("running", "paused"):
+            rt.stop(ref, timeout=timeout, signal=sig)
+        rt.start(ref)
+
+    _each(containers, do)
+
+
+@_command("kill")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-s", "--signal", "sig", default="SIGKILL", show_default=True, help="Signal to send.")
+def kill(containers: tuple[str, ...], sig: str) -> None:
+    """Kill one or more running containers."""
+    rt = open_runtime()
+    _each(containers, lambda ref: rt.kill(ref, sig))
+
+
+@_command("pause")
+@click.argument("containers", nargs=-1, required=True)
+def pause(containers: tuple[str, ...]) -> None:
+    """Pause all processes within one or more containers."""
+    rt = open_runtime()
+    _each(containers, rt.pause)
+
+
+@_command("unpause")
+@click.argument("containers", nargs=-1, required=True)
+def unpause(containers: tuple[str, ...]) -> None:
+    """Unpause all processes within one or more containers."""
+    rt = open_runtime()
+    _each(containers, rt.unpause)
+
+
+@_command("rm")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Kill and remove a running container.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove the container's anonymous volumes.")
+def rm(containers: tuple[str, ...], force: bool, volumes: bool) -> None:
+    """Remove one or more containers."""
+    rt = open_runtime()
+    _each(containers, lambda ref: rt.remove(ref, force=force, volumes=volumes))
+
+
+@_command("rename")
+@click.argument("container")
+@click.argument("new_name")
+def rename(container: str, new_name: str) -> None:
+    """Rename a container."""
+    open_runtime().rename(container, new_name)
+
+
+@_command("wait")
+@click.argument("containers", nargs=-1, required=True)
+@click.option(
+    "--condition",
+    type=click.Choice(["not-running", "next-exit", "removed"]),
+    default="not-running",
+    show_default=True,
+)
+def wait(containers: tuple[str, ...], condition: str) -> None:
+    """Block until one or more containers stop, then print their exit codes."""
+    from lamina.runtime import WaitCondition
+
+    rt = open_runtime()
+
+    def do(ref: str) -> None:
+        click.echo(str(rt.wait(ref, WaitCondition(condition)).exit_code))
+
+    _each(containers, do, echo=False)
+
+
+@_command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--filter", "filters", multiple=True, metavar="label=K[=V]|until=TIME")
+def prune(force: bool, filters: tuple[str, ...]) -> None:
+    """Remove all stopped containers."""
+    from lamina.errors import LaminaError
+
+    question = "This will remove all stopped containers. Continue?"
+    if not force and sys.stdin.isatty() and not click.confirm(question):
+        return
+    rt = open_runtime()
+    now = time.time()
+    stopped = [
+        c for c in rt.list(all=True) if str(c.state.status) in ("created", "exited", "failed")
+    ]
+    for f in filters:
+        key, _, value = f.partition("=")
+        if key == "until":
+            from lamina.cli._runopts import parse_time
+
+            limit = parse_time(value, now, "--filter until")
+            stopped = [c for c in stopped if c.created < limit]
+        elif key in ("label", "label!"):
+            match = [c for c in stopped if _label_match(c, value)]
+            stopped = match if key == "label" else [c for c in stopped if c not in match]
+        else:
+            raise FlagError(
+                f"invalid filter {f!r} (supported: label, label!, until)", "container prune"
+            )
+    click.echo("Deleted Containers:")
+    for c in stopped:
+        try:
+            rt.remove(c.id, volumes=False)
+        except LaminaError as e:
+            _error(str(e))
+            continue
+        click.echo(c.id)
+    click.echo("")
+
+
+def _label_match(c: Container, spec: str) -> bool:
+    key, sep, value = spec.partition("=")
+    if key not in c.config.labels:
+        return False
+    return not sep or c.config.labels[key] == value
+
+
+# -- ps ------------------------------------------------------------------------------
+
+
+class _ImageInfo:
+    """Image names and configs for listings, each looked up once."""
+
+    def __init__(self) -> None:
+        self._local: Any = None
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    @property
+    def local(self) -> Any:
+        if self._local is None:
+            from lamina.cli._images import open_local
+
+            self._local = open_local()
+        return self._local
+
+    def config(self, image_id: str) -> dict[str, Any]:
+        if image_id not in self._configs:
+            try:
+                rec = self.local.images.resolve(image_id)
+                self._configs[image_id] = self.local.config(rec).get("config") or {}
+            except Exception:
+                self._configs[image_id] = {}
+        return self._configs[image_id]
+
+    def image_id(self, name: str) -> str | None:
+        try:
+            rec = self.local.images.resolve(name)
+        except Exception:
+            return None
+        return str(rec.id)
+
+
+def command_of(c: Container, images: _ImageInfo) -> list[str]:
+    """Entrypoint + command as the container runs them (the image's where not set;
+    a new entrypoint drops the image's CMD, as in Docker)."""
+    cfg = c.config
+    entry = cfg.entrypoint
+    cmd = cfg.command
+    if entry is None or cmd is None:
+        img = images.config(cfg.image)
+        if entry is None:
+            entry = list(img.get("Entrypoint") or [])
+            if cmd is None:
+                cmd = list(img.get("Cmd") or [])
+        if cmd is None:
+            cmd = []
+    return [*entry, *cmd]
+
+
+def _ellipsis(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _mount_names(c: Container) -> list[str]:
+    return [m.source or m.target for m in c.config.mounts if m.type in ("volume", "bind")]
+
+
+def ps_row(c: Container, images: _ImageInfo, now: float) -> dict[str, Any]:
+    """One container as ``docker ps --format json`` fields."""
+    from datetime import datetime
+
+    created = datetime.fromtimestamp(c.created).astimezone().strftime("%Y-%m-%d %H:%M:%S %z %Z")
+    return {
+        "ID": c.id,
+        "Names": c.name,
+        "Image": c.config.image_ref or _short(c.config.image.removeprefix("sha256:")),
+        "ImageID": c.config.image,
+        "Command": " ".join(command_of(c, images)),
+        "Created": int(c.created),
+        "CreatedAt": created,
+        "RunningFor": f"{human_duration(now - c.created)} ago",
+        "State": _state_word(c),
+        "Status": status_text(c, now),
+        "ExitCode": c.state.exit_code,
+        "Pid": c.state.pid,
+        "Labels": dict(c.config.labels),
+        "Mounts": _mount_names(c),
+        "Networks": c.config.network,
+        "Ports": "",
+        "Isolation": c.config.isolation,
+    }
+
+
+_PS_FILTERS = ("status", "name", "id", "label", "exited", "ancestor", "isolation")
+_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
+def _filter_containers(
+    containers: list[Container], filters: Sequence[str], images: _ImageInfo
+) -> list[Container]:
+    """Docker's ps filters: values of one key are ORed (label: ANDed), keys ANDed."""
+    import re
+
+    by_key: dict[str, list[str]] = {}
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep:
+            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", "ps")
+        if key not in _PS_FILTERS:
+            raise FlagError(f"invalid filter {key!r} (supported: {', '.join(_PS_FILTERS)})", "ps")
+        if key == "status" and value not in _STATUSES:
+            raise FlagError(f"invalid filter 'status={value}' ({', '.join(_STATUSES)})", "ps")
+        if key == "name":
+            try:
+                re.compile(value)
+            except re.error:
+                raise FlagError(f"invalid filter 'name={value}': bad pattern", "ps") from None
+        by_key.setdefault(key, []).append(value)
+
+    def keep(c: Container, key: str, values: list[str]) -> bool:
+        if key == "status":
+            return _state_word(c) in values
+        if key == "name":
+            return any(re.search(v, c.name) for v in values)
+        if key == "id":
+            return any(c.id.startswith(v) for v in values)
+        if key == "label":
+            return all(_label_match(c, v) for v in values)
+        if key == "exited":
+            code = c.state.exit_code
+            return _state_word(c) == "exited" and code is not None and str(code) in values
+        if key == "ancestor":
+            return any(_is_ancestor(c, v, images) for v in values)
+        return c.config.isolation in values  # isolation
+
+    out = containers
+    for key, values in by_key.items():
+        out = [c for c in out if keep(c, key, values)]
+    return out
+
+
+def _is_ancestor(c: Container, value: str, images: _ImageInfo) -> bool:
+    if c.config.image_ref == value:
+        return True
+    if c.config.image.removeprefix("sha256:").startswith(value.removeprefix("sha256:")):
+        return True
+    return images.image_id(value) == c.config.image
+
+
+def _format_option(default: str = "table") -> Callable[[Any], Any]:
+    return click.option(
+        "--format",
+        "fmt",
+        default=default,
+        show_default=True,
+        metavar="table|json|TEMPLATE",
+        help="table, json, or a Go-style template such as '{{.ID}} {{.Names}}'.",
+    )
+
+
+@_command("ps")
+@click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default: running).")
+@click.option("-q", "--quiet", is_flag=True, help="Only display container IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="status=, name=, id=, label=, ancestor=, exited=",
+)
+@click.option(
+    "-n", "--last", type=int, default=None, help="Show the N last created containers (all states)."
+)
+@click.option(
+    "-l", "--latest", is_flag=True, help="Show the latest created container (all states)."
+)
+@_format_option()
+def ps(
+    all_: bool,
+    quiet: bool,
+    no_trunc: bool,
+    filters: tuple[str, ...],
+    last: int | None,
+    latest: bool,
+    fmt: str,
+) -> None:
+    """List containers."""
+    from lamina.cli._output import print_json, print_table
+
+    rt = open_runtime()
+    if latest:
+        last = 1
+    show_all = (
+        all_ or last is not None or any(f.startswith(("status=", "exited=")) for f in filters)
+    )
+    containers = sorted(rt.list(all=show_all), key=lambda c: c.created, reverse=True)
+    images = _ImageInfo()
+    containers = _filter_containers(containers, filters, images)
+    if last is not None and last >= 0:
+        containers = containers[:last]
+    if quiet:
+        for c in containers:
+            click.echo(c.id if no_trunc else _short(c.id))
+        return
+    now = time.time()
+    rows = [ps_row(c, images, now) for c in containers]
+    if fmt == "json":
+        print_json(rows)
+        return
+    if fmt != "table":
+        for r in rows:
+            if not no_trunc:
+                r["ID"] = _short(r["ID"])
+                r["Command"] = '"' + _ellipsis(r["Command"], 20) + '"'
+        _print_template(fmt, rows)
+        return
+    table = [
+        [
+            r["ID"] if no_trunc else _short(r["ID"]),
+            r["Image"],
+            '"' + (r["Command"] if no_trunc else _ellipsis(r["Command"], 20)) + '"',
+            r["RunningFor"],
+            r["Status"],
+            r["Ports"],
+            r["Names"],
+        ]
+        for r in rows
+    ]
+    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], table)
+
+
+# -- templates (a useful subset of Go's text/template) --------------------------------
+
+
+def render_template(template: str, data: Any) -> str:
+    """``{{.Field}}``, ``{{.A.B}}``, ``{{json .X}}``, ``{{json .}}``, ``{{index .Labels "k"}}``,
+    ``{{lower .X}}``/``{{upper .X}}``; ``\\t`` and ``\\n`` escapes as Docker takes them."""
+    import json
+    import re
+
+    def value(path: str) -> Any:
+        cur = data
+        for part in (
+            filter(None, path.strip().lstrip(".").split(".")) if path.strip() != "." else ()
+        ):
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            else:
+                raise FlagError(f"template: can't evaluate field {part}", "")
+        return cur
+
+    def as_text(v: Any) -> str:
+        if v is None:
+            return "<no value>"
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, dict):
+            return "map[" + " ".join(f"{k}:{as_text(x)}" for k, x in v.items()) + "]"
+        if isinstance(v, list):
+            return "[" + " ".join(as_text(x) for x in v) + "]"
+        return str(v)
+
+    def action(m: re.Match[str]) -> str:
+        expr = m.group(1).strip()
+        words = expr.split(None, 1)
+        if words[0] == "json" and len(words) == 2:
+            return json.dumps(value(words[1]), separators=(",", ":"))
+        if words[0] in ("lower", "upper") and len(words) == 2:
+            text = as_text(value(words[1]))
+            return text.lower() if words[0] == "lower" else text.upper()
+        if words[0] == "index" and len(words) == 2:
+            target, _, key = words[1].partition(" ")
+            container = value(target)
+            k = key.strip().strip('"')
+            if isinstance(container, dict):
+                return as_text(container.get(k))
+            if isinstance(container, list) and k.isdigit() and int(k) < len(container):
+                return as_text(container[int(k)])
+            return "<no value>"
+        if expr.startswith("."):
+            return as_text(value(expr))
+        raise FlagError(f"template: unsupported action {{{{{expr}}}}}", "")
+
+    text = template.replace("\\t", "\t").replace("\\n", "\n")
+    return re.sub(r"\{\{-?\s*(.*?)\s*-?\}\}", action, text)
+
+
+# Column titles Docker gives template fields in ``table`` formats.
+_HEADERS = {
+    "ID": "CONTAINER ID", "RunningFor": "CREATED", "CPUPerc": "CPU %", "MemPerc": "MEM %",
+    "MemUsage": "MEM USAGE / LIMIT", "NetIO": "NET I/O", "BlockIO": "BLOCK I/O",
+}  # fmt: skip
+
+
+def _print_template(fmt: str, rows: list[dict[str, Any]]) -> None:
+    import re
+
+    def title(field: str) -> str:
+        return _HEADERS.get(field) or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", field).upper()
+
+    if fmt.startswith("table"):
+        body = fmt[len("table") :].strip() or "{{.ID}}"
+        headers = re.sub(
+            r"\{\{\s*(?:json\s+)?\.(\w+)[^}]*\}\}", lambda m: title(m.group(1)), body
+        ).replace("\\t", "\t")
+        lines = [headers] + [render_template(body, r) for r in rows]
+        cells = [line.split("\t") for line in lines]
+        widths: dict[int, int] = {}
+        for row in cells:
+            for i, cell in enumerate(row):
+                widths[i] = max(widths.get(i, 0), len(cell))
+        for row in cells:
+            click.echo("   ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+        return
+    for r in rows:
+        click.echo(render_template(fmt, r))
+
+
+# -- logs ----------------------------------------------------------------------------
+
+
+def _rfc3339_nano(ts: float) -> str:
+    secs = int(ts)
+    nanos = round((ts - secs) * 1e9)
+    if nanos >= 1_000_000_000:
+        secs, nanos = secs + 1, nanos - 1_000_000_000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
+
+
+@_command("logs")
+@click.argument("container")
+@click.option("-f", "--follow", is_flag=True, help="Follow log output.")
+@click.option("-n", "--tail", default="all", show_default=True, help="Lines to show from the end.")
+@click.option(
+    "--since", default=None, help="Since a time (RFC 3339, Unix time) or a duration ago (10m)."
+)
+@click.option("--until", default=None, help="Until a time (RFC 3339, Unix time) or a duration ago.")
+@click.option("-t", "--timestamps", is_flag=True, help="Show timestamps.")
+def logs(
+    container: str, follow: bool, tail: str, since: str | None, until: str | None, timestamps: bool
+) -> None:
+    """Fetch the logs of a container (its stdout and stderr, on ours)."""
+    from lamina.cli._runopts import parse_time
+
+    now = time.time()
+    try:
+        tail_n = None if tail == "all" else int(tail)
+    except ValueError:
+        raise FlagError(f"invalid --tail {tail!r}: expected a number or all", "logs") from None
+    if tail_n is not None and tail_n < 0:
+        tail_n = None  # Docker: negative means all
+    since_ts = parse_time(since, now, "--since") if since else None
+    until_ts = parse_time(until, now, "--until") if until else None
+    rt = open_runtime()
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for entry in rt.logs(container, follow=follow, tail=tail_n, since=since_ts, until=until_ts):
+        stream = err if entry.stream == "stderr" else out
+        if timestamps:
+            stream.write(_rfc3339_nano(entry.timestamp).encode() + b" ")
+        stream.write(entry.data)
+        if follow:
+            stream.flush()
+    out.flush()
+    err.flush()
+
+
+# -- exec ----------------------------------------------------------------------------
+
+
+@_args_command("exec")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open and attach it.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY.")
+@click.option("-d", "--detach", is_flag=True, help="Run the command in the background.")
+@click.option(
+    "-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable."
+)
+@click.option(
+    "--env-file",
+    "env_files",
+    multiple=True,
+    metavar="FILE",
+    help="Read environment variables from a file.",
+)
+@click.option("-u", "--user", default=None, help="User to run as.")
+@click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
+def exec_(
+    container: str,
+    command: tuple[str, ...],
+    interactive: bool,
+    tty: bool,
+    detach: bool,
+    env: tuple[str, ...],
+    env_files: tuple[str, ...],
+    user: str | None,
+    workdir: str | None,
+) -> None:
+    """Run a command in a running container; exits with its exit code."""
+    from lamina.cli._runopts import InvalidOption, parse_env, parse_env_file
+
+    environ = os.environ
+    try:
+        envs = [e for f in env_files for e in parse_env_file(f, environ)] + parse_env(env, environ)
+    except InvalidOption as e:
+        raise FlagError(str(e), "exec") from None
+    if workdir is not None and not workdir.startswith("/"):
+        raise FlagError(
+            f"the working directory {workdir!r} is invalid: it needs to be an absolute path", "exec"
+        )
+    rt = open_runtime()
+    sys.stdout.flush()
+    with contextlib.ExitStack() as stack:
+        if interactive:
+            stdin: Any = sys.stdin.buffer
+        else:
+            stdin = stack.enter_context(open(os.devnull, "rb"))
+        result = rt.exec(
+            container,
+            list(command),
+            env=envs or None,
+            user=user,
+            workdir=workdir,
+            tty=tty,
+            stdin=stdin,
+            detach=detach,
+            stream=True,
+        )
+    sys.exit(result.exit_code)
+
+
+# -- stats and top -------------------------------------------------------------------
+
+
+def _binary_size(n: float) -> str:
+    """Docker's stats units: binary, two decimals (``1.5MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.2f}{unit}"
+        n /= 1024
+    return f"{n:.2f}PiB"
+
+
+def _stats_row(c: Container, s: Any, prev: Any, ncpu: int) -> dict[str, Any]:
+    from lamina.cli._output import human_size
+
+    cpu = s.cpu_percent
+    if prev is not None:
+        sys_delta = s.system_cpu_ns - prev.system_cpu_ns
+        cpu_delta = s.cpu_usage_ns - prev.cpu_usage_ns
+        if sys_delta > 0 and cpu_delta >= 0:
+            cpu = cpu_delta / sys_delta * ncpu * 100.0
+    mem_pct = s.memory_used / s.memory_limit * 100.0 if s.memory_limit else 0.0
+    return {
+        "ID": c.id,
+        "Name": c.name,
+        "CPUPerc": f"{cpu:.2f}%",
+        "MemUsage": f"{_binary_size(s.memory_used)} / {_binary_size(s.memory_limit)}",
+        "MemPerc": f"{mem_pct:.2f}%",
+        "NetIO": f"{human_size(s.net_rx)} / {human_size(s.net_tx)}",
+        "BlockIO": f"{human_size(s.block_read)} / {human_size(s.block_write)}",
+        "PIDs": str(s.pids),
+    }
+
+
+@_command("stats")
+@click.argument("containers", nargs=-1)
+@click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default: running).")
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
+@_format_option()
+def stats(
+    containers: tuple[str, ...], all_: bool, no_stream: bool, no_trunc: bool, fmt: str
+) -> None:
+    """Display live resource usage of containers."""
+    from lamina.cli._output import print_json, print_table
+    from lamina.errors import LaminaError
+
+    rt = open_runtime()
+    if containers:
+        targets = [rt.get(ref) for ref in containers]
+    else:
+        targets = [
+            c for c in rt.list(all=all_) if all_ or str(c.state.status) in ("running", "paused")
+        ]
+    ncpu = os.cpu_count() or 1
+    prev: dict[str, Any] = {}
+
+    def sample() -> dict[str, Any]:
+        out = {}
+        for c in targets:
+            try:
+                out[c.id] = rt.stats(c.id)
+            except LaminaError:
+                continue
+        return out
+
+    first = sample()
+    if no_stream:
+        time.sleep(0.5)  # two samples: CPU % is a rate
+        prev, first = first, sample()
+    while True:
+        rows = [_stats_row(c, first[c.id], prev.get(c.id), ncpu) for c in targets if c.id in first]
+        if fmt == "json":
+            print_json(rows)
+        elif fmt != "table":
+            _print_template(fmt, rows)
+        else:
+            if not no_stream and sys.stdout.isatty():
+                sys.stdout.write("\033[2J\033[H")
+            print_table(
+                [
+                    "CONTAINER ID",
+                    "NAME",
+                    "CPU %",
+                    "MEM USAGE / LIMIT",
+                    "MEM %",
+                    "NET I/O",
+                    "BLOCK I/O",
+                    "PIDS",
+                ],
+                [
+                    [
+                        r["ID"] if no_trunc else _short(r["ID"]),
+                        r["Name"],
+                        r["CPUPerc"],
+                        r["MemUsage"],
+                        r["MemPerc"],
+                        r["NetIO"],
+                        r["BlockIO"],
+                        r["PIDs"],
+                    ]
+                    for r in rows
+                ],
+            )
+        sys.stdout.flush()
+        if no_stream:
+            return
+        time.sleep(1)
+        prev, first = first, sample()
+        if containers and not first:
+            return
+
+
+@_command("top")
+@click.argument("container")
+def top(container: str) -> None:
+    """Display the running processes of a container."""
+    from lamina.cli._output import print_table
+
+    headers, rows = open_runtime().top(container)
+    print_table(headers, rows)
+
+
+# -- inspect -------------------------------------------------------------------------
+
+
+_INSPECT_FORMAT = click.option(
+    "-f",
+    "--format",
+    "fmt",
+    default=None,
+    metavar="json|TEMPLATE",
+    help="json (default) or a Go-style template such as '{{.State.Status}}'.",
+)
+
+
+@_command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--type",
+    "kind",
+    type=click.Choice(["container", "image"]),
+    default=None,
+    help="Only look for this kind of object.",
+)
+@_INSPECT_FORMAT
+@click.option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility.")
+def inspect(names: tuple[str, ...], kind: str | None, fmt: str | None, size: bool) -> None:
+    """Show low-level information on containers or images, as JSON (containers first)."""
+    _inspect(names, kind, fmt)
+
+
+@_command("inspect")
+@click.argument("containers", nargs=-1, required=True)
+@_INSPECT_FORMAT
+@click.option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility.")
+def container_inspect(containers: tuple[str, ...], fmt: str | None, size: bool) -> None:
+    """Show low-level information on one or more containers, as JSON."""
+    _inspect(containers, "container", fmt)
+
+
+def _inspect(names: Sequence[str], kind: str | None, fmt: str | None) -> None:
+    from lamina.cli._output import print_json
+    from lamina.errors import LaminaError, NotFound
+
+    rt = open_runtime() if kind in (None, "container") else None
+    local = None
+    out: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for name in names:
+        found: dict[str, Any] | None = None
+        if rt is not None:
+            try:
+                found = dict(rt.inspect(name))
+            except NotFound:
+                found = None
+        if found is None and kind in (None, "image"):
+            from lamina.cli._images import inspect_image, open_local
+
+            local = local or open_local()
+            try:
+                found = inspect_image(local, local.images.resolve(name))
+            except LaminaError:
+                found = None
+        if found is None:
+            missing.append(name)
+        else:
+            out.append(found)
+    if fmt in (None, "", "json"):
+        print_json(out)
+    else:
+        for obj in out:
+            click.echo(render_template(fmt, obj))
+    if missing:
+        what = kind or "object"
+        for name in missing:
+            _error(f"no such {what}: {name}")
+        sys.exit(1)
+
+
+# -- files: cp, diff, commit ---------------------------------------------------------
+
+
+class _IterReader:
+    """A read()-able stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._it = chunks
+        self._buf = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            try:
+                self._buf += next(self._it)
+            except StopIteration:
+                break
+        if n < 0:
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def _split_container_path(arg: str) -> tuple[str, str] | None:
+    """``CTR:PATH`` -> (CTR, PATH); None for a local path (one with a '/' before any ':',
+    or no ':' at all), as Docker decides."""
+    if arg == "-" or arg.startswith(("/", ".")):
+        return None
+    head, sep, tail = arg.partition(":")
+    if not sep or "/" in head:
+        return None
+    return head, tail or "/"
+
+
+@_command("cp")
+@click.argument("src")
+@click.argument("dest")
+@click.option("-L", "--follow-link", is_flag=True, help="Follow a symbolic link at SRC.")
+@click.option("-a", "--archive", is_flag=True, help="Keep owners (always the case here).")
+@click.option("-q", "--quiet", is_flag=True, help="Accepted for Docker compatibility.")
+def cp(src: str, dest: str, follow_link: bool, archive: bool, quiet: bool) -> None:
+    """Copy files between a container and the host: CTR:PATH DEST, SRC CTR:PATH;
+    '-' is a tar stream on stdout (as DEST) or stdin (as SRC)."""
+    s, d = _split_container_path(src), _split_container_path(dest)
+    if (s is None) == (d is None):
+        raise FlagError(
+            "copying between containers, or between local paths, is not supported: "
+            "give exactly one CONTAINER:PATH",
+            "cp",
+        )
+    rt = open_runtime()
+    if s is not None:
+        _copy_from_container(rt, s[0], s[1], dest, follow_link)
+    else:
+        assert d is not None
+        _copy_to_container(rt, src, d[0], d[1], follow_link)
+
+
+def _copy_from_container(rt: Runtime, ref: str, path: str, dest: str, follow: bool) -> None:
+    import shutil
+    import tempfile
+
+    from lamina.errors import LaminaError
+    from lamina.image import apply_layer
+
+    chunks = rt.copy_out(ref, path)
+    if dest == "-":
+        out = sys.stdout.buffer
+        for chunk in chunks:
+            out.write(chunk)
+        out.flush()
+        return
+    stream = _IterReader(iter(chunks))
+    dest_path = os.path.abspath(dest)
+    if os.path.isdir(dest_path):
+        # Into an existing directory: the tar's top entry is the source's base name.
+        apply_layer(cast(BinaryIO, stream), Path(dest_path))
+        return
+    parent = os.path.dirname(dest_path)
+    if not os.path.isdir(parent):
+        raise LaminaError(f"destination directory {parent} does not exist")
+    top = _archive_name(path)
+    if top == ".":  # a directory's contents (DIR/.): DEST becomes that directory
+        if os.path.lexists(dest_path):
+            raise LaminaError(f"cannot copy a directory to a file: {dest}")
+        os.mkdir(dest_path)
+        apply_layer(cast(BinaryIO, stream), Path(dest_path))
+        return
+    # Anything else lands beside DEST first, then takes its name in one rename.
+    tmp = tempfile.mkdtemp(prefix=".lamina-cp-", dir=parent)
+    try:
+        apply_layer(cast(BinaryIO, stream), Path(tmp))
+        got = os.path.join(tmp, top)
+        if not os.path.lexists(got):
+            entries = os.listdir(tmp)
+            if len(entries) != 1:
+                raise LaminaError(f"unexpected archive from container for {path}")
+            got = os.path.join(tmp, entries[0])
+        is_dir = os.path.isdir(got) and not os.path.islink(got)
+        if os.path.lexists(dest_path):
+            if is_dir:
+                raise LaminaError(f"cannot copy a directory to a file: {dest}")
+            os.replace(got, dest_path)
+        else:
+            if dest.endswith("/") and not is_dir:
+                raise LaminaError(f"destination directory {dest} does not exist")
+            os.rename(got, dest_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _archive_name(path: str) -> str:
+    import posixpath
+
+    stripped = path.rstrip("/")
+    if stripped.endswith("/.") or stripped in ("", "."):
+        return "."
+    return posixpath.basename(stripped) or "."
+
+
+def _copy_to_container(rt: Runtime, src: str, ref: str, path: str, follow: bool) -> None:
+    import io
+    import posixpath
+    import tarfile
+    import threading
+
+    from lamina.errors import LaminaError, NotFound
+
+    if src == "-":
+        rt.copy_in(ref, path, sys.stdin.buffer)
+        return
+    src_path = os.path.abspath(src)
+    if follow and os.path.islink(src_path):
+        src_path = os.path.realpath(src_path)
+    if not os.path.lexists(src_path):
+        raise LaminaError(f"no such file or directory: {src}")
+    src_is_dir = os.path.isdir(src_path) and not os.path.islink(src_path)
+    contents_only = src.rstrip("/").endswith("/.") or src in (".", "./")
+
+    # Where does it go? Probe the destination with an empty archive.
+    empty = io.BytesIO(b"\0" * 1024)
+    try:
+        rt.copy_in(ref, path, empty)
+        dest_kind = "dir"
+    except NotFound:
+        dest_kind = "missing"
+    except LaminaError as e:
+        if "not a directory" not in str(e):
+            raise
+        dest_kind = "file"
+    if dest_kind == "dir":
+        into, name = path, "." if contents_only else os.path.basename(src_path.rstrip("/"))
+    else:
+        if dest_kind == "file" and src_is_dir:
+            raise LaminaError(f"cannot copy a directory to a file: {path}")
+        if dest_kind == "missing" and path.endswith("/") and not src_is_dir:
+            raise LaminaError(f"destination directory {path} does not exist")
+        stripped = path.rstrip("/") or "/"
+        into, name = posixpath.dirname(stripped) or "/", posixpath.basename(stripped)
+
+    r, w = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with (
+                os.fdopen(w, "wb") as wf,
+                tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as tf,
+            ):
+                if name == ".":
+                    tf.add(src_path, arcname=".", recursive=False)
+                    for entry in sorted(os.listdir(src_path)):
+                        tf.add(os.path.join(src_path, entry), arcname=entry)
+                else:
+                    tf.add(src_path, arcname=name)
+        except BrokenPipeError:
+            pass
+        except BaseException as e:
+            failure.append(e)
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    try:
+        with os.fdopen(r, "rb") as rf:
+            rt.copy_in(ref, into, rf)
+    finally:
+        t.join()
+    if failure:
+        err = failure[0]
+        if isinstance(err, OSError):
+            raise LaminaError(f"cannot read {err.filename or src}: {err.strerror}") from None
+        raise err
+
+
+@_command("diff")
+@click.argument("container")
+def diff(container: str) -> None:
+    """Inspect changes to files or directories on a container's filesystem."""
+    changes: list[Any] = open_runtime().diff(container)
+    for change in changes:
+        click.echo(f"{change.kind} {change.path}")
+
+
+@_command("commit")
+@click.argument("container")
+@click.argument("reference", required=False)
+@click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction.")
+@click.option("-m", "--message", default=None, help="Commit message.")
+@click.option("-a", "--author", default=None, help='Author (e.g. "Jane <jane@example.com>").')
+@click.option(
+    "-p/-P", "--pause/--no-pause", default=True, help="Pause the container during commit (default)."
+)
+def commit(
+    container: str,
+    reference: str | None,
+    changes: tuple[str, ...],
+    message: str | None,
+    author: str | None,
+    pause: bool,
+) -> None:
+    """Create a new image from a container's changes; prints the image ID."""
+    image_id = open_runtime().commit(
+        container, reference, changes=list(changes), message=message, author=author, pause=pause
+    )
+    click.echo(image_id)
+
+
+@_command("update")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("--cpus", default=None, help="Number of CPUs.")
+@click.option("-c", "--cpu-shares", type=int, default=None, help="CPU shares (relative weight).")
+@click.option("--cpuset-cpus", default=None, help="CPUs to run on (0-3, 0,1).")
+@click.option("-m", "--memory", default=None, help="Memory limit (b, k, m, g).")
+@click.option("--memory-swap", default=None, help="Memory plus swap limit; -1 for unlimited.")
+@click.option("--pids-limit", type=int, default=None, help="Process limit (-1 for unlimited).")
+def update(containers: tuple[str, ...], **flags: Any) -> None:
+    """Update the resource limits of one or more containers."""
+    from lamina.cli._runopts import InvalidOption, parse_resources
+
+    if all(v is None for v in flags.values()):
+        raise FlagError("you must provide one or more flags when using this command", "update")
+    try:
+        resources = parse_resources(**flags, cpu_count=os.cpu_count(), for_update=True)
+    except InvalidOption as e:
+        raise FlagError(str(e), "update") from None
+    rt = open_runtime()
+    _each(containers, lambda ref: rt.update(ref, resources))
+
+
+# -- the container group -------------------------------------------------------------
+
+
+@click.group("container", cls=DockerGroup)
+def container() -> None:
+    """Manage containers (ls, run, create, start, stop, rm, prune, ...)."""
+
+
+for _name, _cmd in (
+    ("ls", ps),
+    ("list", ps),
+    ("ps", ps),
+    ("run", run),
+    ("create", create),
+    ("start", start),
+    ("stop", stop),
+    ("restart", restart),
+    ("kill", kill),
+    ("pause", pause),
+    ("unpause", unpause),
+    ("rm", rm),
+    ("remove", rm),
+    ("rename", rename),
+    ("wait", wait),
+    ("prune", prune),
+    ("logs", logs),
+    ("exec", exec_),
+    ("stats", stats),
+    ("top", top),
+    ("inspect", container_inspect),
+    ("cp", cp),
+    ("diff", diff),
+    ("commit", commit),
+    ("update", update),
+):
+    container.add_command(_cmd, _name)

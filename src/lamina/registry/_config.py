@@ -1,0 +1,159 @@
+"""Per-registry connection policy: which scheme, which CA, which API host.
+
+Contract: a ``RegistryConfig`` is an immutable value built once per command from
+the JSON file (``$LAMINA_REGISTRIES_CONFIG``, else ``/etc/lamina/registries.json``)
+merged with command-line flags, then asked per registry host:
+
+- ``api_host(host)``: where the v2 API lives (``docker.io`` -> ``registry-1.docker.io``);
+- ``plain_http_allowed(host)``: loopback hosts and hosts listed as insecure may fall
+  back to plain HTTP when they do not speak TLS (Docker's behaviour); every other
+  host is HTTPS only;
+- ``tls_verify(host)``: insecure hosts skip certificate verification; the others
+  verify against the system roots plus a registry CA found, first match wins, in
+  the explicit ``ca_files`` map, ``<config dir>/certs.d/<host>/ca.crt``,
+  ``/etc/docker/certs.d/<host>/ca.crt`` and ``/etc/containers/certs.d/<host>/ca.crt``.
+
+File format (every key optional)::
+
+    {"insecure_registries": ["myreg:5000"], "ca_files": {"myreg:5443": "/path/ca.crt"}}
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import os
+import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamina.errors import RegistryError
+
+DEFAULT_CONFIG_PATH = Path("/etc/lamina/registries.json")
+DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_SYSTEM_CERTS_DIRS = (Path("/etc/docker/certs.d"), Path("/etc/containers/certs.d"))
+
+
+def config_path_from_env() -> Path:
+    env = os.environ.get("LAMINA_REGISTRIES_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (with or without a port)."""
+    name = _strip_port(host)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        return host[1 : host.index("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    insecure_registries: frozenset[str] = frozenset()
+    ca_files: Mapping[str, str] = field(default_factory=dict)
+    # lamina's own certs.d lives next to the config file.
+    config_dir: Path | None = None
+    certs_dirs: tuple[Path, ...] = _SYSTEM_CERTS_DIRS
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        insecure_registries: Iterable[str] = (),
+        ca_files: Mapping[str, str] | None = None,
+    ) -> RegistryConfig:
+        """Read the config file (absent is fine) and merge the command-line flags,
+        which win over the file."""
+        file = Path(path) if path is not None else config_path_from_env()
+        data: dict[str, object] = {}
+        if file.is_file():
+            try:
+                loaded = json.loads(file.read_text())
+            except (OSError, ValueError) as e:
+                raise RegistryError(f"cannot read registries config {file}: {e}") from None
+            if not isinstance(loaded, dict):
+                raise RegistryError(f"registries config {file}: expected a JSON object")
+            data = loaded
+        insecure = data.get("insecure_registries", [])
+        cas = data.get("ca_files", {})
+        if not isinstance(insecure, list) or not all(isinstance(h, str) for h in insecure):
+            raise RegistryError(f"registries config {file}: insecure_registries must be a list")
+        if not isinstance(cas, dict) or not all(isinstance(v, str) for v in cas.values()):
+            raise RegistryError(f"registries config {file}: ca_files must map host to path")
+        merged_cas = {str(k): str(v) for k, v in cas.items()}
+        merged_cas.update(ca_files or {})
+        return cls(
+            insecure_registries=frozenset(insecure) | frozenset(insecure_registries),
+            ca_files=merged_cas,
+            config_dir=file.parent,
+        )
+
+    def with_options(
+        self,
+        *,
+        insecure_registries: Iterable[str] = (),
+        ca_files: Mapping[str, str] | None = None,
+    ) -> RegistryConfig:
+        cas = dict(self.ca_files)
+        cas.update(ca_files or {})
+        return RegistryConfig(
+            insecure_registries=self.insecure_registries | frozenset(insecure_registries),
+            ca_files=cas,
+            config_dir=self.config_dir,
+            certs_dirs=self.certs_dirs,
+        )
+
+    # -- questions asked per host
+    def api_host(self, host: str) -> str:
+        return "registry-1.docker.io" if host in DOCKER_HUB_HOSTS else host
+
+    def is_insecure(self, host: str) -> bool:
+        """Listed as insecure: TLS unverified, plain HTTP allowed."""
+        return host in self.insecure_registries or _strip_port(host) in self.insecure_registries
+
+    def plain_http_allowed(self, host: str) -> bool:
+        return is_loopback(host) or self.is_insecure(host)
+
+    def ca_file(self, host: str) -> Path | None:
+        explicit = self.ca_files.get(host)
+        if explicit:
+            return Path(explicit)
+        dirs = [self.config_dir / "certs.d"] if self.config_dir else []
+        for d in [*dirs, *self.certs_dirs]:
+            candidate = d / host / "ca.crt"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def tls_verify(self, host: str) -> ssl.SSLContext | bool:
+        """What httpx's ``verify=`` gets for this host."""
+        if self.is_insecure(host):
+            return False
+        ca = self.ca_file(host)
+        try:
+            return _ssl_context(str(ca) if ca else None)
+        except (OSError, ssl.SSLError) as e:
+            raise RegistryError(f"cannot load CA file {ca} for registry {host}: {e}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    # Loading the system roots costs ~10 ms: share one context per CA file.
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx

@@ -1,0 +1,474 @@
+"""Pull: registry -> content store -> snapshots -> image record.
+
+Lifecycle of one ``pull(local, ref)``:
+
+1. Policy against the local store: ``never`` (local or NotFound), ``if-not-present``
+   (local without any network), ``newer`` (HEAD the manifest; re-pull only when the
+   remote digest differs), ``always``.
+2. Resolve: GET the manifest by tag or digest (digest verified); an index is
+   narrowed to the platform manifest (``--platform`` or the host's); GET the config.
+3. Layers download concurrently (``max_concurrent`` threads) into content-store
+   ingests keyed ``pull-<digest>``; each layer unpacks into its snapshot *while* it
+   downloads, reading the ingest as it grows (``_follow``). The unpacker sees the
+   end of the stream only after the blob's digest is verified, and the snapshot
+   itself is checked against the config's diff_id, so nothing unverified lands.
+4. Only when every layer is downloaded, verified and unpacked are the blobs
+   committed (layers, config, manifest, index last) and the image record written
+   with its names (the tag and ``repo@digest``).
+
+Failure leaves nothing half-written: no blob is committed, snapshots this pull
+created are removed, no record is written. Partial downloads stay as ingests so the
+next pull resumes them with a Range request (a digest mismatch discards the ingest).
+
+Concurrent pulls (threads or processes) needing the same blobs serialise on
+``flock``s under ``<root>/locks/`` (64 stripes by digest, taken in order up front),
+so they never write into one ingest at the same time nor deadlock; the later one
+finds the blobs committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from lamina.errors import DigestMismatch, InvalidManifest, LaminaError, NotFound
+from lamina.image._content import BlobWriter
+from lamina.image._local import LocalImages
+from lamina.image._manifest import (
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    check_layers,
+    parse_image_config,
+    parse_manifest,
+)
+from lamina.image._platform import host_platform, matches, parse_platform, select_manifest
+from lamina.image._reference import Reference, parse_reference
+from lamina.image._snapshots import chain_ids
+from lamina.image._store import ImageRecord
+from lamina.registry._client import BlobSink, FetchedManifest, RegistryClient
+from lamina.registry._config import RegistryConfig
+from lamina.registry._follow import Follow, Restarted, TeeSink
+from lamina.registry._progress import NullProgress, ProgressEvent, ProgressSink
+from lamina.registry._sources import BlobSources
+
+PullPolicy = Literal["if-not-present", "always", "never", "newer"]
+POLICIES: tuple[str, ...] = ("if-not-present", "always", "never", "newer")
+UNPACK_WORKERS = 2
+LOCK_STRIPES = 64
+# Unpack while downloading (False: after the download; kept for benchmarks and triage).
+STREAM_UNPACK = True
+
+
+def pull(
+    local: LocalImages,
+    ref: str | Reference,
+    *,
+    policy: str = "if-not-present",
+    platform: Platform | None = None,
+    progress: ProgressSink | None = None,
+    config: RegistryConfig | None = None,
+    max_concurrent: int = 3,
+    client: RegistryClient | None = None,
+) -> ImageRecord:
+    """Make ``ref`` present locally (blobs, snapshots, record) according to ``policy``."""
+    if policy not in POLICIES:
+        raise LaminaError(f"unknown pull policy {policy!r} (want one of {', '.join(POLICIES)})")
+    reference = parse_reference(ref) if isinstance(ref, str) else ref
+    sink = progress or NullProgress()
+    existing = _local_image(local, reference, platform)
+    if policy == "never":
+        if existing is None:
+            raise NotFound(f"image {reference} is not present locally and the pull policy is never")
+        return _ensure_unpacked(local, existing)
+    if policy == "if-not-present" and existing is not None:
+        return _ensure_unpacked(local, existing)
+    owned = client is None
+    c = client or RegistryClient(reference.domain, config=config)
+    try:
+        if policy == "newer" and existing is not None:
+            remote = c.head_manifest(reference.path, reference.digest or reference.tag or "latest")
+            if remote in (existing.digest, existing.manifest_digest):
+                sink.event(ProgressEvent("resolved", message=f"{reference}: image is up to date"))
+                return _ensure_unpacked(local, existing)
+        return _Pull(local, c, reference, platform, sink, max(1, max_concurrent)).run()
+    finally:
+        if owned:
+            c.close()
+
+
+def _local_image(
+    local: LocalImages, ref: Reference, platform: Platform | None
+) -> ImageRecord | None:
+    record = local.images.lookup(str(ref))
+    if record is None:
+        return None
+    if platform is not None:
+        try:
+            have = parse_platform(record.platform)
+        except LaminaError:
+            return None
+        if not matches(platform, have):
+            return None
+    return record
+
+
+def _ensure_unpacked(local: LocalImages, record: ImageRecord) -> ImageRecord:
+    if not local.is_unpacked(record):
+        local.unpack(record)
+    return record
+
+
+@dataclass
+class _Layer:
+    desc: Descriptor
+    diff_id: str
+    chain: str
+    need_blob: bool
+    need_unpack: bool
+    writer: BlobWriter | None = None
+    follow: Follow | None = None
+
+
+@dataclass
+class _State:
+    writers: list[BlobWriter] = field(default_factory=list)
+    new_snapshots: list[str] = field(default_factory=list)
+    follows: list[Follow] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    failed: BaseException | None = None
+
+
+class _Pull:
+    def __init__(
+        self,
+        local: LocalImages,
+        client: RegistryClient,
+        ref: Reference,
+        platform: Platform | None,
+        progress: ProgressSink,
+        max_concurrent: int,
+    ) -> None:
+        self.local = local
+        self.client = client
+        self.ref = ref
+        self.repo = ref.path
+        self.platform = platform
+        self.progress = progress
+        self.max_concurrent = max_concurrent
+        self.state = _State()
+
+    # -- resolve
+    def _resolve(self) -> tuple[FetchedManifest, FetchedManifest | None, Manifest]:
+        """(target, platform manifest when the target is an index, parsed manifest)."""
+        target = self.client.get_manifest(self.repo, self.ref.digest or self.ref.tag or "latest")
+        parsed = parse_manifest(target.data, target.media_type)
+        if isinstance(parsed, Manifest):
+            return target, None, parsed
+        desc = select_manifest(parsed, self.platform or host_platform())
+        child = self.client.get_manifest(self.repo, desc.digest)
+        if len(child.data) != desc.size:
+            raise DigestMismatch(
+                f"manifest {desc.digest}: size {len(child.data)} does not match index ({desc.size})"
+            )
+        manifest = parse_manifest(child.data, child.media_type)
+        if isinstance(manifest, Index):
+            raise InvalidManifest(f"index {target.digest} nests another index; not supported")
+        return target, child, manifest
+
+    def _config(self, manifest: Manifest) -> bytes:
+        desc = manifest.config
+        if self.local.content.exists(desc.digest):
+            return self.local.content.read(desc.digest)
+        data = self.client.get_blob_bytes(self.repo, desc.digest)
+        if len(data) != desc.size:
+            raise DigestMismatch(
+                f"config {desc.digest}: size {len(data)} does not match manifest ({desc.size})"
+            )
+        return data
+
+    # -- run
+    def run(self) -> ImageRecord:
+        target, child, manifest = self._resolve()
+        self.progress.event(
+            ProgressEvent(
+                "resolved", digest=target.digest, message=f"{self.ref}: resolved {target.digest}"
+            )
+        )
+        config_data = self._config(manifest)
+        config = parse_image_config(config_data)
+        check_layers(manifest, config)
+        diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
+        chains = chain_ids(diff_ids)
+        content, snaps = self.local.content, self.local.snapshots
+        layers = [
+            _Layer(
+                desc=desc,
+                diff_id=diff_id,
+                chain=chain,
+                need_blob=not content.exists(desc.digest),
+                need_unpack=not snaps.exists(chain),
+            )
+            for desc, diff_id, chain in zip(manifest.layers, diff_ids, chains, strict=True)
+        ]
+        locked = sorted({layer.desc.digest for layer in layers if layer.need_blob})
+        with _blob_locks(self.local.root, locked):
+            # Another pull may have finished these while we waited for the locks.
+            for layer in layers:
+                layer.need_blob = layer.need_blob and not content.exists(layer.desc.digest)
+                layer.need_unpack = layer.need_unpack and not snaps.exists(layer.chain)
+            try:
+                self._fetch_and_unpack(layers)
+                record = self._commit(target, child, manifest, config_data, layers)
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                for w in self.state.writers:
+                    w.close()
+        self._note_sources(manifest)
+        self.progress.event(
+            ProgressEvent(
+                "finished", digest=target.digest, message=f"{self.ref}: pulled {target.digest}"
+            )
+        )
+        return record
+
+    def _fetch_and_unpack(self, layers: list[_Layer]) -> None:
+        """Downloads on ``max_concurrent`` threads; each layer's unpack starts with its
+        download and reads the bytes as they arrive (see ``_follow``), finishing once
+        they are verified. The first failure cancels what has not started and aborts
+        running downloads at their next chunk and unpacks at their next read."""
+        downloads = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="pull")
+        unpacks = ThreadPoolExecutor(
+            max(UNPACK_WORKERS, self.max_concurrent), thread_name_prefix="unpack"
+        )
+        unpack_futures: list[Future[None]] = []
+        futures_lock = threading.Lock()
+
+        def start_unpack(layer: _Layer) -> None:
+            with futures_lock:
+                unpack_futures.append(unpacks.submit(self._unpack, layer))
+
+        def download(layer: _Layer) -> None:
+            try:
+                if self.state.failed is not None:
+                    return
+                if layer.need_blob:
+                    self._download(layer, start_unpack if layer.need_unpack else None)
+                else:
+                    ev = ProgressEvent("exists", digest=layer.desc.digest, size=layer.desc.size)
+                    self.progress.event(ev)
+                    if layer.need_unpack:
+                        start_unpack(layer)
+            except BaseException as e:
+                self._fail(e)
+                raise
+
+        try:
+            for f in [downloads.submit(download, layer) for layer in layers]:
+                f.result()
+            with futures_lock:
+                pending = list(unpack_futures)
+            for u in pending:
+                u.result()
+        except BaseException:
+            downloads.shutdown(wait=True, cancel_futures=True)
+            unpacks.shutdown(wait=True, cancel_futures=True)
+            # Report the first failure, not a layer cancelled because of it.
+            first = self.state.failed
+            if first is not None:
+                raise first from None
+            raise
+        finally:
+            downloads.shutdown(wait=True)
+            unpacks.shutdown(wait=True)
+
+    def _fail(self, e: BaseException) -> None:
+        with self.state.lock:
+            if self.state.failed is None:
+                self.state.failed = e
+            follows = list(self.state.follows)
+        for follow in follows:
+            follow.abort(_Cancelled("another layer failed") if follow.error is not e else e)
+
+    def _download(self, layer: _Layer, start_unpack: Callable[[_Layer], None] | None) -> None:
+        desc = layer.desc
+        writer = self.local.content.writer(f"pull-{desc.digest}", desc.digest, desc.size)
+        with self.state.lock:
+            self.state.writers.append(writer)
+        layer.writer = writer
+        sink: BlobSink = writer
+        if start_unpack is not None:
+            follow = Follow(_ingest_data(writer), writer.offset)
+            layer.follow = follow
+            with self.state.lock:
+                self.state.follows.append(follow)
+            sink = TeeSink(_Flushing(writer), follow)
+            if STREAM_UNPACK:
+                start_unpack(layer)
+        ev = self.progress.event
+        ev(ProgressEvent("started", digest=desc.digest, size=desc.size, message="downloading"))
+        if writer.offset:
+            ev(ProgressEvent("advance", digest=desc.digest, size=desc.size, advance=writer.offset))
+
+        def advanced(n: int) -> None:
+            if self.state.failed is not None:
+                raise _Cancelled("another layer failed")
+            ev(ProgressEvent("advance", digest=desc.digest, size=desc.size, advance=n))
+
+        try:
+            self.client.fetch_blob(self.repo, desc.digest, desc.size, sink, on_bytes=advanced)
+            ev(ProgressEvent("verifying", digest=desc.digest, size=desc.size))
+            got = writer.digest()
+            if writer.offset != desc.size or got != desc.digest:
+                writer.abort()  # corrupt: resuming from it would only fail again
+                if writer.offset != desc.size:
+                    raise DigestMismatch(
+                        f"blob {desc.digest}: got {writer.offset} bytes, expected {desc.size}"
+                    )
+                raise DigestMismatch(f"blob {desc.digest}: registry sent content with digest {got}")
+        except BaseException as e:
+            if layer.follow is not None:
+                layer.follow.abort(e)
+            raise
+        if layer.follow is not None:
+            ev(ProgressEvent("extracting", digest=desc.digest, size=desc.size))
+            layer.follow.finish()  # the unpacker may now see end-of-file
+            if not STREAM_UNPACK and start_unpack is not None:
+                start_unpack(layer)
+        else:
+            ev(ProgressEvent("done", digest=desc.digest, size=desc.size))
+
+    def _unpack(self, layer: _Layer) -> None:
+        if self.state.failed is not None:
+            return
+        desc, follow = layer.desc, layer.follow
+        try:
+            if follow is None:
+                ev = ProgressEvent("extracting", digest=desc.digest, size=desc.size)
+                self.progress.event(ev)
+                self._unpack_from(layer, self.local.content.path(desc.digest))
+            else:
+                try:
+                    with follow.reader() as stream:
+                        self._unpack_stream(layer, stream)
+                except Restarted:
+                    # The server ignored a Range request: unpack the finished file instead.
+                    follow.wait_finished()
+                    self._unpack_from(layer, follow.path)
+                except Exception:
+                    # Bytes that fail to unpack may be bytes that fail their digest: the
+                    # download's verdict comes first (DigestMismatch, not a tar error).
+                    follow.wait_finished()
+                    raise
+            with self.state.lock:
+                self.state.new_snapshots.append(layer.chain)
+            self.progress.event(ProgressEvent("done", digest=desc.digest, size=desc.size))
+        except BaseException as e:
+            self._fail(e)
+            raise
+
+    def _unpack_from(self, layer: _Layer, path: Path) -> None:
+        with open(path, "rb") as blob:
+            self._unpack_stream(layer, blob)
+
+    def _unpack_stream(self, layer: _Layer, blob: BinaryIO) -> None:
+        self.local.snapshots.unpack(
+            layer.chain, blob, expected_diff_id=layer.diff_id, media_type=layer.desc.media_type
+        )
+
+    def _commit(
+        self,
+        target: FetchedManifest,
+        child: FetchedManifest | None,
+        manifest: Manifest,
+        config_data: bytes,
+        layers: list[_Layer],
+    ) -> ImageRecord:
+        content = self.local.content
+        for layer in layers:
+            if layer.writer is not None:
+                layer.writer.commit()
+        content.add(config_data, manifest.config.digest)
+        if child is not None:
+            content.add(child.data, child.digest)
+        content.add(target.data, target.digest)
+        record = self.local.record(target.digest, self.platform, media_type=target.media_type)
+        names = [f"{self.ref.name}@{target.digest}"]
+        if self.ref.tag and not self.ref.digest:
+            names.insert(0, str(self.ref))
+        return self.local.images.put(record, names)
+
+    def _rollback(self) -> None:
+        for chain in self.state.new_snapshots:
+            with contextlib.suppress(Exception):
+                self.local.snapshots.remove(chain)
+
+    def _note_sources(self, manifest: Manifest) -> None:
+        digests = [manifest.config.digest, *(layer.digest for layer in manifest.layers)]
+        with contextlib.suppress(OSError):
+            BlobSources(self.local.root).add(f"{self.client.host}/{self.repo}", digests)
+
+
+class _Cancelled(Exception):
+    """Raised inside a download to stop it when another layer already failed."""
+
+
+def _ingest_data(writer: BlobWriter) -> Path:
+    """The file behind an open ingest (BlobWriter has no public path yet: asked for)."""
+    return Path(writer._data_path)
+
+
+class _Flushing:
+    """A BlobWriter whose writes reach the file at once, for readers following it.
+    (BlobWriter has no public flush yet: asked for.)"""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self._writer = writer
+
+    @property
+    def offset(self) -> int:
+        return self._writer.offset
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._writer.write(data)
+
+    def flush(self) -> None:
+        self._writer._file.flush()
+
+    def truncate(self) -> None:
+        self._writer.truncate()
+
+    def digest(self) -> str:
+        return self._writer.digest()
+
+
+@contextlib.contextmanager
+def _blob_locks(root: Path, digests: list[str]) -> Iterator[None]:
+    """Exclusive flocks covering ``digests``: one of ``LOCK_STRIPES`` files per digest
+    (a bounded set of lock files), taken in sorted order so two pulls cannot deadlock."""
+    if not digests:
+        yield
+        return
+    lock_dir = Path(root) / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    stripes = sorted({int(d.partition(":")[2][:8], 16) % LOCK_STRIPES for d in digests})
+    fds: list[int] = []
+    try:
+        for stripe in stripes:
+            fd = os.open(lock_dir / f"pull-{stripe:02d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)

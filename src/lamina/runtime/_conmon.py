@@ -1,0 +1,480 @@
+"""conmon: the per-container monitor that outlives lamina.
+
+``launch`` starts ``conmon`` for a bundle the way podman does. conmon forks
+itself into the background (its first process exits at once), runs ``runc
+create`` and reports the container's host PID, or runc's error, as one JSON line
+on the ``_OCI_SYNCPIPE`` pipe. From then on conmon alone holds the container's
+stdio: it writes the k8s-file log, serves the attach socket, takes resize requests
+on the ``ctl`` FIFO, and when the container exits writes ``exit/<id>`` (the exit
+code, 128+N for signal N) and runs the exit command (lamina's cleanup).
+
+Files conmon makes in the bundle: ``attach`` (SOCK_SEQPACKET; packets from
+conmon begin with one byte, 2 = stdout and 3 = stderr; bytes sent to it are the
+container's stdin; shutdown(SHUT_WR) closes stdin), ``ctl`` and ``winsz`` FIFOs,
+``conmon.pid``, ``pidfile`` (container PID), ``ctr.log``.
+
+The attach socket lives in the bundle (``--full-attach``), whose path may exceed
+the 108-byte limit of unix socket addresses, so clients connect through
+``/proc/self/fd/<dirfd>/attach``, as podman does.
+
+Log lines are ``<RFC3339Nano> <stdout|stderr> <P|F> <bytes>``; ``P`` marks a
+partial line continued by the next one of the same stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lamina.errors import LaminaError
+from lamina.runtime._types import LogEntry
+
+if TYPE_CHECKING:
+    import socket
+
+CONMON = "/usr/bin/conmon"
+RUNC = "/usr/sbin/runc"
+
+STDOUT_PIPE = 2
+STDERR_PIPE = 3
+ATTACH_BUFSIZE = 8192 + 1
+
+
+class StartFailed(LaminaError):
+    """runc could not create the container (bad command, mount, ...)."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Paths of one container's bundle directory."""
+
+    dir: Path
+    cid: str
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "ctr.log"
+
+    @property
+    def exit_dir(self) -> Path:
+        return self.dir / "exit"
+
+    @property
+    def exit_file(self) -> Path:
+        return self.dir / "exit" / self.cid
+
+    @property
+    def conmon_pidfile(self) -> Path:
+        return self.dir / "conmon.pid"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "pidfile"
+
+    @property
+    def conmon_err(self) -> Path:
+        return self.dir / "conmon.err"
+
+    @property
+    def waiter(self) -> Path:
+        return self.dir / "waiter"
+
+    def runtime_files(self) -> list[Path]:
+        """What one run leaves in the bundle, removed before the next run."""
+        d = self.dir
+        return [
+            d / "attach",
+            d / "ctl",
+            d / "winsz",
+            self.conmon_pidfile,
+            self.pidfile,
+            self.exit_file,
+            d / "oom",
+            d / "exit-code",  # not written by conmon 2.1 without --persist-dir
+            self.waiter,
+        ]
+
+
+# The exit command: skip the Python cleanup when a lamina process is already waiting for
+# this container (it cleans up itself, sooner); otherwise run it. $1 root, $2 id,
+# $3 python, $4 bundle.
+_EXIT_SCRIPT = (
+    'p=$(cat "$4/waiter" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && exit 0; '
+    'exec "$3" -m lamina.runtime.cleanup "$1" "$2"'
+)
+
+
+def exit_command(python: str, root: Path, cid: str, bundle: Path) -> list[str]:
+    return ["/bin/sh", "-c", _EXIT_SCRIPT, "lamina-cleanup", str(root), cid, python, str(bundle)]
+
+
+def launch(
+    bundle: Bundle,
+    *,
+    name: str,
+    runc_root: Path,
+    tty: bool,
+    stdin: bool,
+    exit_cmd: list[str],
+) -> int:
+    """Start conmon, which runs ``runc create``; returns the container's host PID."""
+    bundle.exit_dir.mkdir(exist_ok=True)
+    argv = [
+        CONMON,
+        "--api-version", "1",
+        "-c", bundle.cid,
+        "-u", bundle.cid,
+        "-r", RUNC,
+        "-b", str(bundle.dir),
+        "-p", str(bundle.pidfile),
+        "-n", name,
+        "--exit-dir", str(bundle.exit_dir),
+        "-l", f"k8s-file:{bundle.log}",
+        "--log-level", "error",
+        "--runtime-arg", f"--root={runc_root}",
+        "--conmon-pidfile", str(bundle.conmon_pidfile),
+        "--socket-dir-path", str(bundle.dir),
+        "--full-attach",
+        "--exit-command", exit_cmd[0],
+    ]  # fmt: skip
+    for arg in exit_cmd[1:]:
+        argv += ["--exit-command-arg", arg]
+    if tty:
+        argv.append("-t")
+    if stdin:
+        argv.append("-i")
+    return _run_conmon(argv, bundle.conmon_err)
+
+
+def launch_exec(
+    *,
+    cid: str,
+    name: str,
+    exec_dir: Path,
+    process_file: Path,
+    runc_root: Path,
+) -> int:
+    """``exec --detach`` under conmon, which reaps the process when it exits (with
+    plain ``runc exec --detach`` it would be orphaned to the host's init). Returns its
+    host PID once started; conmon writes ``exec_dir/exit/<cid>`` when it ends."""
+    (exec_dir / "exit").mkdir(parents=True, exist_ok=True)
+    argv = [
+        CONMON,
+        "--api-version", "1",
+        "-c", cid,
+        "-u", exec_dir.name,
+        "-r", RUNC,
+        "-b", str(exec_dir),
+        "-p", str(exec_dir / "pid"),
+        "-n", name,
+        "--exit-dir", str(exec_dir / "exit"),
+        "-l", "none",
+        "--log-level", "error",
+        "--runtime-arg", f"--root={runc_root}",
+        "--socket-dir-path", str(exec_dir),
+        "--full-attach",
+        "--exec",
+        "--exec-process-spec", str(process_file),
+    ]  # fmt: skip
+    return _run_conmon(argv, exec_dir / "conmon.err", what="exec")
+
+
+def _run_conmon(argv: list[str], err_path: Path, what: str = "create") -> int:
+    r, w = os.pipe()
+    try:
+        env = dict(os.environ)
+        env["_OCI_SYNCPIPE"] = str(w)
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=(w,),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        os.close(w)
+        w = -1
+        proc.wait()  # the first conmon process exits once its daemon child is forked
+        data = _read_all(r)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    return _parse_sync(data, err_path, what)
+
+
+def _read_all(fd: int) -> bytes:
+    # conmon writes the create result and, for api v1, closes the pipe only when it
+    # exits: stop at the first complete line.
+    buf = b""
+    while b"\n" not in buf:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _parse_sync(data: bytes, err_path: Path, what: str) -> int:
+    line = data.split(b"\n", 1)[0].strip()
+    if not line:
+        detail = ""
+        with contextlib.suppress(OSError, IndexError):
+            detail = err_path.read_text(errors="replace").strip().splitlines()[-1]
+        raise StartFailed(f"conmon failed to start the container: {detail or 'no reply'}")
+    try:
+        msg = json.loads(line)
+        pid = int(msg["data"])
+    except (ValueError, KeyError, TypeError):
+        raise StartFailed(f"conmon sent an unreadable reply: {line[:200]!r}") from None
+    if pid <= 0:
+        text = runc_error_text(str(msg.get("message", "")))
+        raise StartFailed(text or f"runc {what} failed", exit_code=error_exit_code(text))
+    return pid
+
+
+_LOGRUS_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+def runc_error_text(raw: str) -> str:
+    """The message of runc's logrus line(s), unescaped and on one line."""
+    msgs = []
+    for m in _LOGRUS_MSG.finditer(raw):
+        try:
+            msgs.append(json.loads(f'"{m.group(1)}"'))
+        except ValueError:
+            msgs.append(m.group(1))
+    text = "; ".join(msgs) if msgs else raw.strip()
+    text = text.replace("\n", " ").strip()
+    for prefix in ("runc create failed: ", "runc exec failed: "):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def error_exit_code(text: str) -> int:
+    """Docker's exit codes for a process that could not start."""
+    low = text.lower()
+    if "no such file or directory" in low or "not found" in low:
+        return 127
+    if "permission denied" in low or "is a directory" in low:
+        return 126
+    return 125
+
+
+def read_exit_file(bundle: Bundle) -> int | None:
+    try:
+        text = bundle.exit_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return None  # conmon is still writing it
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """Fields of /proc/<pid>/stat after the command name (state first); [] if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int:
+    """Start time of ``pid`` in clock ticks since boot; 0 if gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if len(fields) > 19 else 0
+
+
+def alive(pid: int, start_time: int) -> bool:
+    """True when ``pid`` runs (not a zombie) and is the same process: its start time
+    matches ``start_time`` when that is known."""
+    if pid <= 0:
+        return False
+    fields = _stat_fields(pid)
+    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):
+        return False
+    return not start_time or int(fields[19]) == start_time
+
+
+def read_pidfile(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+# -- attach and resize -----------------------------------------------------------
+
+
+def connect_attach(bundle: Bundle) -> socket.socket:
+    import socket  # not on the detached-run hot path
+
+    dfd = os.open(bundle.dir, os.O_PATH | os.O_DIRECTORY)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(f"/proc/self/fd/{dfd}/attach")
+    except OSError as e:
+        sock.close()
+        raise LaminaError(f"cannot attach to container {bundle.cid[:12]}: {e.strerror}") from None
+    finally:
+        os.close(dfd)
+    return sock
+
+
+def resize(bundle: Bundle, height: int, width: int) -> None:
+    """Ask conmon to resize the container's terminal (type 1 on the ctl FIFO)."""
+    try:
+        fd = os.open(bundle.dir / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise LaminaError(f"cannot resize container {bundle.cid[:12]}: {e.strerror}") from None
+    try:
+        os.write(fd, f"1 {height} {width}\n".encode())
+    finally:
+        os.close(fd)
+
+
+# -- logs ------------------------------------------------------------------------
+
+
+def parse_timestamp(text: bytes) -> float:
+    """RFC 3339 with nanoseconds (conmon's) to epoch seconds."""
+    s = text.decode()
+    # fromisoformat takes at most 6 fraction digits; keep the offset.
+    m = re.match(r"^(.*?\.\d{1,6})\d*(.*)$", s)
+    if m:
+        s = m.group(1) + m.group(2)
+    if s.endswith("Z"):
+        s = s[:-1] + "+00:00"
+    from datetime import datetime
+
+    return datetime.fromisoformat(s).timestamp()
+
+
+def _parse_line(line: bytes) -> tuple[float, str, bool, bytes] | None:
+    parts = line.split(b" ", 3)
+    if len(parts) < 3:
+        return None
+    stream = parts[1].decode(errors="replace")
+    if stream not in ("stdout", "stderr"):
+        return None
+    try:
+        ts = parse_timestamp(parts[0])
+    except ValueError:
+        return None
+    msg = parts[3] if len(parts) == 4 else b""
+    return ts, stream, parts[2] == b"P", msg
+
+
+class LogReader:
+    """Incremental reader of a k8s-file log: ``read()`` returns the complete entries
+    appended since the last call (partial lines joined, an unterminated last line
+    kept for later)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._rest = b""
+        self._partial: dict[str, tuple[float, bytes]] = {}
+
+    def read(self) -> list[LogEntry]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._rest + data
+        lines = data.split(b"\n")
+        self._rest = lines.pop()
+        out: list[LogEntry] = []
+        for line in lines:
+            parsed = _parse_line(line)
+            if parsed is None:
+                continue
+            ts, stream, partial, msg = parsed
+            if partial:
+                first_ts, buf = self._partial.get(stream, (ts, b""))
+                self._partial[stream] = (first_ts, buf + msg)
+                continue
+            if stream in self._partial:
+                first_ts, buf = self._partial.pop(stream)
+                out.append(LogEntry(stream, first_ts, buf + msg + b"\n"))
+            else:
+                out.append(LogEntry(stream, ts, msg + b"\n"))
+        return out
+
+    def flush(self) -> list[LogEntry]:
+        """Partial lines still pending (the container stopped mid-line)."""
+        out = [LogEntry(s, ts, buf) for s, (ts, buf) in self._partial.items() if buf]
+        self._partial.clear()
+        return sorted(out, key=lambda e: e.timestamp)
+
+
+def read_logs(
+    path: Path,
+    *,
+    follow: bool,
+    running: object,
+    tail: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    streams: frozenset[str] = frozenset({"stdout", "stderr"}),
+) -> Iterator[LogEntry]:
+    """Entries of the log; with ``follow``, keep polling while ``running()`` is true
+    and until the file is read to its end after that."""
+
+    def keep(e: LogEntry) -> bool:
+        if e.stream not in streams:
+            return False
+        if since is not None and e.timestamp < since:
+            return False
+        return not (until is not None and e.timestamp > until)
+
+    reader = LogReader(path)
+    first = [e for e in reader.read() if keep(e)]
+    if not follow:
+        first += [e for e in reader.flush() if keep(e)]
+    if tail is not None:
+        first = first[-tail:] if tail > 0 else []
+    yield from first
+    if not follow:
+        return
+    delay = 0.01
+    is_running = running if callable(running) else (lambda: False)
+    while True:
+        still = bool(is_running())
+        batch = [e for e in reader.read() if keep(e)]
+        yield from batch
+        if until is not None and time.time() > until:
+            return
+        if not still:
+            # The monitor has stopped writing: one last read, then what is pending.
+            yield from (e for e in reader.read() if keep(e))
+            yield from (e for e in reader.flush() if keep(e))
+            return
+        delay = 0.01 if batch else min(delay * 2, 0.2)
+        time.sleep(delay)

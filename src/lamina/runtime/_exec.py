@@ -1,0 +1,354 @@
+"""``runc exec``: running another process in a running container.
+
+The process spec starts from the container's own (``config.json``: env,
+capabilities, user, cwd, rlimits, no_new_privileges) and takes the exec's
+arguments, extra environment, user and working directory. Four modes:
+
+- captured: stdout and stderr are collected and returned (``lamina exec`` in
+  scripts, healthchecks, tests);
+- stream: the caller's stdio (fds 0, 1, 2 or the given stdin) are handed to the
+  process as they are;
+- tty: runc makes the container's pseudo-terminal and proxies it to its own stdio,
+  a pty lamina opens; lamina pumps that to the caller's terminal (in raw mode) or
+  collects it, and forwards window size changes (SIGWINCH -> TIOCSWINSZ on its
+  master, then SIGWINCH to runc, which resizes the container's terminal);
+- detach: returns once the process has started; it runs under a conmon of its own
+  (``conmon --exec``), which reaps it when it exits: with a bare ``runc exec
+  --detach`` it would be orphaned to the host's init, and a zombie there keeps the
+  container's cgroup busy.
+
+runc reports failures to start the process (command not found, bad cwd) in its
+``--log`` file; those become a LaminaError whose ``exit_code`` is Docker's (127
+not found, 126 not executable). The process's own exit status is returned, 128+N
+when signal N killed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty as ttymod
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lamina.runtime._conmon import (
+    RUNC,
+    StartFailed,
+    error_exit_code,
+    launch_exec,
+    runc_error_text,
+)
+from lamina.runtime._types import ExecResult
+
+
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` with ``extra`` applied on top (same key replaces, in place)."""
+    out = list(base)
+    index = {e.partition("=")[0]: i for i, e in enumerate(out)}
+    for e in extra:
+        key = e.partition("=")[0]
+        if key in index:
+            out[index[key]] = e
+        else:
+            index[key] = len(out)
+            out.append(e)
+    return out
+
+
+def build_process(
+    container_process: dict[str, Any],
+    argv: list[str],
+    *,
+    env: list[str] | None,
+    user: dict[str, Any] | None,
+    workdir: str | None,
+    tty: bool,
+) -> dict[str, Any]:
+    proc: dict[str, Any] = json.loads(json.dumps(container_process))  # deep copy
+    proc["args"] = list(argv)
+    proc["terminal"] = tty
+    proc.pop("consoleSize", None)
+    proc["env"] = merge_env(list(proc.get("env") or []), list(env or []))
+    if tty and not any(e.startswith("TERM=") for e in proc["env"]):
+        proc["env"].append("TERM=xterm")
+    if user is not None:
+        proc["user"] = user
+    if workdir:
+        proc["cwd"] = workdir
+    return proc
+
+
+class _Exec:
+    """One ``runc exec`` invocation: the process file and runc's log file."""
+
+    def __init__(self, runc_root: Path, cid: str, bundle: Path, process: dict[str, Any]) -> None:
+        self.runc_root = runc_root
+        self.cid = cid
+        tag = secrets.token_hex(6)
+        self.process_file = bundle / f"exec-{tag}.json"
+        self.log_file = bundle / f"exec-{tag}.log"
+        with open(self.process_file, "w") as f:
+            json.dump(process, f)
+
+    def argv(self, *extra: str) -> list[str]:
+        return [
+            RUNC,
+            "--root", str(self.runc_root),
+            "--log", str(self.log_file),
+            "--log-format", "json",
+            "exec", "--process", str(self.process_file),
+            *extra,
+            self.cid,
+        ]  # fmt: skip
+
+    def failure(self) -> StartFailed | None:
+        """runc's own error, if it logged one (the process never started)."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return None
+        msgs = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("level") in ("error", "fatal"):
+                    msgs.append(str(entry.get("msg", "")))
+        if not msgs:
+            return None
+        text = runc_error_text(msgs[-1]) if "msg=" in msgs[-1] else msgs[-1]
+        text = text.removeprefix("exec failed: ")
+        return StartFailed(f"exec failed: {text}", exit_code=error_exit_code(text))
+
+    def close(self) -> None:
+        for p in (self.process_file, self.log_file):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _strip_runc_line(stderr: bytes) -> bytes:
+    # runc also prints its fatal error to stderr, which the process shared.
+    lines = stderr.splitlines(keepends=True)
+    if lines and (b"exec failed:" in lines[-1] or b"level=error" in lines[-1]):
+        lines.pop()
+    return b"".join(lines)
+
+
+def run_exec(
+    runc_root: Path,
+    cid: str,
+    bundle: Path,
+    process: dict[str, Any],
+    *,
+    stdin: BinaryIO | None = None,
+    detach: bool = False,
+    stream: bool = False,
+    name: str = "",
+) -> ExecResult:
+    """Run the process; see the module docstring for the modes."""
+    ex = _Exec(runc_root, cid, bundle, process)
+    try:
+        if process.get("terminal") and not detach:
+            return _run_tty(ex, stdin=stdin, stream=stream)
+        if detach:
+            try:
+                launch_exec(
+                    cid=cid,
+                    name=name or cid[:12],
+                    exec_dir=bundle / f"exec-{secrets.token_hex(8)}",
+                    process_file=ex.process_file,
+                    runc_root=runc_root,
+                )
+            except StartFailed as e:
+                raise StartFailed(f"exec failed: {e}", exit_code=e.exit_code) from None
+            return ExecResult(0, b"", b"")
+        if stream:
+            proc2 = subprocess.run(ex.argv(), **_stdin_args(stdin, inherit=True))
+            failed = ex.failure()
+            if failed is not None:
+                raise failed
+            return ExecResult(proc2.returncode, b"", b"")
+        proc3 = subprocess.run(ex.argv(), capture_output=True, **_stdin_args(stdin, inherit=False))
+        failed = ex.failure()
+        if failed is not None:
+            raise failed
+        return ExecResult(proc3.returncode, proc3.stdout, proc3.stderr)
+    finally:
+        ex.close()
+
+
+def _stdin_args(stdin: BinaryIO | None, *, inherit: bool) -> dict[str, Any]:
+    """subprocess arguments feeding ``stdin`` to the process: a real file is passed on,
+    any other stream is read and piped in; None inherits ours or gives /dev/null."""
+    if stdin is None:
+        return {"stdin": None if inherit else subprocess.DEVNULL}
+    if _has_fileno(stdin):
+        return {"stdin": stdin}
+    return {"input": stdin.read()}
+
+
+def _has_fileno(f: object) -> bool:
+    try:
+        f.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+# -- tty ---------------------------------------------------------------------------
+
+
+def window_size(fd: int) -> tuple[int, int] | None:
+    """(rows, cols) of the terminal on ``fd``, None if it is no terminal."""
+    try:
+        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return None
+    rows, cols, _, _ = struct.unpack("HHHH", packed)
+    return (rows, cols) if rows and cols else None
+
+
+def set_window_size(fd: int, rows: int, cols: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Any:
+    """Put the terminal on ``fd`` in raw mode for the duration (no-op if no tty)."""
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        ttymod.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def follow_window_size(source_fd: int, apply: Any) -> Any:
+    """Call ``apply(rows, cols)`` now and on every SIGWINCH (main thread only)."""
+    size = window_size(source_fd)
+    if size:
+        apply(*size)
+    if threading.current_thread() is not threading.main_thread() or not os.isatty(source_fd):
+        yield
+        return
+
+    def on_winch(_sig: int, _frame: object) -> None:
+        new = window_size(source_fd)
+        if new:
+            apply(*new)
+
+    previous = signal.signal(signal.SIGWINCH, on_winch)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+
+
+def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
+    # runc 1.1 hands out the pty master (--console-socket) only with --detach, which
+    # would lose the exit status. Without it, runc proxies between the container's pty
+    # and its own stdio when that is a terminal: give it one of ours and pump our side.
+    # runc sets that terminal raw and, on SIGWINCH, copies its size to the container.
+    master, slave = os.openpty()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        in_fd: int | None
+        if stdin is not None and _has_fileno(stdin):
+            in_fd = stdin.fileno()
+        elif stream and stdin is None and _has_fileno(sys.stdin):
+            in_fd = sys.stdin.fileno()
+        else:
+            in_fd = None
+        term_fd = in_fd if in_fd is not None and os.isatty(in_fd) else None
+        size = window_size(term_fd) if term_fd is not None else None
+        rows, cols = size or (24, 80)
+        set_window_size(slave, rows, cols)
+        proc = subprocess.Popen(
+            ex.argv(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+        os.close(slave)
+        slave = -1
+        runc = proc
+
+        def on_resize(r: int, c: int) -> None:
+            set_window_size(master, r, c)
+            with contextlib.suppress(OSError):
+                runc.send_signal(signal.SIGWINCH)
+
+        out_fd = sys.stdout.fileno() if stream else None
+        captured = bytearray()
+        with contextlib.ExitStack() as stack:
+            if term_fd is not None:
+                stack.enter_context(raw_terminal(term_fd))
+                stack.enter_context(follow_window_size(term_fd, on_resize))
+            pump_pty(master, in_fd, out_fd, captured)
+        code = proc.wait()
+        failed = ex.failure()
+        if failed is not None:
+            raise failed
+        return ExecResult(code, bytes(captured), b"")
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def pump_pty(master: int, in_fd: int | None, out_fd: int | None, captured: bytearray) -> None:
+    """Copy ``in_fd`` -> master and master -> ``out_fd`` (or ``captured``) until the
+    pty closes (EIO once every process holding the slave has exited)."""
+    reading_in = in_fd is not None
+    while True:
+        fds = [master] + ([in_fd] if reading_in and in_fd is not None else [])
+        try:
+            ready, _, _ = select.select(fds, [], [])
+        except InterruptedError:
+            continue
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError as e:
+                if e.errno == errno.EIO:
+                    return
+                raise
+            if not data:
+                return
+            if out_fd is None:
+                captured += data
+            else:
+                _write_all(out_fd, data)
+        if in_fd is not None and in_fd in ready:
+            data = os.read(in_fd, 65536)
+            if not data:
+                reading_in = False  # a terminal has no "closed stdin": stop forwarding
+            else:
+                _write_all(master, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        view = view[n:]

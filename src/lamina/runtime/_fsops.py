@@ -1,0 +1,493 @@
+"""Filesystem operations on a container's overlayfs root: diff, cp, commit.
+
+A container's root is an overlay mount: read-only lower dirs (the image's snapshots,
+topmost first, as in the ``lowerdir=`` option), the container's ``upper`` dir where
+every change lands (deleted lower entries as 0:0 character devices, directories
+that hide their lower contents marked ``trusted.overlay.opaque=y``), and ``merged``,
+the mounted view.
+
+- ``diff`` reads only ``upper`` and the lower dirs, so it works whether or not the
+  rootfs is mounted (``docker diff`` semantics).
+- ``copy_out`` / ``copy_in`` work on ``merged`` and resolve paths *inside* it:
+  symlinks met on the way are followed as if ``merged`` were ``/``, so a hostile
+  link in the container (``evil -> /``) can never make lamina read or write host
+  files. Files are then opened without following symlinks. The container must not
+  rewrite the paths involved meanwhile (callers pause a running container, as
+  Docker does since CVE-2018-15664).
+- ``commit_layer`` / ``commit_image`` turn ``upper`` into a gzip layer and an image.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import secrets
+import stat
+import tarfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from lamina.errors import InvalidReference, LaminaError, NotFound
+from lamina.image import (
+    BlobWriter,
+    Compression,
+    Descriptor,
+    ImageRecord,
+    LayerWritten,
+    LocalImages,
+    Manifest,
+    Platform,
+    apply_layer,
+    dump_json,
+    media,
+    open_decompressed,
+    parse_reference,
+    write_layer,
+)
+from lamina.image._import import apply_changes  # not re-exported by lamina.image (yet)
+from lamina.runtime._types import ChangeEntry
+
+_MAX_SYMLINKS = 40  # the kernel's bound on a path walk
+_CHUNK = 1 << 20
+_OPAQUE_XATTR = "trusted.overlay.opaque"
+# Overlay bookkeeping and host security labels do not belong in what leaves the host.
+_SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "security.selinux")
+
+
+# -- paths inside a root -------------------------------------------------------
+
+
+def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path:
+    """The host path of container path ``path`` under ``root``, with every symlink on the
+    way resolved as if ``root`` were ``/`` (``..`` stops at the root too).
+
+    The final component is followed only when ``follow_final`` (or when the path ends
+    in ``/``). Components that do not exist are kept as written, so the result may not
+    exist. The result is always ``root`` or below it.
+    """
+    base = os.path.realpath(root)
+    todo = path.split("/")[::-1]
+    cur: list[str] = []
+    links = 0
+    while todo:
+        comp = todo.pop()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if cur:
+                cur.pop()
+            continue
+        cur.append(comp)
+        if not todo and not follow_final:
+            break
+        host = base + "/" + "/".join(cur)
+        try:
+            st = os.lstat(host)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            continue
+        links += 1
+        if links > _MAX_SYMLINKS:
+            raise LaminaError(f"too many levels of symbolic links in {path}")
+        target = os.readlink(host)
+        cur.pop()
+        if target.startswith("/"):
+            cur.clear()
+        todo.extend(target.split("/")[::-1])
+    return Path(base, *cur)
+
+
+# -- docker diff ---------------------------------------------------------------
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, _OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _lower_child(stack: Sequence[str], name: str) -> tuple[bool, list[str]]:
+    """Whether ``name`` shows in the lower view of a directory whose lower copies are
+    ``stack`` (topmost first), and the lower copies of it if it is a directory."""
+    found = False
+    child: list[str] = []
+    for d in stack:
+        p = f"{d}/{name}"
+        try:
+            st = os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if _is_whiteout(st):
+            break
+        found = True
+        if not stat.S_ISDIR(st.st_mode):
+            break  # a non-directory hides whatever the layers below have there
+        child.append(p)
+        if _is_opaque(p):
+            break
+    return found, child
+
+
+def _lower_names(stack: Sequence[str]) -> set[str]:
+    """Names visible in the lower view of a directory."""
+    names: set[str] = set()
+    hidden: set[str] = set()
+    for d in stack:
+        try:
+            entries = list(os.scandir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if e.name in names or e.name in hidden:
+                continue
+            if _is_whiteout(e.stat(follow_symlinks=False)):
+                hidden.add(e.name)
+            else:
+                names.add(e.name)
+    return names
+
+
+def diff(upper: Path, lowerdirs: Sequence[Path]) -> list[ChangeEntry]:
+    """``docker diff``: what the container changed, added (A) or deleted (D) compared
+    with its image, sorted by path. ``lowerdirs`` are topmost first.
+
+    A directory present in ``upper`` that the image has is reported changed (it is
+    only there because something in it, or it, changed). An opaque directory replaced
+    the image's one: the image's entries it hides are reported deleted.
+    """
+    out: list[ChangeEntry] = []
+    _diff_dir(str(upper), "", [str(d) for d in lowerdirs], False, out)
+    out.sort(key=lambda c: c.path)
+    return out
+
+
+def _diff_dir(updir: str, rel: str, stack: list[str], opaque: bool, out: list[ChangeEntry]) -> None:
+    with os.scandir(updir) as it:
+        entries = list(it)
+    if opaque:
+        present = {e.name for e in entries}
+        for name in sorted(_lower_names(stack) - present):
+            out.append(ChangeEntry("D", f"{rel}/{name}"))
+    for entry in entries:
+        path = f"{rel}/{entry.name}"
+        st = entry.stat(follow_symlinks=False)
+        in_lower, child_stack = _lower_child(stack, entry.name)
+        if _is_whiteout(st):
+            if in_lower:
+                out.append(ChangeEntry("D", path))
+            continue
+        out.append(ChangeEntry("C" if in_lower else "A", path))
+        if stat.S_ISDIR(st.st_mode):
+            # Below an opaque directory nothing of the image shows through.
+            child_opaque = opaque or _is_opaque(entry.path)
+            _diff_dir(entry.path, path, child_stack, child_opaque, out)
+
+
+# -- docker cp -----------------------------------------------------------------
+
+
+def _not_found(path: str) -> NotFound:
+    return NotFound(f"Could not find the file {path} in container")
+
+
+def _archive_name(path: str) -> str:
+    """The name ``docker cp`` gives the top entry: the basename as the user wrote it
+    (``/etc/hosts`` -> ``hosts``); ``dir/.`` and ``/`` give ``.`` (the contents)."""
+    stripped = path.rstrip("/")
+    if stripped.endswith("/.") or stripped in ("", "."):
+        return "."
+    return posixpath.basename(stripped) or "."
+
+
+def copy_out(rootfs: Path, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+    """A tar stream (PAX, numeric owners) of ``path`` inside the mounted rootfs, as
+    ``docker cp CTR:path -`` writes it. A symlink at ``path`` is archived as a link
+    unless ``follow_link``. Raises NotFound before yielding anything."""
+    host = resolve_in_root(rootfs, path, follow_final=follow_link)
+    try:
+        st = os.lstat(host)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _not_found(path) from None
+    if path.rstrip("/") != path and not stat.S_ISDIR(st.st_mode) and path.strip("/"):
+        raise LaminaError(f"{path}: not a directory")
+    return _TarStream(str(host), _archive_name(path), st).chunks()
+
+
+class _TarStream:
+    def __init__(self, top: str, name: str, st: os.stat_result) -> None:
+        self.top = top
+        self.name = name
+        self.top_st = st
+        self.links: dict[tuple[int, int], str] = {}
+        self.buf = bytearray()
+
+    def chunks(self) -> Iterator[bytes]:
+        stack: list[tuple[str, str, os.stat_result]] = [(self.top, self.name, self.top_st)]
+        while stack:
+            host, name, st = stack.pop()
+            yield from self._entry(host, name, st)
+            if stat.S_ISDIR(st.st_mode):
+                with os.scandir(host) as it:
+                    children = sorted(it, key=lambda e: e.name, reverse=True)
+                for e in children:
+                    child = e.name if name == "." else f"{name}/{e.name}"
+                    stack.append((e.path, child, e.stat(follow_symlinks=False)))
+        self.buf += b"\0" * (2 * tarfile.BLOCKSIZE)
+        yield bytes(self.buf)
+
+    def _header(self, ti: tarfile.TarInfo) -> Iterator[bytes]:
+        self.buf += ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        if len(self.buf) >= _CHUNK:
+            yield bytes(self.buf)
+            self.buf.clear()
+
+    def _entry(self, host: str, name: str, st: os.stat_result) -> Iterator[bytes]:
+        mode = st.st_mode
+        ti = tarfile.TarInfo(name + "/" if stat.S_ISDIR(mode) and name != "." else name)
+        ti.mode = stat.S_IMODE(mode)
+        ti.uid, ti.gid = st.st_uid, st.st_gid
+        ti.uname = ti.gname = ""
+        ti.mtime = int(st.st_mtime)
+        ti.pax_headers = _xattr_headers(host)
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            first = self.links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                ti.type, ti.linkname = tarfile.LNKTYPE, first
+                yield from self._header(ti)
+                return
+            self.links[(st.st_dev, st.st_ino)] = name
+        if stat.S_ISREG(mode):
+            yield from self._file(ti, host, st.st_size)
+            return
+        if stat.S_ISDIR(mode):
+            ti.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(mode):
+            ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(host)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISFIFO(mode):
+            ti.type = tarfile.FIFOTYPE
+        else:
+            return  # sockets cannot be archived
+        yield from self._header(ti)
+
+    def _file(self, ti: tarfile.TarInfo, host: str, size: int) -> Iterator[bytes]:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            ti.size = size
+            yield from self._header(ti)
+            remaining = size
+            while remaining > 0:
+                chunk = os.read(fd, min(_CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                if self.buf:
+                    self.buf += chunk
+                    yield bytes(self.buf)
+                    self.buf.clear()
+                else:
+                    yield chunk
+            # A file that shrank meanwhile is padded, as tar does: the header is out.
+            self.buf += b"\0" * (remaining + (-size % tarfile.BLOCKSIZE))
+        finally:
+            os.close(fd)
+
+
+def _xattr_headers(path: str) -> dict[str, str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for attr in sorted(names):
+        if attr.startswith(_SKIPPED_XATTRS):
+            continue
+        try:
+            value = os.getxattr(path, attr, follow_symlinks=False)
+        except OSError:
+            continue
+        out["SCHILY.xattr." + attr] = value.decode("utf-8", "surrogateescape")
+    return out
+
+
+def copy_in(rootfs: Path, path: str, tar_stream: BinaryIO) -> None:
+    """Extract a tar stream (plain, gzip or zstd) into directory ``path`` inside the
+    mounted rootfs, as ``docker cp - CTR:path`` does. Entries stay inside that
+    directory whatever their names or symlinks say; owners in the archive are kept."""
+    dest = resolve_in_root(rootfs, path)
+    try:
+        st = os.lstat(dest)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _not_found(path) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise LaminaError(f"extraction point is not a directory: {path}")
+    with open_decompressed(tar_stream) as plain:
+        apply_layer(plain, dest, overlay=False)
+
+
+# -- docker commit ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommittedLayer:
+    path: Path  # the gzip blob, named after its digest
+    layer: LayerWritten
+
+
+def commit_layer(upper: Path, out_dir: Path) -> CommittedLayer:
+    """Write the container's changes (its overlay upper dir) as a gzip layer blob in
+    ``out_dir`` (``<hex>.tar.gz``); whiteouts and opaque dirs become ``.wh.`` entries."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".layer-{secrets.token_hex(8)}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            written = write_layer(upper, f, compression=Compression.GZIP, overlay_upper=True)
+            f.flush()
+            os.fsync(f.fileno())
+        final = out_dir / f"{written.digest.removeprefix('sha256:')}.tar.gz"
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return CommittedLayer(final, written)
+
+
+class _IngestSink:
+    """The minimum of a binary file write_layer needs, over a content store ingest."""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.writer.write(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+# Docker layer media types and their OCI twins (same bytes): the new manifest is OCI.
+_OCI_LAYER_TYPE = {
+    media.DOCKER_LAYER_TAR: media.OCI_LAYER_TAR,
+    media.DOCKER_LAYER_GZIP: media.OCI_LAYER_GZIP,
+    media.DOCKER_LAYER_FOREIGN: media.OCI_LAYER_ND_GZIP,
+}
+
+
+def _rfc3339(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    out = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if frac:
+        out += "." + f"{frac:09d}".rstrip("0")
+    return out + "Z"
+
+
+def commit_image(
+    local: LocalImages,
+    *,
+    base_image_id: str,
+    upper: Path,
+    reference: str | None = None,
+    changes: Sequence[str] = (),
+    message: str | None = None,
+    author: str | None = None,
+    container_config: Mapping[str, Any] | None = None,
+    created_by: str = "",
+) -> ImageRecord:
+    """``docker commit``: a new image = the base image + one layer of ``upper``.
+
+    The new image's container config is the base's, updated with
+    ``container_config`` (keys of the image config's ``config`` object, e.g. the
+    container's Cmd and Env), then with the ``changes`` instructions. Stored as an
+    OCI manifest with a gzip layer, named ``reference`` when given.
+    """
+    ref = None
+    if reference is not None:
+        ref = parse_reference(reference)
+        if ref.digest is not None:
+            raise InvalidReference(f"cannot commit to a digest reference: {reference}")
+    base = local.require(base_image_id)
+    config: dict[str, Any] = local.config(base)
+    cfg = dict(config.get("config") or {})
+    cfg.update(container_config or {})
+    cfg = apply_changes(changes, cfg)  # a bad change fails before any work
+    base_manifest = local.manifest_for(base.manifest_digest)
+
+    written = _ingest_layer(local, upper)
+    now = _rfc3339(time.time_ns())
+    config["created"] = now
+    config["config"] = cfg
+    if author:
+        config["author"] = author
+    else:
+        config.pop("author", None)
+    rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), written.diff_id]
+    history: dict[str, Any] = {"created": now}
+    if author:
+        history["author"] = author
+    if created_by:
+        history["created_by"] = created_by
+    if message:
+        history["comment"] = message
+    config["history"] = [*(config.get("history") or []), history]
+    config_bytes = dump_json(config)
+    config_digest = local.content.add(config_bytes)
+
+    layers = [
+        Descriptor(_OCI_LAYER_TYPE.get(d.media_type, d.media_type), d.digest, d.size, urls=d.urls)
+        for d in base_manifest.layers
+    ]
+    layers.append(Descriptor(written.media_type, written.digest, written.size))
+    manifest = Manifest(
+        media.OCI_MANIFEST, Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)), layers
+    )
+    target = local.content.add(dump_json(manifest))
+    plat = Platform(
+        os=str(config.get("os", "linux")),
+        architecture=str(config.get("architecture", "")),
+        variant=config.get("variant"),
+    )
+    record = local.record(target, plat)
+    return local.images.put(record, [str(ref)] if ref else [])
+
+
+def _ingest_layer(local: LocalImages, upper: Path) -> LayerWritten:
+    """Stream ``upper`` as a gzip layer straight into the content store."""
+    writer = local.content.writer(f"commit-{os.getpid()}-{secrets.token_hex(8)}")
+    try:
+        writer.truncate()
+        written = write_layer(
+            upper,
+            cast(BinaryIO, _IngestSink(writer)),
+            compression=Compression.GZIP,
+            overlay_upper=True,
+        )
+        if local.content.exists(written.digest):
+            writer.abort()
+        else:
+            writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return written

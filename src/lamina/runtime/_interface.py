@@ -1,0 +1,184 @@
+"""The Runtime interface: what every isolation backend implements.
+
+Everything above this layer (CLI, builder, deployments) talks to a ``Runtime``
+and never learns whether a container is a runc process tree or a micro-VM.
+Containers outlive the process that created them: a backend keeps its state
+under the lamina root and finds containers again in any later process; every
+public call first reconciles containers whose monitor died.
+
+Container lifecycle: ``create`` (status created) -> ``start`` (running) ->
+``pause``/``unpause`` -> the workload exits, or ``stop``/``kill`` (exited, with a
+``WaitOutcome``) -> ``start`` again or ``remove``. A container that could not be
+started is ``failed`` with a reason. IDs are 64 hex characters; any unique
+prefix, or the name, selects a container.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from lamina.runtime._types import (
+    ChangeEntry,
+    Container,
+    ContainerConfig,
+    ExecResult,
+    LogEntry,
+    Resources,
+    Stats,
+    WaitCondition,
+    WaitOutcome,
+)
+
+
+class Runtime(abc.ABC):
+    """One isolation backend over one lamina root."""
+
+    name: str = ""
+
+    # -- images
+    @abc.abstractmethod
+    def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
+        """Make the image available locally; returns its image ID."""
+
+    # -- lifecycle
+    @abc.abstractmethod
+    def create(self, config: ContainerConfig) -> Container: ...
+
+    @abc.abstractmethod
+    def start(self, ref: str) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        """Send the stop signal, wait ``timeout`` seconds, then SIGKILL."""
+
+    @abc.abstractmethod
+    def kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        """``signal``: a name with or without SIG, or a number; invalid ones are refused."""
+
+    @abc.abstractmethod
+    def pause(self, ref: str) -> None: ...
+
+    @abc.abstractmethod
+    def unpause(self, ref: str) -> None: ...
+
+    @abc.abstractmethod
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    def rename(self, ref: str, new_name: str) -> None: ...
+
+    # -- observing
+    @abc.abstractmethod
+    def get(self, ref: str) -> Container:
+        """Resolve an ID, unique ID prefix or name; NotFound otherwise."""
+
+    @abc.abstractmethod
+    def list(self, *, all: bool = False) -> list[Container]: ...
+
+    @abc.abstractmethod
+    def wait(
+        self,
+        ref: str,
+        condition: WaitCondition = WaitCondition.NOT_RUNNING,
+        timeout: float | None = None,
+    ) -> WaitOutcome: ...
+
+    @abc.abstractmethod
+    def logs(
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> Iterator[LogEntry]: ...
+
+    @abc.abstractmethod
+    def stats(self, ref: str) -> Stats: ...
+
+    @abc.abstractmethod
+    def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
+        """Processes in the container: (headers, rows), as ``ps`` shows them."""
+
+    @abc.abstractmethod
+    def inspect(self, ref: str) -> dict[str, object]: ...
+
+    @abc.abstractmethod
+    def pid(self, ref: str) -> int: ...
+
+    @abc.abstractmethod
+    def ip_address(self, ref: str) -> str: ...
+
+    # -- exec
+    @abc.abstractmethod
+    def exec(
+        self,
+        ref: str,
+        argv: list[str],
+        *,
+        env: list[str] | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        tty: bool = False,
+        stdin: BinaryIO | None = None,
+        detach: bool = False,
+        stream: bool = False,
+    ) -> ExecResult:
+        """Run a process in a running container. ``stream=True`` passes the caller's
+        stdio through (exit code returned, outputs empty); ``tty=True`` allocates a
+        pseudo-terminal and follows the caller's window size."""
+
+    @abc.abstractmethod
+    def attach(
+        self,
+        ref: str,
+        *,
+        stdin: BinaryIO | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        tty: bool = False,
+        start: bool = False,
+    ) -> None:
+        """Pump the container's stdio to the caller's until its output closes.
+        With ``tty`` the caller's terminal size is followed (SIGWINCH -> resize).
+        ``start=True`` connects first and then starts the container, so that no
+        early output is lost (``run`` without ``-d``)."""
+
+    @abc.abstractmethod
+    def resize(self, ref: str, height: int, width: int) -> None: ...
+
+    # -- filesystem
+    @abc.abstractmethod
+    def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
+        """A tar stream of ``path`` inside the container."""
+
+    @abc.abstractmethod
+    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None: ...
+
+    @abc.abstractmethod
+    def diff(self, ref: str) -> list[ChangeEntry]: ...
+
+    @abc.abstractmethod
+    def commit(
+        self,
+        ref: str,
+        reference: str | None = None,
+        *,
+        changes: list[str] | None = None,
+        message: str | None = None,
+        author: str | None = None,
+        pause: bool = True,
+    ) -> str:
+        """Make an image of the container's filesystem changes; returns the image ID."""
+
+    @abc.abstractmethod
+    def update(self, ref: str, resources: Resources) -> None: ...
+
+    def rootfs(self, ref: str) -> Path:  # pragma: no cover - optional
+        raise NotImplementedError

@@ -1,0 +1,1459 @@
+"""The process-isolation backend: runc containers monitored by conmon, no daemon.
+
+State of one container, all under the lamina root:
+
+- a row in ``containers.db`` (``_state``): config, status, last exit;
+- ``containers/<id>/``: the OCI bundle (``config.json``), ``userdata/`` (hostname,
+  hosts, resolv.conf), conmon's files (``ctr.log``, ``exit/<id>``, ``conmon.pid``,
+  ``attach``, ``ctl``), ``lock`` (flock: one transition at a time);
+- ``overlay/<id>/{upper,work,merged}``: the root filesystem, an overlay of the
+  image's snapshots (never copied) mounted at create and at start, unmounted when
+  the container stops;
+- ``runc/<id>``: runc's own state (``runc --root <root>/runc``).
+
+Lifecycle: ``create`` (mount, bundle, row) -> ``start`` (conmon runs ``runc
+create`` and reports the PID on its sync pipe, then the exec FIFO is released as
+``runc start`` would) -> the workload exits -> conmon writes the exit file and
+runs the exit command (``python -m lamina.runtime.cleanup``) unless a lamina
+process waiting for the container does that cleanup itself -> ``finish``: the OOM
+counter is read before the cgroup goes, the exit is recorded, the overlay
+unmounted, runc state and cgroups removed, and ``--rm`` containers removed.
+
+Every public call first reconciles: a running container whose conmon is gone, or
+whose exit file has appeared, is finished right there, so no container is lost
+(or shown running after it died) even if every lamina process was killed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import functools
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from lamina.errors import InUse, LaminaError, NotFound
+from lamina.runtime import _conmon
+from lamina.runtime._cgroups import (
+    cgroup_procs,
+    read_oom_kills,
+    read_stats,
+    remove_cgroup,
+)
+from lamina.runtime._conmon import Bundle, StartFailed
+from lamina.runtime._interface import Runtime
+from lamina.runtime._signals import parse_signal, signal_from_exit_code, signal_name
+from lamina.runtime._spec import build_spec, cgroup_path
+from lamina.runtime._state import Record, StateStore, new_id, random_name, validate_name
+from lamina.runtime._types import (
+    ChangeEntry,
+    Container,
+    ContainerConfig,
+    ExecResult,
+    ExitReason,
+    LogEntry,
+    Resources,
+    Stats,
+    Status,
+    WaitCondition,
+    WaitOutcome,
+)
+
+if TYPE_CHECKING:
+    import socket
+
+    from lamina.image import LocalImages
+    from lamina.runtime._volumes import VolumeStore
+
+_ACTIVE = (Status.RUNNING, Status.PAUSED)
+_MNT_DETACH = 2
+_MOUNT_OPTIONS_MAX = 4000  # the kernel copies at most one page of mount data
+_STOP_KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be gone
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+class WaitTimeout(LaminaError, TimeoutError):
+    """``wait(timeout=...)`` ran out of time; the container is still running."""
+
+
+class OciRuntime(Runtime):
+    """runc + conmon containers on one lamina root."""
+
+    name = "oci"
+
+    def __init__(self, root: Path, *, registry_config: Any = None) -> None:
+        self.root = Path(root).absolute()  # conmon's exit command runs elsewhere
+        self.containers_dir = self.root / "containers"
+        self.overlay_dir = self.root / "overlay"
+        self.runc_root = self.root / "runc"
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        self.state = StateStore(self.root / "containers.db")
+        self._registry_config = registry_config
+        self._local: LocalImages | None = None
+        self._volumes: VolumeStore | None = None
+
+    def close(self) -> None:
+        self.state.close()
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+
+    # -- helpers: stores -----------------------------------------------------------
+    @property
+    def images(self) -> LocalImages:
+        if self._local is None:
+            from lamina.image._local import LocalImages
+
+            self._local = LocalImages.open(self.root)
+        return self._local
+
+    @property
+    def volumes(self) -> VolumeStore:
+        if self._volumes is None:
+            from lamina.runtime._volumes import VolumeStore
+
+            self._volumes = VolumeStore(self.root / "volumes")
+        return self._volumes
+
+    def _bundle(self, cid: str) -> Bundle:
+        return Bundle(self.containers_dir / cid, cid)
+
+    def _ovl(self, cid: str) -> Path:
+        return self.overlay_dir / cid
+
+    def _merged(self, cid: str) -> Path:
+        return self.overlay_dir / cid / "merged"
+
+    def _container(self, rec: Record) -> Container:
+        return Container(
+            id=rec.id,
+            name=rec.name,
+            config=rec.config,
+            state=rec.state,
+            created=rec.created,
+            backend=self.name,
+            ip_address="",
+        )
+
+    @contextlib.contextmanager
+    def _locked(self, cid: str) -> Iterator[None]:
+        """Serialise transitions of one container across processes."""
+        try:
+            fd = os.open(self.containers_dir / cid / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such container: {cid}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _resolve(self, ref: str) -> Record:
+        self._reconcile()
+        return self.state.resolve(ref)
+
+    def _fresh(self, cid: str) -> Record:
+        rec = self.state.get(cid)
+        if rec is None:
+            raise NotFound(f"no such container: {cid}")
+        return rec
+
+    def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            [_conmon.RUNC, "--root", str(self.runc_root), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        if check and proc.returncode != 0:
+            text = _conmon.runc_error_text((proc.stderr or proc.stdout).decode(errors="replace"))
+            raise LaminaError(f"runc {args[0]} failed: {text or 'exit ' + str(proc.returncode)}")
+        return proc
+
+    def _require_running(self, rec: Record, action: str) -> None:
+        if rec.status == Status.PAUSED:
+            raise LaminaError(
+                f"cannot {action} container {rec.id[:12]}: it is paused; unpause it first"
+            )
+        if rec.status != Status.RUNNING:
+            raise LaminaError(f"cannot {action} container {rec.id[:12]}: it is not running")
+
+    # -- reconcile -----------------------------------------------------------------
+    def _reconcile(self) -> None:
+        """Finish every running container whose monitor is gone or that has exited."""
+        for cid, conmon_pid, conmon_start in self.state.active():
+            bundle = self._bundle(cid)
+            if os.path.exists(bundle.exit_file) or not _conmon.alive(conmon_pid, conmon_start):
+                with contextlib.suppress(NotFound):
+                    self._finish(cid)
+
+    def cleanup(self, ref: str) -> None:
+        """Conmon's exit command: record the exit and tear the run down."""
+        try:
+            rec = self.state.resolve(ref)
+        except NotFound:
+            return
+        with contextlib.suppress(NotFound):
+            self._finish(rec.id)
+
+    def _finish(self, cid: str) -> Record | None:
+        """Record the end of a run and clean it up. Returns the final record (also
+        when ``--rm`` removed the container), None if the container is gone."""
+        with self._locked(cid):
+            rec = self.state.get(cid)
+            if rec is None or rec.status not in _ACTIVE:
+                return rec
+            bundle = self._bundle(cid)
+            code = _conmon.read_exit_file(bundle)
+            error = ""
+            if code is None:
+                if _conmon.alive(rec.conmon_pid, rec.conmon_start):
+                    return rec  # still running
+                code = _conmon.read_exit_file(bundle)  # written just before conmon exited?
+            if code is None:
+                code, error = 137, "monitor died"
+            cg = cgroup_path(cid)
+            oom_kills = read_oom_kills(cg)  # before runc delete removes the cgroup
+            if error:
+                reason = ExitReason.RUNTIME_ERROR
+            elif oom_kills and code != 0:
+                reason = ExitReason.OOM_KILLED
+            elif code > 128:
+                reason = ExitReason.SIGNAL
+            else:
+                reason = ExitReason.EXITED
+            values: dict[str, Any] = {
+                "status": Status.EXITED,
+                "exit_code": code,
+                "reason": reason.value,
+                "oom_killed": oom_kills > 0,
+                "error": error,
+                "finished_at": time.time(),
+                "exits": rec.exits + 1,
+            }
+            self.state.update(cid, **values)
+            for k, v in values.items():
+                setattr(rec, k, v)
+            if rec.config.auto_remove:
+                self._remove_locked(rec, volumes=True, force=bool(error))
+            else:
+                self._teardown_run(cid, force=bool(error))
+        return rec
+
+    def _teardown_run(
+        self, cid: str, *, force: bool, unmount: bool = True, files: bool = True
+    ) -> None:
+        """Undo one run: runc state, cgroups, the overlay mount (``unmount``), conmon's
+        files (``files``). Idempotent; ``force`` kills what is left of the container."""
+        if not (self.runc_root / cid).exists():
+            with contextlib.suppress(InUse, OSError):
+                remove_cgroup(cgroup_path(cid))  # a crash between runc delete and this
+        elif force or not self._fast_delete(cid):
+            self._runc("delete", "--force", cid, check=False)
+            with contextlib.suppress(InUse, OSError):
+                remove_cgroup(cgroup_path(cid))
+        if unmount:
+            self._unmount(cid)
+        if files:
+            bundle = self._bundle(cid)
+            for p in bundle.runtime_files():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            for d in bundle.dir.glob("exec-*"):  # detached execs' conmon dirs
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def _fast_delete(self, cid: str) -> bool:
+        """``runc delete`` of a container whose init has exited, without running runc:
+        remove the cgroups and runc's state directory (no hooks are ever configured).
+        False when something is still running, for ``runc delete --force`` to handle."""
+        try:
+            remove_cgroup(cgroup_path(cid))
+        except (InUse, OSError):
+            return False
+        shutil.rmtree(self.runc_root / cid, ignore_errors=True)
+        return True
+
+    # -- overlay -------------------------------------------------------------------
+    def _lowerdirs(self, rec: Record) -> list[Path]:
+        return [Path(p) for p in rec.extra.get("lowerdirs", [])]
+
+    def _mount(self, rec: Record) -> None:
+        ovl = self._ovl(rec.id)
+        merged = ovl / "merged"
+        if os.path.ismount(merged):
+            return
+        lowers = [str(p) for p in self._lowerdirs(rec)]
+        if not lowers:
+            empty = ovl / "empty"
+            empty.mkdir(exist_ok=True)
+            lowers = [str(empty)]
+        for p in lowers:
+            if any(c in p for c in ",:"):
+                raise LaminaError(f"cannot mount a lower directory whose path has ',' or ':': {p}")
+        upper, work = ovl / "upper", ovl / "work"
+        # --rm containers need no durable upper dir: "volatile" skips overlay's syncs
+        # of it (umount would otherwise sync the whole upper filesystem), as podman does.
+        extra = ",volatile" if rec.config.auto_remove else ""
+        if extra:  # left by an earlier volatile mount; this upper dir is disposable anyway
+            shutil.rmtree(work / "incompat", ignore_errors=True)
+        opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}{extra}"
+        cwd_fd = -1
+        if len(opts) > _MOUNT_OPTIONS_MAX:
+            # Too long for one page: mount with lower dirs relative to their common parent.
+            base = os.path.commonpath(lowers)
+            rel = [os.path.relpath(p, base) for p in lowers]
+            opts = f"lowerdir={':'.join(rel)},upperdir={upper},workdir={work}{extra}"
+            if len(opts) > _MOUNT_OPTIONS_MAX:
+                raise LaminaError(f"image has too many layers to mount ({len(lowers)})")
+            cwd_fd = os.open(".", os.O_RDONLY)
+            os.chdir(base)
+        try:
+            rc = _libc().mount(b"overlay", str(merged).encode(), b"overlay", 0, opts.encode())
+            err = ctypes.get_errno()
+        finally:
+            if cwd_fd >= 0:
+                os.fchdir(cwd_fd)
+                os.close(cwd_fd)
+        if rc != 0:
+            raise LaminaError(
+                f"cannot mount the root filesystem of container {rec.id[:12]}: {os.strerror(err)}"
+            )
+
+    def _unmount(self, cid: str) -> None:
+        merged = self._merged(cid)
+        for _ in range(50):
+            if not os.path.ismount(merged):
+                return
+            if _libc().umount2(str(merged).encode(), 0) == 0:
+                continue
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOENT):
+                return
+            if err == errno.EBUSY:
+                _libc().umount2(str(merged).encode(), _MNT_DETACH)
+                continue
+            raise LaminaError(f"cannot unmount {merged}: {os.strerror(err)}")
+
+    @contextlib.contextmanager
+    def _rootfs_mounted(self, rec: Record) -> Iterator[Path]:
+        """The merged root of ``rec``, mounted for the duration if it was not."""
+        merged = self._merged(rec.id)
+        if os.path.ismount(merged):
+            yield merged
+            return
+        with self._locked(rec.id):
+            self._mount(rec)
+        try:
+            yield merged
+        finally:
+            with self._locked(rec.id):
+                fresh = self.state.get(rec.id)
+                if fresh is None or fresh.status not in _ACTIVE:
+                    self._unmount(rec.id)
+
+    # -- images ----------------------------------------------------------------------
+    def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
+        from lamina.registry import RegistryConfig
+        from lamina.registry import pull as registry_pull
+
+        config = self._registry_config or RegistryConfig.load()
+        record = registry_pull(self.images, reference, policy=policy, config=config)
+        return str(record.id)
+
+    # -- create ----------------------------------------------------------------------
+    def create(self, config: ContainerConfig) -> Container:
+        self._reconcile()
+        if config.name:
+            name = validate_name(config.name)
+            if self.state.name_taken(name):
+                raise _name_conflict(name)
+        else:
+            name = random_name(self.state.name_taken)
+        local = self.images
+        image = local.require(config.image)
+        image_config = local.config(image)
+        chains = local.unpack(image)
+        lowers = local.snapshots.lowerdirs(chains)
+        cid = new_id()
+        bundle = self._bundle(cid)
+        ovl = self._ovl(cid)
+        img_inner = image_config.get("config") or {}
+        rec = Record(
+            id=cid,
+            name=name,
+            created=time.time(),
+            image_digest=image.digest,
+            config=config,
+            extra={
+                "lowerdirs": [str(p) for p in lowers],
+                "image_id": image.id,
+                "stop_signal": str(img_inner.get("StopSignal") or ""),
+                "volumes": {},
+            },
+        )
+        created_volumes: list[str] = []
+        try:
+            (bundle.dir / "userdata").mkdir(parents=True)
+            for sub in ("upper", "work", "merged"):
+                (ovl / sub).mkdir(parents=True, exist_ok=True)
+            self._mount(rec)
+            volume_paths = self._prepare_volumes(rec, created_volumes)
+            self._write_userdata(rec)
+            self._write_spec(rec, image_config, volume_paths)
+            self.state.insert(rec)
+        except BaseException:
+            self._unmount(cid)
+            shutil.rmtree(ovl, ignore_errors=True)
+            shutil.rmtree(bundle.dir, ignore_errors=True)
+            for vol in created_volumes:
+                with contextlib.suppress(LaminaError, OSError):
+                    self.volumes.remove(vol, force=True)
+            raise
+        local.images.hold("container:" + cid, image.digest)
+        return self._container(rec)
+
+    def _prepare_volumes(self, rec: Record, created: list[str]) -> dict[str, Path]:
+        """Named volumes are created on first use and anonymous ones made; both are
+        filled from the image when new (Docker's copy-up)."""
+        from lamina.runtime._userdb import secure_join
+
+        paths: dict[str, Path] = {}
+        names: dict[str, str] = {}
+        anonymous: list[str] = []
+        for m in rec.config.mounts:
+            if m.type != "volume":
+                continue
+            existed = bool(m.source) and self.volumes.exists(m.source)
+            vol = self.volumes.create(m.source or None)
+            if not existed:
+                created.append(vol.name)
+            if not m.source:
+                anonymous.append(vol.name)
+            if "nocopy" not in m.options:
+                self.volumes.populate(vol, secure_join(self._merged(rec.id), m.target))
+            paths[m.target] = vol.mountpoint
+            names[m.target] = vol.name
+        rec.extra["volumes"] = names
+        rec.extra["anonymous_volumes"] = anonymous
+        return paths
+
+    def _write_userdata(self, rec: Record) -> None:
+        ud = self._bundle(rec.id).dir / "userdata"
+        cfg = rec.config
+        if cfg.network == "host":
+            hostname = os.uname().nodename
+            hosts = _read_text("/etc/hosts") or _DEFAULT_HOSTS
+            resolv = _read_text("/etc/resolv.conf")
+        else:
+            hostname = cfg.hostname or rec.id[:12]
+            hosts = _DEFAULT_HOSTS
+            resolv = _container_resolv(_read_text("/etc/resolv.conf"))
+        (ud / "hostname").write_text(hostname + "\n")
+        (ud / "hosts").write_text(hosts)
+        (ud / "resolv.conf").write_text(resolv)
+
+    def _netns_path(self, cfg: ContainerConfig) -> str | None:
+        if not cfg.network.startswith("container:"):
+            return None
+        other = self.state.resolve(cfg.network.partition(":")[2])
+        if other.status not in _ACTIVE or not other.pid:
+            raise LaminaError(
+                f"cannot join the network of container {other.name}: it is not running"
+            )
+        return f"/proc/{other.pid}/ns/net"
+
+    def _write_spec(
+        self,
+        rec: Record,
+        image_config: dict[str, Any] | None = None,
+        volume_paths: dict[str, Path] | None = None,
+    ) -> None:
+        if image_config is None:
+            image_config = self.images.config(self.images.images.get_by_digest(rec.image_digest))
+        if volume_paths is None:
+            volume_paths = {t: self.volumes.path(n) for t, n in rec.extra["volumes"].items()}
+        bundle = self._bundle(rec.id)
+        ud = bundle.dir / "userdata"
+        spec = build_spec(
+            config=rec.config,
+            image_config=image_config,
+            rootfs=self._merged(rec.id),
+            container_id=rec.id,
+            hostname_file=ud / "hostname",
+            hosts_file=ud / "hosts",
+            resolv_file=ud / "resolv.conf",
+            volume_paths=volume_paths,
+            netns_path=self._netns_path(rec.config),
+        )
+        _write_atomic(bundle.config, json.dumps(spec).encode())
+
+    # -- start -------------------------------------------------------------------------
+    def start(self, ref: str) -> None:
+        rec = self._resolve(ref)
+        if self._launch(rec):
+            self._release(rec)
+
+    def _launch(self, rec: Record) -> bool:
+        """Run ``runc create`` under conmon; False if it was running already."""
+        with self._locked(rec.id):
+            rec = self._fresh(rec.id)
+            if rec.status == Status.RUNNING:
+                return False
+            if rec.status == Status.PAUSED:
+                raise LaminaError(f"container {rec.id[:12]} is paused; unpause it instead")
+            if rec.status == Status.REMOVING:
+                raise LaminaError(f"container {rec.id[:12]} is being removed")
+            bundle = self._bundle(rec.id)
+            if rec.exits or rec.status != Status.CREATED:
+                self._teardown_run(rec.id, force=True, unmount=False)  # an earlier run's
+            self._mount(rec)
+            if rec.config.network.startswith("container:"):
+                self._write_spec(rec)
+            cfg = rec.config
+            try:
+                pid = _conmon.launch(
+                    bundle,
+                    name=rec.name,
+                    runc_root=self.runc_root,
+                    tty=cfg.tty,
+                    stdin=cfg.stdin_open,
+                    exit_cmd=_conmon.exit_command(sys.executable, self.root, rec.id, bundle.dir),
+                )
+            except StartFailed as e:
+                self._record_failure(rec, str(e), e.exit_code)
+                raise
+            conmon_pid = _conmon.read_pidfile(bundle.conmon_pidfile)
+            self.state.update(
+                rec.id,
+                status=Status.RUNNING,
+                pid=pid,
+                conmon_pid=conmon_pid,
+                conmon_start=_conmon.process_start_time(conmon_pid),
+                started_at=time.time(),
+                finished_at=None,
+                exit_code=None,
+                reason="",
+                error="",
+                oom_killed=False,
+            )
+            rec.status, rec.pid = Status.RUNNING, pid
+        return True
+
+    def _record_failure(self, rec: Record, message: str, code: int) -> None:
+        self.state.update(
+            rec.id,
+            status=Status.FAILED,
+            pid=0,
+            exit_code=code,
+            reason=ExitReason.RUNTIME_ERROR.value,
+            error=message,
+            finished_at=time.time(),
+            exits=rec.exits + 1,
+        )
+        self._teardown_run(rec.id, force=True)
+        if rec.config.auto_remove:
+            fresh = self.state.get(rec.id)
+            if fresh is not None:
+                self._remove_locked(fresh, volumes=True)
+
+    def _release(self, rec: Record) -> None:
+        """Let the created container run (what ``runc start`` does: read its exec FIFO)."""
+        fifo = self.runc_root / rec.id / "exec.fifo"
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                # runc init has the FIFO open for writing and writes one byte after
+                # we open it; wait for that byte (or EOF), then remove the FIFO.
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    r, _, _ = select.select([fd], [], [], 0.5)
+                    if r:
+                        os.read(fd, 1)
+                        break
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fifo)
+            return
+        proc = self._runc("start", rec.id, check=False)
+        if proc.returncode != 0:
+            text = _conmon.runc_error_text(proc.stderr.decode(errors="replace"))
+            with contextlib.suppress(LaminaError):
+                self._runc("kill", rec.id, "KILL", check=False)
+            raise LaminaError(f"cannot start container {rec.id[:12]}: {text}")
+
+    # -- stop / kill / pause ---------------------------------------------------------------
+    def _stop_signal(self, rec: Record, override: str | None) -> int:
+        name = override or rec.config.stop_signal or rec.extra.get("stop_signal") or "SIGTERM"
+        return parse_signal(name)
+
+    def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        rec = self._resolve(ref)
+        sig = self._stop_signal(rec, signal)
+        if rec.status not in _ACTIVE:
+            return
+        grace = rec.config.stop_timeout if timeout is None else timeout
+        if grace < 0:  # Docker: -1 waits forever
+            grace = 10**9
+        self._runc("kill", rec.id, str(sig), check=False)
+        if rec.status == Status.PAUSED:
+            self._runc("resume", rec.id, check=False)
+            self.state.update(rec.id, status=Status.RUNNING)
+        if self._wait_exit(rec, grace):
+            return
+        self._runc("kill", rec.id, "KILL", check=False)
+        if not self._wait_exit(rec, _STOP_KILL_WAIT):
+            raise LaminaError(f"container {rec.id[:12]} did not stop after SIGKILL")
+
+    def _wait_exit(self, rec: Record, timeout: float) -> bool:
+        """Wait until the run of ``rec`` has been finished; False on timeout."""
+        try:
+            self._wait_for(rec, lambda r: r is None or r.status not in _ACTIVE, timeout)
+        except WaitTimeout:
+            return False
+        return True
+
+    def kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        sig = parse_signal(signal)
+        rec = self._resolve(ref)
+        self._require_running(rec, "kill")
+        proc = self._runc("kill", rec.id, str(sig), check=False)
+        if proc.returncode != 0:
+            self._reconcile()
+            fresh = self.state.get(rec.id)
+            if fresh is None or fresh.status not in _ACTIVE:
+                raise LaminaError(f"cannot kill container {rec.id[:12]}: it is not running")
+            text = _conmon.runc_error_text(proc.stderr.decode(errors="replace"))
+            raise LaminaError(f"cannot kill container {rec.id[:12]}: {text}")
+
+    def pause(self, ref: str) -> None:
+        rec = self._resolve(ref)
+        with self._locked(rec.id):
+            rec = self._fresh(rec.id)
+            self._require_running(rec, "pause")
+            self._runc("pause", rec.id)
+            self.state.update(rec.id, status=Status.PAUSED)
+
+    def unpause(self, ref: str) -> None:
+        rec = self._resolve(ref)
+        with self._locked(rec.id):
+            rec = self._fresh(rec.id)
+            if rec.status != Status.PAUSED:
+                raise LaminaError(f"container {rec.id[:12]} is not paused")
+            self._runc("resume", rec.id)
+            self.state.update(rec.id, status=Status.RUNNING)
+
+    # -- remove / rename ----------------------------------------------------------------
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        rec = self._resolve(ref)
+        if rec.status in _ACTIVE:
+            if not force:
+                raise InUse(
+                    f"cannot remove container {rec.name}: container is {rec.status.value}: "
+                    f"stop the container before removing or force remove"
+                )
+            if rec.status == Status.PAUSED:
+                self._runc("resume", rec.id, check=False)
+            self._runc("kill", rec.id, "KILL", check=False)
+            if not self._wait_exit(rec, _STOP_KILL_WAIT):
+                self._finish_forced(rec)
+        try:
+            with self._locked(rec.id):
+                fresh = self.state.get(rec.id)
+                if fresh is None:
+                    return
+                if fresh.status in _ACTIVE:
+                    raise InUse(f"cannot remove container {rec.name}: it is still running")
+                self._remove_locked(fresh, volumes=volumes)
+        except NotFound:
+            # The directory is gone already: a removal was interrupted. Drop the row.
+            self._drop(rec, volumes=volumes)
+
+    def _finish_forced(self, rec: Record) -> None:
+        """Last resort when SIGKILL did not end a container: runc delete --force."""
+        self._runc("delete", "--force", rec.id, check=False)
+        with contextlib.suppress(NotFound):
+            self._finish(rec.id)
+
+    def _remove_locked(self, rec: Record, *, volumes: bool, force: bool = True) -> None:
+        self.state.update(rec.id, status=Status.REMOVING)
+        self._teardown_run(rec.id, force=force, files=False)
+        self._drop(rec, volumes=volumes)
+
+    def _drop(self, rec: Record, *, volumes: bool) -> None:
+        self._unmount(rec.id)
+        shutil.rmtree(self._ovl(rec.id), ignore_errors=True)
+        shutil.rmtree(self._bundle(rec.id).dir, ignore_errors=True)
+        self.images.images.release("container:" + rec.id)
+        if volumes:
+            for vol in rec.extra.get("anonymous_volumes", []):
+                with contextlib.suppress(LaminaError, OSError):
+                    self.volumes.remove(
+                        vol,
+                        force=True,
+                        users=lambda v: [u for u in self._volume_users(v) if u != rec.id],
+                    )
+        self.state.delete(rec.id)
+
+    def _volume_users(self, volume: str) -> list[str]:
+        return [
+            r.id for r in self.state.list() if volume in (r.extra.get("volumes") or {}).values()
+        ]
+
+    def volume_users(self, volume: str) -> list[str]:
+        """IDs of the containers using ``volume`` (for ``VolumeStore.remove``)."""
+        self._reconcile()
+        return self._volume_users(volume)
+
+    def rename(self, ref: str, new_name: str) -> None:
+        rec = self._resolve(ref)
+        name = validate_name(new_name)
+        if name == rec.name:
+            return
+        if self.state.name_taken(name):
+            raise _name_conflict(name)
+        self.state.rename(rec.id, name)
+
+    # -- observing -------------------------------------------------------------------------
+    def get(self, ref: str) -> Container:
+        return self._container(self._resolve(ref))
+
+    def list(self, *, all: bool = False) -> builtins.list[Container]:
+        self._reconcile()
+        return [self._container(r) for r in self.state.list() if all or r.status in _ACTIVE]
+
+    def wait(
+        self,
+        ref: str,
+        condition: WaitCondition = WaitCondition.NOT_RUNNING,
+        timeout: float | None = None,
+    ) -> WaitOutcome:
+        condition = WaitCondition(condition)
+        try:
+            # The row as it was before reconciling: an exit that happened before this
+            # call but was not recorded yet still counts as the "next" one.
+            before = self.state.resolve(ref)
+            rec = self._resolve(before.id)
+        except NotFound:
+            # A --rm container that ended before the caller waited: its tombstone.
+            gone = self.state.tombstone(ref.strip())
+            if gone is None:
+                raise
+            return _outcome(gone)
+        if condition == WaitCondition.NOT_RUNNING:
+            if rec.status not in _ACTIVE:
+                return _outcome(rec)
+
+            def done(r: Record | None) -> bool:
+                return r is None or r.status not in _ACTIVE
+
+        elif condition == WaitCondition.NEXT_EXIT:
+            exits = before.exits
+
+            def done(r: Record | None) -> bool:
+                return r is None or r.exits > exits
+
+        else:
+
+            def done(r: Record | None) -> bool:
+                return r is None
+
+        final = self._wait_for(rec, done, timeout)
+        return _outcome(final or rec)
+
+    def _wait_for(self, rec: Record, done: Any, timeout: float | None) -> Record | None:
+        """Poll until ``done(record or None)``; returns the last record seen (the one
+        the final cleanup produced when the container was removed). While waiting, the
+        waiter file tells conmon's exit command that this process will clean up."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cid = rec.id
+        bundle = self._bundle(cid)
+        last: Record | None = rec
+        pidfd = -1
+        waiter_written = False
+        delay = 0.001
+        try:
+            while True:
+                current = self.state.get(cid)
+                if (
+                    current is not None
+                    and current.status in _ACTIVE
+                    and (
+                        bundle.exit_file.exists()
+                        or not _conmon.alive(current.conmon_pid, current.conmon_start)
+                    )
+                ):
+                    with contextlib.suppress(NotFound):
+                        current = self._finish(cid) or current
+                    if current is not None and self.state.get(cid) is None:
+                        last = current
+                        current = None
+                if current is not None:
+                    last = current
+                if done(current):
+                    return last if current is None else current
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise WaitTimeout(f"timed out waiting for container {cid[:12]}")
+                if current is not None and current.status in _ACTIVE:
+                    if not waiter_written:
+                        waiter_written = _write_waiter(bundle)
+                    if pidfd == -1 and current.pid:
+                        pidfd = _pidfd_open(current.pid)  # -2 when it is gone already
+                    if pidfd >= 0:
+                        # Block until the init process exits, then poll the exit file.
+                        wait_s = 0.1 if deadline is None else min(0.1, deadline - now)
+                        r, _, _ = select.select([pidfd], [], [], max(wait_s, 0))
+                        if not r:
+                            continue
+                        os.close(pidfd)
+                        pidfd = -2  # exited: poll quickly from now on
+                        delay = 0.001
+                        continue
+                sleep = delay if deadline is None else min(delay, max(deadline - now, 0))
+                time.sleep(sleep)
+                delay = min(delay * 2, 0.02)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+            if waiter_written:
+                _remove_waiter(bundle)
+
+    def logs(
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> Iterator[LogEntry]:
+        rec = self._resolve(ref)
+        streams = frozenset(s for s, on in (("stdout", stdout), ("stderr", stderr)) if on)
+        cid = rec.id
+
+        def running() -> bool:
+            self._reconcile()
+            r = self.state.get(cid)
+            return r is not None and r.status in _ACTIVE
+
+        return _conmon.read_logs(
+            self._bundle(cid).log,
+            follow=follow,
+            running=running,
+            tail=tail,
+            since=since,
+            until=until,
+            streams=streams,
+        )
+
+    def stats(self, ref: str) -> Stats:
+        rec = self._resolve(ref)
+        if rec.status not in _ACTIVE:
+            return Stats(timestamp=time.time())
+        return read_stats(cgroup_path(rec.id), pid=rec.pid)
+
+    def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
+        rec = self._resolve(ref)
+        if rec.status not in _ACTIVE:
+            raise LaminaError(f"container {rec.id[:12]} is not running")
+        headers = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        rows = [row for pid in cgroup_procs(cgroup_path(rec.id)) if (row := _ps_row(pid))]
+        return headers, rows
+
+    def pid(self, ref: str) -> int:
+        rec = self._resolve(ref)
+        return rec.pid if rec.status in _ACTIVE else 0
+
+    def ip_address(self, ref: str) -> str:
+        self._resolve(ref)
+        return ""  # network none or host: no address of its own (bridges come later)
+
+    def inspect(self, ref: str) -> dict[str, object]:
+        rec = self._resolve(ref)
+        cfg = rec.config
+        st = rec.state
+        try:
+            spec: dict[str, Any] = json.loads(self._bundle(rec.id).config.read_text())
+        except (OSError, ValueError):
+            spec = {}
+        proc = spec.get("process") or {}
+        ovl = self._ovl(rec.id)
+        mounts: builtins.list[dict[str, object]] = []
+        for m in cfg.mounts:
+            entry: dict[str, object] = {
+                "Type": m.type,
+                "Destination": m.target,
+                "RW": not m.read_only,
+                "Mode": ",".join(m.options),
+            }
+            if m.type == "volume":
+                vname = rec.extra.get("volumes", {}).get(m.target, m.source)
+                entry["Name"] = vname
+                entry["Driver"] = "local"
+                entry["Source"] = str(self.root / "volumes" / vname / "_data")
+            else:
+                entry["Source"] = m.source
+            mounts.append(entry)
+        for path, opts in cfg.tmpfs.items():
+            mounts.append({"Type": "tmpfs", "Destination": path, "Source": "", "RW": True,
+                           "Mode": opts})  # fmt: skip
+        return {
+            "Id": rec.id,
+            "Name": "/" + rec.name,
+            "Created": _iso(rec.created),
+            "Path": (proc.get("args") or [""])[0],
+            "Args": (proc.get("args") or [])[1:],
+            "State": {
+                "Status": rec.status.value,
+                "Running": rec.status in _ACTIVE,
+                "Paused": rec.status == Status.PAUSED,
+                "Restarting": False,
+                "OOMKilled": st.oom_killed,
+                "Dead": False,
+                "Pid": st.pid,
+                "ExitCode": st.exit_code or 0,
+                "Error": st.error,
+                "StartedAt": _iso(st.started_at),
+                "FinishedAt": _iso(st.finished_at),
+            },
+            "Image": rec.extra.get("image_id", ""),
+            "ImageDigest": rec.image_digest,
+            "ResolvConfPath": str(self._bundle(rec.id).dir / "userdata" / "resolv.conf"),
+            "HostnamePath": str(self._bundle(rec.id).dir / "userdata" / "hostname"),
+            "HostsPath": str(self._bundle(rec.id).dir / "userdata" / "hosts"),
+            "LogPath": str(self._bundle(rec.id).log),
+            "Driver": "overlay",
+            "Platform": "linux",
+            "Config": {
+                "Hostname": spec.get("hostname", ""),
+                "User": cfg.user or "",
+                "Tty": cfg.tty,
+                "OpenStdin": cfg.stdin_open,
+                "Env": proc.get("env") or [],
+                "Cmd": cfg.command,
+                "Entrypoint": cfg.entrypoint,
+                "Image": cfg.image_ref or cfg.image,
+                "WorkingDir": proc.get("cwd", ""),
+                "Labels": dict(cfg.labels),
+                "StopSignal": signal_name(self._stop_signal(rec, None)),
+                "StopTimeout": cfg.stop_timeout,
+            },
+            "HostConfig": {
+                "AutoRemove": cfg.auto_remove,
+                "NetworkMode": cfg.network,
+                "Privileged": cfg.security.privileged,
+                "ReadonlyRootfs": cfg.security.read_only_rootfs,
+                "CapAdd": list(cfg.security.cap_add),
+                "CapDrop": list(cfg.security.cap_drop),
+                "SecurityOpt": _security_opts(cfg),
+                "Memory": cfg.resources.memory or 0,
+                "MemorySwap": cfg.resources.memory_swap or 0,
+                "NanoCpus": int((cfg.resources.cpus or 0) * 1e9),
+                "CpuShares": cfg.resources.cpu_shares or 0,
+                "CpusetCpus": cfg.resources.cpuset_cpus or "",
+                "PidsLimit": cfg.resources.pids_limit,
+                "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits],
+                "Sysctls": dict(cfg.sysctls),
+                "Tmpfs": dict(cfg.tmpfs),
+                "Init": cfg.init,
+                "Binds": [
+                    f"{m.source}:{m.target}{':ro' if m.read_only else ''}"
+                    for m in cfg.mounts
+                    if m.type == "bind"
+                ],
+            },
+            "Mounts": mounts,
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {
+                    "LowerDir": ":".join(rec.extra.get("lowerdirs", [])),
+                    "UpperDir": str(ovl / "upper"),
+                    "WorkDir": str(ovl / "work"),
+                    "MergedDir": str(ovl / "merged"),
+                },
+            },
+            "NetworkSettings": {"IPAddress": "", "Networks": {cfg.network: {}}},
+            "Isolation": cfg.isolation,
+            "Backend": self.name,
+        }
+
+    # -- exec / attach --------------------------------------------------------------------
+    def exec(
+        self,
+        ref: str,
+        argv: builtins.list[str],
+        *,
+        env: builtins.list[str] | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        tty: bool = False,
+        stdin: BinaryIO | None = None,
+        detach: bool = False,
+        stream: bool = False,
+    ) -> ExecResult:
+        from lamina.runtime import _exec
+
+        if not argv:
+            raise LaminaError("exec needs a command")
+        rec = self._resolve(ref)
+        self._require_running(rec, "exec in")
+        bundle = self._bundle(rec.id)
+        try:
+            spec = json.loads(bundle.config.read_text())
+        except (OSError, ValueError) as e:
+            raise LaminaError(f"cannot read the spec of container {rec.id[:12]}: {e}") from None
+        user_spec: dict[str, Any] | None = None
+        if user:
+            from lamina.runtime._userdb import resolve_user
+
+            u = resolve_user(self._merged(rec.id), user)
+            user_spec = {"uid": u.uid, "gid": u.gid}
+            if u.additional_gids:
+                user_spec["additionalGids"] = list(u.additional_gids)
+            env = [f"HOME={u.home or '/'}", *(env or [])]
+        if workdir and not workdir.startswith("/"):
+            raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
+        process = _exec.build_process(
+            spec["process"], argv, env=env, user=user_spec, workdir=workdir,
+            tty=tty and not detach,
+        )  # fmt: skip
+        return _exec.run_exec(
+            self.runc_root,
+            rec.id,
+            bundle.dir,
+            process,
+            stdin=stdin,
+            detach=detach,
+            stream=stream,
+            name=rec.name,
+        )
+
+    def attach(
+        self,
+        ref: str,
+        *,
+        stdin: BinaryIO | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        tty: bool = False,
+        start: bool = False,
+    ) -> None:
+        """Pump the container's stdio. ``start=True`` (``run`` without ``-d``,
+        ``start -a``): connect first, then start a created or exited container, so
+        no output is missed."""
+        rec = self._resolve(ref)
+        bundle = self._bundle(rec.id)
+        if start and rec.status not in _ACTIVE:
+            if not self._launch(rec):
+                start = False
+            _write_waiter(bundle.dir)  # the caller waits next: it cleans up itself
+            rec = self._fresh(rec.id)
+        elif rec.status == Status.PAUSED:
+            raise LaminaError(f"cannot attach to container {rec.id[:12]}: it is paused")
+        elif rec.status != Status.RUNNING:
+            raise LaminaError(f"cannot attach to a stopped container {rec.id[:12]}; start it first")
+        else:
+            start = False
+        try:
+            sock = _conmon.connect_attach(bundle)
+        except LaminaError:
+            if start:
+                self._release(rec)  # never leave it stuck in runc's "created" state
+            raise
+        try:
+            if start:
+                self._release(rec)
+            _pump_attach(
+                sock,
+                stdin=stdin if rec.config.stdin_open else None,
+                stdout=stdout,
+                stderr=stderr,
+                tty=tty and rec.config.tty,
+                resize=lambda h, w: _conmon.resize(bundle, h, w),
+            )
+        finally:
+            sock.close()
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        rec = self._resolve(ref)
+        self._require_running(rec, "resize")
+        if not rec.config.tty:
+            raise LaminaError(f"container {rec.id[:12]} has no terminal to resize")
+        _conmon.resize(self._bundle(rec.id), height, width)
+
+    # -- filesystem -----------------------------------------------------------------------
+    def rootfs(self, ref: str) -> Path:
+        return self._merged(self._resolve(ref).id)
+
+    def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
+        from lamina.runtime import _fsops
+
+        rec = self._resolve(ref)
+        mounted = self._rootfs_mounted(rec)
+        merged = mounted.__enter__()
+        try:
+            chunks = _fsops.copy_out(merged, path)  # raises NotFound before any output
+        except BaseException:
+            mounted.__exit__(*sys.exc_info())
+            raise
+
+        def stream() -> Iterator[bytes]:
+            try:
+                yield from chunks
+            finally:
+                mounted.__exit__(None, None, None)
+
+        return stream()
+
+    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
+        from lamina.runtime import _fsops
+
+        rec = self._resolve(ref)
+        with self._rootfs_mounted(rec) as merged:
+            _fsops.copy_in(merged, path, tar_stream)
+
+    def diff(self, ref: str) -> builtins.list[ChangeEntry]:
+        from lamina.runtime import _fsops
+
+        rec = self._resolve(ref)
+        return _fsops.diff(self._ovl(rec.id) / "upper", self._lowerdirs(rec))
+
+    def commit(
+        self,
+        ref: str,
+        reference: str | None = None,
+        *,
+        changes: builtins.list[str] | None = None,
+        message: str | None = None,
+        author: str | None = None,
+        pause: bool = True,
+    ) -> str:
+        from lamina.runtime import _fsops
+
+        rec = self._resolve(ref)
+        paused_here = False
+        if pause and rec.status == Status.RUNNING:
+            self.pause(rec.id)
+            paused_here = True
+        try:
+            cfg = rec.config
+            container_config: dict[str, Any] = {}
+            if cfg.command is not None:
+                container_config["Cmd"] = cfg.command
+            if cfg.entrypoint is not None:
+                container_config["Entrypoint"] = cfg.entrypoint
+            if cfg.env:
+                base = self.images.config(self.images.require(rec.extra["image_id"]))
+                from lamina.runtime._exec import merge_env
+
+                img_env = list((base.get("config") or {}).get("Env") or [])
+                container_config["Env"] = merge_env(img_env, cfg.env)
+            if cfg.working_dir:
+                container_config["WorkingDir"] = cfg.working_dir
+            if cfg.user:
+                container_config["User"] = cfg.user
+            if cfg.labels:
+                container_config["Labels"] = dict(cfg.labels)
+            record = _fsops.commit_image(
+                self.images,
+                base_image_id=rec.extra["image_id"],
+                upper=self._ovl(rec.id) / "upper",
+                reference=reference,
+                changes=changes or [],
+                message=message,
+                author=author,
+                container_config=container_config,
+            )
+        finally:
+            if paused_here:
+                self.unpause(rec.id)
+        return str(record.id)
+
+    def update(self, ref: str, resources: Resources) -> None:
+        rec = self._resolve(ref)
+        with self._locked(rec.id):
+            rec = self._fresh(rec.id)
+            old = rec.config.resources
+            rec.config.resources = Resources(
+                **{
+                    f.name: getattr(resources, f.name)
+                    if getattr(resources, f.name) is not None
+                    else getattr(old, f.name)
+                    for f in dataclasses.fields(Resources)
+                }
+            )
+            self._write_spec(rec)  # validates, and keeps the limits for later starts
+            if rec.status in _ACTIVE:
+                args = _update_args(resources)
+                if args:
+                    self._runc("update", *args, rec.id)
+            self.state.update(rec.id, config=rec.config)
+
+
+# -- module helpers ------------------------------------------------------------------------
+
+_DEFAULT_HOSTS = (
+    "127.0.0.1\tlocalhost\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    "fe00::0\tip6-localnet\n"
+    "ff00::0\tip6-mcastprefix\n"
+    "ff02::1\tip6-allnodes\n"
+    "ff02::2\tip6-allrouters\n"
+)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _container_resolv(host: str) -> str:
+    """The host's resolv.conf minus loopback name servers (unreachable from inside)."""
+    out = []
+    for line in host.splitlines():
+        parts = line.split()
+        if (
+            len(parts) >= 2
+            and parts[0] == "nameserver"
+            and (parts[1].startswith("127.") or parts[1] == "::1")
+        ):
+            continue
+        out.append(line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write_waiter(bundle: Bundle | Path) -> bool:
+    d = bundle.dir if isinstance(bundle, Bundle) else bundle
+    try:
+        (d / "waiter").write_text(str(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+def _remove_waiter(bundle: Bundle) -> None:
+    with contextlib.suppress(OSError):
+        if bundle.waiter.read_text().strip() == str(os.getpid()):
+            bundle.waiter.unlink()
+
+
+def _pidfd_open(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -2
+
+
+def _name_conflict(name: str) -> LaminaError:
+    from lamina.errors import AlreadyExists
+
+    return AlreadyExists(
+        f"the container name {name!r} is already in use; remove or rename that container"
+    )
+
+
+def _outcome(rec: Record) -> WaitOutcome:
+    code = rec.exit_code if rec.exit_code is not None else 0
+    reason = rec.exit_reason if rec.reason else ExitReason.EXITED
+    sig = signal_from_exit_code(code) if reason == ExitReason.SIGNAL else None
+    return WaitOutcome(
+        exit_code=code, reason=reason, signal=sig, finished_at=rec.finished_at, error=rec.error
+    )
+
+
+def _iso(ts: float | None) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    secs = int(ts)
+    frac = round((ts - secs) * 1e9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+def _security_opts(cfg: ContainerConfig) -> list[str]:
+    out = []
+    if cfg.security.seccomp:
+        out.append(f"seccomp={cfg.security.seccomp}")
+    if cfg.security.no_new_privileges:
+        out.append("no-new-privileges")
+    return out
+
+
+def _update_args(r: Resources) -> list[str]:
+    args: list[str] = []
+    if r.memory is not None:
+        args += ["--memory", str(r.memory)]
+    if r.memory_swap is not None:
+        args += ["--memory-swap", str(r.memory_swap)]
+    if r.cpus is not None:
+        args += ["--cpu-period", "100000", "--cpu-quota", str(round(r.cpus * 100000))]
+    if r.cpu_shares is not None:
+        args += ["--cpu-share", str(r.cpu_shares)]
+    if r.cpuset_cpus is not None:
+        args += ["--cpuset-cpus", r.cpuset_cpus]
+    if r.pids_limit is not None:
+        args += ["--pids-limit", str(r.pids_limit)]
+    return args
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _boot_time() -> float:
+    for line in _read_text("/proc/stat").splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _ps_row(pid: int) -> list[str] | None:
+    """One ``ps -ef`` row from host /proc: UID PID PPID C STIME TTY TIME CMD."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_raw = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+    comm = stat_raw[stat_raw.find(b"(") + 1 : stat_raw.rfind(b")")].decode(errors="replace")
+    fields = stat_raw[stat_raw.rfind(b")") + 2 :].split()
+    ppid = int(fields[1])
+    tty_nr = int(fields[4])
+    cpu_ticks = int(fields[11]) + int(fields[12])
+    start_ticks = int(fields[19])
+    started = _boot_time() + start_ticks / _CLK_TCK
+    elapsed = max(time.time() - started, 1e-6)
+    c = int(cpu_ticks / _CLK_TCK / elapsed * 100)
+    stime = time.strftime(
+        "%H:%M" if time.time() - started < 86400 else "%b%d", time.localtime(started)
+    )
+    total = cpu_ticks // _CLK_TCK
+    cputime = f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+    tty = "?"
+    if tty_nr:
+        major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+        tty = f"pts/{minor}" if 136 <= major <= 143 else f"tty{minor}"
+    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    cmd = " ".join(args) if args else f"[{comm}]"
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return [user, str(pid), str(ppid), str(c), stime, tty, cputime, cmd]
+
+
+def _pump_attach(
+    sock: socket.socket,
+    *,
+    stdin: BinaryIO | None,
+    stdout: BinaryIO,
+    stderr: BinaryIO,
+    tty: bool,
+    resize: Any,
+) -> None:
+    """Copy conmon's packets to stdout/stderr until it closes the socket; stdin (if
+    any) is sent from a thread, and its EOF closes the container's stdin."""
+    import socket
+    import threading
+
+    from lamina.runtime._exec import follow_window_size, raw_terminal
+
+    stop_r, stop_w = os.pipe()
+    in_fd = _fileno(stdin)
+    sender: threading.Thread | None = None
+
+    def send_stdin() -> None:
+        assert stdin is not None
+        try:
+            while True:
+                if in_fd is not None:
+                    r, _, _ = select.select([in_fd, stop_r], [], [])
+                    if stop_r in r:
+                        return
+                    data = os.read(in_fd, 8192)
+                else:
+                    data = stdin.read(8192)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    try:
+        with contextlib.ExitStack() as stack:
+            term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
+            if term is not None:
+                stack.enter_context(raw_terminal(term))
+                stack.enter_context(
+                    follow_window_size(term, lambda r, c: _safe_resize(resize, r, c))
+                )
+            if stdin is not None:
+                sender = threading.Thread(target=send_stdin, daemon=True)
+                sender.start()
+            while True:
+                try:
+                    packet = sock.recv(_conmon.ATTACH_BUFSIZE)
+                except InterruptedError:
+                    continue
+                except ConnectionResetError:
+                    break
+                if not packet:
+                    break
+                kind, data = packet[0], packet[1:]
+                out = stderr if kind == _conmon.STDERR_PIPE else stdout
+                out.write(data)
+                out.flush()
+    finally:
+        os.write(stop_w, b"x")
+        if sender is not None:
+            sender.join(timeout=1.0 if in_fd is not None else 0.05)
+        os.close(stop_r)
+        os.close(stop_w)
+
+
+def _safe_resize(resize: Any, rows: int, cols: int) -> None:
+    with contextlib.suppress(LaminaError, OSError):
+        resize(rows, cols)
+
+
+def _fileno(f: object) -> int | None:
+    try:
+        return int(f.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -1,0 +1,171 @@
+"""Plain data shared by every runtime backend: what to run, and what came of it.
+
+``ContainerConfig`` is the backend-neutral description of a container, built by
+the CLI (or builder, or deployments) from flags and the image; each backend turns
+it into its own form (an OCI runtime bundle, a micro-VM). The other dataclasses
+are what the Runtime interface returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+    FAILED = "failed"  # never ran properly: runtime or monitor error, with a reason
+    REMOVING = "removing"
+
+
+class WaitCondition(StrEnum):
+    NOT_RUNNING = "not-running"
+    NEXT_EXIT = "next-exit"
+    REMOVED = "removed"
+
+
+class ExitReason(StrEnum):
+    EXITED = "exited"
+    SIGNAL = "signal"
+    OOM_KILLED = "oom_killed"
+    RUNTIME_ERROR = "runtime_error"
+
+
+@dataclass
+class Mount:
+    """A bind mount, named or anonymous volume, or tmpfs."""
+
+    type: str  # "bind" | "volume" | "tmpfs"
+    target: str
+    source: str = ""  # host path (bind) or volume name (volume; empty = anonymous)
+    read_only: bool = False
+    options: list[str] = field(default_factory=list)  # e.g. tmpfs size=64m,mode=1777
+
+
+@dataclass
+class Resources:
+    cpus: float | None = None  # --cpus: quota/period
+    cpu_shares: int | None = None
+    cpuset_cpus: str | None = None
+    memory: int | None = None  # bytes
+    memory_swap: int | None = None  # bytes, -1 = unlimited
+    pids_limit: int | None = None
+
+
+@dataclass
+class Ulimit:
+    name: str  # "nofile", "nproc", ... (without RLIMIT_)
+    soft: int
+    hard: int
+
+
+@dataclass
+class Security:
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp: str | None = None  # None = default profile, "unconfined", or a JSON file path
+    no_new_privileges: bool = True
+    read_only_rootfs: bool = False
+
+
+@dataclass
+class ContainerConfig:
+    """Everything needed to create a container, independent of the backend."""
+
+    image: str  # image ID (config digest) in the local store
+    image_ref: str = ""  # what the user typed, for listings
+    name: str | None = None
+    entrypoint: list[str] | None = None  # None = image's; [] = cleared
+    command: list[str] | None = None  # None = image's
+    env: list[str] = field(default_factory=list)  # user's KEY=VALUE, applied last
+    working_dir: str | None = None
+    user: str | None = None  # "uid[:gid]" or names
+    hostname: str | None = None
+    tty: bool = False
+    stdin_open: bool = False
+    network: str = "none"  # "none" | "host" | "container:<id>" | later: a bridge network name
+    mounts: list[Mount] = field(default_factory=list)
+    tmpfs: dict[str, str] = field(default_factory=dict)  # path -> options
+    sysctls: dict[str, str] = field(default_factory=dict)
+    ulimits: list[Ulimit] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
+    security: Security = field(default_factory=Security)
+    stop_signal: str | None = None  # None = image's or SIGTERM
+    stop_timeout: int = 10
+    init: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    auto_remove: bool = False
+    isolation: str = "process"
+
+
+@dataclass
+class ContainerState:
+    status: Status
+    pid: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class WaitOutcome:
+    exit_code: int
+    reason: ExitReason
+    signal: str | None = None  # "SIGKILL" when exit_code > 128 by a signal
+    finished_at: float | None = None
+    error: str = ""
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass
+class Stats:
+    cpu_usage_ns: int = 0
+    system_cpu_ns: int = 0  # host CPU time at the sample, for cpu_percent
+    cpu_percent: float = 0.0
+    memory_used: int = 0
+    memory_limit: int = 0
+    pids: int = 0
+    block_read: int = 0
+    block_write: int = 0
+    net_rx: int = 0
+    net_tx: int = 0
+    timestamp: float = 0.0
+
+
+@dataclass
+class Container:
+    """A container as listed and inspected."""
+
+    id: str
+    name: str
+    config: ContainerConfig
+    state: ContainerState
+    created: float
+    backend: str  # "oci" | "vm"
+    isolation_reason: str = ""
+    ip_address: str = ""
+
+
+@dataclass
+class LogEntry:
+    stream: str  # "stdout" | "stderr"
+    timestamp: float
+    data: bytes
+
+
+@dataclass
+class ChangeEntry:
+    kind: str  # "A" added, "C" changed, "D" deleted (docker diff)
+    path: str
