@@ -37,8 +37,18 @@ LAYER_BYTES = 75_000_000  # x4 = 300 MB uncompressed
 
 def _text_block(rng: random.Random, size: int) -> bytes:
     words = [
-        b"container", b"layer", b"registry", b"manifest", b"digest", b"overlay",
-        b"snapshot", b"kernel", b"namespace", b"cgroup", b"runtime", b"image",
+        b"container",
+        b"layer",
+        b"registry",
+        b"manifest",
+        b"digest",
+        b"overlay",
+        b"snapshot",
+        b"kernel",
+        b"namespace",
+        b"cgroup",
+        b"runtime",
+        b"image",
     ]
     out = bytearray()
     n = 0
@@ -136,17 +146,34 @@ def main() -> None:
         for r in range(args.rounds):
             runs = {
                 "lamina": lambda: timed([*lamina, "--root", str(work / "l"), "pull", "-q", ref]),
-                "podman": lambda: timed([
-                    "podman", "--root", str(work / "p"), "--runroot", str(work / "pr"),
-                    "--storage-driver", "overlay", "pull", "-q", "--tls-verify=false", ref,
-                ]),
+                "podman": lambda: timed(
+                    [
+                        "podman",
+                        "--root",
+                        str(work / "p"),
+                        "--runroot",
+                        str(work / "pr"),
+                        "--storage-driver",
+                        "overlay",
+                        "pull",
+                        "-q",
+                        "--tls-verify=false",
+                        ref,
+                    ]
+                ),
                 "transfer": lambda: timed(
                     [sys.executable, "-c", TRANSFER_ONLY, str(work / "t"), ref]
                 ),
-                "skopeo": lambda: timed([
-                    "skopeo", "copy", "-q", "--src-tls-verify=false",
-                    f"docker://{ref}", f"oci:{work / 's'}:latest",
-                ]),
+                "skopeo": lambda: timed(
+                    [
+                        "skopeo",
+                        "copy",
+                        "-q",
+                        "--src-tls-verify=false",
+                        f"docker://{ref}",
+                        f"oci:{work / 's'}:latest",
+                    ]
+                ),
             }
             for name, run in runs.items():
                 for d in ("l", "p", "pr", "t", "s"):

@@ -78,17 +78,31 @@ def main() -> None:
     conf.write_text(CONTAINERS_CONF)
     penv = dict(os.environ, CONTAINERS_CONF=str(conf))
     podman = [
-        "podman", "--root", str(work / "p"), "--runroot", str(work / "pr"),
-        "--storage-driver", "overlay", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
-        "--events-backend", "none",
+        "podman",
+        "--root",
+        str(work / "p"),
+        "--runroot",
+        str(work / "pr"),
+        "--storage-driver",
+        "overlay",
+        "--runtime",
+        "runc",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "none",
     ]
     try:
         rootfs = make_busybox_rootfs(work / "rootfs")
         subprocess.run([*lam, "import", str(rootfs), IMAGE], check=True, stdout=subprocess.DEVNULL)
         archive = work / "image.tar"
         subprocess.run([*lam, "save", "-o", str(archive), IMAGE], check=True)
-        subprocess.run([*podman, "load", "-q", "-i", str(archive)], check=True, env=penv,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*podman, "load", "-q", "-i", str(archive)],
+            check=True,
+            env=penv,
+            stdout=subprocess.DEVNULL,
+        )
         # bare runc: a prepared bundle, as cheap as a container start can be
         bundle = work / "bundle"
         shutil.copytree(rootfs, bundle / "rootfs", symlinks=True)
@@ -120,13 +134,32 @@ def main() -> None:
         # memory per idle container: conmon RSS
         ids = []
         for i in range(args.idle):
-            out = subprocess.run([*lam, "run", "-d", "--name", f"idle{i}", IMAGE, "sleep", "600"],
-                                 check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [*lam, "run", "-d", "--name", f"idle{i}", IMAGE, "sleep", "600"],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             ids.append(out.stdout.strip())
         lamina_rss = rss_kib(conmon_pids(str(lroot)))
         for i in range(args.idle):
-            subprocess.run([*podman, "run", "-d", "--network", "none", "--name", f"idle{i}",
-                            IMAGE, "sleep", "600"], check=True, env=penv, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    *podman,
+                    "run",
+                    "-d",
+                    "--network",
+                    "none",
+                    "--name",
+                    f"idle{i}",
+                    IMAGE,
+                    "sleep",
+                    "600",
+                ],
+                check=True,
+                env=penv,
+                stdout=subprocess.DEVNULL,
+            )
         podman_rss = rss_kib(conmon_pids(str(work / "pr")))
         summary = {
             "median_ms": {k: v * 1000 for k, v in med.items()},
@@ -149,14 +182,27 @@ def main() -> None:
         (HERE / "results").mkdir(exist_ok=True)
         (HERE / "results" / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:
-        subprocess.run([*lam, "rm", "-f", *[f"idle{i}" for i in range(args.idle)]],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run([*podman, "rm", "-f", "-a", "-t", "0"], env=penv,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run([*podman, "system", "reset", "-f"], env=penv,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run(["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/mounts | xargs -r -n1 umount -l"],
-                       check=False)
+        subprocess.run(
+            [*lam, "rm", "-f", *[f"idle{i}" for i in range(args.idle)]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [*podman, "rm", "-f", "-a", "-t", "0"],
+            env=penv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [*podman, "system", "reset", "-f"],
+            env=penv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            ["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/mounts | xargs -r -n1 umount -l"],
+            check=False,
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -34,7 +34,7 @@ def sh(*args: str, root: Path | None = None, check: bool = True) -> str:
     shown = cmd
     if cmd[0] == "lamina":
         cmd = [*LAMINA, *(["--root", str(root)] if root else []), *cmd[1:]]
-        shown = ["lamina", *cmd[len(LAMINA):]]
+        shown = ["lamina", *cmd[len(LAMINA) :]]
     print(f"$ {shlex.join(shown)}", flush=True)
     proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout
@@ -52,8 +52,14 @@ def main() -> None:
         rootfs = make_busybox_rootfs(work / "rootfs")
         print(f"root filesystem at {rootfs} ({len(os.listdir(rootfs / 'bin'))} entries in /bin)")
         sh(
-            "lamina", "import", str(rootfs), "demo/busybox:1.0",
-            "--change", 'CMD ["/bin/sh"]', "--change", "ENV DEMO=1",
+            "lamina",
+            "import",
+            str(rootfs),
+            "demo/busybox:1.0",
+            "--change",
+            'CMD ["/bin/sh"]',
+            "--change",
+            "ENV DEMO=1",
             root=root,
         )
         sh("lamina", "images", root=root)
@@ -76,7 +82,13 @@ def main() -> None:
             step("Save as an OCI archive; skopeo reads it; load it into a fresh root")
             archive = work / "busybox.tar"
             sh("lamina", "save", "-o", str(archive), "--format", "oci-archive", remote, root=root)
-            sh("skopeo", "inspect", "--format", "{{.Digest}} {{.Architecture}}", f"oci-archive:{archive}")
+            sh(
+                "skopeo",
+                "inspect",
+                "--format",
+                "{{.Digest}} {{.Architecture}}",
+                f"oci-archive:{archive}",
+            )
             other = work / "other-root"
             sh("lamina", "load", "-i", str(archive), root=other)
             sh("lamina", "images", root=other)

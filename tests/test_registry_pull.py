@@ -294,8 +294,45 @@ def test_rich_progress_renders(
     _publish(local_images, busybox_image, ref)
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=120)
-    with RichProgress(console) as progress:
-        pull(_second_local(tmp_path), ref, progress=progress)
+    progress = RichProgress(console)  # no context manager: the CLI's way
+    pull(_second_local(tmp_path), ref, progress=progress)
+    assert not progress._live
     text = out.getvalue()
     assert busybox_image.layers()[0][7:19] in text
     assert "Done" in text
+
+
+def test_pull_without_unpack_then_unpack_offline(
+    registry_factory: Any, busybox_image: TestImage, local_images: LocalImages, tmp_path: Path
+) -> None:
+    server = registry_factory()
+    ref = f"{server.host}/nounpack/busybox:1"
+    _publish(local_images, busybox_image, ref)
+    other = _second_local(tmp_path)
+    record = pull(other, ref, unpack=False)
+    assert other.content.exists(busybox_image.layers()[0])
+    assert other.snapshots.list() == [] and not other.is_unpacked(record)
+    server.kill()
+    assert pull(other, ref).digest == record.digest  # unpacks from local blobs
+    assert other.is_unpacked(record)
+    other.close()
+
+
+def test_rich_progress_stops_on_failure(local_images: LocalImages) -> None:
+    from rich.console import Console
+
+    from lamina.registry import RichProgress
+
+    out = io.StringIO()
+    progress = RichProgress(Console(file=out, force_terminal=True, width=100))
+    events = Events()
+
+    class Both:
+        def event(self, ev: ProgressEvent) -> None:
+            events.event(ev)
+            progress.event(ev)
+
+    with pytest.raises(LaminaError):
+        pull(local_images, "127.0.0.1:1/nothing:1", progress=Both())
+    assert events.events[-1].kind == "failed"
+    assert not progress._live

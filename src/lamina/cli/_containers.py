@@ -184,7 +184,6 @@ def _resolve_image(image: str, pull: str, platform: str | None) -> Any:
     never, newer); pull progress goes to stderr, as ``docker run`` does."""
     from lamina.cli._images import _platform_arg, open_local, progress_sink, registry_config
     from lamina.errors import NotFound
-    from lamina.registry import pull as do_pull
 
     local = open_local()
     hexpart = image.removeprefix("sha256:")
@@ -197,6 +196,9 @@ def _resolve_image(image: str, pull: str, platform: str | None) -> Any:
             if pull == "never":
                 raise NotFound(f"no such image: {image} (and --pull never)") from None
         print(f"Unable to find image '{image}' locally", file=sys.stderr)
+    # Imported only when the registry is needed: httpx costs ~80 ms of start-up.
+    from lamina.registry import pull as do_pull
+
     policy = {"missing": "if-not-present"}.get(pull, pull)
     return do_pull(
         local,

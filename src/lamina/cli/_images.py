@@ -60,7 +60,10 @@ def _platform_arg(value: str | None) -> Any:
 
 
 PLATFORM_OPTION = click.option(
-    "--platform", default=None, metavar="OS/ARCH[/VARIANT]", help="Platform to select from an index."
+    "--platform",
+    default=None,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Platform to select from an index.",
 )
 
 
@@ -165,7 +168,12 @@ def _image_rows(records: list[ImageRecord], digests: bool, no_trunc: bool) -> li
 @click.option("--digests", is_flag=True, help="Show digests.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
 @click.option(
-    "-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE", help="dangling=true|false, reference=PATTERN"
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="dangling=true|false, reference=PATTERN",
 )
 @FORMAT_OPTION
 def images(
@@ -191,7 +199,9 @@ def images(
     if fmt == "json":
         print_json([rec.to_dict() for rec in records])
         return
-    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    headers = (
+        ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    )
     print_table(headers, _image_rows(records, digests, no_trunc))
 
 
@@ -228,7 +238,8 @@ def _filter_images(
             r
             for r in out
             if any(
-                parse_reference(t).name == ref.name and (ref.tag is None or parse_reference(t).tag == ref.tag)
+                parse_reference(t).name == ref.name
+                and (ref.tag is None or parse_reference(t).tag == ref.tag)
                 for t in r.tags
             )
         ]
@@ -319,7 +330,9 @@ def inspect(names: tuple[str, ...], fmt: str) -> None:
 
 @click.command()
 @click.argument("names", nargs=-1, required=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Archive path.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Archive path."
+)
 @click.option(
     "--format",
     "fmt",
@@ -335,7 +348,9 @@ def save(names: tuple[str, ...], output: Path, fmt: str) -> None:
 
 
 @click.command()
-@click.option("-i", "--input", "source", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option(
+    "-i", "--input", "source", type=click.Path(exists=True, path_type=Path), required=True
+)
 @click.option("-q", "--quiet", is_flag=True)
 def load(source: Path, quiet: bool) -> None:
     """Load images from an archive (oci-archive, docker-archive) or an OCI layout dir."""
@@ -359,7 +374,11 @@ def load(source: Path, quiet: bool) -> None:
 @click.option("-m", "--message", default=None, help="Commit message for the history entry.")
 @PLATFORM_OPTION
 def import_(
-    source: Path, reference: str | None, changes: tuple[str, ...], message: str | None, platform: str | None
+    source: Path,
+    reference: str | None,
+    changes: tuple[str, ...],
+    message: str | None,
+    platform: str | None,
 ) -> None:
     """Create an image from a root filesystem directory or tarball."""
     from lamina.image import import_rootfs
@@ -407,7 +426,9 @@ def logout(server: str) -> None:
 
 
 @click.command()
-@click.option("-a", "--all", "all_", is_flag=True, help="Remove all images not in use, not only dangling.")
+@click.option(
+    "-a", "--all", "all_", is_flag=True, help="Remove all images not in use, not only dangling."
+)
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 def prune(all_: bool, force: bool) -> None:
     """Remove unused images and the blobs and snapshots only they used."""

@@ -126,7 +126,11 @@ class Settings:
     """Global options, passed to every command through the click context."""
 
     def __init__(
-        self, root: Path, debug: bool, insecure_registries: tuple[str, ...], registries_config: str | None
+        self,
+        root: Path,
+        debug: bool,
+        insecure_registries: tuple[str, ...],
+        registries_config: str | None,
     ) -> None:
         self.root = root
         self.debug = debug
@@ -134,7 +138,9 @@ class Settings:
         self.registries_config = registries_config
 
 
-@click.group(cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),

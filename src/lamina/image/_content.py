@@ -94,8 +94,19 @@ class BlobWriter:
         self.offset += len(data)
         return len(data)
 
+    @property
+    def path(self) -> Path:
+        """The partial data file, for a reader that follows a download as it lands."""
+        return self._data_path
+
     def flush(self) -> None:
+        """Push written bytes to the file so that a follower sees them."""
         self._file.flush()
+
+    def sync(self) -> None:
+        """flush() and fsync: the ingest survives a crash (for resume)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def truncate(self) -> None:
         """Throw away what was written so far (a server that ignored a Range request)."""

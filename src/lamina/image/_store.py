@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lamina._sqlite import connect
 from lamina.errors import InUse, InvalidReference, NotFound
 from lamina.image._content import ContentStore
 from lamina.image._manifest import Index, Manifest, parse_manifest
@@ -90,14 +91,8 @@ class ImageRecord:
 class ImageStore:
     def __init__(self, db_path: Path, content: ContentStore) -> None:
         self.content = content
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            db_path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(db_path, _SCHEMA)
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()

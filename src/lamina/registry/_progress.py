@@ -8,7 +8,8 @@ Per blob (``digest``, ``size``) the sequence is ``started`` -> ``advance``* ->
 ``verifying`` -> (``extracting`` -> ``extracted``)? -> ``done``; or a single
 ``exists`` (already there: local store on pull, registry on push) or ``mounted``
 (cross-repository mount on push). ``resolved`` and ``finished`` frame the whole
-operation (``message`` names the reference / final digest).
+operation (``message`` names the reference / final digest); ``failed`` (``message``
+is the error line) ends one that raised, so a live display can stop cleanly.
 
 ``PlainProgress`` writes one line per event (no ``advance``) for logs and
 non-terminals; ``RichProgress`` draws per-layer bars and imports rich lazily.
@@ -32,6 +33,7 @@ EventKind = Literal[
     "exists",
     "mounted",
     "finished",
+    "failed",
 ]
 
 
@@ -88,7 +90,7 @@ class PlainProgress:
         self._lock = threading.Lock()
 
     def event(self, ev: ProgressEvent) -> None:
-        if ev.kind == "advance":
+        if ev.kind in ("advance", "failed"):  # the caller prints the error itself
             return
         if ev.kind in ("resolved", "finished"):
             line = ev.message
@@ -107,11 +109,12 @@ class PlainProgress:
 
 
 class RichProgress:
-    """Per-blob bars (bytes, speed, then verifying / extracting / done) with rich.
-
-    Use as a context manager around the pull or push."""
+    """Per-blob bars (bytes, speed, then verifying / extracting / done) with rich, on
+    stderr by default. The live display starts with the first blob event and stops at
+    ``finished`` or ``failed`` (or when used as a context manager, at its end)."""
 
     def __init__(self, console: Any = None, *, verb: str = "Downloading") -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -127,20 +130,32 @@ class RichProgress:
             BarColumn(bar_width=30),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=console,
+            console=console or Console(stderr=True),
             transient=False,
         )
         self._tasks: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._live = False
 
     def __enter__(self) -> RichProgress:
-        self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._live:
+            self._progress.stop()
+            self._live = False
 
     def _task(self, ev: ProgressEvent) -> Any:
+        if not self._live:
+            self._progress.start()
+            self._live = True
         task = self._tasks.get(ev.digest)
         if task is None:
             task = self._progress.add_task(
@@ -152,8 +167,10 @@ class RichProgress:
     def event(self, ev: ProgressEvent) -> None:
         p = self._progress
         with self._lock:
-            if ev.kind in ("resolved", "finished"):
-                if ev.message:
+            if ev.kind in ("resolved", "finished", "failed"):
+                if ev.kind != "resolved":
+                    self._stop()
+                if ev.message and ev.kind != "failed":  # the caller reports failures
                     p.console.print(ev.message)
                 return
             task = self._task(ev)

@@ -78,8 +78,15 @@ def pull(
     config: RegistryConfig | None = None,
     max_concurrent: int = 3,
     client: RegistryClient | None = None,
+    unpack: bool = True,
 ) -> ImageRecord:
-    """Make ``ref`` present locally (blobs, snapshots, record) according to ``policy``."""
+    """Make ``ref`` present locally (blobs, snapshots, record) according to ``policy``
+    and return its record.
+
+    ``platform`` picks the manifest of an index (default: the host's); ``config``
+    gives TLS/insecure settings (default: ``RegistryConfig.load()``); ``client``
+    reuses a RegistryClient for the reference's registry; ``unpack=False`` stores
+    blobs and the record but makes no snapshots (unpacked later on demand)."""
     if policy not in POLICIES:
         raise LaminaError(f"unknown pull policy {policy!r} (want one of {', '.join(POLICIES)})")
     reference = parse_reference(ref) if isinstance(ref, str) else ref
@@ -88,21 +95,30 @@ def pull(
     if policy == "never":
         if existing is None:
             raise NotFound(f"image {reference} is not present locally and the pull policy is never")
-        return _ensure_unpacked(local, existing)
+        return _ensure_unpacked(local, existing) if unpack else existing
     if policy == "if-not-present" and existing is not None:
-        return _ensure_unpacked(local, existing)
+        return _ensure_unpacked(local, existing) if unpack else existing
     owned = client is None
-    c = client or RegistryClient(reference.domain, config=config)
     try:
-        if policy == "newer" and existing is not None:
-            remote = c.head_manifest(reference.path, reference.digest or reference.tag or "latest")
-            if remote in (existing.digest, existing.manifest_digest):
-                sink.event(ProgressEvent("resolved", message=f"{reference}: image is up to date"))
-                return _ensure_unpacked(local, existing)
-        return _Pull(local, c, reference, platform, sink, max(1, max_concurrent)).run()
-    finally:
-        if owned:
-            c.close()
+        c = client or RegistryClient(reference.domain, config=config)
+        try:
+            if policy == "newer" and existing is not None:
+                tag = reference.digest or reference.tag or "latest"
+                if c.head_manifest(reference.path, tag) in (
+                    existing.digest,
+                    existing.manifest_digest,
+                ):
+                    up_to_date = f"{reference}: image is up to date"
+                    sink.event(ProgressEvent("finished", message=up_to_date))
+                    return _ensure_unpacked(local, existing) if unpack else existing
+            puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack)
+            return puller.run()
+        finally:
+            if owned:
+                c.close()
+    except BaseException as e:
+        sink.event(ProgressEvent("failed", message=str(e)))
+        raise
 
 
 def _local_image(
@@ -156,7 +172,9 @@ class _Pull:
         platform: Platform | None,
         progress: ProgressSink,
         max_concurrent: int,
+        unpack: bool = True,
     ) -> None:
+        self.unpack = unpack
         self.local = local
         self.client = client
         self.ref = ref
@@ -215,7 +233,7 @@ class _Pull:
                 diff_id=diff_id,
                 chain=chain,
                 need_blob=not content.exists(desc.digest),
-                need_unpack=not snaps.exists(chain),
+                need_unpack=self.unpack and not snaps.exists(chain),
             )
             for desc, diff_id, chain in zip(manifest.layers, diff_ids, chains, strict=True)
         ]
@@ -308,11 +326,11 @@ class _Pull:
         layer.writer = writer
         sink: BlobSink = writer
         if start_unpack is not None:
-            follow = Follow(_ingest_data(writer), writer.offset)
+            follow = Follow(writer.path, writer.offset)
             layer.follow = follow
             with self.state.lock:
                 self.state.follows.append(follow)
-            sink = TeeSink(_Flushing(writer), follow)
+            sink = TeeSink(writer, follow)
             if STREAM_UNPACK:
                 start_unpack(layer)
         ev = self.progress.event
@@ -347,6 +365,9 @@ class _Pull:
                 start_unpack(layer)
         else:
             ev(ProgressEvent("done", digest=desc.digest, size=desc.size))
+        # Sync now, while other layers still download or unpack, so that the commit
+        # at the end (which syncs again) finds nothing left to write.
+        writer.sync()
 
     def _unpack(self, layer: _Layer) -> None:
         if self.state.failed is not None:
@@ -421,35 +442,6 @@ class _Pull:
 
 class _Cancelled(Exception):
     """Raised inside a download to stop it when another layer already failed."""
-
-
-def _ingest_data(writer: BlobWriter) -> Path:
-    """The file behind an open ingest (BlobWriter has no public path yet: asked for)."""
-    return Path(writer._data_path)
-
-
-class _Flushing:
-    """A BlobWriter whose writes reach the file at once, for readers following it.
-    (BlobWriter has no public flush yet: asked for.)"""
-
-    def __init__(self, writer: BlobWriter) -> None:
-        self._writer = writer
-
-    @property
-    def offset(self) -> int:
-        return self._writer.offset
-
-    def write(self, data: bytes | memoryview) -> int:
-        return self._writer.write(data)
-
-    def flush(self) -> None:
-        self._writer._file.flush()
-
-    def truncate(self) -> None:
-        self._writer.truncate()
-
-    def digest(self) -> str:
-        return self._writer.digest()
 
 
 @contextlib.contextmanager

@@ -58,14 +58,18 @@ def push(
         raise InvalidReference(
             f"push {source}: destination digest {dest_ref.digest} is not the image's {image.digest}"
         )
+    sink = progress or NullProgress()
     owned = client is None
-    c = client or RegistryClient(dest_ref.domain, config=config)
     try:
-        pusher = _Push(local, c, dest_ref, progress or NullProgress(), chunk_size, max_concurrent)
-        return pusher.run(image.digest)
-    finally:
-        if owned:
-            c.close()
+        c = client or RegistryClient(dest_ref.domain, config=config)
+        try:
+            return _Push(local, c, dest_ref, sink, chunk_size, max_concurrent).run(image.digest)
+        finally:
+            if owned:
+                c.close()
+    except BaseException as e:
+        sink.event(ProgressEvent("failed", message=str(e)))
+        raise
 
 
 def _as_reference(s: str) -> Reference | None:

@@ -16,6 +16,7 @@ prefix, or the name, selects a container.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -103,7 +104,7 @@ class Runtime(abc.ABC):
     def stats(self, ref: str) -> Stats: ...
 
     @abc.abstractmethod
-    def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
+    def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
         """Processes in the container: (headers, rows), as ``ps`` shows them."""
 
     @abc.abstractmethod
@@ -120,9 +121,9 @@ class Runtime(abc.ABC):
     def exec(
         self,
         ref: str,
-        argv: list[str],
+        argv: builtins.list[str],
         *,
-        env: list[str] | None = None,
+        env: builtins.list[str] | None = None,
         user: str | None = None,
         workdir: str | None = None,
         tty: bool = False,
@@ -162,7 +163,7 @@ class Runtime(abc.ABC):
     def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None: ...
 
     @abc.abstractmethod
-    def diff(self, ref: str) -> list[ChangeEntry]: ...
+    def diff(self, ref: str) -> builtins.list[ChangeEntry]: ...
 
     @abc.abstractmethod
     def commit(
@@ -170,7 +171,7 @@ class Runtime(abc.ABC):
         ref: str,
         reference: str | None = None,
         *,
-        changes: list[str] | None = None,
+        changes: builtins.list[str] | None = None,
         message: str | None = None,
         author: str | None = None,
         pause: bool = True,

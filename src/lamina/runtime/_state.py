@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lamina._sqlite import connect
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 from lamina.runtime._types import (
     ContainerConfig,
@@ -158,16 +159,10 @@ class StateStore:
     """Container rows on one root: ``<root>/containers.db``."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
         # One connection per store, usable from any thread (a caller may wait in one
         # thread while it attaches in another); transactions are serialised by _lock.
-        self._db = sqlite3.connect(
-            db_path, timeout=30, isolation_level=None, check_same_thread=False
-        )
+        self._db = connect(db_path, _SCHEMA)
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
