@@ -4,7 +4,7 @@ PYTHON_BASE ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev docker-registry skopeo umoci busybox-static \
-	runc conmon podman buildah apache2-utils openssl ca-certificates
+	runc conmon catatonit podman buildah apache2-utils openssl ca-certificates
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench lint typecheck clean

@@ -36,6 +36,20 @@ from lamina.runtime._types import ContainerConfig, Mount, Ulimit
 from lamina.runtime._userdb import ExecUser, resolve_user
 
 OCI_VERSION = "1.0.2"
+INIT_PATH = "/run/lamina-init"
+_INIT_CANDIDATES = ("/usr/bin/catatonit", "/usr/libexec/podman/catatonit", "/usr/bin/tini-static")
+
+
+def init_binary() -> Path:
+    """The host's static init for --init; a clear error when none is installed."""
+    for candidate in _INIT_CANDIDATES:
+        if os.path.exists(candidate):
+            return Path(candidate)
+    raise LaminaError(
+        "--init needs catatonit or tini-static on the host (apt-get install catatonit)"
+    )
+
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_PERIOD = 100_000
 MIN_MEMORY = 6 * 1024 * 1024  # Docker's minimum
@@ -784,6 +798,10 @@ def build_spec(
     sec = config.security
 
     args = process_args(config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd"))
+    if config.init:
+        # --init: a tiny init as PID 1 reaps zombies and forwards signals (Docker uses
+        # tini, Podman catatonit; Debian ships catatonit, statically linked).
+        args = [INIT_PATH, "--", *args]
     hostname = config.hostname or container_id[:12]
     user: ExecUser = resolve_user(rootfs, config.user if config.user else img.get("User"))
 
@@ -840,17 +858,27 @@ def build_spec(
     if seccomp:
         linux["seccomp"] = seccomp
 
+    mounts = build_mounts(
+        config,
+        hostname_file=hostname_file,
+        hosts_file=hosts_file,
+        resolv_file=resolv_file,
+        volume_paths=volume_paths or {},
+    )
+    if config.init:
+        mounts.append(
+            {
+                "destination": INIT_PATH,
+                "type": "bind",
+                "source": str(init_binary()),
+                "options": ["rbind", "ro", "nosuid", "nodev"],
+            }
+        )
     return {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": str(rootfs), "readonly": sec.read_only_rootfs},
         "hostname": hostname,
-        "mounts": build_mounts(
-            config,
-            hostname_file=hostname_file,
-            hosts_file=hosts_file,
-            resolv_file=resolv_file,
-            volume_paths=volume_paths or {},
-        ),
+        "mounts": mounts,
         "linux": linux,
     }
