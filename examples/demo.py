@@ -44,6 +44,36 @@ def sh(*args: str, root: Path | None = None, check: bool = True) -> str:
     return proc.stdout
 
 
+def interactive(root: Path, image: str) -> None:
+    """Drive ``lamina run -it`` through a pseudo-terminal, as a person at a keyboard."""
+    import pty
+    import select
+    import time
+
+    print(f"$ lamina run --rm -it {image} sh")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [*LAMINA, "--root", str(root), "run", "--rm", "-it", image, "sh"])
+    out = b""
+    for keys in (b"echo the answer is $((6*7))\r", b"exit 7\r"):
+        time.sleep(0.5)
+        os.write(fd, keys)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    _, status = os.waitpid(pid, 0)
+    print(out.decode(errors="replace").replace("\r", ""), end="")
+    print(f"(exit code {os.waitstatus_to_exitcode(status)})")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lamina-demo-") as tmp:
         work = Path(tmp)
@@ -92,6 +122,91 @@ def main() -> None:
             other = work / "other-root"
             sh("lamina", "load", "-i", str(archive), root=other)
             sh("lamina", "images", root=other)
+
+            step("Run it: a container, process-isolated by runc, supervised by conmon")
+            sh(
+                "lamina",
+                "run",
+                "--rm",
+                remote,
+                "sh",
+                "-c",
+                "echo hello from $(hostname); uname -sr",
+                root=root,
+            )
+            print("$ lamina run --rm -i IMAGE tr a-z A-Z   <<< 'piped through stdin'")
+            out = subprocess.run(
+                [*LAMINA, "--root", str(root), "run", "--rm", "-i", remote, "tr", "a-z", "A-Z"],
+                input="piped through stdin\n",
+                text=True,
+                capture_output=True,
+            )
+            print(out.stdout, end="")
+            sh("lamina", "run", "--rm", remote, "sh", "-c", "exit 3", root=root, check=False)
+            print("(exit code 3 passed through)")
+
+            step("Detached: it outlives this command; later commands find it")
+            sh(
+                "lamina",
+                "run",
+                "-d",
+                "--name",
+                "web",
+                "--memory",
+                "64m",
+                remote,
+                "sh",
+                "-c",
+                "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done",
+                root=root,
+            )
+            sh("lamina", "ps", root=root)
+            sh(
+                "lamina",
+                "exec",
+                "web",
+                "sh",
+                "-c",
+                "echo exec sees PID 1: $(cat /proc/1/comm)",
+                root=root,
+            )
+            import time
+
+            time.sleep(2)
+            sh("lamina", "logs", "--tail", "2", "web", root=root)
+            sh("lamina", "stats", "--no-stream", "web", root=root)
+            sh("lamina", "stop", "-t", "2", "web", root=root)
+            sh("lamina", "ps", "-a", root=root)
+            sh("lamina", "rm", "web", root=root)
+
+            step("Interactive: -it gives a shell on a pseudo-terminal")
+            interactive(root, remote)
+
+            step("Secure by default: no mount inside a container, unless --privileged")
+            sh(
+                "lamina",
+                "run",
+                "--rm",
+                remote,
+                "mount",
+                "-t",
+                "tmpfs",
+                "none",
+                "/mnt",
+                root=root,
+                check=False,
+            )
+            sh(
+                "lamina",
+                "run",
+                "--rm",
+                "--privileged",
+                remote,
+                "sh",
+                "-c",
+                "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted as privileged",
+                root=root,
+            )
 
             step("Bad input gets one clear line and a non-zero exit")
             sh("lamina", "pull", "Not/A:Valid:Ref", root=root, check=False)
