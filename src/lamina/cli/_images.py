@@ -33,11 +33,30 @@ def open_local() -> LocalImages:
     return LocalImages.open(_settings().root)
 
 
-def registry_config() -> RegistryConfig:
+def registry_config(ca_file: Path | None = None, host: str | None = None) -> RegistryConfig:
+    """The registries config file merged with the global flags and, for ``host``, a
+    ``--ca-file``. A config file named on the command line must exist (the default
+    one may be absent)."""
+    from lamina.errors import RegistryError
     from lamina.registry import RegistryConfig
 
     s = _settings()
-    return RegistryConfig.load(s.registries_config, insecure_registries=s.insecure_registries)
+    if s.registries_config is not None and not Path(s.registries_config).is_file():
+        raise RegistryError(f"registries config {s.registries_config} not found")
+    ca_files = None
+    if ca_file is not None and host is not None:
+        if not ca_file.is_file():
+            raise RegistryError(f"CA file {ca_file} not found")
+        ca_files = {host: str(ca_file)}
+    return RegistryConfig.load(
+        s.registries_config, insecure_registries=s.insecure_registries, ca_files=ca_files
+    )
+
+
+def _registry_host(reference: str) -> str:
+    from lamina.image import parse_reference
+
+    return parse_reference(reference).domain
 
 
 def progress_sink(quiet: bool) -> Any:
@@ -59,6 +78,13 @@ def _platform_arg(value: str | None) -> Any:
     return parse_platform(value)
 
 
+CA_FILE_OPTION = click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CA certificate (PEM) to trust for this registry.",
+)
+
 PLATFORM_OPTION = click.option(
     "--platform",
     default=None,
@@ -78,21 +104,26 @@ PLATFORM_OPTION = click.option(
     help="When to contact the registry.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
-def pull(reference: str, platform: str | None, policy: str, quiet: bool) -> None:
+@CA_FILE_OPTION
+def pull(
+    reference: str, platform: str | None, policy: str, quiet: bool, ca_file: Path | None
+) -> None:
     """Pull an image from a registry."""
     from lamina.registry import pull as do_pull
 
+    # Everything that can fail on the command line fails before the store is touched.
+    config = registry_config(ca_file, _registry_host(reference) if ca_file else None)
+    plat = _platform_arg(platform)
     local = open_local()
     if policy == "missing":
         policy = "if-not-present"
-    progress = progress_sink(quiet)
     record = do_pull(
         local,
         reference,
         policy=policy,
-        platform=_platform_arg(platform),
-        progress=progress,
-        config=registry_config(),
+        platform=plat,
+        progress=progress_sink(quiet),
+        config=config,
     )
     if quiet:
         click.echo(record.id)
@@ -110,17 +141,26 @@ def pull(reference: str, platform: str | None, policy: str, quiet: bool) -> None
 @click.option(
     "--chunk-size", type=int, default=None, help="Upload blobs in chunks of this many bytes."
 )
-def push(source: str, destination: str | None, quiet: bool, chunk_size: int | None) -> None:
+@CA_FILE_OPTION
+def push(
+    source: str,
+    destination: str | None,
+    quiet: bool,
+    chunk_size: int | None,
+    ca_file: Path | None,
+) -> None:
     """Push an image (SOURCE) to a registry, optionally under another name."""
     from lamina.registry import push as do_push
 
+    host = _registry_host(destination or source) if ca_file else None
+    config = registry_config(ca_file, host)
     local = open_local()
     digest = do_push(
         local,
         source,
         destination,
         progress=progress_sink(quiet),
-        config=registry_config(),
+        config=config,
         chunk_size=chunk_size,
     )
     if not quiet:
@@ -197,12 +237,26 @@ def images(
         click.echo("\n".join(seen)) if seen else None
         return
     if fmt == "json":
-        print_json([rec.to_dict() for rec in records])
+        print_json([_image_json(rec) for rec in records])
         return
     headers = (
         ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
     )
     print_table(headers, _image_rows(records, digests, no_trunc))
+
+
+def _image_json(rec: ImageRecord) -> dict[str, Any]:
+    """One object per image, with the keys and familiar names ``inspect`` uses."""
+    return {
+        "Id": rec.id,
+        "RepoTags": [_familiar(t) for t in rec.tags],
+        "RepoDigests": [_familiar(d) for d in rec.repo_digests],
+        "Digest": rec.digest,
+        "Created": rec.created,
+        "Size": rec.image_size,
+        "Platform": rec.platform,
+        "Dangling": not rec.tags,
+    }
 
 
 def _filter_images(
@@ -349,7 +403,7 @@ def save(names: tuple[str, ...], output: Path, fmt: str) -> None:
 
 @click.command()
 @click.option(
-    "-i", "--input", "source", type=click.Path(exists=True, path_type=Path), required=True
+    "-i", "--input", "source", type=click.Path(path_type=Path), required=True
 )
 @click.option("-q", "--quiet", is_flag=True)
 def load(source: Path, quiet: bool) -> None:
@@ -368,7 +422,7 @@ def load(source: Path, quiet: bool) -> None:
 
 
 @click.command("import")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
 @click.argument("reference", required=False)
 @click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction.")
 @click.option("-m", "--message", default=None, help="Commit message for the history entry.")
@@ -399,11 +453,22 @@ def import_(
 @click.option("-u", "--username", default=None)
 @click.option("-p", "--password", default=None)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def login(server: str, username: str | None, password: str | None, password_stdin: bool) -> None:
+@CA_FILE_OPTION
+def login(
+    server: str,
+    username: str | None,
+    password: str | None,
+    password_stdin: bool,
+    ca_file: Path | None,
+) -> None:
     """Log in to a registry; credentials go to Docker's config.json."""
     from lamina.registry import login as do_login
 
+    server = _server_host(server)
+    config = registry_config(ca_file, server)
     if password_stdin:
+        if username is None:
+            raise click.UsageError("--password-stdin needs --username")
         if password:
             raise click.UsageError("--password and --password-stdin are mutually exclusive")
         password = sys.stdin.read().rstrip("\n")
@@ -411,7 +476,7 @@ def login(server: str, username: str | None, password: str | None, password_stdi
         username = click.prompt("Username")
     if password is None:
         password = click.prompt("Password", hide_input=True)
-    do_login(server, username, password, config=registry_config())
+    do_login(server, username, password, config=config)
     click.echo("Login Succeeded")
 
 
@@ -421,8 +486,20 @@ def logout(server: str) -> None:
     """Remove saved credentials for a registry."""
     from lamina.registry import logout as do_logout
 
-    do_logout(server)
-    click.echo(f"Removing login credentials for {server}")
+    server = _server_host(server)
+    if do_logout(server):
+        click.echo(f"Removing login credentials for {server}")
+    else:
+        click.echo(f"Not logged in to {server}")
+
+
+def _server_host(server: str) -> str:
+    """``https://reg:5000/v2/`` -> ``reg:5000``: credentials are keyed by host."""
+    host = server.split("://", 1)[1] if "://" in server else server
+    host = host.split("/", 1)[0]
+    if not host:
+        raise click.UsageError(f"invalid registry address {server!r}")
+    return host
 
 
 @click.command()

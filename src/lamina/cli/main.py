@@ -161,6 +161,15 @@ class Settings:
     default=None,
     help="Registry settings file (JSON) [env LAMINA_REGISTRIES_CONFIG].",
 )
+@click.option(
+    "--runtime",
+    "oci_runtime",
+    default="runc",
+    show_default=True,
+    envvar="LAMINA_RUNTIME",
+    metavar="runc|crun|PATH",
+    help="OCI runtime for process-isolated containers [env LAMINA_RUNTIME].",
+)
 @click.version_option(package_name="lamina", prog_name="lamina")
 @click.pass_context
 def cli(
@@ -169,13 +178,14 @@ def cli(
     debug: bool,
     insecure_registries: tuple[str, ...],
     registries_config: str | None,
+    oci_runtime: str,
 ) -> None:
     """lamina: run, build and ship OCI containers."""
     if root is None:
         from lamina.config import default_root
 
         root = default_root()
-    ctx.obj = Settings(root, debug, insecure_registries, registries_config)
+    ctx.obj = Settings(root, debug, insecure_registries, registries_config, oci_runtime)
 
 
 for _alias, _target in _ALIASES.items():

@@ -293,6 +293,8 @@ def _passthrough(f: BinaryIO, sink: _BlobSink, epoch: int | None, label: str) ->
     except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as e:
         raise InvalidLayer(f"cannot import {label}: {e}") from None
     except InvalidLayer as e:
+        if str(e).startswith(f"cannot import {label}:"):
+            raise  # already says which import failed
         raise InvalidLayer(f"cannot import {label}: {e}") from None
     except OSError as e:
         if e.errno is not None:
