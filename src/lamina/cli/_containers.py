@@ -92,9 +92,17 @@ def _settings() -> Any:
 
 
 def open_runtime() -> Runtime:
+    """The runtime on ``--root`` with ``--runtime``; a runtime that is missing or
+    cannot work on this host fails here, before anything is done (exit 125)."""
+    from lamina.errors import LaminaError
     from lamina.runtime import open_runtime as _open
 
-    return _open(_settings().root)
+    settings = _settings()
+    try:
+        return _open(settings.root, oci_runtime=settings.oci_runtime)
+    except LaminaError as e:
+        e.exit_code = 125
+        raise
 
 
 def _error(msg: str) -> None:
@@ -407,8 +415,8 @@ def run(
     **flags: Any,
 ) -> None:
     """Create and run a new container from an image."""
+    rt = open_runtime()  # a bad --runtime fails before any pull
     config = _prepare(image, command, flags, auto_remove=auto_remove)
-    rt = open_runtime()
     ctr = _create(rt, config)
     if detach:
         try:
@@ -437,8 +445,9 @@ def run(
 @_run_options
 def create(image: str, command: tuple[str, ...], auto_remove: bool, **flags: Any) -> None:
     """Create a new container (without starting it); prints its ID."""
+    rt = open_runtime()
     config = _prepare(image, command, flags, auto_remove=auto_remove)
-    click.echo(_create(open_runtime(), config).id)
+    click.echo(_create(rt, config).id)
 
 
 def _start_failed(rt: Runtime, cid: str, e: BaseException, *, remove: bool) -> None:
@@ -490,13 +499,14 @@ def run_attached(
     import threading
 
     from lamina.errors import LaminaError, NotFound
+    from lamina.runtime._term import raw_terminal
 
     sys.stdout.flush()
     sys.stderr.flush()
     in_stream = sys.stdin.buffer if stdin else None
     with contextlib.ExitStack() as stack:
         if tty and stdin and sys.stdin.isatty():
-            stack.enter_context(_raw_terminal(sys.stdin.fileno()))
+            stack.enter_context(raw_terminal(sys.stdin.fileno()))
         if sig_proxy and not tty and threading.current_thread() is threading.main_thread():
             stack.enter_context(_proxy_signals(rt, cid, signal))
         try:
@@ -522,19 +532,6 @@ def run_attached(
     if outcome.error and code in (125, 126, 127):
         _error(outcome.error)
     return code
-
-
-@contextlib.contextmanager
-def _raw_terminal(fd: int) -> Iterator[None]:
-    import termios
-    import tty as ttymod
-
-    saved = termios.tcgetattr(fd)
-    try:
-        ttymod.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 @contextlib.contextmanager
@@ -575,9 +572,7 @@ def start(containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
     _each(containers, rt.start)
 
 
-@_command("stop")
-@click.argument("containers", nargs=-1, required=True)
-@click.option(
+_STOP_TIME = click.option(
     "-t",
     "--time",
     "--timeout",
@@ -586,6 +581,11 @@ def start(containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
     default=None,
     help="Seconds to wait before killing.",
 )
+
+
+@_command("stop")
+@click.argument("containers", nargs=-1, required=True)
+@_STOP_TIME
 @click.option(
     "-s",
     "--signal",
@@ -601,15 +601,7 @@ def stop(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> N
 
 @_command("restart")
 @click.argument("containers", nargs=-1, required=True)
-@click.option(
-    "-t",
-    "--time",
-    "--timeout",
-    "timeout",
-    type=int,
-    default=None,
-    help="Seconds to wait before killing.",
-)
+@_STOP_TIME
 @click.option("-s", "--signal", "sig", default=None, help="Signal to stop with.")
 def restart(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> None:
     """Restart one or more containers."""
@@ -1426,6 +1418,7 @@ def _copy_from_container(rt: Runtime, ref: str, path: str, dest: str, follow: bo
 
     from lamina.errors import LaminaError
     from lamina.image import apply_layer
+    from lamina.runtime._fsops import archive_name
 
     chunks = rt.copy_out(ref, path)
     if dest == "-":
@@ -1443,7 +1436,7 @@ def _copy_from_container(rt: Runtime, ref: str, path: str, dest: str, follow: bo
     parent = os.path.dirname(dest_path)
     if not os.path.isdir(parent):
         raise LaminaError(f"destination directory {parent} does not exist")
-    top = _archive_name(path)
+    top = archive_name(path)
     if top == ".":  # a directory's contents (DIR/.): DEST becomes that directory
         if os.path.lexists(dest_path):
             raise LaminaError(f"cannot copy a directory to a file: {dest}")
@@ -1471,15 +1464,6 @@ def _copy_from_container(rt: Runtime, ref: str, path: str, dest: str, follow: bo
             os.rename(got, dest_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _archive_name(path: str) -> str:
-    import posixpath
-
-    stripped = path.rstrip("/")
-    if stripped.endswith("/.") or stripped in ("", "."):
-        return "."
-    return posixpath.basename(stripped) or "."
 
 
 def _copy_to_container(rt: Runtime, src: str, ref: str, path: str, follow: bool) -> None:

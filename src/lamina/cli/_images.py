@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -19,7 +19,7 @@ from lamina.cli._output import (
 )
 
 if TYPE_CHECKING:
-    from lamina.image import ImageRecord, LocalImages
+    from lamina.image import ArchiveFormat, ImageRecord, LocalImages
     from lamina.registry import RegistryConfig
 
 
@@ -167,16 +167,18 @@ def push(
         click.echo(f"Digest: {digest}")
 
 
-def _image_rows(records: list[ImageRecord], digests: bool, no_trunc: bool) -> list[list[str]]:
+def _image_rows(
+    selected: list[tuple[ImageRecord, list[str]]], digests: bool, no_trunc: bool
+) -> list[list[str]]:
     from lamina.image import parse_reference
 
     rows = []
-    for rec in records:
+    for rec, tags in selected:
         image_id = rec.id if no_trunc else rec.id.removeprefix("sha256:")[:12]
         created = human_age(parse_timestamp(rec.created))
         size = human_size(rec.image_size)
         pairs: list[tuple[str, str, str]] = []
-        for tag in rec.tags:
+        for tag in tags:
             ref = parse_reference(tag)
             repo = ref.familiar().rsplit(":", 1)[0] if ref.tag else ref.familiar()
             digest = next(
@@ -227,22 +229,22 @@ def images(
 ) -> None:
     """List images."""
     local = open_local()
-    records = _filter_images(local.images.list(), repository, filters)
+    selected = _filter_images(local.images.list(), repository, filters)
     if quiet:
         seen: list[str] = []
-        for rec in records:
+        for rec, _ in selected:
             short = rec.id if no_trunc else rec.id.removeprefix("sha256:")[:12]
             if short not in seen:
                 seen.append(short)
         click.echo("\n".join(seen)) if seen else None
         return
     if fmt == "json":
-        print_json([_image_json(rec) for rec in records])
+        print_json([_image_json(rec) for rec, _ in selected])
         return
     headers = (
         ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
     )
-    print_table(headers, _image_rows(records, digests, no_trunc))
+    print_table(headers, _image_rows(selected, digests, no_trunc))
 
 
 def _image_json(rec: ImageRecord) -> dict[str, Any]:
@@ -261,42 +263,50 @@ def _image_json(rec: ImageRecord) -> dict[str, Any]:
 
 def _filter_images(
     records: list[ImageRecord], repository: str | None, filters: tuple[str, ...]
-) -> list[ImageRecord]:
+) -> list[tuple[ImageRecord, list[str]]]:
+    """The images to list, each with the tags to show: a ``reference`` filter or a
+    REPOSITORY argument selects tags (rows), as in Docker, not whole images."""
     import fnmatch
 
     from lamina.image import parse_reference
 
-    out = records
+    tag_tests: list[Any] = []
+    dangling: bool | None = None
     for f in filters:
         key, sep, value = f.partition("=")
         if not sep:
             raise click.UsageError(f"bad filter {f!r}: expected KEY=VALUE")
         if key == "dangling":
-            want = value.lower() in ("true", "1")
-            out = [r for r in out if (not r.tags) == want]
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise click.UsageError(f"bad filter {f!r}: dangling takes true or false")
+            dangling = value.lower() in ("true", "1")
         elif key == "reference":
-            out = [
-                r
-                for r in out
-                if any(
-                    fnmatch.fnmatch(parse_reference(t).familiar(), value)
-                    or fnmatch.fnmatch(parse_reference(t).familiar().rsplit(":", 1)[0], value)
-                    for t in r.tags
+
+            def by_pattern(tag: str, pattern: str = value) -> bool:
+                familiar = _familiar(tag)
+                return fnmatch.fnmatch(familiar, pattern) or fnmatch.fnmatch(
+                    familiar.rsplit(":", 1)[0], pattern
                 )
-            ]
+
+            tag_tests.append(by_pattern)
         else:
             raise click.UsageError(f"unknown filter {key!r} (supported: dangling, reference)")
     if repository:
-        ref = parse_reference(repository, default_tag=False)
-        out = [
-            r
-            for r in out
-            if any(
-                parse_reference(t).name == ref.name
-                and (ref.tag is None or parse_reference(t).tag == ref.tag)
-                for t in r.tags
-            )
-        ]
+        want = parse_reference(repository, default_tag=False)
+
+        def by_repository(tag: str) -> bool:
+            ref = parse_reference(tag)
+            return ref.name == want.name and (want.tag is None or ref.tag == want.tag)
+
+        tag_tests.append(by_repository)
+    out = []
+    for rec in records:
+        if dangling is not None and (not rec.tags) != dangling:
+            continue
+        tags = [t for t in rec.tags if all(test(t) for test in tag_tests)]
+        if tag_tests and not tags:
+            continue
+        out.append((rec, tags))
     return out
 
 
@@ -385,7 +395,11 @@ def inspect(names: tuple[str, ...], fmt: str) -> None:
 @click.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Archive path."
+    "-o",
+    "--output",
+    default=None,
+    metavar="PATH",
+    help="Archive path [default: standard output].",
 )
 @click.option(
     "--format",
@@ -394,23 +408,44 @@ def inspect(names: tuple[str, ...], fmt: str) -> None:
     default="docker-archive",
     show_default=True,
 )
-def save(names: tuple[str, ...], output: Path, fmt: str) -> None:
-    """Save one or more images to an archive."""
+def save(names: tuple[str, ...], output: str | None, fmt: ArchiveFormat) -> None:
+    """Save one or more images to an archive (to standard output without -o)."""
     from lamina.image import save as do_save
 
-    do_save(open_local(), list(names), output, format=fmt)
+    local = open_local()
+    if output not in (None, "-"):
+        dest = Path(output)
+        if not dest.absolute().parent.is_dir():
+            from lamina.errors import NotFound
+
+            # Said here: the library would name its temporary file instead.
+            raise NotFound(f"cannot write {dest}: directory {dest.parent} does not exist")
+        do_save(local, list(names), dest, format=fmt)
+        return
+    if sys.stdout.isatty():
+        raise click.UsageError("refusing to write an archive to a terminal; use -o or a pipe")
+    if fmt == "oci-dir":
+        raise click.UsageError("--format oci-dir needs -o DIRECTORY")
+    sys.stdout.flush()
+    do_save(local, list(names), sys.stdout.buffer, format=fmt)
+    sys.stdout.buffer.flush()
 
 
 @click.command()
 @click.option(
-    "-i", "--input", "source", type=click.Path(path_type=Path), required=True
+    "-i",
+    "--input",
+    "source",
+    default=None,
+    metavar="PATH",
+    help="Archive or OCI layout directory [default: standard input].",
 )
 @click.option("-q", "--quiet", is_flag=True)
-def load(source: Path, quiet: bool) -> None:
+def load(source: str | None, quiet: bool) -> None:
     """Load images from an archive (oci-archive, docker-archive) or an OCI layout dir."""
     from lamina.image import load as do_load
 
-    records = do_load(open_local(), source)
+    records = do_load(open_local(), _input(source, "archive"))
     if quiet:
         return
     for rec in records:
@@ -421,25 +456,34 @@ def load(source: Path, quiet: bool) -> None:
             click.echo(f"Loaded image ID: {rec.id}")
 
 
+def _input(source: str | None, what: str) -> Path | BinaryIO:
+    """A path, or standard input for ``-`` / no path (not from a terminal)."""
+    if source not in (None, "-"):
+        return Path(source)
+    if sys.stdin.isatty():
+        raise click.UsageError(f"no {what} given and standard input is a terminal")
+    return sys.stdin.buffer
+
+
 @click.command("import")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.argument("reference", required=False)
 @click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction.")
 @click.option("-m", "--message", default=None, help="Commit message for the history entry.")
 @PLATFORM_OPTION
 def import_(
-    source: Path,
+    source: str,
     reference: str | None,
     changes: tuple[str, ...],
     message: str | None,
     platform: str | None,
 ) -> None:
-    """Create an image from a root filesystem directory or tarball."""
+    """Create an image from a root filesystem directory or tarball (``-``: stdin)."""
     from lamina.image import import_rootfs
 
     rec = import_rootfs(
         open_local(),
-        source,
+        _input(source, "tarball"),
         reference=reference,
         changes=list(changes),
         message=message,

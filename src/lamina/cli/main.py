@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,20 +123,15 @@ _SUMMARIES = {
 }
 
 
+@dataclass
 class Settings:
     """Global options, passed to every command through the click context."""
 
-    def __init__(
-        self,
-        root: Path,
-        debug: bool,
-        insecure_registries: tuple[str, ...],
-        registries_config: str | None,
-    ) -> None:
-        self.root = root
-        self.debug = debug
-        self.insecure_registries = insecure_registries
-        self.registries_config = registries_config
+    root: Path
+    debug: bool
+    insecure_registries: tuple[str, ...]
+    registries_config: str | None
+    oci_runtime: str = "runc"
 
 
 @click.group(

@@ -131,10 +131,13 @@ class ImageStore:
                 ),
             )
             for name in names:
+                # Canonical form, so that "busybox" and docker.io/library/busybox:latest
+                # are one name (lookups parse what the user typed the same way).
+                canonical = str(parse_reference(name) if isinstance(name, str) else name)
                 db.execute(
                     "INSERT INTO names VALUES (?,?) ON CONFLICT(name) DO UPDATE SET "
                     "digest=excluded.digest",
-                    (str(name), record.digest),
+                    (canonical, record.digest),
                 )
         return self.get_by_digest(record.digest)
 

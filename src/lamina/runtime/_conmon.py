@@ -11,7 +11,15 @@ code, 128+N for signal N) and runs the exit command (lamina's cleanup).
 Files conmon makes in the bundle: ``attach`` (SOCK_SEQPACKET; packets from
 conmon begin with one byte, 2 = stdout and 3 = stderr; bytes sent to it are the
 container's stdin; shutdown(SHUT_WR) closes stdin), ``ctl`` and ``winsz`` FIFOs,
-``conmon.pid``, ``pidfile`` (container PID), ``ctr.log``.
+``conmon.pid``, ``pidfile`` (container PID), ``ctr.log``, and on an OOM kill
+``oom`` (conmon writes that one into its working directory, and ``oom`` and
+``exit`` into ``--persist-dir``): conmon runs with the bundle as its working
+directory and ``persist/`` in it as its persist dir, so it never writes into the
+caller's working directory.
+
+The OCI runtime is ``runc`` unless the container was created with another one
+(``OciBinary``: crun or any runc-compatible binary); each runtime keeps its state
+under a root of its own inside the lamina root.
 
 The attach socket lives in the bundle (``--full-attach``), whose path may exceed
 the 108-byte limit of unix socket addresses, so clients connect through
@@ -27,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -41,7 +50,13 @@ if TYPE_CHECKING:
     import socket
 
 CONMON = "/usr/bin/conmon"
-RUNC = "/usr/sbin/runc"
+RUNC = "/usr/sbin/runc"  # the runtime of containers whose row names none (made before crun)
+# Where runtimes live when PATH lacks the sbin directories (a non-login root shell).
+_EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
+HYBRID_CRUN = (
+    "crun cannot run containers on this host: cgroups are in hybrid mode (v1 controllers "
+    "plus a v2 mount), which crun refuses; use --runtime runc"
+)
 
 STDOUT_PIPE = 2
 STDERR_PIPE = 3
@@ -54,6 +69,60 @@ class StartFailed(LaminaError):
     def __init__(self, message: str, exit_code: int = 125) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class OciBinary:
+    """An OCI runtime binary (runc, crun, ...) and the directory it keeps container
+    state in (its ``--root``)."""
+
+    path: str  # absolute
+    state_root: Path
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def is_runc(self) -> bool:
+        """runc's own state layout (``exec.fifo``, ``state.json``) may be relied on."""
+        return self.name == "runc"
+
+    @classmethod
+    def at(cls, path: str, lamina_root: Path) -> OciBinary:
+        """The runtime at ``path`` with its state under ``lamina_root``: runc keeps
+        ``<root>/runc``; any other runtime ``<root>/runtimes/<name>``."""
+        name = os.path.basename(path)
+        state = lamina_root / "runc" if name == "runc" else lamina_root / "runtimes" / name
+        return cls(path, state)
+
+
+def find_oci_runtime(spec: str) -> str:
+    """The absolute path of the OCI runtime ``spec``: a name looked up in PATH (and
+    the sbin directories), or a path. Refuses crun on hybrid-cgroup hosts, which crun
+    cannot run containers on, before anything is created."""
+    spec = spec.strip()
+    if not spec:
+        raise LaminaError("no OCI runtime given: use --runtime runc, crun or an absolute path")
+    name = os.path.basename(spec.rstrip("/"))
+    if name == "crun":
+        from lamina.runtime._cgroups import cgroup_mode
+
+        if cgroup_mode() == "hybrid":
+            raise LaminaError(HYBRID_CRUN)
+    if "/" in spec:
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise LaminaError(f"OCI runtime {spec} not found or not executable")
+        return path
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
+    found = shutil.which(spec, path=search)
+    if found is None:
+        raise LaminaError(
+            f"OCI runtime {spec!r} not found in PATH: install it, or give --runtime "
+            f"runc, crun or the runtime's absolute path"
+        )
+    return os.path.abspath(found)
 
 
 @dataclass(frozen=True)
@@ -95,6 +164,10 @@ class Bundle:
     def waiter(self) -> Path:
         return self.dir / "waiter"
 
+    @property
+    def persist_dir(self) -> Path:
+        return self.dir / "persist"
+
     def runtime_files(self) -> list[Path]:
         """What one run leaves in the bundle, removed before the next run."""
         d = self.dir
@@ -106,17 +179,19 @@ class Bundle:
             self.pidfile,
             self.exit_file,
             d / "oom",
-            d / "exit-code",  # not written by conmon 2.1 without --persist-dir
+            self.persist_dir / "oom",
+            self.persist_dir / "exit",
             self.waiter,
         ]
 
 
 # The exit command: skip the Python cleanup when a lamina process is already waiting for
-# this container (it cleans up itself, sooner); otherwise run it. $1 root, $2 id,
-# $3 python, $4 bundle.
+# this container (it cleans up itself, sooner); otherwise run it, from "/" (the bundle,
+# conmon's working directory, is deleted when a --rm container is removed). $1 root,
+# $2 id, $3 python, $4 bundle.
 _EXIT_SCRIPT = (
     'p=$(cat "$4/waiter" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && exit 0; '
-    'exec "$3" -m lamina.runtime.cleanup "$1" "$2"'
+    'cd / && exec "$3" -m lamina.runtime.cleanup "$1" "$2"'
 )
 
 
@@ -128,26 +203,28 @@ def launch(
     bundle: Bundle,
     *,
     name: str,
-    runc_root: Path,
+    runtime: OciBinary,
     tty: bool,
     stdin: bool,
     exit_cmd: list[str],
 ) -> int:
-    """Start conmon, which runs ``runc create``; returns the container's host PID."""
+    """Start conmon, which runs ``<runtime> create``; returns the container's host PID."""
     bundle.exit_dir.mkdir(exist_ok=True)
+    bundle.persist_dir.mkdir(exist_ok=True)
     argv = [
         CONMON,
         "--api-version", "1",
         "-c", bundle.cid,
         "-u", bundle.cid,
-        "-r", RUNC,
+        "-r", runtime.path,
         "-b", str(bundle.dir),
         "-p", str(bundle.pidfile),
         "-n", name,
         "--exit-dir", str(bundle.exit_dir),
         "-l", f"k8s-file:{bundle.log}",
         "--log-level", "error",
-        "--runtime-arg", f"--root={runc_root}",
+        "--runtime-arg", f"--root={runtime.state_root}",
+        "--persist-dir", str(bundle.persist_dir),
         "--conmon-pidfile", str(bundle.conmon_pidfile),
         "--socket-dir-path", str(bundle.dir),
         "--full-attach",
@@ -159,7 +236,7 @@ def launch(
         argv.append("-t")
     if stdin:
         argv.append("-i")
-    return _run_conmon(argv, bundle.conmon_err)
+    return _run_conmon(argv, bundle.dir, bundle.conmon_err, runtime.name)
 
 
 def launch_exec(
@@ -168,7 +245,7 @@ def launch_exec(
     name: str,
     exec_dir: Path,
     process_file: Path,
-    runc_root: Path,
+    runtime: OciBinary,
 ) -> int:
     """``exec --detach`` under conmon, which reaps the process when it exits (with
     plain ``runc exec --detach`` it would be orphaned to the host's init). Returns its
@@ -179,23 +256,26 @@ def launch_exec(
         "--api-version", "1",
         "-c", cid,
         "-u", exec_dir.name,
-        "-r", RUNC,
+        "-r", runtime.path,
         "-b", str(exec_dir),
         "-p", str(exec_dir / "pid"),
         "-n", name,
         "--exit-dir", str(exec_dir / "exit"),
         "-l", "none",
         "--log-level", "error",
-        "--runtime-arg", f"--root={runc_root}",
+        "--runtime-arg", f"--root={runtime.state_root}",
+        "--persist-dir", str(exec_dir / "persist"),
         "--socket-dir-path", str(exec_dir),
         "--full-attach",
         "--exec",
         "--exec-process-spec", str(process_file),
     ]  # fmt: skip
-    return _run_conmon(argv, exec_dir / "conmon.err", what="exec")
+    return _run_conmon(argv, exec_dir, exec_dir / "conmon.err", runtime.name, what="exec")
 
 
-def _run_conmon(argv: list[str], err_path: Path, what: str = "create") -> int:
+def _run_conmon(
+    argv: list[str], cwd: Path, err_path: Path, runtime_name: str, what: str = "create"
+) -> int:
     r, w = os.pipe()
     try:
         env = dict(os.environ)
@@ -208,6 +288,7 @@ def _run_conmon(argv: list[str], err_path: Path, what: str = "create") -> int:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                cwd=cwd,  # conmon writes "oom" into its working directory
                 start_new_session=True,
             )
         os.close(w)
@@ -218,7 +299,7 @@ def _run_conmon(argv: list[str], err_path: Path, what: str = "create") -> int:
         os.close(r)
         if w >= 0:
             os.close(w)
-    return _parse_sync(data, err_path, what)
+    return _parse_sync(data, err_path, runtime_name, what)
 
 
 def _read_all(fd: int) -> bytes:
@@ -233,7 +314,7 @@ def _read_all(fd: int) -> bytes:
     return buf
 
 
-def _parse_sync(data: bytes, err_path: Path, what: str) -> int:
+def _parse_sync(data: bytes, err_path: Path, runtime_name: str, what: str) -> int:
     line = data.split(b"\n", 1)[0].strip()
     if not line:
         detail = ""
@@ -247,7 +328,8 @@ def _parse_sync(data: bytes, err_path: Path, what: str) -> int:
         raise StartFailed(f"conmon sent an unreadable reply: {line[:200]!r}") from None
     if pid <= 0:
         text = runc_error_text(str(msg.get("message", "")))
-        raise StartFailed(text or f"runc {what} failed", exit_code=error_exit_code(text))
+        text = text or f"{runtime_name} {what} failed"
+        raise StartFailed(text, exit_code=error_exit_code(text))
     return pid
 
 
@@ -264,9 +346,11 @@ def runc_error_text(raw: str) -> str:
             msgs.append(m.group(1))
     text = "; ".join(msgs) if msgs else raw.strip()
     text = text.replace("\n", " ").strip()
-    for prefix in ("runc create failed: ", "runc exec failed: "):
-        text = text.removeprefix(prefix)
-    return text
+    return _RUNTIME_FAILED.sub("", text, count=1)
+
+
+# "runc create failed: ", "crun exec failed: ": the runtime's prefix, which says nothing.
+_RUNTIME_FAILED = re.compile(r"^[\w.-]+ (?:create|exec) failed: ")
 
 
 def error_exit_code(text: str) -> int:

@@ -27,29 +27,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
-import secrets
 import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import threading
 import time
-import tty as ttymod
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina.runtime._conmon import (
-    RUNC,
+    OciBinary,
     StartFailed,
     error_exit_code,
     launch_exec,
     runc_error_text,
 )
+from lamina.runtime._term import follow_window_size, raw_terminal, set_window_size, window_size
 from lamina.runtime._types import ExecResult
 
 
@@ -91,12 +86,12 @@ def build_process(
 
 
 class _Exec:
-    """One ``runc exec`` invocation: the process file and runc's log file."""
+    """One ``<runtime> exec`` invocation: the process file and the runtime's log file."""
 
-    def __init__(self, runc_root: Path, cid: str, bundle: Path, process: dict[str, Any]) -> None:
-        self.runc_root = runc_root
+    def __init__(self, runtime: OciBinary, cid: str, bundle: Path, process: dict[str, Any]) -> None:
+        self.runtime = runtime
         self.cid = cid
-        tag = secrets.token_hex(6)
+        tag = os.urandom(6).hex()
         self.process_file = bundle / f"exec-{tag}.json"
         self.log_file = bundle / f"exec-{tag}.log"
         with open(self.process_file, "w") as f:
@@ -104,8 +99,8 @@ class _Exec:
 
     def argv(self, *extra: str) -> list[str]:
         return [
-            RUNC,
-            "--root", str(self.runc_root),
+            self.runtime.path,
+            "--root", str(self.runtime.state_root),
             "--log", str(self.log_file),
             "--log-format", "json",
             "exec", "--process", str(self.process_file),
@@ -146,7 +141,7 @@ def _strip_runc_line(stderr: bytes) -> bytes:
 
 
 def run_exec(
-    runc_root: Path,
+    runtime: OciBinary,
     cid: str,
     bundle: Path,
     process: dict[str, Any],
@@ -157,7 +152,7 @@ def run_exec(
     name: str = "",
 ) -> ExecResult:
     """Run the process; see the module docstring for the modes."""
-    ex = _Exec(runc_root, cid, bundle, process)
+    ex = _Exec(runtime, cid, bundle, process)
     try:
         if process.get("terminal") and not detach:
             return _run_tty(ex, stdin=stdin, stream=stream)
@@ -166,9 +161,9 @@ def run_exec(
                 launch_exec(
                     cid=cid,
                     name=name or cid[:12],
-                    exec_dir=bundle / f"exec-{secrets.token_hex(8)}",
+                    exec_dir=bundle / f"exec-{os.urandom(8).hex()}",
                     process_file=ex.process_file,
-                    runc_root=runc_root,
+                    runtime=runtime,
                 )
             except StartFailed as e:
                 raise StartFailed(f"exec failed: {e}", exit_code=e.exit_code) from None
@@ -207,57 +202,6 @@ def _has_fileno(f: object) -> bool:
 
 
 # -- tty ---------------------------------------------------------------------------
-
-
-def window_size(fd: int) -> tuple[int, int] | None:
-    """(rows, cols) of the terminal on ``fd``, None if it is no terminal."""
-    try:
-        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-    except OSError:
-        return None
-    rows, cols, _, _ = struct.unpack("HHHH", packed)
-    return (rows, cols) if rows and cols else None
-
-
-def set_window_size(fd: int, rows: int, cols: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-@contextlib.contextmanager
-def raw_terminal(fd: int) -> Any:
-    """Put the terminal on ``fd`` in raw mode for the duration (no-op if no tty)."""
-    if not os.isatty(fd):
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    try:
-        ttymod.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-@contextlib.contextmanager
-def follow_window_size(source_fd: int, apply: Any) -> Any:
-    """Call ``apply(rows, cols)`` now and on every SIGWINCH (main thread only)."""
-    size = window_size(source_fd)
-    if size:
-        apply(*size)
-    if threading.current_thread() is not threading.main_thread() or not os.isatty(source_fd):
-        yield
-        return
-
-    def on_winch(_sig: int, _frame: object) -> None:
-        new = window_size(source_fd)
-        if new:
-            apply(*new)
-
-    previous = signal.signal(signal.SIGWINCH, on_winch)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGWINCH, previous)
 
 
 def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:

@@ -48,57 +48,14 @@ from lamina.image import (
     write_layer,
 )
 from lamina.image._import import apply_changes  # not re-exported by lamina.image (yet)
+from lamina.runtime._paths import secure_join
 from lamina.runtime._types import ChangeEntry
 
-_MAX_SYMLINKS = 40  # the kernel's bound on a path walk
+resolve_in_root = secure_join  # the name tests/test_fsops.py knows it by
 _CHUNK = 1 << 20
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 # Overlay bookkeeping and host security labels do not belong in what leaves the host.
 _SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "security.selinux")
-
-
-# -- paths inside a root -------------------------------------------------------
-
-
-def resolve_in_root(root: Path, path: str, *, follow_final: bool = True) -> Path:
-    """The host path of container path ``path`` under ``root``, with every symlink on the
-    way resolved as if ``root`` were ``/`` (``..`` stops at the root too).
-
-    The final component is followed only when ``follow_final`` (or when the path ends
-    in ``/``). Components that do not exist are kept as written, so the result may not
-    exist. The result is always ``root`` or below it.
-    """
-    base = os.path.realpath(root)
-    todo = path.split("/")[::-1]
-    cur: list[str] = []
-    links = 0
-    while todo:
-        comp = todo.pop()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if cur:
-                cur.pop()
-            continue
-        cur.append(comp)
-        if not todo and not follow_final:
-            break
-        host = base + "/" + "/".join(cur)
-        try:
-            st = os.lstat(host)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            raise LaminaError(f"too many levels of symbolic links in {path}")
-        target = os.readlink(host)
-        cur.pop()
-        if target.startswith("/"):
-            cur.clear()
-        todo.extend(target.split("/")[::-1])
-    return Path(base, *cur)
 
 
 # -- docker diff ---------------------------------------------------------------
@@ -199,7 +156,7 @@ def _not_found(path: str) -> NotFound:
     return NotFound(f"Could not find the file {path} in container")
 
 
-def _archive_name(path: str) -> str:
+def archive_name(path: str) -> str:
     """The name ``docker cp`` gives the top entry: the basename as the user wrote it
     (``/etc/hosts`` -> ``hosts``); ``dir/.`` and ``/`` give ``.`` (the contents)."""
     stripped = path.rstrip("/")
@@ -212,14 +169,14 @@ def copy_out(rootfs: Path, path: str, *, follow_link: bool = False) -> Iterator[
     """A tar stream (PAX, numeric owners) of ``path`` inside the mounted rootfs, as
     ``docker cp CTR:path -`` writes it. A symlink at ``path`` is archived as a link
     unless ``follow_link``. Raises NotFound before yielding anything."""
-    host = resolve_in_root(rootfs, path, follow_final=follow_link)
+    host = secure_join(rootfs, path, follow_final=follow_link)
     try:
         st = os.lstat(host)
     except (FileNotFoundError, NotADirectoryError):
         raise _not_found(path) from None
     if path.rstrip("/") != path and not stat.S_ISDIR(st.st_mode) and path.strip("/"):
         raise LaminaError(f"{path}: not a directory")
-    return _TarStream(str(host), _archive_name(path), st).chunks()
+    return _TarStream(str(host), archive_name(path), st).chunks()
 
 
 class _TarStream:
@@ -325,7 +282,7 @@ def copy_in(rootfs: Path, path: str, tar_stream: BinaryIO) -> None:
     """Extract a tar stream (plain, gzip or zstd) into directory ``path`` inside the
     mounted rootfs, as ``docker cp - CTR:path`` does. Entries stay inside that
     directory whatever their names or symlinks say; owners in the archive are kept."""
-    dest = resolve_in_root(rootfs, path)
+    dest = secure_join(rootfs, path)
     try:
         st = os.lstat(dest)
     except (FileNotFoundError, NotADirectoryError):

@@ -9,11 +9,15 @@ State of one container, all under the lamina root:
 - ``overlay/<id>/{upper,work,merged}``: the root filesystem, an overlay of the
   image's snapshots (never copied) mounted at create and at start, unmounted when
   the container stops;
-- ``runc/<id>``: runc's own state (``runc --root <root>/runc``).
+- ``runc/<id>``: runc's own state (``runc --root <root>/runc``); another OCI runtime
+  (crun, ``--runtime PATH``) keeps its state in ``runtimes/<name>/<id>``. The row
+  records the runtime binary a container was created with, and every later
+  operation on that container uses it (rows without one are runc's).
 
-Lifecycle: ``create`` (mount, bundle, row) -> ``start`` (conmon runs ``runc
-create`` and reports the PID on its sync pipe, then the exec FIFO is released as
-``runc start`` would) -> the workload exits -> conmon writes the exit file and
+Lifecycle: ``create`` (mount, bundle, row) -> ``start`` (conmon runs ``<runtime>
+create`` and reports the PID on its sync pipe, then the container is released: for
+runc by reading its exec FIFO, as ``runc start`` would; otherwise by ``<runtime>
+start``) -> the workload exits -> conmon writes the exit file and
 runs the exit command (``python -m lamina.runtime.cleanup``) unless a lamina
 process waiting for the container does that cleanup itself -> ``finish``: the OOM
 counter is read before the cgroup goes, the exit is recorded, the overlay
@@ -44,6 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from lamina._fsutil import atomic_write
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime import _conmon
 from lamina.runtime._cgroups import (
@@ -52,7 +57,7 @@ from lamina.runtime._cgroups import (
     read_stats,
     remove_cgroup,
 )
-from lamina.runtime._conmon import Bundle, StartFailed
+from lamina.runtime._conmon import Bundle, OciBinary, StartFailed
 from lamina.runtime._interface import Runtime
 from lamina.runtime._signals import parse_signal, signal_from_exit_code, signal_name
 from lamina.runtime._spec import build_spec, cgroup_path
@@ -97,11 +102,18 @@ class OciRuntime(Runtime):
 
     name = "oci"
 
-    def __init__(self, root: Path, *, registry_config: Any = None) -> None:
+    def __init__(
+        self, root: Path, *, oci_runtime: str | None = "runc", registry_config: Any = None
+    ) -> None:
+        """``oci_runtime``: the runtime new containers are created with, "runc",
+        "crun" (looked up in PATH) or a path; a missing one, or crun on a host it
+        cannot run on, fails here. None: only existing containers are managed."""
         self.root = Path(root).absolute()  # conmon's exit command runs elsewhere
+        self.oci_runtime: OciBinary | None = None
+        if oci_runtime is not None:
+            self.oci_runtime = OciBinary.at(_conmon.find_oci_runtime(oci_runtime), self.root)
         self.containers_dir = self.root / "containers"
         self.overlay_dir = self.root / "overlay"
-        self.runc_root = self.root / "runc"
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateStore(self.root / "containers.db")
         self._registry_config = registry_config
@@ -153,13 +165,21 @@ class OciRuntime(Runtime):
 
     @contextlib.contextmanager
     def _locked(self, cid: str) -> Iterator[None]:
-        """Serialise transitions of one container across processes."""
+        """Serialise transitions of one container across processes. NotFound once the
+        container is removed, also when that happened while this waited for the lock."""
+        path = self.containers_dir / cid / "lock"
         try:
-            fd = os.open(self.containers_dir / cid / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"no such container: {cid}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except (FileNotFoundError, NotADirectoryError):
+                same = False
+            if not same:  # the bundle went away (``_drop``) while this waited
+                raise NotFound(f"no such container: {cid}")
             yield
         finally:
             os.close(fd)
@@ -174,15 +194,25 @@ class OciRuntime(Runtime):
             raise NotFound(f"no such container: {cid}")
         return rec
 
-    def _runc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    def _binary(self, rec: Record) -> OciBinary:
+        """The OCI runtime ``rec`` was created with (runc for rows that name none)."""
+        return OciBinary.at(str(rec.extra.get("oci_runtime") or _conmon.RUNC), self.root)
+
+    def _oci(
+        self, rec: Record, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``<runtime> --root <state> ARGS`` for the container ``rec``."""
+        binary = self._binary(rec)
         proc = subprocess.run(
-            [_conmon.RUNC, "--root", str(self.runc_root), *args],
+            [binary.path, "--root", str(binary.state_root), *args],
             stdin=subprocess.DEVNULL,
             capture_output=True,
         )
         if check and proc.returncode != 0:
             text = _conmon.runc_error_text((proc.stderr or proc.stdout).decode(errors="replace"))
-            raise LaminaError(f"runc {args[0]} failed: {text or 'exit ' + str(proc.returncode)}")
+            raise LaminaError(
+                f"{binary.name} {args[0]} failed: {text or 'exit ' + str(proc.returncode)}"
+            )
         return proc
 
     def _require_running(self, rec: Record, action: str) -> None:
@@ -252,19 +282,22 @@ class OciRuntime(Runtime):
             if rec.config.auto_remove:
                 self._remove_locked(rec, volumes=True, force=bool(error))
             else:
-                self._teardown_run(cid, force=bool(error))
+                self._teardown_run(rec, force=bool(error))
         return rec
 
     def _teardown_run(
-        self, cid: str, *, force: bool, unmount: bool = True, files: bool = True
+        self, rec: Record, *, force: bool, unmount: bool = True, files: bool = True
     ) -> None:
-        """Undo one run: runc state, cgroups, the overlay mount (``unmount``), conmon's
-        files (``files``). Idempotent; ``force`` kills what is left of the container."""
-        if not (self.runc_root / cid).exists():
+        """Undo one run: runtime state, cgroups, the overlay mount (``unmount``),
+        conmon's files (``files``). Idempotent; ``force`` kills what is left of the
+        container."""
+        cid = rec.id
+        binary = self._binary(rec)
+        if not (binary.state_root / cid).exists():
             with contextlib.suppress(InUse, OSError):
                 remove_cgroup(cgroup_path(cid))  # a crash between runc delete and this
-        elif force or not self._fast_delete(cid):
-            self._runc("delete", "--force", cid, check=False)
+        elif force or not binary.is_runc or not self._fast_delete(binary, cid):
+            self._oci(rec, "delete", "--force", cid, check=False)
             with contextlib.suppress(InUse, OSError):
                 remove_cgroup(cgroup_path(cid))
         if unmount:
@@ -274,19 +307,22 @@ class OciRuntime(Runtime):
             for p in bundle.runtime_files():
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+            with contextlib.suppress(OSError):
+                bundle.persist_dir.rmdir()
             for d in bundle.dir.glob("exec-*"):  # detached execs' conmon dirs
                 if d.is_dir():
                     shutil.rmtree(d, ignore_errors=True)
 
-    def _fast_delete(self, cid: str) -> bool:
+    def _fast_delete(self, runc: OciBinary, cid: str) -> bool:
         """``runc delete`` of a container whose init has exited, without running runc:
         remove the cgroups and runc's state directory (no hooks are ever configured).
-        False when something is still running, for ``runc delete --force`` to handle."""
+        False when something is still running, for ``runc delete --force`` to handle.
+        runc's state layout only: other runtimes always get ``delete``."""
         try:
             remove_cgroup(cgroup_path(cid))
         except (InUse, OSError):
             return False
-        shutil.rmtree(self.runc_root / cid, ignore_errors=True)
+        shutil.rmtree(runc.state_root / cid, ignore_errors=True)
         return True
 
     # -- overlay -------------------------------------------------------------------
@@ -378,6 +414,8 @@ class OciRuntime(Runtime):
 
     # -- create ----------------------------------------------------------------------
     def create(self, config: ContainerConfig) -> Container:
+        if self.oci_runtime is None:
+            raise LaminaError("no OCI runtime was chosen to create containers with")
         self._reconcile()
         if config.name:
             name = validate_name(config.name)
@@ -405,6 +443,7 @@ class OciRuntime(Runtime):
                 "image_id": image.id,
                 "stop_signal": str(img_inner.get("StopSignal") or ""),
                 "volumes": {},
+                "oci_runtime": self.oci_runtime.path,
             },
         )
         created_volumes: list[str] = []
@@ -420,7 +459,7 @@ class OciRuntime(Runtime):
         except BaseException:
             self._unmount(cid)
             shutil.rmtree(ovl, ignore_errors=True)
-            shutil.rmtree(bundle.dir, ignore_errors=True)
+            _remove_dir(bundle.dir)
             for vol in created_volumes:
                 with contextlib.suppress(LaminaError, OSError):
                     self.volumes.remove(vol, force=True)
@@ -431,7 +470,7 @@ class OciRuntime(Runtime):
     def _prepare_volumes(self, rec: Record, created: list[str]) -> dict[str, Path]:
         """Named volumes are created on first use and anonymous ones made; both are
         filled from the image when new (Docker's copy-up)."""
-        from lamina.runtime._userdb import secure_join
+        from lamina.runtime._paths import secure_join
 
         paths: dict[str, Path] = {}
         names: dict[str, str] = {}
@@ -501,7 +540,8 @@ class OciRuntime(Runtime):
             volume_paths=volume_paths,
             netns_path=self._netns_path(rec.config),
         )
-        _write_atomic(bundle.config, json.dumps(spec).encode())
+        # No fsync: the spec is rebuilt from the row (a crash loses no user data).
+        atomic_write(bundle.config, json.dumps(spec).encode(), sync=False)
 
     # -- start -------------------------------------------------------------------------
     def start(self, ref: str) -> None:
@@ -521,7 +561,7 @@ class OciRuntime(Runtime):
                 raise LaminaError(f"container {rec.id[:12]} is being removed")
             bundle = self._bundle(rec.id)
             if rec.exits or rec.status != Status.CREATED:
-                self._teardown_run(rec.id, force=True, unmount=False)  # an earlier run's
+                self._teardown_run(rec, force=True, unmount=False)  # an earlier run's
             self._mount(rec)
             if rec.config.network.startswith("container:"):
                 self._write_spec(rec)
@@ -530,7 +570,7 @@ class OciRuntime(Runtime):
                 pid = _conmon.launch(
                     bundle,
                     name=rec.name,
-                    runc_root=self.runc_root,
+                    runtime=self._binary(rec),
                     tty=cfg.tty,
                     stdin=cfg.stdin_open,
                     exit_cmd=_conmon.exit_command(sys.executable, self.root, rec.id, bundle.dir),
@@ -566,19 +606,21 @@ class OciRuntime(Runtime):
             finished_at=time.time(),
             exits=rec.exits + 1,
         )
-        self._teardown_run(rec.id, force=True)
+        self._teardown_run(rec, force=True)
         if rec.config.auto_remove:
             fresh = self.state.get(rec.id)
             if fresh is not None:
                 self._remove_locked(fresh, volumes=True)
 
     def _release(self, rec: Record) -> None:
-        """Let the created container run (what ``runc start`` does: read its exec FIFO)."""
-        fifo = self.runc_root / rec.id / "exec.fifo"
-        try:
-            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            fd = -1
+        """Let the created container run: ``<runtime> start``; for runc, what that
+        does without the cost of running it (read the container's exec FIFO)."""
+        binary = self._binary(rec)
+        fifo = binary.state_root / rec.id / "exec.fifo"
+        fd = -1
+        if binary.is_runc:
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         if fd >= 0:
             try:
                 # runc init has the FIFO open for writing and writes one byte after
@@ -594,11 +636,11 @@ class OciRuntime(Runtime):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(fifo)
             return
-        proc = self._runc("start", rec.id, check=False)
+        proc = self._oci(rec, "start", rec.id, check=False)
         if proc.returncode != 0:
             text = _conmon.runc_error_text(proc.stderr.decode(errors="replace"))
             with contextlib.suppress(LaminaError):
-                self._runc("kill", rec.id, "KILL", check=False)
+                self._oci(rec, "kill", rec.id, "KILL", check=False)
             raise LaminaError(f"cannot start container {rec.id[:12]}: {text}")
 
     # -- stop / kill / pause ---------------------------------------------------------------
@@ -614,13 +656,13 @@ class OciRuntime(Runtime):
         grace = rec.config.stop_timeout if timeout is None else timeout
         if grace < 0:  # Docker: -1 waits forever
             grace = 10**9
-        self._runc("kill", rec.id, str(sig), check=False)
+        self._oci(rec, "kill", rec.id, str(sig), check=False)
         if rec.status == Status.PAUSED:
-            self._runc("resume", rec.id, check=False)
+            self._oci(rec, "resume", rec.id, check=False)
             self.state.update(rec.id, status=Status.RUNNING)
         if self._wait_exit(rec, grace):
             return
-        self._runc("kill", rec.id, "KILL", check=False)
+        self._oci(rec, "kill", rec.id, "KILL", check=False)
         if not self._wait_exit(rec, _STOP_KILL_WAIT):
             raise LaminaError(f"container {rec.id[:12]} did not stop after SIGKILL")
 
@@ -636,7 +678,7 @@ class OciRuntime(Runtime):
         sig = parse_signal(signal)
         rec = self._resolve(ref)
         self._require_running(rec, "kill")
-        proc = self._runc("kill", rec.id, str(sig), check=False)
+        proc = self._oci(rec, "kill", rec.id, str(sig), check=False)
         if proc.returncode != 0:
             self._reconcile()
             fresh = self.state.get(rec.id)
@@ -650,7 +692,7 @@ class OciRuntime(Runtime):
         with self._locked(rec.id):
             rec = self._fresh(rec.id)
             self._require_running(rec, "pause")
-            self._runc("pause", rec.id)
+            self._oci(rec, "pause", rec.id)
             self.state.update(rec.id, status=Status.PAUSED)
 
     def unpause(self, ref: str) -> None:
@@ -659,7 +701,7 @@ class OciRuntime(Runtime):
             rec = self._fresh(rec.id)
             if rec.status != Status.PAUSED:
                 raise LaminaError(f"container {rec.id[:12]} is not paused")
-            self._runc("resume", rec.id)
+            self._oci(rec, "resume", rec.id)
             self.state.update(rec.id, status=Status.RUNNING)
 
     # -- remove / rename ----------------------------------------------------------------
@@ -672,8 +714,8 @@ class OciRuntime(Runtime):
                     f"stop the container before removing or force remove"
                 )
             if rec.status == Status.PAUSED:
-                self._runc("resume", rec.id, check=False)
-            self._runc("kill", rec.id, "KILL", check=False)
+                self._oci(rec, "resume", rec.id, check=False)
+            self._oci(rec, "kill", rec.id, "KILL", check=False)
             if not self._wait_exit(rec, _STOP_KILL_WAIT):
                 self._finish_forced(rec)
         try:
@@ -690,19 +732,19 @@ class OciRuntime(Runtime):
 
     def _finish_forced(self, rec: Record) -> None:
         """Last resort when SIGKILL did not end a container: runc delete --force."""
-        self._runc("delete", "--force", rec.id, check=False)
+        self._oci(rec, "delete", "--force", rec.id, check=False)
         with contextlib.suppress(NotFound):
             self._finish(rec.id)
 
     def _remove_locked(self, rec: Record, *, volumes: bool, force: bool = True) -> None:
         self.state.update(rec.id, status=Status.REMOVING)
-        self._teardown_run(rec.id, force=force, files=False)
+        self._teardown_run(rec, force=force, files=False)
         self._drop(rec, volumes=volumes)
 
     def _drop(self, rec: Record, *, volumes: bool) -> None:
         self._unmount(rec.id)
         shutil.rmtree(self._ovl(rec.id), ignore_errors=True)
-        shutil.rmtree(self._bundle(rec.id).dir, ignore_errors=True)
+        _remove_dir(self._bundle(rec.id).dir)
         self.images.images.release("container:" + rec.id)
         if volumes:
             for vol in rec.extra.get("anonymous_volumes", []):
@@ -1040,7 +1082,7 @@ class OciRuntime(Runtime):
             tty=tty and not detach,
         )  # fmt: skip
         return _exec.run_exec(
-            self.runc_root,
+            self._binary(rec),
             rec.id,
             bundle.dir,
             process,
@@ -1208,7 +1250,7 @@ class OciRuntime(Runtime):
             if rec.status in _ACTIVE:
                 args = _update_args(resources)
                 if args:
-                    self._runc("update", *args, rec.id)
+                    self._oci(rec, "update", *args, rec.id)
             self.state.update(rec.id, config=rec.config)
 
 
@@ -1247,11 +1289,16 @@ def _container_resolv(host: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _remove_dir(d: Path) -> None:
+    """Delete a bundle directory. It is renamed away first: another process may be
+    about to open (and create) its ``lock``, which must then fail, not leave a new
+    file in a directory being deleted."""
+    trash = d.with_name(f".rm-{d.name}-{os.getpid()}")
+    try:
+        os.rename(d, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_waiter(bundle: Bundle | Path) -> bool:
@@ -1390,7 +1437,7 @@ def _pump_attach(
     import socket
     import threading
 
-    from lamina.runtime._exec import follow_window_size, raw_terminal
+    from lamina.runtime._term import follow_window_size, raw_terminal
 
     stop_r, stop_w = os.pipe()
     in_fd = _fileno(stdin)

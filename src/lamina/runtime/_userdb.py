@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamina.errors import LaminaError
+from lamina.runtime._paths import secure_join
 
 _MAX_ID = 2**31 - 1
-_MAX_SYMLINKS = 40  # as the kernel's ELOOP limit
 _MAX_FILE = 16 * 1024 * 1024  # a passwd file this big is an attack, not a user list
 
 
@@ -37,54 +37,12 @@ class ExecUser:
     name: str = ""  # the passwd entry matched, "" if none
 
 
-def secure_join(root: Path, path: str) -> Path:
-    """``root/path`` with every symlink resolved inside ``root``, never outside it.
-
-    Like filepath-securejoin: ``..`` stops at ``root``, absolute link targets are
-    taken relative to ``root``. The result may not exist. Raises LaminaError on a
-    symlink loop.
-    """
-    return Path(_secure_join(os.fspath(root), path))
-
-
-def _secure_join(root_s: str, path: str) -> str:
-    todo = [c for c in path.split("/") if c not in ("", ".")]
-    todo.reverse()  # a stack: next component at the end
-    done: list[str] = []
-    links = 0
-    while todo:
-        comp = todo.pop()
-        if comp == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = os.path.join(root_s, *done, comp)
-        try:
-            st = os.lstat(candidate)
-        except OSError:
-            # Missing (or unreadable): nothing more to resolve past it.
-            done.append(comp)
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            done.append(comp)
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            raise LaminaError(f"too many levels of symbolic links resolving {path} in {root_s}")
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            done = []
-        parts = [c for c in target.split("/") if c not in ("", ".")]
-        todo.extend(reversed(parts))
-    return os.path.join(root_s, *done)
-
-
 def _read_lines(rootfs: Path, path: str) -> list[list[str]] | None:
     """The colon-separated records of a file in the rootfs; None when it is absent."""
     try:
         # O_NONBLOCK: a FIFO planted at /etc/passwd must not hang us.
         fd = os.open(
-            _secure_join(os.fspath(rootfs), path),
+            secure_join(rootfs, path),
             os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
         )
         with open(fd, "rb") as f:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lamina._fsutil import fsync_dir
 from lamina.errors import InUse, LaminaError, NotFound
 
 Users = Callable[[str], Sequence[str]]  # volume name -> IDs of containers using it
@@ -156,7 +157,7 @@ class VolumeStore:
                 return self.get(name)  # created meanwhile by someone else
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return self.get(name)
 
     def remove(self, name: str, *, force: bool = False, users: Users | None = None) -> None:
@@ -347,13 +348,5 @@ def _locked(directory: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
