@@ -43,7 +43,7 @@ ENV_VAR_TEST: list[tuple[str, object]] = [
     ("'hello\\'", "hello\\"),
     ("'hello\\there'", "hello\\there"),
     ("'hello\\\\there'", "hello\\\\there"),
-    ('"\'\'"', "''"),
+    ("\"''\"", "''"),
     ("$.", "$."),
     ("he$1x", "hex"),
     ("he$.x", "he$.x"),
@@ -153,7 +153,7 @@ ENV_VAR_TEST: list[tuple[str, object]] = [
     ('"안녕하세요${XXX:+000}xx"', "안녕하세요xx"),
     ('"안녕하세요${PWD:+000}xx"', "안녕하세요000xx"),
     ("'안녕하세요${XX}'", "안녕하세요${XX}"),
-    ('"안녕하세요\'$PWD\'"', "안녕하세요'/home'"),
+    ("\"안녕하세요'$PWD'\"", "안녕하세요'/home'"),
     ("'\"안녕하세요\"'", '"안녕하세요"'),
     ("$KOREAN", "한국어"),
     ("안녕하세요$KOREAN", "안녕하세요한국어"),
@@ -176,7 +176,7 @@ ENV_VAR_TEST: list[tuple[str, object]] = [
     ("${XXX:-'}'}", "}"),
     ("${XXX:-\\}}", "}"),
     ("${XXX:-a b}", "a b"),
-    ("${XXX:-\"a b\"}", "a b"),
+    ('${XXX:-"a b"}', "a b"),
 ]
 
 

@@ -457,7 +457,7 @@ def test_fifty_containers_leave_nothing_behind(tmp_path: Path) -> None:
         assert overlay_mounts(root) == []
         assert all(lamina_cgroups(cid) == [] for cid in ids)
         assert runc_list(root) == []
-        print("LEFT", [(d, os.listdir(root / "containers" / d)) for d in os.listdir(root / "containers")]); assert os.listdir(root / "containers") == []
+        assert os.listdir(root / "containers") == []
         assert os.listdir(root / "overlay") == []
         assert os.listdir(root / "runc") == []
     finally:

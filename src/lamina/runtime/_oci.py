@@ -1293,11 +1293,13 @@ def _remove_dir(d: Path) -> None:
     """Delete a bundle directory. It is renamed away first: another process may be
     about to open (and create) its ``lock``, which must then fail, not leave a new
     file in a directory being deleted."""
-    trash = d.with_name(f".rm-{d.name}-{os.getpid()}")
+    trash = d.with_name(f".rm-{d.name}-{os.urandom(4).hex()}")
     try:
         os.rename(d, trash)
     except FileNotFoundError:
         return
+    except OSError:
+        trash = d  # cannot rename (busy?): delete in place, as well as that goes
     shutil.rmtree(trash, ignore_errors=True)
 
 

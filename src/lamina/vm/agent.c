@@ -1,0 +1,637 @@
+/*
+ * lamina guest agent: PID 1 of a lamina micro-VM.
+ *
+ * Built by the host with `gcc -static -Os` (lamina/vm/_agent.py) and placed in the
+ * generated initramfs as /init. The guest has no other userland, so this program does
+ * all of early userspace itself, in order:
+ *
+ *   1. mount /dev (devtmpfs), /proc, /sys;
+ *   2. load the kernel modules listed in /lib/modules/load.list (virtio transport, block,
+ *      console, filesystems), in dependency order, with finit_module(2);
+ *   3. open the virtio-serial port named "lamina.agent" (the control channel);
+ *   4. when the kernel command line says lamina.root=DEV, mount DEV read-only
+ *      (lamina.rootfstype=erofs|ext4), a tmpfs-backed overlay on top of it at /newroot,
+ *      and /proc, /sys, /dev, /dev/pts, /dev/shm inside it;
+ *   5. send HELLO (with boot timestamps) and serve the protocol of docs/VM_AGENT.md:
+ *      exec processes (chrooted into /newroot), carry their stdin, stdout and stderr,
+ *      forward signals, report exit status; reap every orphan as init must.
+ *
+ * Frames are big-endian: u8 type, u8 flags, u16 reserved, u32 session, u32 length, then
+ * `length` payload bytes. A failure during boot is printed on the console and sent as
+ * an ERROR frame for session 0 when the channel is up; the VM is then powered off.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTO_VERSION 1
+#define MAX_PAYLOAD (1u << 20)
+#define MAX_SESSIONS 64
+#define HDR 12
+
+enum {
+	/* host -> guest */
+	T_PING = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_SIGNAL = 0x04, T_SHUTDOWN = 0x05,
+	/* guest -> host */
+	T_HELLO = 0x81, T_PONG = 0x82, T_STARTED = 0x83, T_STDOUT = 0x84, T_STDERR = 0x85,
+	T_EXIT = 0x86, T_ERROR = 0x87,
+};
+enum { EXEC_STDIN = 1 }; /* EXEC flags */
+
+struct session {
+	uint32_t id;
+	pid_t pid;
+	int out, err, in; /* our ends of the child's pipes, -1 when closed */
+	char *inbuf;      /* stdin bytes not yet written to the child */
+	size_t inlen;
+	int in_eof;       /* close stdin once inbuf is drained */
+};
+
+static struct session sessions[MAX_SESSIONS];
+static int port = -1;
+static int have_root;
+extern char **environ;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+	put32(p, v >> 32);
+	put32(p + 4, (uint32_t)v);
+}
+
+static void writeall(int fd, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		ssize_t w = writev(fd, iov, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			/* The host went away: nothing left to serve. */
+			reboot(RB_AUTOBOOT);
+			_exit(1);
+		}
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= iov->iov_len;
+			iov++, n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= w;
+		}
+	}
+}
+
+static void send_frame(int type, uint32_t session, const void *data, size_t len)
+{
+	unsigned char h[HDR] = {0};
+	struct iovec iov[2] = {{h, HDR}, {(void *)data, len}};
+	h[0] = type;
+	put32(h + 4, session);
+	put32(h + 8, len);
+	if (port >= 0)
+		writeall(port, iov, len ? 2 : 1);
+}
+
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("lamina-agent: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+/* A boot step failed: tell the console and the host, then power off. */
+static void fatal(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	say("%s", msg);
+	send_frame(T_ERROR, 0, msg, strlen(msg));
+	sync();
+	reboot(RB_AUTOBOOT);
+	_exit(1);
+}
+
+static void mkdir_p(char *path, mode_t mode)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p == '/') {
+			*p = 0;
+			mkdir(path, mode);
+			*p = '/';
+		}
+	}
+	mkdir(path, mode);
+}
+
+static void mnt(const char *src, const char *dst, const char *type, unsigned long fl,
+		const char *opts)
+{
+	mkdir(dst, 0755);
+	if (mount(src, dst, type, fl, opts) < 0)
+		fatal("mount %s on %s: %s", type, dst, strerror(errno));
+}
+
+static char cmdline[4096];
+
+/* The value of `key=` on the kernel command line, or NULL. */
+static const char *param(const char *key)
+{
+	static char val[256];
+	size_t kl = strlen(key);
+	for (char *p = cmdline; *p;) {
+		while (*p == ' ' || *p == '\n')
+			p++;
+		char *end = p + strcspn(p, " \n");
+		if ((size_t)(end - p) > kl && !strncmp(p, key, kl) && p[kl] == '=') {
+			size_t n = end - p - kl - 1;
+			if (n >= sizeof val)
+				n = sizeof val - 1;
+			memcpy(val, p + kl + 1, n);
+			val[n] = 0;
+			return val;
+		}
+		p = end;
+	}
+	return NULL;
+}
+
+static void load_modules(void)
+{
+	FILE *f = fopen("/lib/modules/load.list", "r");
+	char line[512];
+	if (!f)
+		return;
+	while (fgets(line, sizeof line, f)) {
+		line[strcspn(line, "\n")] = 0;
+		if (!*line)
+			continue;
+		int fd = open(line, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			fatal("open module %s: %s", line, strerror(errno));
+		if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST)
+			fatal("load module %s: %s", line, strerror(errno));
+		close(fd);
+	}
+	fclose(f);
+}
+
+/* Virtio devices appear asynchronously after their driver loads: poll briefly. */
+static int wait_for(int (*found)(char *, size_t), char *out, size_t n, const char *what)
+{
+	for (int i = 0; i < 5000; i++) {
+		if (found(out, n))
+			return 0;
+		usleep(1000);
+	}
+	fatal("%s did not appear", what);
+	return -1;
+}
+
+static int find_port(char *out, size_t n)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	struct dirent *e;
+	int ok = 0;
+	if (!d)
+		return 0;
+	while (!ok && (e = readdir(d))) {
+		char p[300], name[64] = {0};
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", e->d_name);
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t r = read(fd, name, sizeof name - 1);
+		close(fd);
+		if (r > 0 && !strncmp(name, "lamina.agent", 12) && (name[12] == '\n' || !name[12])) {
+			snprintf(out, n, "/dev/%s", e->d_name);
+			ok = access(out, F_OK) == 0;
+		}
+	}
+	closedir(d);
+	return ok;
+}
+
+static const char *root_dev;
+static int find_root(char *out, size_t n)
+{
+	snprintf(out, n, "%s", root_dev);
+	return access(out, F_OK) == 0;
+}
+
+static void mount_root(void)
+{
+	char dev[256], opts[128];
+	const char *type = param("lamina.rootfstype");
+	root_dev = param("lamina.root");
+	if (!root_dev)
+		return;
+	wait_for(find_root, dev, sizeof dev, dev);
+	mnt(dev, "/lower", type ? type : "erofs", MS_RDONLY, NULL);
+	mnt("tmpfs", "/rw", "tmpfs", 0, "mode=0755");
+	mkdir("/rw/upper", 0755);
+	mkdir("/rw/work", 0755);
+	mnt("overlay", "/newroot", "overlay", 0,
+	    "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work");
+	mnt("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mnt("sysfs", "/newroot/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mnt("devtmpfs", "/newroot/dev", "devtmpfs", MS_NOSUID, NULL);
+	mnt("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+	    "newinstance,ptmxmode=0666,mode=0620");
+	snprintf(opts, sizeof opts, "mode=1777");
+	mnt("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts);
+	have_root = 1;
+}
+
+static void loopback_up(void)
+{
+	struct ifreq ifr = {0};
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return;
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		ioctl(s, SIOCSIFFLAGS, &ifr);
+	}
+	close(s);
+}
+
+static struct session *find_session(uint32_t id)
+{
+	for (int i = 0; i < MAX_SESSIONS; i++)
+		if (sessions[i].pid > 0 && sessions[i].id == id)
+			return &sessions[i];
+	return NULL;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* Forward what a child wrote; returns 0 at EOF or when nothing is left to read. */
+static int pump(struct session *s, int *fd, int type)
+{
+	char buf[65536];
+	ssize_t r = read(*fd, buf, sizeof buf);
+	if (r > 0) {
+		send_frame(type, s->id, buf, r);
+		return 1;
+	}
+	if (r == 0 || (errno != EAGAIN && errno != EINTR))
+		close_fd(fd);
+	return 0;
+}
+
+static void flush_stdin(struct session *s)
+{
+	while (s->in >= 0 && s->inlen > 0) {
+		ssize_t w = write(s->in, s->inbuf, s->inlen);
+		if (w < 0) {
+			if (errno == EAGAIN)
+				return;
+			s->inlen = 0; /* the child closed its stdin: drop the rest */
+			break;
+		}
+		memmove(s->inbuf, s->inbuf + w, s->inlen - w);
+		s->inlen -= w;
+	}
+	if (s->in_eof && s->inlen == 0)
+		close_fd(&s->in);
+}
+
+/* Child side of EXEC; never returns. Failures go to `report` as (stage, errno). */
+static void child(int report, char **argv, char **envp, const char *cwd, uid_t uid, gid_t gid,
+		  gid_t *groups, int ngroups)
+{
+	sigset_t all;
+	int fail[2] = {0, 0};
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	setsid();
+	if (have_root && (chdir("/newroot") < 0 || chroot(".") < 0)) {
+		fail[0] = 1;
+		goto out;
+	}
+	char path[4096];
+	snprintf(path, sizeof path, "%s", cwd);
+	mkdir_p(path, 0755); /* Docker creates a missing working directory */
+	if (chdir(cwd) < 0) {
+		fail[0] = 2;
+		goto out;
+	}
+	if (setgroups(ngroups, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+		fail[0] = 3;
+		goto out;
+	}
+	environ = envp;
+	execvp(argv[0], argv);
+	fail[0] = 4;
+out:
+	fail[1] = errno;
+	if (write(report, fail, sizeof fail) < 0)
+		_exit(125);
+	_exit(fail[0] == 4 && (errno == ENOENT || errno == ENOTDIR) ? 127 : 126);
+}
+
+/* EXEC payload: NUL-terminated fields: uid, gid, groups (comma list), cwd, flags, argc,
+ * argv..., envc, env...  */
+static void do_exec(uint32_t id, char *p, size_t len)
+{
+	char *f[8192];
+	size_t nf = 0;
+	for (char *q = p; q < p + len && nf < 8192; q += strlen(q) + 1)
+		f[nf++] = q;
+	if (nf < 7 || p[len - 1] != 0)
+		return send_frame(T_ERROR, id, "malformed EXEC", 14);
+	size_t argc = strtoul(f[5], NULL, 10);
+	if (argc < 1 || 6 + argc >= nf)
+		return send_frame(T_ERROR, id, "malformed EXEC", 14);
+	size_t envc = strtoul(f[6 + argc], NULL, 10);
+	if (7 + argc + envc != nf)
+		return send_frame(T_ERROR, id, "malformed EXEC", 14);
+	struct session *s = NULL;
+	for (int i = 0; i < MAX_SESSIONS && !s; i++)
+		if (sessions[i].pid == 0)
+			s = &sessions[i];
+	if (!s || find_session(id))
+		return send_frame(T_ERROR, id, "no free session slot or duplicate session", 41);
+
+	gid_t groups[64];
+	int ngroups = 0;
+	for (char *g = f[2]; *g && ngroups < 64; g += strcspn(g, ","), g += *g == ',')
+		groups[ngroups++] = strtoul(g, NULL, 10);
+	int flags = atoi(f[4]);
+	char *argv[argc + 1], *envp[envc + 1];
+	memcpy(argv, f + 6, argc * sizeof *argv);
+	argv[argc] = NULL;
+	memcpy(envp, f + 7 + argc, envc * sizeof *envp);
+	envp[envc] = NULL;
+
+	int o[2], e[2], in[2] = {-1, -1}, rep[2];
+	if (pipe2(o, O_CLOEXEC) || pipe2(e, O_CLOEXEC) || pipe2(rep, O_CLOEXEC) ||
+	    ((flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC)))
+		return send_frame(T_ERROR, id, "pipe failed", 11);
+	if (!(flags & EXEC_STDIN)) {
+		in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(in[0], 0);
+		dup2(o[1], 1);
+		dup2(e[1], 2);
+		child(rep[1], argv, envp, f[3], strtoul(f[0], NULL, 10), strtoul(f[1], NULL, 10),
+		      groups, ngroups);
+	}
+	close(o[1]);
+	close(e[1]);
+	close(rep[1]);
+	close(in[0]);
+	if (pid < 0) {
+		close(o[0]), close(e[0]), close(rep[0]), close_fd(&in[1]);
+		return send_frame(T_ERROR, id, "fork failed", 11);
+	}
+	*s = (struct session){.id = id, .pid = pid, .out = o[0], .err = e[0], .in = in[1]};
+	fcntl(s->out, F_SETFL, O_NONBLOCK);
+	fcntl(s->err, F_SETFL, O_NONBLOCK);
+	if (s->in >= 0)
+		fcntl(s->in, F_SETFL, O_NONBLOCK);
+
+	int fail[2];
+	ssize_t r;
+	while ((r = read(rep[0], fail, sizeof fail)) < 0 && errno == EINTR)
+		;
+	close(rep[0]);
+	if (r == (ssize_t)sizeof fail) {
+		static const char *stage[] = {"", "chroot", "chdir", "set user", "exec"};
+		char msg[600];
+		if (fail[0] == 4 && fail[1] == ENOENT && !strchr(argv[0], '/'))
+			snprintf(msg, sizeof msg, "exec: \"%.200s\": executable file not found in $PATH",
+				 argv[0]);
+		else if (fail[0] == 2)
+			snprintf(msg, sizeof msg, "chdir to cwd (\"%.200s\"): %s", f[3],
+				 strerror(fail[1]));
+		else
+			snprintf(msg, sizeof msg, "%s \"%.200s\": %s", stage[fail[0] & 3 ? fail[0] : 4],
+				 argv[0], strerror(fail[1]));
+		send_frame(T_ERROR, id, msg, strlen(msg));
+		return; /* EXIT follows when the child is reaped */
+	}
+	unsigned char st[12];
+	put32(st, pid);
+	put64(st + 4, now_ns());
+	send_frame(T_STARTED, id, st, sizeof st);
+}
+
+static void reap(void)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 0; i < MAX_SESSIONS; i++) {
+			struct session *s = &sessions[i];
+			if (s->pid != pid)
+				continue;
+			/* Everything the child wrote is in the pipes now: forward it first. */
+			while (s->out >= 0 && pump(s, &s->out, T_STDOUT))
+				;
+			while (s->err >= 0 && pump(s, &s->err, T_STDERR))
+				;
+			close_fd(&s->out), close_fd(&s->err), close_fd(&s->in);
+			free(s->inbuf);
+			unsigned char ex[16] = {0};
+			int sig = WIFSIGNALED(status);
+			ex[0] = sig;
+			ex[1] = sig && WCOREDUMP(status);
+			put32(ex + 4, sig ? WTERMSIG(status) : WEXITSTATUS(status));
+			put64(ex + 8, now_ns());
+			send_frame(T_EXIT, s->id, ex, sizeof ex);
+			*s = (struct session){0};
+		}
+	}
+}
+
+static void handle(int type, uint32_t id, unsigned char *p, size_t len)
+{
+	struct session *s;
+	switch (type) {
+	case T_PING:
+		send_frame(T_PONG, id, p, len);
+		break;
+	case T_EXEC:
+		do_exec(id, (char *)p, len);
+		break;
+	case T_STDIN:
+		if (!(s = find_session(id)) || s->in < 0)
+			break;
+		if (len == 0) {
+			s->in_eof = 1;
+		} else {
+			char *nb = realloc(s->inbuf, s->inlen + len);
+			if (!nb)
+				break;
+			s->inbuf = nb;
+			memcpy(s->inbuf + s->inlen, p, len);
+			s->inlen += len;
+		}
+		flush_stdin(s);
+		break;
+	case T_SIGNAL:
+		if (len >= 4 && (s = find_session(id)))
+			kill(s->pid, get32(p));
+		break;
+	case T_SHUTDOWN:
+		sync();
+		reboot(RB_AUTOBOOT); /* QEMU runs with -no-reboot: a reset ends it */
+		break;
+	default:
+		send_frame(T_ERROR, id, "unknown message type", 20);
+	}
+}
+
+int main(void)
+{
+	uint64_t t[5];
+	t[0] = now_ns();
+	mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, NULL);
+	mnt("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mnt("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t r = read(fd, cmdline, sizeof cmdline - 1);
+		cmdline[r > 0 ? r : 0] = 0;
+		close(fd);
+	}
+	const char *host = param("lamina.hostname");
+	if (host)
+		sethostname(host, strlen(host));
+	loopback_up();
+
+	load_modules();
+	t[1] = now_ns();
+	char dev[300];
+	wait_for(find_port, dev, sizeof dev, "the lamina.agent virtio port");
+	if ((port = open(dev, O_RDWR | O_CLOEXEC)) < 0)
+		fatal("open %s: %s", dev, strerror(errno));
+	t[2] = now_ns();
+	mount_root();
+	t[3] = now_ns();
+
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+	unsigned char hello[8 + 8 * 5];
+	put32(hello, PROTO_VERSION);
+	put32(hello + 4, 5);
+	t[4] = now_ns();
+	for (int i = 0; i < 5; i++)
+		put64(hello + 8 + 8 * i, t[i]);
+	send_frame(T_HELLO, 0, hello, sizeof hello);
+
+	unsigned char *buf = malloc(HDR + MAX_PAYLOAD);
+	size_t have = 0;
+	for (;;) {
+		struct pollfd pf[2 + 3 * MAX_SESSIONS];
+		struct session *who[2 + 3 * MAX_SESSIONS];
+		int n = 0;
+		pf[n++] = (struct pollfd){.fd = port, .events = POLLIN};
+		pf[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+		for (int i = 0; i < MAX_SESSIONS; i++) {
+			struct session *s = &sessions[i];
+			if (s->pid <= 0)
+				continue;
+			if (s->out >= 0)
+				who[n] = s, pf[n++] = (struct pollfd){.fd = s->out, .events = POLLIN};
+			if (s->err >= 0)
+				who[n] = s, pf[n++] = (struct pollfd){.fd = s->err, .events = POLLIN};
+			if (s->in >= 0 && s->inlen)
+				who[n] = s, pf[n++] = (struct pollfd){.fd = s->in, .events = POLLOUT};
+		}
+		if (poll(pf, n, -1) < 0)
+			continue;
+		for (int i = 2; i < n; i++) {
+			struct session *s = who[i];
+			if (!pf[i].revents || s->pid <= 0)
+				continue;
+			if (pf[i].fd == s->out)
+				pump(s, &s->out, T_STDOUT);
+			else if (pf[i].fd == s->err)
+				pump(s, &s->err, T_STDERR);
+			else if (pf[i].fd == s->in)
+				flush_stdin(s);
+		}
+		if (pf[1].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof si) > 0)
+				;
+			reap();
+		}
+		if (pf[0].revents & POLLIN) {
+			ssize_t r = read(port, buf + have, HDR + MAX_PAYLOAD - have);
+			if (r > 0)
+				have += r;
+			while (have >= HDR) {
+				uint32_t len = get32(buf + 8);
+				if (len > MAX_PAYLOAD)
+					fatal("protocol error: frame of %u bytes", len);
+				if (have < HDR + len)
+					break;
+				handle(buf[0], get32(buf + 4), buf + HDR, len);
+				memmove(buf, buf + HDR + len, have - HDR - len);
+				have -= HDR + len;
+			}
+		} else if (pf[0].revents & (POLLHUP | POLLERR)) {
+			usleep(10000); /* host not connected (yet): virtio-serial reports HUP */
+		}
+	}
+}
