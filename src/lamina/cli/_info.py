@@ -18,12 +18,13 @@ from lamina.cli._output import FORMAT_OPTION, print_json
 def version(fmt: str) -> None:
     """Show the lamina version."""
     from lamina import __version__
+    from lamina.image import host_platform
 
     data = {
         "Version": __version__,
         "Python": platform.python_version(),
         "Os": sys.platform,
-        "Arch": platform.machine(),
+        "Arch": host_platform().architecture,
     }
     if fmt == "json":
         print_json(data)

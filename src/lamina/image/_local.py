@@ -131,38 +131,45 @@ class LocalImages:
 
     # -- removal
     def remove(self, name_or_id: str, *, force: bool = False) -> RemoveResult:
-        """Docker's ``rmi``. By name: untag, and delete the image when that was its
-        last tag. By ID or digest: delete the image, refused when it has several tags
-        unless ``force``. Always refused while something holds it (a container)."""
+        """Docker's ``rmi``. By name (tag or ``repo@digest``): remove that name, and
+        the image with it when it was the last one. By ID: delete every record of
+        that image, refused when it has several tags unless ``force``. Always refused
+        while something holds it (a container)."""
         image = self.images.resolve(name_or_id)
-        tag = self._tag_named(name_or_id, image)
+        name = self._name_named(name_or_id, image)
         result = RemoveResult()
-        if tag is not None and len(image.tags) > 1:
-            self.images.untag(tag)
-            result.untagged.append(tag)
+        if name is not None and len(image.names) > 1:
+            self.images.untag(name)
+            result.untagged.append(name)
             return result
-        if tag is None and len(image.tags) > 1 and not force:
+        # The same image (one ID) can arrive as several records, e.g. loaded from an
+        # oci-archive and a docker-archive: removal by ID removes them all.
+        records = [image] if name is not None else self.images.with_id(image.id)
+        tags = {t for r in records for t in r.tags}
+        if name is None and len(tags) > 1 and not force:
             raise InUse(
                 f"unable to delete {image.id[7:19]} (must be forced): image is referenced "
                 f"in multiple repositories"
             )
-        holders = self.images.holders(image.digest)
-        if holders:
-            raise InUse(f"unable to remove image {name_or_id}: in use by {holders[0]}")
-        result.untagged.extend(image.names)
-        self.images.delete(image.digest)
+        for record in records:
+            holders = self.images.holders(record.digest)
+            if holders:
+                raise InUse(f"unable to remove image {name_or_id}: in use by {holders[0]}")
+        for record in records:
+            result.untagged.extend(record.names)
+            self.images.delete(record.digest)
         result.deleted.append(image.id)
         result.deleted.extend(d for d in self.collect_garbage() if d != image.id)
         return result
 
     @staticmethod
-    def _tag_named(name: str, image: ImageRecord) -> str | None:
-        """The tag ``name`` spells, when it names one of ``image``'s tags."""
+    def _name_named(name: str, image: ImageRecord) -> str | None:
+        """The canonical name ``name`` spells, when it is one of ``image``'s names."""
         try:
             ref = parse_reference(name)
         except InvalidReference:
             return None
-        return str(ref) if ref.digest is None and str(ref) in image.tags else None
+        return str(ref) if str(ref) in image.names else None
 
     def prune(self, *, all_unused: bool = False) -> RemoveResult:
         result = RemoveResult()

@@ -201,6 +201,11 @@ class ImageStore:
         rows = self._db.execute("SELECT * FROM images ORDER BY added DESC").fetchall()
         return [self._row_to_record(r) for r in rows]
 
+    def with_id(self, image_id: str) -> builtins.list[ImageRecord]:
+        """Every record whose image ID (config digest) is ``image_id``."""
+        rows = self._db.execute("SELECT * FROM images WHERE config_digest=?", (image_id,))
+        return [self._row_to_record(r) for r in rows.fetchall()]
+
     def lookup(self, name: str) -> ImageRecord | None:
         """Find an image by reference only (no ID prefixes); None when absent."""
         ref = parse_reference(name)

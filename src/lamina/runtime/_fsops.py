@@ -25,7 +25,7 @@ import secrets
 import stat
 import tarfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -113,27 +113,46 @@ def _lower_names(stack: Sequence[str]) -> set[str]:
     return names
 
 
-def diff(upper: Path, lowerdirs: Sequence[Path]) -> list[ChangeEntry]:
+def diff(
+    upper: Path, lowerdirs: Sequence[Path], *, mountpoints: Iterable[str] = ()
+) -> list[ChangeEntry]:
     """``docker diff``: what the container changed, added (A) or deleted (D) compared
     with its image, sorted by path. ``lowerdirs`` are topmost first.
 
     A directory present in ``upper`` that the image has is reported changed (it is
     only there because something in it, or it, changed). An opaque directory replaced
     the image's one: the image's entries it hides are reported deleted.
+
+    ``mountpoints`` are the container paths something is mounted on (``/etc/hosts``,
+    volumes, tmpfs, ``/proc``...). Where the image lacks one, the runtime creates an
+    empty file or directory in ``upper`` to mount on: such stubs are not the
+    container's changes (Docker keeps them in a layer of its own), and neither are
+    the directories that are in ``upper`` only because of them.
     """
     out: list[ChangeEntry] = []
-    _diff_dir(str(upper), "", [str(d) for d in lowerdirs], False, out)
+    hidden = {posixpath.normpath("/" + p) for p in mountpoints}
+    _diff_dir(str(upper), "", [str(d) for d in lowerdirs], False, hidden, out)
     out.sort(key=lambda c: c.path)
     return out
 
 
-def _diff_dir(updir: str, rel: str, stack: list[str], opaque: bool, out: list[ChangeEntry]) -> None:
+def _diff_dir(
+    updir: str,
+    rel: str,
+    stack: list[str],
+    opaque: bool,
+    hidden: set[str],
+    out: list[ChangeEntry],
+) -> bool:
+    """Append the changes under ``updir`` to ``out``; True if a mount stub was left
+    out below it."""
     with os.scandir(updir) as it:
         entries = list(it)
     if opaque:
         present = {e.name for e in entries}
         for name in sorted(_lower_names(stack) - present):
             out.append(ChangeEntry("D", f"{rel}/{name}"))
+    stubs = False
     for entry in entries:
         path = f"{rel}/{entry.name}"
         st = entry.stat(follow_symlinks=False)
@@ -142,11 +161,42 @@ def _diff_dir(updir: str, rel: str, stack: list[str], opaque: bool, out: list[Ch
             if in_lower:
                 out.append(ChangeEntry("D", path))
             continue
-        out.append(ChangeEntry("C" if in_lower else "A", path))
-        if stat.S_ISDIR(st.st_mode):
-            # Below an opaque directory nothing of the image shows through.
-            child_opaque = opaque or _is_opaque(entry.path)
-            _diff_dir(entry.path, path, child_stack, child_opaque, out)
+        if not in_lower and path in hidden and _is_stub(entry.path, st):
+            stubs = True
+            continue
+        kind = "C" if in_lower else "A"
+        out.append(ChangeEntry(kind, path))
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        mark = len(out)
+        # Below an opaque directory nothing of the image shows through.
+        child_opaque = opaque or _is_opaque(entry.path)
+        below = _diff_dir(entry.path, path, child_stack, child_opaque, hidden, out)
+        stubs = stubs or below
+        if below and len(out) == mark and (kind == "A" or _same_owner_mode(st, child_stack)):
+            out.pop()  # made (A) or copied up (C) only to hold mount stubs
+    return stubs
+
+
+def _is_stub(path: str, st: os.stat_result) -> bool:
+    """An empty file or directory, as runtimes create to mount on."""
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size == 0
+    if stat.S_ISDIR(st.st_mode):
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    return False
+
+
+def _same_owner_mode(st: os.stat_result, lower_copies: Sequence[str]) -> bool:
+    """Whether a copied-up directory still has its image owner and mode."""
+    if not lower_copies:
+        return False
+    try:
+        low = os.lstat(lower_copies[0])
+    except OSError:
+        return False
+    return (st.st_mode, st.st_uid, st.st_gid) == (low.st_mode, low.st_uid, low.st_gid)
 
 
 # -- docker cp -----------------------------------------------------------------

@@ -69,6 +69,7 @@ from lamina.runtime._types import (
     ExecResult,
     ExitReason,
     LogEntry,
+    Mount,
     Resources,
     Stats,
     Status,
@@ -432,6 +433,7 @@ class OciRuntime(Runtime):
         bundle = self._bundle(cid)
         ovl = self._ovl(cid)
         img_inner = image_config.get("config") or {}
+        config = _with_image_volumes(config, img_inner.get("Volumes") or {})
         rec = Record(
             id=cid,
             name=name,
@@ -1180,7 +1182,28 @@ class OciRuntime(Runtime):
         from lamina.runtime import _fsops
 
         rec = self._resolve(ref)
-        return _fsops.diff(self._ovl(rec.id) / "upper", self._lowerdirs(rec))
+        return _fsops.diff(
+            self._ovl(rec.id) / "upper", self._lowerdirs(rec), mountpoints=self._mountpoints(rec)
+        )
+
+    def _mountpoints(self, rec: Record) -> builtins.list[str]:
+        """Container paths the runtime mounts something on (from the bundle's spec),
+        also as resolved in the rootfs when a path there is a symlink."""
+        try:
+            spec = json.loads(self._bundle(rec.id).config.read_text())
+        except (OSError, ValueError):
+            return []
+        targets = [str(m.get("destination", "")) for m in spec.get("mounts") or []]
+        merged = self._merged(rec.id)
+        if os.path.ismount(merged):
+            from lamina.runtime._paths import secure_join
+
+            base = os.path.realpath(merged)
+            for t in list(targets):
+                resolved = str(secure_join(merged, t))
+                if resolved.startswith(base + "/"):
+                    targets.append(resolved[len(base) :])
+        return targets
 
     def commit(
         self,
@@ -1287,6 +1310,26 @@ def _container_resolv(host: str) -> str:
             continue
         out.append(line)
     return "\n".join(out) + ("\n" if out else "")
+
+
+def _with_image_volumes(config: ContainerConfig, volumes: object) -> ContainerConfig:
+    """``config`` plus an anonymous volume for each ``VOLUME`` of the image that no
+    mount or tmpfs of the container covers (Docker's rule)."""
+    import posixpath
+
+    if not isinstance(volumes, dict) or not volumes:
+        return config
+    covered = {posixpath.normpath(m.target) for m in config.mounts}
+    covered |= {posixpath.normpath(t) for t in config.tmpfs}
+    extra = []
+    for target in sorted(volumes):
+        t = posixpath.normpath("/" + str(target))
+        if t not in covered:
+            covered.add(t)
+            extra.append(Mount("volume", t))
+    if not extra:
+        return config
+    return dataclasses.replace(config, mounts=[*config.mounts, *extra])
 
 
 def _remove_dir(d: Path) -> None:

@@ -176,7 +176,7 @@ static void mnt(const char *src, const char *dst, const char *type, unsigned lon
 
 static char cmdline[4096];
 
-/* The value of `key=` on the kernel command line, or NULL. */
+/* The value of `key=` on the kernel command line (a copy), or NULL. */
 static const char *param(const char *key)
 {
 	static char val[256];
@@ -191,7 +191,7 @@ static const char *param(const char *key)
 				n = sizeof val - 1;
 			memcpy(val, p + kl + 1, n);
 			val[n] = 0;
-			return val;
+			return strdup(val);
 		}
 		p = end;
 	}
@@ -459,7 +459,7 @@ static void do_exec(uint32_t id, char *p, size_t len)
 			snprintf(msg, sizeof msg, "chdir to cwd (\"%.200s\"): %s", f[3],
 				 strerror(fail[1]));
 		else
-			snprintf(msg, sizeof msg, "%s \"%.200s\": %s", stage[fail[0] & 3 ? fail[0] : 4],
+			snprintf(msg, sizeof msg, "%s \"%.200s\": %s", stage[fail[0] >= 1 && fail[0] <= 4 ? fail[0] : 4],
 				 argv[0], strerror(fail[1]));
 		send_frame(T_ERROR, id, msg, strlen(msg));
 		return; /* EXIT follows when the child is reaped */
