@@ -1,4 +1,5 @@
-"""Helpers for runtime tests: a busybox image in a fresh lamina root, and configs.
+"""Helpers for runtime tests: a busybox image in a fresh lamina root, configs, and
+the ``lamina`` CLI run in a subprocess on such a root.
 
 The image is made offline from Debian's busybox-static (``lamina.testing``) and
 imported with ``import_rootfs``, as a user would with ``lamina import``. It has a
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from lamina.image import LocalImages, import_rootfs
 from lamina.runtime import ContainerConfig
@@ -79,3 +83,50 @@ def runc_list(root: Path) -> list[str]:
         check=False,
     ).stdout
     return out.split()
+
+
+# -- the CLI ---------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "lamina.cli.main"]
+
+
+def cli_image_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A lamina root holding the busybox image as ``IMAGE_REF``; skips the test where
+    containers cannot run (not root, no runc or conmon)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (runc, mounts, cgroups)")
+    if not (os.path.exists("/usr/sbin/runc") and os.path.exists("/usr/bin/conmon")):
+        pytest.skip("needs runc and conmon")
+    base = tmp_path_factory.mktemp(name)
+    root = base / "root"
+    import_busybox(root, base, IMAGE_REF)
+    return root
+
+
+def lamina_cli(
+    root: Path,
+    *args: str,
+    input: bytes | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``lamina --root ROOT ARGS...``; stdin is ``input`` or /dev/null; ``env`` is
+    added to this process's environment."""
+    return subprocess.run(
+        [*CLI, "--root", str(root), *args],
+        input=input.decode() if input is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, **env} if env else None,
+    )
+
+
+def remove_all_containers(root: Path) -> None:
+    """``lamina rm -f -v`` of every container on ``root``."""
+    ids = lamina_cli(root, "ps", "-a", "-q", "--no-trunc").stdout.split()
+    if ids:
+        lamina_cli(root, "rm", "-f", "-v", *ids)

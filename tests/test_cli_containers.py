@@ -16,7 +16,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import tarfile
 import termios
 import time
@@ -24,46 +23,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import import_busybox
+from runtime_fixtures import (
+    CLI,
+    IMAGE_REF,
+    cli_image_root,
+    lamina_cli,
+    remove_all_containers,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
-IMAGE = "example.com/test/busybox:latest"
-CLI = [sys.executable, "-m", "lamina.cli.main"]
+IMAGE = IMAGE_REF
+lamina = lamina_cli
 
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (runc, mounts, cgroups)")
-    if not (os.path.exists("/usr/sbin/runc") and os.path.exists("/usr/bin/conmon")):
-        pytest.skip("needs runc and conmon")
-    base = tmp_path_factory.mktemp("cli-containers")
-    root = base / "root"
-    import_busybox(root, base, IMAGE)
-    return root
+    return cli_image_root(tmp_path_factory, "cli-containers")
 
 
 @pytest.fixture
 def root(image_root: Path) -> Iterator[Path]:
     """The shared root with the image; every container a test made is removed after it."""
     yield image_root
-    ids = lamina(image_root, "ps", "-a", "-q", "--no-trunc").stdout.split()
-    if ids:
-        lamina(image_root, "rm", "-f", "-v", *ids)
-
-
-def lamina(
-    root: Path, *args: str, input: bytes | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--root", str(root), *args],
-        input=input.decode() if input is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )
+    remove_all_containers(image_root)
 
 
 def ok(root: Path, *args: str, input: bytes | None = None) -> str:
@@ -392,6 +375,113 @@ def test_volumes_persist_across_containers(root: Path, tmp_path: Path) -> None:
     ok(root, "rm", "-f", "user")
     assert ok(root, "volume", "rm", "data") == "data\n"
     assert "data" not in ok(root, "volume", "ls", "-q").split()
+
+
+def test_anonymous_volumes_go_with_their_container(root: Path) -> None:
+    def volumes() -> set[str]:
+        return set(ok(root, "volume", "ls", "-q").split())
+
+    before = volumes()
+    ok(root, "run", "--rm", "-v", "/data", IMAGE, "sh", "-c", "echo x > /data/f")
+    assert volumes() == before
+    cid = ok(root, "run", "-d", "-v", "/data", "-v", "named1:/n", IMAGE, "true").strip()
+    ok(root, "wait", cid)
+    assert len(volumes() - before) == 2
+    ok(root, "rm", "-v", cid)
+    assert volumes() - before == {"named1"}  # named volumes outlive rm -v, as in Docker
+    ok(root, "volume", "rm", "named1")
+    # run -d --rm: conmon's exit command removes container and volume
+    ok(root, "run", "-d", "--rm", "-v", "/data", IMAGE, "true")
+    deadline = time.monotonic() + 10
+    while ok(root, "ps", "-a", "-q") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ok(root, "ps", "-a", "-q") == ""
+    assert volumes() == before
+
+
+def test_image_volumes_become_anonymous_volumes(root: Path) -> None:
+    ok(root, "create", "--name", "volbase", IMAGE)
+    ok(root, "commit", "-c", "VOLUME /vol", "volbase", "withvol:1")
+    try:
+        before = set(ok(root, "volume", "ls", "-q").split())
+        # mounted (a different filesystem entry than the rootfs) and filled from the image
+        out = ok(root, "run", "--rm", "withvol:1", "sh", "-c", "grep -c ' /vol ' /proc/mounts")
+        assert out == "1\n"
+        cid = ok(root, "run", "-d", "withvol:1", "sh", "-c", "echo kept > /vol/f").strip()
+        ok(root, "wait", cid)
+        [mount] = json.loads(ok(root, "inspect", cid))[0]["Mounts"]
+        assert (mount["Type"], mount["Destination"]) == ("volume", "/vol")
+        assert (Path(mount["Source"]) / "f").read_text() == "kept\n"
+        # a mount of the user's at that path replaces the image's volume
+        out = ok(root, "run", "--rm", "--tmpfs", "/vol", "withvol:1", "sh", "-c",
+                 "grep ' /vol ' /proc/mounts | cut -d' ' -f3")  # fmt: skip
+        assert out == "tmpfs\n"
+        ok(root, "rm", "-v", cid)
+        assert set(ok(root, "volume", "ls", "-q").split()) == before
+    finally:
+        lamina(root, "rmi", "-f", "withvol:1")
+
+
+def test_diff_hides_mount_stubs(root: Path, tmp_path: Path) -> None:
+    """The image has no /etc/hosts, /anon, /bind or /scratch: the stubs runc makes to
+    mount on are not the container's changes (Docker hides them too)."""
+    host = tmp_path / "b"
+    host.mkdir()
+    ok(root, "run", "--name", "stubs", "-v", f"{host}:/bind/dir", "-v", "/anon",
+       "--tmpfs", "/scratch", IMAGE, "sh", "-c", "echo hi > /tmp/x")  # fmt: skip
+    assert ok(root, "diff", "stubs").splitlines() == ["C /tmp", "A /tmp/x"]
+    # a change next to a stub still shows, and so does its directory
+    ok(root, "run", "--name", "etc", IMAGE, "sh", "-c", "echo x > /etc/motd")
+    assert ok(root, "diff", "etc").splitlines() == ["C /etc", "A /etc/motd"]
+
+
+def test_oom_kill_writes_nothing_into_the_callers_cwd(root: Path, tmp_path: Path) -> None:
+    """conmon writes an ``oom`` file into its working directory: it must be the
+    container's bundle, never the directory lamina was run from."""
+    hog = 'x=$(head -c 50000000 /dev/zero | tr "\\0" a); echo survived'
+    limits = ("-m", "8m", "--memory-swap", "8m")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = lamina(root, "run", "--rm", *limits, IMAGE, "sh", "-c", hog, cwd=cwd)
+    assert r.returncode == 137, r.stderr
+    cid = lamina(root, "run", "-d", *limits, IMAGE, "sh", "-c", hog, cwd=cwd).stdout.strip()
+    assert lamina(root, "wait", cid, cwd=cwd).stdout == "137\n"
+    assert ok(root, "inspect", "-f", "{{.State.OOMKilled}}", cid) == "true\n"
+    assert os.listdir(cwd) == []
+
+
+# -- the OCI runtime: --runtime ------------------------------------------------------------
+
+
+def test_crun_is_refused_at_once_on_hybrid_cgroups(root: Path) -> None:
+    from lamina.runtime._cgroups import cgroup_mode
+
+    if cgroup_mode() != "hybrid":
+        pytest.skip("this host's cgroups are not in hybrid mode")
+    before = sorted(os.listdir(root / "containers"))
+    for r in (
+        lamina(root, "--runtime", "crun", "run", "--rm", IMAGE, "true"),
+        lamina(root, "run", "--rm", IMAGE, "true", env={"LAMINA_RUNTIME": "/usr/bin/crun"}),
+    ):
+        assert r.returncode == 125, r.stderr
+        assert_one_line_error(r)
+        assert "hybrid mode" in r.stderr and "--runtime runc" in r.stderr, r.stderr
+    assert ok(root, "ps", "-a", "-q") == ""
+    assert sorted(os.listdir(root / "containers")) == before
+
+
+def test_runtime_by_absolute_path(root: Path) -> None:
+    r = lamina(root, "--runtime", "/usr/sbin/runc", "run", "--rm", IMAGE, "echo", "ok")
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
+@pytest.mark.parametrize("runtime", ["nonexistent", "/no/such/runtime"])
+def test_missing_runtime_is_one_clear_error(root: Path, runtime: str) -> None:
+    r = lamina(root, "--runtime", runtime, "run", "--rm", IMAGE, "true")
+    assert r.returncode == 125
+    assert_one_line_error(r)
+    assert runtime in r.stderr and "not found" in r.stderr, r.stderr
+    assert ok(root, "ps", "-a", "-q") == ""
 
 
 # -- lamina's own failures: 125, one line ---------------------------------------------------

@@ -5,48 +5,29 @@ commands (top, restart, rename, update, container prune)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import import_busybox
+from runtime_fixtures import IMAGE_REF, cli_image_root, lamina_cli, remove_all_containers
 
 pytestmark = pytest.mark.timeout(120)
 
-IMAGE = "example.com/test/busybox:latest"
-CLI = [sys.executable, "-m", "lamina.cli.main"]
+IMAGE = IMAGE_REF
+lamina = lamina_cli
 
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (runc, mounts, cgroups)")
-    base = tmp_path_factory.mktemp("cli-security")
-    root = base / "root"
-    import_busybox(root, base, IMAGE)
-    return root
+    return cli_image_root(tmp_path_factory, "cli-security")
 
 
 @pytest.fixture
 def root(image_root: Path) -> Iterator[Path]:
     yield image_root
-    ids = lamina(image_root, "ps", "-a", "-q", "--no-trunc").stdout.split()
-    if ids:
-        lamina(image_root, "rm", "-f", "-v", *ids)
-
-
-def lamina(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    remove_all_containers(image_root)
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -42,3 +42,34 @@ def test_rmi_by_id_removes_every_record_of_the_image(tmp_path: Path) -> None:
     assert result.deleted[0] == image_id
     assert other.images.list() == []
     assert list(other.content.list()) == []
+
+
+def test_load_keeps_every_platform_of_an_index_and_push_sends_it_whole(
+    tmp_path: Path, registry: object
+) -> None:
+    from registry_server import build_index, layer_tar
+
+    from lamina.registry import pull, push
+
+    image = build_index(
+        {
+            "linux/amd64": [layer_tar({"amd": "1"})],
+            "linux/arm64/v8": [layer_tar({"arm": "1"})],
+        }
+    )
+    layout = image.write_oci_layout(tmp_path / "layout", tag="multi")
+    local = LocalImages.open(tmp_path / "root")
+    (rec,) = load(local, layout)
+    for digest in image.blobs:
+        assert local.content.exists(digest), digest
+    host = registry.host  # type: ignore[attr-defined]
+    local.images.tag(rec.id, f"{host}/multi:1")
+    pushed = push(local, f"{host}/multi:1")
+    assert pushed == rec.digest
+    fresh = LocalImages.open(tmp_path / "fresh")
+    arm = pull(
+        fresh,
+        f"{host}/multi:1",
+        platform=__import__("lamina.image").image.parse_platform("linux/arm64"),
+    )
+    assert arm.platform.startswith("linux/arm64")

@@ -434,6 +434,67 @@ def test_volumes_anonymous_removed_with_container(rt: OciRuntime, image: str) ->
     assert rt.volumes.list() == []
 
 
+# -- the OCI runtime binary --------------------------------------------------------------------
+
+
+def test_container_keeps_the_runtime_it_was_created_with(
+    lamina_root: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A runtime other than runc (here a logging wrapper around it) creates the
+    container; a later lamina asked for runc still manages it with that runtime, which
+    keeps its state apart, and starts it with ``<runtime> start``."""
+    root, image = lamina_root
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "bin" / "myrunc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec /usr/sbin/runc "$@"\n')
+    wrapper.chmod(0o755)
+    custom = OciRuntime(root, oci_runtime=str(wrapper))
+    try:
+        cid = run(custom, image, "sleep", "100")  # type: ignore[arg-type]
+        assert custom.get(cid).state.status == Status.RUNNING
+    finally:
+        custom.close()
+    assert (root / "runtimes" / "myrunc" / cid).is_dir()
+    assert cid not in runc_list(root)
+
+    def verbs() -> list[str]:
+        known = {"create", "start", "kill", "delete", "state", "exec", "pause", "resume"}
+        return [
+            next(w for w in line.split() if w in known) for line in calls.read_text().splitlines()
+        ]
+
+    assert verbs()[:2] == ["create", "start"]
+    plain = OciRuntime(root)  # runc by default
+    try:
+        plain.stop(cid, timeout=0)
+        assert plain.wait(cid).exit_code == 137
+        plain.remove(cid)
+    finally:
+        plain.close()
+    assert "kill" in verbs()
+    assert not (root / "runtimes" / "myrunc" / cid).exists()
+    assert lamina_cgroups(cid) == []
+
+
+def test_rows_without_a_runtime_are_runcs(rt: OciRuntime, image: str) -> None:
+    """Containers made before the runtime was recorded are managed with runc."""
+    c = rt.create(config(image, "sleep", "100"))
+    rec = rt.state.get(c.id)
+    assert rec is not None and rec.extra.pop("oci_runtime") == "/usr/sbin/runc"
+    rt.state.update(c.id, extra=rec.extra)
+    rt.start(c.id)
+    assert c.id in runc_list(rt.root)
+    rt.stop(c.id, timeout=0)
+    assert c.id not in runc_list(rt.root)
+
+
+def test_unknown_runtime_fails_before_anything(tmp_path: Path) -> None:
+    for spec in ("nonexistent", str(tmp_path / "missing")):
+        with pytest.raises(LaminaError, match="not found"):
+            OciRuntime(tmp_path / "root", oci_runtime=spec)
+
+
 # -- leaving nothing behind -------------------------------------------------------------------
 
 

@@ -685,16 +685,12 @@ class _Load:
             if not existed:
                 self.put.append(target)
             out.append(stored)
-        self._drop_unreferenced(out)
+        self._drop_unreferenced()
         return out
 
-    def _drop_unreferenced(self, records: list[ImageRecord]) -> None:
-        keep: set[str] = set()
-        for r in records:
-            keep.update((r.digest, r.manifest_digest))
-            m = self.local.manifest_for(r.manifest_digest)
-            keep.add(m.config.digest)
-            keep.update(layer.digest for layer in m.layers)
+    def _drop_unreferenced(self) -> None:
+        # The image store's own reachability walk: every platform of an index counts.
+        keep, _ = self.local.images.referenced_blobs()
         for digest in self.created - keep:
             self.content.delete(digest)
         self.created.clear()
@@ -759,12 +755,17 @@ class _Load:
             and m.platform is not None
             and "unknown" not in (m.platform.os, m.platform.architecture)
         )
+        chosen: Descriptor | None = None
         for child in order:
             try:
                 if self._image(view, child) is not None:
-                    return child
+                    chosen = chosen or child
             except (NotFound, InvalidManifest) as e:
+                # Keep every platform the archive carries (so that the index can be
+                # pushed again whole); one that is incomplete is simply not kept.
                 first_error = first_error or e
+        if chosen is not None:
+            return chosen
         raise first_error or InvalidManifest(
             f"image archive {self.label}: index {desc.digest} lists no image"
         )

@@ -130,7 +130,7 @@ def diff(
     the directories that are in ``upper`` only because of them.
     """
     out: list[ChangeEntry] = []
-    hidden = {posixpath.normpath("/" + p) for p in mountpoints}
+    hidden = {posixpath.normpath("/" + p.lstrip("/")) for p in mountpoints}
     _diff_dir(str(upper), "", [str(d) for d in lowerdirs], False, hidden, out)
     out.sort(key=lambda c: c.path)
     return out

@@ -1323,7 +1323,7 @@ def _with_image_volumes(config: ContainerConfig, volumes: object) -> ContainerCo
     covered |= {posixpath.normpath(t) for t in config.tmpfs}
     extra = []
     for target in sorted(volumes):
-        t = posixpath.normpath("/" + str(target))
+        t = posixpath.normpath("/" + str(target).lstrip("/"))
         if t not in covered:
             covered.add(t)
             extra.append(Mount("volume", t))
