@@ -52,6 +52,7 @@ _COMMANDS: dict[str, str] = {
     "update": "_containers:update",
     "container": "_containers:container",
     "volume": "_volumes:volume",
+    "vm": "_vm:vm",
     "version": "_info:version",
     "info": "_info:info",
 }
@@ -112,6 +113,7 @@ _SUMMARIES = {
     "update": "Update the resource limits of containers",
     "container": "Manage containers (ls, run, create, start, stop, rm, prune, ...)",
     "volume": "Manage volumes (create, ls, rm, inspect, prune)",
+    "vm": "Manage micro-VM base bundles (build-base, pull, inspect)",
     "save": "Save images to an archive (oci-archive or docker-archive)",
     "load": "Load images from an archive or OCI layout",
     "import": "Create an image from a root filesystem directory or tarball",

@@ -1,0 +1,106 @@
+"""lamina.vm: containers in micro-VMs, and VM base bundles shared as OCI artifacts.
+
+Public API (modules are private; names are imported on first use, PEP 562, so that
+``import lamina.vm`` costs nothing until something is used)::
+
+    VmConfigBuilder().vcpus(2).memory_mib(512).network("nat").build() -> VmConfig
+    VmConfig.to_dict() / VmConfig.from_dict(d)   # keeps machine_id and MACs
+    VmConfigError(LaminaError, ValueError)       # .field, .problems
+    NetworkAttachment, BlockDevice, SharedDir, BootLog, generate_mac()
+
+    build_base(out, source="image:REF" | "debootstrap:SUITE", local=...) -> Bundle
+    validate_bundle(dir, deep=False) -> Bundle / read_bundle(dir) -> Bundle
+    push_bundle(local, dir, ref, config=..., progress=...) -> manifest digest
+    pull_bundle(local, ref, dest, config=..., progress=...) -> Bundle
+    Bundle, BundleFile, BundleError, ARTIFACT_TYPE, LAYER_MEDIA_TYPE
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lamina.vm._bundle import (
+        ARTIFACT_TYPE,
+        LAYER_MEDIA_TYPE,
+        Bundle,
+        BundleError,
+        BundleFile,
+        KernelFiles,
+        build_base,
+        pack_bundle,
+        pull_bundle,
+        push_bundle,
+        read_bundle,
+        unpack_bundle,
+        validate_bundle,
+    )
+    from lamina.vm._config import (
+        BlockDevice,
+        BootLog,
+        NetworkAttachment,
+        SharedDir,
+        VmConfig,
+        VmConfigBuilder,
+        VmConfigError,
+        generate_mac,
+    )
+
+_LAZY: dict[str, str] = {
+    "ARTIFACT_TYPE": "lamina.vm._bundle",
+    "LAYER_MEDIA_TYPE": "lamina.vm._bundle",
+    "BlockDevice": "lamina.vm._config",
+    "BootLog": "lamina.vm._config",
+    "Bundle": "lamina.vm._bundle",
+    "BundleError": "lamina.vm._bundle",
+    "BundleFile": "lamina.vm._bundle",
+    "KernelFiles": "lamina.vm._bundle",
+    "NetworkAttachment": "lamina.vm._config",
+    "SharedDir": "lamina.vm._config",
+    "VmConfig": "lamina.vm._config",
+    "VmConfigBuilder": "lamina.vm._config",
+    "VmConfigError": "lamina.vm._config",
+    "build_base": "lamina.vm._bundle",
+    "generate_mac": "lamina.vm._config",
+    "pack_bundle": "lamina.vm._bundle",
+    "pull_bundle": "lamina.vm._bundle",
+    "push_bundle": "lamina.vm._bundle",
+    "read_bundle": "lamina.vm._bundle",
+    "unpack_bundle": "lamina.vm._bundle",
+    "validate_bundle": "lamina.vm._bundle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lamina.vm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "ARTIFACT_TYPE",
+    "LAYER_MEDIA_TYPE",
+    "BlockDevice",
+    "BootLog",
+    "Bundle",
+    "BundleError",
+    "BundleFile",
+    "KernelFiles",
+    "NetworkAttachment",
+    "SharedDir",
+    "VmConfig",
+    "VmConfigBuilder",
+    "VmConfigError",
+    "build_base",
+    "generate_mac",
+    "pack_bundle",
+    "pull_bundle",
+    "push_bundle",
+    "read_bundle",
+    "unpack_bundle",
+    "validate_bundle",
+]

@@ -1,0 +1,150 @@
+"""The ``vm`` group: VM base bundles (build-base, pull, inspect).
+
+Bundles are plain directories (see ``lamina.vm._bundle``); ``build-base --push`` and
+``pull`` move them through any OCI registry as lamina's own artifact type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lamina.cli._images import CA_FILE_OPTION, open_local, progress_sink, registry_config
+from lamina.cli._output import print_json
+
+OUTPUT_OPTION = click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Bundle directory to create (must be absent or empty).",
+)
+
+
+@click.group()
+def vm() -> None:
+    """Manage micro-VM base bundles (build-base, pull, inspect)."""
+
+
+@vm.command("build-base")
+@OUTPUT_OPTION
+@click.option("--from", "image", metavar="IMAGE", help="Root filesystem from a local image.")
+@click.option("--debootstrap", "suite", metavar="SUITE", help="Debian root filesystem (network).")
+@click.option("--disk-size-gib", type=int, default=2, show_default=True, help="Disk size (sparse).")
+@click.option("--cpus", type=int, default=1, show_default=True, help="Minimum vCPUs.")
+@click.option("--memory-mib", type=int, default=512, show_default=True, help="Minimum memory.")
+@click.option("--push", "push_ref", metavar="REF", help="Push the bundle to a registry.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the bundle directory (or digest).")
+@CA_FILE_OPTION
+def build_base(
+    output: Path,
+    image: str | None,
+    suite: str | None,
+    disk_size_gib: int,
+    cpus: int,
+    memory_mib: int,
+    push_ref: str | None,
+    quiet: bool,
+    ca_file: Path | None,
+) -> None:
+    """Build a VM base bundle: sparse ext4 disk.img, kernel, initrd, bundle.json."""
+    from lamina.vm import build_base as do_build
+    from lamina.vm import push_bundle
+
+    if (image is None) == (suite is None):
+        raise click.UsageError("give exactly one of --from IMAGE and --debootstrap SUITE")
+    config = registry_config(ca_file, _host(push_ref) if push_ref and ca_file else None)
+    source = f"image:{image}" if image is not None else f"debootstrap:{suite}"
+    local = open_local()
+    try:
+        bundle = do_build(
+            output,
+            source=source,
+            local=local,
+            disk_size_gib=disk_size_gib,
+            cpus=cpus,
+            memory_mib=memory_mib,
+        )
+        if not quiet:
+            click.echo(
+                f"Built {bundle.path}: {bundle.architecture}, kernel {bundle.kernel_version}, "
+                f"disk {bundle.disk_size >> 30} GiB, min {bundle.min_vcpus} vCPU / "
+                f"{bundle.min_memory_mib} MiB"
+            )
+        if push_ref is None:
+            if quiet:
+                click.echo(str(bundle.path))
+            return
+        digest = push_bundle(
+            local, bundle.path, push_ref, config=config, progress=progress_sink(quiet)
+        )
+    finally:
+        local.close()
+    click.echo(digest if quiet else f"Pushed {push_ref}: {digest}")
+
+
+@vm.command()
+@click.argument("reference")
+@OUTPUT_OPTION
+@click.option("-q", "--quiet", is_flag=True, help="Print only the bundle directory.")
+@CA_FILE_OPTION
+def pull(reference: str, output: Path, quiet: bool, ca_file: Path | None) -> None:
+    """Pull a VM base bundle artifact into a directory."""
+    from lamina.vm import pull_bundle
+
+    config = registry_config(ca_file, _host(reference) if ca_file else None)
+    local = open_local()
+    try:
+        bundle = pull_bundle(local, reference, output, config=config, progress=progress_sink(quiet))
+    finally:
+        local.close()
+    if quiet:
+        click.echo(str(bundle.path))
+    else:
+        click.echo(f"Pulled {reference} to {bundle.path} ({bundle.architecture})")
+
+
+@vm.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--check", is_flag=True, help="Validate every file (sizes, checksums, ext4).")
+def inspect(directory: Path, fmt: str, check: bool) -> None:
+    """Show a bundle's bundle.json."""
+    from lamina.vm import read_bundle, validate_bundle
+
+    bundle = validate_bundle(directory) if check else read_bundle(directory)
+    doc = bundle.to_dict()
+    if fmt == "json":
+        print_json(doc)
+        return
+    rows = [
+        ("Path", str(bundle.path)),
+        ("Architecture", bundle.architecture),
+        ("Minimum vCPUs", str(bundle.min_vcpus)),
+        ("Minimum memory", f"{bundle.min_memory_mib} MiB"),
+        ("Kernel", f"{bundle.kernel_version} ({bundle.kernel.name}, {bundle.kernel.format})"),
+        ("Initrd", bundle.initrd.name if bundle.initrd else "none"),
+        ("Disk", f"{bundle.disk.name}, {bundle.disk_size >> 20} MiB, {bundle.disk.format}"),
+        ("Source", bundle.source),
+        ("Created", bundle.created),
+        ("lamina", bundle.lamina_version),
+        ("Format", str(bundle.format_version)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+def _host(reference: str) -> str:
+    from lamina.image import parse_reference
+
+    return parse_reference(reference).domain
