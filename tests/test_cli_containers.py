@@ -404,7 +404,7 @@ def test_image_volumes_become_anonymous_volumes(root: Path) -> None:
     ok(root, "commit", "-c", "VOLUME /vol", "volbase", "withvol:1")
     try:
         before = set(ok(root, "volume", "ls", "-q").split())
-        # mounted (a different filesystem entry than the rootfs) and filled from the image
+        # a volume is mounted there
         out = ok(root, "run", "--rm", "withvol:1", "sh", "-c", "grep -c ' /vol ' /proc/mounts")
         assert out == "1\n"
         cid = ok(root, "run", "-d", "withvol:1", "sh", "-c", "echo kept > /vol/f").strip()

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
 import click
 
@@ -187,13 +187,12 @@ def _state_word(c: Container) -> str:
 # -- images: resolve, pulling per --pull ---------------------------------------------
 
 
-def _resolve_image(image: str, pull: str, platform: str | None) -> Any:
-    """The ImageRecord for ``image`` under Docker's --pull policy (always, missing,
-    never, newer); pull progress goes to stderr, as ``docker run`` does."""
-    from lamina.cli._images import _platform_arg, open_local, progress_sink, registry_config
+def _resolve_image(image: str, pull: str, platform: str | None, local: Any) -> Any:
+    """The ImageRecord for ``image`` in ``local`` (LocalImages) under Docker's --pull
+    policy (always, missing, never, newer); pull progress goes to stderr, as
+    ``docker run`` does."""
     from lamina.errors import NotFound
 
-    local = open_local()
     hexpart = image.removeprefix("sha256:")
     if len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
         return local.images.resolve(image)  # an image ID: nothing to pull it by
@@ -205,6 +204,7 @@ def _resolve_image(image: str, pull: str, platform: str | None) -> Any:
                 raise NotFound(f"no such image: {image} (and --pull never)") from None
         print(f"Unable to find image '{image}' locally", file=sys.stderr)
     # Imported only when the registry is needed: httpx costs ~80 ms of start-up.
+    from lamina.cli._images import _platform_arg, progress_sink, registry_config
     from lamina.registry import pull as do_pull
 
     policy = {"missing": "if-not-present"}.get(pull, pull)
@@ -354,10 +354,11 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _prepare(
-    image: str, command: Sequence[str], flags: dict[str, Any], *, auto_remove: bool
+    rt: Runtime, image: str, command: Sequence[str], flags: dict[str, Any], *, auto_remove: bool
 ) -> Any:
-    """Flags -> ContainerConfig, the image resolved (pulled per --pull). Every failure
-    here is Docker's 125: the container never existed."""
+    """Flags -> ContainerConfig, the image resolved (pulled per --pull) in the
+    runtime's image store. Every failure here is Docker's 125: the container never
+    existed."""
     from lamina.cli._runopts import InvalidOption, RunOptions, build_config
     from lamina.errors import LaminaError
 
@@ -367,7 +368,7 @@ def _prepare(
         opts = RunOptions(**flags, auto_remove=auto_remove)
         # Parse flags before touching the image: a typo should not cost a pull.
         build_config(opts, image="", image_ref=image, command=command, cpu_count=os.cpu_count())
-        record = _resolve_image(image, pull, platform)
+        record = _resolve_image(image, pull, platform, _image_store(rt))
         parsed = build_config(
             opts, image=record.id, image_ref=image, command=command, cpu_count=os.cpu_count()
         )
@@ -382,6 +383,17 @@ def _prepare(
     except LaminaError as e:
         e.exit_code = 125
         raise
+
+
+def _image_store(rt: Runtime) -> Any:
+    """The runtime's own LocalImages when it has one (one set of connections for
+    resolving and creating), else a new one on the root."""
+    local = getattr(rt, "images", None)
+    if local is None:
+        from lamina.cli._images import open_local
+
+        local = open_local()
+    return local
 
 
 def _create(rt: Runtime, config: Any) -> Container:
@@ -416,7 +428,7 @@ def run(
 ) -> None:
     """Create and run a new container from an image."""
     rt = open_runtime()  # a bad --runtime fails before any pull
-    config = _prepare(image, command, flags, auto_remove=auto_remove)
+    config = _prepare(rt, image, command, flags, auto_remove=auto_remove)
     ctr = _create(rt, config)
     if detach:
         try:
@@ -424,7 +436,7 @@ def run(
         except Exception as e:
             _start_failed(rt, ctr.id, e, remove=auto_remove)
         click.echo(ctr.id)
-        return
+        _exit(rt, 0)
     code = run_attached(
         rt,
         ctr.id,
@@ -435,7 +447,7 @@ def run(
     )
     if auto_remove:
         _remove_quietly(rt, ctr.id)
-    sys.exit(code)
+    _exit(rt, code)
 
 
 @_args_command("create")
@@ -446,8 +458,25 @@ def run(
 def create(image: str, command: tuple[str, ...], auto_remove: bool, **flags: Any) -> None:
     """Create a new container (without starting it); prints its ID."""
     rt = open_runtime()
-    config = _prepare(image, command, flags, auto_remove=auto_remove)
+    config = _prepare(rt, image, command, flags, auto_remove=auto_remove)
     click.echo(_create(rt, config).id)
+
+
+def _exit(rt: Runtime, code: int) -> NoReturn:
+    """Exit with ``code``. As the ``lamina`` program, without the interpreter's
+    teardown (freeing every module costs ~10 ms, a lot for ``run --rm IMAGE true``):
+    close the runtime (its databases checkpoint), flush our output, and leave."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    program = (spec is not None and spec.name == "lamina.cli.main") or (
+        os.path.basename(sys.argv[0]) == "lamina"
+    )
+    if not program:  # called from Python (tests, an embedding program)
+        sys.exit(code)
+    rt.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _start_failed(rt: Runtime, cid: str, e: BaseException, *, remove: bool) -> None:

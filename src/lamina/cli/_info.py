@@ -41,6 +41,20 @@ def _cgroup_mode() -> str:
     return "v1"
 
 
+def _runtimes() -> dict[str, str]:
+    """Each known OCI runtime: its path, or why lamina cannot use it here."""
+    from lamina.errors import LaminaError
+    from lamina.runtime._conmon import find_oci_runtime
+
+    out = {}
+    for name in ("runc", "crun"):
+        try:
+            out[name] = find_oci_runtime(name)
+        except LaminaError as e:
+            out[name] = f"unusable: {e}"
+    return out
+
+
 @click.command()
 @FORMAT_OPTION
 def info(fmt: str) -> None:
@@ -55,7 +69,7 @@ def info(fmt: str) -> None:
         "Platform": platform_str(host_platform()),
         "Kernel": platform.release(),
         "CgroupVersion": _cgroup_mode(),
-        "Runtimes": {n: shutil.which(n) for n in ("runc", "crun") if shutil.which(n)},
+        "Runtimes": _runtimes(),
         "Monitor": shutil.which("conmon"),
     }
     if (root / "images.db").exists():

@@ -20,11 +20,13 @@ from lamina.runtime._types import ContainerConfig, Mount, Resources, Security, U
 
 _RLIM_INFINITY = 2**64 - 1  # OCI rlimits are uint64; "unlimited" is all ones
 
-_NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-_VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
-_CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+# Patterns as strings: re compiles (and caches) one when first used, so a run
+# that never needs it does not pay for it at start-up.
+_NAME_RE = r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$"
+_VOLUME_NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$"
+_MEMORY_RE = r"(?i)^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$"
+_CPUSET_RE = r"^\d+(-\d+)?(,\d+(-\d+)?)*$"
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -110,7 +112,7 @@ class ParsedRun:
 
 def parse_memory(value: str, flag: str = "--memory") -> int:
     """Docker's RAMInBytes: ``512m``, ``1.5g``, ``1024``, ``2GiB`` -> bytes (binary units)."""
-    m = _MEMORY_RE.match(value.strip())
+    m = re.match(_MEMORY_RE, value.strip())
     if not m:
         raise InvalidOption(f"invalid {flag} value {value!r}: expected a size like 512m or 1g")
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
@@ -133,7 +135,7 @@ def parse_cpus(value: str, cpu_count: int | None = None) -> float:
 
 def parse_cpuset(value: str) -> str:
     v = value.strip()
-    if not _CPUSET_RE.match(v):
+    if not re.match(_CPUSET_RE, v):
         raise InvalidOption(f"invalid --cpuset-cpus value {value!r}: expected a list like 0-3,5")
     for part in v.split(","):
         lo, _, hi = part.partition("-")
@@ -322,7 +324,7 @@ def parse_volume(spec: str) -> Mount:
             read_only=read_only,
             options=options,
         )
-    if not _VOLUME_NAME_RE.match(source):
+    if not re.match(_VOLUME_NAME_RE, source):
         raise InvalidOption(
             f"invalid volume specification {spec!r}: {source!r} is neither an absolute host path "
             "nor a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
@@ -399,7 +401,7 @@ def parse_mount(spec: str) -> Mount:
             )
     elif kind == "tmpfs" and source:
         raise InvalidOption(f"invalid --mount {spec!r}: a tmpfs mount takes no source")
-    elif kind == "volume" and source and not _VOLUME_NAME_RE.match(source):
+    elif kind == "volume" and source and not re.match(_VOLUME_NAME_RE, source):
         raise InvalidOption(f"invalid --mount {spec!r}: {source!r} is not a valid volume name")
     return Mount(
         type=kind, source=source, target=_clean(target), read_only=read_only, options=options
@@ -531,7 +533,7 @@ def build_config(
     path_exists: Callable[[str], bool] = os.path.exists,
 ) -> ParsedRun:
     environ = os.environ if environ is None else environ
-    if opts.name is not None and not _NAME_RE.match(opts.name):
+    if opts.name is not None and not re.match(_NAME_RE, opts.name):
         raise InvalidOption(
             f"invalid container name {opts.name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed"
         )
@@ -623,7 +625,7 @@ def parse_duration(value: str) -> float:
     v = value.strip()
     pos = 0
     total = 0.0
-    for m in _DURATION_PART.finditer(v):
+    for m in re.finditer(_DURATION_PART, v):
         if m.start() != pos:
             break
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]

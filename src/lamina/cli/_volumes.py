@@ -31,9 +31,9 @@ def _store() -> VolumeStore:
 
 def _users() -> Any:
     """volume name -> IDs of the containers using it (created, running or stopped)."""
-    from lamina.runtime._factory import open_runtime
+    from lamina.runtime import open_runtime
 
-    rt: Any = open_runtime(_root())
+    rt: Any = open_runtime(_root(), oci_runtime=None)
     return rt.volume_users
 
 

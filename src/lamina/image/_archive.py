@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, cast
 
+from lamina._fsutil import fsync_dir
 from lamina.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -358,7 +359,7 @@ def _save_file(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _save_dir(local: LocalImages, items: list[_Item], dest: Path) -> None:
@@ -368,13 +369,13 @@ def _save_dir(local: LocalImages, items: list[_Item], dest: Path) -> None:
     tmp.mkdir()
     try:
         _write_oci(local, items, _DirWriter(tmp))
-        _fsync_dir(tmp / "blobs" / "sha256")
-        _fsync_dir(tmp)
+        fsync_dir(tmp / "blobs" / "sha256")
+        fsync_dir(tmp)
         os.replace(tmp, dest)  # rename(2) may replace an empty directory
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 class _TarWriter:
@@ -510,17 +511,6 @@ def _copy_fd(src: int, dst: int, size: int) -> None:
         while view:
             view = view[os.write(dst, view) :]
         remaining -= len(chunk)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------- load
 
 
 def load(local: LocalImages, src: Path | BinaryIO) -> list[ImageRecord]:

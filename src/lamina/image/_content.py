@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from lamina._fsutil import fsync_dir
 from lamina.errors import DigestMismatch, InvalidDigest, NotFound
 from lamina.image._digest import validate_digest
 
@@ -138,7 +139,7 @@ class BlobWriter:
         final = self._store._blob_path(actual)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._data_path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         shutil.rmtree(self._dir, ignore_errors=True)
         return actual
 
@@ -192,9 +193,7 @@ class ContentStore:
         return self.path(digest).read_bytes()
 
     # -- ingester
-    def writer(
-        self, ref: str, expected: str | None = None, size: int | None = None
-    ) -> BlobWriter:
+    def writer(self, ref: str, expected: str | None = None, size: int | None = None) -> BlobWriter:
         return BlobWriter(self, ref, expected, size)
 
     def add(self, data: bytes, expected: str | None = None) -> str:
@@ -240,11 +239,3 @@ class ContentStore:
             except FileNotFoundError:
                 continue
         return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

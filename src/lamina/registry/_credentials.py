@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina._fsutil import atomic_write
 from lamina.errors import RegistryError
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -197,19 +196,7 @@ def lookup_credentials(host: str, repository: str | None = None) -> Credentials 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(data, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, (json.dumps(data, indent="\t") + "\n").encode(), mode=0o600)
 
 
 def _config_key(host: str) -> str:

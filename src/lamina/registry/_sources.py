@@ -18,9 +18,10 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from lamina._fsutil import atomic_write
 
 FILE_NAME = "registry-sources.json"
 MAX_REPOS = 8
@@ -81,14 +82,5 @@ class BlobSources:
             os.close(fd)
 
     def _write(self, blobs: dict[str, list[str]]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".sources-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": 1, "blobs": blobs}, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        data = json.dumps({"version": 1, "blobs": blobs}, separators=(",", ":")).encode()
+        atomic_write(self.path, data)

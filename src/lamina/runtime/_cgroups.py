@@ -32,6 +32,8 @@ _RMDIR_RETRY_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class _Hierarchy:
+    """One mounted cgroup hierarchy."""
+
     controllers: tuple[str, ...]  # v1: ("cpu", "cpuacct") or ("name=systemd",); v2: ()
     mount_point: Path
     root: str  # the hierarchy path mounted there ("/" unless in a cgroup namespace)

@@ -333,24 +333,24 @@ def _parse_sync(data: bytes, err_path: Path, runtime_name: str, what: str) -> in
     return pid
 
 
-_LOGRUS_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+_LOGRUS_MSG = r'msg="((?:[^"\\]|\\.)*)"'  # compiled by re when first used
 
 
 def runc_error_text(raw: str) -> str:
     """The message of runc's logrus line(s), unescaped and on one line."""
     msgs = []
-    for m in _LOGRUS_MSG.finditer(raw):
+    for m in re.finditer(_LOGRUS_MSG, raw):
         try:
             msgs.append(json.loads(f'"{m.group(1)}"'))
         except ValueError:
             msgs.append(m.group(1))
     text = "; ".join(msgs) if msgs else raw.strip()
     text = text.replace("\n", " ").strip()
-    return _RUNTIME_FAILED.sub("", text, count=1)
+    return re.sub(_RUNTIME_FAILED, "", text, count=1)
 
 
 # "runc create failed: ", "crun exec failed: ": the runtime's prefix, which says nothing.
-_RUNTIME_FAILED = re.compile(r"^[\w.-]+ (?:create|exec) failed: ")
+_RUNTIME_FAILED = r"^[\w.-]+ (?:create|exec) failed: "
 
 
 def error_exit_code(text: str) -> int:

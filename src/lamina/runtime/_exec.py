@@ -1,4 +1,5 @@
-"""``runc exec``: running another process in a running container.
+"""``<runtime> exec`` (runc, or the runtime the container was created with): running
+another process in a running container.
 
 The process spec starts from the container's own (``config.json``: env,
 capabilities, user, cwd, rlimits, no_new_privileges) and takes the exec's

@@ -18,7 +18,9 @@ BACKENDS = ("oci",)
 
 def open_runtime(root: Path, backend: str = "oci", **options: Any) -> Runtime:
     """The ``backend`` runtime ("oci": runc + conmon) over ``root``. ``options`` go to
-    the backend (``registry_config=`` for pulls)."""
+    the backend: ``oci_runtime=`` ("runc", "crun" or a path: the OCI runtime new
+    containers are created with; missing or unusable here -> LaminaError, before
+    anything is done), ``registry_config=`` for pulls."""
     if backend in ("oci", "process", "runc"):
         from lamina.runtime._oci import OciRuntime
 

@@ -32,7 +32,6 @@ from typing import Any, BinaryIO, cast
 
 from lamina.errors import InvalidReference, LaminaError, NotFound
 from lamina.image import (
-    BlobWriter,
     Compression,
     Descriptor,
     ImageRecord,
@@ -47,7 +46,10 @@ from lamina.image import (
     parse_reference,
     write_layer,
 )
-from lamina.image._import import apply_changes  # not re-exported by lamina.image (yet)
+
+# Not re-exported by lamina.image (yet): the commit instructions and the file-like
+# adapter over a content store ingest that ``lamina import`` writes layers through.
+from lamina.image._import import _BlobSink, apply_changes
 from lamina.runtime._paths import secure_join
 from lamina.runtime._types import ChangeEntry
 
@@ -370,29 +372,6 @@ def commit_layer(upper: Path, out_dir: Path) -> CommittedLayer:
     return CommittedLayer(final, written)
 
 
-class _IngestSink:
-    """The minimum of a binary file write_layer needs, over a content store ingest."""
-
-    def __init__(self, writer: BlobWriter) -> None:
-        self.writer = writer
-
-    def write(self, data: bytes | memoryview) -> int:
-        return self.writer.write(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
 # Docker layer media types and their OCI twins (same bytes): the new manifest is OCI.
 _OCI_LAYER_TYPE = {
     media.DOCKER_LAYER_TAR: media.OCI_LAYER_TAR,
@@ -486,7 +465,7 @@ def _ingest_layer(local: LocalImages, upper: Path) -> LayerWritten:
         writer.truncate()
         written = write_layer(
             upper,
-            cast(BinaryIO, _IngestSink(writer)),
+            cast(BinaryIO, _BlobSink(writer)),
             compression=Compression.GZIP,
             overlay_upper=True,
         )

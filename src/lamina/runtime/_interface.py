@@ -39,6 +39,10 @@ class Runtime(abc.ABC):
 
     name: str = ""
 
+    def close(self) -> None:  # noqa: B027 - optional: not every backend holds anything
+        """Release what this object holds open (database connections); containers
+        are not affected."""
+
     # -- images
     @abc.abstractmethod
     def pull(self, reference: str, *, policy: str = "if-not-present") -> str:

@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS tombstones (
 """
 _TOMBSTONE_SECONDS = 600
 
-_NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_NAME_RE = r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$"  # compiled by re when first used
 _ACTIVE = (Status.RUNNING.value, Status.PAUSED.value)
 
 
@@ -148,7 +148,7 @@ def new_id() -> str:
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not re.match(_NAME_RE, name):
         raise LaminaError(
             f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
         )

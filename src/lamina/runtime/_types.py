@@ -47,6 +47,8 @@ class Mount:
 
 @dataclass
 class Resources:
+    """cgroup limits; None leaves a limit unset (or unchanged, for ``update``)."""
+
     cpus: float | None = None  # --cpus: quota/period
     cpu_shares: int | None = None
     cpuset_cpus: str | None = None
@@ -57,6 +59,8 @@ class Resources:
 
 @dataclass
 class Ulimit:
+    """One rlimit of the container's processes."""
+
     name: str  # "nofile", "nproc", ... (without RLIMIT_)
     soft: int
     hard: int
@@ -64,6 +68,8 @@ class Ulimit:
 
 @dataclass
 class Security:
+    """What the container may do: capabilities, seccomp, privileges, root mode."""
+
     privileged: bool = False
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
@@ -104,6 +110,8 @@ class ContainerConfig:
 
 @dataclass
 class ContainerState:
+    """The state of a container's current or last run."""
+
     status: Status
     pid: int = 0
     exit_code: int | None = None
@@ -115,6 +123,8 @@ class ContainerState:
 
 @dataclass
 class WaitOutcome:
+    """How a run ended, as ``wait`` reports it."""
+
     exit_code: int
     reason: ExitReason
     signal: str | None = None  # "SIGKILL" when exit_code > 128 by a signal
@@ -124,6 +134,8 @@ class WaitOutcome:
 
 @dataclass
 class ExecResult:
+    """The exit status of an exec, with its captured output (empty when streamed)."""
+
     exit_code: int
     stdout: bytes
     stderr: bytes
@@ -131,6 +143,8 @@ class ExecResult:
 
 @dataclass
 class Stats:
+    """One resource usage sample of a container."""
+
     cpu_usage_ns: int = 0
     system_cpu_ns: int = 0  # host CPU time at the sample, for cpu_percent
     cpu_percent: float = 0.0
@@ -160,6 +174,8 @@ class Container:
 
 @dataclass
 class LogEntry:
+    """One line (or the unterminated rest) of a container's stdout or stderr."""
+
     stream: str  # "stdout" | "stderr"
     timestamp: float
     data: bytes
@@ -167,5 +183,7 @@ class LogEntry:
 
 @dataclass
 class ChangeEntry:
+    """One ``docker diff`` line."""
+
     kind: str  # "A" added, "C" changed, "D" deleted (docker diff)
     path: str

@@ -20,7 +20,8 @@ def main(argv: list[str]) -> int:
     from lamina.errors import LaminaError
     from lamina.runtime._oci import OciRuntime
 
-    runtime = OciRuntime(Path(argv[0]))
+    # No default runtime to look up: the container's row names the one it runs on.
+    runtime = OciRuntime(Path(argv[0]), oci_runtime=None)
     try:
         runtime.cleanup(argv[1])
     except LaminaError as e:
