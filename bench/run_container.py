@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LAMINA = [sys.executable, "-m", "lamina.cli.main"]
+# The console script, as a user runs it (python -m would add runpy to start-up).
+LAMINA = [str(Path(sys.executable).with_name("lamina"))]
 IMAGE = "bench/busybox:latest"
 CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]

@@ -53,6 +53,8 @@ _COMMANDS: dict[str, str] = {
     "container": "_containers:container",
     "volume": "_volumes:volume",
     "vm": "_vm:vm",
+    "build": "_build:build",
+    "builder": "_build:builder",
     "version": "_info:version",
     "info": "_info:info",
 }
@@ -114,6 +116,8 @@ _SUMMARIES = {
     "container": "Manage containers (ls, run, create, start, stop, rm, prune, ...)",
     "volume": "Manage volumes (create, ls, rm, inspect, prune)",
     "vm": "Manage micro-VM base bundles (build-base, pull, inspect)",
+    "build": "Build an image from a Dockerfile",
+    "builder": "Manage the build cache (prune)",
     "save": "Save images to an archive (oci-archive or docker-archive)",
     "load": "Load images from an archive or OCI layout",
     "import": "Create an image from a root filesystem directory or tarball",
