@@ -1,0 +1,196 @@
+"""Turning a directory of changes into a layer, a snapshot and an image record.
+
+A build step that changed the filesystem leaves an overlay *upper* directory (a
+RUN container's, or the scratch overlay a COPY wrote through). ``commit_layer``
+archives it into the content store (``write_layer``, deterministic, whiteouts for
+deletions) and then *adopts* the directory as the snapshot of the new layer stack,
+so the next step mounts it at once instead of unpacking the blob it was just
+compressed into. Adoption follows the snapshot store's on-disk contract
+(``<snapshots>/<hex chain id>/{fs,meta.json}``, appearing by one rename of a
+complete ``.tmp-`` directory); when the rename cannot be done (another process
+won, another filesystem) the directory is dropped and the runtime unpacks the
+blob when it needs the snapshot.
+
+``stack_image`` gives a layer stack an image record the runtime can start a
+container from: a config with nothing but the platform and the diff_ids, so the
+same stack always is the same record. These records are held by ``build-cache``:
+``image prune`` keeps them, ``lamina builder prune`` drops them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from lamina.errors import NotFound
+from lamina.image import _media as media
+from lamina.image._local import LocalImages
+from lamina.image._manifest import Descriptor, Manifest, Platform, dump_json
+from lamina.image._snapshots import chain_ids
+
+if TYPE_CHECKING:
+    from lamina.image._layers import LayerWritten
+
+HOLDER = "build-cache"
+# Docker layer types become their OCI equivalents in the manifests lamina writes.
+_OCI_LAYER_TYPE = {
+    media.DOCKER_LAYER_GZIP: media.OCI_LAYER_GZIP,
+    media.DOCKER_LAYER_TAR: media.OCI_LAYER_TAR,
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    media_type: str
+    digest: str
+    size: int
+    diff_id: str
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+class Store:
+    """The local image plane, shared by the stage threads of one build: SQLite
+    writes go through one lock (one connection, one transaction at a time)."""
+
+    def __init__(self, local: LocalImages) -> None:
+        self.local = local
+        self.lock = threading.Lock()
+
+    def add_blob(self, data: bytes) -> str:
+        with self.lock:
+            return self.local.content.add(data)
+
+    def write_layer(
+        self, src: Path, *, compression: str, epoch: int | None, overlay_upper: bool
+    ) -> LayerWritten:
+        """Archive ``src`` straight into the content store."""
+        # Imported here: a fully cached build never compresses anything.
+        from lamina.image._layers import Compression, write_layer
+
+        writer = self.local.content.writer(f"build-{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            writer.truncate()
+            written = write_layer(
+                src,
+                cast(BinaryIO, writer),
+                compression=Compression(compression),
+                overlay_upper=overlay_upper,
+                source_date_epoch=epoch,
+            )
+            if self.local.content.exists(written.digest):
+                writer.abort()
+            else:
+                writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return written
+
+    def adopt(self, chain_id: str, fs: Path, diff_id: str, size: int) -> bool:
+        """Make ``fs`` the snapshot ``chain_id`` (moved, not copied); False when it
+        could not be (the directory is then removed)."""
+        snapshots = self.local.snapshots
+        if snapshots.exists(chain_id):
+            shutil.rmtree(fs, ignore_errors=True)
+            return True
+        final = snapshots.root / chain_id.removeprefix("sha256:")
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=snapshots.root))
+        try:
+            os.chmod(tmp, 0o755)
+            os.rename(fs, tmp / "fs")
+            os.chmod(tmp / "fs", 0o755)
+            meta = {"chain_id": chain_id, "diff_id": diff_id, "size": size}
+            (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+            os.rename(tmp, final)
+            return True
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(fs, ignore_errors=True)
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV):
+                return snapshots.exists(chain_id)
+            raise
+
+    def commit_dir(
+        self,
+        src: Path,
+        base_diff_ids: list[str],
+        *,
+        compression: str,
+        epoch: int | None,
+        overlay_upper: bool,
+    ) -> Layer:
+        """``src`` as the next layer on ``base_diff_ids``: blob, then snapshot."""
+        written = self.write_layer(
+            src, compression=compression, epoch=epoch, overlay_upper=overlay_upper
+        )
+        chain = chain_ids([*base_diff_ids, written.diff_id])[-1]
+        self.adopt(chain, src, written.diff_id, written.uncompressed_size)
+        return Layer(written.media_type, written.digest, written.size, written.diff_id)
+
+    def stack_image(
+        self, platform: Platform, layers: list[dict[str, Any]], diff_ids: list[str]
+    ) -> str:
+        """The image ID of a record holding exactly this layer stack (made and held
+        by ``build-cache`` when new)."""
+        cfg: dict[str, Any] = {"architecture": platform.architecture, "os": platform.os}
+        if platform.variant:
+            cfg["variant"] = platform.variant
+        cfg["config"] = {}
+        cfg["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+        config_bytes = dump_json(cfg)
+        config_digest = self.add_blob(config_bytes)
+        manifest = Manifest(
+            media.OCI_MANIFEST,
+            Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
+            [descriptor(d) for d in layers],
+        )
+        target = self.add_blob(dump_json(manifest))
+        with self.lock:
+            images = self.local.images
+            try:
+                images.get_by_digest(target)
+            except NotFound:
+                images.put(self.local.record(target, platform))
+            images.hold(HOLDER, target)
+        return config_digest
+
+    def put_image(
+        self, config: dict[str, Any], layers: list[dict[str, Any]], names: list[str]
+    ) -> Any:
+        """Store a final image (config + OCI manifest) and name it."""
+        config_bytes = dump_json(config)
+        config_digest = self.add_blob(config_bytes)
+        manifest = Manifest(
+            media.OCI_MANIFEST,
+            Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
+            [descriptor(d) for d in layers],
+        )
+        target = self.add_blob(dump_json(manifest))
+        plat = Platform(
+            os=str(config.get("os", "linux")),
+            architecture=str(config.get("architecture", "")),
+            variant=config.get("variant"),
+        )
+        with self.lock:
+            record = self.local.record(target, plat)
+            return self.local.images.put(record, names)
+
+
+def descriptor(d: dict[str, Any]) -> Descriptor:
+    mt = str(d["mediaType"])
+    return Descriptor(
+        _OCI_LAYER_TYPE.get(mt, mt),
+        str(d["digest"]),
+        int(d["size"]),
+        urls=tuple(d.get("urls") or ()),
+    )
