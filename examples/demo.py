@@ -179,6 +179,24 @@ def main() -> None:
             sh("lamina", "ps", "-a", root=root)
             sh("lamina", "rm", "web", root=root)
 
+            step("Build an app from a multi-stage Dockerfile, then rebuild from the cache")
+            app = HERE / "app"
+            for _ in range(2):
+                sh(
+                    "lamina",
+                    "build",
+                    "--progress",
+                    "plain",
+                    "--build-arg",
+                    f"BASE={remote}",
+                    "-t",
+                    "demo/app:1.0",
+                    str(app),
+                    root=root,
+                )
+            sh("lamina", "run", "--rm", "demo/app:1.0", root=root)
+            sh("lamina", "images", root=root)
+
             step("Interactive: -it gives a shell on a pseudo-terminal")
             interactive(root, remote)
 

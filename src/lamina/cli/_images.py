@@ -206,7 +206,9 @@ def _image_rows(
 @click.command("images")
 @click.argument("repository", required=False)
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
-@click.option("-a", "--all", "all_", is_flag=True, help="Show all images (kept for Docker).")
+@click.option(
+    "-a", "--all", "all_", is_flag=True, help="Show intermediate images of the build cache too."
+)
 @click.option("--digests", is_flag=True, help="Show digests.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
 @click.option(
@@ -229,7 +231,11 @@ def images(
 ) -> None:
     """List images."""
     local = open_local()
-    selected = _filter_images(local.images.list(), repository, filters)
+    records = local.images.list()
+    if not all_:
+        # As Docker hides intermediate images: unnamed ones the build cache holds.
+        records = [r for r in records if r.names or not _held_only_by_build_cache(local, r.digest)]
+    selected = _filter_images(records, repository, filters)
     if quiet:
         seen: list[str] = []
         for rec, _ in selected:
@@ -245,6 +251,11 @@ def images(
         ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
     )
     print_table(headers, _image_rows(selected, digests, no_trunc))
+
+
+def _held_only_by_build_cache(local: LocalImages, digest: str) -> bool:
+    holders = local.images.holders(digest)
+    return bool(holders) and all(h == "build-cache" for h in holders)
 
 
 def _image_json(rec: ImageRecord) -> dict[str, Any]:
