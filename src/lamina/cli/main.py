@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +128,23 @@ _SUMMARIES = {
 }
 
 
-@dataclass
 class Settings:
-    """Global options, passed to every command through the click context."""
+    """Global options, passed to every command through the click context.
+    (A plain class: importing dataclasses would cost ``lamina --help`` ~15 ms.)"""
 
-    root: Path
-    debug: bool
-    insecure_registries: tuple[str, ...]
-    registries_config: str | None
-    oci_runtime: str = "runc"
+    def __init__(
+        self,
+        root: Path,
+        debug: bool,
+        insecure_registries: tuple[str, ...],
+        registries_config: str | None,
+        oci_runtime: str = "runc",
+    ) -> None:
+        self.root = root
+        self.debug = debug
+        self.insecure_registries = insecure_registries
+        self.registries_config = registries_config
+        self.oci_runtime = oci_runtime
 
 
 @click.group(
