@@ -23,7 +23,7 @@ from lamina.runtime._fsops import (
     copy_in,
     copy_out,
     diff,
-    resolve_in_root,
+    secure_join,
 )
 from lamina.runtime._types import ChangeEntry
 
@@ -111,10 +111,10 @@ def _tar(entries: list[tuple[str, str | bytes | None]], **kw: object) -> bytes:
     return buf.getvalue()
 
 
-# -- resolve_in_root ------------------------------------------------------------
+# -- secure_join ------------------------------------------------------------
 
 
-def test_resolve_in_root_clamps_symlinks(tmp_path: Path) -> None:
+def test_secure_join_clamps_symlinks(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     os.symlink("/", root / "evil")
@@ -123,16 +123,16 @@ def test_resolve_in_root_clamps_symlinks(tmp_path: Path) -> None:
     os.symlink("loop2", root / "loop1")
     os.symlink("loop1", root / "loop2")
     r = str(root.resolve())
-    assert str(resolve_in_root(root, "evil/etc/shadow")) == f"{r}/etc/shadow"
-    assert str(resolve_in_root(root, "/up/shadow")) == f"{r}/etc/shadow"
-    assert str(resolve_in_root(root, "../../../etc")) == f"{r}/etc"
-    assert str(resolve_in_root(root, "/")) == r
-    assert str(resolve_in_root(root, "/hostslink")) == f"{r}/etc/hosts"
-    assert str(resolve_in_root(root, "/hostslink", follow_final=False)) == f"{r}/hostslink"
-    assert str(resolve_in_root(root, "/evil/", follow_final=False)) == r  # "/" means follow
-    assert str(resolve_in_root(root, "/missing/../etc")) == f"{r}/etc"
+    assert str(secure_join(root, "evil/etc/shadow")) == f"{r}/etc/shadow"
+    assert str(secure_join(root, "/up/shadow")) == f"{r}/etc/shadow"
+    assert str(secure_join(root, "../../../etc")) == f"{r}/etc"
+    assert str(secure_join(root, "/")) == r
+    assert str(secure_join(root, "/hostslink")) == f"{r}/etc/hosts"
+    assert str(secure_join(root, "/hostslink", follow_final=False)) == f"{r}/hostslink"
+    assert str(secure_join(root, "/evil/", follow_final=False)) == r  # "/" means follow
+    assert str(secure_join(root, "/missing/../etc")) == f"{r}/etc"
     with pytest.raises(LaminaError, match="too many levels of symbolic links"):
-        resolve_in_root(root, "/loop1/x")
+        secure_join(root, "/loop1/x")
 
 
 # -- diff -------------------------------------------------------------------------

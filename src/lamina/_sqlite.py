@@ -1,9 +1,13 @@
-"""Opening lamina's SQLite databases the one way: WAL, NORMAL sync, any thread."""
+"""Opening lamina's SQLite databases the one way (WAL, NORMAL sync, any thread) and
+the one way to write to them: ``transaction`` (BEGIN IMMEDIATE ... COMMIT, rolled
+back on any exception)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,3 +32,17 @@ def connect(db_path: Path, schema: str) -> sqlite3.Connection:
                 db.close()
                 raise
             time.sleep(0.01)
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction on ``db`` (a ``connect`` connection): BEGIN IMMEDIATE, so
+    read-modify-write sequences do not interleave; COMMIT on success, ROLLBACK (and
+    re-raise) on any exception. Threads sharing ``db`` serialise around it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lamina._sqlite import connect
+from lamina._sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -79,16 +79,8 @@ class BuildCache:
         if not keys:
             return
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "UPDATE steps SET used=? WHERE key=?", [(now, k) for k in keys]
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            db.executemany("UPDATE steps SET used=? WHERE key=?", [(now, k) for k in keys])
 
     def file_digests(self, under: Path) -> dict[str, tuple[str, str]]:
         """Known file digests below the directory ``under``: path -> (sig, digest)."""
@@ -104,14 +96,8 @@ class BuildCache:
         if not fresh:
             return
         rows = [(p, sig, d) for p, (sig, d) in fresh.items()]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?)", rows)
 
     def count(self) -> int:
         with self._lock:

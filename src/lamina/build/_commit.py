@@ -22,13 +22,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any
 
 from lamina.errors import NotFound
 from lamina.image import _media as media
@@ -75,26 +74,17 @@ class Store:
     ) -> LayerWritten:
         """Archive ``src`` straight into the content store."""
         # Imported here: a fully cached build never compresses anything.
-        from lamina.image._layers import Compression, write_layer
+        from lamina.image._import import ingest_layer
+        from lamina.image._layers import Compression
 
-        writer = self.local.content.writer(f"build-{os.getpid()}-{secrets.token_hex(8)}")
-        try:
-            writer.truncate()
-            written = write_layer(
-                src,
-                cast(BinaryIO, writer),
-                compression=Compression(compression),
-                overlay_upper=overlay_upper,
-                source_date_epoch=epoch,
-            )
-            if self.local.content.exists(written.digest):
-                writer.abort()
-            else:
-                writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        return written
+        return ingest_layer(
+            self.local.content,
+            src,
+            ref="build",
+            compression=Compression(compression),
+            overlay_upper=overlay_upper,
+            source_date_epoch=epoch,
+        )
 
     def adopt(self, chain_id: str, fs: Path, diff_id: str, size: int) -> bool:
         """Make ``fs`` the snapshot ``chain_id`` (moved, not copied); False when it
@@ -137,6 +127,18 @@ class Store:
         self.adopt(chain, src, written.diff_id, written.uncompressed_size)
         return Layer(written.media_type, written.digest, written.size, written.diff_id)
 
+    def add_image(self, config: dict[str, Any], layers: list[dict[str, Any]]) -> tuple[str, str]:
+        """Store ``config`` and an OCI manifest over it and ``layers``; returns
+        (config digest, manifest digest)."""
+        config_bytes = dump_json(config)
+        config_digest = self.add_blob(config_bytes)
+        manifest = Manifest(
+            media.OCI_MANIFEST,
+            Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
+            [descriptor(d) for d in layers],
+        )
+        return config_digest, self.add_blob(dump_json(manifest))
+
     def stack_image(
         self, platform: Platform, layers: list[dict[str, Any]], diff_ids: list[str]
     ) -> str:
@@ -147,14 +149,7 @@ class Store:
             cfg["variant"] = platform.variant
         cfg["config"] = {}
         cfg["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
-        config_bytes = dump_json(cfg)
-        config_digest = self.add_blob(config_bytes)
-        manifest = Manifest(
-            media.OCI_MANIFEST,
-            Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
-            [descriptor(d) for d in layers],
-        )
-        target = self.add_blob(dump_json(manifest))
+        config_digest, target = self.add_image(cfg, layers)
         with self.lock:
             images = self.local.images
             try:
@@ -168,14 +163,7 @@ class Store:
         self, config: dict[str, Any], layers: list[dict[str, Any]], names: list[str]
     ) -> Any:
         """Store a final image (config + OCI manifest) and name it."""
-        config_bytes = dump_json(config)
-        config_digest = self.add_blob(config_bytes)
-        manifest = Manifest(
-            media.OCI_MANIFEST,
-            Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
-            [descriptor(d) for d in layers],
-        )
-        target = self.add_blob(dump_json(manifest))
+        _, target = self.add_image(config, layers)
         plat = Platform(
             os=str(config.get("os", "linux")),
             architecture=str(config.get("architecture", "")),

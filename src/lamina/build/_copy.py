@@ -164,21 +164,16 @@ class CopyJob:
         opts = self._opts(default_root=True)
         if stat.S_ISDIR(st.st_mode):
             target = self._dest_dir()
-            dirs: list[tuple[str, os.stat_result]] = []
-            for sub, sst in ctx.walk(rel):
-                if sub == rel:
-                    continue
-                name = sub[len(rel) :].lstrip("/") if rel else sub
-                if self._excluded(name):
-                    continue
-                dst = os.path.join(target, name)
-                if stat.S_ISDIR(sst.st_mode):
-                    fops.make_dir(dst, sst, opts)
-                    dirs.append((dst, sst))
-                else:
-                    fops.copy_entry(ctx.abspath(sub), dst, sst, opts)
-            for d, dst_st in reversed(dirs):
-                fops.finish_dir(d, dst_st)
+
+            def entries() -> Iterator[tuple[str, str, os.stat_result]]:
+                for sub, sst in ctx.walk(rel):
+                    if sub == rel:
+                        continue
+                    name = sub[len(rel) :].lstrip("/") if rel else sub
+                    if not self._excluded(name):
+                        yield name, ctx.abspath(sub), sst
+
+            fops.copy_entries(entries(), str(target), opts)
             return
         name = as_name
         if self._excluded(name):
@@ -219,18 +214,8 @@ class CopyJob:
         if self.exclude is None:
             fops.copy_tree(src, dst, opts)
             return
-        dirs: list[tuple[str, os.stat_result]] = []
-        for rel, path, st in fs_walk(src):
-            if not rel or self._excluded(rel):
-                continue
-            target = os.path.join(dst, rel)
-            if stat.S_ISDIR(st.st_mode):
-                fops.make_dir(target, st, opts)
-                dirs.append((target, st))
-            else:
-                fops.copy_entry(path, target, st, opts)
-        for d, dst_st in reversed(dirs):
-            fops.finish_dir(d, dst_st)
+        entries = (e for e in fs_walk(src) if e[0] and not self._excluded(e[0]))
+        fops.copy_entries(entries, dst, opts)
 
     def _extract(self, path: str) -> None:
         """ADD of a local archive: unpack it into the destination directory."""

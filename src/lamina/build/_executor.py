@@ -34,7 +34,6 @@ import os
 import posixpath
 import re
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -81,6 +80,16 @@ from lamina.build._stages import (
 )
 from lamina.build.shell import ShellSyntaxError, process_words
 from lamina.errors import LaminaError, NotFound
+from lamina.image._config import (
+    CONFIG_ORDER,
+    HEALTHCHECK_DURATIONS,
+    expose_ports,
+    merge_env,
+    ordered_config,
+    parse_duration,
+    valid_signal,
+)
+from lamina.image._config import rfc3339 as rfc3339_ns
 from lamina.image._local import LocalImages
 from lamina.image._platform import host_platform, parse_platform, platform_str
 from lamina.image._reference import parse_reference
@@ -90,33 +99,8 @@ from lamina.image._store import ImageRecord
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _FS_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})
-_CONFIG_ORDER = (
-    "User",
-    "ExposedPorts",
-    "Env",
-    "Entrypoint",
-    "Cmd",
-    "Healthcheck",
-    "Volumes",
-    "WorkingDir",
-    "OnBuild",
-    "Labels",
-    "StopSignal",
-    "Shell",
-    "ArgsEscaped",
-)
+_CONFIG_ORDER = (*CONFIG_ORDER, "Shell", "ArgsEscaped")
 _IMAGE_KEYS = ("created", "author", "architecture", "os", "os.version", "os.features", "variant")
-_PORT = re.compile(r"(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {
-    "ns": 1,
-    "us": 10**3,
-    "µs": 10**3,
-    "ms": 10**6,
-    "s": 10**9,
-    "m": 60 * 10**9,
-    "h": 3600 * 10**9,
-}
 _HEREDOC_ONLY = re.compile(r"<<-?\s*([\"']?)([^\s\"']+)\1")
 
 
@@ -176,12 +160,7 @@ class ImageState:
 
 
 def rfc3339(seconds: float) -> str:
-    ns = int(seconds * 1_000_000_000)
-    secs, frac = divmod(ns, 1_000_000_000)
-    out = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    if frac:
-        out += "." + f"{frac:09d}".rstrip("0")
-    return out + "Z"
+    return rfc3339_ns(int(seconds * 1_000_000_000))
 
 
 def _go_quote_list(items: list[str]) -> str:
@@ -433,10 +412,8 @@ class Builder:
         for key in ("ExposedPorts", "Volumes", "Labels"):
             if isinstance(inner.get(key), dict):  # Go writes maps sorted
                 inner[key] = dict(sorted(inner[key].items()))
-        ordered = {k: inner[k] for k in _CONFIG_ORDER if k in inner}
-        ordered.update((k, v) for k, v in inner.items() if k not in ordered)
         out = {k: cfg[k] for k in _IMAGE_KEYS if k in cfg}
-        out["config"] = ordered
+        out["config"] = ordered_config(inner, _CONFIG_ORDER)
         out["rootfs"] = cfg.get("rootfs") or {"type": "layers", "diff_ids": []}
         out["history"] = cfg.get("history") or []
         return out
@@ -812,16 +789,7 @@ class StageRun:
             self.senv.set_env(k, v)
 
         def mutate(c: dict[str, Any]) -> None:
-            env = list(c.get("Env") or [])
-            for k, v in pairs:
-                item = f"{k}={v}"
-                for i, old in enumerate(env):
-                    if str(old).partition("=")[0] == k:
-                        env[i] = item
-                        break
-                else:
-                    env.append(item)
-            c["Env"] = env
+            c["Env"] = merge_env(c.get("Env") or [], pairs)
 
         text = " ".join(f"{k}={v}" for k, v in pairs)
         self.meta(ins, ["ENV", pairs], mutate, f"ENV {text}")
@@ -867,19 +835,10 @@ class StageRun:
         ports: list[str] = []
         for arg in ins.args:
             for word in self.expand_words(ins, arg):
-                m = _PORT.fullmatch(word)
-                if m is None:
-                    raise BuildError(
-                        f"{self.where(ins)}: invalid port {word!r} (want PORT[-END][/PROTO])"
-                    )
-                start = int(m.group(1))
-                end = int(m.group(2)) if m.group(2) else start
-                proto = (m.group(3) or "tcp").lower()
-                if proto not in ("tcp", "udp", "sctp"):
-                    raise BuildError(f"{self.where(ins)}: invalid protocol {proto!r} in {word!r}")
-                if not 0 <= start <= end <= 65535:
-                    raise BuildError(f"{self.where(ins)}: invalid port range {word!r}")
-                ports += [f"{p}/{proto}" for p in range(start, end + 1)]
+                try:
+                    ports += expose_ports(word)
+                except ValueError as e:
+                    raise BuildError(f"{self.where(ins)}: {e}") from None
 
         def mutate(c: dict[str, Any]) -> None:
             exposed = dict(c.get("ExposedPorts") or {})
@@ -950,7 +909,7 @@ class StageRun:
         self.check_flags(ins, ())
         self.need_args(ins)
         sig = self.expand(ins, ins.args[0])
-        if not _valid_signal(sig):
+        if not valid_signal(sig):
             raise BuildError(f"{self.where(ins)}: invalid STOPSIGNAL {sig!r}")
 
         def mutate(c: dict[str, Any]) -> None:
@@ -980,12 +939,6 @@ class StageRun:
                     raise BuildError(f"{where}: HEALTHCHECK CMD needs a command")
                 test = ["CMD-SHELL", rest]
             check = {"Test": test}
-            keys = {
-                "interval": "Interval",
-                "timeout": "Timeout",
-                "start-period": "StartPeriod",
-                "start-interval": "StartInterval",
-            }
             for flag, value in ins.flags:
                 value = value or ""
                 if flag == "retries":
@@ -998,7 +951,7 @@ class StageRun:
                 else:
                     ns = _duration(value, flag, where)
                     if ns:
-                        check[keys[flag]] = ns
+                        check[HEALTHCHECK_DURATIONS[flag]] = ns
         else:
             raise BuildError(
                 f"{where}: HEALTHCHECK: unknown type {ins.args[0]!r} (want CMD or NONE)"
@@ -1344,31 +1297,14 @@ class StageRun:
 
 
 def _duration(text: str, flag: str, where: str) -> int:
-    """Go's time.ParseDuration (non-negative); nanoseconds."""
-    if text == "0":
-        return 0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION.match(text, pos)
-        if m is None:
-            raise BuildError(f"{where}: HEALTHCHECK --{flag}: invalid duration {text!r}")
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise BuildError(f"{where}: HEALTHCHECK --{flag}: empty duration")
-    ns = int(total)
+    """Go's time.ParseDuration (non-negative); nanoseconds, at least 1ms when not 0."""
+    try:
+        ns = parse_duration(text)
+    except ValueError as e:
+        raise BuildError(f"{where}: HEALTHCHECK --{flag}: {e}") from None
     if 0 < ns < 1_000_000 and flag != "retries":
         raise BuildError(f"{where}: HEALTHCHECK --{flag} cannot be less than 1ms")
     return ns
-
-
-def _valid_signal(sig: str) -> bool:
-    if sig.isdigit():
-        return 0 < int(sig) <= 64
-    name = sig.upper().removeprefix("SIG")
-    if re.fullmatch(r"RTMIN\+\d+|RTMAX-\d+|RTMIN|RTMAX", name):
-        return True
-    return ("SIG" + name) in signal.Signals.__members__
 
 
 def build(root: Path, options: BuildOptions, progress: Progress | None = None) -> BuildResult:

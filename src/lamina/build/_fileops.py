@@ -23,16 +23,17 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina._paths import join_in_root
 from lamina.build._dockerfile import BuildError
+from lamina.errors import LaminaError
 
 _MNT_DETACH = 2
 _MOUNT_OPTIONS_MAX = 4000  # the kernel copies one page of mount data
-_MAX_SYMLINKS = 40
 _CHDIR_LOCK = threading.Lock()  # the relative-lowerdir trick changes the process cwd
 
 
@@ -157,27 +158,10 @@ def resolve_in(root: Path, path: str, *, follow_last: bool = True) -> Path:
     """``path`` inside the tree ``root`` as a host path, symlinks resolved as if
     ``root`` were ``/`` (``..`` and absolute links stay inside). Missing components
     are kept as they are."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        comp = parts.pop(0)
-        if comp == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, comp)
-        if (parts or follow_last) and os.path.islink(candidate):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise BuildError(f"too many levels of symbolic links in {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(comp)
-    return Path(root, *resolved)
+    try:
+        return join_in_root(root, path, follow_final=follow_last)
+    except LaminaError:
+        raise BuildError(f"too many levels of symbolic links in {path}") from None
 
 
 # ------------------------------------------------------------------ users and groups
@@ -425,6 +409,24 @@ def make_dir(dst: str, st: os.stat_result, opts: CopyOptions) -> None:
 def finish_dir(dst: str, st: os.stat_result) -> None:
     """Directory times last, once its contents are written."""
     os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_entries(
+    entries: Iterable[tuple[str, str, os.stat_result]], dst_root: str, opts: CopyOptions
+) -> None:
+    """Copy (name relative to ``dst_root``, source path, lstat) entries, each directory
+    before what it holds, into the existing directory ``dst_root``; directory times are
+    set last, once nothing more is written into them."""
+    dirs: list[tuple[str, os.stat_result]] = []
+    for rel, path, st in entries:
+        target = os.path.join(dst_root, rel)
+        if stat.S_ISDIR(st.st_mode):
+            make_dir(target, st, opts)
+            dirs.append((target, st))
+        else:
+            copy_entry(path, target, st, opts)
+    for d, st in reversed(dirs):
+        finish_dir(d, st)
 
 
 def copy_tree(src_root: str, dst_root: str, opts: CopyOptions) -> None:

@@ -69,7 +69,12 @@ from lamina.errors import (
 from lamina.image import _media as media
 from lamina.image._content import ContentStore
 from lamina.image._digest import digest_hex, digest_problem
-from lamina.image._layers import Compression, detect_compression, open_decompressed
+from lamina.image._layers import (
+    Compression,
+    PrefixedReader,
+    detect_compression,
+    open_decompressed,
+)
 from lamina.image._local import LocalImages
 from lamina.image._manifest import (
     Descriptor,
@@ -1069,34 +1074,12 @@ def _blob_compression(path: Path) -> str | None:
         return _sniff(f.read(6))
 
 
-class _Prefixed(io.RawIOBase):
-    """A stream with the bytes already read from it put back in front."""
-
-    def __init__(self, head: bytes, f: BinaryIO) -> None:
-        self._head = head
-        self._f = f
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        view = memoryview(b).cast("B")
-        if self._head:
-            n = min(len(view), len(self._head))
-            view[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._f.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
 @contextlib.contextmanager
 def _decompressed(f: BinaryIO) -> Iterator[BinaryIO]:
     """``f`` decompressed according to its magic bytes (plain data passes through):
     gzip and zstd as layers are (threaded), xz and bzip2 as ``docker load`` accepts."""
     head = f.read(6)
-    raw = cast(BinaryIO, io.BufferedReader(_Prefixed(head, f), _CHUNK))
+    raw = cast(BinaryIO, io.BufferedReader(PrefixedReader(head, f), _CHUNK))
     kind = _sniff(head)
     if kind == "xz":
         with lzma.LZMAFile(raw) as x:

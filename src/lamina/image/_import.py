@@ -35,7 +35,6 @@ import os
 import posixpath
 import re
 import secrets
-import signal
 import tarfile
 import time
 import zlib
@@ -48,8 +47,17 @@ from isal import igzip_threaded
 from lamina.errors import InvalidLayer, InvalidReference, LaminaError, NotFound
 from lamina.image import _media as media
 from lamina.image._archive import _decompressed
-from lamina.image._content import BlobWriter
-from lamina.image._layers import Compression, write_layer
+from lamina.image._config import (
+    HEALTHCHECK_DURATIONS,
+    expose_ports,
+    merge_env,
+    ordered_config,
+    parse_duration,
+    rfc3339,
+    valid_signal,
+)
+from lamina.image._content import BlobWriter, ContentStore
+from lamina.image._layers import Compression, LayerWritten, normalise_parts, write_layer
 from lamina.image._local import LocalImages
 from lamina.image._manifest import Descriptor, Manifest, Platform, dump_json
 from lamina.image._platform import host_platform
@@ -60,20 +68,6 @@ _CHUNK = 1 << 20
 _GZIP_LEVEL = 1  # as write_layer: isal level 1 is the speed/size sweet spot for layers
 _XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 
-# Docker's container-config key order, so configs read as docker's do.
-_CONFIG_ORDER = (
-    "User",
-    "ExposedPorts",
-    "Env",
-    "Entrypoint",
-    "Cmd",
-    "Healthcheck",
-    "Volumes",
-    "WorkingDir",
-    "OnBuild",
-    "Labels",
-    "StopSignal",
-)
 INSTRUCTIONS = (
     "CMD",
     "ENTRYPOINT",
@@ -111,7 +105,7 @@ def import_rootfs(
     created_blobs: list[str] = []
     try:
         layer_digest, layer_size, diff_id = _write_layer(local, source, epoch, created_blobs)
-        created = _rfc3339(epoch * 1_000_000_000 if epoch is not None else time.time_ns())
+        created = rfc3339(epoch * 1_000_000_000 if epoch is not None else time.time_ns())
         config: dict[str, Any] = {"created": created, "architecture": plat.architecture}
         config["os"] = plat.os
         if plat.variant:
@@ -156,15 +150,6 @@ def _epoch(value: int | None) -> int | None:
         raise LaminaError(f"SOURCE_DATE_EPOCH must be an integer, got {env!r}") from None
 
 
-def _rfc3339(ns: int) -> str:
-    """Go's RFC3339Nano in UTC: trailing zeros of the fraction dropped."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    out = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    if frac:
-        out += "." + f"{frac:09d}".rstrip("0")
-    return out + "Z"
-
-
 def _add(local: LocalImages, data: bytes, created: list[str]) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if not local.content.exists(digest):
@@ -201,6 +186,39 @@ class _BlobSink:
 
     def close(self) -> None:
         pass
+
+
+def ingest_layer(
+    content: ContentStore,
+    src: Path,
+    *,
+    ref: str,
+    compression: Compression = Compression.GZIP,
+    overlay_upper: bool = False,
+    source_date_epoch: int | None = None,
+) -> LayerWritten:
+    """Archive the tree ``src`` (``write_layer``) straight into ``content`` through an
+    ingest named ``ref``-<pid>-<random>: committed, or dropped when the blob is
+    already there; nothing is left behind on failure. What ``lamina commit`` and the
+    builder store an upper directory with."""
+    writer = content.writer(f"{ref}-{os.getpid()}-{secrets.token_hex(8)}")
+    try:
+        writer.truncate()
+        written = write_layer(
+            src,
+            cast(BinaryIO, _BlobSink(writer)),
+            compression=compression,
+            overlay_upper=overlay_upper,
+            source_date_epoch=source_date_epoch,
+        )
+        if content.exists(written.digest):
+            writer.abort()
+        else:
+            writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return written
 
 
 def _write_layer(
@@ -306,16 +324,9 @@ def _passthrough(f: BinaryIO, sink: _BlobSink, epoch: int | None, label: str) ->
 
 
 def _relative(name: str, label: str) -> str:
-    parts: list[str] = []
-    for comp in name.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not parts:
-                raise InvalidLayer(f"cannot import {label}: entry {name!r} escapes the root")
-            parts.pop()
-        else:
-            parts.append(comp)
+    parts = normalise_parts(name)
+    if parts is None:
+        raise InvalidLayer(f"cannot import {label}: entry {name!r} escapes the root")
     return "/".join(parts)
 
 
@@ -379,9 +390,7 @@ def apply_changes(changes: Sequence[str], base: Mapping[str, Any] | None = None)
         if not args:
             raise LaminaError(f"--change {instruction} needs an argument")
         handler(state, args, instruction)
-    ordered = {k: cfg[k] for k in _CONFIG_ORDER if k in cfg}
-    ordered.update((k, v) for k, v in cfg.items() if k not in ordered)
-    return ordered
+    return ordered_config(cfg)
 
 
 class _ChangeState:
@@ -441,16 +450,7 @@ def _pairs(state: _ChangeState, args: str, instruction: str) -> list[tuple[str, 
 
 def _env(state: _ChangeState, args: str, instruction: str) -> None:
     pairs = _pairs(state, args, instruction)
-    env = list(state.cfg.get("Env") or [])
-    for key, value in pairs:
-        item = f"{key}={value}"
-        for i, old in enumerate(env):
-            if str(old).partition("=")[0] == key:
-                env[i] = item
-                break
-        else:
-            env.append(item)
-    state.cfg["Env"] = env
+    state.cfg["Env"] = merge_env(state.cfg.get("Env") or [], pairs)
 
 
 def _label(state: _ChangeState, args: str, instruction: str) -> None:
@@ -459,24 +459,15 @@ def _label(state: _ChangeState, args: str, instruction: str) -> None:
     state.cfg["Labels"] = labels
 
 
-_PORT_RE = re.compile(r"(\d+)(?:-(\d+))?(?:/([A-Za-z]+))?")
-
-
 def _expose(state: _ChangeState, args: str, _: str) -> None:
     ports = dict(state.cfg.get("ExposedPorts") or {})
     for word in _words(args, state.env(), split=True):
-        m = _PORT_RE.fullmatch(word)
-        if m is None:
-            raise LaminaError(f"--change EXPOSE: invalid port {word!r} (want PORT[-END][/PROTO])")
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) else start
-        proto = (m.group(3) or "tcp").lower()
-        if proto not in ("tcp", "udp", "sctp"):
-            raise LaminaError(f"--change EXPOSE: invalid protocol {proto!r} in {word!r}")
-        if not 0 <= start <= end <= 65535:
-            raise LaminaError(f"--change EXPOSE: invalid port range {word!r}")
-        for port in range(start, end + 1):
-            ports[f"{port}/{proto}"] = {}
+        try:
+            keys = expose_ports(word)
+        except ValueError as e:
+            raise LaminaError(f"--change EXPOSE: {e}") from None
+        for key in keys:
+            ports[key] = {}
     state.cfg["ExposedPorts"] = ports
 
 
@@ -517,39 +508,17 @@ def _onbuild(state: _ChangeState, args: str, _: str) -> None:
 
 def _stopsignal(state: _ChangeState, args: str, _: str) -> None:
     sig = "".join(_words(args, state.env(), split=False))
-    if not _valid_signal(sig):
+    if not valid_signal(sig):
         raise LaminaError(f"--change STOPSIGNAL: invalid signal {sig!r}")
     state.cfg["StopSignal"] = sig
 
 
-def _valid_signal(sig: str) -> bool:
-    if sig.isdigit():
-        return 0 < int(sig) <= 64
-    name = sig.upper().removeprefix("SIG")
-    if re.fullmatch(r"RTMIN\+\d+|RTMAX-\d+|RTMIN|RTMAX", name):
-        return True
-    return ("SIG" + name) in signal.Signals.__members__
-
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
-_UNIT_NS["h"] = 3600 * 10**9
-
-
 def _duration(flag: str, text: str) -> int:
-    """Go's time.ParseDuration, non-negative only; returns nanoseconds."""
-    pos, total = 0, 0.0
-    if text == "0":
-        return 0
-    while pos < len(text):
-        m = _DURATION_RE.match(text, pos)
-        if m is None:
-            raise LaminaError(f"--change HEALTHCHECK: invalid duration {text!r} for --{flag}")
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise LaminaError(f"--change HEALTHCHECK: empty duration for --{flag}")
-    return int(total)
+    try:
+        return parse_duration(text)
+    except ValueError:
+        what = f"invalid duration {text!r} for" if text else "empty duration for"
+        raise LaminaError(f"--change HEALTHCHECK: {what} --{flag}") from None
 
 
 def _healthcheck(state: _ChangeState, args: str, _: str) -> None:
@@ -558,12 +527,7 @@ def _healthcheck(state: _ChangeState, args: str, _: str) -> None:
         return
     check: dict[str, Any] = {}
     rest = args
-    keys = {
-        "interval": "Interval",
-        "timeout": "Timeout",
-        "start-period": "StartPeriod",
-        "start-interval": "StartInterval",
-    }
+    keys = HEALTHCHECK_DURATIONS
     while rest.startswith("--"):
         flag, _, rest = rest.partition(" ")
         rest = rest.strip()

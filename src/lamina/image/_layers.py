@@ -130,15 +130,26 @@ def media_type_for(compression: Compression) -> str:
 # --------------------------------------------------------------------------- decompression
 
 
-class _Prefixed(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """A raw reader defined by its ``read``: ``readinto`` (what buffered readers and
+    ``shutil`` call) goes through it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class PrefixedReader(_Reader):
     """Replays the bytes consumed to sniff the magic, then the rest of the stream."""
 
     def __init__(self, head: bytes, raw: IO[bytes]) -> None:
         self._head = head
         self._raw = raw
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1, /) -> bytes:
         head = self._head
@@ -150,14 +161,8 @@ class _Prefixed(io.RawIOBase):
         self._head = head[size:]
         return head[:size]
 
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
-
-class _Decompressed(io.RawIOBase):
+class _Decompressed(_Reader):
     """A decompressing reader whose codec errors become InvalidLayer; close() spares the source."""
 
     def __init__(
@@ -172,9 +177,6 @@ class _Decompressed(io.RawIOBase):
         self._errors = errors
         self._frames = frames
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1, /) -> bytes:
         try:
             data = self._inner.read(size)
@@ -183,12 +185,6 @@ class _Decompressed(io.RawIOBase):
         if not data and size and self._frames is not None and not self._frames.complete:
             raise InvalidLayer(f"{self._kind} layer data is truncated")
         return data
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:
@@ -203,7 +199,7 @@ _ZSTD_SKIPPABLE_MASK = 0xFFFFFFF0
 _ZSTD_SKIPPABLE_MAGIC = 0x184D2A50
 
 
-class _ZstdFrames(io.RawIOBase):
+class _ZstdFrames(_Reader):
     """Passes compressed bytes through while following the zstd frame structure (headers and
     block headers only; contents are skipped), because zstandard's stream reader takes a
     stream cut mid-frame for a complete one. `complete` tells whether the bytes seen so far
@@ -222,20 +218,11 @@ class _ZstdFrames(io.RawIOBase):
     def complete(self) -> bool:
         return self._lost or (self._state == "magic" and not self._field and not self._skip)
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1, /) -> bytes:
         data = self._raw.read(size)
         if data and not self._lost:
             self._track(data)
         return data
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def _track(self, data: bytes) -> None:
         i, n = 0, len(data)
@@ -305,7 +292,7 @@ def open_decompressed(fileobj: BinaryIO, compression: Compression | None = None)
         head = _read_head(fileobj, 4)
         compression = detect_compression(head)
     # Always wrapped, so closing the result never closes the caller's stream.
-    src = cast(IO[bytes], _Prefixed(head, fileobj))
+    src = cast(IO[bytes], PrefixedReader(head, fileobj))
     if compression is Compression.GZIP:
         # The threaded reader inflates in a background thread (isal releases the GIL), so
         # decompression overlaps with hashing and file writes in the caller's thread.
@@ -324,26 +311,17 @@ def open_decompressed(fileobj: BinaryIO, compression: Compression | None = None)
 # --------------------------------------------------------------------------- hashing streams
 
 
-class _HashingReader(io.RawIOBase):
+class _HashingReader(_Reader):
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self._sha = hashlib.sha256()
         self.size = 0
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._raw.read(size)
         self._sha.update(data)
         self.size += len(data)
         return data
-
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def digest(self) -> str:
         return "sha256:" + self._sha.hexdigest()
@@ -391,20 +369,30 @@ class LayerResult:
     entries: int
 
 
-def _split(name: str, entry: str) -> list[str]:
-    """Lexically normalise an archive path; a leading '/' is dropped as tar does."""
-    if "\x00" in name:
-        raise InvalidLayer(f"layer entry {entry!r}: path contains a NUL byte")
+def normalise_parts(name: str) -> list[str] | None:
+    """The components of archive path ``name`` lexically normalised (``.`` and empty
+    ones dropped, so a leading '/' goes as tar drops it; ``..`` taking one back);
+    None when a ``..`` would climb above the root."""
     parts: list[str] = []
     for comp in name.split("/"):
         if comp in ("", "."):
             continue
         if comp == "..":
             if not parts:
-                raise InvalidLayer(f"layer entry {entry!r}: path escapes the layer root")
+                return None
             parts.pop()
         else:
             parts.append(comp)
+    return parts
+
+
+def _split(name: str, entry: str) -> list[str]:
+    """Lexically normalise an archive path; a leading '/' is dropped as tar does."""
+    if "\x00" in name:
+        raise InvalidLayer(f"layer entry {entry!r}: path contains a NUL byte")
+    parts = normalise_parts(name)
+    if parts is None:
+        raise InvalidLayer(f"layer entry {entry!r}: path escapes the layer root")
     return parts
 
 

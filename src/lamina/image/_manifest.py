@@ -132,16 +132,11 @@ class Manifest:
     subject: Descriptor | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        if self.artifact_type:
-            d["artifactType"] = self.artifact_type
-        d["config"] = self.config.to_dict()
-        d["layers"] = [layer.to_dict() for layer in self.layers]
-        if self.subject is not None:
-            d["subject"] = self.subject.to_dict()
-        if self.annotations:
-            d["annotations"] = _sorted(self.annotations)
-        return d
+        body = {
+            "config": self.config.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+        return _document(self, body)
 
 
 @dataclass(slots=True)
@@ -155,15 +150,21 @@ class Index:
     subject: Descriptor | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        if self.artifact_type:
-            d["artifactType"] = self.artifact_type
-        d["manifests"] = [m.to_dict() for m in self.manifests]
-        if self.subject is not None:
-            d["subject"] = self.subject.to_dict()
-        if self.annotations:
-            d["annotations"] = _sorted(self.annotations)
-        return d
+        return _document(self, {"manifests": [m.to_dict() for m in self.manifests]})
+
+
+def _document(doc: Manifest | Index, body: dict[str, Any]) -> dict[str, Any]:
+    """A manifest or index as JSON: the envelope (schemaVersion, mediaType,
+    artifactType) around ``body``, then subject and annotations, in the spec's order."""
+    d: dict[str, Any] = {"schemaVersion": 2, "mediaType": doc.media_type}
+    if doc.artifact_type:
+        d["artifactType"] = doc.artifact_type
+    d.update(body)
+    if doc.subject is not None:
+        d["subject"] = doc.subject.to_dict()
+    if doc.annotations:
+        d["annotations"] = _sorted(doc.annotations)
+    return d
 
 
 def dump_json(obj: Any) -> bytes:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lamina._sqlite import connect
+from lamina._sqlite import connect, transaction
 from lamina.errors import InUse, InvalidReference, NotFound
 from lamina.image._content import ContentStore
 from lamina.image._manifest import Index, Manifest, parse_manifest
@@ -97,15 +97,8 @@ class ImageStore:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
 
     # -- writing
     def put(self, record: ImageRecord, names: Sequence[str | Reference] = ()) -> ImageRecord:

@@ -19,6 +19,7 @@ when asked, and go up monolithically (POST + PUT) or in PATCH chunks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -42,6 +43,7 @@ from lamina.image._digest import digest_problem, validate_digest
 from lamina.registry._auth import Authenticator, parse_challenges, repository_scope
 from lamina.registry._config import RegistryConfig
 from lamina.registry._credentials import Credentials, lookup_credentials
+from lamina.registry._progress import ProgressEvent, ProgressSink
 
 USER_AGENT = "lamina/0.1"
 MAX_MANIFEST_SIZE = 4 << 20  # containerd's limit: manifests are small JSON
@@ -270,6 +272,36 @@ class RegistryClient:
             raise AuthenticationRequired(self.auth.refused_message(f"{what}: {detail}"))
         raise RegistryError(f"registry {self.host}: {what}: {detail} (HTTP {resp.status_code})")
 
+    def _small_body(
+        self,
+        resp: httpx.Response,
+        what: str,
+        limit: int,
+        too_large: str,
+        *,
+        raw: bool = False,
+        declared: bool = False,
+    ) -> bytes:
+        """The body of a streamed response held in memory, refused beyond ``limit``
+        bytes (``too_large`` says so; with ``declared``, a larger Content-Length is
+        refused before reading); ``raw`` skips content decoding. Closes ``resp``."""
+        try:
+            self._check(resp, what)
+            if declared:
+                length = int(resp.headers.get("content-length") or 0)
+                if length > limit:
+                    raise RegistryError(f"{what}: {length} bytes is {too_large}")
+            data = bytearray()
+            for chunk in resp.iter_raw() if raw else resp.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise RegistryError(f"{what}: {too_large}")
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from None
+        finally:
+            resp.close()
+        return bytes(data)
+
     # -- manifests
     def get_manifest(self, repo: str, reference: str) -> FetchedManifest:
         """GET a manifest or index by tag or digest; verifies a digest reference."""
@@ -281,26 +313,11 @@ class RegistryClient:
             headers={"Accept": media.MANIFEST_ACCEPT},
             stream=True,
         )
-        try:
-            self._check(resp, what)
-            declared = int(resp.headers.get("content-length") or 0)
-            if declared > MAX_MANIFEST_SIZE:
-                raise RegistryError(f"{what}: {declared} bytes is too large for a manifest")
-            data = bytearray()
-            for chunk in resp.iter_bytes():
-                data += chunk
-                if len(data) > MAX_MANIFEST_SIZE:
-                    raise RegistryError(f"{what}: too large for a manifest")
-        except httpx.HTTPError as e:
-            raise self._transport_error(e) from None
-        finally:
-            resp.close()
-        body = bytes(data)
+        body = self._small_body(
+            resp, what, MAX_MANIFEST_SIZE, "too large for a manifest", declared=True
+        )
         if digest_problem(reference) is None:  # fetched by digest: it must match
-            algo = reference.partition(":")[0]
-            got = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
-            if got != reference:
-                raise DigestMismatch(f"{what}: registry sent content with digest {got}")
+            _verify(body, reference, what)
         # The digest is always what lamina computed, never a header it was told.
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         mt = media.base_media_type(resp.headers.get("content-type"))
@@ -365,22 +382,9 @@ class RegistryClient:
             stream=True,
             follow_redirects=True,
         )
-        try:
-            self._check(resp, what)
-            data = bytearray()
-            for chunk in resp.iter_raw():
-                data += chunk
-                if len(data) > max_size:
-                    raise RegistryError(f"{what}: larger than {max_size} bytes")
-        except httpx.HTTPError as e:
-            raise self._transport_error(e) from None
-        finally:
-            resp.close()
-        algo = digest.partition(":")[0]
-        got = f"{algo}:{hashlib.new(algo, data).hexdigest()}"
-        if got != digest:
-            raise DigestMismatch(f"{what}: registry sent content with digest {got}")
-        return bytes(data)
+        body = self._small_body(resp, what, max_size, f"larger than {max_size} bytes", raw=True)
+        _verify(body, digest, what)
+        return body
 
     def fetch_blob(
         self,
@@ -665,3 +669,33 @@ def _error_code(resp: httpx.Response) -> tuple[str, str]:
 def _error_text(resp: httpx.Response) -> str:
     code, message = _error_code(resp)
     return message or code.lower().replace("_", " ")
+
+
+def _verify(body: bytes, digest: str, what: str) -> None:
+    """Raise DigestMismatch unless ``body`` hashes to ``digest`` (its own algorithm)."""
+    algo = digest.partition(":")[0]
+    got = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
+    if got != digest:
+        raise DigestMismatch(f"{what}: registry sent content with digest {got}")
+
+
+@contextlib.contextmanager
+def client_session(
+    domain: str,
+    config: RegistryConfig | None,
+    client: RegistryClient | None,
+    sink: ProgressSink,
+) -> Iterator[RegistryClient]:
+    """``client``, or a new client for ``domain`` closed afterwards; whatever fails
+    (opening the client included) is reported to ``sink`` as a "failed" event. How
+    pull and push talk to a registry."""
+    try:
+        c = client or RegistryClient(domain, config=config)
+        try:
+            yield c
+        finally:
+            if client is None:
+                c.close()
+    except BaseException as e:
+        sink.event(ProgressEvent("failed", message=str(e)))
+        raise

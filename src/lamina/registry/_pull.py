@@ -54,7 +54,7 @@ from lamina.image._platform import host_platform, matches, parse_platform, selec
 from lamina.image._reference import Reference, parse_reference
 from lamina.image._snapshots import chain_ids
 from lamina.image._store import ImageRecord
-from lamina.registry._client import BlobSink, FetchedManifest, RegistryClient
+from lamina.registry._client import BlobSink, FetchedManifest, RegistryClient, client_session
 from lamina.registry._config import RegistryConfig
 from lamina.registry._follow import Follow, Restarted, TeeSink
 from lamina.registry._progress import NullProgress, ProgressEvent, ProgressSink
@@ -98,27 +98,18 @@ def pull(
         return _ensure_unpacked(local, existing) if unpack else existing
     if policy == "if-not-present" and existing is not None:
         return _ensure_unpacked(local, existing) if unpack else existing
-    owned = client is None
-    try:
-        c = client or RegistryClient(reference.domain, config=config)
-        try:
-            if policy == "newer" and existing is not None:
-                tag = reference.digest or reference.tag or "latest"
-                if c.head_manifest(reference.path, tag) in (
-                    existing.digest,
-                    existing.manifest_digest,
-                ):
-                    up_to_date = f"{reference}: image is up to date"
-                    sink.event(ProgressEvent("finished", message=up_to_date))
-                    return _ensure_unpacked(local, existing) if unpack else existing
-            puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack)
-            return puller.run()
-        finally:
-            if owned:
-                c.close()
-    except BaseException as e:
-        sink.event(ProgressEvent("failed", message=str(e)))
-        raise
+    with client_session(reference.domain, config, client, sink) as c:
+        if policy == "newer" and existing is not None:
+            tag = reference.digest or reference.tag or "latest"
+            if c.head_manifest(reference.path, tag) in (
+                existing.digest,
+                existing.manifest_digest,
+            ):
+                up_to_date = f"{reference}: image is up to date"
+                sink.event(ProgressEvent("finished", message=up_to_date))
+                return _ensure_unpacked(local, existing) if unpack else existing
+        puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack)
+        return puller.run()
 
 
 def _local_image(

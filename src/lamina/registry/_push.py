@@ -27,7 +27,7 @@ from lamina.image._local import LocalImages
 from lamina.image._manifest import Descriptor, Index, Manifest, parse_manifest
 from lamina.image._reference import Reference, parse_image_id, parse_reference
 from lamina.registry._auth import repository_scope
-from lamina.registry._client import RegistryClient
+from lamina.registry._client import RegistryClient, client_session
 from lamina.registry._config import RegistryConfig
 from lamina.registry._progress import NullProgress, ProgressEvent, ProgressSink
 from lamina.registry._sources import BlobSources
@@ -59,17 +59,8 @@ def push(
             f"push {source}: destination digest {dest_ref.digest} is not the image's {image.digest}"
         )
     sink = progress or NullProgress()
-    owned = client is None
-    try:
-        c = client or RegistryClient(dest_ref.domain, config=config)
-        try:
-            return _Push(local, c, dest_ref, sink, chunk_size, max_concurrent).run(image.digest)
-        finally:
-            if owned:
-                c.close()
-    except BaseException as e:
-        sink.event(ProgressEvent("failed", message=str(e)))
-        raise
+    with client_session(dest_ref.domain, config, client, sink) as c:
+        return _Push(local, c, dest_ref, sink, chunk_size, max_concurrent).run(image.digest)
 
 
 def _as_reference(s: str) -> Reference | None:
@@ -100,14 +91,8 @@ class _Push:
         self.pushed: list[str] = []
 
     def run(self, target: str) -> str:
-        data = self.local.content.read(target)
-        parsed = parse_manifest(data)
-        if isinstance(parsed, Index):
-            self._push_children(parsed)
-        else:
-            self._push_blobs(parsed)
         reference = self.dest.digest or self.dest.tag or "latest"
-        digest = self.client.put_manifest(self.repo, reference, data, parsed.media_type)
+        digest = self._push_manifest(target, reference)
         with contextlib.suppress(OSError):
             self.sources.add(f"{self.client.host}/{self.repo}", self.pushed)
         self.progress.event(
@@ -131,14 +116,16 @@ class _Push:
                     f"neither in the local store nor in {self.client.host}/{self.repo}"
                 ) from None
 
-    def _push_manifest(self, digest: str, reference: str) -> None:
+    def _push_manifest(self, digest: str, reference: str) -> str:
+        """Push the manifest or index ``digest`` (what it refers to first) as
+        ``reference``; returns the digest the registry gives it."""
         data = self.local.content.read(digest)
         parsed = parse_manifest(data)
         if isinstance(parsed, Index):
             self._push_children(parsed)
         else:
             self._push_blobs(parsed)
-        self.client.put_manifest(self.repo, reference, data, parsed.media_type)
+        return self.client.put_manifest(self.repo, reference, data, parsed.media_type)
 
     def _push_blobs(self, manifest: Manifest) -> None:
         blobs = list({d.digest: d for d in [manifest.config, *manifest.layers]}.values())

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from lamina.errors import InvalidReference, LaminaError, NotFound
 from lamina.image import (
@@ -49,11 +49,11 @@ from lamina.image import (
 
 # Not re-exported by lamina.image (yet): the commit instructions and the file-like
 # adapter over a content store ingest that ``lamina import`` writes layers through.
-from lamina.image._import import _BlobSink, apply_changes
+from lamina.image._config import rfc3339
+from lamina.image._import import apply_changes, ingest_layer
 from lamina.runtime._paths import secure_join
 from lamina.runtime._types import ChangeEntry
 
-resolve_in_root = secure_join  # the name tests/test_fsops.py knows it by
 _CHUNK = 1 << 20
 _OPAQUE_XATTR = "trusted.overlay.opaque"
 # Overlay bookkeeping and host security labels do not belong in what leaves the host.
@@ -380,14 +380,6 @@ _OCI_LAYER_TYPE = {
 }
 
 
-def _rfc3339(ns: int) -> str:
-    secs, frac = divmod(ns, 1_000_000_000)
-    out = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    if frac:
-        out += "." + f"{frac:09d}".rstrip("0")
-    return out + "Z"
-
-
 def commit_image(
     local: LocalImages,
     *,
@@ -419,8 +411,8 @@ def commit_image(
     cfg = apply_changes(changes, cfg)  # a bad change fails before any work
     base_manifest = local.manifest_for(base.manifest_digest)
 
-    written = _ingest_layer(local, upper)
-    now = _rfc3339(time.time_ns())
+    written = ingest_layer(local.content, upper, ref="commit", overlay_upper=True)
+    now = rfc3339(time.time_ns())
     config["created"] = now
     config["config"] = cfg
     if author:
@@ -456,24 +448,3 @@ def commit_image(
     )
     record = local.record(target, plat)
     return local.images.put(record, [str(ref)] if ref else [])
-
-
-def _ingest_layer(local: LocalImages, upper: Path) -> LayerWritten:
-    """Stream ``upper`` as a gzip layer straight into the content store."""
-    writer = local.content.writer(f"commit-{os.getpid()}-{secrets.token_hex(8)}")
-    try:
-        writer.truncate()
-        written = write_layer(
-            upper,
-            cast(BinaryIO, _BlobSink(writer)),
-            compression=Compression.GZIP,
-            overlay_upper=True,
-        )
-        if local.content.exists(written.digest):
-            writer.abort()
-        else:
-            writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    return written

@@ -11,12 +11,9 @@ Pure path computation: nothing is opened, and the result may not exist.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
-from lamina.errors import LaminaError
-
-_MAX_SYMLINKS = 40  # the kernel's bound on a path walk (ELOOP)
+from lamina._paths import join_in_root
 
 
 def secure_join(root: Path, path: str, *, follow_final: bool = True) -> Path:
@@ -27,34 +24,4 @@ def secure_join(root: Path, path: str, *, follow_final: bool = True) -> Path:
     ends in ``/``). Components that do not exist are kept as written. Raises
     LaminaError on a symlink loop.
     """
-    base = os.path.realpath(root)
-    todo = path.split("/")[::-1]  # a stack: the next component at the end
-    cur: list[str] = []
-    links = 0
-    while todo:
-        comp = todo.pop()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if cur:
-                cur.pop()
-            continue
-        cur.append(comp)
-        if not todo and not follow_final:
-            break
-        host = base + "/" + "/".join(cur)
-        try:
-            st = os.lstat(host)
-        except OSError:
-            continue  # missing (or unreadable): nothing more to resolve past it
-        if not stat.S_ISLNK(st.st_mode):
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            raise LaminaError(f"too many levels of symbolic links resolving {path} in {root}")
-        target = os.readlink(host)
-        cur.pop()
-        if target.startswith("/"):
-            cur.clear()
-        todo.extend(target.split("/")[::-1])
-    return Path(base, *cur)
+    return join_in_root(os.path.realpath(root), path, follow_final=follow_final)

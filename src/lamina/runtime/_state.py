@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina._sqlite import connect
+from lamina._sqlite import connect, transaction
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 from lamina.runtime._types import (
     ContainerConfig,
@@ -169,14 +169,8 @@ class StateStore:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            yield db
 
     # -- rows
     @staticmethod

@@ -9,10 +9,13 @@
  *   2. load the kernel modules listed in /lib/modules/load.list (virtio transport, block,
  *      console, filesystems), in dependency order, with finit_module(2);
  *   3. open the virtio-serial port named "lamina.agent" (the control channel);
- *   4. when the kernel command line says lamina.root=DEV, mount DEV read-only
+ *   4. with lamina.net=nat, load /lib/modules/net.list and configure eth0 for QEMU's
+ *      user-mode network (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3);
+ *   5. when the kernel command line says lamina.root=DEV, mount DEV read-only
  *      (lamina.rootfstype=erofs|ext4), a tmpfs-backed overlay on top of it at /newroot,
- *      and /proc, /sys, /dev, /dev/pts, /dev/shm inside it;
- *   5. send HELLO (with boot timestamps) and serve the protocol of docs/VM_AGENT.md:
+ *      /proc, /sys, /dev, /dev/pts, /dev/shm inside it, and write its /etc/hostname,
+ *      /etc/hosts and (with a network) /etc/resolv.conf, as Docker does;
+ *   6. send HELLO (with boot timestamps) and serve the protocol of docs/VM_AGENT.md:
  *      exec processes (chrooted into /newroot), carry their stdin, stdout and stderr,
  *      forward signals, report exit status; reap every orphan as init must.
  *
@@ -26,6 +29,9 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -207,9 +213,9 @@ static const char *param(const char *key)
 	return NULL;
 }
 
-static void load_modules(void)
+static void load_modules(const char *list)
 {
-	FILE *f = fopen("/lib/modules/load.list", "r");
+	FILE *f = fopen(list, "r");
 	char line[512];
 	if (!f)
 		return;
@@ -265,6 +271,88 @@ static int find_port(char *out, size_t n)
 	return ok;
 }
 
+static void if_up(int s, const char *name)
+{
+	struct ifreq ifr = {0};
+	strcpy(ifr.ifr_name, name);
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		ioctl(s, SIOCSIFFLAGS, &ifr);
+	}
+}
+
+static void set_addr(struct sockaddr *sa, const char *dotted)
+{
+	struct sockaddr_in *in = (struct sockaddr_in *)sa;
+	in->sin_family = AF_INET;
+	inet_aton(dotted, &in->sin_addr);
+}
+
+static int find_eth0(char *out, size_t n)
+{
+	snprintf(out, n, "/sys/class/net/eth0");
+	return access(out, F_OK) == 0;
+}
+
+static int have_net;
+
+/* QEMU's user-mode network has fixed addresses: no DHCP client needed. */
+static void network_up(void)
+{
+	char path[64];
+	struct ifreq ifr = {0};
+	struct rtentry rt = {0};
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if_up(s, "lo");
+	const char *net = param("lamina.net");
+	if (!net || strcmp(net, "nat")) {
+		close(s);
+		return;
+	}
+	load_modules("/lib/modules/net.list");
+	wait_for(find_eth0, path, sizeof path, "network interface eth0");
+	strcpy(ifr.ifr_name, "eth0");
+	set_addr(&ifr.ifr_addr, "10.0.2.15");
+	if (ioctl(s, SIOCSIFADDR, &ifr) < 0)
+		fatal("eth0: set address: %s", strerror(errno));
+	set_addr(&ifr.ifr_netmask, "255.255.255.0");
+	ioctl(s, SIOCSIFNETMASK, &ifr);
+	if_up(s, "eth0");
+	set_addr(&rt.rt_dst, "0.0.0.0");
+	set_addr(&rt.rt_genmask, "0.0.0.0");
+	set_addr(&rt.rt_gateway, "10.0.2.2");
+	rt.rt_flags = RTF_UP | RTF_GATEWAY;
+	if (ioctl(s, SIOCADDRT, &rt) < 0)
+		fatal("default route: %s", strerror(errno));
+	close(s);
+	have_net = 1;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0 || write(fd, text, strlen(text)) < 0)
+		say("cannot write %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* The container's identity files, in the writable overlay (the image's own are hidden). */
+static void etc_files(void)
+{
+	char text[512], host[65] = "localhost";
+	gethostname(host, sizeof host);
+	mkdir("/newroot/etc", 0755);
+	snprintf(text, sizeof text, "%s\n", host);
+	write_file("/newroot/etc/hostname", text);
+	snprintf(text, sizeof text,
+		 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n",
+		 have_net ? "10.0.2.15" : "127.0.1.1", host);
+	write_file("/newroot/etc/hosts", text);
+	if (have_net)
+		write_file("/newroot/etc/resolv.conf", "nameserver 10.0.2.3\n");
+}
+
 static const char *root_dev;
 static int find_root(char *out, size_t n)
 {
@@ -293,21 +381,8 @@ static void mount_root(void)
 	    "newinstance,ptmxmode=0666,mode=0620");
 	snprintf(opts, sizeof opts, "mode=1777");
 	mnt("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts);
+	etc_files();
 	have_root = 1;
-}
-
-static void loopback_up(void)
-{
-	struct ifreq ifr = {0};
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return;
-	strcpy(ifr.ifr_name, "lo");
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-		ifr.ifr_flags |= IFF_UP;
-		ioctl(s, SIOCSIFFLAGS, &ifr);
-	}
-	close(s);
 }
 
 static struct session *find_session(uint32_t id)
@@ -562,15 +637,15 @@ int main(void)
 	const char *host = param("lamina.hostname");
 	if (host)
 		sethostname(host, strlen(host));
-	loopback_up();
 
-	load_modules();
+	load_modules("/lib/modules/load.list");
 	t[1] = now_ns();
 	char dev[300];
 	wait_for(find_port, dev, sizeof dev, "the lamina.agent virtio port");
 	if ((port = open(dev, O_RDWR | O_CLOEXEC)) < 0)
 		fatal("open %s: %s", dev, strerror(errno));
 	t[2] = now_ns();
+	network_up();
 	mount_root();
 	t[3] = now_ns();
 
