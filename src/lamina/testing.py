@@ -31,8 +31,7 @@ def make_busybox_rootfs(dest: Path, *, busybox: Path = BUSYBOX) -> Path:
         if applet != "busybox" and not link.exists():
             link.symlink_to("busybox")
     (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
     )
     (dest / "etc" / "group").write_text("root:x:0:\nnobody:x:65534:\n")
     return dest

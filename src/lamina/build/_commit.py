@@ -164,11 +164,7 @@ class Store:
     ) -> Any:
         """Store a final image (config + OCI manifest) and name it."""
         _, target = self.add_image(config, layers)
-        plat = Platform(
-            os=str(config.get("os", "linux")),
-            architecture=str(config.get("architecture", "")),
-            variant=config.get("variant"),
-        )
+        plat = Platform.of_config(config)
         with self.lock:
             record = self.local.record(target, plat)
             return self.local.images.put(record, names)

@@ -16,62 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import re
 import shutil
 import stat
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina._paths import join_in_root
 from lamina.build._dockerfile import BuildError
 from lamina.errors import LaminaError
 
-_MNT_DETACH = 2
-_MOUNT_OPTIONS_MAX = 4000  # the kernel copies one page of mount data
-_CHDIR_LOCK = threading.Lock()  # the relative-lowerdir trick changes the process cwd
-
-
-@functools.cache
-def _libc() -> Any:
-    import ctypes  # only builds that write files mount anything
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _errno() -> int:
-    import ctypes
-
-    return ctypes.get_errno()
-
 
 def _mount_overlay(target: Path, lowers: list[str], upper: Path | None, work: Path | None) -> None:
     rw = f",upperdir={upper},workdir={work}" if upper is not None else ""
-    opts = f"lowerdir={':'.join(lowers)}{rw}"
-    if len(opts) <= _MOUNT_OPTIONS_MAX:
-        rc = _libc().mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode())
-        err = _errno()
-    else:
-        base = os.path.commonpath(lowers)
-        rel = [os.path.relpath(p, base) for p in lowers]
-        opts = f"lowerdir={':'.join(rel)}{rw}"
-        if len(opts) > _MOUNT_OPTIONS_MAX:
-            raise BuildError(f"the image has too many layers to mount ({len(lowers)})")
-        with _CHDIR_LOCK:
-            cwd = os.open(".", os.O_RDONLY)
-            try:
-                os.chdir(base)
-                rc = _libc().mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode())
-                err = _errno()
-            finally:
-                os.fchdir(cwd)
-                os.close(cwd)
-    if rc != 0:
+    try:
+        err = mount_overlay(target, lowers, rw)
+    except ValueError:
+        raise BuildError(f"the image has too many layers to mount ({len(lowers)})") from None
+    if err:
         raise BuildError(f"cannot mount an overlay for the build: {os.strerror(err)}")
 
 
@@ -79,12 +45,12 @@ def unmount(target: Path) -> None:
     for _ in range(50):
         if not os.path.ismount(target):
             return
-        if _libc().umount2(str(target).encode(), 0) == 0:
+        if libc().umount2(str(target).encode(), 0) == 0:
             continue
-        err = _errno()
+        err = last_errno()
         if err in (errno.EINVAL, errno.ENOENT):
             return
-        _libc().umount2(str(target).encode(), _MNT_DETACH)
+        libc().umount2(str(target).encode(), MNT_DETACH)
 
 
 def scratch_dir(root: Path) -> Path:

@@ -87,7 +87,7 @@ def parse_timestamp(value: str | None) -> float | None:
     if "." in v:
         head, _, rest = v.partition(".")
         frac = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(frac):]
+        tz = rest[len(frac) :]
         v = f"{head}.{frac[:6]}{tz}"
     try:
         return datetime.fromisoformat(v).timestamp()

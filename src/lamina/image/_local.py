@@ -85,11 +85,7 @@ class LocalImages:
             manifest_digest = desc.digest
         manifest = self.manifest_for(target_digest, platform)
         cfg = json.loads(self.content.read(manifest.config.digest))
-        plat = Platform(
-            os=str(cfg.get("os", "linux")),
-            architecture=str(cfg.get("architecture", "")),
-            variant=cfg.get("variant"),
-        )
+        plat = Platform.of_config(cfg)
         return ImageRecord(
             digest=target_digest,
             media_type=media_type or parsed.media_type,

@@ -49,6 +49,15 @@ class Platform:
         return d
 
     @classmethod
+    def of_config(cls, config: Mapping[str, Any]) -> Platform:
+        """The platform an image config states (os defaults to linux); not validated."""
+        return cls(
+            os=str(config.get("os", "linux")),
+            architecture=str(config.get("architecture", "")),
+            variant=config.get("variant"),
+        )
+
+    @classmethod
     def from_dict(cls, d: Any, where: str = "platform") -> Platform:
         obj = _object(d, where)
         features = obj.get("os.features")

@@ -441,10 +441,6 @@ def commit_image(
         media.OCI_MANIFEST, Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)), layers
     )
     target = local.content.add(dump_json(manifest))
-    plat = Platform(
-        os=str(config.get("os", "linux")),
-        architecture=str(config.get("architecture", "")),
-        variant=config.get("variant"),
-    )
+    plat = Platform.of_config(config)
     record = local.record(target, plat)
     return local.images.put(record, [str(ref)] if ref else [])

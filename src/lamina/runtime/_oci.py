@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import fcntl
-import functools
 import json
 import os
 import select
@@ -49,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina._fsutil import atomic_write
+from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime import _conmon
 from lamina.runtime._cgroups import (
@@ -84,14 +83,7 @@ if TYPE_CHECKING:
     from lamina.runtime._volumes import VolumeStore
 
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
-_MNT_DETACH = 2
-_MOUNT_OPTIONS_MAX = 4000  # the kernel copies at most one page of mount data
 _STOP_KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be gone
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
 
 
 class WaitTimeout(LaminaError, TimeoutError):
@@ -349,25 +341,11 @@ class OciRuntime(Runtime):
         extra = ",volatile" if rec.config.auto_remove else ""
         if extra:  # left by an earlier volatile mount; this upper dir is disposable anyway
             shutil.rmtree(work / "incompat", ignore_errors=True)
-        opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}{extra}"
-        cwd_fd = -1
-        if len(opts) > _MOUNT_OPTIONS_MAX:
-            # Too long for one page: mount with lower dirs relative to their common parent.
-            base = os.path.commonpath(lowers)
-            rel = [os.path.relpath(p, base) for p in lowers]
-            opts = f"lowerdir={':'.join(rel)},upperdir={upper},workdir={work}{extra}"
-            if len(opts) > _MOUNT_OPTIONS_MAX:
-                raise LaminaError(f"image has too many layers to mount ({len(lowers)})")
-            cwd_fd = os.open(".", os.O_RDONLY)
-            os.chdir(base)
         try:
-            rc = _libc().mount(b"overlay", str(merged).encode(), b"overlay", 0, opts.encode())
-            err = ctypes.get_errno()
-        finally:
-            if cwd_fd >= 0:
-                os.fchdir(cwd_fd)
-                os.close(cwd_fd)
-        if rc != 0:
+            err = mount_overlay(merged, lowers, f",upperdir={upper},workdir={work}{extra}")
+        except ValueError:
+            raise LaminaError(f"image has too many layers to mount ({len(lowers)})") from None
+        if err:
             raise LaminaError(
                 f"cannot mount the root filesystem of container {rec.id[:12]}: {os.strerror(err)}"
             )
@@ -377,13 +355,13 @@ class OciRuntime(Runtime):
         for _ in range(50):
             if not os.path.ismount(merged):
                 return
-            if _libc().umount2(str(merged).encode(), 0) == 0:
+            if libc().umount2(str(merged).encode(), 0) == 0:
                 continue
-            err = ctypes.get_errno()
+            err = last_errno()
             if err in (errno.EINVAL, errno.ENOENT):
                 return
             if err == errno.EBUSY:
-                _libc().umount2(str(merged).encode(), _MNT_DETACH)
+                libc().umount2(str(merged).encode(), MNT_DETACH)
                 continue
             raise LaminaError(f"cannot unmount {merged}: {os.strerror(err)}")
 
