@@ -4,7 +4,7 @@ PYTHON_BASE ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev docker-registry skopeo umoci busybox-static \
-	qemu-system-x86 linux-image-cloud-amd64 erofs-utils e2fsprogs cpio zstd gcc libc6-dev debootstrap \
+	qemu-system-x86 linux-image-cloud-amd64 erofs-utils e2fsprogs cpio zstd lz4 gcc libc6-dev debootstrap \
 	runc conmon catatonit podman buildah apache2-utils openssl ca-certificates
 PYTEST_ARGS ?=
 

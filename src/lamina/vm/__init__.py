@@ -13,6 +13,11 @@ Public API (modules are private; names are imported on first use, PEP 562, so th
     push_bundle(local, dir, ref, config=..., progress=...) -> manifest digest
     pull_bundle(local, ref, dest, config=..., progress=...) -> Bundle
     Bundle, BundleFile, BundleError, ARTIFACT_TYPE, LAYER_MEDIA_TYPE
+
+    run_in_vm(local, image_ref, argv, ...) -> VmRunResult   # one command in a micro-VM
+    start_vm(local, record, config, ...) -> MicroVm         # the boot step alone
+    guest_kernel(root) -> GuestKernel; kvm_usable(root, ...) -> bool
+    image_rootfs(local, record) -> Path                     # EROFS disk of an image
 """
 
 from __future__ import annotations
@@ -46,8 +51,20 @@ if TYPE_CHECKING:
         VmConfigError,
         generate_mac,
     )
+    from lamina.vm._kernel import GuestKernel, guest_kernel
+    from lamina.vm._kvm import kvm_usable
+    from lamina.vm._rootfs import image_rootfs
+    from lamina.vm._run import MicroVm, VmRunResult, run_in_vm, start_vm
 
 _LAZY: dict[str, str] = {
+    "GuestKernel": "lamina.vm._kernel",
+    "guest_kernel": "lamina.vm._kernel",
+    "kvm_usable": "lamina.vm._kvm",
+    "image_rootfs": "lamina.vm._rootfs",
+    "MicroVm": "lamina.vm._run",
+    "VmRunResult": "lamina.vm._run",
+    "run_in_vm": "lamina.vm._run",
+    "start_vm": "lamina.vm._run",
     "ARTIFACT_TYPE": "lamina.vm._bundle",
     "LAYER_MEDIA_TYPE": "lamina.vm._bundle",
     "BlockDevice": "lamina.vm._config",
@@ -89,18 +106,26 @@ __all__ = [
     "Bundle",
     "BundleError",
     "BundleFile",
+    "GuestKernel",
     "KernelFiles",
+    "MicroVm",
     "NetworkAttachment",
     "SharedDir",
     "VmConfig",
     "VmConfigBuilder",
     "VmConfigError",
+    "VmRunResult",
     "build_base",
     "generate_mac",
+    "guest_kernel",
+    "image_rootfs",
+    "kvm_usable",
     "pack_bundle",
     "pull_bundle",
     "push_bundle",
     "read_bundle",
+    "run_in_vm",
+    "start_vm",
     "unpack_bundle",
     "validate_bundle",
 ]

@@ -1,0 +1,243 @@
+"""The guest agent: building it, and the host side of its protocol (docs/VM_AGENT.md).
+
+The agent is ``agent.c`` (package data), compiled on first use with the host's
+``gcc -static -Os`` into ``<root>/vm/agent/<key>/lamina-agent``, the key hashing the source
+and the flags, and put into the initramfs as ``/init``. Static glibc is enough: the
+guest has no other userland.
+
+The host talks to it over a virtio-serial port backed by one end of a socketpair QEMU
+inherits. ``AgentConnection`` wraps the host end: non-blocking, with an outgoing buffer,
+so that a large stdin never blocks the host while the guest is blocked writing output.
+Frames are ``Frame(type, session, payload)``; helpers build EXEC payloads and decode
+HELLO and EXIT.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import selectors
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.errors import LaminaError
+
+PROTO_VERSION = 1
+HEADER = struct.Struct("!BxxxII")  # type, 3 reserved bytes, session, payload length
+MAX_PAYLOAD = 1 << 20
+STDIN_CHUNK = 64 * 1024
+AGENT_SOURCE = Path(__file__).with_name("agent.c")
+CFLAGS = ("-static", "-Os", "-s", "-Wall")
+PORT_NAME = "lamina.agent"
+
+
+class Msg(enum.IntEnum):
+    # host -> guest
+    PING = 0x01
+    EXEC = 0x02
+    STDIN = 0x03
+    SIGNAL = 0x04
+    SHUTDOWN = 0x05
+    # guest -> host
+    HELLO = 0x81
+    PONG = 0x82
+    STARTED = 0x83
+    STDOUT = 0x84
+    STDERR = 0x85
+    EXIT = 0x86
+    ERROR = 0x87
+
+
+EXEC_STDIN = 1  # EXEC flag: the process reads STDIN frames (else /dev/null)
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    session: int
+    payload: bytes
+
+
+def frame(type: int, session: int = 0, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise LaminaError(f"agent frame of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(type, session, len(payload)) + payload
+
+
+def exec_payload(
+    argv: Sequence[str],
+    env: Sequence[str],
+    *,
+    cwd: str = "/",
+    uid: int = 0,
+    gid: int = 0,
+    groups: Sequence[int] = (),
+    stdin: bool = False,
+) -> bytes:
+    """EXEC's payload: NUL-terminated fields uid, gid, groups, cwd, flags, argc, argv...,
+    envc, env... (no field may contain a NUL)."""
+    if not argv:
+        raise LaminaError("no command specified")
+    fields = [str(uid), str(gid), ",".join(str(g) for g in groups), cwd]
+    fields += [str(EXEC_STDIN if stdin else 0), str(len(argv)), *argv, str(len(env)), *env]
+    for f in fields:
+        if "\0" in f:
+            raise LaminaError(f"argument or environment value contains a NUL byte: {f!r}")
+    return b"".join(f.encode() + b"\0" for f in fields)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The agent's first message. Times are the guest's CLOCK_BOOTTIME in ns, TSC values
+    raw ticks (under TCG: host ticks since the VM started)."""
+
+    version: int
+    init_ns: int  # /init started
+    modules_ns: int  # modules loaded
+    port_ns: int  # control port open
+    root_ns: int  # root filesystem mounted
+    hello_ns: int
+    tsc_init: int
+    tsc_hello: int
+
+
+def parse_hello(payload: bytes) -> Hello:
+    if len(payload) < 8:
+        raise LaminaError("guest agent sent a malformed HELLO")
+    version, count = struct.unpack_from("!II", payload)
+    values = list(struct.unpack_from(f"!{count}Q", payload, 8))
+    values += [0] * (7 - len(values))
+    return Hello(version, *values[:7])
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    signaled: bool
+    core_dumped: bool
+    code: int  # exit status, or the signal number when signaled
+    at_ns: int  # guest CLOCK_BOOTTIME when it was reaped
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention, which Docker follows: 128+N when killed by signal N."""
+        return 128 + self.code if self.signaled else self.code
+
+
+def parse_exit(payload: bytes) -> ExitStatus:
+    if len(payload) < 16:
+        raise LaminaError("guest agent sent a malformed EXIT")
+    signaled, core, code, at = struct.unpack_from("!BBxxIQ", payload)
+    return ExitStatus(bool(signaled), bool(core), code, at)
+
+
+def build_agent(root: Path) -> Path:
+    """The compiled agent, built once per source and flags (``root``: the lamina root)."""
+    source = AGENT_SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    out = Path(root) / "vm" / "agent" / key / "lamina-agent"
+    if out.is_file():
+        return out
+    gcc = shutil.which("gcc")
+    if gcc is None or not Path("/usr/lib/x86_64-linux-gnu/libc.a").exists():
+        raise LaminaError(
+            "building the micro-VM guest agent needs gcc and static glibc "
+            "(apt-get install gcc libc6-dev)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".lamina-agent.{os.getpid()}.tmp")
+    try:
+        proc = subprocess.run(
+            [gcc, *CFLAGS, "-o", str(tmp), str(AGENT_SOURCE)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines()
+            raise LaminaError(f"compiling the guest agent failed: {lines[-1] if lines else '?'}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+class AgentConnection:
+    """The host end of the agent channel: queue frames, pump I/O, get frames back."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._out = bytearray()
+        self._in = bytearray()
+        self.closed = False
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(sock, selectors.EVENT_READ)
+
+    def send(self, type: int, session: int = 0, payload: bytes = b"") -> None:
+        self._out += frame(type, session, payload)
+        self._flush()
+
+    def send_stdin(self, session: int, data: bytes) -> None:
+        """Queue ``data`` for a process's stdin, then its end (an empty STDIN frame)."""
+        view = memoryview(data)
+        for i in range(0, len(view), STDIN_CHUNK):
+            self._out += frame(Msg.STDIN, session, bytes(view[i : i + STDIN_CHUNK]))
+        self._out += frame(Msg.STDIN, session)
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._out and not self.closed:
+            try:
+                n = self.sock.send(self._out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.closed = True  # QEMU is gone; reads will see EOF
+                break
+            del self._out[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0)
+        self._sel.modify(self.sock, events)
+
+    def poll(self, timeout: float | None) -> list[Frame]:
+        """Wait up to ``timeout`` for I/O; the frames that arrived. At EOF ``closed``
+        becomes True and the remaining complete frames are returned."""
+        if self.closed:
+            return self._frames()
+        for _, events in self._sel.select(timeout):
+            if events & selectors.EVENT_WRITE:
+                self._flush()
+            if events & selectors.EVENT_READ:
+                try:
+                    data = self.sock.recv(256 * 1024)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self.closed = True
+                self._in += data
+        return self._frames()
+
+    def _frames(self) -> list[Frame]:
+        out: list[Frame] = []
+        while len(self._in) >= HEADER.size:
+            type_, session, length = HEADER.unpack_from(self._in)
+            if length > MAX_PAYLOAD:
+                raise LaminaError(f"guest agent sent a frame of {length} bytes")
+            end = HEADER.size + length
+            if len(self._in) < end:
+                break
+            out.append(Frame(type_, session, bytes(self._in[HEADER.size : end])))
+            del self._in[:end]
+        return out
+
+    def close(self) -> None:
+        self._sel.close()
+        self.sock.close()
+        self.closed = True

@@ -1,0 +1,188 @@
+"""QEMU ``microvm`` command lines, and starting and killing the VMM.
+
+``qemu_command(QemuSpec)`` is a pure function: the machine is ``microvm`` with ACPI on
+(Debian's cloud kernel finds virtio-mmio devices only through ACPI: it lacks
+``VIRTIO_MMIO_CMDLINE_DEVICES``), no default devices, no reboot (a guest reset ends QEMU),
+the kernel booted directly as a PVH ELF with the generated initramfs, the serial console
+in a log file (or on lamina's stdout), the agent's virtio-serial port on an inherited
+socket, the image's root filesystem as a read-only virtio-blk disk (``/dev/vda`` in the
+guest), and virtio-net devices: QEMU's user-mode NAT (``lamina.net=nat`` tells the agent
+to configure it) or a host tap device.
+
+Kernel command line, chosen for boot time under TCG (measured: see docs/BENCHMARKS.md):
+
+- ``tsc_early_khz``: the host's TSC rate. Under TCG the guest TSC runs at the host's
+  rate, and without it about a quarter of boots hang calibrating against the PIT;
+- not ``nolapic_timer``: it would skip the local APIC timer's fixed 100 ms calibration,
+  but with the PIT as clock event device under TCG, timers were seen to never fire
+  (a ``sleep 0.1`` still asleep seconds later) when two expired together;
+- ``cryptomgr.notests``: no crypto self-tests at boot (a quarter of a second under TCG);
+- ``mitigations=off`` under TCG only: an emulated CPU does not speculate guest code, so
+  the guest's Spectre/Meltdown mitigations protect nothing there and cost boot patching
+  and run time. Under KVM they stay on: there the guest runs on the real CPU;
+- ``rcupdate.rcu_expedited=1``, ``audit=0``: fewer waits at boot.
+
+``launch`` starts QEMU with only the agent's socket inherited; ``kill`` ends it
+(SIGKILL: the guest's disks are read-only or scratch, there is nothing to flush).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamina.errors import LaminaError
+from lamina.vm._config import NetworkAttachment
+
+QEMU = "qemu-system-x86_64"
+QEMU_PACKAGE = "qemu-system-x86"
+# x86-64-v2 on QEMU's own CPU model: the model name stays "QEMU Virtual CPU", and images
+# built for x86-64-v2 (RHEL 9 and kin) still run. (`max` boots slower under TCG: its
+# AVX and friends add boot-time patching and self-tests.)
+TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+lahf-lm"
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    kernel: Path
+    initrd: Path
+    agent_fd: int  # the guest side of the agent socketpair, inherited by QEMU
+    console_log: Path | None  # None: the console goes to lamina's stdout
+    accel: str = "tcg"  # "kvm" or "tcg"
+    vcpus: int = 1
+    memory_mib: int = 512
+    root_image: Path | None = None  # read-only raw disk with the container's rootfs
+    append: Sequence[str] = field(default_factory=tuple)  # extra kernel arguments
+    networks: Sequence[NetworkAttachment] = ()
+    macs: Sequence[str] = ()  # one per network
+    quiet: bool = True  # False when someone reads the boot log
+
+
+@functools.cache
+def host_tsc_khz() -> int:
+    """The host's TSC frequency in kHz (what the guest TSC runs at under TCG)."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz").read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2_000_000  # a guess beats a hung calibration
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise LaminaError(f"micro-VMs need {QEMU} (apt-get install {QEMU_PACKAGE})")
+    return path
+
+
+def kernel_cmdline(spec: QemuSpec) -> list[str]:
+    args = ["console=ttyS0", "panic=-1", "cryptomgr.notests"]
+    if spec.quiet:
+        args.append("quiet")
+    args += ["rcupdate.rcu_expedited=1", "audit=0"]
+    if spec.accel == "tcg":
+        args += [f"tsc_early_khz={host_tsc_khz()}", "mitigations=off"]
+    if spec.root_image is not None:
+        args += ["lamina.root=/dev/vda", "lamina.rootfstype=erofs"]
+    if spec.networks and spec.networks[0].kind == "nat":
+        args.append("lamina.net=nat")
+    args += list(spec.append)
+    return args
+
+
+def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
+    if spec.accel not in ("kvm", "tcg"):
+        raise LaminaError(f"unknown accelerator {spec.accel!r}: expected kvm or tcg")
+    cpu = "host" if spec.accel == "kvm" else TCG_CPU
+    if len(spec.macs) != len(spec.networks):
+        raise LaminaError(f"{len(spec.networks)} network(s) need as many MACs")
+    if spec.console_log is None:
+        console = "stdio,id=console"
+    else:
+        console = f"file,id=console,path={_escape(str(spec.console_log))},append=on"
+    cmd = [
+        binary,
+        "-machine", "microvm,acpi=on",
+        "-accel", spec.accel,
+        "-cpu", cpu,
+        "-m", str(spec.memory_mib),
+        "-smp", str(spec.vcpus),
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-chardev", console,
+        "-serial", "chardev:console",
+        "-kernel", str(spec.kernel),
+        "-initrd", str(spec.initrd),
+        "-append", " ".join(kernel_cmdline(spec)),
+        "-chardev", f"socket,id=agent,fd={spec.agent_fd}",
+        "-device", "virtio-serial-device,max_ports=2",
+        "-device", "virtserialport,chardev=agent,name=lamina.agent",
+    ]  # fmt: skip
+    for i, (net, mac) in enumerate(zip(spec.networks, spec.macs, strict=True)):
+        if net.kind == "nat":
+            netdev = f"user,id=net{i}"
+        else:
+            netdev = f"tap,id=net{i},ifname={_escape(net.tap or '')},script=no,downscript=no"
+        cmd += ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net{i},mac={mac}"]
+    if spec.root_image is not None:
+        image = _escape(str(spec.root_image))
+        cmd += [
+            "-drive", f"if=none,id=root,file={image},format=raw,readonly=on",
+            "-device", "virtio-blk-device,drive=root",
+        ]  # fmt: skip
+    return cmd
+
+
+def _escape(value: str) -> str:
+    return value.replace(",", ",,")  # QEMU's option syntax doubles commas
+
+
+def launch(spec: QemuSpec) -> subprocess.Popen[bytes]:
+    """Start QEMU; its stderr goes to the console log (QEMU's own errors land there)."""
+    cmd = qemu_command(spec, qemu_binary())
+    if spec.console_log is None:
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, pass_fds=(spec.agent_fd,), start_new_session=True
+        )
+    with open(spec.console_log, "ab") as log:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(spec.agent_fd,),
+            start_new_session=True,  # a ^C to lamina must not kill the VMM behind its back
+        )
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def console_tail(log: Path | None, lines: int = 3) -> str:
+    """The last lines of a console log, joined on one line, for error messages."""
+    if log is None:
+        return ""
+    try:
+        text = log.read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
