@@ -226,6 +226,19 @@ def main() -> None:
                 root=root,
             )
 
+            step("The same image in a micro-VM: its own kernel (QEMU microvm, TCG here)")
+            sh("lamina", "run", "--rm", remote, "uname", "-r", root=root)
+            sh(
+                "lamina",
+                "vm",
+                "run",
+                remote,
+                "sh",
+                "-c",
+                "uname -r; grep -m1 'model name' /proc/cpuinfo",
+                root=root,
+            )
+
             step("Bad input gets one clear line and a non-zero exit")
             sh("lamina", "pull", "Not/A:Valid:Ref", root=root, check=False)
             sh("lamina", "pull", "127.0.0.1:1/nothing:here", root=root, check=False)

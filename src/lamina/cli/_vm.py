@@ -6,6 +6,7 @@ Bundles are plain directories (see ``lamina.vm._bundle``); ``build-base --push``
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -142,6 +143,61 @@ def inspect(directory: Path, fmt: str, check: bool) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+@vm.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("image")
+@click.argument("command", nargs=-1)
+@click.option("--cpus", type=int, default=1, show_default=True, help="vCPUs of the VM.")
+@click.option("-m", "--memory-mib", type=int, default=512, show_default=True, help="Guest memory.")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
+@click.option("-w", "--workdir", default=None, help="Working directory inside the guest.")
+@click.option("-u", "--user", default=None, help="uid[:gid] or name[:group].")
+@click.option("--entrypoint", default=None, help="Override the image's entrypoint.")
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="auto: KVM when a probe shows it works, else TCG emulation.",
+)
+@click.option("-i", "--interactive", is_flag=True, help="Send standard input to the command.")
+def run(
+    image: str,
+    command: tuple[str, ...],
+    cpus: int,
+    memory_mib: int,
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str | None,
+    entrypoint: str | None,
+    accel: str,
+    interactive: bool,
+) -> None:
+    """Run one command of IMAGE in a fresh micro-VM (QEMU microvm) and exit with its
+    code; stdout and stderr stay apart. The image must be present locally."""
+    from lamina.cli._images import open_local
+    from lamina.vm import run_in_vm
+
+    data = sys.stdin.buffer.read() if interactive else None
+    result = run_in_vm(
+        open_local(),
+        image,
+        list(command) or None,
+        entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
+        env=list(env),
+        workdir=workdir,
+        user=user,
+        vcpus=cpus,
+        memory_mib=memory_mib,
+        accel=accel,
+        stdin=data,
+    )
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.buffer.flush()
+    sys.exit(result.exit_code)
 
 
 def _host(reference: str) -> str:
