@@ -495,7 +495,7 @@ def test_missing_runtime_is_one_clear_error(root: Path, runtime: str) -> None:
         ["run", "--ulimit", "nofile=2:1", IMAGE],
         ["run", "-v", "relative:dir", IMAGE],
         ["run", "--network", "bridge", IMAGE],
-        ["run", "--isolation", "vm", IMAGE],
+        ["run", "--isolation", "hyperv", IMAGE],
         ["run", "--pull", "never", "example.com/not/here:1"],
         ["run", "--rm", "sha256:" + "0" * 64],
         ["create", "--cpus", "-1", IMAGE],

@@ -320,9 +320,11 @@ def test_network() -> None:
 
 
 def test_isolation() -> None:
-    assert _build(isolation="auto").config.isolation == "process"
-    with pytest.raises(InvalidOption, match="vm is not available yet"):
-        _build(isolation="vm")
+    assert _build(isolation="").config.isolation == "process"
+    assert _build(isolation="auto").config.isolation == "auto"
+    assert _build(isolation="VM").config.isolation == "vm"
+    with pytest.raises(InvalidOption, match="expected process, vm or auto"):
+        _build(isolation="hyperv")
 
 
 def test_build_config_whole() -> None:

@@ -99,10 +99,92 @@ def open_runtime() -> Runtime:
 
     settings = _settings()
     try:
-        return _open(settings.root, oci_runtime=settings.oci_runtime)
+        oci = _open(settings.root, oci_runtime=settings.oci_runtime)
     except LaminaError as e:
         e.exit_code = 125
         raise
+    return cast("Runtime", _Backends(oci, Path(settings.root)))
+
+
+class _Backends:
+    """Both isolation backends behind one Runtime-shaped object: a container is found
+    in the backend that holds it (the VM one is opened only once it has a database,
+    so process-only roots never import ``lamina.vm``); ``create`` goes by
+    ``config.isolation``; ``list`` merges both; the rest is the process backend's."""
+
+    def __init__(self, oci: Runtime, root: Path) -> None:
+        self._oci = oci
+        self._root = root
+        self._vm: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._oci, name)
+
+    def vm(self, *, create: bool = False) -> Any:
+        if self._vm is None and (create or (self._root / "vms" / "vms.db").exists()):
+            from lamina.vm import open_vm_runtime
+
+            self._vm = open_vm_runtime(self._root)
+        return self._vm
+
+    def backend_of(self, ref: str) -> Any:
+        vm = self.vm()
+        return vm if vm is not None and vm.owns(ref) else self._oci
+
+    def create(self, config: Any) -> Container:
+        from lamina.errors import LaminaError
+
+        vm = self.vm(create=config.isolation == "vm")
+        other = self._oci if config.isolation == "vm" else vm
+        if config.name and other is not None and _has_name(other, config.name):
+            raise LaminaError(f"the container name {config.name!r} is already in use")
+        if config.isolation == "vm":
+            reason = config.labels.pop(_REASON_LABEL, "")
+            return cast("Container", self.vm(create=True).create(config, isolation_reason=reason))
+        return self._oci.create(config)
+
+    def list(self, *, all: bool = False) -> list[Container]:
+        vm = self.vm()
+        return self._oci.list(all=all) + (vm.list(all=all) if vm is not None else [])
+
+    def inspect(self, ref: str) -> dict[str, object]:
+        found = dict(self.backend_of(ref).inspect(ref))
+        if found.get("Isolation") == "process" and "IsolationReason" not in found:
+            labels = cast("dict[str, Any]", found.get("Config") or {}).get("Labels") or {}
+            found["IsolationReason"] = labels.get(_REASON_LABEL, "--isolation process (default)")
+        return found
+
+    def close(self) -> None:
+        self._oci.close()
+        if self._vm is not None:
+            self._vm.close()
+
+
+def _has_name(rt: Any, name: str) -> bool:
+    from lamina.errors import LaminaError
+
+    try:
+        return bool(rt.get(name).name == name.lstrip("/"))
+    except LaminaError:
+        return False
+
+
+def _routed(name: str) -> Callable[..., Any]:
+    def method(self: _Backends, ref: str, *args: Any, **kw: Any) -> Any:
+        return getattr(self.backend_of(ref), name)(ref, *args, **kw)
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "start", "stop", "kill", "pause", "unpause", "remove", "rename", "get", "wait", "logs",
+    "stats", "top", "pid", "ip_address", "exec", "attach", "resize", "copy_out", "copy_in",
+    "diff", "commit", "update", "rootfs",
+):  # fmt: skip
+    setattr(_Backends, _name, _routed(_name))
+
+_REASON_LABEL = "lamina.isolation.reason"
 
 
 def _error(msg: str) -> None:
@@ -342,7 +424,7 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         default="process",
         show_default=True,
         metavar="process|vm|auto",
-        help="Isolation technology (vm comes later).",
+        help="Isolation: process (namespaces), vm (micro-VM), auto (vm for foreign platforms).",
     ),
 ]
 
@@ -359,19 +441,26 @@ def _prepare(
     """Flags -> ContainerConfig, the image resolved (pulled per --pull) in the
     runtime's image store. Every failure here is Docker's 125: the container never
     existed."""
-    from lamina.cli._runopts import InvalidOption, RunOptions, build_config
+    from lamina.cli._runopts import InvalidOption, RunOptions, build_config, parse_isolation
     from lamina.errors import LaminaError
 
     pull = flags.pop("pull")
     platform = flags.pop("platform")
+    isolation_flag = flags.pop("isolation")
     try:
+        isolation = parse_isolation(isolation_flag)
         opts = RunOptions(**flags, auto_remove=auto_remove)
         # Parse flags before touching the image: a typo should not cost a pull.
         build_config(opts, image="", image_ref=image, command=command, cpu_count=os.cpu_count())
-        record = _resolve_image(image, pull, platform, _image_store(rt))
+        local = _image_store(rt)
+        record = _resolve_image(image, pull, platform, local)
         parsed = build_config(
             opts, image=record.id, image_ref=image, command=command, cpu_count=os.cpu_count()
         )
+        chosen, reason = _choose_isolation(isolation, local, record)
+        parsed.config.isolation = chosen
+        if reason:
+            parsed.config.labels[_REASON_LABEL] = reason
         for w in parsed.warnings:
             print(f"WARNING: {w}", file=sys.stderr)
         for d in parsed.bind_dirs_to_create:
@@ -383,6 +472,24 @@ def _prepare(
     except LaminaError as e:
         e.exit_code = 125
         raise
+
+
+def _choose_isolation(requested: str, local: Any, record: Any) -> tuple[str, str]:
+    """(isolation, why): ``auto`` is process when the image's platform is the host's
+    (a namespace shares the host kernel), vm otherwise."""
+    import platform as _platform
+
+    if requested == "vm":
+        return "vm", "--isolation vm"
+    if requested != "auto":
+        return "process", ""
+    machine = _platform.machine()
+    host = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    cfg = local.config(record)
+    arch, os_ = cfg.get("architecture") or host, cfg.get("os") or "linux"
+    if arch == host and os_ == "linux":
+        return "process", f"--isolation auto: image platform {os_}/{arch} matches the host"
+    return "vm", f"--isolation auto: image platform {os_}/{arch} differs from the host's {host}"
 
 
 def _image_store(rt: Runtime) -> Any:

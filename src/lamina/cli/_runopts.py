@@ -501,12 +501,13 @@ def parse_network(value: str) -> str:
     raise InvalidOption(f"network {v!r} not found: only none, host and container:<id> exist yet")
 
 
-def parse_isolation(value: str) -> str:
-    v = value.strip().lower()
-    if v in ("process", "auto", "default", ""):
+def parse_isolation(value: str | None) -> str:
+    """``process``, ``vm`` or ``auto`` (resolved against the image by the caller)."""
+    v = (value or "").strip().lower()
+    if v in ("process", "default", ""):
         return "process"
-    if v == "vm":
-        raise InvalidOption("--isolation vm is not available yet (no VM backend): use process")
+    if v in ("vm", "auto"):
+        return v
     raise InvalidOption(f"invalid --isolation {value!r}: expected process, vm or auto")
 
 

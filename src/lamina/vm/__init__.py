@@ -16,6 +16,7 @@ Public API (modules are private; names are imported on first use, PEP 562, so th
 
     run_in_vm(local, image_ref, argv, ...) -> VmRunResult   # one command in a micro-VM
     start_vm(local, record, config, ...) -> MicroVm         # the boot step alone
+    open_vm_runtime(root, accel="auto") -> VmRuntime        # the Runtime backend
     guest_kernel(root) -> GuestKernel; kvm_usable(root, ...) -> bool
     image_rootfs(local, record) -> Path                     # EROFS disk of an image
 """
@@ -26,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lamina.vm._backend import VmRuntime, open_vm_runtime
     from lamina.vm._bundle import (
         ARTIFACT_TYPE,
         LAYER_MEDIA_TYPE,
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
     from lamina.vm._run import MicroVm, VmRunResult, run_in_vm, start_vm
 
 _LAZY: dict[str, str] = {
+    "VmRuntime": "lamina.vm._backend",
+    "open_vm_runtime": "lamina.vm._backend",
     "GuestKernel": "lamina.vm._kernel",
     "guest_kernel": "lamina.vm._kernel",
     "kvm_usable": "lamina.vm._kvm",
@@ -115,11 +119,13 @@ __all__ = [
     "VmConfigBuilder",
     "VmConfigError",
     "VmRunResult",
+    "VmRuntime",
     "build_base",
     "generate_mac",
     "guest_kernel",
     "image_rootfs",
     "kvm_usable",
+    "open_vm_runtime",
     "pack_bundle",
     "pull_bundle",
     "push_bundle",

@@ -1,0 +1,926 @@
+"""The micro-VM runtime backend: ``VmRuntime``, the Runtime interface over micro-VMs.
+
+Lifecycle and contract:
+
+- ``create`` resolves the image and Docker's process rules (entrypoint and command,
+  env, user, working directory) once and stores them in a row of ``<root>/vms/vms.db``
+  (its own SQLite database: the process backend's schema is its own business);
+- ``start`` launches a **supervisor** (``python -m lamina.vm._backend ROOT ID``, its own
+  session) and waits until it listens on ``<root>/vms/<id>/ctl.sock``. The supervisor
+  boots the VM (``start_vm``), holds the agent channel, sends the workload's EXEC,
+  writes its STDOUT/STDERR into ``<root>/vms/<id>/ctr.log`` in conmon's k8s-file format
+  (read back with ``lamina.runtime._conmon``), records the exit status in the row and
+  shuts QEMU down. It owns every state change after ``created``.
+- Later processes talk to the supervisor over ``ctl.sock`` with the agent protocol
+  itself (docs/VM_AGENT.md): SIGNAL for session 1 goes to the workload; EXEC, STDIN and
+  SIGNAL on other sessions are relayed to a fresh guest session (``exec``); SHUTDOWN
+  kills the VM at once (``stop`` after its grace period, ``rm -f``).
+- A supervisor that died is found by ``_reconcile`` (every public call): its row
+  becomes ``exited`` with an error and its QEMU is killed.
+
+Not supported for VMs yet (a one-line LaminaError): pause, diff/commit, cp, update,
+resize, top, attach with stdin.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import selectors
+import signal as _signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lamina import _sqlite
+from lamina.errors import InUse, LaminaError, NotFound
+from lamina.runtime._interface import Runtime
+from lamina.runtime._types import (
+    ChangeEntry,
+    Container,
+    ContainerConfig,
+    ContainerState,
+    ExecResult,
+    ExitReason,
+    LogEntry,
+    Mount,
+    Resources,
+    Security,
+    Stats,
+    Status,
+    Ulimit,
+    WaitCondition,
+    WaitOutcome,
+)
+from lamina.vm._agent import AgentConnection, Msg, exec_payload, parse_exit
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    config TEXT NOT NULL,
+    process TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    signaled INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+"""
+WORKLOAD = 1  # the agent session of the container's main process
+MIN_MEMORY_MIB = 128
+DEFAULT_MEMORY_MIB = 512
+_ACTIVE = ("running", "paused")
+TOMBSTONE_SECONDS = 60
+_UNSUPPORTED = "is not supported for micro-VM containers yet"
+
+
+def open_vm_runtime(root: Path, **options: Any) -> VmRuntime:
+    """The micro-VM backend over ``root`` (``accel=`` "auto", "kvm" or "tcg")."""
+    return VmRuntime(Path(root), **options)
+
+
+def _config_from_dict(d: dict[str, Any]) -> ContainerConfig:
+    d = dict(d)
+    d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
+    d["ulimits"] = [Ulimit(**u) for u in d.get("ulimits", [])]
+    d["resources"] = Resources(**d.get("resources", {}))
+    d["security"] = Security(**d.get("security", {}))
+    return ContainerConfig(**d)
+
+
+def vm_shape(config: ContainerConfig) -> tuple[int, int]:
+    """(vCPUs, memory MiB) for the container's resources: --cpus rounded up, --memory
+    with a floor of 128 MiB."""
+    cpus = config.resources.cpus
+    vcpus = max(1, -(-int(cpus * 1000) // 1000)) if cpus else 1
+    mem = config.resources.memory
+    memory_mib = max(MIN_MEMORY_MIB, mem >> 20) if mem else DEFAULT_MEMORY_MIB
+    return vcpus, memory_mib
+
+
+class VmRuntime(Runtime):
+    name = "vm"
+
+    def __init__(self, root: Path, *, accel: str = "auto", **_ignored: Any) -> None:
+        self.root = Path(root).absolute()
+        self.dir = self.root / "vms"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.accel = accel
+        self.db = _sqlite.connect(self.dir / "vms.db", SCHEMA)
+        self._local: Any = None
+
+    def close(self) -> None:
+        self.db.close()
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+
+    @property
+    def images(self) -> Any:
+        if self._local is None:
+            from lamina.image import LocalImages
+
+            self._local = LocalImages.open(self.root)
+        return self._local
+
+    # -- rows ------------------------------------------------------------------------
+    def _rows(self) -> builtins.list[sqlite3.Row]:
+        """Every container's row; tombstones (``removed``: a --rm container that
+        ended, kept a minute for ``wait`` and a last ``logs`` read) are left out."""
+        self.db.row_factory = sqlite3.Row
+        query = "SELECT * FROM vms WHERE status != 'removed' ORDER BY created"
+        return builtins.list(self.db.execute(query))
+
+    def _tombstone(self, ref: str) -> sqlite3.Row | None:
+        self.db.row_factory = sqlite3.Row
+        rows = builtins.list(
+            self.db.execute("SELECT * FROM vms WHERE status = 'removed' AND id LIKE ?",
+                            (ref.replace("%", "").replace("_", "") + "%",))
+        )  # fmt: skip
+        return rows[0] if len(rows) == 1 and ref else None
+
+    def _row(self, ref: str) -> sqlite3.Row:
+        self._reconcile()
+        rows = self._rows()
+        for r in rows:
+            if r["id"] == ref or r["name"] == ref.lstrip("/"):
+                return r
+        found = [r for r in rows if ref and r["id"].startswith(ref)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise LaminaError(f"container ID prefix {ref!r} is ambiguous")
+        raise NotFound(f"no such container: {ref}")
+
+    def owns(self, ref: str) -> bool:
+        """Whether ``ref`` names one of this backend's containers (or its tombstone)."""
+        try:
+            self._row(ref)
+        except NotFound:
+            return self._tombstone(ref) is not None
+        except LaminaError:
+            return True
+        return True
+
+    def _update(self, cid: str, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with _sqlite.transaction(self.db) as db:
+            db.execute(f"UPDATE vms SET {cols} WHERE id = ?", (*values.values(), cid))
+
+    def _reconcile(self) -> None:
+        import shutil
+
+        old = time.time() - TOMBSTONE_SECONDS
+        for (cid,) in builtins.list(self.db.execute(
+            "SELECT id FROM vms WHERE status = 'removed' AND finished_at < ?", (old,)
+        )):  # fmt: skip
+            with _sqlite.transaction(self.db) as db:
+                db.execute("DELETE FROM vms WHERE id = ?", (cid,))
+            shutil.rmtree(self.dir / cid, ignore_errors=True)
+        for r in self._rows():
+            if r["status"] in _ACTIVE and not _supervisor_alive(r["pid"]):
+                _kill_qemu(self.dir / r["id"])
+                fresh = self.db.execute("SELECT status FROM vms WHERE id = ?", (r["id"],))
+                row = fresh.fetchone()
+                if row is not None and row[0] in _ACTIVE:
+                    self._update(
+                        r["id"], status="exited", exit_code=137, signaled=0,
+                        error="the VM's monitor died", finished_at=time.time(),
+                    )  # fmt: skip
+
+    def _container(self, r: sqlite3.Row) -> Container:
+        config = _config_from_dict(json.loads(r["config"]))
+        state = ContainerState(
+            status=Status(r["status"]),
+            pid=r["pid"],
+            exit_code=r["exit_code"],
+            error=r["error"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+        )
+        return Container(
+            r["id"], r["name"], config, state, r["created"], "vm", isolation_reason=r["reason"]
+        )
+
+    # -- images ----------------------------------------------------------------------
+    def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
+        from lamina.registry import RegistryConfig
+        from lamina.registry import pull as registry_pull
+
+        record = registry_pull(self.images, reference, policy=policy, config=RegistryConfig.load())
+        return str(record.id)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def create(self, config: ContainerConfig, *, isolation_reason: str = "") -> Container:
+        from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
+        from lamina.runtime._state import random_name, validate_name
+        from lamina.vm._rootfs import image_user
+
+        self._reconcile()
+        local = self.images
+        record = local.require(config.image)
+        full = local.config(record)
+        arch = full.get("architecture") or "amd64"
+        if arch not in ("amd64", "x86_64"):
+            raise LaminaError(
+                f"a linux/{arch} image needs qemu-system-{_qemu_arch(arch)} and a {arch} guest "
+                "kernel, which lamina does not provide yet"
+            )
+        if config.mounts or config.tty or config.stdin_open:
+            what = "volumes and bind mounts" if config.mounts else "a TTY or an open stdin"
+            raise LaminaError(f"{what} {_UNSUPPORTED}")
+        img = full.get("config") or {}
+        args = process_args(
+            config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd")
+        )
+        if not args:
+            raise LaminaError("no command specified")
+        names = {r["name"] for r in self._rows()}
+        name = validate_name(config.name) if config.name else random_name(names.__contains__)
+        if name in names:
+            raise LaminaError(f"the container name {name!r} is already in use")
+        cid = os.urandom(32).hex()
+        hostname = config.hostname or cid[:12]
+        uid, gid, groups, home = image_user(local, record, config.user or img.get("User"))
+        env = merge_env(merge_env([f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"],
+                                  img.get("Env") or []), config.env)  # fmt: skip
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={home or '/'}")
+        workdir = config.working_dir or img.get("WorkingDir") or "/"
+        if not config.stop_signal and img.get("StopSignal"):
+            config.stop_signal = img["StopSignal"]
+        vcpus, memory_mib = vm_shape(config)
+        process = {
+            "argv": args, "env": env, "cwd": workdir, "uid": uid, "gid": gid,
+            "groups": groups, "hostname": hostname, "image_id": record.id,
+            "vcpus": vcpus, "memory_mib": memory_mib, "accel": self.accel,
+        }  # fmt: skip
+        config.isolation = "vm"
+        now = time.time()
+        (self.dir / cid).mkdir(parents=True)
+        with _sqlite.transaction(self.db) as db:
+            db.execute(
+                "INSERT INTO vms (id, name, config, process, status, created, reason)"
+                " VALUES (?, ?, ?, ?, 'created', ?, ?)",
+                (cid, name, json.dumps(asdict(config)), json.dumps(process), now,
+                 isolation_reason),
+            )  # fmt: skip
+        return self.get(cid)
+
+    def start(self, ref: str) -> None:
+        r = self._row(ref)
+        if r["status"] in _ACTIVE:
+            return
+        cid = r["id"]
+        vmdir = self.dir / cid
+        for stale in ("ctl.sock", "qemu.pid"):  # the log goes on across restarts
+            (vmdir / stale).unlink(missing_ok=True)
+        self._update(cid, status="created", exit_code=None, error="", finished_at=None)
+        with open(vmdir / "supervisor.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lamina.vm._backend", str(self.root), cid],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd="/",  # pins no directory of the caller's
+                start_new_session=True,  # outlives the CLI and its ^C
+            )
+        deadline = time.monotonic() + 60
+        while not (vmdir / "ctl.sock").exists():
+            if proc.poll() is not None:
+                tail = (vmdir / "supervisor.log").read_bytes()[-2000:].decode(errors="replace")
+                lines = [x for x in tail.splitlines() if x.strip()]
+                msg = lines[-1] if lines else f"exit status {proc.returncode}"
+                self._update(cid, status="failed", error=msg, finished_at=time.time())
+                raise LaminaError(f"the VM of container {cid[:12]} did not start: {msg}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise LaminaError(f"the VM of container {cid[:12]} did not start within 60 s")
+            time.sleep(0.01)
+
+    def _control(self, cid: str) -> AgentConnection:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _short_path(self.dir / cid / "ctl.sock") as path:
+                sock.connect(path)
+        except OSError as e:
+            sock.close()
+            raise LaminaError(f"container {cid[:12]} is not running ({e.strerror})") from None
+        return AgentConnection(sock)
+
+    def _tell(self, cid: str, type_: int, session: int = 0, payload: bytes = b"") -> None:
+        conn = self._control(cid)
+        try:
+            conn.send(type_, session, payload)
+            deadline = time.monotonic() + 5
+            while conn._out and time.monotonic() < deadline and not conn.closed:
+                conn.poll(0.05)
+        finally:
+            conn.close()
+
+    def _require_running(self, r: sqlite3.Row, what: str) -> None:
+        if r["status"] not in _ACTIVE:
+            raise LaminaError(f"cannot {what} container {r['id'][:12]}: it is not running")
+
+    def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        from lamina.runtime._signals import parse_signal
+
+        r = self._row(ref)
+        if r["status"] not in _ACTIVE:
+            return
+        config = _config_from_dict(json.loads(r["config"]))
+        signum = parse_signal(signal or config.stop_signal or "SIGTERM")
+        grace = config.stop_timeout if timeout is None else timeout
+        with contextlib.suppress(LaminaError):
+            self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
+        if self._wait_exit(r["id"], grace):
+            return
+        with contextlib.suppress(LaminaError):
+            self._tell(r["id"], Msg.SHUTDOWN)
+        self._wait_exit(r["id"], 10)
+
+    def _wait_exit(self, cid: str, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._reconcile()
+            row = self.db.execute("SELECT status FROM vms WHERE id = ?", (cid,)).fetchone()
+            if row is None or row[0] not in (*_ACTIVE, "created"):
+                return True
+            if row[0] == "created" and not (self.dir / cid / "supervisor.log").exists():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        from lamina.runtime._signals import parse_signal
+
+        signum = parse_signal(signal)
+        r = self._row(ref)
+        self._require_running(r, "kill")
+        self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
+
+    def pause(self, ref: str) -> None:
+        raise LaminaError(f"pause {_UNSUPPORTED}")
+
+    def unpause(self, ref: str) -> None:
+        raise LaminaError(f"unpause {_UNSUPPORTED}")
+
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        import shutil
+
+        r = self._row(ref)
+        if r["status"] in _ACTIVE:
+            if not force:
+                raise InUse(
+                    f"cannot remove container {r['id'][:12]}: it is running "
+                    "(stop it first or use --force)"
+                )
+            with contextlib.suppress(LaminaError):
+                self._tell(r["id"], Msg.SHUTDOWN)
+            if not self._wait_exit(r["id"], 10):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(r["pid"], _signal.SIGKILL)
+                _kill_qemu(self.dir / r["id"])
+        with _sqlite.transaction(self.db) as db:
+            db.execute("DELETE FROM vms WHERE id = ?", (r["id"],))
+        shutil.rmtree(self.dir / r["id"], ignore_errors=True)
+
+    def rename(self, ref: str, new_name: str) -> None:
+        from lamina.runtime._state import validate_name
+
+        r = self._row(ref)
+        name = validate_name(new_name)
+        try:
+            self._update(r["id"], name=name)
+        except sqlite3.IntegrityError:
+            raise LaminaError(f"the container name {name!r} is already in use") from None
+
+    # -- observing -------------------------------------------------------------------
+    def get(self, ref: str) -> Container:
+        return self._container(self._row(ref))
+
+    def list(self, *, all: bool = False) -> builtins.list[Container]:
+        self._reconcile()
+        return [self._container(r) for r in self._rows() if all or r["status"] in _ACTIVE]
+
+    def wait(
+        self,
+        ref: str,
+        condition: WaitCondition = WaitCondition.NOT_RUNNING,
+        timeout: float | None = None,
+    ) -> WaitOutcome:
+        from lamina.runtime._signals import signal_name
+
+        try:
+            r = self._row(ref)
+        except NotFound:
+            gone = self._tombstone(ref)
+            if gone is None:
+                raise
+            r = gone
+        if condition == WaitCondition.NEXT_EXIT and r["status"] not in _ACTIVE:
+            raise LaminaError(f"container {r['id'][:12]} is not running")
+        if not self._wait_exit(r["id"], timeout):
+            raise LaminaError(f"container {r['id'][:12]} is still running after {timeout} s")
+        row = self.db.execute(
+            "SELECT exit_code, signaled, error, finished_at, status FROM vms WHERE id = ?",
+            (r["id"],),
+        ).fetchone()
+        if row is None:
+            if condition == WaitCondition.REMOVED:
+                return WaitOutcome(0, ExitReason.EXITED)
+            raise NotFound(f"no such container: {ref}")
+        code, signaled, error, finished, status = row
+        if condition == WaitCondition.REMOVED:
+            while self.db.execute("SELECT 1 FROM vms WHERE id = ?", (r["id"],)).fetchone():
+                time.sleep(0.05)
+        code = 0 if code is None else code
+        if status == "failed" or (error and code in (125, 126, 127)):
+            return WaitOutcome(code or 125, ExitReason.RUNTIME_ERROR, None, finished, error)
+        if signaled:
+            return WaitOutcome(code, ExitReason.SIGNAL, signal_name(code - 128), finished, error)
+        return WaitOutcome(code, ExitReason.EXITED, None, finished, error)
+
+    def logs(
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        stdout: bool = True,
+        stderr: bool = True,
+    ) -> Iterator[LogEntry]:
+        from lamina.runtime import _conmon
+
+        r = self._row(ref)
+        cid = r["id"]
+        streams = frozenset(s for s, on in (("stdout", stdout), ("stderr", stderr)) if on)
+
+        def running() -> bool:
+            return not self._wait_exit(cid, 0)
+
+        return _conmon.read_logs(
+            self.dir / cid / "ctr.log",
+            follow=follow,
+            running=running,
+            tail=tail,
+            since=since,
+            until=until,
+            streams=streams,
+        )
+
+    def stats(self, ref: str) -> Stats:
+        r = self._row(ref)
+        process = json.loads(r["process"])
+        qemu = _qemu_pid(self.dir / r["id"]) if r["status"] in _ACTIVE else 0
+        rss = _rss(qemu) if qemu else 0
+        return Stats(
+            memory_used=rss,
+            memory_limit=process["memory_mib"] << 20,
+            pids=1 if qemu else 0,
+            timestamp=time.time(),
+        )
+
+    def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
+        raise LaminaError(f"top {_UNSUPPORTED}")
+
+    def inspect(self, ref: str) -> dict[str, object]:
+        c = self.get(ref)
+        r = self._row(c.id)
+        process = json.loads(r["process"])
+        cfg = c.config
+        st = c.state
+        return {
+            "Id": c.id,
+            "Name": "/" + c.name,
+            "Created": datetime.fromtimestamp(c.created, UTC).isoformat(),
+            "Path": process["argv"][0],
+            "Args": process["argv"][1:],
+            "State": {
+                "Status": str(st.status),
+                "Running": st.status == Status.RUNNING,
+                "Paused": False,
+                "Pid": st.pid,
+                "ExitCode": st.exit_code or 0,
+                "Error": st.error,
+                "StartedAt": _iso(st.started_at),
+                "FinishedAt": _iso(st.finished_at),
+            },
+            "Image": process["image_id"],
+            "Config": {
+                "Hostname": process["hostname"],
+                "Image": cfg.image_ref or cfg.image,
+                "Env": process["env"],
+                "Cmd": process["argv"],
+                "WorkingDir": process["cwd"],
+                "Labels": dict(cfg.labels),
+                "StopSignal": cfg.stop_signal or "SIGTERM",
+            },
+            "HostConfig": {
+                "Memory": cfg.resources.memory or 0,
+                "NanoCpus": int((cfg.resources.cpus or 0) * 1e9),
+                "AutoRemove": cfg.auto_remove,
+            },
+            "VM": {
+                "VCPUs": process["vcpus"],
+                "MemoryMiB": process["memory_mib"],
+                "Accel": process.get("accel", "auto"),
+                "QemuPid": _qemu_pid(self.dir / c.id) if st.status in _ACTIVE else 0,
+            },
+            "LogPath": str(self.dir / c.id / "ctr.log"),
+            "Isolation": "vm",
+            "IsolationReason": c.isolation_reason,
+            "Backend": self.name,
+        }
+
+    def pid(self, ref: str) -> int:
+        r = self._row(ref)
+        return _qemu_pid(self.dir / r["id"]) if r["status"] in _ACTIVE else 0
+
+    def ip_address(self, ref: str) -> str:
+        self._row(ref)
+        return ""
+
+    # -- exec ------------------------------------------------------------------------
+    def exec(
+        self,
+        ref: str,
+        argv: builtins.list[str],
+        *,
+        env: builtins.list[str] | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        tty: bool = False,
+        stdin: BinaryIO | None = None,
+        detach: bool = False,
+        stream: bool = False,
+    ) -> ExecResult:
+        from lamina.runtime._spec import merge_env
+
+        if not argv:
+            raise LaminaError("exec needs a command")
+        if tty or detach:
+            raise LaminaError(f"exec with {'a TTY' if tty else '--detach'} {_UNSUPPORTED}")
+        r = self._row(ref)
+        self._require_running(r, "exec in")
+        p = json.loads(r["process"])
+        uid, gid, groups = p["uid"], p["gid"], p["groups"]
+        environ = merge_env(p["env"], env or [])
+        if user:
+            from lamina.vm._rootfs import image_user
+
+            local = self.images
+            uid, gid, groups, home = image_user(local, local.require(p["image_id"]), user)
+            environ = merge_env(environ, [f"HOME={home or '/'}", *(env or [])])
+        if workdir and not workdir.startswith("/"):
+            raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
+        data: bytes | None = None
+        if stdin is not None and getattr(stdin, "name", None) != os.devnull:
+            data = stdin.read()
+        payload = exec_payload(
+            argv, environ, cwd=workdir or p["cwd"], uid=uid, gid=gid, groups=groups,
+            stdin=data is not None,
+        )  # fmt: skip
+        conn = self._control(r["id"])
+        try:
+            conn.send(Msg.EXEC, WORKLOAD, payload)
+            if data is not None:
+                conn.send_stdin(WORKLOAD, data)
+            return _collect_exec(conn, stream)
+        finally:
+            conn.close()
+
+    def attach(
+        self,
+        ref: str,
+        *,
+        stdin: BinaryIO | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        tty: bool = False,
+        start: bool = False,
+    ) -> None:
+        """Follows the log (which holds every byte from the start): nothing is lost
+        between ``start`` and the first read. Stdin is not forwarded yet."""
+        from lamina.runtime._conmon import LogReader
+
+        if start:
+            self.start(ref)
+        cid = self._row(ref)["id"]
+        reader = LogReader(self.dir / cid / "ctr.log")
+        while True:
+            # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
+            done = self._wait_exit(cid, 0)
+            entries = reader.read()
+            if done:
+                entries += reader.read() + reader.flush()
+            for entry in entries:
+                out = stderr if entry.stream == "stderr" else stdout
+                out.write(entry.data)
+                out.flush()
+            if done:
+                return
+            time.sleep(0.02)
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        raise LaminaError(f"resize {_UNSUPPORTED}")
+
+    # -- filesystem ------------------------------------------------------------------
+    def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
+        raise LaminaError(f"cp {_UNSUPPORTED}")
+
+    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
+        raise LaminaError(f"cp {_UNSUPPORTED}")
+
+    def diff(self, ref: str) -> builtins.list[ChangeEntry]:
+        raise LaminaError(f"diff {_UNSUPPORTED}")
+
+    def commit(
+        self,
+        ref: str,
+        reference: str | None = None,
+        *,
+        changes: builtins.list[str] | None = None,
+        message: str | None = None,
+        author: str | None = None,
+        pause: bool = True,
+    ) -> str:
+        raise LaminaError(f"commit {_UNSUPPORTED}")
+
+    def update(self, ref: str, resources: Resources) -> None:
+        raise LaminaError(f"update {_UNSUPPORTED}")
+
+
+def _qemu_arch(arch: str) -> str:
+    return {"arm64": "aarch64", "386": "i386", "ppc64le": "ppc64"}.get(arch, arch)
+
+
+def _iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else "0001-01-01T00:00:00Z"
+
+
+def _collect_exec(conn: AgentConnection, stream: bool) -> ExecResult:
+    out, err = bytearray(), bytearray()
+    error: str | None = None
+    while True:
+        for f in conn.poll(1.0):
+            if f.type == Msg.STDOUT:
+                if stream:
+                    sys.stdout.buffer.write(f.payload)
+                    sys.stdout.buffer.flush()
+                else:
+                    out += f.payload
+            elif f.type == Msg.STDERR:
+                if stream:
+                    sys.stderr.buffer.write(f.payload)
+                    sys.stderr.buffer.flush()
+                else:
+                    err += f.payload
+            elif f.type == Msg.ERROR:
+                error = f.payload.decode(errors="replace")
+            elif f.type == Msg.EXIT:
+                if error is not None:
+                    from lamina.runtime._conmon import error_exit_code
+
+                    e = LaminaError(error)
+                    e.exit_code = error_exit_code(error)
+                    raise e
+                return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
+        if conn.closed:
+            raise LaminaError("the container stopped before the exec finished")
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """``path`` as a socket address: unix socket paths are limited to 107 bytes, and a
+    root plus a 64-hex ID can be longer, so go through ``/proc/self/fd`` of its dir."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def _supervisor_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"lamina.vm._backend" in cmdline
+
+
+def _qemu_pid(vmdir: Path) -> int:
+    try:
+        return int((vmdir / "qemu.pid").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _kill_qemu(vmdir: Path) -> None:
+    pid = _qemu_pid(vmdir)
+    if pid:
+        try:
+            if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, _signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# -- the supervisor ----------------------------------------------------------------------
+
+
+class _LogWriter:
+    """Appends output to a k8s-file log: complete lines as F, an unterminated rest as P."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the VM
+
+    def write(self, stream: str, data: bytes) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+        head = f"{now} {stream} ".encode()
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        chunks = [head + b"F " + line + b"\n" for line in lines]
+        if rest:
+            chunks.append(head + b"P " + rest + b"\n")
+        self.f.write(b"".join(chunks))
+
+
+def supervise(root: Path, cid: str) -> int:
+    """Boot container ``cid``'s VM and stay with it until its workload exits."""
+    from lamina.image import LocalImages
+    from lamina.vm._config import VmConfig
+    from lamina.vm._run import start_vm
+
+    vmdir = root / "vms" / cid
+    db = _sqlite.connect(root / "vms" / "vms.db", SCHEMA)
+    row = db.execute("SELECT process, config FROM vms WHERE id = ?", (cid,)).fetchone()
+    if row is None:
+        print(f"no such container: {cid}", file=sys.stderr)
+        return 1
+    p = json.loads(row[0])
+
+    def record(**values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with _sqlite.transaction(db) as tx:
+            tx.execute(f"UPDATE vms SET {cols} WHERE id = ?", (*values.values(), cid))
+
+    local = LocalImages.open(root)
+    try:
+        vm = start_vm(
+            local,
+            local.require(p["image_id"]),
+            VmConfig(vcpus=p["vcpus"], memory_mib=p["memory_mib"], networks=()),
+            accel=p.get("accel", "auto"),
+            hostname=p["hostname"],
+        )
+    except LaminaError as e:
+        record(status="failed", error=str(e), exit_code=125, finished_at=time.time())
+        print(str(e), file=sys.stderr)
+        return 1
+    finally:
+        local.close()
+    clients: dict[int, AgentConnection] = {}  # fd -> connection
+    sessions: dict[int, tuple[AgentConnection, int]] = {}  # guest session -> client's
+    by_client: dict[tuple[int, int], int] = {}
+    next_session = WORKLOAD + 1
+    error = ""
+    outcome: tuple[int, bool, str] | None = None  # exit code, signaled, error
+    shutdown = False
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        (vmdir / "qemu.pid").write_text(str(vm.proc.pid))
+        vm.conn.send(
+            Msg.EXEC,
+            WORKLOAD,
+            exec_payload(p["argv"], p["env"], cwd=p["cwd"], uid=p["uid"], gid=p["gid"],
+                         groups=p["groups"]),
+        )  # fmt: skip
+        log = _LogWriter(vmdir / "ctr.log")
+        tmp = vmdir / "ctl.sock.tmp"
+        tmp.unlink(missing_ok=True)
+        with _short_path(tmp) as path:
+            listener.bind(path)
+        listener.listen(16)
+        listener.setblocking(False)
+        record(status="running", pid=os.getpid(), started_at=time.time(), exit_code=None,
+               signaled=0, error="", finished_at=None)  # fmt: skip
+        os.rename(tmp, vmdir / "ctl.sock")  # start() waits for this name
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ, None)
+        sel.register(vm.conn.sock, selectors.EVENT_READ, None)
+        while outcome is None:
+            sel.select(0.1)
+            with contextlib.suppress(BlockingIOError):
+                c, _ = listener.accept()
+                conn = AgentConnection(c)
+                clients[c.fileno()] = conn
+                sel.register(c, selectors.EVENT_READ, None)
+            for fd, client in builtins.list(clients.items()):
+                for f in client.poll(0):
+                    if f.type == Msg.SHUTDOWN:
+                        shutdown = True
+                    elif f.type == Msg.SIGNAL and f.session in (0, WORKLOAD):
+                        vm.conn.send(Msg.SIGNAL, WORKLOAD, f.payload)
+                    elif f.type == Msg.EXEC:
+                        s, next_session = next_session, next_session + 1
+                        sessions[s] = (client, f.session)
+                        by_client[(fd, f.session)] = s
+                        vm.conn.send(Msg.EXEC, s, f.payload)
+                    elif (fd, f.session) in by_client:
+                        vm.conn.send(f.type, by_client[(fd, f.session)], f.payload)
+                if client.closed:
+                    sel.unregister(client.sock)
+                    client.close()
+                    del clients[fd]
+            if shutdown:
+                outcome = (137, True, "")
+                break
+            for f in vm.conn.poll(0):
+                if f.session == WORKLOAD:
+                    if f.type == Msg.STDOUT:
+                        log.write("stdout", f.payload)
+                    elif f.type == Msg.STDERR:
+                        log.write("stderr", f.payload)
+                    elif f.type == Msg.ERROR:
+                        error = f.payload.decode(errors="replace")
+                        log.write("stderr", f.payload + b"\n")
+                    elif f.type == Msg.EXIT:
+                        st = parse_exit(f.payload)
+                        code = st.exit_code
+                        if error:
+                            from lamina.runtime._conmon import error_exit_code
+
+                            code = error_exit_code(error)
+                        outcome = (code, st.signaled, error)
+                elif f.session == 0 and f.type == Msg.ERROR:
+                    outcome = (125, False, "the VM failed to boot: " + f.payload.decode())
+                elif f.session in sessions:
+                    client, theirs = sessions[f.session]
+                    if not client.closed:
+                        client.send(f.type, theirs, f.payload)
+                    if f.type == Msg.EXIT:
+                        del sessions[f.session]
+            if outcome is None and vm.conn.closed:
+                from lamina.vm import _qemu
+
+                time.sleep(0.05)
+                tail = _qemu.console_tail(vm.spec.console_log) or "no console output"
+                outcome = (137, True, f"the VM exited: {tail}")
+    except Exception as e:
+        if outcome is None:
+            outcome = (125, False, f"the VM's monitor failed: {e}")
+        raise
+    finally:
+        # Exit status first: waiters see it as soon as the workload is gone; the VM
+        # has nothing to flush (read-only root, tmpfs overlay), so it is killed.
+        code, signaled, err = outcome or (137, True, "the VM's monitor failed")
+        status = "failed" if code == 125 and err else "exited"
+        extra: dict[str, Any] = {}
+        if json.loads(row[1]).get("auto_remove"):
+            status, extra["name"] = "removed", cid  # frees the name at once
+        record(status=status, exit_code=code, signaled=int(signaled), error=err,
+               finished_at=time.time(), **extra)  # fmt: skip
+        for client in clients.values():
+            with contextlib.suppress(OSError, LaminaError):
+                client.poll(0)
+            client.close()
+        listener.close()
+        (vmdir / "ctl.sock").unlink(missing_ok=True)
+        vm.close()
+        (vmdir / "qemu.pid").unlink(missing_ok=True)
+        db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1]), sys.argv[2]))
