@@ -230,12 +230,16 @@ def main() -> None:
             sh("lamina", "run", "--rm", remote, "uname", "-r", root=root)
             sh(
                 "lamina",
-                "vm",
                 "run",
+                "--rm",
+                "--isolation",
+                "vm",
+                "--cpus",
+                "2",
                 remote,
                 "sh",
                 "-c",
-                "uname -r; grep -m1 'model name' /proc/cpuinfo",
+                "uname -r; nproc; grep -m1 'model name' /proc/cpuinfo",
                 root=root,
             )
 
