@@ -557,7 +557,14 @@ def test_exit_command_cleans_up_a_detached_container(rt: OciRuntime, image: str)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         rec = rt.state.get(cid)  # the raw row: no reconcile by this process
-        if rec is not None and rec.status == Status.EXITED:
+        # The exit command records the exit, then unmounts and deletes runc state:
+        # wait for all of it (under load the steps are visibly apart).
+        if (
+            rec is not None
+            and rec.status == Status.EXITED
+            and not os.path.ismount(merged)
+            and cid not in runc_list(rt.root)
+        ):
             break
         time.sleep(0.05)
     assert rec is not None and rec.status == Status.EXITED and rec.exit_code == 9
