@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import unmount_under  # noqa: E402
+
 # The console script, as a user runs it (python -m would add runpy to start-up).
 LAMINA = [str(Path(sys.executable).with_name("lamina"))]
 BASE = "localhost/bench/base:latest"
@@ -246,10 +249,7 @@ def main() -> None:
     finally:
         subprocess.run([*bah, "rm", "--all"], env=benv, capture_output=True)
         subprocess.run([*bah, "rmi", "--all", "-f"], env=benv, capture_output=True)
-        subprocess.run(
-            ["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l"],
-            check=False,
-        )
+        unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,20 +16,21 @@ lamina-transfer/skopeo <= 1.2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from registry_server import start_registry  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from _common import report, timed, unmount_under  # noqa: E402
 
 LAYERS = 4
 LAYER_BYTES = 75_000_000  # x4 = 300 MB uncompressed
@@ -105,12 +106,6 @@ def generate_image(work: Path, root: Path, name: str) -> None:
     manifest_digest = local.content.add(dump_json(manifest))
     local.images.put(local.record(manifest_digest), [name])
     local.close()
-
-
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    return time.perf_counter() - t0
 
 
 TRANSFER_ONLY = """
@@ -190,13 +185,12 @@ def main() -> None:
             "lamina-transfer/skopeo": med["transfer"] / med["skopeo"],
             "rounds": args.rounds,
         }
-        print(json.dumps(summary, indent=2))
-        print(
+        report(
+            "pull",
+            summary,
             f"pull: lamina/podman = {summary['lamina/podman']:.2f} (goal <= 0.5); "
-            f"transfer lamina/skopeo = {summary['lamina-transfer/skopeo']:.2f} (goal <= 1.2)"
+            f"transfer lamina/skopeo = {summary['lamina-transfer/skopeo']:.2f} (goal <= 1.2)",
         )
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "pull.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -204,11 +198,7 @@ def main() -> None:
 
 def _wipe(path: Path) -> None:
     if path.exists():
-        # podman's storage holds overlay mounts: unmount before deleting.
-        subprocess.run(
-            ["sh", "-c", f"grep -o ' {path}[^ ]*' /proc/mounts | xargs -r -n1 umount -l"],
-            check=False,
-        )
+        unmount_under(path)  # podman's storage holds overlay mounts
         shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path.parent, exist_ok=True)
 

@@ -15,25 +15,18 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import report, timed, unmount_under  # noqa: E402
+
 # The console script, as a user runs it (python -m would add runpy to start-up).
 LAMINA = [str(Path(sys.executable).with_name("lamina"))]
 IMAGE = "bench/busybox:latest"
 CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
 """
-
-
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.decode()[-500:]}")
-    return elapsed
 
 
 def rss_kib(pids: list[int]) -> list[int]:
@@ -175,13 +168,12 @@ def main() -> None:
             "monitors_found": {"lamina": len(lamina_rss), "podman": len(podman_rss)},
             "rounds": args.rounds,
         }
-        print(json.dumps(summary, indent=2))
-        print(
+        report(
+            "run",
+            summary,
             f"run: lamina/podman = {summary['lamina/podman']:.2f} (goal <= 0.7); "
-            f"lamina/runc = {summary['lamina/runc']:.2f} (goal <= 2.0)"
+            f"lamina/runc = {summary['lamina/runc']:.2f} (goal <= 2.0)",
         )
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:
         subprocess.run(
             [*lam, "rm", "-f", *[f"idle{i}" for i in range(args.idle)]],
@@ -200,10 +192,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        subprocess.run(
-            ["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/mounts | xargs -r -n1 umount -l"],
-            check=False,
-        )
+        unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -697,11 +697,9 @@ def _collect_exec(conn: AgentConnection, stream: bool) -> ExecResult:
                 error = f.payload.decode(errors="replace")
             elif f.type == Msg.EXIT:
                 if error is not None:
-                    from lamina.runtime._conmon import error_exit_code
+                    from lamina.runtime._conmon import StartFailed, error_exit_code
 
-                    e = LaminaError(error)
-                    e.exit_code = error_exit_code(error)
-                    raise e
+                    raise StartFailed(error, exit_code=error_exit_code(error))
                 return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
         if conn.closed:
             raise LaminaError("the container stopped before the exec finished")

@@ -279,11 +279,9 @@ def _collect(
                 error = f.payload.decode(errors="replace")
             elif f.type == Msg.EXIT:
                 if error is not None:
-                    from lamina.runtime._conmon import error_exit_code
+                    from lamina.runtime._conmon import StartFailed, error_exit_code
 
-                    e = LaminaError(error)
-                    e.exit_code = error_exit_code(error)
-                    raise e
+                    raise StartFailed(error, exit_code=error_exit_code(error))
                 out.exit_code = parse_exit(f.payload).exit_code
                 return out
         if conn.closed:
