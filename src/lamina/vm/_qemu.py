@@ -6,8 +6,9 @@
 the kernel booted directly as a PVH ELF with the generated initramfs, the serial console
 in a log file (or on lamina's stdout), the agent's virtio-serial port on an inherited
 socket, the image's root filesystem as a read-only virtio-blk disk (``/dev/vda`` in the
-guest), and virtio-net devices: QEMU's user-mode NAT (``lamina.net=nat`` tells the agent
-to configure it) or a host tap device.
+guest), a VM base bundle's disk under it (``/dev/vdb``, ``--vm-base``), and virtio-net
+devices: QEMU's user-mode NAT (``lamina.net=nat`` tells the agent to configure it; ``-p``
+becomes its ``hostfwd`` rules) or a host tap device.
 
 Kernel command line, chosen for boot time under TCG (measured: see docs/BENCHMARKS.md):
 
@@ -58,6 +59,10 @@ class QemuSpec:
     vcpus: int = 1
     memory_mib: int = 512
     root_image: Path | None = None  # read-only raw disk with the container's rootfs
+    # read-only raw ext4 disk of a VM base bundle, stacked under the image (--vm-base)
+    base_image: Path | None = None
+    # QEMU hostfwd rules for the first NAT network, e.g. "tcp:127.0.0.1:8080-:80" (-p)
+    forwards: Sequence[str] = ()
     append: Sequence[str] = field(default_factory=tuple)  # extra kernel arguments
     networks: Sequence[NetworkAttachment] = ()
     macs: Sequence[str] = ()  # one per network
@@ -97,6 +102,8 @@ def kernel_cmdline(spec: QemuSpec) -> list[str]:
         args += [f"tsc_early_khz={host_tsc_khz()}", "mitigations=off"]
     if spec.root_image is not None:
         args += ["lamina.root=/dev/vda", "lamina.rootfstype=erofs"]
+        if spec.base_image is not None:
+            args += ["lamina.base=/dev/vdb", "lamina.basefstype=ext4"]
     if spec.networks and spec.networks[0].kind == "nat":
         args.append("lamina.net=nat")
     args += list(spec.append)
@@ -133,6 +140,8 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
     for i, (net, mac) in enumerate(zip(spec.networks, spec.macs, strict=True)):
         if net.kind == "nat":
             netdev = f"user,id=net{i}"
+            if i == 0:
+                netdev += "".join(f",hostfwd={_escape(rule)}" for rule in spec.forwards)
         else:
             netdev = f"tap,id=net{i},ifname={_escape(net.tap or '')},script=no,downscript=no"
         cmd += ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net{i},mac={mac}"]
@@ -142,6 +151,12 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
             "-drive", f"if=none,id=root,file={image},format=raw,readonly=on",
             "-device", "virtio-blk-device,drive=root",
         ]  # fmt: skip
+        if spec.base_image is not None:  # after the root: it is /dev/vdb in the guest
+            base = _escape(str(spec.base_image))
+            cmd += [
+                "-drive", f"if=none,id=base,file={base},format=raw,readonly=on",
+                "-device", "virtio-blk-device,drive=base",
+            ]  # fmt: skip
     return cmd
 
 

@@ -57,7 +57,7 @@ from lamina.vm._agent import (
 )
 from lamina.vm._config import VmConfig
 from lamina.vm._initramfs import initramfs
-from lamina.vm._kernel import BOOT_DIR, MODULES_ROOT, guest_kernel
+from lamina.vm._kernel import BOOT_DIR, MODULES_ROOT, GuestKernel, guest_kernel
 from lamina.vm._kvm import kvm_usable
 from lamina.vm._rootfs import image_rootfs, image_user
 
@@ -185,14 +185,22 @@ def start_vm(
     hostname: str = "lamina",
     boot_dir: Path = BOOT_DIR,
     modules_root: Path = MODULES_ROOT,
+    kernel: GuestKernel | None = None,
+    base_disk: Path | None = None,
+    forwards: Sequence[str] = (),
 ) -> MicroVm:
     """Boot a micro-VM on ``record``'s root filesystem. Returns at once: frames sent
-    now wait for the agent, whose HELLO comes first on ``conn``."""
+    now wait for the agent, whose HELLO comes first on ``conn``.
+
+    ``kernel`` replaces the host's guest kernel (a VM base bundle's, with its modules);
+    ``base_disk`` is a bundle's ext4 disk stacked under the image's layers; ``forwards``
+    are hostfwd rules for the first NAT network (``_qemu.QemuSpec.forwards``)."""
     _check_supported(config)
     if accel not in ("auto", "kvm", "tcg"):
         raise LaminaError(f"unknown accelerator {accel!r}: expected auto, kvm or tcg")
     cache = local.root / "vm"
-    kernel = guest_kernel(local.root, boot_dir=boot_dir, modules_root=modules_root)
+    if kernel is None:
+        kernel = guest_kernel(local.root, boot_dir=boot_dir, modules_root=modules_root)
     initrd = initramfs(local.root, kernel, build_agent(local.root))
     rootfs = image_rootfs(local, record)
     if accel == "auto":
@@ -212,6 +220,8 @@ def start_vm(
         vcpus=config.vcpus,
         memory_mib=config.memory_mib,
         root_image=rootfs,
+        base_image=base_disk,
+        forwards=tuple(forwards),
         append=(*config.cmdline, f"lamina.hostname={hostname}"),
         networks=config.networks,
         macs=config.macs,

@@ -63,7 +63,10 @@ enum {
 	T_HELLO = 0x81, T_PONG = 0x82, T_STARTED = 0x83, T_STDOUT = 0x84, T_STDERR = 0x85,
 	T_EXIT = 0x86, T_ERROR = 0x87,
 };
-enum { EXEC_STDIN = 1 }; /* EXEC flags */
+/* EXEC flags. EXEC_HOST: run in the agent's own root (the initramfs, where the host's
+ * tools such as /bin/busybox live) instead of chrooted into the container: the host
+ * uses it for cp, diff, commit and top. Only the host can send EXEC. */
+enum { EXEC_STDIN = 1, EXEC_HOST = 2 };
 
 struct session {
 	uint32_t id;
@@ -369,11 +372,22 @@ static void mount_root(void)
 		return;
 	wait_for(find_root, dev, sizeof dev, dev);
 	mnt(dev, "/lower", type ? type : "erofs", MS_RDONLY, NULL);
+	/* lamina.base=DEV: a VM base bundle's disk, stacked under the image's layers the
+	 * way a FROM image is (lamina run --vm-base). */
+	const char *lower = "/lower";
+	root_dev = param("lamina.base");
+	if (root_dev) {
+		const char *btype = param("lamina.basefstype");
+		wait_for(find_root, dev, sizeof dev, dev);
+		mkdir("/base", 0755);
+		mnt(dev, "/base", btype ? btype : "ext4", MS_RDONLY, NULL);
+		lower = "/lower:/base";
+	}
 	mnt("tmpfs", "/rw", "tmpfs", 0, "mode=0755");
 	mkdir("/rw/upper", 0755);
 	mkdir("/rw/work", 0755);
-	mnt("overlay", "/newroot", "overlay", 0,
-	    "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work");
+	snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=/rw/upper,workdir=/rw/work", lower);
+	mnt("overlay", "/newroot", "overlay", 0, opts);
 	mnt("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mnt("sysfs", "/newroot/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mnt("devtmpfs", "/newroot/dev", "devtmpfs", MS_NOSUID, NULL);
@@ -433,14 +447,14 @@ static void flush_stdin(struct session *s)
 
 /* Child side of EXEC; never returns. Failures go to `report` as (stage, errno). */
 static void child(int report, char **argv, char **envp, const char *cwd, uid_t uid, gid_t gid,
-		  gid_t *groups, int ngroups)
+		  gid_t *groups, int ngroups, int flags)
 {
 	sigset_t all;
 	int fail[2] = {0, 0};
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	setsid();
-	if (have_root && (chdir("/newroot") < 0 || chroot(".") < 0)) {
+	if (have_root && !(flags & EXEC_HOST) && (chdir("/newroot") < 0 || chroot(".") < 0)) {
 		fail[0] = 1;
 		goto out;
 	}
@@ -512,7 +526,7 @@ static void do_exec(uint32_t id, char *p, size_t len)
 		dup2(o[1], 1);
 		dup2(e[1], 2);
 		child(rep[1], argv, envp, f[3], strtoul(f[0], NULL, 10), strtoul(f[1], NULL, 10),
-		      groups, ngroups);
+		      groups, ngroups, flags);
 	}
 	close(o[1]);
 	close(e[1]);
