@@ -55,6 +55,9 @@ class Msg(enum.IntEnum):
 
 
 EXEC_STDIN = 1  # EXEC flag: the process reads STDIN frames (else /dev/null)
+EXEC_HOST = 2  # EXEC flag: run unchrooted, in the agent's root (the initramfs)
+EXEC_TOOL = 4  # EXEC flag: the agent's /bin/busybox, chrooted into the container
+_WHERE = {"container": 0, "tool": EXEC_TOOL, "host": EXEC_HOST}
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,19 @@ def exec_payload(
     gid: int = 0,
     groups: Sequence[int] = (),
     stdin: bool = False,
+    where: str = "container",
 ) -> bytes:
     """EXEC's payload: NUL-terminated fields uid, gid, groups, cwd, flags, argc, argv...,
-    envc, env... (no field may contain a NUL)."""
+    envc, env... (no field may contain a NUL). ``where``: "container" (a workload or
+    exec), "tool" (the agent's busybox, chrooted into the container: argv[0] names the
+    applet) or "host" (unchrooted, in the agent's own root where /newroot and /rw are)."""
     if not argv:
         raise LaminaError("no command specified")
+    if where not in _WHERE:
+        raise LaminaError(f"unknown EXEC place {where!r}")
+    flags = (EXEC_STDIN if stdin else 0) | _WHERE[where]
     fields = [str(uid), str(gid), ",".join(str(g) for g in groups), cwd]
-    fields += [str(EXEC_STDIN if stdin else 0), str(len(argv)), *argv, str(len(env)), *env]
+    fields += [str(flags), str(len(argv)), *argv, str(len(env)), *env]
     for f in fields:
         if "\0" in f:
             raise LaminaError(f"argument or environment value contains a NUL byte: {f!r}")

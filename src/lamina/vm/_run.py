@@ -201,7 +201,7 @@ def start_vm(
     cache = local.root / "vm"
     if kernel is None:
         kernel = guest_kernel(local.root, boot_dir=boot_dir, modules_root=modules_root)
-    initrd = initramfs(local.root, kernel, build_agent(local.root))
+    initrd = initramfs(local.root, kernel, build_agent(local.root), busybox=_busybox())
     rootfs = image_rootfs(local, record)
     if accel == "auto":
         accel = "kvm" if kvm_usable(local.root, kernel, initrd) else "tcg"
@@ -237,6 +237,19 @@ def start_vm(
     finally:
         guest.close()
     return MicroVm(proc, AgentConnection(host), spec, run_dir, t_launch)
+
+
+def _busybox() -> Path | None:
+    """The host's static busybox (Debian's busybox-static), put in the initramfs as the
+    agent's file tools (EXEC_TOOL, EXEC_HOST: cp, diff, commit, top), when present."""
+    path = Path("/bin/busybox")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    # A dynamic busybox would find no libc in the initramfs: its ELF has a PT_INTERP.
+    return None if b"/lib64/ld-linux" in head or b"/lib/ld-" in head else path
 
 
 def _check_supported(config: VmConfig) -> None:

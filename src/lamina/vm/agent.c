@@ -66,7 +66,10 @@ enum {
 /* EXEC flags. EXEC_HOST: run in the agent's own root (the initramfs, where the host's
  * tools such as /bin/busybox live) instead of chrooted into the container: the host
  * uses it for cp, diff, commit and top. Only the host can send EXEC. */
-enum { EXEC_STDIN = 1, EXEC_HOST = 2 };
+enum { EXEC_STDIN = 1, EXEC_HOST = 2, EXEC_TOOL = 4 };
+/* EXEC_TOOL: chrooted into the container like a workload, but argv runs the agent root's
+ * /bin/busybox (opened before the chroot, started with fexecve): the host's file tools
+ * (tar for cp) see the container's view, symlinks included, and the image needs no tar. */
 
 struct session {
 	uint32_t id;
@@ -454,6 +457,11 @@ static void child(int report, char **argv, char **envp, const char *cwd, uid_t u
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	setsid();
+	int tool = -1;
+	if ((flags & EXEC_TOOL) && (tool = open("/bin/busybox", O_RDONLY | O_CLOEXEC)) < 0) {
+		fail[0] = 4;
+		goto out;
+	}
 	if (have_root && !(flags & EXEC_HOST) && (chdir("/newroot") < 0 || chroot(".") < 0)) {
 		fail[0] = 1;
 		goto out;
@@ -470,7 +478,10 @@ static void child(int report, char **argv, char **envp, const char *cwd, uid_t u
 		goto out;
 	}
 	environ = envp;
-	execvp(argv[0], argv);
+	if (tool >= 0)
+		fexecve(tool, argv, envp);
+	else
+		execvp(argv[0], argv);
 	fail[0] = 4;
 out:
 	fail[1] = errno;
