@@ -341,8 +341,17 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
             click.echo(f"Untagged: {_familiar(n)}")
         for d in result.deleted:
             click.echo(f"Deleted: {d}")
+    _collect_vm_disks(local)
     if failed:
         sys.exit(1)
+
+
+def _collect_vm_disks(local: LocalImages) -> None:
+    """Removed images take their cached micro-VM root disks with them."""
+    if (local.root / "vm" / "rootfs").is_dir():
+        from lamina.vm._rootfs import collect_rootfs_garbage
+
+        collect_rootfs_garbage(local)
 
 
 @click.command()
@@ -568,7 +577,9 @@ def prune(all_: bool, force: bool) -> None:
         what = "all images without at least one container" if all_ else "all dangling images"
         if not click.confirm(f"This will remove {what}. Continue?"):
             return
-    result = open_local().prune(all_unused=all_)
+    local = open_local()
+    result = local.prune(all_unused=all_)
+    _collect_vm_disks(local)
     for n in result.untagged:
         click.echo(f"Untagged: {_familiar(n)}")
     for d in result.deleted:

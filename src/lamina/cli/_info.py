@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,6 +56,33 @@ def _runtimes() -> dict[str, str]:
     return out
 
 
+def _micro_vm(root: Path) -> dict[str, Any]:
+    """Which accelerator micro-VMs get, and why: the cached KVM probe, run now if no
+    VM has started yet (it boots the guest kernel once under KVM, a few seconds)."""
+    from lamina.errors import LaminaError
+
+    try:
+        from lamina.vm._agent import build_agent
+        from lamina.vm._initramfs import initramfs
+        from lamina.vm._kernel import guest_kernel
+        from lamina.vm._kvm import probe_result
+        from lamina.vm._qemu import qemu_binary
+
+        qemu_binary()
+        kernel = guest_kernel(root)
+        record = probe_result(root, kernel, initramfs(root, kernel, build_agent(root)))
+    except LaminaError as e:
+        return {"Available": False, "Reason": str(e)}
+    if record["kvm"] is True:
+        return {"Available": True, "Accelerator": "kvm", "GuestKernel": kernel.version}
+    return {
+        "Available": True,
+        "Accelerator": "tcg",
+        "Reason": f"KVM is not usable: {record['reason']}",
+        "GuestKernel": kernel.version,
+    }
+
+
 @click.command()
 @FORMAT_OPTION
 def info(fmt: str) -> None:
@@ -82,6 +110,7 @@ def info(fmt: str) -> None:
         data["Snapshots"] = len(local.snapshots.list())
     else:
         data["Images"] = 0
+    data["MicroVM"] = _micro_vm(root)
     if fmt == "json":
         print_json(data)
         return

@@ -11,8 +11,9 @@ without inflating anything) from the image's merged layers:
   applied in merged mode (whiteouts delete) into a scratch directory, then packed.
 
 The file appears by atomic rename; two processes building the same image both work and
-the last rename wins with identical content. In the guest the agent mounts the disk
-read-only with a tmpfs-backed overlay on top, so the workload can write.
+the last rename wins with identical content. ``collect_rootfs_garbage`` deletes the disks
+of removed images (``lamina rmi`` and ``image prune`` call it). In the guest the agent
+mounts the disk read-only with a tmpfs-backed overlay on top, so the workload can write.
 
 ``image_user`` resolves ``--user`` against the image's own /etc/passwd and /etc/group,
 read from the topmost layer that has them, with Docker's rules (lamina.runtime._userdb).
@@ -84,6 +85,33 @@ def image_rootfs(local: LocalImages, record: ImageRecord) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def collect_rootfs_garbage(local: LocalImages) -> list[Path]:
+    """Delete the cached disks of images that are gone, and the temp files of builds
+    whose process died; returns what went. A disk in use by a running VM stays readable
+    to its QEMU after the unlink. (The image plane cannot call this: it is below vm/.)"""
+    cache = local.root / "vm" / "rootfs"
+    try:
+        entries = list(cache.iterdir())
+    except FileNotFoundError:
+        return []
+    keep = {f"{r.manifest_digest.split(':')[-1]}.erofs" for r in local.images.list()}
+    removed = []
+    for path in entries:
+        name = path.name
+        if name.endswith(".tmp") and name.startswith("."):
+            pid = name.rsplit(".", 2)[-2]
+            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+                continue  # a build in progress
+        elif not name.endswith(".erofs") or name in keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def _build_merged(local: LocalImages, record: ImageRecord, mkfs_cmd: list[str]) -> None:
