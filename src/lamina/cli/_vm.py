@@ -1,18 +1,23 @@
-"""The ``vm`` group: VM base bundles (build-base, pull, inspect).
+"""The ``vm`` group: VM base bundles (build-base, pull, inspect), one-shot runs (run)
+and snapshots of booted VMs (snapshot create, ls, inspect, rm, prune).
 
 Bundles are plain directories (see ``lamina.vm._bundle``); ``build-base --push`` and
-``pull`` move them through any OCI registry as lamina's own artifact type.
+``pull`` move them through any OCI registry as lamina's own artifact type. Snapshots
+live under ``<root>/vm/snapshots`` (``lamina.vm._snapshot``); a VM whose machine
+matches one, ``lamina run --isolation vm`` containers included, is restored from it
+instead of booting.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lamina.cli._images import CA_FILE_OPTION, open_local, progress_sink, registry_config
-from lamina.cli._output import print_json
+from lamina.cli._output import FORMAT_OPTION, human_age, human_size, print_json, print_table
 
 OUTPUT_OPTION = click.option(
     "-o",
@@ -24,9 +29,18 @@ OUTPUT_OPTION = click.option(
 )
 
 
+ACCEL_OPTION = click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="auto: KVM when a probe shows it works, else TCG emulation.",
+)
+
+
 @click.group()
 def vm() -> None:
-    """Manage micro-VM base bundles (build-base, pull, inspect)."""
+    """Micro-VMs: base bundles (build-base, pull, inspect), run, snapshots."""
 
 
 @vm.command("build-base")
@@ -154,14 +168,15 @@ def inspect(directory: Path, fmt: str, check: bool) -> None:
 @click.option("-w", "--workdir", default=None, help="Working directory inside the guest.")
 @click.option("-u", "--user", default=None, help="uid[:gid] or name[:group].")
 @click.option("--entrypoint", default=None, help="Override the image's entrypoint.")
+@ACCEL_OPTION
+@click.option("-i", "--interactive", is_flag=True, help="Send standard input to the command.")
 @click.option(
-    "--accel",
-    type=click.Choice(["auto", "kvm", "tcg"]),
+    "--snapshot",
     default="auto",
     show_default=True,
-    help="auto: KVM when a probe shows it works, else TCG emulation.",
+    metavar="auto|none|NAME",
+    help="Start from a matching snapshot (auto), never (none), or from NAME.",
 )
-@click.option("-i", "--interactive", is_flag=True, help="Send standard input to the command.")
 def run(
     image: str,
     command: tuple[str, ...],
@@ -173,6 +188,7 @@ def run(
     entrypoint: str | None,
     accel: str,
     interactive: bool,
+    snapshot: str,
 ) -> None:
     """Run one command of IMAGE in a fresh micro-VM (QEMU microvm) and exit with its
     code; stdout and stderr stay apart. The image must be present locally."""
@@ -192,12 +208,129 @@ def run(
         memory_mib=memory_mib,
         accel=accel,
         stdin=data,
+        snapshot=snapshot,
     )
+    if result.restore_error:
+        print(f"lamina: warning: {result.restore_error}: booted cold", file=sys.stderr)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(result.stderr)
     sys.stderr.buffer.flush()
     sys.exit(result.exit_code)
+
+
+@vm.group()
+def snapshot() -> None:
+    """Snapshots of booted VMs: a VM (a container's too) whose machine matches one
+    starts from it instead of booting."""
+
+
+@snapshot.command("create")
+@click.argument("image")
+@click.option("--name", default=None, help="Snapshot name (default: from IMAGE).")
+@click.option("--cpus", type=int, default=1, show_default=True, help="vCPUs of the VM.")
+@click.option("-m", "--memory-mib", type=int, default=512, show_default=True, help="Guest memory.")
+@click.option(
+    "--network", type=click.Choice(["nat", "none"]), default="nat", show_default=True,
+    help="The VM's network, as a container's --network.",
+)  # fmt: skip
+@ACCEL_OPTION
+@click.option("-q", "--quiet", is_flag=True, help="Print only the snapshot's name.")
+def snapshot_create(
+    image: str,
+    name: str | None,
+    cpus: int,
+    memory_mib: int,
+    network: str,
+    accel: str,
+    quiet: bool,
+) -> None:
+    """Boot IMAGE in a template VM and save its state. The defaults are what
+    ``lamina run --isolation vm IMAGE`` gives a container."""
+    from lamina.vm import create_snapshot
+
+    local = open_local()
+    try:
+        snap = create_snapshot(
+            local, image, name=name, vcpus=cpus, memory_mib=memory_mib, network=network,
+            accel=accel,
+        )  # fmt: skip
+    finally:
+        local.close()
+    if quiet:
+        click.echo(snap.name)
+        return
+    click.echo(
+        f"Created snapshot {snap.name} of {snap.image}: {_shape(snap)}, state "
+        f"{human_size(snap.state_size)} (boot {snap.boot_seconds:.2f} s, "
+        f"save {snap.save_seconds:.2f} s)"
+    )
+
+
+@snapshot.command("ls")
+@FORMAT_OPTION
+@click.option("-q", "--quiet", is_flag=True, help="Print only names.")
+def snapshot_ls(fmt: str, quiet: bool) -> None:
+    """List snapshots, oldest first, with whether they can still be used."""
+    from lamina.vm import list_snapshots, snapshot_status
+
+    snaps = list_snapshots(_root())
+    if quiet:
+        for snap in snaps:
+            click.echo(snap.name)
+        return
+    if fmt == "json":
+        print_json([dict(s.to_dict(), status=snapshot_status(s)) for s in snaps])
+        return
+    print_table(
+        ["NAME", "IMAGE", "MACHINE", "SIZE", "CREATED", "STATUS"],
+        [
+            [s.name, s.image, _shape(s), human_size(s.state_size), human_age(s.created),
+             snapshot_status(s)]
+            for s in snaps
+        ],
+    )  # fmt: skip
+
+
+@snapshot.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+def snapshot_inspect(names: tuple[str, ...]) -> None:
+    """Show snapshots' snapshot.json (with their status) as JSON."""
+    from lamina.vm import load_snapshot, snapshot_status
+
+    root = _root()
+    snaps = [load_snapshot(root, n) for n in names]
+    print_json([dict(s.to_dict(), status=snapshot_status(s)) for s in snaps])
+
+
+@snapshot.command("rm")
+@click.argument("names", nargs=-1, required=True)
+def snapshot_rm(names: tuple[str, ...]) -> None:
+    """Remove snapshots."""
+    from lamina.vm import remove_snapshot
+
+    root = _root()
+    for n in names:
+        remove_snapshot(root, n)
+        click.echo(n)
+
+
+@snapshot.command("prune")
+def snapshot_prune() -> None:
+    """Remove the snapshots no VM can use any more (stale or broken)."""
+    from lamina.vm import prune_snapshots
+
+    for name in prune_snapshots(_root()):
+        click.echo(name)
+
+
+def _root() -> Path:
+    return Path(click.get_current_context().find_root().obj.root)
+
+
+def _shape(snap: Any) -> str:
+    net = ",".join(snap.networks) or "none"
+    return f"{snap.vcpus} vCPU, {snap.memory_mib} MiB, {net}, {snap.accel}"
 
 
 def _host(reference: str) -> str:

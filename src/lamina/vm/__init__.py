@@ -16,6 +16,11 @@ Public API (modules are private; names are imported on first use, PEP 562, so th
 
     run_in_vm(local, image_ref, argv, ...) -> VmRunResult   # one command in a micro-VM
     start_vm(local, record, config, ...) -> MicroVm         # the boot step alone
+        # both restore a matching snapshot instead of booting (snapshot="auto")
+    create_snapshot(local, image_ref, name=..., vcpus=1, memory_mib=512, network="nat")
+    list_snapshots(root) / load_snapshot(root, name) / remove_snapshot(root, name)
+    prune_snapshots(root) -> names removed (the stale and broken ones)
+    snapshot_status(snapshot) -> "ready" | "stale: ..." | "broken: ..."; Snapshot
     open_vm_runtime(root, accel="auto") -> VmRuntime        # the Runtime backend
     guest_kernel(root) -> GuestKernel; kvm_usable(root, ...) -> bool
     image_rootfs(local, record) -> Path                     # EROFS disk of an image
@@ -57,6 +62,15 @@ if TYPE_CHECKING:
     from lamina.vm._kvm import kvm_usable
     from lamina.vm._rootfs import image_rootfs
     from lamina.vm._run import MicroVm, VmRunResult, run_in_vm, start_vm
+    from lamina.vm._snapshot import (
+        Snapshot,
+        create_snapshot,
+        list_snapshots,
+        load_snapshot,
+        prune_snapshots,
+        remove_snapshot,
+        snapshot_status,
+    )
 
 _LAZY: dict[str, str] = {
     "VmRuntime": "lamina.vm._backend",
@@ -69,6 +83,13 @@ _LAZY: dict[str, str] = {
     "VmRunResult": "lamina.vm._run",
     "run_in_vm": "lamina.vm._run",
     "start_vm": "lamina.vm._run",
+    "Snapshot": "lamina.vm._snapshot",
+    "create_snapshot": "lamina.vm._snapshot",
+    "list_snapshots": "lamina.vm._snapshot",
+    "load_snapshot": "lamina.vm._snapshot",
+    "prune_snapshots": "lamina.vm._snapshot",
+    "remove_snapshot": "lamina.vm._snapshot",
+    "snapshot_status": "lamina.vm._snapshot",
     "ARTIFACT_TYPE": "lamina.vm._bundle",
     "LAYER_MEDIA_TYPE": "lamina.vm._bundle",
     "BlockDevice": "lamina.vm._config",
@@ -115,22 +136,29 @@ __all__ = [
     "MicroVm",
     "NetworkAttachment",
     "SharedDir",
+    "Snapshot",
     "VmConfig",
     "VmConfigBuilder",
     "VmConfigError",
     "VmRunResult",
     "VmRuntime",
     "build_base",
+    "create_snapshot",
     "generate_mac",
     "guest_kernel",
     "image_rootfs",
     "kvm_usable",
+    "list_snapshots",
+    "load_snapshot",
     "open_vm_runtime",
     "pack_bundle",
+    "prune_snapshots",
     "pull_bundle",
     "push_bundle",
     "read_bundle",
+    "remove_snapshot",
     "run_in_vm",
+    "snapshot_status",
     "start_vm",
     "unpack_bundle",
     "validate_bundle",

@@ -8,8 +8,10 @@ guest has no other userland.
 The host talks to it over a virtio-serial port backed by one end of a socketpair QEMU
 inherits. ``AgentConnection`` wraps the host end: non-blocking, with an outgoing buffer,
 so that a large stdin never blocks the host while the guest is blocked writing output.
-Frames are ``Frame(type, session, payload)``; helpers build EXEC payloads and decode
-HELLO and EXIT.
+Frames are ``Frame(type, session, payload)``; helpers build EXEC and CONFIGURE payloads
+and decode HELLO and EXIT. ``unread`` puts frames back for the next ``poll``: a VM
+restored from a snapshot (``_run``) has its HELLO read before the caller gets the
+connection, and the caller must still see HELLO first.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Msg(enum.IntEnum):
     STDIN = 0x03
     SIGNAL = 0x04
     SHUTDOWN = 0x05
+    CONFIGURE = 0x06
     # guest -> host
     HELLO = 0x81
     PONG = 0x82
@@ -99,6 +102,21 @@ def exec_payload(
         if "\0" in f:
             raise LaminaError(f"argument or environment value contains a NUL byte: {f!r}")
     return b"".join(f.encode() + b"\0" for f in fields)
+
+
+MAX_HOSTNAME = 64  # the kernel's HOST_NAME_MAX
+SEED_BYTES = 64
+
+
+def configure_payload(realtime_ns: int, hostname: str, seed: bytes) -> bytes:
+    """CONFIGURE's payload: u64 CLOCK_REALTIME ns, u32 hostname length, the hostname,
+    then the seed (the rest, at most 512 bytes) for the guest's random number generator."""
+    name = hostname.encode()
+    if not 0 < len(name) <= MAX_HOSTNAME or b"\0" in name:
+        raise LaminaError(f"invalid hostname for the VM: {hostname!r}")
+    if len(seed) > 512:
+        raise LaminaError("a CONFIGURE seed is at most 512 bytes")
+    return struct.pack("!QI", realtime_ns, len(name)) + name + seed
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,7 @@ class AgentConnection:
         self.sock = sock
         self._out = bytearray()
         self._in = bytearray()
+        self._unread: list[Frame] = []
         self.closed = False
         self._sel = selectors.DefaultSelector()
         self._sel.register(sock, selectors.EVENT_READ)
@@ -213,9 +232,15 @@ class AgentConnection:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0)
         self._sel.modify(self.sock, events)
 
+    def unread(self, frames: Sequence[Frame]) -> None:
+        """Give ``frames`` back: the next ``poll`` returns them first, without waiting."""
+        self._unread[:0] = frames
+
     def poll(self, timeout: float | None) -> list[Frame]:
         """Wait up to ``timeout`` for I/O; the frames that arrived. At EOF ``closed``
         becomes True and the remaining complete frames are returned."""
+        if self._unread:
+            timeout = 0
         if self.closed:
             return self._frames()
         for _, events in self._sel.select(timeout):
@@ -234,7 +259,7 @@ class AgentConnection:
         return self._frames()
 
     def _frames(self) -> list[Frame]:
-        out: list[Frame] = []
+        out, self._unread = self._unread, []
         while len(self._in) >= HEADER.size:
             type_, session, length = HEADER.unpack_from(self._in)
             if length > MAX_PAYLOAD:

@@ -8,7 +8,10 @@ in a log file (or on lamina's stdout), the agent's virtio-serial port on an inhe
 socket, the image's root filesystem as a read-only virtio-blk disk (``/dev/vda`` in the
 guest), a VM base bundle's disk under it (``/dev/vdb``, ``--vm-base``), and virtio-net
 devices: QEMU's user-mode NAT (``lamina.net=nat`` tells the agent to configure it; ``-p``
-becomes its ``hostfwd`` rules) or a host tap device.
+becomes its ``hostfwd`` rules) or a host tap device. Shared directories (``VirtiofsShare``)
+are ``vhost-user-fs-device``s on inherited sockets to their virtiofsd (``_virtiofs``);
+vhost-user needs the guest RAM in shared memory, so such a VM's RAM is a memfd
+(``share=on``), and ``lamina.fs=`` tells the agent where to mount each tag.
 
 Kernel command line, chosen for boot time under TCG (measured: see docs/BENCHMARKS.md):
 
@@ -23,20 +26,29 @@ Kernel command line, chosen for boot time under TCG (measured: see docs/BENCHMAR
   and run time. Under KVM they stay on: there the guest runs on the real CPU;
 - ``rcupdate.rcu_expedited=1``, ``audit=0``: fewer waits at boot.
 
-``launch`` starts QEMU with only the agent's socket inherited; ``kill`` ends it
-(SIGKILL: the guest's disks are read-only or scratch, there is nothing to flush).
+Snapshots (``_snapshot``): a template VM also gets a QMP monitor on an inherited socket
+(``control_fd``; ``Qmp`` speaks it) through which its state is migrated into a file, and
+``migration.store-global-state=off`` so that a state saved from a stopped VM resumes
+running when loaded; a restored VM is the same command line plus ``-incoming fd:N`` on
+that file (``incoming_fd``). QEMU 7.2 has no ``file:`` migration URI, hence the fds.
+
+``launch`` starts QEMU with only its sockets (and a state file) inherited; ``kill`` ends
+it (SIGKILL: the guest's disks are read-only or scratch, there is nothing to flush).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lamina.errors import LaminaError
 from lamina.vm._config import NetworkAttachment
@@ -47,6 +59,20 @@ QEMU_PACKAGE = "qemu-system-x86"
 # built for x86-64-v2 (RHEL 9 and kin) still run. (`max` boots slower under TCG: its
 # AVX and friends add boot-time patching and self-tests.)
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+lahf-lm"
+# x86's COMMAND_LINE_SIZE, the terminating NUL included: the kernel cuts what is longer.
+MAX_CMDLINE = 2048
+
+
+@dataclass(frozen=True)
+class VirtiofsShare:
+    """A shared directory: its virtio-fs tag, the connected vhost-user socket to its
+    virtiofsd (inherited by QEMU), and where the agent mounts it in the container
+    (None: the tag is only attached; the workload may mount it itself)."""
+
+    tag: str
+    fd: int
+    mount_point: str | None = None
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,9 @@ class QemuSpec:
     networks: Sequence[NetworkAttachment] = ()
     macs: Sequence[str] = ()  # one per network
     quiet: bool = True  # False when someone reads the boot log
+    shares: Sequence[VirtiofsShare] = ()  # virtio-fs directories (RAM becomes a shared memfd)
+    control_fd: int | None = None  # a QMP monitor's socket (a snapshot template VM)
+    incoming_fd: int | None = None  # a saved VM state to restore instead of booting
 
 
 @functools.cache
@@ -93,6 +122,18 @@ def qemu_binary() -> str:
     return path
 
 
+def qemu_version(binary: str) -> str:
+    """``7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)``: the first line of --version, cut."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    first = out.splitlines()[0] if out else ""
+    return first.removeprefix("QEMU emulator version ").strip() or "unknown"
+
+
 def kernel_cmdline(spec: QemuSpec) -> list[str]:
     args = ["console=ttyS0", "panic=-1", "cryptomgr.notests"]
     if spec.quiet:
@@ -106,8 +147,25 @@ def kernel_cmdline(spec: QemuSpec) -> list[str]:
             args += ["lamina.base=/dev/vdb", "lamina.basefstype=ext4"]
     if spec.networks and spec.networks[0].kind == "nat":
         args.append("lamina.net=nat")
+    if spec.shares:
+        args.append("lamina.fs=" + ",".join(_fs_entry(s) for s in spec.shares))
     args += list(spec.append)
     return args
+
+
+def _fs_entry(share: VirtiofsShare) -> str:
+    """``TAG[:DEST[:ro]]``, each field percent-encoded (no space, ',' or ':' is left)."""
+    fields = [_percent(share.tag)]
+    if share.mount_point is not None:
+        fields.append(_percent(share.mount_point))
+        if share.read_only:
+            fields.append("ro")
+    return ":".join(fields)
+
+
+def _percent(value: str) -> str:
+    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@="
+    return "".join(chr(b) if b in safe else f"%{b:02X}" for b in value.encode())
 
 
 def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
@@ -116,13 +174,24 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
     cpu = "host" if spec.accel == "kvm" else TCG_CPU
     if len(spec.macs) != len(spec.networks):
         raise LaminaError(f"{len(spec.networks)} network(s) need as many MACs")
+    append = " ".join(kernel_cmdline(spec))
+    if len(append.encode()) >= MAX_CMDLINE:
+        raise LaminaError(
+            f"the guest kernel command line would be {len(append.encode())} bytes, over the "
+            f"kernel's limit of {MAX_CMDLINE - 1}: use fewer or shorter mount points"
+        )
+    if spec.shares and spec.incoming_fd is not None:
+        raise LaminaError("a VM with shared directories cannot be restored from a snapshot")
+    machine = "microvm,acpi=on"
+    if spec.shares:
+        machine += ",memory-backend=mem"
     if spec.console_log is None:
         console = "stdio,id=console"
     else:
         console = f"file,id=console,path={_escape(str(spec.console_log))},append=on"
     cmd = [
         binary,
-        "-machine", "microvm,acpi=on",
+        "-machine", machine,
         "-accel", spec.accel,
         "-cpu", cpu,
         "-m", str(spec.memory_mib),
@@ -132,7 +201,7 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
         "-serial", "chardev:console",
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
-        "-append", " ".join(kernel_cmdline(spec)),
+        "-append", append,
         "-chardev", f"socket,id=agent,fd={spec.agent_fd}",
         "-device", "virtio-serial-device,max_ports=2",
         "-device", "virtserialport,chardev=agent,name=lamina.agent",
@@ -157,6 +226,28 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
                 "-drive", f"if=none,id=base,file={base},format=raw,readonly=on",
                 "-device", "virtio-blk-device,drive=base",
             ]  # fmt: skip
+    if spec.shares:  # after the disks: they keep their /dev/vdX names
+        cmd += [
+            "-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",
+            # virtiofsd (libvhost-user) serves only modern virtio, and microvm's
+            # virtio-mmio transport is legacy (version 1) unless told otherwise.
+            "-global", "virtio-mmio.force-legacy=false",
+        ]  # fmt: skip
+    for i, share in enumerate(spec.shares):
+        cmd += [
+            "-chardev", f"socket,id=fs{i},fd={share.fd}",
+            "-device", f"vhost-user-fs-device,chardev=fs{i},tag={_escape(share.tag)}",
+        ]  # fmt: skip
+    if spec.control_fd is not None:
+        cmd += [
+            "-chardev", f"socket,id=qmp,fd={spec.control_fd}",
+            "-mon", "chardev=qmp,mode=control",
+            # Else the saved state says "paused" (it is saved from a stopped VM) and a
+            # restored VM would wait for a "cont" on a monitor it does not have.
+            "-global", "migration.store-global-state=off",
+        ]  # fmt: skip
+    if spec.incoming_fd is not None:
+        cmd += ["-incoming", f"fd:{spec.incoming_fd}"]
     return cmd
 
 
@@ -167,17 +258,17 @@ def _escape(value: str) -> str:
 def launch(spec: QemuSpec) -> subprocess.Popen[bytes]:
     """Start QEMU; its stderr goes to the console log (QEMU's own errors land there)."""
     cmd = qemu_command(spec, qemu_binary())
+    fds = (spec.agent_fd, *(s.fd for s in spec.shares))
+    fds += tuple(fd for fd in (spec.control_fd, spec.incoming_fd) if fd is not None)
     if spec.console_log is None:
-        return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, pass_fds=(spec.agent_fd,), start_new_session=True
-        )
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, pass_fds=fds, start_new_session=True)
     with open(spec.console_log, "ab") as log:
         return subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            pass_fds=(spec.agent_fd,),
+            pass_fds=fds,
             start_new_session=True,  # a ^C to lamina must not kill the VMM behind its back
         )
 
@@ -201,3 +292,53 @@ def console_tail(log: Path | None, lines: int = 3) -> str:
         return ""
     kept = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(kept[-lines:])
+
+
+class Qmp:
+    """A QMP client on the host end of a template VM's monitor socket (``control_fd``).
+    Every call waits at most ``timeout`` seconds; QEMU's errors raise LaminaError."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 30.0) -> None:
+        sock.settimeout(timeout)
+        self.sock = sock
+        self._buf = b""
+        self._reply()  # the greeting
+        self.command("qmp_capabilities")
+
+    def command(
+        self, name: str, arguments: dict[str, Any] | None = None, fds: Sequence[int] = ()
+    ) -> Any:
+        """Run ``name``; its "return" value. ``fds`` travel with it (SCM_RIGHTS), as
+        ``getfd`` needs."""
+        msg: dict[str, Any] = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        data = json.dumps(msg).encode() + b"\n"
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], list(fds))
+            else:
+                self.sock.sendall(data)
+            reply = self._reply()
+        except OSError as e:
+            raise LaminaError(f"QEMU's monitor failed during {name}: {e}") from None
+        if "error" in reply:
+            desc = reply["error"].get("desc", reply["error"])
+            raise LaminaError(f"QEMU refused {name}: {desc}")
+        return reply.get("return")
+
+    def _reply(self) -> dict[str, Any]:
+        """The next message that is not an asynchronous event."""
+        while True:
+            while b"\n" not in self._buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise OSError("QEMU closed its monitor")
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\n", 1)
+            msg: dict[str, Any] = json.loads(line)
+            if "event" not in msg:
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()

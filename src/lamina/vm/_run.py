@@ -14,11 +14,18 @@ The steps, each cached where it can be (all under ``<root>/vm``):
 4. STDOUT/STDERR frames are collected apart until EXIT; the VMM is then killed, as
    nothing in the VM needs flushing (read-only root, tmpfs overlay).
 
+Step 3 is a restore instead of a boot when a snapshot (``_snapshot``) was made for
+exactly this machine (``start_vm(snapshot="auto")``, the default): QEMU loads the saved
+state of a booted VM whose agent waits for frames, and the agent gets a fresh clock,
+hostname and random seed (CONFIGURE) before the caller sees the channel. A snapshot
+that fails to restore is never the run's failure: the VM boots cold instead.
+
 The machine comes from a ``VmConfig`` (``config=``; else one from ``vcpus`` and
 ``memory_mib``, without a network): vCPUs, memory, networks (user-mode NAT; a tap device
 gets its virtio-net device but no guest address yet), extra kernel arguments and the boot
-log sink are honoured. Extra block devices, shared directories and a custom kernel or
-initrd are refused with a clear error for now.
+log sink are honoured, and shared directories (a virtiofsd each, ``_virtiofs``; mounted
+in the container where ``start_vm``'s ``mount_points`` say, else only attached). Extra
+block devices and a custom kernel or initrd are refused with a clear error for now.
 
 A command that cannot be started (not found, bad working directory) raises a LaminaError
 with Docker's exit code (127 or 126); a VM that dies or a timeout raises a LaminaError
@@ -26,8 +33,11 @@ with the tail of the console log. ``VmRunResult.timings`` splits the wall time, 
 seconds: ``prepare`` (host-side caches and probes), ``vmm_start`` (QEMU process start
 until the guest CPU runs), ``kernel_boot`` (until /init), ``init`` (modules, agent port,
 root mounts: until HELLO), ``workload`` (HELLO until EXIT) and ``teardown``; ``total`` is
-the whole call. The split uses the guest's TSC, which counts from VM start under TCG
-and KVM alike, read by the agent at /init and at HELLO.
+the whole call, and ``boot`` is QEMU's start until HELLO. The split uses the guest's
+TSC, which counts from VM start under TCG and KVM alike, read by the agent at /init and
+at HELLO. A restored VM has ``restore`` (QEMU's start until the guest runs again: the
+state loaded) and ``configure`` (until the agent's HELLO after CONFIGURE) instead of
+``vmm_start``, ``kernel_boot`` and ``init``.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +70,12 @@ from lamina.vm._initramfs import initramfs
 from lamina.vm._kernel import BOOT_DIR, MODULES_ROOT, GuestKernel, guest_kernel
 from lamina.vm._kvm import kvm_usable
 from lamina.vm._rootfs import image_rootfs, image_user
+from lamina.vm._virtiofs import (
+    VirtiofsDaemon,
+    close_qemu_ends,
+    start_daemons,
+    stop_daemons,
+)
 
 SESSION = 1
 
@@ -71,6 +87,8 @@ class VmRunResult:
     stderr: bytes
     timings: dict[str, float] = field(default_factory=dict)
     accel: str = "tcg"
+    restored_from: str | None = None  # the snapshot the VM was restored from
+    restore_error: str | None = None  # why a matching snapshot was not used
 
 
 def run_in_vm(
@@ -91,10 +109,11 @@ def run_in_vm(
     hostname: str | None = None,
     boot_dir: Path = BOOT_DIR,
     modules_root: Path = MODULES_ROOT,
+    snapshot: str | None = "auto",
 ) -> VmRunResult:
     """Run ``argv`` (default: the image's Cmd, after its Entrypoint) in a new micro-VM
     booted from ``image_ref``'s layers; stdout and stderr are returned apart. A
-    ``config`` replaces ``vcpus`` and ``memory_mib``."""
+    ``config`` replaces ``vcpus`` and ``memory_mib``; ``snapshot`` is ``start_vm``'s."""
     from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
 
     t0 = time.perf_counter()
@@ -134,6 +153,7 @@ def run_in_vm(
         hostname=hostname,
         boot_dir=boot_dir,
         modules_root=modules_root,
+        snapshot=snapshot,
     )
     try:
         vm.conn.send(Msg.EXEC, SESSION, payload)
@@ -145,13 +165,26 @@ def run_in_vm(
         vm.close()
     t_end = time.perf_counter()
 
-    hello = out.hello
     timings = {"prepare": vm.t_launch - t0}
-    timings.update(_boot_timings(hello, out.t_hello - vm.t_launch))
+    if vm.t_ready is not None and vm.t_resumed is not None:  # restored from a snapshot
+        out.t_hello = vm.t_ready
+        timings["boot"] = vm.t_ready - vm.t_launch
+        timings["restore"] = vm.t_resumed - vm.t_launch
+        timings["configure"] = vm.t_ready - vm.t_resumed
+    else:
+        timings.update(_boot_timings(out.hello, out.t_hello - vm.t_launch))
     timings["workload"] = t_exit - out.t_hello
     timings["teardown"] = t_end - t_exit
     timings["total"] = t_end - t0
-    return VmRunResult(out.exit_code, bytes(out.stdout), bytes(out.stderr), timings, vm.spec.accel)
+    return VmRunResult(
+        out.exit_code,
+        bytes(out.stdout),
+        bytes(out.stderr),
+        timings,
+        vm.spec.accel,
+        vm.restored_from,
+        vm.restore_error,
+    )
 
 
 @dataclass
@@ -163,9 +196,15 @@ class MicroVm:
     spec: _qemu.QemuSpec
     run_dir: Path  # scratch (console log unless the boot log goes elsewhere)
     t_launch: float  # perf_counter() when QEMU was started
+    daemons: list[VirtiofsDaemon] = field(default_factory=list)  # one per shared dir
+    restored_from: str | None = None  # the snapshot's name, when restored from one
+    restore_error: str | None = None  # why a matching snapshot was not used (cold boot)
+    t_resumed: float | None = None  # restored: perf_counter() when the guest ran again
+    t_ready: float | None = None  # restored: when the configured agent said HELLO
 
     def close(self) -> None:
         _qemu.kill(self.proc)
+        stop_daemons(self.daemons)  # after QEMU: they exit on its disconnect anyway
         self.conn.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -174,6 +213,117 @@ class MicroVm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    """A VM resolved before any VMM starts: its files built (kernel, agent, initramfs,
+    root disk), its accelerator chosen. What its runs share; a snapshot is used only
+    for a plan that matches it (``_snapshot.machine_key``)."""
+
+    cache: Path  # <root>/vm
+    record: ImageRecord
+    config: VmConfig
+    kernel: GuestKernel
+    agent: Path
+    initrd: Path
+    rootfs: Path
+    base_disk: Path | None
+    accel: str  # "kvm" or "tcg"
+    forwards: tuple[str, ...]
+    mount_points: Mapping[str, str]
+
+
+def plan_vm(
+    local: LocalImages,
+    record: ImageRecord,
+    config: VmConfig,
+    *,
+    accel: str = "auto",
+    boot_dir: Path = BOOT_DIR,
+    modules_root: Path = MODULES_ROOT,
+    kernel: GuestKernel | None = None,
+    base_disk: Path | None = None,
+    forwards: Sequence[str] = (),
+    mount_points: Mapping[str, str] = {},
+) -> VmPlan:
+    """Check ``config`` and build (or find cached) what booting it needs."""
+    _check_supported(config)
+    unknown = set(mount_points) - {sd.tag for sd in config.shared_dirs}
+    if unknown:
+        raise LaminaError(f"no shared directory has the tag {sorted(unknown)[0]!r}")
+    if accel not in ("auto", "kvm", "tcg"):
+        raise LaminaError(f"unknown accelerator {accel!r}: expected auto, kvm or tcg")
+    if kernel is None:
+        kernel = guest_kernel(local.root, boot_dir=boot_dir, modules_root=modules_root)
+    agent = build_agent(local.root)
+    initrd = initramfs(local.root, kernel, agent, busybox=_busybox())
+    rootfs = image_rootfs(local, record)
+    if accel == "auto":
+        accel = "kvm" if kvm_usable(local.root, kernel, initrd) else "tcg"
+    return VmPlan(
+        local.root / "vm", record, config, kernel, agent, initrd, rootfs, base_disk, accel,
+        tuple(forwards), dict(mount_points),
+    )  # fmt: skip
+
+
+def launch_vm(
+    plan: VmPlan,
+    *,
+    hostname: str,
+    macs: Sequence[str] | None = None,
+    control_fd: int | None = None,
+    incoming_fd: int | None = None,
+) -> MicroVm:
+    """Start QEMU for ``plan`` (its virtiofsd first, if any). Returns at once.
+    ``macs`` replace the config's (a snapshot's devices); ``control_fd`` and
+    ``incoming_fd`` are ``QemuSpec``'s (a snapshot's template, a restore)."""
+    config = plan.config
+    (plan.cache / "tmp").mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=plan.cache / "tmp"))
+    log = config.boot_log
+    console = {"none": run_dir / "console.log", "file": log.path, "stdout": None}[log.kind]
+    try:
+        daemons = start_daemons(config.shared_dirs, run_dir, console)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    shares = tuple(
+        _qemu.VirtiofsShare(d.tag, d.qemu_fd, plan.mount_points.get(d.tag), d.read_only)
+        for d in daemons
+    )
+    host, guest = socket.socketpair()
+    spec = _qemu.QemuSpec(
+        kernel=plan.kernel.vmlinux,
+        initrd=plan.initrd,
+        agent_fd=guest.fileno(),
+        console_log=console,
+        accel=plan.accel,
+        vcpus=config.vcpus,
+        memory_mib=config.memory_mib,
+        root_image=plan.rootfs,
+        base_image=plan.base_disk,
+        forwards=plan.forwards,
+        append=(*config.cmdline, f"lamina.hostname={hostname}"),
+        networks=config.networks,
+        macs=tuple(config.macs if macs is None else macs),
+        quiet=log.kind == "none",
+        shares=shares,
+        control_fd=control_fd,
+        incoming_fd=incoming_fd,
+    )
+    t_launch = time.perf_counter()
+    try:
+        proc = _qemu.launch(spec)
+    except BaseException:
+        host.close()
+        stop_daemons(daemons)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        guest.close()
+        close_qemu_ends(daemons)  # QEMU holds its own copies
+    return MicroVm(proc, AgentConnection(host), spec, run_dir, t_launch, daemons)
 
 
 def start_vm(
@@ -188,55 +338,41 @@ def start_vm(
     kernel: GuestKernel | None = None,
     base_disk: Path | None = None,
     forwards: Sequence[str] = (),
+    mount_points: Mapping[str, str] = {},
+    snapshot: str | None = "auto",
 ) -> MicroVm:
     """Boot a micro-VM on ``record``'s root filesystem. Returns at once: frames sent
     now wait for the agent, whose HELLO comes first on ``conn``.
 
     ``kernel`` replaces the host's guest kernel (a VM base bundle's, with its modules);
     ``base_disk`` is a bundle's ext4 disk stacked under the image's layers; ``forwards``
-    are hostfwd rules for the first NAT network (``_qemu.QemuSpec.forwards``)."""
-    _check_supported(config)
-    if accel not in ("auto", "kvm", "tcg"):
-        raise LaminaError(f"unknown accelerator {accel!r}: expected auto, kvm or tcg")
-    cache = local.root / "vm"
-    if kernel is None:
-        kernel = guest_kernel(local.root, boot_dir=boot_dir, modules_root=modules_root)
-    initrd = initramfs(local.root, kernel, build_agent(local.root), busybox=_busybox())
-    rootfs = image_rootfs(local, record)
-    if accel == "auto":
-        accel = "kvm" if kvm_usable(local.root, kernel, initrd) else "tcg"
+    are hostfwd rules for the first NAT network (``_qemu.QemuSpec.forwards``);
+    ``mount_points`` maps tags of ``config.shared_dirs`` to absolute container paths
+    where the agent mounts them (a shared dir without one is only attached). A VM
+    with shared dirs must never be snapshotted: vhost-user devices do not migrate.
 
-    (cache / "tmp").mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=cache / "tmp"))
-    log = config.boot_log
-    console = {"none": run_dir / "console.log", "file": log.path, "stdout": None}[log.kind]
-    host, guest = socket.socketpair()
-    spec = _qemu.QemuSpec(
-        kernel=kernel.vmlinux,
-        initrd=initrd,
-        agent_fd=guest.fileno(),
-        console_log=console,
-        accel=accel,
-        vcpus=config.vcpus,
-        memory_mib=config.memory_mib,
-        root_image=rootfs,
-        base_image=base_disk,
-        forwards=tuple(forwards),
-        append=(*config.cmdline, f"lamina.hostname={hostname}"),
-        networks=config.networks,
-        macs=config.macs,
-        quiet=log.kind == "none",
-    )
-    t_launch = time.perf_counter()
-    try:
-        proc = _qemu.launch(spec)
-    except BaseException:
-        host.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        guest.close()
-    return MicroVm(proc, AgentConnection(host), spec, run_dir, t_launch)
+    ``snapshot``: "auto" restores the newest snapshot made for exactly this machine
+    (``_snapshot``) instead of booting, when there is one; a name requires that one
+    (LaminaError when it is missing or made for another machine); None or "none"
+    always boots. A restore returns once the agent is configured (``restored_from``
+    names the snapshot); one that fails boots cold (``restore_error`` says why)."""
+    plan = plan_vm(
+        local, record, config, accel=accel, boot_dir=boot_dir, modules_root=modules_root,
+        kernel=kernel, base_disk=base_disk, forwards=forwards, mount_points=mount_points,
+    )  # fmt: skip
+    restore_error = None
+    if snapshot not in (None, "none"):
+        from lamina.vm import _snapshot
+
+        chosen = _snapshot.choose_snapshot(plan, snapshot)
+        if chosen is not None:
+            try:
+                return _snapshot.restore(plan, chosen, hostname)
+            except _snapshot.RestoreFailed as e:
+                restore_error = str(e)
+    vm = launch_vm(plan, hostname=hostname)
+    vm.restore_error = restore_error
+    return vm
 
 
 def _busybox() -> Path | None:
@@ -257,7 +393,6 @@ def _check_supported(config: VmConfig) -> None:
         name
         for name, value in (
             ("block devices", config.block_devices),
-            ("shared directories", config.shared_dirs),
             ("a custom kernel", config.kernel),
             ("a custom initrd", config.initrd),
             ("an init block", config.init_block),

@@ -19,6 +19,10 @@
  *      exec processes (chrooted into /newroot), carry their stdin, stdout and stderr,
  *      forward signals, report exit status; reap every orphan as init must.
  *
+ * A VM restored from a snapshot (lamina/vm/_snapshot.py) wakes up in step 6 with the
+ * template's clock, hostname and random state: the host's CONFIGURE sets them afresh,
+ * and the agent answers with a new HELLO, the host's sign that it is alive again.
+ *
  * Frames are big-endian: u8 type, u8 flags, u16 reserved, u32 session, u32 length, then
  * `length` payload bytes. A failure during boot is printed on the console and sent as
  * an ERROR frame for session 0 when the channel is up; the VM is then powered off.
@@ -28,6 +32,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/openat2.h>
+#include <linux/random.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
@@ -59,6 +65,7 @@
 enum {
 	/* host -> guest */
 	T_PING = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_SIGNAL = 0x04, T_SHUTDOWN = 0x05,
+	T_CONFIGURE = 0x06,
 	/* guest -> host */
 	T_HELLO = 0x81, T_PONG = 0x82, T_STARTED = 0x83, T_STDOUT = 0x84, T_STDERR = 0x85,
 	T_EXIT = 0x86, T_ERROR = 0x87,
@@ -366,6 +373,135 @@ static int find_root(char *out, size_t n)
 	return access(out, F_OK) == 0;
 }
 
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Decode a %XX-encoded lamina.fs field in place; -1 when malformed (or a NUL byte). */
+static int unpercent(char *s)
+{
+	char *w = s;
+	for (char *r = s; *r; r++, w++) {
+		if (*r != '%') {
+			*w = *r;
+			continue;
+		}
+		int hi = hexval(r[1]), lo = hi < 0 ? -1 : hexval(r[2]);
+		if (lo < 0 || (hi | lo) == 0)
+			return -1;
+		*w = (char)(hi << 4 | lo);
+		r += 2;
+	}
+	*w = 0;
+	return 0;
+}
+
+static long openat2_in_root(int root, const char *rel)
+{
+	struct open_how how = {
+		.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+		.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+	};
+	return syscall(SYS_openat2, root, rel, &how, sizeof how);
+}
+
+/* The container directory `path` (absolute, no "..") as an O_PATH fd. Symlinks on the
+ * way resolve inside /newroot, as the container sees them, never out of it; missing
+ * directories are created (0755) in the overlay, as Docker creates a mount point. */
+static int open_mount_point(const char *path)
+{
+	char rel[4096] = ".";
+	size_t len = 1;
+	int root = open("/newroot", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	int cur = root < 0 ? -1 : dup(root);
+	for (const char *p = path; cur >= 0 && *p;) {
+		size_t n = strcspn(p, "/");
+		if (n == 0 || (n == 1 && *p == '.')) {
+			p += n + (p[n] == '/');
+			continue;
+		}
+		if ((n == 2 && !strncmp(p, "..", 2)) || len + 1 + n >= sizeof rel) {
+			close(cur);
+			cur = -1;
+			errno = EINVAL;
+			break;
+		}
+		rel[len++] = '/';
+		memcpy(rel + len, p, n);
+		rel[len += n] = 0;
+		long fd = openat2_in_root(root, rel);
+		if (fd < 0 && errno == ENOENT) {
+			char name[256];
+			snprintf(name, sizeof name, "%.*s", (int)n, p);
+			if (mkdirat(cur, name, 0755) == 0 || errno == EEXIST)
+				fd = openat2_in_root(root, rel);
+		}
+		int saved = errno;
+		close(cur);
+		cur = (int)fd;
+		errno = saved;
+		p += n + (p[n] == '/');
+	}
+	if (root >= 0)
+		close(root);
+	return cur;
+}
+
+/* lamina.fs=TAG[:DEST[:ro]],... (fields %XX-encoded): the VM's shared directories. Each
+ * tag with a DEST is mounted there (virtiofs; read-only with "ro", which the host also
+ * enforces); a tag alone is only attached, for the workload to mount. */
+static void mount_shared(void)
+{
+	static char spec[4096];
+	int found = 0;
+	for (char *p = cmdline; *p;) {
+		while (*p == ' ' || *p == '\n')
+			p++;
+		char *end = p + strcspn(p, " \n");
+		if (end - p > 10 && !strncmp(p, "lamina.fs=", 10)) {
+			snprintf(spec, sizeof spec, "%.*s", (int)(end - p - 10), p + 10);
+			found = 1;
+		}
+		p = end;
+	}
+	if (!found)
+		return;
+	load_modules("/lib/modules/fs.list");
+	char *save = NULL;
+	for (char *e = strtok_r(spec, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+		char *tag = e, *dest = strchr(e, ':'), *opt = NULL;
+		if (dest) {
+			*dest++ = 0;
+			if ((opt = strchr(dest, ':')))
+				*opt++ = 0;
+		}
+		if (unpercent(tag) || (dest && unpercent(dest)))
+			fatal("lamina.fs: malformed entry for tag %s", tag);
+		if (!dest)
+			continue;
+		if (opt && strcmp(opt, "ro"))
+			fatal("lamina.fs: unknown option %s for %s", opt, dest);
+		if (dest[0] != '/' || !dest[strspn(dest, "/")])
+			fatal("lamina.fs: %s is not a mount point (an absolute path other than /)", dest);
+		int fd = open_mount_point(dest);
+		if (fd < 0)
+			fatal("mount point %s: %s", dest, strerror(errno));
+		char target[64];
+		snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+		/* The device is probed when the module loads; a short grace, just in case. */
+		for (int i = 0; mount(tag, target, "virtiofs", opt ? MS_RDONLY : 0, NULL) < 0; i++) {
+			if (i >= 1000 || (errno != EINVAL && errno != ENOENT && errno != ENODEV))
+				fatal("mount virtiofs %s on %s: %s", tag, dest, strerror(errno));
+			usleep(1000);
+		}
+		close(fd);
+	}
+}
+
 static void mount_root(void)
 {
 	char dev[256], opts[128];
@@ -399,7 +535,65 @@ static void mount_root(void)
 	snprintf(opts, sizeof opts, "mode=1777");
 	mnt("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts);
 	etc_files();
+	mount_shared();
 	have_root = 1;
+}
+
+/* HELLO's timestamps (docs/VM_AGENT.md): CLOCK_BOOTTIME at /init, modules, port, root,
+ * hello; the TSC at /init and at hello. */
+static uint64_t hello_t[7];
+
+static void send_hello(void)
+{
+	unsigned char hello[8 + 8 * 7];
+	put32(hello, PROTO_VERSION);
+	put32(hello + 4, 7);
+	hello_t[4] = now_ns();
+	hello_t[6] = rdtsc();
+	for (int i = 0; i < 7; i++)
+		put64(hello + 8 + 8 * i, hello_t[i]);
+	send_frame(T_HELLO, 0, hello, sizeof hello);
+}
+
+/* CONFIGURE: u64 CLOCK_REALTIME ns, u32 hostname length, hostname, then a seed for the
+ * random number generator. Sent after a restore: the snapshot's wall clock is stale,
+ * its hostname the template's, and every clone would otherwise draw the same random
+ * numbers. The seed is credited and the CRNG reseeded at once (a plain write to
+ * /dev/urandom would only reach the CRNG at its next periodic reseed). */
+static void configure(unsigned char *p, size_t len)
+{
+	if (len < 12 || get32(p + 8) > len - 12 || get32(p + 8) > 64) {
+		send_frame(T_ERROR, 0, "malformed CONFIGURE", 19);
+		return;
+	}
+	uint64_t ns = (uint64_t)get32(p) << 32 | get32(p + 4);
+	struct timespec ts = {.tv_sec = ns / 1000000000u, .tv_nsec = ns % 1000000000u};
+	if (ns && clock_settime(CLOCK_REALTIME, &ts) < 0)
+		say("cannot set the clock: %s", strerror(errno));
+	size_t hl = get32(p + 8);
+	if (hl > 0 && sethostname((char *)p + 12, hl) < 0)
+		say("cannot set the hostname: %s", strerror(errno));
+	if (hl > 0 && have_root)
+		etc_files();
+	size_t sl = len - 12 - hl;
+	if (sl > 512)
+		sl = 512;
+	if (sl > 0) {
+		struct {
+			struct rand_pool_info info;
+			unsigned char buf[512];
+		} e;
+		e.info.entropy_count = (int)(sl * 8);
+		e.info.buf_size = (int)sl;
+		memcpy(e.info.buf, p + 12 + hl, sl);
+		int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+		if (fd < 0 || ioctl(fd, RNDADDENTROPY, &e.info) < 0 ||
+		    (ioctl(fd, RNDRESEEDCRNG) < 0 && errno != ENODATA))
+			say("cannot seed the random number generator: %s", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	send_hello();
 }
 
 static struct session *find_session(uint32_t id)
@@ -640,6 +834,9 @@ static void handle(int type, uint32_t id, unsigned char *p, size_t len)
 		sync();
 		reboot(RB_AUTOBOOT); /* QEMU runs with -no-reboot: a reset ends it */
 		break;
+	case T_CONFIGURE:
+		configure(p, len);
+		break;
 	default:
 		send_frame(T_ERROR, id, "unknown message type", 20);
 	}
@@ -647,7 +844,7 @@ static void handle(int type, uint32_t id, unsigned char *p, size_t len)
 
 int main(void)
 {
-	uint64_t t[7];
+	uint64_t *t = hello_t;
 	t[5] = rdtsc();
 	t[0] = now_ns();
 	mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, NULL);
@@ -680,14 +877,7 @@ int main(void)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 
-	unsigned char hello[8 + 8 * 7];
-	put32(hello, PROTO_VERSION);
-	put32(hello + 4, 7);
-	t[4] = now_ns();
-	t[6] = rdtsc();
-	for (int i = 0; i < 7; i++)
-		put64(hello + 8 + 8 * i, t[i]);
-	send_frame(T_HELLO, 0, hello, sizeof hello);
+	send_hello();
 
 	unsigned char *buf = malloc(HDR + MAX_PAYLOAD);
 	size_t have = 0;
