@@ -11,6 +11,7 @@ from lamina.cli._runopts import (
     InvalidOption,
     ParsedRun,
     RunOptions,
+    apply_isolation,
     build_config,
     parse_cpus,
     parse_duration,
@@ -20,6 +21,7 @@ from lamina.cli._runopts import (
     parse_memory,
     parse_mount,
     parse_network,
+    parse_publish,
     parse_resources,
     parse_time,
     parse_tmpfs,
@@ -27,6 +29,7 @@ from lamina.cli._runopts import (
     parse_volume,
 )
 from lamina.runtime import Mount, Security
+from lamina.runtime._types import PortMapping
 
 
 def _build(**kw: object) -> ParsedRun:
@@ -387,6 +390,57 @@ def test_build_config_refused(kw: dict[str, object], why: str) -> None:
 def test_publish_with_host_network_warns() -> None:
     parsed = _build(publish=["80:80"], network="host")
     assert parsed.warnings
+    assert parsed.config.ports == []  # discarded, as Docker does
+
+
+def test_parse_publish() -> None:
+    assert parse_publish("8080:80") == [PortMapping(80, "tcp", "", 8080)]
+    assert parse_publish("127.0.0.1:8080:80/udp") == [PortMapping(80, "udp", "127.0.0.1", 8080)]
+    assert parse_publish("0.0.0.0:8080:80") == [PortMapping(80, "tcp", "", 8080)]
+    assert parse_publish("80") == [PortMapping(80, "tcp", "", 0)]  # a free host port
+    assert parse_publish("127.0.0.1::80") == [PortMapping(80, "tcp", "127.0.0.1", 0)]
+    assert parse_publish("8000-8001:80-81/TCP") == [
+        PortMapping(80, "tcp", "", 8000),
+        PortMapping(81, "tcp", "", 8001),
+    ]
+    assert str(PortMapping(80, "tcp", "", 8080)) == "0.0.0.0:8080->80/tcp"
+    for bad, why in (
+        ("", "expected"),
+        ("1:2:3:4", "expected"),
+        ("0:80", "out of range"),
+        ("80-79:80-79", "out of range"),
+        ("x:80", "not a port number"),
+        ("999.1.1.1:80:80", "IPv4"),
+        ("80/sctp", "tcp or udp"),
+        ("8000-8005:80", "differ in length"),
+    ):
+        with pytest.raises(InvalidOption, match=why) as exc:
+            parse_publish(bad)
+        assert "\n" not in str(exc.value)
+
+
+def test_network_follows_the_isolation() -> None:
+    vm = _build(isolation="vm", publish=["8080:80", "81"]).config
+    assert vm.network == "nat" and len(vm.ports) == 2  # VMs: user-mode NAT by default
+    assert _build(isolation="vm", network="none").config.network == "none"
+    assert _build().config.network == "none"  # process containers: unchanged
+    for kw, why in (
+        ({"isolation": "vm", "network": "host"}, "not supported for VM containers"),
+        ({"isolation": "vm", "network": "container:abc"}, "not supported for VM containers"),
+        ({"isolation": "vm", "network": "none", "publish": ["80"]}, "--network none"),
+        ({"network": "nat"}, "for VM containers"),
+        ({"vm_base": "./bundle"}, "--vm-base needs --isolation vm"),
+        ({"isolation": "vm", "publish": ["80:80", "127.0.0.1:80:81"]}, "published twice"),
+    ):
+        with pytest.raises(InvalidOption, match=why):
+            _build(**kw)
+    # auto: the rules wait for the isolation the image gets.
+    parsed = _build(isolation="auto", publish=["80"])
+    assert parsed.config.isolation == "auto"
+    apply_isolation(parsed, "vm")
+    assert (parsed.config.isolation, parsed.config.network) == ("vm", "nat")
+    with pytest.raises(InvalidOption, match="bridge networking"):
+        apply_isolation(_build(isolation="auto", publish=["80"]), "process")
 
 
 # -- times for logs --since/--until

@@ -75,3 +75,23 @@ def test_info_says_which_accelerator_and_why(tmp_path: Path) -> None:
     assert again["MicroVM"] == vm and probe.stat().st_mtime_ns == stamp
     text = _lamina(tmp_path / "root", "info").stdout
     assert f"Accelerator: {vm['Accelerator']}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@needs_erofs
+@pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None
+    or not list(Path("/boot").glob("vmlinuz-*-cloud-amd64")),
+    reason="needs qemu-system-x86 and linux-image-cloud-amd64",
+)
+def test_rmi_drops_the_snapshots_of_the_image(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    local = LocalImages.open(root)
+    import_rootfs(local, make_busybox_rootfs(tmp_path / "rootfs"), reference="snap:1")
+    local.close()
+    r = _lamina(root, "vm", "snapshot", "create", "snap:1", "--name", "warm")
+    assert r.returncode == 0, r.stderr
+    assert _lamina(root, "vm", "snapshot", "ls", "-q").stdout.split() == ["warm"]
+    assert _lamina(root, "rmi", "snap:1").returncode == 0
+    assert _lamina(root, "vm", "snapshot", "ls", "-q").stdout.split() == []

@@ -346,17 +346,17 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         "--network",
         "--net",
         "network",
-        default="none",
-        show_default=True,
-        metavar="none|host|container:ID",
-        help="Network mode (bridge networks come later).",
+        default=None,
+        metavar="none|host|container:ID|nat",
+        help="Network mode: process containers none (default), host or container:ID; "
+        "VM containers nat (default: QEMU user-mode NAT) or none.",
     ),
     click.option(
         "-p",
         "--publish",
         multiple=True,
-        metavar="PORTS",
-        help="Publish ports (needs bridge networking: not available yet).",
+        metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+        help="Publish a container's port on the host (VM containers with nat).",
     ),
     click.option("--cpus", default=None, help="Number of CPUs (e.g. 1.5)."),
     click.option(
@@ -426,6 +426,13 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         metavar="process|vm|auto",
         help="Isolation: process (namespaces), vm (micro-VM), auto (vm for foreign platforms).",
     ),
+    click.option(
+        "--vm-base",
+        "vm_base",
+        default=None,
+        metavar="DIR|REF",
+        help="VM containers: boot this VM base bundle's kernel, its disk under the image.",
+    ),
 ]
 
 
@@ -441,14 +448,19 @@ def _prepare(
     """Flags -> ContainerConfig, the image resolved (pulled per --pull) in the
     runtime's image store. Every failure here is Docker's 125: the container never
     existed."""
-    from lamina.cli._runopts import InvalidOption, RunOptions, build_config, parse_isolation
+    from lamina.cli._runopts import (
+        InvalidOption,
+        RunOptions,
+        apply_isolation,
+        build_config,
+        parse_isolation,
+    )
     from lamina.errors import LaminaError
 
     pull = flags.pop("pull")
     platform = flags.pop("platform")
-    isolation_flag = flags.pop("isolation")
     try:
-        isolation = parse_isolation(isolation_flag)
+        isolation = parse_isolation(flags["isolation"])
         opts = RunOptions(**flags, auto_remove=auto_remove)
         # Parse flags before touching the image: a typo should not cost a pull.
         build_config(opts, image="", image_ref=image, command=command, cpu_count=os.cpu_count())
@@ -457,8 +469,11 @@ def _prepare(
         parsed = build_config(
             opts, image=record.id, image_ref=image, command=command, cpu_count=os.cpu_count()
         )
-        chosen, reason = _choose_isolation(isolation, local, record)
-        parsed.config.isolation = chosen
+        chosen, reason = _choose_isolation(
+            isolation, local, record, vm_base=parsed.config.vm_base is not None
+        )
+        if isolation == "auto":
+            apply_isolation(parsed, chosen)
         if reason:
             parsed.config.labels[_REASON_LABEL] = reason
         for w in parsed.warnings:
@@ -474,15 +489,19 @@ def _prepare(
         raise
 
 
-def _choose_isolation(requested: str, local: Any, record: Any) -> tuple[str, str]:
+def _choose_isolation(
+    requested: str, local: Any, record: Any, *, vm_base: bool = False
+) -> tuple[str, str]:
     """(isolation, why): ``auto`` is process when the image's platform is the host's
-    (a namespace shares the host kernel), vm otherwise."""
+    (a namespace shares the host kernel) and no ``--vm-base`` is asked for, vm otherwise."""
     import platform as _platform
 
     if requested == "vm":
         return "vm", "--isolation vm"
     if requested != "auto":
         return "process", ""
+    if vm_base:
+        return "vm", "--isolation auto: --vm-base needs a micro-VM"
     machine = _platform.machine()
     host = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
     cfg = local.config(record)
@@ -534,6 +553,8 @@ def run(
     **flags: Any,
 ) -> None:
     """Create and run a new container from an image."""
+    from lamina.errors import LaminaError
+
     rt = open_runtime()  # a bad --runtime fails before any pull
     config = _prepare(rt, image, command, flags, auto_remove=auto_remove)
     ctr = _create(rt, config)
@@ -544,14 +565,19 @@ def run(
             _start_failed(rt, ctr.id, e, remove=auto_remove)
         click.echo(ctr.id)
         _exit(rt, 0)
-    code = run_attached(
-        rt,
-        ctr.id,
-        stdin=config.stdin_open,
-        tty=config.tty,
-        sig_proxy=sig_proxy,
-        start=True,
-    )
+    try:
+        code = run_attached(
+            rt,
+            ctr.id,
+            stdin=config.stdin_open,
+            tty=config.tty,
+            sig_proxy=sig_proxy,
+            start=True,
+        )
+    except LaminaError:
+        if auto_remove:  # e.g. a published port taken: --rm leaves nothing behind
+            _remove_quietly(rt, ctr.id)
+        raise
     if auto_remove:
         _remove_quietly(rt, ctr.id)
     _exit(rt, code)
@@ -942,7 +968,7 @@ def ps_row(c: Container, images: _ImageInfo, now: float) -> dict[str, Any]:
         "Labels": dict(c.config.labels),
         "Mounts": _mount_names(c),
         "Networks": c.config.network,
-        "Ports": "",
+        "Ports": ", ".join(str(p) for p in c.ports),
         "Isolation": c.config.isolation,
     }
 
@@ -1400,6 +1426,31 @@ def stats(
             return
 
 
+@_command("port")
+@click.argument("container")
+@click.argument("private_port", required=False, metavar="[PRIVATE_PORT[/PROTO]]")
+def port(container: str, private_port: str | None) -> None:
+    """List a container's published ports, or the host addresses of one of its ports."""
+    from lamina.errors import LaminaError
+
+    rt = open_runtime()
+    c = rt.get(container)
+    ports = c.ports
+    if private_port is not None:
+        number, _, proto = private_port.partition("/")
+        proto = (proto or "tcp").lower()
+        if not number.isdigit() or not 0 < int(number) < 65536 or proto not in ("tcp", "udp"):
+            raise LaminaError(f"invalid port {private_port!r}: expected PORT[/tcp|udp]")
+        ports = [p for p in ports if p.private == f"{int(number)}/{proto}"]
+        if not ports:
+            raise LaminaError(f"no public port '{int(number)}/{proto}' published for {container}")
+        for p in ports:
+            click.echo(p.public)
+        return
+    for p in ports:
+        click.echo(f"{p.private} -> {p.public}")
+
+
 @_command("top")
 @click.argument("container")
 def top(container: str) -> None:
@@ -1760,6 +1811,7 @@ for _name, _cmd in (
     ("exec", exec_),
     ("stats", stats),
     ("top", top),
+    ("port", port),
     ("inspect", container_inspect),
     ("cp", cp),
     ("diff", diff),

@@ -347,11 +347,15 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
 
 
 def _collect_vm_disks(local: LocalImages) -> None:
-    """Removed images take their cached micro-VM root disks with them."""
+    """Removed images take their cached micro-VM root disks with them, and the VM
+    snapshots made from those disks, which no VM can match any more."""
     if (local.root / "vm" / "rootfs").is_dir():
         from lamina.vm._rootfs import collect_rootfs_garbage
 
-        collect_rootfs_garbage(local)
+        if collect_rootfs_garbage(local) and (local.root / "vm" / "snapshots").is_dir():
+            from lamina.vm._snapshot import prune_snapshots
+
+            prune_snapshots(local.root)
 
 
 @click.command()

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamina.errors import LaminaError
-from lamina.runtime._types import ContainerConfig, Mount, Resources, Security, Ulimit
+from lamina.runtime._types import (
+    ContainerConfig,
+    Mount,
+    PortMapping,
+    Resources,
+    Security,
+    Ulimit,
+)
 
 _RLIM_INFINITY = 2**64 - 1  # OCI rlimits are uint64; "unlimited" is all ones
 
@@ -72,7 +79,7 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
-    network: str = "none"
+    network: str | None = None  # None: the isolation's default (process: none; VM: nat)
     publish: Sequence[str] = ()
     cpus: str | None = None
     cpu_shares: int | None = None
@@ -96,15 +103,18 @@ class RunOptions:
     tty: bool = False
     auto_remove: bool = False
     isolation: str = "process"
+    vm_base: str | None = None
 
 
 @dataclass
 class ParsedRun:
-    """The config plus what the caller must do before ``create``."""
+    """The config plus what the caller must do before ``create``. With ``--isolation
+    auto`` the network rules wait for the caller's ``apply_isolation``."""
 
     config: ContainerConfig
     bind_dirs_to_create: list[str] = field(default_factory=list)  # -v sources that are absent
     warnings: list[str] = field(default_factory=list)
+    network: str | None = None  # --network as given (None: the isolation's default)
 
 
 # -- sizes and numbers
@@ -489,16 +499,121 @@ def parse_sysctl(value: str, network: str) -> tuple[str, str]:
 
 
 def parse_network(value: str) -> str:
+    """``none``, ``host``, ``container:<id>`` (process containers) or ``nat`` (QEMU's
+    user-mode NAT of VM containers); which fit the isolation is ``apply_isolation``'s."""
     v = value.strip()
-    if v in ("none", "host"):
+    if v in ("none", "host", "nat"):
         return v
     if v.startswith("container:") and len(v) > len("container:"):
         return v
     if v in ("bridge", "default"):
         raise InvalidOption(
             "bridge networking is not available yet: use --network none, host or container:<id>"
+            " (VM containers: nat or none)"
         )
-    raise InvalidOption(f"network {v!r} not found: only none, host and container:<id> exist yet")
+    raise InvalidOption(
+        f"network {v!r} not found: only none, host, container:<id> and (for VM containers) "
+        "nat exist yet"
+    )
+
+
+def _port_range(text: str, spec: str, what: str) -> tuple[int, int]:
+    lo_s, sep, hi_s = text.partition("-")
+    try:
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+    except ValueError:
+        raise InvalidOption(f"invalid -p {spec!r}: {what} {text!r} is not a port number")
+    if not (1 <= lo <= hi <= 65535):
+        raise InvalidOption(
+            f"invalid -p {spec!r}: {what} {text!r} is out of range (1-65535, low-high)"
+        )
+    return lo, hi
+
+
+def parse_publish(spec: str) -> list[PortMapping]:
+    """Docker's ``-p``: ``[IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]``, ranges (``8000-8001:
+    80-81``) of equal length; no HOSTPORT (``80``, ``IP::80``) = a free host port."""
+    import ipaddress
+
+    rest, sep, proto = spec.strip().rpartition("/")
+    if not sep:
+        rest, proto = spec.strip(), "tcp"
+    proto = proto.lower()
+    if proto not in ("tcp", "udp"):
+        raise InvalidOption(f"invalid -p {spec!r}: protocol {proto!r} is not tcp or udp")
+    if rest.startswith("["):
+        raise InvalidOption(f"invalid -p {spec!r}: IPv6 host addresses are not supported yet")
+    parts = rest.split(":")
+    if len(parts) > 3 or not parts[-1]:
+        raise InvalidOption(f"invalid -p {spec!r}: expected [IP:][HOSTPORT:]CONTAINERPORT[/PROTO]")
+    host_ip = parts[0] if len(parts) == 3 else ""
+    host = parts[-2] if len(parts) >= 2 else ""
+    if host_ip:
+        try:
+            ipaddress.IPv4Address(host_ip)
+        except ValueError:
+            raise InvalidOption(f"invalid -p {spec!r}: {host_ip!r} is not an IPv4 address")
+        host_ip = "" if host_ip == "0.0.0.0" else host_ip
+    c_lo, c_hi = _port_range(parts[-1], spec, "container port")
+    if not host:
+        return [PortMapping(p, proto, host_ip, 0) for p in range(c_lo, c_hi + 1)]
+    h_lo, h_hi = _port_range(host, spec, "host port")
+    if h_hi - h_lo != c_hi - c_lo:
+        raise InvalidOption(
+            f"invalid -p {spec!r}: the host and container port ranges differ in length"
+        )
+    return [PortMapping(c_lo + i, proto, host_ip, h_lo + i) for i in range(c_hi - c_lo + 1)]
+
+
+def parse_ports(specs: Sequence[str]) -> list[PortMapping]:
+    """Every ``-p``; one host port published twice (same protocol, overlapping address)
+    is refused."""
+    ports = [p for spec in specs for p in parse_publish(spec)]
+    claimed: dict[tuple[int, str], list[str]] = {}
+    for p in ports:
+        if not p.host_port:
+            continue
+        ips = claimed.setdefault((p.host_port, p.protocol), [])
+        if any(not ip or not p.host_ip or ip == p.host_ip for ip in ips):
+            raise InvalidOption(f"host port {p.host_port}/{p.protocol} is published twice (-p)")
+        ips.append(p.host_ip)
+    return ports
+
+
+def apply_isolation(parsed: ParsedRun, isolation: str) -> None:
+    """The network and ``--vm-base`` rules of the chosen isolation (``process`` or
+    ``vm``): each has its own default network, and refuses the modes it cannot give."""
+    cfg = parsed.config
+    given = parsed.network
+    if isolation == "vm":
+        network = given or "nat"
+        if network == "host" or network.startswith("container:"):
+            raise InvalidOption(
+                f"--network {network} is not supported for VM containers: use nat (the "
+                "default) or none"
+            )
+        if cfg.ports and network == "none":
+            raise InvalidOption("publishing ports (-p) needs a network: not --network none")
+    else:
+        network = given or "none"
+        if network == "nat":
+            raise InvalidOption(
+                "--network nat is for VM containers (--isolation vm); process containers "
+                "have none, host or container:<id>"
+            )
+        if cfg.vm_base:
+            raise InvalidOption("--vm-base needs --isolation vm")
+        if cfg.ports:
+            if network != "host":
+                raise InvalidOption(
+                    "publishing ports (-p) of a process container needs bridge networking, "
+                    "which is not available yet (VM containers publish them: --isolation vm)"
+                )
+            parsed.warnings.append("published ports are discarded when using host network mode")
+            cfg.ports = []
+    cfg.network = network
+    cfg.isolation = isolation
 
 
 def parse_isolation(value: str | None) -> str:
@@ -538,21 +653,16 @@ def build_config(
         raise InvalidOption(
             f"invalid container name {opts.name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed"
         )
-    network = parse_network(opts.network)
-    if opts.hostname and network.startswith("container:"):
+    network = parse_network(opts.network) if opts.network is not None else None
+    if opts.hostname and network and network.startswith("container:"):
         raise InvalidOption("conflicting options: --hostname and --network container:<id>")
     if opts.workdir is not None and opts.workdir and not opts.workdir.startswith("/"):
         raise InvalidOption(
             f"the working directory {opts.workdir!r} is invalid: it needs to be an absolute path"
         )
-    result = ParsedRun(config=ContainerConfig(image=image, image_ref=image_ref))
+    result = ParsedRun(config=ContainerConfig(image=image, image_ref=image_ref), network=network)
     cfg = result.config
-    if opts.publish:
-        if network != "host":
-            raise InvalidOption(
-                "publishing ports (-p) needs bridge networking, which is not available yet"
-            )
-        result.warnings.append("published ports are discarded when using host network mode")
+    ports = parse_ports(opts.publish)
 
     env = [e for f in opts.env_files for e in parse_env_file(f, environ)]
     env += parse_env(opts.env, environ)
@@ -593,10 +703,11 @@ def build_config(
     cfg.hostname = opts.hostname or None
     cfg.tty = opts.tty
     cfg.stdin_open = opts.interactive
-    cfg.network = network
+    cfg.network = network or "none"
+    cfg.ports = ports
     cfg.mounts = mounts
     cfg.tmpfs = tmpfs
-    cfg.sysctls = dict(parse_sysctl(s, network) for s in opts.sysctls)
+    cfg.sysctls = dict(parse_sysctl(s, network or "none") for s in opts.sysctls)
     cfg.ulimits = [parse_ulimit(u) for u in opts.ulimits]
     cfg.resources = parse_resources(
         cpus=opts.cpus,
@@ -615,6 +726,12 @@ def build_config(
     cfg.labels = parse_labels(opts.labels, opts.label_files)
     cfg.auto_remove = opts.auto_remove
     cfg.isolation = parse_isolation(opts.isolation)
+    if opts.vm_base is not None:
+        if not opts.vm_base.strip():
+            raise InvalidOption("--vm-base needs a bundle directory or reference")
+        cfg.vm_base = opts.vm_base.strip()
+    if cfg.isolation != "auto":  # auto: the caller applies the one it chooses
+        apply_isolation(result, cfg.isolation)
     return result
 
 

@@ -30,11 +30,17 @@ def _store() -> VolumeStore:
 
 
 def _users() -> Any:
-    """volume name -> IDs of the containers using it (created, running or stopped)."""
+    """volume name -> IDs of the containers using it (created, running or stopped),
+    process and micro-VM containers alike."""
     from lamina.runtime import open_runtime
 
     rt: Any = open_runtime(_root(), oci_runtime=None)
-    return rt.volume_users
+    if not (_root() / "vms" / "vms.db").exists():
+        return rt.volume_users
+    from lamina.vm import open_vm_runtime
+
+    vm = open_vm_runtime(_root())
+    return lambda volume: rt.volume_users(volume) + vm.volume_users(volume)
 
 
 def _labels(values: Sequence[str]) -> dict[str, str]:

@@ -45,22 +45,9 @@ from lamina.runtime._conmon import (
     launch_exec,
     runc_error_text,
 )
+from lamina.runtime._spec import merge_env
 from lamina.runtime._term import follow_window_size, raw_terminal, set_window_size, window_size
 from lamina.runtime._types import ExecResult
-
-
-def merge_env(base: list[str], extra: list[str]) -> list[str]:
-    """``base`` with ``extra`` applied on top (same key replaces, in place)."""
-    out = list(base)
-    index = {e.partition("=")[0]: i for i, e in enumerate(out)}
-    for e in extra:
-        key = e.partition("=")[0]
-        if key in index:
-            out[index[key]] = e
-        else:
-            index[key] = len(out)
-            out.append(e)
-    return out
 
 
 def build_process(

@@ -52,7 +52,7 @@ from lamina.image import (
 from lamina.image._config import rfc3339
 from lamina.image._import import apply_changes, ingest_layer
 from lamina.runtime._paths import secure_join
-from lamina.runtime._types import ChangeEntry
+from lamina.runtime._types import ChangeEntry, ContainerConfig
 
 _CHUNK = 1 << 20
 _OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -378,6 +378,28 @@ _OCI_LAYER_TYPE = {
     media.DOCKER_LAYER_GZIP: media.OCI_LAYER_GZIP,
     media.DOCKER_LAYER_FOREIGN: media.OCI_LAYER_ND_GZIP,
 }
+
+
+def committed_config(cfg: ContainerConfig, image_env: Sequence[str]) -> dict[str, Any]:
+    """What ``commit`` keeps of a container's own settings in the new image's config
+    (Docker's rules: command, entrypoint, env over the image's, workdir, user, labels);
+    both backends use it."""
+    from lamina.runtime._spec import merge_env
+
+    out: dict[str, Any] = {}
+    if cfg.command is not None:
+        out["Cmd"] = cfg.command
+    if cfg.entrypoint is not None:
+        out["Entrypoint"] = cfg.entrypoint
+    if cfg.env:
+        out["Env"] = merge_env(list(image_env), cfg.env)
+    if cfg.working_dir:
+        out["WorkingDir"] = cfg.working_dir
+    if cfg.user:
+        out["User"] = cfg.user
+    if cfg.labels:
+        out["Labels"] = dict(cfg.labels)
+    return out
 
 
 def commit_image(

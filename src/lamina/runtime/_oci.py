@@ -1201,24 +1201,9 @@ class OciRuntime(Runtime):
             self.pause(rec.id)
             paused_here = True
         try:
-            cfg = rec.config
-            container_config: dict[str, Any] = {}
-            if cfg.command is not None:
-                container_config["Cmd"] = cfg.command
-            if cfg.entrypoint is not None:
-                container_config["Entrypoint"] = cfg.entrypoint
-            if cfg.env:
-                base = self.images.config(self.images.require(rec.extra["image_id"]))
-                from lamina.runtime._exec import merge_env
-
-                img_env = list((base.get("config") or {}).get("Env") or [])
-                container_config["Env"] = merge_env(img_env, cfg.env)
-            if cfg.working_dir:
-                container_config["WorkingDir"] = cfg.working_dir
-            if cfg.user:
-                container_config["User"] = cfg.user
-            if cfg.labels:
-                container_config["Labels"] = dict(cfg.labels)
+            base = self.images.config(self.images.require(rec.extra["image_id"]))
+            image_env = (base.get("config") or {}).get("Env") or []
+            container_config = _fsops.committed_config(rec.config, image_env)
             record = _fsops.commit_image(
                 self.images,
                 base_image_id=rec.extra["image_id"],

@@ -79,6 +79,32 @@ class Security:
 
 
 @dataclass
+class PortMapping:
+    """One published port (``-p [IP:][HOSTPORT:]PORT[/PROTO]``): connections to the host's
+    ``host_ip:host_port`` reach the container's ``container_port``. In a config,
+    ``host_port`` 0 asks for a free port, chosen at each start; ``Container.ports``
+    holds the ports of the current run, resolved."""
+
+    container_port: int
+    protocol: str = "tcp"  # "tcp" | "udp"
+    host_ip: str = ""  # "" = every interface (0.0.0.0)
+    host_port: int = 0
+
+    @property
+    def private(self) -> str:
+        """Docker's key for the container's side: ``80/tcp``."""
+        return f"{self.container_port}/{self.protocol}"
+
+    @property
+    def public(self) -> str:
+        """The host's side: ``0.0.0.0:8080``."""
+        return f"{self.host_ip or '0.0.0.0'}:{self.host_port}"
+
+    def __str__(self) -> str:  # docker ps's PORTS column: 0.0.0.0:8080->80/tcp
+        return f"{self.public}->{self.private}"
+
+
+@dataclass
 class ContainerConfig:
     """Everything needed to create a container, independent of the backend."""
 
@@ -93,7 +119,10 @@ class ContainerConfig:
     hostname: str | None = None
     tty: bool = False
     stdin_open: bool = False
-    network: str = "none"  # "none" | "host" | "container:<id>" | later: a bridge network name
+    # "none" | "host" | "container:<id>" (process); "nat" | "none" (VM: QEMU's user-mode
+    # NAT); later: a bridge network name
+    network: str = "none"
+    ports: list[PortMapping] = field(default_factory=list)  # -p: host port 0 = a free one
     mounts: list[Mount] = field(default_factory=list)
     tmpfs: dict[str, str] = field(default_factory=dict)  # path -> options
     sysctls: dict[str, str] = field(default_factory=dict)
@@ -106,6 +135,11 @@ class ContainerConfig:
     labels: dict[str, str] = field(default_factory=dict)
     auto_remove: bool = False
     isolation: str = "process"
+    vm_base: str | None = None  # --vm-base: a VM base bundle directory or reference
+
+    def __post_init__(self) -> None:
+        # Configs read back from JSON hold plain dicts.
+        self.ports = [PortMapping(**p) if isinstance(p, dict) else p for p in self.ports]
 
 
 @dataclass
@@ -170,6 +204,7 @@ class Container:
     backend: str  # "oci" | "vm"
     isolation_reason: str = ""
     ip_address: str = ""
+    ports: list[PortMapping] = field(default_factory=list)  # published now (resolved)
 
 
 @dataclass

@@ -18,14 +18,32 @@ Lifecycle and contract:
 - A supervisor that died is found by ``_reconcile`` (every public call): its row
   becomes ``exited`` with an error and its QEMU is killed.
 
-Not supported for VMs yet (a one-line LaminaError): pause, diff/commit, cp, update,
-resize, top, attach with stdin.
+Networking: ``--network nat`` (the default for VMs) is QEMU's user-mode NAT (the guest
+is 10.0.2.15/24, the host 10.0.2.2, DNS 10.0.2.3), ``none`` leaves only loopback.
+Published ports (``-p``) become QEMU hostfwd rules: ``start`` checks each host port is
+free (a free one is chosen for ``-p PORT``) and records the run's mappings in the row
+before the supervisor boots with them. ``--vm-base`` (``_base``) is resolved at
+``create`` (a registry bundle pulled into the cache, its shape checked); the supervisor
+boots its kernel and stacks its disk under the image.
+
+``pause`` stops the whole VM (SIGSTOP to QEMU; stop, kill and rm -f continue it
+first; exec is refused meanwhile). ``top``, ``cp``, ``diff`` and ``commit`` run the
+initramfs's busybox in the guest (``_guestfs``); they need a running (not paused) VM,
+as the writable layer lives in the guest.
+
+Bind mounts (directories only) and volumes, the image's VOLUMEs included, are
+virtio-fs shares (``_mounts``: prepared at ``create``; one virtiofsd each while the VM
+runs, ``_virtiofs``); ``--rm`` and ``rm -v`` remove the anonymous volumes.
+
+Not supported for VMs yet (a one-line LaminaError): update, resize, attach with stdin,
+tmpfs mounts.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -53,6 +71,7 @@ from lamina.runtime._types import (
     ExitReason,
     LogEntry,
     Mount,
+    PortMapping,
     Resources,
     Security,
     Stats,
@@ -191,6 +210,7 @@ class VmRuntime(Runtime):
             with _sqlite.transaction(self.db) as db:
                 db.execute("DELETE FROM vms WHERE id = ?", (cid,))
             shutil.rmtree(self.dir / cid, ignore_errors=True)
+            self.images.images.release(_holder(cid))
         for r in self._rows():
             if r["status"] in _ACTIVE and not _supervisor_alive(r["pid"]):
                 _kill_qemu(self.dir / r["id"])
@@ -212,9 +232,13 @@ class VmRuntime(Runtime):
             started_at=r["started_at"],
             finished_at=r["finished_at"],
         )
+        ports: builtins.list[PortMapping] = []
+        if r["status"] in _ACTIVE:
+            ports = [PortMapping(**m) for m in json.loads(r["process"]).get("published", [])]
         return Container(
-            r["id"], r["name"], config, state, r["created"], "vm", isolation_reason=r["reason"]
-        )
+            r["id"], r["name"], config, state, r["created"], "vm", isolation_reason=r["reason"],
+            ports=ports,
+        )  # fmt: skip
 
     # -- images ----------------------------------------------------------------------
     def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
@@ -240,9 +264,8 @@ class VmRuntime(Runtime):
                 f"a linux/{arch} image needs qemu-system-{_qemu_arch(arch)} and a {arch} guest "
                 "kernel, which lamina does not provide yet"
             )
-        if config.mounts or config.tty or config.stdin_open:
-            what = "volumes and bind mounts" if config.mounts else "a TTY or an open stdin"
-            raise LaminaError(f"{what} {_UNSUPPORTED}")
+        if config.tty or config.stdin_open:
+            raise LaminaError(f"a TTY or an open stdin {_UNSUPPORTED}")
         img = full.get("config") or {}
         args = process_args(
             config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd")
@@ -264,11 +287,33 @@ class VmRuntime(Runtime):
         if not config.stop_signal and img.get("StopSignal"):
             config.stop_signal = img["StopSignal"]
         vcpus, memory_mib = vm_shape(config)
+        if config.network not in ("nat", "none"):
+            raise LaminaError(f"--network {config.network} is not supported for VM containers")
+        if config.ports and config.network != "nat":
+            raise LaminaError("publishing ports (-p) needs a network: not --network none")
+        base: dict[str, Any] | None = None
+        if config.vm_base:
+            from lamina.vm._base import base_kernel, fit_shape, resolve_base
+
+            found = resolve_base(local, config.vm_base)
+            vcpus, memory_mib = fit_shape(
+                found, vcpus, memory_mib, cpus_given=bool(config.resources.cpus),
+                memory_given=bool(config.resources.memory),
+            )  # fmt: skip
+            base_kernel(self.root, found)  # its modules: a missing one fails here, not at boot
+            base = found.to_dict()
+        from lamina.vm._config import generate_mac
+
         process = {
             "argv": args, "env": env, "cwd": workdir, "uid": uid, "gid": gid,
             "groups": groups, "hostname": hostname, "image_id": record.id,
             "vcpus": vcpus, "memory_mib": memory_mib, "accel": self.accel,
+            "network": config.network, "mac": generate_mac(), "base": base,
         }  # fmt: skip
+        from lamina.vm._mounts import prepare_mounts
+
+        # Last: it may create volumes. Bind mounts and volumes become virtio-fs shares.
+        process["shares"] = prepare_mounts(self.root, local, record, config)
         config.isolation = "vm"
         now = time.time()
         (self.dir / cid).mkdir(parents=True)
@@ -279,6 +324,8 @@ class VmRuntime(Runtime):
                 (cid, name, json.dumps(asdict(config)), json.dumps(process), now,
                  isolation_reason),
             )  # fmt: skip
+        # As for process containers: rmi refuses an image a container still uses.
+        local.images.hold(_holder(cid), record.digest)
         return self.get(cid)
 
     def start(self, ref: str) -> None:
@@ -289,7 +336,14 @@ class VmRuntime(Runtime):
         vmdir = self.dir / cid
         for stale in ("ctl.sock", "qemu.pid"):  # the log goes on across restarts
             (vmdir / stale).unlink(missing_ok=True)
-        self._update(cid, status="created", exit_code=None, error="", finished_at=None)
+        process = json.loads(r["process"])
+        config = _config_from_dict(json.loads(r["config"]))
+        # This run's host ports: checked free now (a taken one fails in one line before
+        # anything boots); "-p PORT" gets a free one. QEMU binds them as it starts.
+        process["published"] = [asdict(p) for p in claim_ports(config.ports)]
+        process.pop("restored_from", None)
+        self._update(cid, status="created", exit_code=None, error="", finished_at=None,
+                     process=json.dumps(process))  # fmt: skip
         with open(vmdir / "supervisor.log", "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lamina.vm._backend", str(self.root), cid],
@@ -345,6 +399,8 @@ class VmRuntime(Runtime):
         config = _config_from_dict(json.loads(r["config"]))
         signum = parse_signal(signal or config.stop_signal or "SIGTERM")
         grace = config.stop_timeout if timeout is None else timeout
+        if r["status"] == "paused":
+            self.unpause(r["id"])  # a stopped VM would not see the signal
         with contextlib.suppress(LaminaError):
             self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
         if self._wait_exit(r["id"], grace):
@@ -372,13 +428,31 @@ class VmRuntime(Runtime):
         signum = parse_signal(signal)
         r = self._row(ref)
         self._require_running(r, "kill")
+        if r["status"] == "paused":
+            self.unpause(r["id"])  # a stopped VM would not see the signal
         self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
 
     def pause(self, ref: str) -> None:
-        raise LaminaError(f"pause {_UNSUPPORTED}")
+        from lamina.vm._guestfs import require_guest, signal_vmm
+
+        r = self._row(ref)
+        require_guest(r["status"], r["id"], "pause")
+        if not signal_vmm(self.dir / r["id"], _signal.SIGSTOP):
+            raise LaminaError(f"cannot pause container {r['id'][:12]}: its VM is not running")
+        with _sqlite.transaction(self.db) as db:
+            db.execute("UPDATE vms SET status = 'paused' WHERE id = ? AND status = 'running'",
+                       (r["id"],))  # fmt: skip
 
     def unpause(self, ref: str) -> None:
-        raise LaminaError(f"unpause {_UNSUPPORTED}")
+        from lamina.vm._guestfs import signal_vmm
+
+        r = self._row(ref)
+        if r["status"] != "paused":
+            raise LaminaError(f"container {r['id'][:12]} is not paused")
+        signal_vmm(self.dir / r["id"], _signal.SIGCONT)
+        with _sqlite.transaction(self.db) as db:
+            db.execute("UPDATE vms SET status = 'running' WHERE id = ? AND status = 'paused'",
+                       (r["id"],))  # fmt: skip
 
     def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         import shutil
@@ -390,6 +464,8 @@ class VmRuntime(Runtime):
                     f"cannot remove container {r['id'][:12]}: it is running "
                     "(stop it first or use --force)"
                 )
+            if r["status"] == "paused":
+                self.unpause(r["id"])
             with contextlib.suppress(LaminaError):
                 self._tell(r["id"], Msg.SHUTDOWN)
             if not self._wait_exit(r["id"], 10):
@@ -399,6 +475,22 @@ class VmRuntime(Runtime):
         with _sqlite.transaction(self.db) as db:
             db.execute("DELETE FROM vms WHERE id = ?", (r["id"],))
         shutil.rmtree(self.dir / r["id"], ignore_errors=True)
+        self.images.images.release(_holder(r["id"]))
+        if volumes:
+            from lamina.vm._mounts import release_volumes
+
+            release_volumes(self.root, json.loads(r["process"]).get("shares", []))
+
+    def volume_users(self, volume: str) -> builtins.list[str]:
+        """IDs of the VM containers using ``volume`` (``volume rm`` and prune refuse it)."""
+        from lamina.vm._mounts import volume_names
+
+        self._reconcile()
+        return [
+            r["id"]
+            for r in self._rows()
+            if volume in volume_names(json.loads(r["process"]).get("shares", []))
+        ]
 
     def rename(self, ref: str, new_name: str) -> None:
         from lamina.runtime._state import validate_name
@@ -491,7 +583,14 @@ class VmRuntime(Runtime):
         process = json.loads(r["process"])
         qemu = _qemu_pid(self.dir / r["id"]) if r["status"] in _ACTIVE else 0
         rss = _rss(qemu) if qemu else 0
+        from lamina.runtime._cgroups import host_cpu_ns
+        from lamina.vm._guestfs import vmm_cpu_ns
+
+        # The VM as the host sees it: QEMU's memory and CPU time (the CLI makes the
+        # CPU % from two samples and the host's CPU time).
         return Stats(
+            cpu_usage_ns=vmm_cpu_ns(qemu) if qemu else 0,
+            system_cpu_ns=host_cpu_ns(),
             memory_used=rss,
             memory_limit=process["memory_mib"] << 20,
             pids=1 if qemu else 0,
@@ -499,7 +598,15 @@ class VmRuntime(Runtime):
         )
 
     def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
-        raise LaminaError(f"top {_UNSUPPORTED}")
+        from lamina.vm import _guestfs
+
+        r = self._row(ref)
+        _guestfs.require_guest(r["status"], r["id"], "list the processes of")
+        conn = self._control(r["id"])
+        try:
+            return list(_guestfs.TOP_TITLES), _guestfs.top(conn)
+        finally:
+            conn.close()
 
     def inspect(self, ref: str) -> dict[str, object]:
         c = self.get(ref)
@@ -515,8 +622,8 @@ class VmRuntime(Runtime):
             "Args": process["argv"][1:],
             "State": {
                 "Status": str(st.status),
-                "Running": st.status == Status.RUNNING,
-                "Paused": False,
+                "Running": st.status in (Status.RUNNING, Status.PAUSED),
+                "Paused": st.status == Status.PAUSED,
                 "Pid": st.pid,
                 "ExitCode": st.exit_code or 0,
                 "Error": st.error,
@@ -537,12 +644,18 @@ class VmRuntime(Runtime):
                 "Memory": cfg.resources.memory or 0,
                 "NanoCpus": int((cfg.resources.cpus or 0) * 1e9),
                 "AutoRemove": cfg.auto_remove,
+                "NetworkMode": cfg.network,
+                "PortBindings": _port_map(cfg.ports, requested=True),
             },
+            "Mounts": [_mount_info(self.root, share) for share in process.get("shares", [])],
+            "NetworkSettings": _network_settings(cfg.network, process, c.ports),
             "VM": {
                 "VCPUs": process["vcpus"],
                 "MemoryMiB": process["memory_mib"],
                 "Accel": process.get("accel", "auto"),
                 "QemuPid": _qemu_pid(self.dir / c.id) if st.status in _ACTIVE else 0,
+                "Base": _base_info(process.get("base")),
+                "RestoredFrom": process.get("restored_from") or None,
             },
             "LogPath": str(self.dir / c.id / "ctr.log"),
             "Isolation": "vm",
@@ -580,6 +693,9 @@ class VmRuntime(Runtime):
             raise LaminaError(f"exec with {'a TTY' if tty else '--detach'} {_UNSUPPORTED}")
         r = self._row(ref)
         self._require_running(r, "exec in")
+        if r["status"] == "paused":
+            raise LaminaError(f"cannot exec in container {r['id'][:12]}: it is paused; "
+                              "unpause it first")  # fmt: skip
         p = json.loads(r["process"])
         uid, gid, groups = p["uid"], p["gid"], p["groups"]
         environ = merge_env(p["env"], env or [])
@@ -644,13 +760,34 @@ class VmRuntime(Runtime):
 
     # -- filesystem ------------------------------------------------------------------
     def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
-        raise LaminaError(f"cp {_UNSUPPORTED}")
+        from lamina.vm import _guestfs
+
+        r = self._row(ref)
+        _guestfs.require_guest(r["status"], r["id"], "copy files from")
+        return _guestfs.copy_out(lambda: self._control(r["id"]), path)
 
     def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
-        raise LaminaError(f"cp {_UNSUPPORTED}")
+        from lamina.vm import _guestfs
+
+        r = self._row(ref)
+        _guestfs.require_guest(r["status"], r["id"], "copy files into")
+        conn = self._control(r["id"])
+        try:
+            _guestfs.copy_in(conn, path, tar_stream)
+        finally:
+            conn.close()
 
     def diff(self, ref: str) -> builtins.list[ChangeEntry]:
-        raise LaminaError(f"diff {_UNSUPPORTED}")
+        from lamina.vm import _guestfs
+
+        r = self._row(ref)
+        _guestfs.require_guest(r["status"], r["id"], "diff")
+        mounts = [m.target for m in _config_from_dict(json.loads(r["config"])).mounts]
+        conn = self._control(r["id"])
+        try:
+            return _guestfs.diff(_guestfs.upper_listing(conn), mounts)
+        finally:
+            conn.close()
 
     def commit(
         self,
@@ -662,10 +799,118 @@ class VmRuntime(Runtime):
         author: str | None = None,
         pause: bool = True,
     ) -> str:
-        raise LaminaError(f"commit {_UNSUPPORTED}")
+        from lamina.vm import _guestfs
+
+        r = self._row(ref)
+        _guestfs.require_guest(r["status"], r["id"], "commit")
+        conn = self._control(r["id"])
+        try:
+            return _guestfs.commit(
+                conn, self.images, image_id=json.loads(r["process"])["image_id"],
+                config=_config_from_dict(json.loads(r["config"])), reference=reference,
+                changes=changes or [], message=message, author=author, pause=pause,
+            )  # fmt: skip
+        finally:
+            conn.close()
 
     def update(self, ref: str, resources: Resources) -> None:
         raise LaminaError(f"update {_UNSUPPORTED}")
+
+
+def claim_ports(ports: builtins.list[PortMapping]) -> builtins.list[PortMapping]:
+    """``ports`` with every host port checked free (host port 0: a free one picked),
+    as QEMU's hostfwd will bind them (TCP with SO_REUSEADDR, as slirp does)."""
+    import errno
+
+    held: builtins.list[socket.socket] = []
+    out: builtins.list[PortMapping] = []
+    try:
+        for p in ports:
+            kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
+            s = socket.socket(socket.AF_INET, kind)
+            held.append(s)  # held until all are chosen: two "-p PORT" get two ports
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((p.host_ip or "0.0.0.0", p.host_port))
+            except OSError as e:
+                where = f"{p.host_ip or '0.0.0.0'}:{p.host_port}/{p.protocol}"
+                if e.errno == errno.EADDRINUSE:
+                    raise LaminaError(
+                        f"cannot publish port {p.host_port}: {where} is already in use"
+                    ) from None
+                raise LaminaError(f"cannot publish port {where}: {e.strerror}") from None
+            out.append(PortMapping(p.container_port, p.protocol, p.host_ip, s.getsockname()[1]))
+    finally:
+        for s in held:
+            s.close()
+    return out
+
+
+def hostfwd_rules(ports: builtins.list[PortMapping]) -> builtins.list[str]:
+    """QEMU user-mode hostfwd rules (to the guest's 10.0.2.15)."""
+    return [f"{p.protocol}:{p.host_ip}:{p.host_port}-:{p.container_port}" for p in ports]
+
+
+def _port_map(
+    ports: builtins.list[PortMapping], *, requested: bool = False
+) -> dict[str, builtins.list[dict[str, str]]]:
+    """Docker's ``{"80/tcp": [{"HostIp": ..., "HostPort": ...}]}``; ``requested``: as
+    asked (HostPort "" = any free one), else as bound."""
+    out: dict[str, builtins.list[dict[str, str]]] = {}
+    for p in ports:
+        ip = p.host_ip if requested else p.host_ip or "0.0.0.0"
+        port = str(p.host_port) if p.host_port else ""
+        out.setdefault(p.private, []).append({"HostIp": ip, "HostPort": port})
+    return out
+
+
+def _network_settings(
+    network: str, process: dict[str, Any], ports: builtins.list[PortMapping]
+) -> dict[str, Any]:
+    nets: dict[str, Any] = {}
+    if network == "nat":  # the addresses QEMU's user-mode NAT gives the guest (agent.c)
+        nets["nat"] = {
+            "IPAddress": "10.0.2.15", "IPPrefixLen": 24, "Gateway": "10.0.2.2",
+            "DNSServers": ["10.0.2.3"], "MacAddress": process.get("mac", ""),
+        }  # fmt: skip
+    else:
+        nets[network] = {}
+    return {"Ports": _port_map(ports), "Networks": nets}
+
+
+def _base_info(base: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not base:
+        return None
+    return {
+        "Reference": base["reference"],
+        "Path": base["path"],
+        "Digest": base.get("digest", ""),
+        "Architecture": base.get("architecture", ""),
+        "KernelVersion": base.get("kernel_version", ""),
+    }
+
+
+def _holder(cid: str) -> str:
+    """The image hold of a container (the process backend's naming: IDs are unique)."""
+    return "container:" + cid
+
+
+def _mount_info(root: Path, share: dict[str, Any]) -> dict[str, object]:
+    """One entry of inspect's Mounts, as the process backend shows it."""
+    entry: dict[str, object] = {
+        "Type": "volume" if "volume" in share else "bind",
+        "Destination": share["target"],
+        "RW": not share.get("read_only"),
+        "Mode": "ro" if share.get("read_only") else "",
+        "Propagation": "virtiofs",
+    }
+    if "volume" in share:
+        entry.update(Name=share["volume"], Driver="local",
+                     Source=str(root / "volumes" / share["volume"] / "_data"))  # fmt: skip
+    else:
+        entry["Source"] = share["source"]
+    return entry
 
 
 def _qemu_arch(arch: str) -> str:
@@ -776,7 +1021,7 @@ class _LogWriter:
 def supervise(root: Path, cid: str) -> int:
     """Boot container ``cid``'s VM and stay with it until its workload exits."""
     from lamina.image import LocalImages
-    from lamina.vm._config import VmConfig
+    from lamina.vm._config import NetworkAttachment, VmConfig
     from lamina.vm._run import start_vm
 
     vmdir = root / "vms" / cid
@@ -794,13 +1039,43 @@ def supervise(root: Path, cid: str) -> int:
 
     local = LocalImages.open(root)
     try:
+        nat = p.get("network", "none") == "nat"
+        machine = VmConfig(
+            vcpus=p["vcpus"],
+            memory_mib=p["memory_mib"],
+            networks=(NetworkAttachment("nat"),) if nat else (),
+            macs=(p["mac"],) if nat and p.get("mac") else (),
+        )
+        from lamina.vm._mounts import shared_dirs
+
+        shares, mount_points = shared_dirs(root, p.get("shares", []))
+        if shares:
+            machine = dataclasses.replace(machine, shared_dirs=shares)
+        published = [PortMapping(**m) for m in p.get("published", [])]
+        kernel, base_disk = None, None
+        if p.get("base"):
+            from lamina.vm._base import base_kernel, resolve_base
+
+            base = resolve_base(local, p["base"]["path"])
+            kernel, base_disk = base_kernel(root, base), base.bundle.disk_path
         vm = start_vm(
             local,
             local.require(p["image_id"]),
-            VmConfig(vcpus=p["vcpus"], memory_mib=p["memory_mib"], networks=()),
+            machine,
             accel=p.get("accel", "auto"),
             hostname=p["hostname"],
+            kernel=kernel,
+            base_disk=base_disk,
+            forwards=hostfwd_rules(published) if nat else (),
+            mount_points=mount_points,
         )
+        if vm.restore_error:  # fell back to a cold boot: say why in supervisor.log
+            print(f"not restored from a snapshot: {vm.restore_error}", file=sys.stderr)
+        if vm.restored_from:
+            p["restored_from"] = vm.restored_from
+            if vm.spec.macs:  # the guest kept the template's NIC
+                p["mac"] = vm.spec.macs[0]
+            record(process=json.dumps(p))
     except LaminaError as e:
         record(status="failed", error=str(e), exit_code=125, finished_at=time.time())
         print(str(e), file=sys.stderr)
@@ -916,6 +1191,12 @@ def supervise(root: Path, cid: str) -> int:
         (vmdir / "ctl.sock").unlink(missing_ok=True)
         vm.close()
         (vmdir / "qemu.pid").unlink(missing_ok=True)
+        if status == "removed":  # --rm: its anonymous volumes go with it, as Docker's
+            from lamina.vm._mounts import release_volumes
+
+            release_volumes(root, p.get("shares", []))
+            with contextlib.closing(LocalImages.open(root)) as images:
+                images.images.release(_holder(cid))  # and its image is free for rmi
         db.close()
     return 0
 

@@ -5,8 +5,9 @@ taken from ``/lib/modules/<ver>`` of the very kernel that boots, with their depe
 from ``modules.dep`` (and ``pre:`` soft dependencies from ``modules.softdep``), in load
 order. Its ``/init`` is the static guest agent (``agent.c``), which loads the modules listed
 in ``/lib/modules/load.list`` itself (and those of ``net.list`` only for a VM with a
-network, so one initramfs serves every VM): no shell, no busybox, so a boot forks nothing before
-the workload. A busybox can be added as ``/bin/sh`` for debugging.
+network, and those of ``fs.list``, fuse and virtiofs, only for a VM with shared
+directories, so one initramfs serves every VM). The agent forks nothing before the
+workload; busybox is there only for the host to run as the agent's file tools.
 
 Layout::
 
@@ -14,11 +15,16 @@ Layout::
     /lib/modules/NN-<name>.ko     modules, NN = load order
     /lib/modules/load.list        their paths, one per line
     /lib/modules/net.list         the same for the network driver, loaded on demand
+    /lib/modules/fs.list          the same for virtio-fs (shared directories), on demand
     /dev /proc /sys /lower /rw /newroot    mount points
+    /bin/busybox, /bin/sh -> busybox       the file tools (second archive)
 
-The archive is cpio "newc", gzip-compressed, written by this module (no ``cpio`` tool).
+The archive is cpio "newc", gzip-compressed, written by this module (no ``cpio`` tool);
+the host's static busybox (the agent's file tools: ``EXEC_TOOL``, ``EXEC_HOST``), when
+given, follows as a second, uncompressed cpio archive (``/bin/busybox``, ``/bin/sh``),
+which the kernel unpacks without inflating it at every boot.
 It is stored as ``<root>/vm/initramfs/<key>.cpio.gz`` where the key hashes the agent, the
-kernel version, each module's path, size and mtime, and the format version: a rebuilt
+kernel version, each module's and busybox's path, size and mtime, and the format version: a rebuilt
 agent or an updated kernel gives a new file, an unchanged one costs a few stats.
 """
 
@@ -34,7 +40,7 @@ from lamina._fsutil import atomic_write
 from lamina.errors import LaminaError
 from lamina.vm._kernel import GuestKernel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: busybox in an uncompressed second archive
 # What every VM needs: the virtio-mmio transport (microvm's devices, found through ACPI),
 # the agent's virtio-serial port, the root block device and its filesystems.
 BASE_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_console", "virtio_blk", "erofs", "overlay")
@@ -106,15 +112,19 @@ def initramfs(
     modules: Sequence[str] = BASE_MODULES,
     net_modules: Sequence[str] = NET_MODULES,
     busybox: Path | None = None,
+    fs_modules: Sequence[str] = VIRTIOFS_MODULES,
 ) -> Path:
     """The initramfs for ``kernel`` with ``agent`` as /init, built once and cached under
     the lamina root ``root``."""
     files = module_order(kernel.modules, modules)
     net_files = [f for f in module_order(kernel.modules, net_modules) if f not in files]
+    fs_files = [
+        f for f in module_order(kernel.modules, fs_modules) if f not in files and f not in net_files
+    ]
     h = hashlib.sha256(f"lamina-initramfs {FORMAT_VERSION} {kernel.version}\n".encode())
     h.update(hashlib.sha256(agent.read_bytes()).digest())
-    for kind, group in (("base", files), ("net", net_files)):
-        for rel in group:
+    for kind, members in (("base", files), ("net", net_files), ("fs", fs_files)):
+        for rel in members:
             st = (kernel.modules / rel).stat()
             h.update(f"{kind} {rel} {st.st_size} {st.st_mtime_ns}\n".encode())
     if busybox is not None:
@@ -127,31 +137,44 @@ def initramfs(
     archive = CpioWriter()
     for d in _DIRS:
         archive.add(d, 0o40755)
-    lists: dict[str, list[str]] = {"load.list": [], "net.list": []}
-    for i, rel in enumerate(files + net_files):
+    lists: dict[str, list[str]] = {"load.list": [], "net.list": [], "fs.list": []}
+    for i, rel in enumerate(files + net_files + fs_files):
         name = f"lib/modules/{i:02d}-{os.path.basename(rel)}"
         archive.add(name, 0o100644, (kernel.modules / rel).read_bytes())
-        lists["load.list" if i < len(files) else "net.list"].append("/" + name)
+        group = "load.list" if i < len(files) else "net.list"
+        if i >= len(files) + len(net_files):
+            group = "fs.list"
+        lists[group].append("/" + name)
     for list_name, paths in lists.items():
         archive.add(f"lib/modules/{list_name}", 0o100644, "".join(p + "\n" for p in paths).encode())
     archive.add("init", 0o100755, agent.read_bytes())
-    if busybox is not None:
-        archive.add("bin", 0o40755)
-        archive.add("bin/busybox", 0o100755, busybox.read_bytes())
-        archive.add("bin/sh", 0o120777, b"busybox")
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Level 6: the guest inflates this on every boot, and it is small either way.
-    atomic_write(out, gzip.compress(archive.finish(), compresslevel=6, mtime=0))
+    data = gzip.compress(archive.finish(), compresslevel=6, mtime=0)
+    if busybox is not None:
+        # A second, uncompressed archive (the kernel unpacks concatenated ones): inflating
+        # busybox's 2 MB cost every boot ~50-100 ms under TCG; copying them costs ~nothing.
+        tools = CpioWriter(first_ino=archive.next_ino)
+        tools.add("bin", 0o40755)
+        tools.add("bin/busybox", 0o100755, busybox.read_bytes())
+        tools.add("bin/sh", 0o120777, b"busybox")
+        data += b"\0" * (-len(data) % 4) + tools.finish()  # a cpio header starts 4-aligned
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, data)
     return out
 
 
 class CpioWriter:
     """A cpio archive in the "newc" format the kernel unpacks into its initial rootfs."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_ino: int = 1) -> None:
         self._parts: list[bytes] = []
         self._size = 0
-        self._ino = 1
+        self._ino = first_ino
+
+    @property
+    def next_ino(self) -> int:
+        """The inode number the next entry gets (a following archive starts there)."""
+        return self._ino
 
     def _put(self, data: bytes) -> None:
         self._parts.append(data)
