@@ -5,17 +5,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev docker-registry skopeo umoci busybox-static \
 	qemu-system-x86 linux-image-cloud-amd64 erofs-utils e2fsprogs cpio zstd lz4 gcc libc6-dev debootstrap \
-	runc conmon catatonit podman buildah apache2-utils openssl ca-certificates
+	runc conmon catatonit podman buildah apache2-utils openssl ca-certificates \
+	qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+# Guest kernels for micro-VMs of foreign architectures (arm64 images on this amd64 host).
+GUEST_ARCHES := arm64
+GUEST_DIR := /usr/local/lib/lamina/guest
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench lint typecheck clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile scripts/guest-kernel
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "apt: installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@for a in $(GUEST_ARCHES); do test -d $(GUEST_DIR)/$$a || scripts/guest-kernel $$a; done
 	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
