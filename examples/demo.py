@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -23,6 +24,30 @@ from registry_server import start_registry  # noqa: E402
 from lamina.testing import make_busybox_rootfs  # noqa: E402
 
 LAMINA = [sys.executable, "-m", "lamina.cli.main"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fetch(url: str, timeout: float = 30) -> str:
+    """GET ``url``, retrying while the server in the VM comes up."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return str(r.read().decode())
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def step(title: str) -> None:
@@ -242,6 +267,28 @@ def main() -> None:
                 "uname -r; nproc; grep -m1 'model name' /proc/cpuinfo",
                 root=root,
             )
+
+            step("Start from a snapshot of a booted VM instead of booting it")
+            for how in ("cold boot", "from the snapshot"):
+                if how != "cold boot":
+                    sh("lamina", "vm", "snapshot", "create", remote, "--name", "warm", root=root)
+                t0 = time.perf_counter()
+                sh("lamina", "run", "--rm", "--isolation", "vm", remote, "true", root=root)
+                print(f"   ({how}: {time.perf_counter() - t0:.2f} s)")
+            sh("lamina", "vm", "snapshot", "ls", root=root)
+
+            step("A VM container serving a host directory on a published port")
+            site = Path(tmp) / "site"
+            site.mkdir()
+            (site / "index.html").write_text("hello from a micro-VM\n")
+            port = _free_port()
+            sh("lamina", "run", "-d", "--name", "web", "--isolation", "vm", "-p", f"{port}:80",
+               "-v", f"{site}:/www:ro", remote, "httpd", "-f", "-p", "80", "-h", "/www",
+               root=root)  # fmt: skip
+            sh("lamina", "port", "web", root=root)
+            print(f"$ curl http://127.0.0.1:{port}/")
+            print(_fetch(f"http://127.0.0.1:{port}/"), end="")
+            sh("lamina", "rm", "-f", "web", root=root)
 
             step("Bad input gets one clear line and a non-zero exit")
             sh("lamina", "pull", "Not/A:Valid:Ref", root=root, check=False)
