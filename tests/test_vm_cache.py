@@ -75,6 +75,15 @@ def test_info_says_which_accelerator_and_why(tmp_path: Path) -> None:
     assert again["MicroVM"] == vm and probe.stat().st_mtime_ns == stamp
     text = _lamina(tmp_path / "root", "info").stdout
     assert f"Accelerator: {vm['Accelerator']}" in text
+    # foreign architectures: ready, or what they lack, named
+    assert set(vm["Emulated"]) == {"linux/arm64"}
+    r = subprocess.run(
+        [*CLI, "--root", str(tmp_path / "root"), "info", "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LAMINA_GUEST_DIR": str(tmp_path / "none")},
+    )  # fmt: skip
+    lacking = json.loads(r.stdout)["MicroVM"]["Emulated"]["linux/arm64"]
+    assert "arm64 guest kernel" in lacking and "scripts/guest-kernel arm64" in lacking
 
 
 @pytest.mark.slow

@@ -59,7 +59,9 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> LocalImages:
     import_rootfs(images, make_busybox_rootfs(base / "rootfs"), reference=IMAGE)
     r = lamina(images.root, "vm", "snapshot", "create", IMAGE, "--name", "tpl")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("Created snapshot tpl of snaptest/busybox:1: 1 vCPU, 512 MiB, nat")
+    assert r.stdout.startswith(
+        "Created snapshot tpl of snaptest/busybox:1: amd64, 1 vCPU, 512 MiB, nat"
+    )
     create_snapshot(images, IMAGE, name="other", memory_mib=384, network="none")
     return images
 

@@ -508,7 +508,8 @@ def _choose_isolation(
     arch, os_ = cfg.get("architecture") or host, cfg.get("os") or "linux"
     if arch == host and os_ == "linux":
         return "process", f"--isolation auto: image platform {os_}/{arch} matches the host"
-    return "vm", f"--isolation auto: image platform {os_}/{arch} differs from the host's {host}"
+    why = f"image platform {os_}/{arch} differs from the host's linux/{host}"
+    return "vm", f"--isolation auto: {why}"
 
 
 def _image_store(rt: Runtime) -> Any:

@@ -73,13 +73,22 @@ def _micro_vm(root: Path) -> dict[str, Any]:
         record = probe_result(root, kernel, initramfs(root, kernel, build_agent(root)))
     except LaminaError as e:
         return {"Available": False, "Reason": str(e)}
-    if record["kvm"] is True:
-        return {"Available": True, "Accelerator": "kvm", "GuestKernel": kernel.version}
+    out: dict[str, Any] = {"Available": True, "Accelerator": "kvm"}
+    if record["kvm"] is not True:
+        out.update(Accelerator="tcg", Reason=f"KVM is not usable: {record['reason']}")
+    out["GuestKernel"] = kernel.version
+    out["Emulated"] = _foreign_arches()
+    return out
+
+
+def _foreign_arches() -> dict[str, str]:
+    """Each foreign architecture micro-VMs emulate: "ready", or what it lacks."""
+    from lamina.vm._arch import ARCHES, host_arch, missing
+
     return {
-        "Available": True,
-        "Accelerator": "tcg",
-        "Reason": f"KVM is not usable: {record['reason']}",
-        "GuestKernel": kernel.version,
+        f"linux/{name}": "; ".join(missing(arch)) or "ready"
+        for name, arch in ARCHES.items()
+        if name != host_arch()
     }
 
 
@@ -114,10 +123,13 @@ def info(fmt: str) -> None:
     if fmt == "json":
         print_json(data)
         return
+    _echo_tree(data)
+
+
+def _echo_tree(data: dict[str, Any], indent: str = "") -> None:
     for k, v in data.items():
         if isinstance(v, dict):
-            click.echo(f"{k}:")
-            for k2, v2 in v.items():
-                click.echo(f"  {k2}: {v2}")
+            click.echo(f"{indent}{k}:")
+            _echo_tree(v, indent + "  ")
         else:
-            click.echo(f"{k}: {v}")
+            click.echo(f"{indent}{k}: {v}")

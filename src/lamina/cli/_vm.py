@@ -330,7 +330,7 @@ def _root() -> Path:
 
 def _shape(snap: Any) -> str:
     net = ",".join(snap.networks) or "none"
-    return f"{snap.vcpus} vCPU, {snap.memory_mib} MiB, {net}, {snap.accel}"
+    return f"{snap.arch}, {snap.vcpus} vCPU, {snap.memory_mib} MiB, {net}, {snap.accel}"
 
 
 def _host(reference: str) -> str:

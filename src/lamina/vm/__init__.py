@@ -22,7 +22,7 @@ Public API (modules are private; names are imported on first use, PEP 562, so th
     prune_snapshots(root) -> names removed (the stale and broken ones)
     snapshot_status(snapshot) -> "ready" | "stale: ..." | "broken: ..."; Snapshot
     open_vm_runtime(root, accel="auto") -> VmRuntime        # the Runtime backend
-    guest_kernel(root) -> GuestKernel; kvm_usable(root, ...) -> bool
+    guest_kernel(root, arch=...) -> GuestKernel; kvm_usable(root, ...) -> bool
     image_rootfs(local, record) -> Path                     # EROFS disk of an image
 """
 

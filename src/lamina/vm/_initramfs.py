@@ -20,12 +20,14 @@ Layout::
     /bin/busybox, /bin/sh -> busybox       the file tools (second archive)
 
 The archive is cpio "newc", gzip-compressed, written by this module (no ``cpio`` tool);
-the host's static busybox (the agent's file tools: ``EXEC_TOOL``, ``EXEC_HOST``), when
-given, follows as a second, uncompressed cpio archive (``/bin/busybox``, ``/bin/sh``),
-which the kernel unpacks without inflating it at every boot.
+a static busybox of the guest's architecture (the agent's file tools: ``EXEC_TOOL``,
+``EXEC_HOST``; ``_arch.Arch.busybox``), when given, follows as a second, uncompressed
+cpio archive (``/bin/busybox``, ``/bin/sh``), which the kernel unpacks without inflating
+it at every boot.
 It is stored as ``<root>/vm/initramfs/<key>.cpio.gz`` where the key hashes the agent, the
-kernel version, each module's and busybox's path, size and mtime, and the format version: a rebuilt
-agent or an updated kernel gives a new file, an unchanged one costs a few stats.
+kernel's architecture and version, each module's and busybox's path, size and mtime, and
+the format version: a rebuilt agent or an updated kernel gives a new file, an unchanged
+one costs a few stats.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from lamina.errors import LaminaError
 from lamina.vm._kernel import GuestKernel
 
 FORMAT_VERSION = 2  # 2: busybox in an uncompressed second archive
-# What every VM needs: the virtio-mmio transport (microvm's devices, found through ACPI),
+# What every VM needs: the virtio-mmio transport (microvm's devices, found through ACPI;
+# arm64 virt's, through the device tree),
 # the agent's virtio-serial port, the root block device and its filesystems.
 BASE_MODULES: tuple[str, ...] = ("virtio_mmio", "virtio_console", "virtio_blk", "erofs", "overlay")
 NET_MODULES: tuple[str, ...] = ("virtio_net",)
@@ -121,7 +124,8 @@ def initramfs(
     fs_files = [
         f for f in module_order(kernel.modules, fs_modules) if f not in files and f not in net_files
     ]
-    h = hashlib.sha256(f"lamina-initramfs {FORMAT_VERSION} {kernel.version}\n".encode())
+    header = f"lamina-initramfs {FORMAT_VERSION} {kernel.arch} {kernel.version}\n"
+    h = hashlib.sha256(header.encode())
     h.update(hashlib.sha256(agent.read_bytes()).digest())
     for kind, members in (("base", files), ("net", net_files), ("fs", fs_files)):
         for rel in members:

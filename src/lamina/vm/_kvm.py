@@ -7,7 +7,8 @@ agent's HELLO: a guest that reached its init. A working KVM does that in well un
 a second; TCG takes about 1.5 s, so a timeout of 3 s leaves no doubt.
 
 The answer is cached in ``<root>/vm/kvm-probe.json`` with the host's kernel release (and
-the guest kernel's version): a new host kernel or guest kernel probes again.
+the guest kernel's version): a new host kernel or guest kernel probes again. A guest
+kernel of a foreign architecture (``_arch``) is never probed: KVM cannot run it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lamina._fsutil import atomic_write
 from lamina.errors import LaminaError
 from lamina.vm import _qemu
 from lamina.vm._agent import AgentConnection, Msg
+from lamina.vm._arch import get_arch, host_arch
 from lamina.vm._kernel import GuestKernel
 
 KVM_DEVICE = Path("/dev/kvm")
@@ -62,6 +64,7 @@ def boot_probe(kernel: GuestKernel, initrd: Path, accel: str, timeout: float) ->
             console_log=log,
             accel=accel,
             memory_mib=256,
+            arch=kernel.arch,
         )
         try:
             proc = _qemu.launch(spec)
@@ -110,6 +113,10 @@ def probe_result(
     cache = Path(root) / "vm"
     path = cache / "kvm-probe.json"
     key = {"host_kernel": platform.release(), "guest_kernel": kernel.version}
+    arch = get_arch(kernel.arch)
+    if arch.foreign:
+        why = f"{arch.platform} guests are emulated on this {host_arch()} host"
+        return {**key, "kvm": False, "reason": why, "probed_at": time.time()}
     if not refresh:
         try:
             cached = json.loads(path.read_text())

@@ -2,7 +2,10 @@
 
 ``qemu_command(QemuSpec)`` is a pure function: the machine is ``microvm`` with ACPI on
 (Debian's cloud kernel finds virtio-mmio devices only through ACPI: it lacks
-``VIRTIO_MMIO_CMDLINE_DEVICES``), no default devices, no reboot (a guest reset ends QEMU),
+``VIRTIO_MMIO_CMDLINE_DEVICES``); for a foreign architecture (``QemuSpec.arch``, see
+``_arch``: arm64) it is that architecture's emulator and machine (``virt``, whose
+virtio-mmio devices are in the device tree), emulated CPU and serial console, with the
+same devices. Then: no default devices, no reboot (a guest reset ends QEMU),
 the kernel booted directly as a PVH ELF with the generated initramfs, the serial console
 in a log file (or on lamina's stdout), the agent's virtio-serial port on an inherited
 socket, the image's root filesystem as a read-only virtio-blk disk (``/dev/vda`` in the
@@ -15,8 +18,8 @@ vhost-user needs the guest RAM in shared memory, so such a VM's RAM is a memfd
 
 Kernel command line, chosen for boot time under TCG (measured: see docs/BENCHMARKS.md):
 
-- ``tsc_early_khz``: the host's TSC rate. Under TCG the guest TSC runs at the host's
-  rate, and without it about a quarter of boots hang calibrating against the PIT;
+- ``tsc_early_khz`` (x86 guests only): the host's TSC rate. Under TCG the guest TSC runs
+  at the host's rate, and without it about a quarter of boots hang calibrating against the PIT;
 - not ``nolapic_timer``: it would skip the local APIC timer's fixed 100 ms calibration,
   but with the PIT as clock event device under TCG, timers were seen to never fire
   (a ``sleep 0.1`` still asleep seconds later) when two expired together;
@@ -51,15 +54,11 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import LaminaError
+from lamina.vm._arch import Arch, get_arch, host_arch
 from lamina.vm._config import NetworkAttachment
 
-QEMU = "qemu-system-x86_64"
-QEMU_PACKAGE = "qemu-system-x86"
-# x86-64-v2 on QEMU's own CPU model: the model name stays "QEMU Virtual CPU", and images
-# built for x86-64-v2 (RHEL 9 and kin) still run. (`max` boots slower under TCG: its
-# AVX and friends add boot-time patching and self-tests.)
-TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+lahf-lm"
-# x86's COMMAND_LINE_SIZE, the terminating NUL included: the kernel cuts what is longer.
+# x86's (and arm64's) COMMAND_LINE_SIZE, the terminating NUL included: the kernel cuts
+# what is longer.
 MAX_CMDLINE = 2048
 
 
@@ -96,6 +95,7 @@ class QemuSpec:
     shares: Sequence[VirtiofsShare] = ()  # virtio-fs directories (RAM becomes a shared memfd)
     control_fd: int | None = None  # a QMP monitor's socket (a snapshot template VM)
     incoming_fd: int | None = None  # a saved VM state to restore instead of booting
+    arch: str = field(default_factory=host_arch)  # the guest's (Go name): amd64, arm64
 
 
 @functools.cache
@@ -115,10 +115,13 @@ def host_tsc_khz() -> int:
     return 2_000_000  # a guess beats a hung calibration
 
 
-def qemu_binary() -> str:
-    path = shutil.which(QEMU)
+def qemu_binary(arch: Arch | None = None) -> str:
+    """The QEMU system emulator for ``arch`` (default: the host's)."""
+    arch = arch or get_arch()
+    path = shutil.which(arch.qemu)
     if path is None:
-        raise LaminaError(f"micro-VMs need {QEMU} (apt-get install {QEMU_PACKAGE})")
+        what = "micro-VMs" if not arch.foreign else f"{arch.platform} micro-VMs"
+        raise LaminaError(f"{what} need {arch.qemu} (apt-get install {arch.qemu_package})")
     return path
 
 
@@ -135,12 +138,15 @@ def qemu_version(binary: str) -> str:
 
 
 def kernel_cmdline(spec: QemuSpec) -> list[str]:
-    args = ["console=ttyS0", "panic=-1", "cryptomgr.notests"]
+    arch = get_arch(spec.arch)
+    args = [f"console={arch.console}", "panic=-1", "cryptomgr.notests"]
     if spec.quiet:
         args.append("quiet")
     args += ["rcupdate.rcu_expedited=1", "audit=0"]
     if spec.accel == "tcg":
-        args += [f"tsc_early_khz={host_tsc_khz()}", "mitigations=off"]
+        if arch.x86:
+            args.append(f"tsc_early_khz={host_tsc_khz()}")
+        args.append("mitigations=off")
     if spec.root_image is not None:
         args += ["lamina.root=/dev/vda", "lamina.rootfstype=erofs"]
         if spec.base_image is not None:
@@ -168,10 +174,16 @@ def _percent(value: str) -> str:
     return "".join(chr(b) if b in safe else f"%{b:02X}" for b in value.encode())
 
 
-def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
+def qemu_command(spec: QemuSpec, binary: str | None = None) -> list[str]:
+    """The command line; ``binary`` replaces the architecture's emulator's name."""
+    arch = get_arch(spec.arch)
     if spec.accel not in ("kvm", "tcg"):
         raise LaminaError(f"unknown accelerator {spec.accel!r}: expected kvm or tcg")
-    cpu = "host" if spec.accel == "kvm" else TCG_CPU
+    if spec.accel == "kvm" and arch.foreign:
+        raise LaminaError(
+            f"KVM cannot run {arch.platform} guests on this {host_arch()} host: use tcg"
+        )
+    cpu = "host" if spec.accel == "kvm" else arch.tcg_cpu
     if len(spec.macs) != len(spec.networks):
         raise LaminaError(f"{len(spec.networks)} network(s) need as many MACs")
     append = " ".join(kernel_cmdline(spec))
@@ -182,7 +194,7 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
         )
     if spec.shares and spec.incoming_fd is not None:
         raise LaminaError("a VM with shared directories cannot be restored from a snapshot")
-    machine = "microvm,acpi=on"
+    machine = arch.machine
     if spec.shares:
         machine += ",memory-backend=mem"
     if spec.console_log is None:
@@ -190,7 +202,7 @@ def qemu_command(spec: QemuSpec, binary: str = QEMU) -> list[str]:
     else:
         console = f"file,id=console,path={_escape(str(spec.console_log))},append=on"
     cmd = [
-        binary,
+        binary or arch.qemu,
         "-machine", machine,
         "-accel", spec.accel,
         "-cpu", cpu,
@@ -257,7 +269,7 @@ def _escape(value: str) -> str:
 
 def launch(spec: QemuSpec) -> subprocess.Popen[bytes]:
     """Start QEMU; its stderr goes to the console log (QEMU's own errors land there)."""
-    cmd = qemu_command(spec, qemu_binary())
+    cmd = qemu_command(spec, qemu_binary(get_arch(spec.arch)))
     fds = (spec.agent_fd, *(s.fd for s in spec.shares))
     fds += tuple(fd for fd in (spec.control_fd, spec.incoming_fd) if fd is not None)
     if spec.console_log is None:

@@ -6,9 +6,11 @@ The steps, each cached where it can be (all under ``<root>/vm``):
 
 1. the image's config gives the command, environment, user and working directory with
    Docker's rules, the same functions the process runtime uses;
-2. the guest kernel (``_kernel``), the agent (``_agent``), the initramfs (``_initramfs``),
-   the image's EROFS root disk (``_rootfs``) and the accelerator (``_kvm``: KVM when a
-   probe shows it works, else TCG);
+2. the image's architecture (``_arch``: its config's), then the guest kernel
+   (``_kernel``), the agent (``_agent``), the initramfs (``_initramfs``) for it, the
+   image's EROFS root disk (``_rootfs``) and the accelerator (``_kvm``: KVM when a probe
+   shows it works, else TCG; a foreign architecture, e.g. arm64 on an amd64 host, is
+   always emulated: TCG on its own QEMU machine, never a KVM probe);
 3. QEMU starts (``_qemu``) with one end of a socketpair as the agent's port; the EXEC is
    queued at once (the agent reads it after its HELLO), stdin follows it;
 4. STDOUT/STDERR frames are collected apart until EXIT; the VMM is then killed, as
@@ -35,7 +37,8 @@ until the guest CPU runs), ``kernel_boot`` (until /init), ``init`` (modules, age
 root mounts: until HELLO), ``workload`` (HELLO until EXIT) and ``teardown``; ``total`` is
 the whole call, and ``boot`` is QEMU's start until HELLO. The split uses the guest's
 TSC, which counts from VM start under TCG and KVM alike, read by the agent at /init and
-at HELLO. A restored VM has ``restore`` (QEMU's start until the guest runs again: the
+at HELLO; x86 only (an arm64 guest's counter runs at another rate: its boot is one
+``boot``). A restored VM has ``restore`` (QEMU's start until the guest runs again: the
 state loaded) and ``configure`` (until the agent's HELLO after CONFIGURE) instead of
 ``vmm_start``, ``kernel_boot`` and ``init``.
 """
@@ -65,9 +68,10 @@ from lamina.vm._agent import (
     parse_exit,
     parse_hello,
 )
+from lamina.vm._arch import Arch, host_arch, image_arch, require
 from lamina.vm._config import VmConfig
 from lamina.vm._initramfs import initramfs
-from lamina.vm._kernel import BOOT_DIR, MODULES_ROOT, GuestKernel, guest_kernel
+from lamina.vm._kernel import GuestKernel, guest_kernel
 from lamina.vm._kvm import kvm_usable
 from lamina.vm._rootfs import image_rootfs, image_user
 from lamina.vm._virtiofs import (
@@ -107,8 +111,8 @@ def run_in_vm(
     timeout: float | None = None,
     stdin: bytes | None = None,
     hostname: str | None = None,
-    boot_dir: Path = BOOT_DIR,
-    modules_root: Path = MODULES_ROOT,
+    boot_dir: Path | None = None,
+    modules_root: Path | None = None,
     snapshot: str | None = "auto",
 ) -> VmRunResult:
     """Run ``argv`` (default: the image's Cmd, after its Entrypoint) in a new micro-VM
@@ -172,7 +176,7 @@ def run_in_vm(
         timings["restore"] = vm.t_resumed - vm.t_launch
         timings["configure"] = vm.t_ready - vm.t_resumed
     else:
-        timings.update(_boot_timings(out.hello, out.t_hello - vm.t_launch))
+        timings.update(_boot_timings(out.hello, out.t_hello - vm.t_launch, vm.spec.arch))
     timings["workload"] = t_exit - out.t_hello
     timings["teardown"] = t_end - t_exit
     timings["total"] = t_end - t0
@@ -224,6 +228,7 @@ class VmPlan:
     cache: Path  # <root>/vm
     record: ImageRecord
     config: VmConfig
+    arch: Arch  # the image's
     kernel: GuestKernel
     agent: Path
     initrd: Path
@@ -240,30 +245,43 @@ def plan_vm(
     config: VmConfig,
     *,
     accel: str = "auto",
-    boot_dir: Path = BOOT_DIR,
-    modules_root: Path = MODULES_ROOT,
+    boot_dir: Path | None = None,
+    modules_root: Path | None = None,
     kernel: GuestKernel | None = None,
     base_disk: Path | None = None,
     forwards: Sequence[str] = (),
     mount_points: Mapping[str, str] = {},
 ) -> VmPlan:
-    """Check ``config`` and build (or find cached) what booting it needs."""
+    """Check ``config`` and build (or find cached) what booting it needs. ``boot_dir``
+    and ``modules_root`` replace where the image architecture's kernel is."""
     _check_supported(config)
     unknown = set(mount_points) - {sd.tag for sd in config.shared_dirs}
     if unknown:
         raise LaminaError(f"no shared directory has the tag {sorted(unknown)[0]!r}")
     if accel not in ("auto", "kvm", "tcg"):
         raise LaminaError(f"unknown accelerator {accel!r}: expected auto, kvm or tcg")
+    arch = image_arch(local.config(record))
+    if arch.foreign:
+        if kernel is not None or base_disk is not None:
+            raise LaminaError(
+                f"VM base bundles run linux/{host_arch()} images only, not {arch.platform} ones"
+            )
+        if accel == "kvm":
+            raise LaminaError(f"KVM cannot run {arch.platform} guests on this {host_arch()} host")
+        require(arch)  # one line naming all that is missing, before building anything
     if kernel is None:
-        kernel = guest_kernel(local.root, boot_dir=boot_dir, modules_root=modules_root)
-    agent = build_agent(local.root)
-    initrd = initramfs(local.root, kernel, agent, busybox=_busybox())
+        kernel = guest_kernel(local.root, arch=arch, boot_dir=boot_dir, modules_root=modules_root)
+    agent = build_agent(local.root, arch)
+    initrd = initramfs(local.root, kernel, agent, busybox=arch.busybox())
     rootfs = image_rootfs(local, record)
     if accel == "auto":
-        accel = "kvm" if kvm_usable(local.root, kernel, initrd) else "tcg"
+        if arch.foreign:  # emulated whatever KVM can do: no probe
+            accel = "tcg"
+        else:
+            accel = "kvm" if kvm_usable(local.root, kernel, initrd) else "tcg"
     return VmPlan(
-        local.root / "vm", record, config, kernel, agent, initrd, rootfs, base_disk, accel,
-        tuple(forwards), dict(mount_points),
+        local.root / "vm", record, config, arch, kernel, agent, initrd, rootfs, base_disk,
+        accel, tuple(forwards), dict(mount_points),
     )  # fmt: skip
 
 
@@ -311,6 +329,7 @@ def launch_vm(
         shares=shares,
         control_fd=control_fd,
         incoming_fd=incoming_fd,
+        arch=plan.arch.name,
     )
     t_launch = time.perf_counter()
     try:
@@ -333,8 +352,8 @@ def start_vm(
     *,
     accel: str = "auto",
     hostname: str = "lamina",
-    boot_dir: Path = BOOT_DIR,
-    modules_root: Path = MODULES_ROOT,
+    boot_dir: Path | None = None,
+    modules_root: Path | None = None,
     kernel: GuestKernel | None = None,
     base_disk: Path | None = None,
     forwards: Sequence[str] = (),
@@ -373,19 +392,6 @@ def start_vm(
     vm = launch_vm(plan, hostname=hostname)
     vm.restore_error = restore_error
     return vm
-
-
-def _busybox() -> Path | None:
-    """The host's static busybox (Debian's busybox-static), put in the initramfs as the
-    agent's file tools (EXEC_TOOL, EXEC_HOST: cp, diff, commit, top), when present."""
-    path = Path("/bin/busybox")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return None
-    # A dynamic busybox would find no libc in the initramfs: its ELF has a PT_INTERP.
-    return None if b"/lib64/ld-linux" in head or b"/lib/ld-" in head else path
 
 
 def _check_supported(config: VmConfig) -> None:
@@ -449,9 +455,9 @@ def _collect(
             raise LaminaError(f"the VM exited before the command finished: {tail}")
 
 
-def _boot_timings(hello: Hello | None, boot: float) -> dict[str, float]:
-    """Split launch-to-HELLO (``boot``) with the guest's clocks."""
-    if hello is None:
+def _boot_timings(hello: Hello | None, boot: float, arch: str) -> dict[str, float]:
+    """Split launch-to-HELLO (``boot``) with the guest's clocks (an x86 guest's TSC)."""
+    if hello is None or arch != "amd64":
         return {"boot": boot}
     khz = _qemu.host_tsc_khz()
     kernel = hello.tsc_init / (khz * 1000.0)

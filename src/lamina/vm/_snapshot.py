@@ -9,11 +9,12 @@ Lifecycle:
   directory renamed to ``<root>/vm/snapshots/<name>/`` when complete: ``state`` (the
   migration stream) and ``snapshot.json`` (what restoring needs, and the match key).
 - ``start_vm`` (``_run``) asks ``choose_snapshot`` for one whose key equals its own
-  machine's (``machine_key``: image and root disk, vCPUs, memory, accelerator, network
-  kinds, base disk, kernel, initramfs, agent, QEMU binary, kernel command line, boot
-  log) and ``restore``s it: the template's QEMU command line (its MACs and hostname
-  argument: the devices must be the same) plus ``-incoming fd:N``, with this run's
-  hostfwd rules (they are host sockets, not guest state) and a fresh agent socketpair.
+  machine's (``machine_key``: image and root disk, architecture, vCPUs, memory,
+  accelerator, network kinds, base disk, kernel, initramfs, agent, QEMU binary, kernel
+  command line, boot log) and ``restore``s it: the template's QEMU command line (its
+  MACs and hostname argument: the devices must be the same) plus ``-incoming fd:N``,
+  with this run's hostfwd rules (they are host sockets, not guest state) and a fresh
+  agent socketpair.
   The host then sends PING, and once PONG says the guest runs, CONFIGURE (clock,
   hostname, random seed: docs/VM_AGENT.md); the agent's HELLO ends the restore and is
   handed on to the caller.
@@ -52,7 +53,6 @@ from lamina.image import LocalImages
 from lamina.vm import _qemu
 from lamina.vm._agent import SEED_BYTES, Frame, Msg, configure_payload, parse_hello
 from lamina.vm._config import NetworkAttachment, VmConfig, generate_mac
-from lamina.vm._kernel import BOOT_DIR, MODULES_ROOT
 from lamina.vm._run import MicroVm, VmPlan, launch_vm, plan_vm
 
 FORMAT = 1
@@ -99,6 +99,7 @@ class Snapshot:
     key: dict[str, Any] = field(default_factory=dict)
     key_digest: str = ""
     broken: str | None = None  # why a restore failed for good
+    arch: str = "amd64"  # the guest's (Go name); older snapshots were all amd64
 
     @property
     def state(self) -> Path:
@@ -132,12 +133,14 @@ def machine_key(plan: VmPlan) -> dict[str, Any] | None:
             kernel=plan.kernel.vmlinux, initrd=plan.initrd, agent_fd=-1, console_log=None,
             accel=plan.accel, root_image=plan.rootfs, base_image=plan.base_disk,
             append=tuple(config.cmdline), networks=config.networks, quiet=quiet,
+            arch=plan.arch.name,
         )
     )  # fmt: skip
     return {
         "format": FORMAT,
         "image_id": plan.record.id,
         "rootfs": _file_id(plan.rootfs),
+        "arch": plan.arch.name,
         "vcpus": config.vcpus,
         "memory_mib": config.memory_mib,
         "accel": plan.accel,
@@ -147,7 +150,7 @@ def machine_key(plan: VmPlan) -> dict[str, Any] | None:
         "initrd": {"path": str(plan.initrd)},
         "agent": {"path": str(plan.agent)},
         "base_disk": None if plan.base_disk is None else _file_id(plan.base_disk),
-        "qemu": _file_id(_qemu.qemu_binary()),
+        "qemu": _file_id(_qemu.qemu_binary(plan.arch)),
         "cmdline": cmdline,
         "boot_log": config.boot_log.kind,
     }
@@ -285,8 +288,8 @@ def create_snapshot(
     memory_mib: int = CONTAINER_MEMORY_MIB,
     network: str = CONTAINER_NETWORK,
     accel: str = "auto",
-    boot_dir: Path = BOOT_DIR,
-    modules_root: Path = MODULES_ROOT,
+    boot_dir: Path | None = None,
+    modules_root: Path | None = None,
     timeout: float = TEMPLATE_TIMEOUT,
 ) -> Snapshot:
     """Boot ``image_ref`` in a template VM and save its state as snapshot ``name``
@@ -308,7 +311,7 @@ def create_snapshot(
     plan = plan_vm(local, record, config, accel=accel, boot_dir=boot_dir, modules_root=modules_root)
     key = machine_key(plan)
     assert key is not None  # nat or nothing, no shared directories
-    qemu_version = _qemu.qemu_version(_qemu.qemu_binary())
+    qemu_version = _qemu.qemu_version(_qemu.qemu_binary(plan.arch))
     base.mkdir(parents=True, exist_ok=True)
     _sweep(base)
     tmp = base / f".tmp-{name}-{os.urandom(4).hex()}"
@@ -324,6 +327,7 @@ def create_snapshot(
             qemu_version=qemu_version, created=time.time(), state_size=st.st_size,
             state_mtime_ns=st.st_mtime_ns, boot_seconds=round(boot_seconds, 3),
             save_seconds=round(save_seconds, 3), key=key, key_digest=key_digest(key),
+            arch=plan.arch.name,
         )  # fmt: skip
         meta = snap.to_dict()
         del meta["path"], meta["broken"]
