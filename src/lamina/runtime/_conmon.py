@@ -478,10 +478,12 @@ def _parse_line(line: bytes) -> tuple[float, str, bool, bytes] | None:
 class LogReader:
     """Incremental reader of a k8s-file log: ``read()`` returns the complete entries
     appended since the last call (partial lines joined, an unterminated last line
-    kept for later)."""
+    kept for later). With ``pieces``, an unterminated line's pieces (P entries) come
+    at once: what an attached terminal shows (a shell's prompt never ends its line)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, pieces: bool = False) -> None:
         self.path = path
+        self.pieces = pieces
         self._offset = 0
         self._rest = b""
         self._partial: dict[str, tuple[float, bytes]] = {}
@@ -503,6 +505,9 @@ class LogReader:
             if parsed is None:
                 continue
             ts, stream, partial, msg = parsed
+            if partial and self.pieces:
+                out.append(LogEntry(stream, ts, msg))
+                continue
             if partial:
                 first_ts, buf = self._partial.get(stream, (ts, b""))
                 self._partial[stream] = (first_ts, buf + msg)

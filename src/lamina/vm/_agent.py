@@ -1,17 +1,19 @@
 """The guest agent: building it, and the host side of its protocol (docs/VM_AGENT.md).
 
-The agent is ``agent.c`` (package data), compiled on first use with the host's
-``gcc -static -Os`` into ``<root>/vm/agent/<key>/lamina-agent``, the key hashing the source
-and the flags, and put into the initramfs as ``/init``. Static glibc is enough: the
-guest has no other userland.
+The agent is ``agent.c`` (package data), compiled on first use with ``gcc -static -Os``
+(for a foreign architecture its cross compiler, e.g. ``aarch64-linux-gnu-gcc``: ``_arch``)
+into ``<root>/vm/agent/<key>/lamina-agent``, the key hashing the source, the flags, the
+architecture and the compiler, and put into the initramfs as ``/init``. Static glibc is
+enough: the guest has no other userland.
 
 The host talks to it over a virtio-serial port backed by one end of a socketpair QEMU
 inherits. ``AgentConnection`` wraps the host end: non-blocking, with an outgoing buffer,
 so that a large stdin never blocks the host while the guest is blocked writing output.
-Frames are ``Frame(type, session, payload)``; helpers build EXEC and CONFIGURE payloads
-and decode HELLO and EXIT. ``unread`` puts frames back for the next ``poll``: a VM
-restored from a snapshot (``_run``) has its HELLO read before the caller gets the
-connection, and the caller must still see HELLO first.
+Frames are ``Frame(type, session, payload)``; helpers build EXEC (with ``tty=``: a
+pseudo-terminal in the guest), RESIZE and CONFIGURE payloads and decode HELLO and EXIT.
+``unread`` puts frames back for the next ``poll``: a VM restored from a snapshot
+(``_run``) has its HELLO read before the caller gets the connection, and the caller
+must still see HELLO first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.errors import LaminaError
+from lamina.vm._arch import Arch, get_arch
 
 PROTO_VERSION = 1
 HEADER = struct.Struct("!BxxxII")  # type, 3 reserved bytes, session, payload length
@@ -47,6 +50,7 @@ class Msg(enum.IntEnum):
     SIGNAL = 0x04
     SHUTDOWN = 0x05
     CONFIGURE = 0x06
+    RESIZE = 0x07
     # guest -> host
     HELLO = 0x81
     PONG = 0x82
@@ -60,6 +64,7 @@ class Msg(enum.IntEnum):
 EXEC_STDIN = 1  # EXEC flag: the process reads STDIN frames (else /dev/null)
 EXEC_HOST = 2  # EXEC flag: run unchrooted, in the agent's root (the initramfs)
 EXEC_TOOL = 4  # EXEC flag: the agent's /bin/busybox, chrooted into the container
+EXEC_TTY = 8  # EXEC flag: a pseudo-terminal as stdin/stdout/stderr (output as STDOUT)
 _WHERE = {"container": 0, "tool": EXEC_TOOL, "host": EXEC_HOST}
 
 
@@ -86,22 +91,34 @@ def exec_payload(
     groups: Sequence[int] = (),
     stdin: bool = False,
     where: str = "container",
+    tty: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> bytes:
     """EXEC's payload: NUL-terminated fields uid, gid, groups, cwd, flags, argc, argv...,
     envc, env... (no field may contain a NUL). ``where``: "container" (a workload or
     exec), "tool" (the agent's busybox, chrooted into the container: argv[0] names the
-    applet) or "host" (unchrooted, in the agent's own root where /newroot and /rw are)."""
+    applet) or "host" (unchrooted, in the agent's own root where /newroot and /rw are).
+    ``tty``: a pseudo-terminal, ``size`` its (rows, cols) (two more fields after env;
+    None or zeros leave it 0x0 until a RESIZE)."""
     if not argv:
         raise LaminaError("no command specified")
     if where not in _WHERE:
         raise LaminaError(f"unknown EXEC place {where!r}")
-    flags = (EXEC_STDIN if stdin else 0) | _WHERE[where]
+    flags = (EXEC_STDIN if stdin else 0) | (EXEC_TTY if tty else 0) | _WHERE[where]
     fields = [str(uid), str(gid), ",".join(str(g) for g in groups), cwd]
     fields += [str(flags), str(len(argv)), *argv, str(len(env)), *env]
+    if tty:
+        rows, cols = size or (0, 0)
+        fields += [str(rows), str(cols)]
     for f in fields:
         if "\0" in f:
             raise LaminaError(f"argument or environment value contains a NUL byte: {f!r}")
     return b"".join(f.encode() + b"\0" for f in fields)
+
+
+def resize_payload(rows: int, cols: int) -> bytes:
+    """RESIZE's payload: u16 rows, u16 cols (clamped to what a winsize holds)."""
+    return struct.pack("!HH", max(0, min(rows, 0xFFFF)), max(0, min(cols, 0xFFFF)))
 
 
 MAX_HOSTNAME = 64  # the kernel's HOST_NAME_MAX
@@ -163,24 +180,28 @@ def parse_exit(payload: bytes) -> ExitStatus:
     return ExitStatus(bool(signaled), bool(core), code, at)
 
 
-def build_agent(root: Path) -> Path:
-    """The compiled agent, built once per source and flags (``root``: the lamina root)."""
+def build_agent(root: Path, arch: Arch | None = None) -> Path:
+    """The compiled agent for ``arch`` (default: the host's), built once per source,
+    flags, architecture and compiler (``root``: the lamina root)."""
+    arch = arch or get_arch()
     source = AGENT_SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    cc = shutil.which(arch.cc)
+    compiler = os.path.realpath(cc) if cc else arch.cc  # gcc -> x86_64-linux-gnu-gcc-12
+    ident = f"{' '.join(CFLAGS)}\n{arch.name} {compiler}".encode()
+    key = hashlib.sha256(source + ident).hexdigest()[:16]
     out = Path(root) / "vm" / "agent" / key / "lamina-agent"
     if out.is_file():
         return out
-    gcc = shutil.which("gcc")
-    if gcc is None or not Path("/usr/lib/x86_64-linux-gnu/libc.a").exists():
+    if cc is None or not arch.libc_a.exists():
         raise LaminaError(
-            "building the micro-VM guest agent needs gcc and static glibc "
-            "(apt-get install gcc libc6-dev)"
+            f"building the {arch.name} micro-VM guest agent needs {arch.cc} and static glibc "
+            f"({arch.cc_hint})"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".lamina-agent.{os.getpid()}.tmp")
     try:
         proc = subprocess.run(
-            [gcc, *CFLAGS, "-o", str(tmp), str(AGENT_SOURCE)],
+            [cc, *CFLAGS, "-o", str(tmp), str(AGENT_SOURCE)],
             capture_output=True,
             text=True,
             check=False,

@@ -13,8 +13,14 @@ Lifecycle and contract:
   shuts QEMU down. It owns every state change after ``created``.
 - Later processes talk to the supervisor over ``ctl.sock`` with the agent protocol
   itself (docs/VM_AGENT.md): SIGNAL for session 1 goes to the workload; EXEC, STDIN and
-  SIGNAL on other sessions are relayed to a fresh guest session (``exec``); SHUTDOWN
-  kills the VM at once (``stop`` after its grace period, ``rm -f``).
+  SIGNAL on other sessions are relayed to a fresh guest session (``exec``, RESIZE too
+  for ``exec -t``); STDIN and RESIZE for session 1 from a client that has no session 1
+  of its own go to the workload (``attach``: its output it reads from the log);
+  SHUTDOWN kills the VM at once (``stop`` after its grace period, ``rm -f``).
+- ``-t`` gives the workload (or an exec) a pseudo-terminal in the guest (EXEC_TTY,
+  TERM=xterm unless set): its stream is stdout in the log, the caller's terminal is raw
+  while attached and its size follows (SIGWINCH -> RESIZE); ``-i`` keeps its stdin
+  open for attached clients; the end of the caller's stdin closes it (a terminal: ^D).
 - A supervisor that died is found by ``_reconcile`` (every public call): its row
   becomes ``exited`` with an error and its QEMU is killed.
 
@@ -35,8 +41,7 @@ Bind mounts (directories only) and volumes, the image's VOLUMEs included, are
 virtio-fs shares (``_mounts``: prepared at ``create``; one virtiofsd each while the VM
 runs, ``_virtiofs``); ``--rm`` and ``rm -v`` remove the anonymous volumes.
 
-Not supported for VMs yet (a one-line LaminaError): update, resize, attach with stdin,
-tmpfs mounts.
+Not supported for VMs yet (a one-line LaminaError): update, exec --detach, tmpfs mounts.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from typing import Any, BinaryIO
 from lamina import _sqlite
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime._interface import Runtime
+from lamina.runtime._term import follow_window_size, raw_terminal, window_size
 from lamina.runtime._types import (
     ChangeEntry,
     Container,
@@ -80,7 +86,15 @@ from lamina.runtime._types import (
     WaitCondition,
     WaitOutcome,
 )
-from lamina.vm._agent import AgentConnection, Msg, exec_payload, parse_exit
+from lamina.vm._agent import (
+    STDIN_CHUNK,
+    AgentConnection,
+    Frame,
+    Msg,
+    exec_payload,
+    parse_exit,
+    resize_payload,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -252,20 +266,24 @@ class VmRuntime(Runtime):
     def create(self, config: ContainerConfig, *, isolation_reason: str = "") -> Container:
         from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
         from lamina.runtime._state import random_name, validate_name
+        from lamina.vm._arch import host_arch, image_arch, require
         from lamina.vm._rootfs import image_user
 
         self._reconcile()
         local = self.images
         record = local.require(config.image)
         full = local.config(record)
-        arch = full.get("architecture") or "amd64"
-        if arch not in ("amd64", "x86_64"):
-            raise LaminaError(
-                f"a linux/{arch} image needs qemu-system-{_qemu_arch(arch)} and a {arch} guest "
-                "kernel, which lamina does not provide yet"
-            )
-        if config.tty or config.stdin_open:
-            raise LaminaError(f"a TTY or an open stdin {_UNSUPPORTED}")
+        arch = image_arch(full)
+        if arch.foreign:  # emulated: say now, in one line, what is missing to run it
+            if config.vm_base:
+                raise LaminaError(
+                    f"--vm-base bundles run linux/{host_arch()} images, not {arch.platform} ones"
+                )
+            if self.accel == "kvm":
+                raise LaminaError(
+                    f"KVM cannot run {arch.platform} guests on this {host_arch()} host"
+                )
+            require(arch)
         img = full.get("config") or {}
         args = process_args(
             config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd")
@@ -283,6 +301,8 @@ class VmRuntime(Runtime):
                                   img.get("Env") or []), config.env)  # fmt: skip
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={home or '/'}")
+        if config.tty and not any(e.startswith("TERM=") for e in env):
+            env.append("TERM=xterm")  # as Docker does for -t
         workdir = config.working_dir or img.get("WorkingDir") or "/"
         if not config.stop_signal and img.get("StopSignal"):
             config.stop_signal = img["StopSignal"]
@@ -307,7 +327,8 @@ class VmRuntime(Runtime):
         process = {
             "argv": args, "env": env, "cwd": workdir, "uid": uid, "gid": gid,
             "groups": groups, "hostname": hostname, "image_id": record.id,
-            "vcpus": vcpus, "memory_mib": memory_mib, "accel": self.accel,
+            "vcpus": vcpus, "memory_mib": memory_mib, "arch": arch.name,
+            "accel": "tcg" if arch.foreign else self.accel,
             "network": config.network, "mac": generate_mac(), "base": base,
         }  # fmt: skip
         from lamina.vm._mounts import prepare_mounts
@@ -598,17 +619,20 @@ class VmRuntime(Runtime):
         )
 
     def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
+        from lamina.runtime._ps import TITLES
         from lamina.vm import _guestfs
 
         r = self._row(ref)
         _guestfs.require_guest(r["status"], r["id"], "list the processes of")
         conn = self._control(r["id"])
         try:
-            return list(_guestfs.TOP_TITLES), _guestfs.top(conn)
+            return list(TITLES), _guestfs.top(conn)
         finally:
             conn.close()
 
     def inspect(self, ref: str) -> dict[str, object]:
+        from lamina.vm._arch import host_arch
+
         c = self.get(ref)
         r = self._row(c.id)
         process = json.loads(r["process"])
@@ -639,6 +663,8 @@ class VmRuntime(Runtime):
                 "WorkingDir": process["cwd"],
                 "Labels": dict(cfg.labels),
                 "StopSignal": cfg.stop_signal or "SIGTERM",
+                "Tty": cfg.tty,
+                "OpenStdin": cfg.stdin_open,
             },
             "HostConfig": {
                 "Memory": cfg.resources.memory or 0,
@@ -650,6 +676,8 @@ class VmRuntime(Runtime):
             "Mounts": [_mount_info(self.root, share) for share in process.get("shares", [])],
             "NetworkSettings": _network_settings(cfg.network, process, c.ports),
             "VM": {
+                "Architecture": process.get("arch", "amd64"),
+                "Emulated": process.get("arch", "amd64") != host_arch(),
                 "VCPUs": process["vcpus"],
                 "MemoryMiB": process["memory_mib"],
                 "Accel": process.get("accel", "auto"),
@@ -689,8 +717,8 @@ class VmRuntime(Runtime):
 
         if not argv:
             raise LaminaError("exec needs a command")
-        if tty or detach:
-            raise LaminaError(f"exec with {'a TTY' if tty else '--detach'} {_UNSUPPORTED}")
+        if detach:
+            raise LaminaError(f"exec with --detach {_UNSUPPORTED}")
         r = self._row(ref)
         self._require_running(r, "exec in")
         if r["status"] == "paused":
@@ -707,19 +735,22 @@ class VmRuntime(Runtime):
             environ = merge_env(environ, [f"HOME={home or '/'}", *(env or [])])
         if workdir and not workdir.startswith("/"):
             raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
-        data: bytes | None = None
-        if stdin is not None and getattr(stdin, "name", None) != os.devnull:
-            data = stdin.read()
+        if tty and not any(e.startswith("TERM=") for e in environ):
+            environ.append("TERM=xterm")
+        interactive = stdin is not None and getattr(stdin, "name", None) != os.devnull
+        in_fd = _fileno(stdin) if interactive else None
+        term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
         payload = exec_payload(
             argv, environ, cwd=workdir or p["cwd"], uid=uid, gid=gid, groups=groups,
-            stdin=data is not None,
+            stdin=interactive, tty=tty, size=window_size(term) if term is not None else None,
         )  # fmt: skip
         conn = self._control(r["id"])
         try:
             conn.send(Msg.EXEC, WORKLOAD, payload)
-            if data is not None:
-                conn.send_stdin(WORKLOAD, data)
-            return _collect_exec(conn, stream)
+            if interactive and in_fd is None:  # a stream without a descriptor: all at once
+                assert stdin is not None
+                conn.send_stdin(WORKLOAD, stdin.read())
+            return _collect_exec(conn, stream, in_fd=in_fd, term=term)
         finally:
             conn.close()
 
@@ -733,30 +764,62 @@ class VmRuntime(Runtime):
         tty: bool = False,
         start: bool = False,
     ) -> None:
-        """Follows the log (which holds every byte from the start): nothing is lost
-        between ``start`` and the first read. Stdin is not forwarded yet."""
+        """Output follows the log (which holds every byte from the start, with a TTY the
+        terminal's stream as stdout): nothing is lost between ``start`` and the first
+        read, which a live relay could not promise as the supervisor only listens once
+        the VM is up. Stdin (when the container has ``-i``) and the terminal's size go
+        to the supervisor over ``ctl.sock`` as STDIN and RESIZE frames for the
+        workload's session; the end of stdin closes the workload's (a terminal: ^D)."""
         from lamina.runtime._conmon import LogReader
 
+        r = self._row(ref)
+        cid = r["id"]
+        config = _config_from_dict(json.loads(r["config"]))
+        tty = tty and config.tty
+        forward = stdin is not None and config.stdin_open
+        in_fd = _fileno(stdin) if forward else None
+        term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
         if start:
-            self.start(ref)
-        cid = self._row(ref)["id"]
-        reader = LogReader(self.dir / cid / "ctr.log")
-        while True:
-            # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
-            done = self._wait_exit(cid, 0)
-            entries = reader.read()
-            if done:
-                entries += reader.read() + reader.flush()
-            for entry in entries:
-                out = stderr if entry.stream == "stderr" else stdout
-                out.write(entry.data)
-                out.flush()
-            if done:
-                return
-            time.sleep(0.02)
+            size = window_size(term) if term is not None else None
+            if size and r["status"] not in _ACTIVE:
+                # The workload's EXEC carries it: a shell starts with the right size.
+                process = json.loads(r["process"])
+                process["console_size"] = list(size)
+                self._update(cid, process=json.dumps(process))
+            self.start(cid)
+        conn: AgentConnection | None = None
+        if (forward or term is not None) and not self._wait_exit(cid, 0):
+            with contextlib.suppress(LaminaError):  # it ended already: the log has it all
+                conn = self._control(cid)
+        if conn is not None and forward and in_fd is None:
+            assert stdin is not None
+            conn.send_stdin(WORKLOAD, stdin.read())
+        tail = LogReader(self.dir / cid / "ctr.log", pieces=True)
+        with contextlib.ExitStack() as stack:
+            fwd = None
+            if conn is not None:
+                stack.callback(conn.close)
+                fwd = stack.enter_context(_InputForwarder(conn, WORKLOAD, in_fd, term))
+            while True:
+                # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
+                done = self._wait_exit(cid, 0)
+                for entry in tail.read():
+                    out = stderr if entry.stream == "stderr" else stdout
+                    out.write(entry.data)
+                    out.flush()
+                if done:
+                    return
+                if fwd is not None:
+                    fwd.wait(0.02)  # the supervisor sends attached clients nothing
+                else:
+                    time.sleep(0.02)
 
     def resize(self, ref: str, height: int, width: int) -> None:
-        raise LaminaError(f"resize {_UNSUPPORTED}")
+        r = self._row(ref)
+        self._require_running(r, "resize")
+        if not _config_from_dict(json.loads(r["config"])).tty:
+            raise LaminaError(f"container {r['id'][:12]} has no terminal to resize")
+        self._tell(r["id"], Msg.RESIZE, WORKLOAD, resize_payload(height, width))
 
     # -- filesystem ------------------------------------------------------------------
     def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
@@ -913,41 +976,109 @@ def _mount_info(root: Path, share: dict[str, Any]) -> dict[str, object]:
     return entry
 
 
-def _qemu_arch(arch: str) -> str:
-    return {"arm64": "aarch64", "386": "i386", "ppc64le": "ppc64"}.get(arch, arch)
-
-
 def _iso(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts else "0001-01-01T00:00:00Z"
 
 
-def _collect_exec(conn: AgentConnection, stream: bool) -> ExecResult:
+def _fileno(f: object) -> int | None:
+    try:
+        return int(f.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class _InputForwarder:
+    """Feeds a session from the caller: bytes read from ``in_fd`` become STDIN frames
+    (its end an empty one) and, with ``term`` (the caller's terminal, raw for the
+    duration), its window size RESIZE frames, now and on every SIGWINCH. The handler
+    only notes the size and wakes ``wait``: frames are queued from the loop, never from
+    a signal handler in the middle of a send."""
+
+    def __init__(
+        self, conn: AgentConnection, session: int, in_fd: int | None, term: int | None
+    ) -> None:
+        self.conn, self.session, self.in_fd, self.term = conn, session, in_fd, term
+        self._size: tuple[int, int] | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(conn.sock, selectors.EVENT_READ)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        if in_fd is not None:
+            self._sel.register(in_fd, selectors.EVENT_READ)
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _InputForwarder:
+        if self.term is not None:
+            self._stack.enter_context(raw_terminal(self.term))
+            self._stack.enter_context(follow_window_size(self.term, self._on_size))
+            self._send_size()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stack.close()
+        self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _on_size(self, rows: int, cols: int) -> None:
+        self._size = (rows, cols)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    def _send_size(self) -> None:
+        size, self._size = self._size, None
+        if size is not None:
+            self.conn.send(Msg.RESIZE, self.session, resize_payload(*size))
+
+    def wait(self, timeout: float) -> builtins.list[Frame]:
+        """Wait up to ``timeout`` for output or input, forward the input; the frames
+        that arrived."""
+        if self.conn.closed:
+            time.sleep(timeout)
+            return self.conn.poll(0)
+        if self.conn._out:  # still sending: come back soon to push the rest
+            timeout = min(timeout, 0.01)
+        ready = self._sel.select(timeout)
+        self._send_size()  # first: keys typed after a resize must see the new size
+        for key, _ in ready:
+            if key.fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 512)
+            elif key.fd == self.in_fd:
+                data = os.read(self.in_fd, STDIN_CHUNK)
+                self.conn.send(Msg.STDIN, self.session, data)  # b"": the end
+                if not data:
+                    self._sel.unregister(self.in_fd)
+        return self.conn.poll(0)
+
+
+def _collect_exec(
+    conn: AgentConnection, stream: bool, *, in_fd: int | None = None, term: int | None = None
+) -> ExecResult:
+    """Run an exec session to its EXIT: output passed through (``stream``) or collected,
+    the caller's stdin and terminal size forwarded (``_InputForwarder``)."""
     out, err = bytearray(), bytearray()
     error: str | None = None
-    while True:
-        for f in conn.poll(1.0):
-            if f.type == Msg.STDOUT:
-                if stream:
-                    sys.stdout.buffer.write(f.payload)
-                    sys.stdout.buffer.flush()
-                else:
-                    out += f.payload
-            elif f.type == Msg.STDERR:
-                if stream:
-                    sys.stderr.buffer.write(f.payload)
-                    sys.stderr.buffer.flush()
-                else:
-                    err += f.payload
-            elif f.type == Msg.ERROR:
-                error = f.payload.decode(errors="replace")
-            elif f.type == Msg.EXIT:
-                if error is not None:
-                    from lamina.runtime._conmon import StartFailed, error_exit_code
+    with _InputForwarder(conn, WORKLOAD, in_fd, term) as fwd:
+        while True:
+            for f in fwd.wait(1.0):
+                if f.type in (Msg.STDOUT, Msg.STDERR):
+                    if stream:
+                        sink = sys.stdout if f.type == Msg.STDOUT else sys.stderr
+                        sink.buffer.write(f.payload)
+                        sink.buffer.flush()
+                    else:
+                        (out if f.type == Msg.STDOUT else err).extend(f.payload)
+                elif f.type == Msg.ERROR:
+                    error = f.payload.decode(errors="replace")
+                elif f.type == Msg.EXIT:
+                    if error is not None:
+                        from lamina.runtime._conmon import StartFailed, error_exit_code
 
-                    raise StartFailed(error, exit_code=error_exit_code(error))
-                return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
-        if conn.closed:
-            raise LaminaError("the container stopped before the exec finished")
+                        raise StartFailed(error, exit_code=error_exit_code(error))
+                    return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
+            if conn.closed:
+                raise LaminaError("the container stopped before the exec finished")
 
 
 @contextlib.contextmanager
@@ -1092,11 +1223,14 @@ def supervise(root: Path, cid: str) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         (vmdir / "qemu.pid").write_text(str(vm.proc.pid))
+        settings = json.loads(row[1])
+        size = p.get("console_size")  # the attached terminal's, when run/start -a had one
         vm.conn.send(
             Msg.EXEC,
             WORKLOAD,
             exec_payload(p["argv"], p["env"], cwd=p["cwd"], uid=p["uid"], gid=p["gid"],
-                         groups=p["groups"]),
+                         groups=p["groups"], stdin=bool(settings.get("stdin_open")),
+                         tty=bool(settings.get("tty")), size=(size[0], size[1]) if size else None),
         )  # fmt: skip
         log = _LogWriter(vmdir / "ctr.log")
         tmp = vmdir / "ctl.sock.tmp"
@@ -1131,10 +1265,14 @@ def supervise(root: Path, cid: str) -> int:
                         vm.conn.send(Msg.EXEC, s, f.payload)
                     elif (fd, f.session) in by_client:
                         vm.conn.send(f.type, by_client[(fd, f.session)], f.payload)
+                    elif f.session == WORKLOAD and f.type in (Msg.STDIN, Msg.RESIZE):
+                        vm.conn.send(f.type, WORKLOAD, f.payload)  # an attached client
                 if client.closed:
                     sel.unregister(client.sock)
                     client.close()
                     del clients[fd]
+                    for key in [k for k in by_client if k[0] == fd]:  # fds get reused
+                        del by_client[key]
             if shutdown:
                 outcome = (137, True, "")
                 break

@@ -16,8 +16,9 @@
  *      /proc, /sys, /dev, /dev/pts, /dev/shm inside it, and write its /etc/hostname,
  *      /etc/hosts and (with a network) /etc/resolv.conf, as Docker does;
  *   6. send HELLO (with boot timestamps) and serve the protocol of docs/VM_AGENT.md:
- *      exec processes (chrooted into /newroot), carry their stdin, stdout and stderr,
- *      forward signals, report exit status; reap every orphan as init must.
+ *      exec processes (chrooted into /newroot), carry their stdin, stdout and stderr
+ *      (or their pseudo-terminal, with its window size), forward signals, report exit
+ *      status; reap every orphan as init must.
  *
  * A VM restored from a snapshot (lamina/vm/_snapshot.py) wakes up in step 6 with the
  * template's clock, hostname and random state: the host's CONFIGURE sets them afresh,
@@ -54,6 +55,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,7 +67,7 @@
 enum {
 	/* host -> guest */
 	T_PING = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_SIGNAL = 0x04, T_SHUTDOWN = 0x05,
-	T_CONFIGURE = 0x06,
+	T_CONFIGURE = 0x06, T_RESIZE = 0x07,
 	/* guest -> host */
 	T_HELLO = 0x81, T_PONG = 0x82, T_STARTED = 0x83, T_STDOUT = 0x84, T_STDERR = 0x85,
 	T_EXIT = 0x86, T_ERROR = 0x87,
@@ -73,10 +75,14 @@ enum {
 /* EXEC flags. EXEC_HOST: run in the agent's own root (the initramfs, where the host's
  * tools such as /bin/busybox live) instead of chrooted into the container: the host
  * uses it for cp, diff, commit and top. Only the host can send EXEC. */
-enum { EXEC_STDIN = 1, EXEC_HOST = 2, EXEC_TOOL = 4 };
+enum { EXEC_STDIN = 1, EXEC_HOST = 2, EXEC_TOOL = 4, EXEC_TTY = 8 };
 /* EXEC_TOOL: chrooted into the container like a workload, but argv runs the agent root's
  * /bin/busybox (opened before the chroot, started with fexecve): the host's file tools
  * (tar for cp) see the container's view, symlinks included, and the image needs no tar. */
+/* EXEC_TTY: the process gets a pseudo-terminal of the container's own devpts instance
+ * (/newroot/dev/pts) as stdin, stdout and stderr, and as its controlling terminal. The
+ * master is the session's stdout (one stream: a terminal merges stdout and stderr), STDIN
+ * frames are written to it, RESIZE sets its window size. */
 
 struct session {
 	uint32_t id;
@@ -85,6 +91,7 @@ struct session {
 	char *inbuf;      /* stdin bytes not yet written to the child */
 	size_t inlen;
 	int in_eof;       /* close stdin once inbuf is drained */
+	int pty;          /* EXEC_TTY: the terminal's master (for RESIZE), else -1 */
 };
 
 static struct session sessions[MAX_SESSIONS];
@@ -100,12 +107,22 @@ static uint64_t now_ns(void)
 }
 
 /* The TSC: under TCG it counts host ticks since the VM started, which lets the host
- * split a cold start into VMM start-up and guest time. */
+ * split a cold start into VMM start-up and guest time. arm64 has no TSC: its virtual
+ * counter (at the generic timer's rate, not the host's TSC rate) is sent instead, and
+ * the host does not split an arm64 boot with it. */
 static uint64_t rdtsc(void)
 {
+#if defined(__x86_64__) || defined(__i386__)
 	uint32_t lo, hi;
 	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
 	return (uint64_t)hi << 32 | lo;
+#elif defined(__aarch64__)
+	uint64_t v;
+	__asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
+	return v;
+#else
+	return 0;
+#endif
 }
 
 static void put32(unsigned char *p, uint32_t v)
@@ -531,7 +548,7 @@ static void mount_root(void)
 	mnt("sysfs", "/newroot/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mnt("devtmpfs", "/newroot/dev", "devtmpfs", MS_NOSUID, NULL);
 	mnt("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-	    "newinstance,ptmxmode=0666,mode=0620");
+	    "newinstance,ptmxmode=0666,mode=0620,gid=5"); /* group tty, as Docker's */
 	snprintf(opts, sizeof opts, "mode=1777");
 	mnt("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts);
 	etc_files();
@@ -642,6 +659,35 @@ static void flush_stdin(struct session *s)
 		close_fd(&s->in);
 }
 
+/* EXEC_TTY: a new terminal in the container's devpts instance (mounted with
+ * newinstance,ptmxmode=0666 at /newroot/dev/pts), owned by the process's user as runc
+ * does, with the host terminal's size. Returns the slave (both ends close-on-exec) and
+ * stores the master in *master; -1 with errno on failure. TIOCGPTPEER opens the slave
+ * through the master's own mount, so the process sees it as /dev/pts/N. */
+static int open_pty(int *master, uid_t uid, unsigned rows, unsigned cols)
+{
+	int unlock = 0, saved;
+	struct winsize ws = {.ws_row = rows, .ws_col = cols};
+	*master = open(have_root ? "/newroot/dev/pts/ptmx" : "/dev/ptmx",
+		       O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*master < 0)
+		return -1;
+	int slave = -1;
+	if (ioctl(*master, TIOCSPTLCK, &unlock) == 0)
+		slave = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (slave < 0) {
+		saved = errno;
+		close(*master);
+		errno = saved;
+		return -1;
+	}
+	if (fchown(slave, uid, -1) < 0)
+		say("cannot give the terminal to uid %u: %s", uid, strerror(errno));
+	if (rows && cols)
+		ioctl(*master, TIOCSWINSZ, &ws);
+	return slave;
+}
+
 /* Child side of EXEC; never returns. Failures go to `report` as (stage, errno). */
 static void child(int report, char **argv, char **envp, const char *cwd, uid_t uid, gid_t gid,
 		  gid_t *groups, int ngroups, int flags)
@@ -651,6 +697,10 @@ static void child(int report, char **argv, char **envp, const char *cwd, uid_t u
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	setsid();
+	if ((flags & EXEC_TTY) && ioctl(0, TIOCSCTTY, 0) < 0) {
+		fail[0] = 5;
+		goto out;
+	}
 	int tool = -1;
 	if ((flags & EXEC_TOOL) && (tool = open("/bin/busybox", O_RDONLY | O_CLOEXEC)) < 0) {
 		fail[0] = 4;
@@ -698,7 +748,9 @@ static void do_exec(uint32_t id, char *p, size_t len)
 	if (argc < 1 || 6 + argc >= nf)
 		return send_frame(T_ERROR, id, "malformed EXEC", 14);
 	size_t envc = strtoul(f[6 + argc], NULL, 10);
-	if (7 + argc + envc != nf)
+	int flags = atoi(f[4]);
+	size_t extra = flags & EXEC_TTY ? 2 : 0; /* the terminal's rows and columns */
+	if (7 + argc + envc + extra != nf)
 		return send_frame(T_ERROR, id, "malformed EXEC", 14);
 	struct session *s = NULL;
 	for (int i = 0; i < MAX_SESSIONS && !s; i++)
@@ -711,19 +763,36 @@ static void do_exec(uint32_t id, char *p, size_t len)
 	int ngroups = 0;
 	for (char *g = f[2]; *g && ngroups < 64; g += strcspn(g, ","), g += *g == ',')
 		groups[ngroups++] = strtoul(g, NULL, 10);
-	int flags = atoi(f[4]);
 	char *argv[argc + 1], *envp[envc + 1];
 	memcpy(argv, f + 6, argc * sizeof *argv);
 	argv[argc] = NULL;
 	memcpy(envp, f + 7 + argc, envc * sizeof *envp);
 	envp[envc] = NULL;
 
-	int o[2], e[2], in[2] = {-1, -1}, rep[2];
-	if (pipe2(o, O_CLOEXEC) || pipe2(e, O_CLOEXEC) || pipe2(rep, O_CLOEXEC) ||
-	    ((flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC)))
-		return send_frame(T_ERROR, id, "pipe failed", 11);
-	if (!(flags & EXEC_STDIN)) {
-		in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int o[2], e[2], in[2] = {-1, -1}, rep[2], pty = -1;
+	if (flags & EXEC_TTY) {
+		uid_t uid = strtoul(f[0], NULL, 10);
+		int tty = open_pty(&pty, uid, strtoul(f[7 + argc + envc], NULL, 10),
+				   strtoul(f[8 + argc + envc], NULL, 10));
+		if (tty < 0 || pipe2(rep, O_CLOEXEC)) {
+			char msg[200];
+			snprintf(msg, sizeof msg, "cannot allocate a terminal: %s", strerror(errno));
+			if (tty >= 0)
+				close(tty), close(pty);
+			return send_frame(T_ERROR, id, msg, strlen(msg));
+		}
+		/* The slave is the child's stdin, stdout and stderr; the master our only
+		 * output stream and, with EXEC_STDIN, where STDIN frames go. */
+		o[0] = fcntl(pty, F_DUPFD_CLOEXEC, 0), o[1] = tty;
+		e[0] = -1, e[1] = fcntl(tty, F_DUPFD_CLOEXEC, 0);
+		in[0] = fcntl(tty, F_DUPFD_CLOEXEC, 0);
+		in[1] = flags & EXEC_STDIN ? fcntl(pty, F_DUPFD_CLOEXEC, 0) : -1;
+	} else {
+		if (pipe2(o, O_CLOEXEC) || pipe2(e, O_CLOEXEC) || pipe2(rep, O_CLOEXEC) ||
+		    ((flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC)))
+			return send_frame(T_ERROR, id, "pipe failed", 11);
+		if (!(flags & EXEC_STDIN))
+			in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	}
 	pid_t pid = fork();
 	if (pid == 0) {
@@ -738,12 +807,14 @@ static void do_exec(uint32_t id, char *p, size_t len)
 	close(rep[1]);
 	close(in[0]);
 	if (pid < 0) {
-		close(o[0]), close(e[0]), close(rep[0]), close_fd(&in[1]);
+		close(o[0]), close_fd(&e[0]), close(rep[0]), close_fd(&in[1]), close_fd(&pty);
 		return send_frame(T_ERROR, id, "fork failed", 11);
 	}
-	*s = (struct session){.id = id, .pid = pid, .out = o[0], .err = e[0], .in = in[1]};
+	*s = (struct session){.id = id, .pid = pid, .out = o[0], .err = e[0], .in = in[1],
+			      .pty = pty};
 	fcntl(s->out, F_SETFL, O_NONBLOCK);
-	fcntl(s->err, F_SETFL, O_NONBLOCK);
+	if (s->err >= 0)
+		fcntl(s->err, F_SETFL, O_NONBLOCK);
 	if (s->in >= 0)
 		fcntl(s->in, F_SETFL, O_NONBLOCK);
 
@@ -753,7 +824,8 @@ static void do_exec(uint32_t id, char *p, size_t len)
 		;
 	close(rep[0]);
 	if (r == (ssize_t)sizeof fail) {
-		static const char *stage[] = {"", "chroot", "chdir", "set user", "exec"};
+		static const char *stage[] = {"", "chroot", "chdir", "set user", "exec",
+					      "set controlling terminal"};
 		char msg[600];
 		if (fail[0] == 4 && fail[1] == ENOENT && !strchr(argv[0], '/'))
 			snprintf(msg, sizeof msg, "exec: \"%.200s\": executable file not found in $PATH",
@@ -762,7 +834,7 @@ static void do_exec(uint32_t id, char *p, size_t len)
 			snprintf(msg, sizeof msg, "chdir to cwd (\"%.200s\"): %s", f[3],
 				 strerror(fail[1]));
 		else
-			snprintf(msg, sizeof msg, "%s \"%.200s\": %s", stage[fail[0] >= 1 && fail[0] <= 4 ? fail[0] : 4],
+			snprintf(msg, sizeof msg, "%s \"%.200s\": %s", stage[fail[0] >= 1 && fail[0] <= 5 ? fail[0] : 4],
 				 argv[0], strerror(fail[1]));
 		send_frame(T_ERROR, id, msg, strlen(msg));
 		return; /* EXIT follows when the child is reaped */
@@ -787,7 +859,7 @@ static void reap(void)
 				;
 			while (s->err >= 0 && pump(s, &s->err, T_STDERR))
 				;
-			close_fd(&s->out), close_fd(&s->err), close_fd(&s->in);
+			close_fd(&s->out), close_fd(&s->err), close_fd(&s->in), close_fd(&s->pty);
 			free(s->inbuf);
 			unsigned char ex[16] = {0};
 			int sig = WIFSIGNALED(status);
@@ -814,6 +886,14 @@ static void handle(int type, uint32_t id, unsigned char *p, size_t len)
 	case T_STDIN:
 		if (!(s = find_session(id)) || s->in < 0)
 			break;
+		if (len == 0 && s->pty >= 0) {
+			/* A terminal has no end of input to close: type its EOF character
+			 * (^D), which ends a read in canonical mode, as at a keyboard. */
+			struct termios t;
+			static unsigned char eof[1];
+			eof[0] = tcgetattr(s->pty, &t) == 0 && t.c_cc[VEOF] ? t.c_cc[VEOF] : 4;
+			p = eof, len = 1;
+		}
 		if (len == 0) {
 			s->in_eof = 1;
 		} else {
@@ -836,6 +916,13 @@ static void handle(int type, uint32_t id, unsigned char *p, size_t len)
 		break;
 	case T_CONFIGURE:
 		configure(p, len);
+		break;
+	case T_RESIZE:
+		if (len >= 4 && (s = find_session(id)) && s->pty >= 0) {
+			/* The kernel sends SIGWINCH to the terminal's foreground process group. */
+			struct winsize ws = {.ws_row = p[0] << 8 | p[1], .ws_col = p[2] << 8 | p[3]};
+			ioctl(s->pty, TIOCSWINSZ, &ws);
+		}
 		break;
 	default:
 		send_frame(T_ERROR, id, "unknown message type", 20);
