@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,20 @@ def remove_all_containers(root: Path) -> None:
     ids = lamina_cli(root, "ps", "-a", "-q", "--no-trunc").stdout.split()
     if ids:
         lamina_cli(root, "rm", "-f", "-v", *ids)
+
+
+def lamina_ok(root: Path, *args: str, input: bytes | None = None) -> str:
+    """stdout of ``lamina --root ROOT ARGS...``, which must succeed."""
+    r = lamina_cli(root, *args, input=input)
+    assert r.returncode == 0, (args, r.returncode, r.stderr)
+    return r.stdout
+
+
+def until(check: Callable[[], object], timeout: float = 60) -> None:
+    """Wait until ``check()`` is true (polls every 0.1 s), else fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from registry_server import free_port
 from runtime_fixtures import IMAGE_REF, cli_image_root, lamina_cli, remove_all_containers
+from runtime_fixtures import lamina_ok as ok
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,12 +41,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = cli_image_root(tmp_path_factory, "vm-net")
     yield root
     remove_all_containers(root)
-
-
-def ok(root: Path, *args: str) -> str:
-    r = lamina_cli(root, *args)
-    assert r.returncode == 0, (args, r.returncode, r.stderr)
-    return r.stdout
 
 
 def refused(root: Path, *args: str) -> str:

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import CLI, IMAGE_REF, cli_image_root, lamina_cli, remove_all_containers
+from runtime_fixtures import (
+    CLI,
+    IMAGE_REF,
+    cli_image_root,
+    lamina_cli,
+    remove_all_containers,
+    until,
+)
+from runtime_fixtures import lamina_ok as ok
 
 from lamina.image import LocalImages
 
@@ -32,12 +40,6 @@ CHANGES = (
     " && rm /bin/rev && rm -rf /home && mkdir /home && touch /home/new"
     " && echo ready > /data/ready; exec sleep 1000"
 )
-
-
-def ok(root: Path, *args: str, input: bytes | None = None) -> str:
-    r = lamina_cli(root, *args, input=input)
-    assert r.returncode == 0, (args, r.returncode, r.stderr)
-    return r.stdout
 
 
 def fails(root: Path, *args: str) -> str:
@@ -55,15 +57,6 @@ def cp_stream(root: Path, src: str) -> bytes:
                        timeout=60, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def until(check: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(check) and check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="module")

@@ -900,9 +900,10 @@ class OciRuntime(Runtime):
         rec = self._resolve(ref)
         if rec.status not in _ACTIVE:
             raise LaminaError(f"container {rec.id[:12]} is not running")
-        headers = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+        from lamina.runtime._ps import TITLES
+
         rows = [row for pid in cgroup_procs(cgroup_path(rec.id)) if (row := _ps_row(pid))]
-        return headers, rows
+        return list(TITLES), rows
 
     def pid(self, ref: str) -> int:
         rec = self._resolve(ref)
@@ -1402,33 +1403,18 @@ def _ps_row(pid: int) -> list[str] | None:
         uid = os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
-    comm = stat_raw[stat_raw.find(b"(") + 1 : stat_raw.rfind(b")")].decode(errors="replace")
-    fields = stat_raw[stat_raw.rfind(b")") + 2 :].split()
-    ppid = int(fields[1])
-    tty_nr = int(fields[4])
-    cpu_ticks = int(fields[11]) + int(fields[12])
-    start_ticks = int(fields[19])
-    started = _boot_time() + start_ticks / _CLK_TCK
-    elapsed = max(time.time() - started, 1e-6)
-    c = int(cpu_ticks / _CLK_TCK / elapsed * 100)
-    stime = time.strftime(
-        "%H:%M" if time.time() - started < 86400 else "%b%d", time.localtime(started)
-    )
-    total = cpu_ticks // _CLK_TCK
-    cputime = f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-    tty = "?"
-    if tty_nr:
-        major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
-        tty = f"pts/{minor}" if 136 <= major <= 143 else f"tty{minor}"
-    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
-    cmd = " ".join(args) if args else f"[{comm}]"
     import pwd
+
+    from lamina.runtime._ps import ps_ef_row
 
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = str(uid)
-    return [user, str(pid), str(ppid), str(c), stime, tty, cputime, cmd]
+    boot = _boot_time()
+    return ps_ef_row(
+        stat_raw, cmdline, user, boot_time=boot, uptime=time.time() - boot, hz=_CLK_TCK
+    )
 
 
 def _pump_attach(

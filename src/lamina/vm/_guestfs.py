@@ -42,13 +42,13 @@ import secrets
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina.errors import LaminaError
+from lamina.runtime._ps import ps_ef_row
 from lamina.vm._agent import STDIN_CHUNK, AgentConnection, Msg, exec_payload, parse_exit
 
 SESSION = 2  # any session but the workload's (1) is relayed to a fresh guest session
@@ -200,7 +200,6 @@ for p in [0-9]*; do
   printf '\n'
 done
 """
-TOP_TITLES = ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
 _GUEST_HZ = 100  # USER_HZ: what /proc/PID/stat counts in on x86 Linux
 
 
@@ -216,34 +215,11 @@ def top(conn: AgentConnection) -> list[list[str]]:
     for raw in procs:
         uid, _, rest = raw.partition(b" ")
         stat_line, _, cmdline = rest.partition(b"\n")
-        rows.append(_ps_row(int(uid or 0), stat_line, cmdline[:-1], btime, uptime, users))
+        user = users.get(int(uid or 0), (uid or b"0").decode())
+        rows.append(ps_ef_row(stat_line, cmdline[:-1], user, boot_time=btime, uptime=uptime,
+                              hz=_GUEST_HZ))  # fmt: skip
     rows.sort(key=lambda r: int(r[1]))
     return rows
-
-
-def _ps_row(
-    uid: int, stat_raw: bytes, cmdline: bytes, btime: float, uptime: float, users: dict[int, str]
-) -> list[str]:
-    comm = stat_raw[stat_raw.find(b"(") + 1 : stat_raw.rfind(b")")].decode(errors="replace")
-    fields = stat_raw[stat_raw.rfind(b")") + 2 :].split()
-    pid = stat_raw.split(b" ", 1)[0].decode()
-    ppid = int(fields[1])
-    tty_nr = int(fields[4])
-    cpu_ticks = int(fields[11]) + int(fields[12])
-    start = int(fields[19]) / _GUEST_HZ
-    elapsed = max(uptime - start, 1e-6)
-    c = int(cpu_ticks / _GUEST_HZ / elapsed * 100)
-    started = btime + start
-    stime = time.strftime("%H:%M" if elapsed < 86400 else "%b%d", time.localtime(started))
-    total = cpu_ticks // _GUEST_HZ
-    cputime = f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-    tty = "?"
-    if tty_nr:
-        major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
-        tty = f"pts/{minor}" if 136 <= major <= 143 else f"tty{minor}"
-    args = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
-    cmd = " ".join(args) if args else f"[{comm}]"
-    return [users.get(uid, str(uid)), pid, str(ppid), str(c), stime, tty, cputime, cmd]
 
 
 def _guest_users(conn: AgentConnection) -> dict[int, str]:
@@ -602,5 +578,3 @@ class _ChunkReader:
 
     def readable(self) -> bool:
         return True
-
-
