@@ -84,6 +84,14 @@ def test_mode_and_dirs() -> None:
 def test_stats_of_a_sleeping_process(cgroup: str) -> None:
     proc = _spawn_in(cgroup, ["sleep", "60"])
     _wait_for_procs(cgroup, 1)
+    # The CPU the shell spends joining and exec'ing is charged to the cgroup when the
+    # scheduler next accounts it: wait until sleep has gone to sleep.
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] != "S" or (
+        Path(f"/proc/{proc.pid}/comm").read_text().strip() != "sleep"
+    ):
+        assert time.monotonic() < deadline, "sleep never slept"
+        time.sleep(0.01)
     assert cgroup_exists(cgroup)
     assert cgroup_procs(cgroup) == [proc.pid]
     first = read_stats(cgroup, pid=proc.pid)
