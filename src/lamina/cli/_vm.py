@@ -177,6 +177,13 @@ def inspect(directory: Path, fmt: str, check: bool) -> None:
     metavar="auto|none|NAME",
     help="Start from a matching snapshot (auto), never (none), or from NAME.",
 )
+@click.option(
+    "--disk",
+    "disks",
+    multiple=True,
+    metavar="PATH[:ro]",
+    help="Attach a raw or qcow2 disk image as the next virtio disk (/dev/vdb, ...).",
+)
 def run(
     image: str,
     command: tuple[str, ...],
@@ -189,12 +196,20 @@ def run(
     accel: str,
     interactive: bool,
     snapshot: str,
+    disks: tuple[str, ...],
 ) -> None:
     """Run one command of IMAGE in a fresh micro-VM (QEMU microvm) and exit with its
     code; stdout and stderr stay apart. The image must be present locally."""
     from lamina.cli._images import open_local
-    from lamina.vm import run_in_vm
+    from lamina.vm import VmConfig, run_in_vm
 
+    config = None
+    if disks:  # every VmConfig rule applies: the files must exist and be readable
+        builder = VmConfig.builder().vcpus(cpus).memory_mib(memory_mib).no_network()
+        for disk in disks:
+            path, ro = (disk[:-3], True) if disk.endswith(":ro") else (disk, False)
+            builder.block_device(path, read_only=ro)
+        config = builder.build()
     data = sys.stdin.buffer.read() if interactive else None
     result = run_in_vm(
         open_local(),
@@ -209,6 +224,7 @@ def run(
         accel=accel,
         stdin=data,
         snapshot=snapshot,
+        config=config,
     )
     if result.restore_error:
         print(f"lamina: warning: {result.restore_error}: booted cold", file=sys.stderr)

@@ -55,7 +55,7 @@ from typing import Any
 
 from lamina.errors import LaminaError
 from lamina.vm._arch import Arch, get_arch, host_arch
-from lamina.vm._config import NetworkAttachment
+from lamina.vm._config import BlockDevice, NetworkAttachment
 
 # x86's (and arm64's) COMMAND_LINE_SIZE, the terminating NUL included: the kernel cuts
 # what is longer.
@@ -86,6 +86,8 @@ class QemuSpec:
     root_image: Path | None = None  # read-only raw disk with the container's rootfs
     # read-only raw ext4 disk of a VM base bundle, stacked under the image (--vm-base)
     base_image: Path | None = None
+    # VmConfig.block_devices: virtio disks after the root (and base) disk, in order
+    disks: Sequence[BlockDevice] = ()
     # QEMU hostfwd rules for the first NAT network, e.g. "tcp:127.0.0.1:8080-:80" (-p)
     forwards: Sequence[str] = ()
     append: Sequence[str] = field(default_factory=tuple)  # extra kernel arguments
@@ -238,6 +240,13 @@ def qemu_command(spec: QemuSpec, binary: str | None = None) -> list[str]:
                 "-drive", f"if=none,id=base,file={base},format=raw,readonly=on",
                 "-device", "virtio-blk-device,drive=base",
             ]  # fmt: skip
+    for i, disk in enumerate(spec.disks):  # /dev/vdc... (after vda root, vdb base)
+        path = _escape(str(disk.path))
+        mode = "readonly=on" if disk.read_only else "readonly=off"
+        cmd += [
+            "-drive", f"if=none,id=disk{i},file={path},format={disk.format},{mode}",
+            "-device", f"virtio-blk-device,drive=disk{i}",
+        ]  # fmt: skip
     if spec.shares:  # after the disks: they keep their /dev/vdX names
         cmd += [
             "-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",

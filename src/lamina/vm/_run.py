@@ -27,7 +27,9 @@ The machine comes from a ``VmConfig`` (``config=``; else one from ``vcpus`` and
 gets its virtio-net device but no guest address yet), extra kernel arguments and the boot
 log sink are honoured, and shared directories (a virtiofsd each, ``_virtiofs``; mounted
 in the container where ``start_vm``'s ``mount_points`` say, else only attached). Extra
-block devices and a custom kernel or initrd are refused with a clear error for now.
+block devices become virtio disks after the root (``/dev/vdb`` on, or ``/dev/vdc`` with a
+base disk); a custom kernel or initrd is refused with a clear error (``--vm-base`` boots
+another kernel).
 
 A command that cannot be started (not found, bad working directory) raises a LaminaError
 with Docker's exit code (127 or 126); a VM that dies or a timeout raises a LaminaError
@@ -321,6 +323,7 @@ def launch_vm(
         memory_mib=config.memory_mib,
         root_image=plan.rootfs,
         base_image=plan.base_disk,
+        disks=config.block_devices,
         forwards=plan.forwards,
         append=(*config.cmdline, f"lamina.hostname={hostname}"),
         networks=config.networks,
@@ -398,8 +401,7 @@ def _check_supported(config: VmConfig) -> None:
     unsupported = [
         name
         for name, value in (
-            ("block devices", config.block_devices),
-            ("a custom kernel", config.kernel),
+            ("a custom kernel (boot one with --vm-base)", config.kernel),
             ("a custom initrd", config.initrd),
             ("an init block", config.init_block),
         )

@@ -123,9 +123,10 @@ def _file_id(path: Path | str) -> dict[str, Any]:
 
 def machine_key(plan: VmPlan) -> dict[str, Any] | None:
     """What a snapshot must have been made for to restore as ``plan``'s VM; None when
-    such a VM is never snapshotted (shared directories, a tap network)."""
+    such a VM is never snapshotted (shared directories, block devices, a tap network)."""
     config = plan.config
-    if config.shared_dirs or any(n.kind != "nat" for n in config.networks):
+    tap = any(n.kind != "nat" for n in config.networks)
+    if config.shared_dirs or config.block_devices or tap:
         return None
     quiet = config.boot_log.kind == "none"
     cmdline = _qemu.kernel_cmdline(
