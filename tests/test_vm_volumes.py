@@ -157,7 +157,8 @@ def test_unsupported_and_bad_mounts_fail_in_one_line(root: Path, tmp_path: Path)
         (["-v", f"{afile}:/x"], "cannot bind-mount the file"),
         (["-v", "rel/dir:/x"], "invalid volume specification"),
         (["-v", f"{tmp_path}:rel:ro"], "is not an absolute path"),
-        (["--tmpfs", "/t"], "tmpfs mounts are not supported"),
+        (["--tmpfs", "/t:bogus"], "invalid tmpfs option 'bogus' for /t"),
+        (["--tmpfs", "/t", "-v", f"{tmp_path}:/t"], "duplicate mount point: /t"),
     ]
     for flags, message in cases:
         r = lamina_cli(root, "run", "--rm", "--isolation", "vm", *flags, IMAGE, "true")
@@ -207,3 +208,21 @@ def test_no_daemon_outlives_a_killed_supervisor(root: Path, tmp_path: Path) -> N
     until_gone(tmp_path)  # the daemon's parent-death signal
     assert "Exited (137)" in ok(root, "ps", "-a")
     ok(root, "rm", cid)
+
+
+def test_tmpfs_mounts_are_the_guests_own(root: Path) -> None:
+    """``--tmpfs`` and ``--mount type=tmpfs`` with Docker's defaults (noexec, nosuid,
+    nodev) unless the options say otherwise; size= reaches the kernel."""
+    script = (
+        "grep -E ' /(run|cache|ro) ' /proc/mounts | cut -d' ' -f2-4;"
+        "echo x > /run/f && echo run-writable; echo y > /ro/f 2>/dev/null || echo ro-refused"
+    )
+    out = ok(root, "run", "--rm", "--isolation", "vm", "--tmpfs", "/run:size=1m,mode=0700",
+             "--tmpfs", "/cache:exec", "--mount", "type=tmpfs,destination=/ro,readonly",
+             IMAGE, "sh", "-c", script)  # fmt: skip
+    mounts = {line.split()[0]: line.split()[2].split(",") for line in out.splitlines()[:3]}
+    assert set(mounts) == {"/run", "/cache", "/ro"}, out
+    assert {"rw", "nosuid", "nodev", "noexec", "size=1024k", "mode=700"} <= set(mounts["/run"])
+    assert "noexec" not in mounts["/cache"] and "nosuid" in mounts["/cache"]
+    assert "ro" in mounts["/ro"]
+    assert out.splitlines()[3:] == ["run-writable", "ro-refused"], out

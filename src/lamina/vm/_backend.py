@@ -41,7 +41,7 @@ Bind mounts (directories only) and volumes, the image's VOLUMEs included, are
 virtio-fs shares (``_mounts``: prepared at ``create``; one virtiofsd each while the VM
 runs, ``_virtiofs``); ``--rm`` and ``rm -v`` remove the anonymous volumes.
 
-Not supported for VMs yet (a one-line LaminaError): update, exec --detach, tmpfs mounts.
+Not supported for VMs yet (a one-line LaminaError): update, exec --detach.
 """
 
 from __future__ import annotations
@@ -331,9 +331,10 @@ class VmRuntime(Runtime):
             "accel": "tcg" if arch.foreign else self.accel,
             "network": config.network, "mac": generate_mac(), "base": base,
         }  # fmt: skip
-        from lamina.vm._mounts import prepare_mounts
+        from lamina.vm._mounts import prepare_mounts, tmpfs_mounts
 
         # Last: it may create volumes. Bind mounts and volumes become virtio-fs shares.
+        process["tmpfs"] = tmpfs_mounts(config)  # checked before any volume is made
         process["shares"] = prepare_mounts(self.root, local, record, config)
         config.isolation = "vm"
         now = time.time()
@@ -673,7 +674,8 @@ class VmRuntime(Runtime):
                 "NetworkMode": cfg.network,
                 "PortBindings": _port_map(cfg.ports, requested=True),
             },
-            "Mounts": [_mount_info(self.root, share) for share in process.get("shares", [])],
+            "Mounts": [_mount_info(self.root, share) for share in process.get("shares", [])]
+            + [_tmpfs_info(t) for t in process.get("tmpfs", [])],
             "NetworkSettings": _network_settings(cfg.network, process, c.ports),
             "VM": {
                 "Architecture": process.get("arch", "amd64"),
@@ -954,6 +956,12 @@ def _base_info(base: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def _tmpfs_info(mount: dict[str, Any]) -> dict[str, object]:
+    """inspect's Mounts entry of a --tmpfs mount (flag bit 1: read-only)."""
+    return {"Type": "tmpfs", "Destination": mount["target"], "Source": "",
+            "RW": not mount["flags"] & 1, "Mode": mount["data"]}  # fmt: skip
+
+
 def _holder(cid: str) -> str:
     """The image hold of a container (the process backend's naming: IDs are unique)."""
     return "container:" + cid
@@ -1177,11 +1185,13 @@ def supervise(root: Path, cid: str) -> int:
             networks=(NetworkAttachment("nat"),) if nat else (),
             macs=(p["mac"],) if nat and p.get("mac") else (),
         )
-        from lamina.vm._mounts import shared_dirs
+        from lamina.vm._mounts import shared_dirs, tmpfs_cmdline
 
         shares, mount_points = shared_dirs(root, p.get("shares", []))
         if shares:
             machine = dataclasses.replace(machine, shared_dirs=shares)
+        if p.get("tmpfs"):
+            machine = dataclasses.replace(machine, cmdline=tmpfs_cmdline(p["tmpfs"]))
         published = [PortMapping(**m) for m in p.get("published", [])]
         kernel, base_disk = None, None
         if p.get("base"):

@@ -16,7 +16,10 @@ Lifecycle, driven by ``VmRuntime`` (``_backend``):
    again at each start: one removed meanwhile fails the start with one line.
 3. ``release_volumes`` deletes the container's anonymous volumes (``rm -v``, ``--rm``).
 
-Not done for VMs: ``--tmpfs`` and ``--mount type=tmpfs`` (refused with one line).
+``--tmpfs`` and ``--mount type=tmpfs`` are the guest's own tmpfs mounts: ``tmpfs_mounts``
+checks them at ``create`` (Docker's defaults ``noexec,nosuid,nodev`` merged as the process
+backend merges them) and ``tmpfs_cmdline`` hands them to the agent (``lamina.tmpfs=``:
+mount point, MS_* flags in hex, data options; percent-encoded).
 """
 
 from __future__ import annotations
@@ -42,8 +45,6 @@ def prepare_mounts(
     from lamina.runtime._spec import _check_target
     from lamina.runtime._volumes import VolumeStore
 
-    if config.tmpfs or any(m.type == "tmpfs" for m in config.mounts):
-        raise LaminaError("tmpfs mounts are not supported for micro-VM containers yet")
     img = local.config(record).get("config") or {}
     mounts = _with_image_volumes(config, img.get("Volumes") or {}).mounts
     seen: set[str] = set()
@@ -54,7 +55,7 @@ def prepare_mounts(
         seen.add(target)
         if m.type == "bind":
             _check_bind_source(m.source)
-        elif m.type != "volume":
+        elif m.type not in ("volume", "tmpfs"):
             raise LaminaError(f"unsupported mount type {m.type!r} for {m.target}")
     store = VolumeStore(root / "volumes")
     created: list[str] = []
@@ -62,6 +63,8 @@ def prepare_mounts(
     try:
         to_fill: list[tuple[Any, str]] = []
         for m in mounts:
+            if m.type == "tmpfs":  # the guest's own: tmpfs_mounts
+                continue
             share: dict[str, Any] = {"target": _check_target(m.target), "read_only": m.read_only}
             if m.type == "bind":
                 share["source"] = m.source
@@ -164,3 +167,53 @@ def release_volumes(root: Path, shares: list[dict[str, Any]]) -> None:
 def volume_names(shares: list[dict[str, Any]]) -> list[str]:
     """The volumes a container uses (for ``volume rm`` and prune to refuse)."""
     return [s["volume"] for s in shares if "volume" in s]
+
+
+# Mount flags of tmpfs options (linux/mount.h); their opposites clear them.
+_MS_FLAGS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "sync": 0x10,
+             "dirsync": 0x80, "noatime": 0x400, "nodiratime": 0x800,
+             "relatime": 0x200000, "strictatime": 0x1000000}  # fmt: skip
+_CLEARING = {"rw": "ro", "suid": "nosuid", "dev": "nodev", "exec": "noexec",
+             "atime": "noatime", "diratime": "nodiratime"}  # fmt: skip
+_TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
+
+
+def tmpfs_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
+    """The container's tmpfs mounts as ``{"target", "flags", "data"}``: ``--tmpfs`` and
+    ``--mount type=tmpfs`` with Docker's default options, as the process backend
+    merges them; a bad option or a target another mount has is one error line."""
+    from lamina.runtime._spec import _check_target, _tmpfs_mount
+
+    wanted = [(m.target, [o for opt in m.options for o in opt.split(",")], m.read_only)
+              for m in config.mounts if m.type == "tmpfs"]  # fmt: skip
+    wanted += [(t, opts.split(",") if opts else [], False) for t, opts in config.tmpfs.items()]
+    taken = {_check_target(m.target) for m in config.mounts if m.type != "tmpfs"}
+    out = []
+    for target, options, read_only in wanted:
+        target = _check_target(target)
+        if target in taken:
+            raise LaminaError(f"duplicate mount point: {target}")
+        taken.add(target)
+        flags, data = 0, []
+        for opt in _tmpfs_mount(target, options, read_only)["options"]:
+            key = opt.split("=", 1)[0]
+            if opt in _MS_FLAGS:
+                flags |= _MS_FLAGS[opt]
+            elif opt in _CLEARING:
+                flags &= ~_MS_FLAGS[_CLEARING[opt]]
+            elif key in _TMPFS_DATA and "=" in opt:
+                data.append(opt)
+            else:
+                raise LaminaError(f"invalid tmpfs option {opt!r} for {target}")
+        out.append({"target": target, "flags": flags, "data": ",".join(data)})
+    return out
+
+
+def tmpfs_cmdline(mounts: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The agent's kernel argument for ``tmpfs_mounts``' result (none without any)."""
+    from lamina.vm._qemu import _percent
+
+    if not mounts:
+        return ()
+    entries = (f"{_percent(m['target'])}:{m['flags']:x}:{_percent(m['data'])}" for m in mounts)
+    return ("lamina.tmpfs=" + ",".join(entries),)

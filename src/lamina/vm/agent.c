@@ -471,21 +471,29 @@ static int open_mount_point(const char *path)
 /* lamina.fs=TAG[:DEST[:ro]],... (fields %XX-encoded): the VM's shared directories. Each
  * tag with a DEST is mounted there (virtiofs; read-only with "ro", which the host also
  * enforces); a tag alone is only attached, for the workload to mount. */
-static void mount_shared(void)
+/* The value of the last KEY=VALUE on the command line into out (param() keeps only
+ * 255 bytes: mount lists are longer); 0 when absent. */
+static int long_param(const char *key, char *out, size_t n)
 {
-	static char spec[4096];
+	size_t kl = strlen(key);
 	int found = 0;
 	for (char *p = cmdline; *p;) {
 		while (*p == ' ' || *p == '\n')
 			p++;
 		char *end = p + strcspn(p, " \n");
-		if (end - p > 10 && !strncmp(p, "lamina.fs=", 10)) {
-			snprintf(spec, sizeof spec, "%.*s", (int)(end - p - 10), p + 10);
+		if ((size_t)(end - p) > kl && !strncmp(p, key, kl) && p[kl] == '=') {
+			snprintf(out, n, "%.*s", (int)(end - p - kl - 1), p + kl + 1);
 			found = 1;
 		}
 		p = end;
 	}
-	if (!found)
+	return found;
+}
+
+static void mount_shared(void)
+{
+	static char spec[4096];
+	if (!long_param("lamina.fs", spec, sizeof spec))
 		return;
 	load_modules("/lib/modules/fs.list");
 	char *save = NULL;
@@ -515,6 +523,36 @@ static void mount_shared(void)
 				fatal("mount virtiofs %s on %s: %s", tag, dest, strerror(errno));
 			usleep(1000);
 		}
+		close(fd);
+	}
+}
+
+/* lamina.tmpfs=DEST:FLAGS:DATA,... (DEST and DATA percent-encoded, FLAGS the MS_* bits
+ * in hex): the container's --tmpfs mounts, made in /newroot like the shares. */
+static void mount_tmpfs(void)
+{
+	static char spec[4096];
+	if (!long_param("lamina.tmpfs", spec, sizeof spec))
+		return;
+	char *save = NULL;
+	for (char *e = strtok_r(spec, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+		char *dest = e, *flags = strchr(e, ':'), *data = NULL;
+		if (flags) {
+			*flags++ = 0;
+			if ((data = strchr(flags, ':')))
+				*data++ = 0;
+		}
+		if (!data || unpercent(dest) || unpercent(data))
+			fatal("lamina.tmpfs: malformed entry %s", e);
+		if (dest[0] != '/' || !dest[strspn(dest, "/")])
+			fatal("lamina.tmpfs: %s is not a mount point (an absolute path other than /)", dest);
+		int fd = open_mount_point(dest);
+		if (fd < 0)
+			fatal("mount point %s: %s", dest, strerror(errno));
+		char target[64];
+		snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+		if (mount("tmpfs", target, "tmpfs", strtoul(flags, NULL, 16), data) < 0)
+			fatal("mount tmpfs on %s: %s", dest, strerror(errno));
 		close(fd);
 	}
 }
@@ -553,6 +591,7 @@ static void mount_root(void)
 	mnt("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts);
 	etc_files();
 	mount_shared();
+	mount_tmpfs();
 	have_root = 1;
 }
 
