@@ -218,3 +218,12 @@ def test_operations_on_a_vm_that_is_not_running(root: Path) -> None:
         assert "is not running" in fails(root, *args), args
     assert "not supported for micro-VM containers" in fails(root, "update", "-m", "256m", "idle")
     ok(root, "rm", "idle")
+
+
+def test_exec_detach_runs_on_in_the_guest(root: Path) -> None:
+    # A background writer the caller does not wait for (Docker: `exec -d`).
+    assert ok(root, "exec", "-d", VM, "sh", "-c", "sleep 0.5; echo late > /tmp/bg") == ""
+    assert lamina_cli(root, "exec", VM, "cat", "/tmp/bg").returncode != 0  # not yet
+    until(lambda: lamina_cli(root, "exec", VM, "cat", "/tmp/bg").stdout == "late\n")
+    r = lamina_cli(root, "exec", "-d", VM, "no-such-command")
+    assert r.returncode == 127 and "executable file not found" in r.stderr

@@ -41,7 +41,7 @@ Bind mounts (directories only) and volumes, the image's VOLUMEs included, are
 virtio-fs shares (``_mounts``: prepared at ``create``; one virtiofsd each while the VM
 runs, ``_virtiofs``); ``--rm`` and ``rm -v`` remove the anonymous volumes.
 
-Not supported for VMs yet (a one-line LaminaError): update, exec --detach.
+Not supported for VMs yet (a one-line LaminaError): update.
 """
 
 from __future__ import annotations
@@ -719,8 +719,6 @@ class VmRuntime(Runtime):
 
         if not argv:
             raise LaminaError("exec needs a command")
-        if detach:
-            raise LaminaError(f"exec with --detach {_UNSUPPORTED}")
         r = self._row(ref)
         self._require_running(r, "exec in")
         if r["status"] == "paused":
@@ -739,7 +737,10 @@ class VmRuntime(Runtime):
             raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
         if tty and not any(e.startswith("TERM=") for e in environ):
             environ.append("TERM=xterm")
-        interactive = stdin is not None and getattr(stdin, "name", None) != os.devnull
+        interactive = (
+            not detach and stdin is not None and getattr(stdin, "name", None) != os.devnull
+        )
+        tty = tty and not detach  # nobody would read its terminal
         in_fd = _fileno(stdin) if interactive else None
         term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
         payload = exec_payload(
@@ -749,6 +750,8 @@ class VmRuntime(Runtime):
         conn = self._control(r["id"])
         try:
             conn.send(Msg.EXEC, WORKLOAD, payload)
+            if detach:
+                return _started(conn)
             if interactive and in_fd is None:  # a stream without a descriptor: all at once
                 assert stdin is not None
                 conn.send_stdin(WORKLOAD, stdin.read())
@@ -1058,6 +1061,23 @@ class _InputForwarder:
                 if not data:
                     self._sel.unregister(self.in_fd)
         return self.conn.poll(0)
+
+
+def _started(conn: AgentConnection) -> ExecResult:
+    """``exec --detach``: wait until the process started (its failure to start is
+    raised as for an attached exec); it then runs on in the guest, its output dropped
+    by the supervisor once this client is gone, as Docker drops a detached exec's."""
+    from lamina.runtime._conmon import StartFailed, error_exit_code
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not conn.closed:
+        for f in conn.poll(1.0):
+            if f.type == Msg.STARTED:
+                return ExecResult(0, b"", b"")
+            if f.type == Msg.ERROR:
+                error = f.payload.decode(errors="replace")
+                raise StartFailed(error, exit_code=error_exit_code(error))
+    raise LaminaError("the container stopped before the exec started")
 
 
 def _collect_exec(
