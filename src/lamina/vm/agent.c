@@ -490,6 +490,19 @@ static int long_param(const char *key, char *out, size_t n)
 	return found;
 }
 
+/* The container path dest as a mount target: checked, opened inside /newroot
+ * (open_mount_point), named through /proc/self/fd in target; the fd to close after. */
+static int mount_target(const char *what, const char *dest, char *target, size_t n)
+{
+	if (dest[0] != '/' || !dest[strspn(dest, "/")])
+		fatal("%s: %s is not a mount point (an absolute path other than /)", what, dest);
+	int fd = open_mount_point(dest);
+	if (fd < 0)
+		fatal("mount point %s: %s", dest, strerror(errno));
+	snprintf(target, n, "/proc/self/fd/%d", fd);
+	return fd;
+}
+
 static void mount_shared(void)
 {
 	static char spec[4096];
@@ -510,13 +523,8 @@ static void mount_shared(void)
 			continue;
 		if (opt && strcmp(opt, "ro"))
 			fatal("lamina.fs: unknown option %s for %s", opt, dest);
-		if (dest[0] != '/' || !dest[strspn(dest, "/")])
-			fatal("lamina.fs: %s is not a mount point (an absolute path other than /)", dest);
-		int fd = open_mount_point(dest);
-		if (fd < 0)
-			fatal("mount point %s: %s", dest, strerror(errno));
 		char target[64];
-		snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+		int fd = mount_target("lamina.fs", dest, target, sizeof target);
 		/* The device is probed when the module loads; a short grace, just in case. */
 		for (int i = 0; mount(tag, target, "virtiofs", opt ? MS_RDONLY : 0, NULL) < 0; i++) {
 			if (i >= 1000 || (errno != EINVAL && errno != ENOENT && errno != ENODEV))
@@ -544,13 +552,8 @@ static void mount_tmpfs(void)
 		}
 		if (!data || unpercent(dest) || unpercent(data))
 			fatal("lamina.tmpfs: malformed entry %s", e);
-		if (dest[0] != '/' || !dest[strspn(dest, "/")])
-			fatal("lamina.tmpfs: %s is not a mount point (an absolute path other than /)", dest);
-		int fd = open_mount_point(dest);
-		if (fd < 0)
-			fatal("mount point %s: %s", dest, strerror(errno));
 		char target[64];
-		snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+		int fd = mount_target("lamina.tmpfs", dest, target, sizeof target);
 		if (mount("tmpfs", target, "tmpfs", strtoul(flags, NULL, 16), data) < 0)
 			fatal("mount tmpfs on %s: %s", dest, strerror(errno));
 		close(fd);
