@@ -101,6 +101,8 @@ def test_run_on_a_pulled_base(
                    "sh", "-c", "cat /marker /app.txt; uname -r; grep MemTotal /proc/meminfo",
                    timeout=180)  # fmt: skip
     assert r.returncode == 0, r.stderr
+    # the download shows its progress, as an image pull does
+    assert ": downloading " in r.stderr and f"{digest}: pulled to " in r.stderr
     marker, app, kernel, mem = r.stdout.splitlines()
     assert marker + "\n" == MARKER and app == "from-the-app"  # base under the image
     assert kernel == bundle.kernel_version

@@ -474,6 +474,8 @@ def _prepare(
         )
         if isolation == "auto":
             apply_isolation(parsed, chosen)
+        if parsed.config.vm_base and chosen == "vm":
+            _fetch_vm_base(local, parsed.config.vm_base)
         if reason:
             parsed.config.labels[_REASON_LABEL] = reason
         for w in parsed.warnings:
@@ -487,6 +489,17 @@ def _prepare(
     except LaminaError as e:
         e.exit_code = 125
         raise
+
+
+def _fetch_vm_base(local: Any, ref: str) -> None:
+    """A --vm-base reference not yet cached is pulled here, with progress as an image
+    pull shows it (``create`` then finds it in the cache)."""
+    if Path(ref).expanduser().is_dir():
+        return
+    from lamina.cli._images import progress_sink, registry_config
+    from lamina.vm._base import resolve_base
+
+    resolve_base(local, ref, config=registry_config(), progress=progress_sink(False))
 
 
 def _choose_isolation(

@@ -83,8 +83,15 @@ class BaseError(LaminaError):
     """``--vm-base`` names no usable bundle."""
 
 
-def resolve_base(local: LocalImages, ref: str, *, config: RegistryConfig | None = None) -> VmBase:
-    """The bundle ``ref`` names: a directory, or a reference pulled into the cache."""
+def resolve_base(
+    local: LocalImages,
+    ref: str,
+    *,
+    config: RegistryConfig | None = None,
+    progress: Any = None,
+) -> VmBase:
+    """The bundle ``ref`` names: a directory, or a reference pulled into the cache
+    (``progress``: a registry progress sink for that download)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return VmBase(ref, _checked(path.absolute(), ref))
@@ -103,7 +110,7 @@ def resolve_base(local: LocalImages, ref: str, *, config: RegistryConfig | None 
     if digest and (bases / _dir_name(digest)).is_dir():
         return VmBase(ref, _checked(bases / _dir_name(digest), ref), digest)
     try:
-        digest = _pull(local, parsed, bases, config)
+        digest = _pull(local, parsed, bases, config, progress)
     except LaminaError as e:
         raise BaseError(f"--vm-base {ref}: {e}") from None
     if not parsed.digest:
@@ -125,7 +132,9 @@ def _recorded_digest(record: Path, reference: str) -> str:
     return str(doc.get("digest", "")) if ok else ""
 
 
-def _pull(local: LocalImages, parsed: Any, bases: Path, config: RegistryConfig | None) -> str:
+def _pull(
+    local: LocalImages, parsed: Any, bases: Path, config: RegistryConfig | None, progress: Any
+) -> str:
     """Pull ``parsed`` into ``bases/<digest>`` unless that is there; its digest."""
     from lamina.registry import RegistryClient, RegistryConfig
     from lamina.vm._bundle import pull_bundle
@@ -137,7 +146,9 @@ def _pull(local: LocalImages, parsed: Any, bases: Path, config: RegistryConfig |
         if not dest.is_dir():
             bases.mkdir(parents=True, exist_ok=True)
             try:
-                pull_bundle(local, f"{parsed.name}@{digest}", dest, client=client)
+                pull_bundle(
+                    local, f"{parsed.name}@{digest}", dest, client=client, progress=progress
+                )
             except LaminaError:
                 if not (dest / "bundle.json").is_file():  # not another run's pull, done first
                     raise
