@@ -9,6 +9,7 @@ no network) through the API; the last test damages ``other`` and removes both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -185,6 +186,18 @@ def test_a_snapshot_for_another_machine_is_not_used(local: LocalImages) -> None:
     r = lamina(local.root, "vm", "run", "-m", "256", "--snapshot", "tpl", IMAGE, "true")
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and "made for another machine" in r.stderr
+
+
+def test_a_snapshot_of_an_older_agent_is_stale(local: LocalImages, tmp_path: Path) -> None:
+    """After an update of lamina, VMs boot a newer agent: a snapshot of the old one can
+    no longer match, and says so (``prune`` removes it), even though its files exist."""
+    snap = load_snapshot(local.root, "tpl")
+    assert snapshot_status(snap) == "ready"
+    old_agent = tmp_path / "old" / "lamina-agent"
+    old_agent.parent.mkdir()
+    shutil.copy2(snap.key["agent"]["path"], old_agent)
+    moved = dataclasses.replace(snap, key={**snap.key, "agent": {"path": str(old_agent)}})
+    assert snapshot_status(moved) == "stale: agent changed"
 
 
 def test_a_damaged_snapshot_falls_back_to_a_cold_boot(local: LocalImages) -> None:

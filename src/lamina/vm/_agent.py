@@ -180,18 +180,25 @@ def parse_exit(payload: bytes) -> ExitStatus:
     return ExitStatus(bool(signaled), bool(core), code, at)
 
 
+def agent_path(root: Path, arch: Arch | None = None) -> Path:
+    """Where ``build_agent`` keeps the agent for today's source, flags, architecture
+    and compiler (whether or not it is built yet)."""
+    arch = arch or get_arch()
+    cc = shutil.which(arch.cc)
+    compiler = os.path.realpath(cc) if cc else arch.cc  # gcc -> x86_64-linux-gnu-gcc-12
+    ident = f"{' '.join(CFLAGS)}\n{arch.name} {compiler}".encode()
+    key = hashlib.sha256(AGENT_SOURCE.read_bytes() + ident).hexdigest()[:16]
+    return Path(root) / "vm" / "agent" / key / "lamina-agent"
+
+
 def build_agent(root: Path, arch: Arch | None = None) -> Path:
     """The compiled agent for ``arch`` (default: the host's), built once per source,
     flags, architecture and compiler (``root``: the lamina root)."""
     arch = arch or get_arch()
-    source = AGENT_SOURCE.read_bytes()
-    cc = shutil.which(arch.cc)
-    compiler = os.path.realpath(cc) if cc else arch.cc  # gcc -> x86_64-linux-gnu-gcc-12
-    ident = f"{' '.join(CFLAGS)}\n{arch.name} {compiler}".encode()
-    key = hashlib.sha256(source + ident).hexdigest()[:16]
-    out = Path(root) / "vm" / "agent" / key / "lamina-agent"
+    out = agent_path(root, arch)
     if out.is_file():
         return out
+    cc = shutil.which(arch.cc)
     if cc is None or not arch.libc_a.exists():
         raise LaminaError(
             f"building the {arch.name} micro-VM guest agent needs {arch.cc} and static glibc "

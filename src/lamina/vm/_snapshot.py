@@ -51,7 +51,15 @@ from lamina._fsutil import atomic_write, fsync_dir
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 from lamina.image import LocalImages
 from lamina.vm import _qemu
-from lamina.vm._agent import SEED_BYTES, Frame, Msg, configure_payload, parse_hello
+from lamina.vm._agent import (
+    SEED_BYTES,
+    Frame,
+    Msg,
+    agent_path,
+    configure_payload,
+    parse_hello,
+)
+from lamina.vm._arch import get_arch
 from lamina.vm._config import NetworkAttachment, VmConfig, generate_mac
 from lamina.vm._run import MicroVm, VmPlan, launch_vm, plan_vm
 
@@ -274,6 +282,11 @@ def snapshot_status(snap: Snapshot) -> str:
             continue
         if any(now[k] != v for k, v in recorded.items()):
             changed.append(what)
+    agent = (key.get("agent") or {}).get("path")
+    root = snap.path.parents[2]  # <root>/vm/snapshots/<name>
+    with contextlib.suppress(LaminaError):  # an architecture this host cannot run
+        if agent and "agent" not in changed and agent != str(agent_path(root, get_arch(snap.arch))):
+            changed.append("agent")  # lamina was updated: VMs boot a newer one
     return f"stale: {', '.join(changed)} changed" if changed else "ready"
 
 
