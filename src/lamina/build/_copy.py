@@ -317,7 +317,7 @@ def fetch_url(url: str, checksum: str | None, where: str) -> Source:
     ``--checksum``, keep the Last-Modified time."""
     import hashlib
 
-    import httpx
+    from lamina.registry._httpx import httpx
 
     if checksum is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):
         raise BuildError(f"{where}: invalid --checksum {checksum!r}: want sha256:<64 hex>")

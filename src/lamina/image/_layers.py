@@ -186,6 +186,17 @@ class _Decompressed(_Reader):
             raise InvalidLayer(f"{self._kind} layer data is truncated")
         return data
 
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        # Straight into the caller's buffer: one copy fewer than read() for every byte.
+        try:
+            n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+        except self._errors as e:
+            raise InvalidLayer(f"{self._kind} layer data is corrupt: {e}") from e
+        frames = self._frames
+        if not n and memoryview(buffer).nbytes and frames is not None and not frames.complete:
+            raise InvalidLayer(f"{self._kind} layer data is truncated")
+        return int(n or 0)
+
     def close(self) -> None:
         if not self.closed:
             try:
@@ -323,8 +334,58 @@ class _HashingReader(_Reader):
         self.size += len(data)
         return data
 
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is None:
+            return super().readinto(view)
+        n = int(readinto(view) or 0)
+        self._sha.update(view[:n])
+        self.size += n
+        return n
+
     def digest(self) -> str:
         return "sha256:" + self._sha.hexdigest()
+
+
+class _ForwardReader(io.RawIOBase):
+    """A stream that tarfile may treat as seekable: seeking forward reads and discards,
+    seeking back is an error. tarfile then reads headers and file data straight from
+    a plain buffered reader instead of through its stream mode, which joins and slices
+    every byte a few times over."""
+
+    def __init__(self, raw: _HashingReader) -> None:
+        self._raw = raw
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        n = self._raw.readinto(buffer)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._pos
+        elif whence != os.SEEK_SET:
+            raise tarfile.ReadError("layer stream cannot seek from its end")
+        if offset < self._pos:
+            raise tarfile.ReadError("layer stream cannot seek backwards")
+        while self._pos < offset:
+            # At the end of the stream the position stays short: the next read finds nothing.
+            skipped = len(self._raw.read(min(_CHUNK, offset - self._pos)))
+            if not skipped:
+                break
+            self._pos += skipped
+        return self._pos
 
 
 class _HashingWriter(io.RawIOBase):
@@ -608,7 +669,14 @@ class _Applier:
         self._mark(rel)
 
     def _copy_data(self, ti: tarfile.TarInfo, fd: int) -> None:
-        src = self.tf.extractfile(ti)
+        src: IO[bytes] | None
+        if ti.sparse is None:
+            # The data follows the header: read it from the archive stream itself rather than
+            # through extractfile's reader, which copies every byte once more.
+            src = cast(IO[bytes], self.tf.fileobj)
+            src.seek(ti.offset_data)
+        else:
+            src = self.tf.extractfile(ti)
         assert src is not None
         remaining = ti.size
         while remaining > 0:
@@ -819,11 +887,11 @@ def apply_layer(stream: BinaryIO, target: Path, *, overlay: bool = False) -> Lay
     reader = _HashingReader(stream)
     entries = 0
     try:
+        archive = io.BufferedReader(_ForwardReader(reader), _TAR_BUFSIZE)
         try:
-            tf = tarfile.open(  # noqa: SIM115 (closed by the with below)
-                fileobj=cast(IO[bytes], reader),
-                mode="r|",
-                bufsize=_TAR_BUFSIZE,
+            tf = tarfile.TarFile(
+                fileobj=cast(IO[bytes], archive),
+                mode="r",
                 encoding="utf-8",
                 errors="surrogateescape",
             )

@@ -27,10 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
-
 from lamina.errors import AuthenticationRequired, RegistryError
 from lamina.registry._credentials import Credentials
+from lamina.registry._httpx import httpx
 
 _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~/"

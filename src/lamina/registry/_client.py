@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 from urllib.parse import urlencode, urljoin
 
-import httpx
-
 from lamina.errors import (
     AuthenticationRequired,
     DigestMismatch,
@@ -43,6 +41,7 @@ from lamina.image._digest import digest_problem, validate_digest
 from lamina.registry._auth import Authenticator, parse_challenges, repository_scope
 from lamina.registry._config import RegistryConfig
 from lamina.registry._credentials import Credentials, lookup_credentials
+from lamina.registry._httpx import httpx
 from lamina.registry._progress import ProgressEvent, ProgressSink
 
 USER_AGENT = "lamina/0.1"
