@@ -1,5 +1,5 @@
-"""What every benchmark script shares: timing a command, reporting ratios, and
-cleaning up work dirs that may hold mounts (podman, buildah and lamina storage)."""
+"""What every benchmark script shares: timing a command and reporting ratios (work
+dirs that may hold mounts are cleared with ``lamina._mount.unmount_under``)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,3 @@ def report(name: str, summary: dict[str, Any], line: str) -> None:
     print(line)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def unmount_under(path: Path) -> None:
-    """Lazily unmount everything mounted below ``path``, deepest first."""
-    subprocess.run(
-        ["sh", "-c", f"grep -o ' {path}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l"],
-        check=False,
-    )

@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import unmount_under  # noqa: E402
+from lamina._mount import unmount_under  # noqa: E402
 
 # The console script, as a user runs it (python -m would add runpy to start-up).
 LAMINA = [str(Path(sys.executable).with_name("lamina"))]

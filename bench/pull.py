@@ -30,7 +30,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from registry_server import start_registry  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from _common import report, timed, unmount_under  # noqa: E402
+from _common import report, timed  # noqa: E402
+
+from lamina._mount import unmount_under  # noqa: E402
 
 LAYERS = 4
 LAYER_BYTES = 75_000_000  # x4 = 300 MB uncompressed

@@ -1,4 +1,5 @@
-"""Mounting an overlay filesystem the one way: build stage views and container roots.
+"""Mounting an overlay filesystem the one way: build stage views and container roots;
+and ``unmount_under``, the one way to clear every mount below a directory.
 
 ``mount_overlay`` calls mount(2) through libc (no mount(8) process). The kernel
 copies at most one page of mount options; a longer ``lowerdir=`` list is retried
@@ -66,3 +67,17 @@ def _mount(target: Path, opts: str) -> int:
     if libc().mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode()) == 0:
         return 0
     return last_errno() or errno.EIO
+
+
+def unmount_under(root: str | os.PathLike[str]) -> None:
+    """Lazily unmount every mount at or below ``root``, deepest first (a failed
+    debootstrap's /proc, a peer tool's overlays); nothing mounted is no error."""
+    prefix = str(root)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+    except OSError:
+        return
+    inside = [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    for point in sorted(inside, key=len, reverse=True):
+        libc().umount2(point.encode(), MNT_DETACH)

@@ -147,6 +147,12 @@ class _Backends:
         vm = self.vm()
         return self._oci.list(all=all) + (vm.list(all=all) if vm is not None else [])
 
+    def volume_users(self, volume: str) -> Any:
+        """IDs of the containers of either backend using ``volume``."""
+        vm = self.vm()
+        users = cast("Any", self._oci).volume_users(volume)
+        return users + (vm.volume_users(volume) if vm is not None else [])
+
     def inspect(self, ref: str) -> dict[str, object]:
         found = dict(self.backend_of(ref).inspect(ref))
         if found.get("Isolation") == "process" and "IsolationReason" not in found:

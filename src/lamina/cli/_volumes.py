@@ -32,15 +32,10 @@ def _store() -> VolumeStore:
 def _users() -> Any:
     """volume name -> IDs of the containers using it (created, running or stopped),
     process and micro-VM containers alike."""
+    from lamina.cli._containers import _Backends
     from lamina.runtime import open_runtime
 
-    rt: Any = open_runtime(_root(), oci_runtime=None)
-    if not (_root() / "vms" / "vms.db").exists():
-        return rt.volume_users
-    from lamina.vm import open_vm_runtime
-
-    vm = open_vm_runtime(_root())
-    return lambda volume: rt.volume_users(volume) + vm.volume_users(volume)
+    return _Backends(open_runtime(_root(), oci_runtime=None), _root()).volume_users
 
 
 def _labels(values: Sequence[str]) -> dict[str, str]:

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
+from lamina._fsutil import atomic_write, fsync_dir
+from lamina._mount import unmount_under
 from lamina.errors import AlreadyExists, InvalidManifest, InvalidReference, LaminaError, NotFound
 
 if TYPE_CHECKING:
@@ -245,7 +247,9 @@ def build_base(
             record = local.require(arg)
             arch = str(local.config(record).get("architecture") or "")
         else:
-            arch = _host_arch()
+            from lamina.vm._arch import host_arch
+
+            arch = host_arch()
         if arch != kfiles.architecture:
             raise BundleError(
                 f"bundle source {source}: architecture {arch} does not match the guest "
@@ -275,25 +279,13 @@ def build_base(
             lamina_version=__version__,
             source=described,
         )
-        _write_json(tmp / BUNDLE_JSON, bundle.to_dict())
+        doc = json.dumps(bundle.to_dict(), indent=2).encode() + b"\n"
+        atomic_write(tmp / BUNDLE_JSON, doc)
         return _publish(_validate(tmp, deep=True, label=output_dir), output_dir)
     except BaseException:
-        _unmount_under(rootfs)  # a failed debootstrap can leave /proc mounted inside
+        unmount_under(rootfs)  # a failed debootstrap can leave /proc mounted inside
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _unmount_under(root: Path) -> None:
-    """Lazily unmount every mount at or below ``root`` (deepest first)."""
-    prefix = str(root)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
-    except OSError:
-        return
-    inside = [p for p in points if p == prefix or p.startswith(prefix + "/")]
-    for point in sorted(inside, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def _check_output(out: Path) -> None:
@@ -320,7 +312,7 @@ def _publish(bundle: Bundle, out: Path) -> Bundle:
             os.fsync(fd)
         finally:
             os.close(fd)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     _check_output(out)
     if out.is_dir():
         out.rmdir()  # empty (checked): rename() needs it gone or empty
@@ -328,36 +320,12 @@ def _publish(bundle: Bundle, out: Path) -> Bundle:
         os.rename(tmp, out)
     except OSError as e:
         raise BundleError(f"bundle output {out}: {e.strerror}") from None
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return dataclasses.replace(bundle, path=out)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    data = json.dumps(doc, indent=2, sort_keys=False).encode() + b"\n"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _host_arch() -> str:
-    from lamina.image import host_platform
-
-    return host_platform().architecture
 
 
 # -- kernel --------------------------------------------------------------------------
