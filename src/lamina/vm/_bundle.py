@@ -40,7 +40,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -119,8 +118,8 @@ class BundleError(LaminaError):
 
 
 class KernelFiles(Protocol):
-    """What build_base needs of a guest kernel asset (``lamina.vm._kernel``'s
-    KernelAsset satisfies it): the version and the kernel files it has."""
+    """What build_base needs of a guest kernel (``lamina.vm._kernel.GuestKernel``
+    satisfies it): the version and the kernel files it has."""
 
     @property
     def version(self) -> str: ...
@@ -347,8 +346,12 @@ class _Kernel:
 def _kernel_files(
     kernel: KernelFiles | None, local: LocalImages | None, initrd: Path | None
 ) -> _Kernel:
-    if kernel is None:
-        kernel = _guest_kernel(local)
+    """The kernel a bundle gets: ``kernel`` if given, else lamina's guest kernel asset
+    (with a root), else the newest installed cloud kernel; its initrd from /boot."""
+    from lamina.vm._kernel import find_kernel, guest_kernel
+
+    if kernel is None and local is not None:
+        kernel = guest_kernel(local.root)
     if kernel is not None:
         # The ELF boots directly (PVH), skipping decompression: much faster under TCG.
         candidates = [p for p in (kernel.vmlinux, kernel.vmlinuz) if p is not None]
@@ -356,12 +359,10 @@ def _kernel_files(
         if path is None:
             raise NotFound(f"guest kernel {kernel.version}: no kernel file found")
         version = kernel.version
-        found_initrd = _asset_initrd(kernel)
     else:
-        path, version = _boot_kernel()
-        found_initrd = None
+        version, path = find_kernel()
     if initrd is None:
-        initrd = found_initrd or _boot_initrd(version)
+        initrd = _boot_initrd(version)
     elif not Path(initrd).is_file():
         raise NotFound(f"initrd {initrd} does not exist")
     with open(path, "rb") as f:
@@ -370,41 +371,6 @@ def _kernel_files(
     if fmt is None:
         raise BundleError(f"kernel {path}: not a bzImage, ELF or arm64 Image")
     return _Kernel(path, fmt, arch, version, None if initrd is None else Path(initrd))
-
-
-def _guest_kernel(local: LocalImages | None) -> KernelFiles | None:
-    """lamina's cached guest kernel asset, when that module is there and has a root."""
-    if local is None:
-        return None
-    try:
-        mod = importlib.import_module("lamina.vm._kernel")
-    except ModuleNotFoundError as e:
-        if e.name != "lamina.vm._kernel":
-            raise  # the module is there but broken: say so
-        return None
-    fn = getattr(mod, "guest_kernel", None)
-    if fn is None:
-        return None
-    return cast(KernelFiles, fn(local.root))
-
-
-def _asset_initrd(kernel: KernelFiles) -> Path | None:
-    for attr in ("initramfs", "initrd"):
-        value = getattr(kernel, attr, None)
-        if value is not None and Path(value).is_file():
-            return Path(value)
-    return None
-
-
-def _boot_kernel() -> tuple[Path, str]:
-    """The newest Debian cloud kernel in /boot (package linux-image-cloud-amd64)."""
-    found = sorted(
-        Path("/boot").glob("vmlinuz-*-cloud-*"),
-        key=lambda p: [int(n) if n.isdigit() else 0 for n in re.split(r"[.-]", p.name[8:])],
-    )
-    if not found:
-        raise NotFound("no guest kernel: /boot has no vmlinuz-*-cloud-* (linux-image-cloud-amd64)")
-    return found[-1], found[-1].name[len("vmlinuz-") :]
 
 
 def _boot_initrd(version: str) -> Path | None:
