@@ -63,6 +63,7 @@ def _micro_vm(root: Path) -> dict[str, Any]:
 
     try:
         from lamina.vm._agent import build_agent
+        from lamina.vm._arch import get_arch
         from lamina.vm._initramfs import initramfs
         from lamina.vm._kernel import guest_kernel
         from lamina.vm._kvm import probe_result
@@ -70,7 +71,9 @@ def _micro_vm(root: Path) -> dict[str, Any]:
 
         qemu_binary()
         kernel = guest_kernel(root)
-        record = probe_result(root, kernel, initramfs(root, kernel, build_agent(root)))
+        # The initramfs VMs boot (plan_vm's): built once, whoever needs it first.
+        initrd = initramfs(root, kernel, build_agent(root), busybox=get_arch().busybox())
+        record = probe_result(root, kernel, initrd)
     except LaminaError as e:
         return {"Available": False, "Reason": str(e)}
     out: dict[str, Any] = {"Available": True, "Accelerator": "kvm"}
