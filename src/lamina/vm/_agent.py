@@ -235,6 +235,11 @@ class AgentConnection:
         self._sel = selectors.DefaultSelector()
         self._sel.register(sock, selectors.EVENT_READ)
 
+    @property
+    def pending(self) -> int:
+        """Bytes queued but not yet taken by the other end (for backpressure)."""
+        return len(self._out)
+
     def send(self, type: int, session: int = 0, payload: bytes = b"") -> None:
         self._out += frame(type, session, payload)
         self._flush()

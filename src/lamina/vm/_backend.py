@@ -403,7 +403,7 @@ class VmRuntime(Runtime):
         try:
             conn.send(type_, session, payload)
             deadline = time.monotonic() + 5
-            while conn._out and time.monotonic() < deadline and not conn.closed:
+            while conn.pending and time.monotonic() < deadline and not conn.closed:
                 conn.poll(0.05)
         finally:
             conn.close()
@@ -1047,7 +1047,7 @@ class _InputForwarder:
         if self.conn.closed:
             time.sleep(timeout)
             return self.conn.poll(0)
-        if self.conn._out:  # still sending: come back soon to push the rest
+        if self.conn.pending:  # still sending: come back soon to push the rest
             timeout = min(timeout, 0.01)
         ready = self._sel.select(timeout)
         self._send_size()  # first: keys typed after a resize must see the new size

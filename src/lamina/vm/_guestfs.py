@@ -91,7 +91,7 @@ class ToolRun:
 
     def _feed(self) -> None:
         """Queue stdin chunks while little is waiting to be sent."""
-        while self.stdin is not None and len(self.conn._out) < _STDIN_BUFFERED:
+        while self.stdin is not None and self.conn.pending < _STDIN_BUFFERED:
             chunk = self.stdin.read(STDIN_CHUNK)
             self.conn.send(Msg.STDIN, SESSION, chunk)  # b"" closes the tool's stdin
             if not chunk:
