@@ -399,6 +399,11 @@ class VmRuntime(Runtime):
         return AgentConnection(sock)
 
     def _tell(self, cid: str, type_: int, session: int = 0, payload: bytes = b"") -> None:
+        """One frame for the VM's supervisor: a signal or a shutdown. A paused VM is
+        continued first: stopped, it would never see it."""
+        row = self.db.execute("SELECT status FROM vms WHERE id = ?", (cid,)).fetchone()
+        if row is not None and row[0] == "paused":
+            self.unpause(cid)
         conn = self._control(cid)
         try:
             conn.send(type_, session, payload)
@@ -421,8 +426,6 @@ class VmRuntime(Runtime):
         config = _config_from_dict(json.loads(r["config"]))
         signum = parse_signal(signal or config.stop_signal or "SIGTERM")
         grace = config.stop_timeout if timeout is None else timeout
-        if r["status"] == "paused":
-            self.unpause(r["id"])  # a stopped VM would not see the signal
         with contextlib.suppress(LaminaError):
             self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
         if self._wait_exit(r["id"], grace):
@@ -450,8 +453,6 @@ class VmRuntime(Runtime):
         signum = parse_signal(signal)
         r = self._row(ref)
         self._require_running(r, "kill")
-        if r["status"] == "paused":
-            self.unpause(r["id"])  # a stopped VM would not see the signal
         self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
 
     def pause(self, ref: str) -> None:
@@ -486,8 +487,6 @@ class VmRuntime(Runtime):
                     f"cannot remove container {r['id'][:12]}: it is running "
                     "(stop it first or use --force)"
                 )
-            if r["status"] == "paused":
-                self.unpause(r["id"])
             with contextlib.suppress(LaminaError):
                 self._tell(r["id"], Msg.SHUTDOWN)
             if not self._wait_exit(r["id"], 10):
