@@ -136,6 +136,9 @@ class ContainerConfig:
     auto_remove: bool = False
     isolation: str = "process"
     vm_base: str | None = None  # --vm-base: a VM base bundle directory or reference
+    # A lamina._leases lease id: the container is disposable work of that process (a
+    # build's RUN step); once the lease is not alive, the runtime removes it.
+    owner: str = ""
 
     def __post_init__(self) -> None:
         # Configs read back from JSON hold plain dicts.
