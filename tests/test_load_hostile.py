@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import pytest
 from registry_server import RegistryServer, TestImage, build_image, busybox_layer, layer_tar
-from runtime_fixtures import lamina_cli, lamina_ok
+from runtime_fixtures import error_line, lamina_cli, lamina_ok, store_leftovers
 
 from lamina.image import LocalImages
 from lamina.image._archive import save
@@ -60,36 +59,15 @@ def hostile_image(case: str) -> tuple[TestImage, str]:
     return image, "sha256:" + hashlib.sha256(evil).hexdigest()
 
 
-def leftovers(root: Path) -> list[str]:
-    """What a failed command may not leave in a lamina root: every file but the
-    databases (their -wal/-shm are sqlite's own) and pull's fixed set of lock files,
-    and anything in the snapshot store or ingest area (scratch directories included)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        if rel == "locks":
-            continue
-        for name in filenames:
-            if ".db" not in name:
-                found.append(os.path.join(rel, name))
-        if rel in ("snapshots", "content/ingest"):
-            found.extend(os.path.join(rel, d) for d in dirnames)
-    return sorted(found)
-
-
 def assert_nothing_stored(root: Path) -> None:
     assert lamina_ok(root, "images", "-a", "-q") == ""
-    assert leftovers(root) == []
+    assert store_leftovers(root) == []
 
 
 def assert_one_error_line(stderr: str, *parts: str) -> None:
-    """One ``lamina: error:`` line, last (pull's progress lines come before it)."""
-    lines = stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("lamina:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    assert errors[0].startswith("lamina: error: "), stderr
+    line = error_line(stderr)
     for part in parts:
-        assert part in errors[0], (part, errors[0])
+        assert part in line, (part, line)
 
 
 def archive_of(image: TestImage, tmp_path: Path, fmt: str) -> Path:
