@@ -36,10 +36,11 @@ _NEARLY_FULL = 1 << 20  # bytes: below this an I/O error on write is taken for a
 
 class Database(sqlite3.Connection):
     """A connection that knows its file, so that a write the disk refuses is an
-    error naming it. ``read_only`` is set when it was opened on a full disk."""
+    error naming it. ``read_only_because`` is why it was opened read-only (a full
+    disk), empty for a normal connection."""
 
     path: Path
-    read_only: bool = False
+    read_only_because: str = ""
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         try:
@@ -64,21 +65,22 @@ class Database(sqlite3.Connection):
 
     def _raise_refused(self, e: sqlite3.OperationalError) -> None:
         """Raise the StorageError for a write the disk refused; return for other errors."""
-        if self.read_only and getattr(e, "sqlite_errorname", "").startswith(_READONLY):
-            raise StorageError(f"cannot write {self.path}: {os.strerror(errno.ENOSPC)}") from e
-        refused = storage_error(self.path, e)
-        if refused is not None:
-            raise refused from e
+        why = _refusal(self.path, e)
+        readonly = getattr(e, "sqlite_errorname", "").startswith(_READONLY)
+        if why is None and readonly and self.read_only_because:
+            why = self.read_only_because
+        if why is not None:
+            raise StorageError(f"cannot write {self.path}: {why}", reason=why) from e
 
 
-def storage_error(db_path: Path, e: sqlite3.Error) -> StorageError | None:
-    """The one-line error for sqlite failing to write ``db_path`` (disk full or an I/O
-    error); None for any other sqlite error."""
+def _refusal(db_path: Path, e: sqlite3.Error) -> str | None:
+    """Why the disk refused a write of ``db_path`` (full, or an I/O error), as
+    strerror says it; None when sqlite failed for another reason."""
     name = getattr(e, "sqlite_errorname", "")
     if name == _FULL or (name.startswith(_IOERR) and _nearly_full(db_path)):
-        return StorageError(f"cannot write {db_path}: {os.strerror(errno.ENOSPC)}")
+        return os.strerror(errno.ENOSPC)
     if name.startswith(_IOERR):
-        return StorageError(f"cannot write {db_path}: {os.strerror(errno.EIO)}")
+        return os.strerror(errno.EIO)
     return None
 
 
@@ -103,11 +105,12 @@ def connect(db_path: Path, schema: str) -> Database:
     existed = db_path.exists()
     try:
         return _open_shared(db_path, schema)
-    except StorageError:
+    except StorageError as e:
         if not existed:
             _remove_empty(db_path)
             raise
-    return _open_immutable(db_path, schema)
+        why = e.reason
+    return _open_immutable(db_path, schema, why)
 
 
 def _remove_empty(db_path: Path) -> None:
@@ -140,17 +143,17 @@ def _open_shared(db_path: Path, schema: str) -> Database:
             raise
 
 
-def _open_immutable(db_path: Path, schema: str) -> Database:
+def _open_immutable(db_path: Path, schema: str, why: str) -> Database:
+    """``db_path`` read-only, for a disk that refused the shared open for ``why``."""
     wal = db_path.with_name(db_path.name + "-wal")
     with suppress(FileNotFoundError):
         if wal.stat().st_size > 0:
             raise StorageError(
-                f"cannot open {db_path}: its journal {wal} needs recovering, which needs "
-                f"free space: {os.strerror(errno.ENOSPC)}"
+                f"cannot open {db_path}: its journal {wal} needs recovery: {why}", reason=why
             )
     uri = "file:" + _uri_path(db_path) + "?mode=ro&immutable=1"
     db = _connect(uri, db_path, uri=True)
-    db.read_only = True
+    db.read_only_because = why
     try:
         db.executescript(schema)  # a no-op unless a table is missing: then a clear error
     except BaseException:

@@ -68,7 +68,12 @@ class InvalidPlatform(LaminaError, ValueError):
 
 class StorageError(LaminaError):
     """The host could not store something (a full disk, an I/O error); the message
-    names the file or step that could not be written."""
+    names the file or step that could not be written, ``reason`` is why in strerror's
+    words ("No space left on device")."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def describe_os_error(e: OSError) -> str:
