@@ -205,4 +205,6 @@ def test_reads_work_on_a_full_disk(disk: Disk) -> None:
         assert error_line(r.stderr) == (
             f"lamina: error: cannot write {disk.root}/containers.db: {ENOSPC}"
         )
+    # The refused rm removed nothing.
     assert "done" in lamina_ok(disk.root, "ps", "-a")
+    assert lamina_ok(disk.root, "logs", "done") == "hello from before\n"
