@@ -484,12 +484,17 @@ class Recorded:
         return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
 
 
+# Edits a response: (headers, body) -> (headers, body).
+Rewrite = Callable[[list[tuple[str, str]], bytes], tuple[list[tuple[str, str]], bytes]]
+
+
 @dataclass
 class Fault:
     """What to do to responses whose request matches ``method`` and ``path_part``."""
 
     # "drop" (close after `after` body bytes) | "corrupt" | "status" | "redirect" |
-    # "ignore-range" (forward without the Range header)
+    # "ignore-range" (forward without the Range header) | "rewrite" (`rewrite` edits the
+    # response's headers and body, e.g. a lying Docker-Content-Digest)
     kind: str
     method: str = "GET"
     path_part: str = "/blobs/"
@@ -498,6 +503,7 @@ class Fault:
     status: int = 500
     only_full: bool = False  # only on requests without a Range header
     on_fire: Callable[[], None] | None = None  # e.g. kill the registry at that moment
+    rewrite: Rewrite | None = None
     hits: int = 0
 
 
@@ -619,11 +625,16 @@ class FaultProxy:
             h.send_response_only(resp.status, resp.reason)
             length = resp.getheader("Content-Length")
             data: bytes | None = None
-            if length is None and h.command != "HEAD":
+            rewrite = fault.rewrite if fault is not None else None
+            if (length is None or rewrite is not None) and h.command != "HEAD":
                 data = resp.read()
                 length = str(len(data))
-            for k, v in resp.getheaders():
-                if k.lower() not in _HOP and k.lower() != "content-length":
+            out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
+            if rewrite is not None and data is not None:
+                out, data = rewrite(out, data)
+                length = str(len(data))
+            for k, v in out:
+                if k.lower() != "content-length":
                     h.send_header(k, v)
             if length is not None:
                 h.send_header("Content-Length", length)

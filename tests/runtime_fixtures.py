@@ -149,3 +149,28 @@ def until(check: Callable[[], object], timeout: float = 60) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def error_line(stderr: str) -> str:
+    """The one ``lamina: error:`` line of a failed command, which must be its last
+    line (progress lines may come before it) and its only ``lamina:`` line."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("lamina:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert errors[0].startswith("lamina: error: "), stderr
+    return errors[0]
+
+
+def store_leftovers(root: Path) -> list[str]:
+    """What a failed image command may not leave in a lamina root: every file but the
+    databases (their -wal/-shm are sqlite's own) and pull's fixed set of lock files,
+    and anything in the snapshot store or the ingest area (scratch dirs included)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == "locks":
+            continue
+        found.extend(os.path.join(rel, name) for name in filenames if ".db" not in name)
+        if rel in ("snapshots", "content/ingest"):
+            found.extend(os.path.join(rel, d) for d in dirnames)
+    return sorted(found)

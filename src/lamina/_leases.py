@@ -71,13 +71,13 @@ class Lease:
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._write()  # may fail (a full disk): then no lock file may stay either
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._lock_path)
             raise
         self._fd = fd
-        self._write()
 
     def _write(self) -> None:
         data = json.dumps(self._info.__dict__).encode()

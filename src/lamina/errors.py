@@ -8,6 +8,11 @@ shows a traceback only under --debug.
 
 from __future__ import annotations
 
+import errno
+
+# The host refusing a write, whatever the file: said as "cannot write FILE: why".
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
 
 class LaminaError(Exception):
     """An expected failure with a one-line, user-facing message."""
@@ -59,3 +64,28 @@ class AuthenticationRequired(RegistryError):
 
 class InvalidPlatform(LaminaError, ValueError):
     """A platform string (os/arch[/variant]) is malformed or unknown."""
+
+
+class StorageError(LaminaError):
+    """The host could not store something (a full disk, an I/O error); the message
+    names the file or step that could not be written, ``reason`` is why in strerror's
+    words ("No space left on device")."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError in words for a one-line message: the file it names (both of a
+    rename or link) and, when the host refused a write (a full disk), that it could
+    not be written: "cannot write FILE: No space left on device"."""
+    why = e.strerror or str(e)
+    if e.filename is None:
+        return why
+    where = str(e.filename)
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    if e.errno in _WRITE_ERRNOS:
+        return f"cannot write {where}: {why}"
+    return f"{where}: {why}"

@@ -79,7 +79,7 @@ from lamina.build._stages import (
     resolve_ref,
 )
 from lamina.build.shell import ShellSyntaxError, process_words
-from lamina.errors import LaminaError, NotFound
+from lamina.errors import LaminaError, NotFound, describe_os_error
 from lamina.image._config import (
     CONFIG_ORDER,
     HEALTHCHECK_DURATIONS,
@@ -703,8 +703,8 @@ class StageRun:
             raise BuildError(f"{self.where(ins)}: {e}") from None
         except OSError as e:
             progress.fail(step, str(e))
-            what = f" {e.filename}" if e.filename else ""
-            raise BuildError(f"{self.where(ins)}: {ins.cmd} failed:{what}: {e.strerror}") from None
+            why = describe_os_error(e)
+            raise BuildError(f"{self.where(ins)}: {ins.cmd} failed: {why}") from None
         result: dict[str, Any] = {"created": self.b.now(), "layer": None}
         if layer is not None:
             result["layer"] = layer.descriptor()

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as e:
-        from lamina.errors import LaminaError
+        from lamina.errors import LaminaError, describe_os_error
 
         if debug:
             import traceback
@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"lamina: error: {_one_line(str(e))}", file=sys.stderr)
             sys.exit(e.exit_code)
         if isinstance(e, OSError) and e.strerror:
-            where = f" {e.filename}" if e.filename else ""
-            print(f"lamina: error:{where}: {e.strerror}", file=sys.stderr)
+            print(f"lamina: error: {_one_line(describe_os_error(e))}", file=sys.stderr)
             sys.exit(1)
         print(
             f"lamina: internal error: {type(e).__name__}: {_one_line(str(e))}"

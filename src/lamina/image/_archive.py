@@ -29,8 +29,12 @@ images are resolved, checked (every referenced blob present, sizes and
 uncompressed diff_ids matching) and recorded. Blobs this load added that no loaded
 image references are deleted again. Any failure (a blob that does not match its
 digest, a path escaping the archive, a truncated archive) raises a LaminaError
-and removes everything the load added: no record, no blob, no partial ingest.
-Layers are not unpacked: the runtime unpacks lazily.
+and removes everything the load added: no record, no blob, no snapshot, no
+partial ingest.
+Before any record is written, the layers of each loaded image are unpacked into
+snapshots (as Docker does at load): a layer ``apply_layer`` refuses (``../``
+entries, hardlinks out of the layer, ...) fails the load with an error naming the
+layer and the entry, instead of the first ``create``, and the image is ready to run.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, cast
 
-from lamina._fsutil import fsync_dir
+from lamina._fsutil import fsync_dir, naming
 from lamina.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -351,10 +355,11 @@ def _save_file(
     tmp = _tmp_name(dest)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        tar = _TarWriter(fd)
-        writer(local, items, tar)
-        tar.close()
-        os.fsync(fd)
+        with naming(dest):
+            tar = _TarWriter(fd)
+            writer(local, items, tar)
+            tar.close()
+            os.fsync(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, dest)
@@ -574,6 +579,7 @@ class _Load:
         self.label = label
         self.created: set[str] = set()
         self.put: list[str] = []
+        self.unpacked: list[str] = []  # snapshots this load made
         self._serial = 0
 
     # -- ingest
@@ -611,8 +617,20 @@ class _Load:
         for digest in self.put:
             with contextlib.suppress(LaminaError):
                 self.local.images.delete(digest)
+        for chain in self.unpacked:
+            with contextlib.suppress(NotFound):
+                self.local.snapshots.remove(chain)
         for digest in self.created:
             self.content.delete(digest)
+
+    def unpack(self, record: ImageRecord) -> None:
+        """Unpack the image's layers into snapshots, as ``create`` would: a layer that
+        ``apply_layer`` refuses (an entry escaping the root, a hardlink to outside the
+        layer...) fails the load, not the first run; and the image is ready to run."""
+        try:
+            self.local.unpack(record, made=self.unpacked)
+        except (InvalidLayer, DigestMismatch) as e:
+            raise type(e)(f"image archive {self.label}: {e}") from None
 
     # -- tar scanning
     def scan_tar(self, f: BinaryIO) -> _TarView:
@@ -673,6 +691,8 @@ class _Load:
                 records[plan.target] = self.local.record(plan.target, plan.platform)
                 names[plan.target] = []
             names[plan.target].extend(n for n in plan.names if n not in names[plan.target])
+        for record in records.values():
+            self.unpack(record)
         out: list[ImageRecord] = []
         for target, record in records.items():
             existed = _has_record(self.local, target)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from lamina._fsutil import fsync_dir
+from lamina._fsutil import fsync_dir, naming
 from lamina.errors import DigestMismatch, InvalidDigest, NotFound
 from lamina.image._digest import validate_digest
 
@@ -91,7 +91,8 @@ class BlobWriter:
 
     def write(self, data: bytes | memoryview) -> int:
         self._hash.update(data)
-        self._file.write(data)
+        with naming(self._data_path):
+            self._file.write(data)
         self.offset += len(data)
         return len(data)
 
@@ -102,12 +103,14 @@ class BlobWriter:
 
     def flush(self) -> None:
         """Push written bytes to the file so that a follower sees them."""
-        self._file.flush()
+        with naming(self._data_path):
+            self._file.flush()
 
     def sync(self) -> None:
         """flush() and fsync: the ingest survives a crash (for resume)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with naming(self._data_path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def truncate(self) -> None:
         """Throw away what was written so far (a server that ignored a Range request)."""
@@ -122,10 +125,10 @@ class BlobWriter:
     def commit(self) -> str:
         """Verify and publish the blob; returns its digest. On mismatch the ingest is
         discarded and DigestMismatch raised."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._closed = True
+        with naming(self._data_path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.close()
         actual = self.digest()
         if self.expected_size is not None and self.offset != self.expected_size:
             self.abort()
@@ -144,19 +147,34 @@ class BlobWriter:
         return actual
 
     def abort(self) -> None:
-        self.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        try:
+            with contextlib.suppress(OSError):  # buffered bytes a full disk refuses
+                self.close()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def close(self) -> None:
         if not self._closed:
-            self._file.close()
             self._closed = True
+            with naming(self._data_path):
+                self._file.close()
 
     def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _aborting(writer: BlobWriter) -> Iterator[None]:
+    """Abort ``writer`` if the block fails: data that is not a download has no resume
+    (a full disk must not leave a partial ingest behind)."""
+    try:
+        yield
+    except BaseException:
+        writer.abort()
+        raise
 
 
 class ContentStore:
@@ -203,14 +221,18 @@ class ContentStore:
             raise DigestMismatch(f"blob digest mismatch: expected {expected}, got {digest}")
         if self.exists(digest):
             return digest
-        with self.writer(f"add-{digest}-{os.getpid()}", digest, len(data)) as w:
+        with self.writer(f"add-{digest}-{os.getpid()}", digest, len(data)) as w, _aborting(w):
             w.truncate()
             w.write(data)
             return w.commit()
 
     def add_file(self, src: Path, expected: str | None = None) -> str:
         """Ingest a file by streaming it (used by load and import)."""
-        with open(src, "rb") as f, self.writer(f"file-{src}-{os.getpid()}", expected) as w:
+        with (
+            open(src, "rb") as f,
+            self.writer(f"file-{src}-{os.getpid()}", expected) as w,
+            _aborting(w),
+        ):
             w.truncate()
             while chunk := f.read(1 << 20):
                 w.write(chunk)

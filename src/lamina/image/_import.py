@@ -22,7 +22,10 @@ whatever ``--change`` instructions set. ``apply_changes`` implements those
 Dockerfile instructions (CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL,
 ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR) as ``docker import --change`` and
 ``docker commit --change`` do, including ``$VAR`` expansion from the ENV set so
-far. On failure, blobs the import added are removed again.
+far. The layer is unpacked into its snapshot before the image is recorded, as
+``create`` would unpack it: a tarball with an entry unpacking refuses (a hardlink
+to a file it does not hold...) fails the import, not the first run. On failure,
+the blobs and snapshots the import added are removed again.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def import_rootfs(
     plat = platform or host_platform()
     label = str(source) if isinstance(source, Path) else "-"
     created_blobs: list[str] = []
+    made_snapshots: list[str] = []
     try:
         layer_digest, layer_size, diff_id = _write_layer(local, source, epoch, created_blobs)
         created = rfc3339(epoch * 1_000_000_000 if epoch is not None else time.time_ns())
@@ -122,8 +126,17 @@ def import_rootfs(
         )
         target = _add(local, dump_json(manifest), created_blobs)
         record = local.record(target, plat)
+        # Unpacked as create would: an entry apply_layer refuses (a hardlink to a file
+        # the tarball lacks...) fails the import, not the first run.
+        try:
+            local.unpack(record, made=made_snapshots)
+        except InvalidLayer as e:
+            raise InvalidLayer(f"cannot import {label}: {e}") from None
         return local.images.put(record, [str(ref)] if ref else [])
     except BaseException:
+        for chain in made_snapshots:
+            with contextlib.suppress(NotFound):
+                local.snapshots.remove(chain)
         for digest in created_blobs:
             local.content.delete(digest)
         raise

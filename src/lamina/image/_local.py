@@ -103,8 +103,10 @@ class LocalImages:
         ids = self.config(record).get("rootfs", {}).get("diff_ids", [])
         return [str(i) for i in ids]
 
-    def unpack(self, record: ImageRecord) -> list[str]:
-        """Unpack every layer not yet unpacked; returns the chain IDs, bottom first."""
+    def unpack(self, record: ImageRecord, *, made: list[str] | None = None) -> list[str]:
+        """Unpack every layer not yet unpacked; returns the chain IDs, bottom first.
+        ``made`` gets each snapshot this call created, for a caller that must remove
+        them again when what it is doing fails (load, import)."""
         manifest = self.manifest_for(record.manifest_digest)
         ids = self.diff_ids(record)
         if len(ids) != len(manifest.layers):
@@ -120,6 +122,8 @@ class LocalImages:
                 self.snapshots.unpack(
                     chain, blob, expected_diff_id=diff_id, media_type=layer.media_type
                 )
+            if made is not None:
+                made.append(chain)
         return chains
 
     def is_unpacked(self, record: ImageRecord) -> bool:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina._fsutil import naming
 from lamina.errors import DigestMismatch, InvalidDigest, InvalidLayer, NotFound
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
@@ -181,8 +182,11 @@ class Snapshotter:
             fs = tmp / "fs"
             fs.mkdir()
             os.chmod(fs, 0o755)
-            with open_decompressed(compressed) as stream:
-                result = apply_layer(stream, fs, overlay=True)
+            try:
+                with naming(final), open_decompressed(compressed) as stream:
+                    result = apply_layer(stream, fs, overlay=True)
+            except InvalidLayer as e:
+                raise InvalidLayer(f"layer {expected_diff_id}: {e}") from None
             if result.diff_id != expected_diff_id:
                 raise DigestMismatch(
                     f"layer {expected_diff_id}: uncompressed content hashes to {result.diff_id}"

@@ -37,7 +37,7 @@ from lamina.errors import (
     RegistryError,
 )
 from lamina.image import _media as media
-from lamina.image._digest import digest_problem, validate_digest
+from lamina.image._digest import digest_problem, quote, validate_digest
 from lamina.registry._auth import Authenticator, parse_challenges, repository_scope
 from lamina.registry._config import RegistryConfig
 from lamina.registry._credentials import Credentials, lookup_credentials
@@ -303,7 +303,9 @@ class RegistryClient:
 
     # -- manifests
     def get_manifest(self, repo: str, reference: str) -> FetchedManifest:
-        """GET a manifest or index by tag or digest; verifies a digest reference."""
+        """GET a manifest or index by tag or digest; verifies a digest reference, and
+        the registry's Docker-Content-Digest when it sends one (as containerd and
+        Docker do): the bytes received must hash to it, else nothing is returned."""
         what = f"manifest {self.host}/{repo}{_sep(reference)}{reference}"
         resp = self.request(
             "GET",
@@ -317,6 +319,9 @@ class RegistryClient:
         )
         if digest_problem(reference) is None:  # fetched by digest: it must match
             _verify(body, reference, what)
+        announced = resp.headers.get("docker-content-digest")
+        if announced:
+            _verify_announced(body, announced, what)
         # The digest is always what lamina computed, never a header it was told.
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         mt = media.base_media_type(resp.headers.get("content-type"))
@@ -670,12 +675,25 @@ def _error_text(resp: httpx.Response) -> str:
     return message or code.lower().replace("_", " ")
 
 
-def _verify(body: bytes, digest: str, what: str) -> None:
-    """Raise DigestMismatch unless ``body`` hashes to ``digest`` (its own algorithm)."""
+def _verify(body: bytes, digest: str, what: str, claim: str = "") -> None:
+    """Raise DigestMismatch unless ``body`` hashes to ``digest`` (its own algorithm);
+    ``claim`` ends the message (who said ``digest``)."""
     algo = digest.partition(":")[0]
     got = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
     if got != digest:
-        raise DigestMismatch(f"{what}: registry sent content with digest {got}")
+        raise DigestMismatch(f"{what}: registry sent content with digest {got}{claim}")
+
+
+def _verify_announced(body: bytes, announced: str, what: str) -> None:
+    """Raise DigestMismatch unless ``body`` hashes to the Docker-Content-Digest the
+    registry sent with it (a malformed one is refused too, as containerd does)."""
+    problem = digest_problem(announced)
+    if problem is not None:
+        raise DigestMismatch(
+            f"{what}: registry sent Docker-Content-Digest {quote(announced)}, "
+            f"which is not a digest ({problem})"
+        )
+    _verify(body, announced, what, f", but its Docker-Content-Digest says {announced}")
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from lamina.errors import DigestMismatch, InvalidManifest, LaminaError, NotFound
+from lamina.errors import DigestMismatch, InvalidLayer, InvalidManifest, LaminaError, NotFound
 from lamina.image._content import BlobWriter
 from lamina.image._local import LocalImages
 from lamina.image._manifest import (
@@ -237,8 +237,8 @@ class _Pull:
             try:
                 self._fetch_and_unpack(layers)
                 record = self._commit(target, child, manifest, config_data, layers)
-            except BaseException:
-                self._rollback()
+            except BaseException as e:
+                self._rollback(e)
                 raise
             finally:
                 for w in self.state.writers:
@@ -420,10 +420,15 @@ class _Pull:
             names.insert(0, str(self.ref))
         return self.local.images.put(record, names)
 
-    def _rollback(self) -> None:
+    def _rollback(self, error: BaseException) -> None:
         for chain in self.state.new_snapshots:
             with contextlib.suppress(Exception):
                 self.local.snapshots.remove(chain)
+        if isinstance(error, InvalidLayer):
+            # A layer unpacking refuses (hostile or malformed): no later pull of this
+            # image can succeed, so none of its downloads is kept for a resume.
+            for writer in self.state.writers:
+                writer.abort()
 
     def _note_sources(self, manifest: Manifest) -> None:
         digests = [manifest.config.digest, *(layer.digest for layer in manifest.layers)]

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from lamina._fsutil import atomic_write
+from lamina._fsutil import atomic_write, naming
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime import _conmon
@@ -433,8 +433,9 @@ class OciRuntime(Runtime):
                 (ovl / sub).mkdir(parents=True, exist_ok=True)
             self._mount(rec)
             volume_paths = self._prepare_volumes(rec, created_volumes)
-            self._write_userdata(rec)
-            self._write_spec(rec, image_config, volume_paths)
+            with naming(bundle.dir):
+                self._write_userdata(rec)
+                self._write_spec(rec, image_config, volume_paths)
             self.state.insert(rec)
         except BaseException:
             self._unmount(cid)
