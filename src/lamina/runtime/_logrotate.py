@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lamina._cbuild import compile_c
 from lamina.errors import LaminaError
 from lamina.runtime._logs import LogSettings
 
@@ -37,9 +38,7 @@ def helper_path(root: Path) -> Path:
 
 def build(root: Path) -> Path:
     """The helper binary, compiled once per source, flags and compiler (``root``: the
-    lamina root). A killed build leaves nothing: its temporary file is leased."""
-    from lamina import _leases
-
+    lamina root)."""
     out = helper_path(root)
     if out.is_file():
         return out
@@ -49,26 +48,7 @@ def build(root: Path) -> Path:
             "--log-opt max-file (2 or more) needs gcc and static glibc to build lamina's log "
             "rotation helper (apt-get install gcc libc6-dev)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".lamina-logrotate.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    with _leases.take(root, "build-logrotate") as lease:
-        lease.add_path(tmp)
-        try:
-            proc = subprocess.run(
-                [cc, *CFLAGS, "-o", str(tmp), str(SOURCE)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                lines = proc.stderr.strip().splitlines()
-                raise LaminaError(
-                    f"compiling lamina's log rotation helper failed: {lines[-1] if lines else '?'}"
-                )
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-            lease.discard(tmp)
+    compile_c(root, cc, CFLAGS, SOURCE, out, "lamina's log rotation helper")
     return out
 
 
