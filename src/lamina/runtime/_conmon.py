@@ -247,7 +247,7 @@ def launch(
         argv += ["--log-size-max", str(log.max_size)]
         with contextlib.suppress(FileNotFoundError):
             if bundle.log.stat().st_size >= log.max_size:  # Docker cuts it at the next line
-                os.truncate(bundle.log, 0)
+                bundle.log.unlink()  # conmon makes a new one: a follower sees a new file
     pid = _run_conmon(argv, bundle.dir, bundle.conmon_err, runtime.name)
     if rotator is not None and log.keeps_rotated:
         from lamina.runtime import _logrotate

@@ -55,13 +55,15 @@ def build(root: Path) -> Path:
 def start(helper: Path, log: Path, settings: LogSettings, conmon_pid: int) -> None:
     """Rotate ``log`` (in its container's bundle) for as long as conmon runs."""
     assert settings.max_size is not None
+    # Started through a shell that exits at once: the helper is nobody's child (no
+    # zombie in a long-lived caller), in a session of its own (no terminal's hangup or
+    # ^C reaches it); it lives as long as the container and exits with conmon. Its
+    # first word says it watches the log: from then on the container's output counts.
     argv = [
+        "/bin/sh", "-c", '"$@" &', "lamina-logrotate",
         str(helper), str(log.parent), log.name,
         str(settings.max_size), str(settings.max_files), str(conmon_pid),
     ]  # fmt: skip
-    # Not waited for: it lives as long as the container, in its own session (no
-    # terminal's hangup or ^C reaches it), and exits with conmon. Its first word says
-    # it watches the log: from then on the container's output counts.
     with open(log.parent / "logrotate.err", "ab") as err:
         proc = subprocess.Popen(
             argv,
@@ -73,5 +75,6 @@ def start(helper: Path, log: Path, settings: LogSettings, conmon_pid: int) -> No
         )
     assert proc.stdout is not None
     with proc.stdout:
+        proc.wait()
         if select.select([proc.stdout], [], [], _READY_TIMEOUT)[0]:
             proc.stdout.readline()  # "ready", or nothing if it failed (logrotate.err)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from lamina._fsutil import atomic_write
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina.errors import InUse, LaminaError, NotFound
-from lamina.runtime import _conmon, _logrotate, _logs
+from lamina.runtime import _conmon, _logs
 from lamina.runtime._cgroups import (
     cgroup_procs,
     read_oom_kills,
@@ -396,6 +396,8 @@ class OciRuntime(Runtime):
         if self.oci_runtime is None:
             raise LaminaError("no OCI runtime was chosen to create containers with")
         if _logs.settings_of(config).keeps_rotated:
+            from lamina.runtime import _logrotate
+
             _logrotate.build(self.root)  # no compiler: refused before anything exists
         self._reconcile()
         if config.name:
@@ -549,7 +551,11 @@ class OciRuntime(Runtime):
                 self._write_spec(rec)
             cfg = rec.config
             log = _logs.settings_of(cfg)
-            rotator = _logrotate.build(self.root) if log.keeps_rotated else None
+            rotator = None
+            if log.keeps_rotated:
+                from lamina.runtime import _logrotate
+
+                rotator = _logrotate.build(self.root)
             try:
                 pid = _conmon.launch(
                     bundle,
