@@ -117,6 +117,17 @@ def test_an_unterminated_last_line_comes_last(tmp_path: Path) -> None:
     assert entries(path, tail=2) == entries(path)[-2:]
 
 
+@pytest.mark.timeout(10)
+def test_a_tail_of_empty_files_and_a_record_cut_short_ends(tmp_path: Path) -> None:
+    path = tmp_path / "ctr.log"
+    for name in ("ctr.log", "ctr.log.1", "ctr.log.2"):
+        (tmp_path / name).write_bytes(b"")
+    assert entries(path, tail=5) == []
+    (tmp_path / "ctr.log.2").write_bytes(record(T0, "stdout", "P", b"x")[:-1])  # no newline
+    assert entries(path, tail=5) == [("stdout", T0, b"x")]
+    assert entries(path, since=T0 - 1) == [("stdout", T0, b"x")]
+
+
 def write_rotating(path: Path, settings: LogSettings, lines: range) -> None:
     log = RotatingLog(path, settings)
     try:

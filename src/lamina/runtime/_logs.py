@@ -520,15 +520,16 @@ def _chain_start(files: list[LogFile], at: Pos, stream: str) -> Pos:
     return start
 
 
-def _back(files: list[LogFile], at: Pos, amount: int) -> Pos:
-    """A record's start about ``amount`` bytes before ``at`` (the log's start at most)."""
+def _back(files: list[LogFile], at: Pos, amount: int) -> tuple[Pos, bool]:
+    """A record's start about ``amount`` bytes before ``at``, and whether that is the
+    log's first record (nothing is left before it)."""
     moved = 0
     found = at
-    for found, buf, lo in _blocks_before(files, at, min(amount, _SEARCH_BLOCK)):  # noqa: B007
+    for found, buf, lo in _blocks_before(files, at, min(amount, _SEARCH_BLOCK)):
         moved += len(buf) - lo
         if moved >= amount:
-            break
-    return found
+            return found, False
+    return found, True
 
 
 def _start_for(
@@ -549,7 +550,7 @@ def _start_for(
     amount = _TAIL_BLOCK
     try:
         while True:
-            start = _back(files, end, amount)
+            start, at_first = _back(files, end, amount)
             reader, entries = _read_from(path, files, start)
             # A stream whose first record here continues a line begun earlier: start
             # where that line began, and look at the streams again from there.
@@ -563,7 +564,7 @@ def _start_for(
                     break
                 start = moved
                 reader, entries = _read_from(path, files, start)
-            if start == (0, 0):
+            if at_first:
                 break
             if tail is not None and sum(1 for e in entries if keep(e)) >= tail:
                 break

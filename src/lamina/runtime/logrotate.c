@@ -130,8 +130,8 @@ static int drain(int in)
 			const struct inotify_event *ev = (const struct inotify_event *)p;
 			if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED))
 				return -1;
-			if (ev->len && strcmp(ev->name, log_name) == 0)
-				changed = 1;
+			if ((ev->len && strcmp(ev->name, log_name) == 0) || (ev->mask & IN_Q_OVERFLOW))
+				changed = 1; /* an overflowed queue may have held LOG's events */
 			p += sizeof *ev + ev->len;
 		}
 	}
