@@ -439,6 +439,20 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         metavar="DIR|REF",
         help="VM containers: boot this VM base bundle's kernel, its disk under the image.",
     ),
+    click.option(
+        "--log-driver",
+        "log_driver",
+        default=None,
+        metavar="DRIVER",
+        help="json-file, k8s-file (default) or local: lamina's file log; none: no log.",
+    ),
+    click.option(
+        "--log-opt",
+        "log_opts",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Log option: max-size=10m (rotate at that size), max-file=3 (files kept).",
+    ),
 ]
 
 
@@ -1224,11 +1238,13 @@ def _print_template(fmt: str, rows: list[dict[str, Any]]) -> None:
 
 
 def _rfc3339_nano(ts: float) -> str:
+    """Docker's 9 digits; lamina keeps microseconds (a float holds no more), printed
+    exactly: the time of a line fed back to ``--since``/``--until`` is the line's."""
     secs = int(ts)
-    nanos = round((ts - secs) * 1e9)
-    if nanos >= 1_000_000_000:
-        secs, nanos = secs + 1, nanos - 1_000_000_000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
+    micros = round((ts - secs) * 1e6)
+    if micros >= 1_000_000:
+        secs, micros = secs + 1, micros - 1_000_000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{micros:06d}000Z"
 
 
 @_command("logs")

@@ -104,6 +104,8 @@ class RunOptions:
     auto_remove: bool = False
     isolation: str = "process"
     vm_base: str | None = None
+    log_driver: str | None = None  # None: lamina's file log (k8s-file)
+    log_opts: Sequence[str] = ()
 
 
 @dataclass
@@ -595,6 +597,11 @@ def apply_isolation(parsed: ParsedRun, isolation: str) -> None:
             )
         if cfg.ports and network == "none":
             raise InvalidOption("publishing ports (-p) needs a network: not --network none")
+        if cfg.log_driver == "none":
+            raise InvalidOption(
+                "--log-driver none is not supported for VM containers: attaching to one "
+                "reads its output from the log"
+            )
     else:
         network = given or "none"
         if network == "nat":
@@ -614,6 +621,27 @@ def apply_isolation(parsed: ParsedRun, isolation: str) -> None:
             cfg.ports = []
     cfg.network = network
     cfg.isolation = isolation
+
+
+def parse_log_options(driver: str | None, values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """``--log-driver`` and ``--log-opt KEY=VALUE``s, checked as Docker checks them
+    (``runtime._logs``): (driver, options)."""
+    if driver is None and not values:
+        return "k8s-file", {}
+    from lamina.runtime._logs import DEFAULT_DRIVER, log_settings
+
+    name = DEFAULT_DRIVER if driver is None else driver.strip()
+    options: dict[str, str] = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key.strip():
+            raise InvalidOption(f"invalid --log-opt {v!r}: expected KEY=VALUE")
+        options[key.strip()] = val.strip()
+    try:
+        log_settings(name, options)
+    except LaminaError as e:
+        raise InvalidOption(str(e)) from None
+    return name, options
 
 
 def parse_isolation(value: str | None) -> str:
@@ -726,6 +754,7 @@ def build_config(
     cfg.labels = parse_labels(opts.labels, opts.label_files)
     cfg.auto_remove = opts.auto_remove
     cfg.isolation = parse_isolation(opts.isolation)
+    cfg.log_driver, cfg.log_options = parse_log_options(opts.log_driver, opts.log_opts)
     if opts.vm_base is not None:
         if not opts.vm_base.strip():
             raise InvalidOption("--vm-base needs a bundle directory or reference")

@@ -25,8 +25,7 @@ The attach socket lives in the bundle (``--full-attach``), whose path may exceed
 the 108-byte limit of unix socket addresses, so clients connect through
 ``/proc/self/fd/<dirfd>/attach``, as podman does.
 
-Log lines are ``<RFC3339Nano> <stdout|stderr> <P|F> <bytes>``; ``P`` marks a
-partial line continued by the next one of the same stream.
+The log's format, its rotation and reading it are ``_logs``'s.
 """
 
 from __future__ import annotations
@@ -37,14 +36,12 @@ import os
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina.errors import LaminaError
-from lamina.runtime._types import LogEntry
+from lamina.runtime._logs import LogSettings
 
 if TYPE_CHECKING:
     import socket
@@ -58,6 +55,7 @@ HYBRID_CRUN = (
     "plus a v2 mount), which crun refuses; use --runtime runc"
 )
 
+_DEFAULT_LOG = LogSettings()
 STDOUT_PIPE = 2
 STDERR_PIPE = 3
 ATTACH_BUFSIZE = 8192 + 1
@@ -182,6 +180,7 @@ class Bundle:
             self.persist_dir / "oom",
             self.persist_dir / "exit",
             self.waiter,
+            d / "ctr.log.tmp",  # a log reopen conmon did not finish
         ]
 
 
@@ -207,8 +206,13 @@ def launch(
     tty: bool,
     stdin: bool,
     exit_cmd: list[str],
+    log: LogSettings = _DEFAULT_LOG,
+    rotator: Path | None = None,
 ) -> int:
-    """Start conmon, which runs ``<runtime> create``; returns the container's host PID."""
+    """Start conmon, which runs ``<runtime> create``; returns the container's host PID.
+    ``log``: where the output goes (``none``: nowhere but attached clients). A log
+    with max-size is cut by conmon (max-file 1) or rotated by the helper ``rotator``
+    (``_logrotate``), started before the container runs (see ``_logs``)."""
     bundle.exit_dir.mkdir(exist_ok=True)
     bundle.persist_dir.mkdir(exist_ok=True)
     argv = [
@@ -221,7 +225,7 @@ def launch(
         "-p", str(bundle.pidfile),
         "-n", name,
         "--exit-dir", str(bundle.exit_dir),
-        "-l", f"k8s-file:{bundle.log}",
+        "-l", f"k8s-file:{bundle.log}" if log.enabled else "none",
         "--log-level", "error",
         # No sync(2) of every filesystem when the container stops: it cost tens of
         # ms per container here; the log is as durable as Docker's (page cache).
@@ -239,7 +243,17 @@ def launch(
         argv.append("-t")
     if stdin:
         argv.append("-i")
-    return _run_conmon(argv, bundle.dir, bundle.conmon_err, runtime.name)
+    if log.enabled and log.max_size is not None and not log.keeps_rotated:
+        argv += ["--log-size-max", str(log.max_size)]
+        with contextlib.suppress(FileNotFoundError):
+            if bundle.log.stat().st_size >= log.max_size:  # Docker cuts it at the next line
+                bundle.log.unlink()  # conmon makes a new one: a follower sees a new file
+    pid = _run_conmon(argv, bundle.dir, bundle.conmon_err, runtime.name)
+    if rotator is not None and log.keeps_rotated:
+        from lamina.runtime import _logrotate
+
+        _logrotate.start(rotator, bundle.log, log, read_pidfile(bundle.conmon_pidfile))
+    return pid
 
 
 def launch_exec(
@@ -441,132 +455,3 @@ def resize(bundle: Bundle, height: int, width: int) -> None:
         os.write(fd, f"1 {height} {width}\n".encode())
     finally:
         os.close(fd)
-
-
-# -- logs ------------------------------------------------------------------------
-
-
-def parse_timestamp(text: bytes) -> float:
-    """RFC 3339 with nanoseconds (conmon's) to epoch seconds."""
-    s = text.decode()
-    # fromisoformat takes at most 6 fraction digits; keep the offset.
-    m = re.match(r"^(.*?\.\d{1,6})\d*(.*)$", s)
-    if m:
-        s = m.group(1) + m.group(2)
-    if s.endswith("Z"):
-        s = s[:-1] + "+00:00"
-    from datetime import datetime
-
-    return datetime.fromisoformat(s).timestamp()
-
-
-def _parse_line(line: bytes) -> tuple[float, str, bool, bytes] | None:
-    parts = line.split(b" ", 3)
-    if len(parts) < 3:
-        return None
-    stream = parts[1].decode(errors="replace")
-    if stream not in ("stdout", "stderr"):
-        return None
-    try:
-        ts = parse_timestamp(parts[0])
-    except ValueError:
-        return None
-    msg = parts[3] if len(parts) == 4 else b""
-    return ts, stream, parts[2] == b"P", msg
-
-
-class LogReader:
-    """Incremental reader of a k8s-file log: ``read()`` returns the complete entries
-    appended since the last call (partial lines joined, an unterminated last line
-    kept for later). With ``pieces``, an unterminated line's pieces (P entries) come
-    at once: what an attached terminal shows (a shell's prompt never ends its line)."""
-
-    def __init__(self, path: Path, *, pieces: bool = False) -> None:
-        self.path = path
-        self.pieces = pieces
-        self._offset = 0
-        self._rest = b""
-        self._partial: dict[str, tuple[float, bytes]] = {}
-
-    def read(self) -> list[LogEntry]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._rest + data
-        lines = data.split(b"\n")
-        self._rest = lines.pop()
-        out: list[LogEntry] = []
-        for line in lines:
-            parsed = _parse_line(line)
-            if parsed is None:
-                continue
-            ts, stream, partial, msg = parsed
-            if partial and self.pieces:
-                out.append(LogEntry(stream, ts, msg))
-                continue
-            if partial:
-                first_ts, buf = self._partial.get(stream, (ts, b""))
-                self._partial[stream] = (first_ts, buf + msg)
-                continue
-            if stream in self._partial:
-                first_ts, buf = self._partial.pop(stream)
-                out.append(LogEntry(stream, first_ts, buf + msg + b"\n"))
-            else:
-                out.append(LogEntry(stream, ts, msg + b"\n"))
-        return out
-
-    def flush(self) -> list[LogEntry]:
-        """Partial lines still pending (the container stopped mid-line)."""
-        out = [LogEntry(s, ts, buf) for s, (ts, buf) in self._partial.items() if buf]
-        self._partial.clear()
-        return sorted(out, key=lambda e: e.timestamp)
-
-
-def read_logs(
-    path: Path,
-    *,
-    follow: bool,
-    running: object,
-    tail: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    streams: frozenset[str] = frozenset({"stdout", "stderr"}),
-) -> Iterator[LogEntry]:
-    """Entries of the log; with ``follow``, keep polling while ``running()`` is true
-    and until the file is read to its end after that."""
-
-    def keep(e: LogEntry) -> bool:
-        if e.stream not in streams:
-            return False
-        if since is not None and e.timestamp < since:
-            return False
-        return not (until is not None and e.timestamp > until)
-
-    reader = LogReader(path)
-    first = [e for e in reader.read() if keep(e)]
-    if not follow:
-        first += [e for e in reader.flush() if keep(e)]
-    if tail is not None:
-        first = first[-tail:] if tail > 0 else []
-    yield from first
-    if not follow:
-        return
-    delay = 0.01
-    is_running = running if callable(running) else (lambda: False)
-    while True:
-        still = bool(is_running())
-        batch = [e for e in reader.read() if keep(e)]
-        yield from batch
-        if until is not None and time.time() > until:
-            return
-        if not still:
-            # The monitor has stopped writing: one last read, then what is pending.
-            yield from (e for e in reader.read() if keep(e))
-            yield from (e for e in reader.flush() if keep(e))
-            return
-        delay = 0.01 if batch else min(delay * 2, 0.2)
-        time.sleep(delay)

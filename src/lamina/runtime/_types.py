@@ -139,6 +139,10 @@ class ContainerConfig:
     # A lamina._leases lease id: the container is disposable work of that process (a
     # build's RUN step); once the lease is not alive, the runtime removes it.
     owner: str = ""
+    # --log-driver: json-file, k8s-file and local are lamina's file log, none keeps
+    # none; --log-opt KEY=VALUE (max-size, max-file). Checked by runtime._logs.
+    log_driver: str = "k8s-file"
+    log_options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Configs read back from JSON hold plain dicts.

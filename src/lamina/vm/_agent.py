@@ -25,11 +25,11 @@ import selectors
 import shutil
 import socket
 import struct
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina._cbuild import compile_c
 from lamina.errors import LaminaError
 from lamina.vm._arch import Arch, get_arch
 
@@ -204,21 +204,7 @@ def build_agent(root: Path, arch: Arch | None = None) -> Path:
             f"building the {arch.name} micro-VM guest agent needs {arch.cc} and static glibc "
             f"({arch.cc_hint})"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".lamina-agent.{os.getpid()}.tmp")
-    try:
-        proc = subprocess.run(
-            [cc, *CFLAGS, "-o", str(tmp), str(AGENT_SOURCE)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            raise LaminaError(f"compiling the guest agent failed: {lines[-1] if lines else '?'}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    compile_c(root, cc, CFLAGS, AGENT_SOURCE, out, "the guest agent")
     return out
 
 

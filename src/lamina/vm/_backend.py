@@ -67,6 +67,7 @@ from typing import Any, BinaryIO
 from lamina import _sqlite
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime._interface import Runtime
+from lamina.runtime._logs import LogSettings, RotatingLog, settings_of
 from lamina.runtime._term import follow_window_size, raw_terminal, window_size
 from lamina.runtime._types import (
     ChangeEntry,
@@ -580,7 +581,7 @@ class VmRuntime(Runtime):
         stdout: bool = True,
         stderr: bool = True,
     ) -> Iterator[LogEntry]:
-        from lamina.runtime import _conmon
+        from lamina.runtime._logs import read_logs
 
         r = self._row(ref)
         cid = r["id"]
@@ -589,7 +590,7 @@ class VmRuntime(Runtime):
         def running() -> bool:
             return not self._wait_exit(cid, 0)
 
-        return _conmon.read_logs(
+        return read_logs(
             self.dir / cid / "ctr.log",
             follow=follow,
             running=running,
@@ -672,6 +673,7 @@ class VmRuntime(Runtime):
                 "AutoRemove": cfg.auto_remove,
                 "NetworkMode": cfg.network,
                 "PortBindings": _port_map(cfg.ports, requested=True),
+                "LogConfig": {"Type": cfg.log_driver, "Config": dict(cfg.log_options)},
             },
             "Mounts": [_mount_info(self.root, share) for share in process.get("shares", [])]
             + [_tmpfs_info(t) for t in process.get("tmpfs", [])],
@@ -774,7 +776,7 @@ class VmRuntime(Runtime):
         the VM is up. Stdin (when the container has ``-i``) and the terminal's size go
         to the supervisor over ``ctl.sock`` as STDIN and RESIZE frames for the
         workload's session; the end of stdin closes the workload's (a terminal: ^D)."""
-        from lamina.runtime._conmon import LogReader
+        from lamina.runtime._logs import LogReader
 
         r = self._row(ref)
         cid = r["id"]
@@ -1160,10 +1162,11 @@ def _rss(pid: int) -> int:
 
 
 class _LogWriter:
-    """Appends output to a k8s-file log: complete lines as F, an unterminated rest as P."""
+    """Appends output to a k8s-file log: complete lines as F, an unterminated rest as P;
+    rotated as ``--log-opt`` says."""
 
-    def __init__(self, path: Path) -> None:
-        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the VM
+    def __init__(self, path: Path, settings: LogSettings) -> None:
+        self.f = RotatingLog(path, settings)  # lives as long as the VM
 
     def write(self, stream: str, data: bytes) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
@@ -1173,7 +1176,7 @@ class _LogWriter:
         chunks = [head + b"F " + line + b"\n" for line in lines]
         if rest:
             chunks.append(head + b"P " + rest + b"\n")
-        self.f.write(b"".join(chunks))
+        self.f.write(chunks)
 
 
 def supervise(root: Path, cid: str) -> int:
@@ -1261,7 +1264,7 @@ def supervise(root: Path, cid: str) -> int:
                          groups=p["groups"], stdin=bool(settings.get("stdin_open")),
                          tty=bool(settings.get("tty")), size=(size[0], size[1]) if size else None),
         )  # fmt: skip
-        log = _LogWriter(vmdir / "ctr.log")
+        log = _LogWriter(vmdir / "ctr.log", settings_of(_config_from_dict(settings)))
         tmp = vmdir / "ctl.sock.tmp"
         tmp.unlink(missing_ok=True)
         with _short_path(tmp) as path:
