@@ -75,10 +75,12 @@ class LocalImages:
         return _gc.StoreLease(self, kind)
 
     def reap(self) -> None:
-        """Clean up after operations whose process died (``lamina._leases.reap``): their
-        scratch directories, temp files and mounts. Cheap: one glob and an flock try
-        per lease."""
+        """Clean up after operations whose process died: their scratch directories,
+        temp files and mounts (``lamina._leases.reap``), and abandoned ingests nobody
+        will resume (``clean_ingests``). Cheap: a glob and an flock try per lease and
+        per ingest."""
         _leases.reap(self.root)
+        self.content.clean_ingests()
 
     # -- reading content
     def manifest_for(self, target_digest: str, platform: Platform | None = None) -> Manifest:
@@ -189,9 +191,7 @@ class LocalImages:
             result.reclaimed = collected.reclaimed
         return result
 
-    def _remove_name(
-        self, typed: str, name: str, image: ImageRecord, force: bool
-    ) -> RemoveResult:
+    def _remove_name(self, typed: str, name: str, image: ImageRecord, force: bool) -> RemoveResult:
         refs = self._refs(image.id)
         if not force and _single_reference(refs):
             holder = self._holder(image.id)

@@ -26,7 +26,7 @@ manifest is downloaded once (two writers on one ingest would interleave their by
 Failure leaves nothing half-written: no blob is committed, snapshots this pull
 created are collected again, no record is written. Partial downloads stay as ingests
 so the next pull resumes them with a Range request (a digest mismatch discards the
-ingest); each pull removes abandoned ones past ``RESUMABLE_SECONDS``.
+ingest); taking the lease removes abandoned ones past ``RESUMABLE_SECONDS``.
 
 Concurrent pulls (threads or processes) needing the same blobs serialise on
 ``flock``s under ``<root>/locks/`` (64 stripes by digest, taken in order up front),
@@ -142,9 +142,7 @@ def _pull(
                 sink.event(ProgressEvent("finished", message=up_to_date))
                 return _ensure_unpacked(local, existing, lease) if unpack else existing
         puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack, lease)
-        record = puller.run()
-    local.content.clean_ingests()  # routine: abandoned downloads past their time
-    return record
+        return puller.run()
 
 
 def _local_image(
