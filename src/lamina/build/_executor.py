@@ -1020,10 +1020,9 @@ class StageRun:
     ) -> Layer | None:
         """Mount ``state`` writable, let ``write`` change it, commit the changes."""
         lowers = self.b.lowers(state)
-        lease = self.b.lease
-        scratch = fops.scratch_dir(self.b.root, lease)
+        scratch = fops.scratch_dir(self.b.root, self.b.lease)
         try:
-            with fops.overlay_view(scratch, lowers, writable=True, lease=lease) as merged:
+            with fops.overlay_view(scratch, lowers, writable=True) as merged:
                 write(merged)
             upper = scratch / "upper"
             if not any(os.scandir(upper)):
@@ -1037,7 +1036,7 @@ class StageRun:
             )
         finally:
             fops.unmount(scratch / "merged")
-            fops.remove_scratch(scratch, lease)
+            fops.remove_scratch(scratch)
 
     # -- RUN ------------------------------------------------------------------------------
     def _run(self, ins: Instruction) -> None:
@@ -1148,7 +1147,7 @@ class StageRun:
                 return result
             finally:
                 if tmpdir is not None:
-                    fops.remove_scratch(tmpdir, b.lease)
+                    fops.remove_scratch(tmpdir)
 
         text = ins.text() if not ins.heredocs else ins.original.split("\n", 1)[0]
         self.fs(ins, text, material, produce, created_by)
@@ -1277,13 +1276,10 @@ class StageRun:
             with contextlib.ExitStack() as stack:
                 view: Path | None = None
                 if from_state is not None:
-                    lease = self.b.lease
-                    scratch = fops.scratch_dir(self.b.root, lease)
-                    stack.callback(fops.remove_scratch, scratch, lease)
+                    scratch = fops.scratch_dir(self.b.root, self.b.lease)
+                    stack.callback(fops.remove_scratch, scratch)
                     lowers = self.b.lowers(from_state)
-                    view = stack.enter_context(
-                        fops.overlay_view(scratch, lowers, writable=False, lease=lease)
-                    )
+                    view = stack.enter_context(fops.overlay_view(scratch, lowers, writable=False))
 
                 def write(merged: Path) -> None:
                     owner = fops.resolve_owner(merged, chown, where) if chown else None

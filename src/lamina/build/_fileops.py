@@ -8,10 +8,10 @@ kept; new parent directories made), unmounts, and the upper directory is the
 layer. Read-only views of other stages and images (``COPY --from``, bind mounts)
 are the same overlay without an upper directory.
 
-Mounts live under ``<root>/build-tmp/<random>/`` and are always unmounted on the
-way out. The scratch directory and each mount are registered on the build's store
-lease before they are made, so the next lamina command that reaps leases unmounts
-and removes what a killed build left there.
+Mounts live under ``<root>/build-tmp/<build's lease>/<random>/`` and are always
+unmounted on the way out. That lease directory is registered on the build's store
+lease before anything is made in it, so the next lamina command that reaps leases
+unmounts and removes what a killed build left there.
 """
 
 from __future__ import annotations
@@ -57,28 +57,21 @@ def unmount(target: Path) -> None:
 
 
 def scratch_dir(root: Path, lease: StoreLease) -> Path:
-    """A fresh directory under ``<root>/build-tmp``, registered on ``lease`` first."""
-    base = root / BUILD_SCRATCH
-    base.mkdir(parents=True, exist_ok=True)
-    path = base / f"b-{os.getpid()}-{secrets.token_hex(6)}"
-    lease.add_path(path)
-    path.mkdir(mode=0o700)
+    """A fresh directory in the build's own under ``<root>/build-tmp``."""
+    path = lease.scratch_dir(root / BUILD_SCRATCH) / secrets.token_hex(6)
+    path.mkdir()
     return path
 
 
-def remove_scratch(path: Path, lease: StoreLease) -> None:
-    """Remove a ``scratch_dir`` (its mounts are gone by now) and forget it."""
+def remove_scratch(path: Path) -> None:
+    """Remove a ``scratch_dir`` (its mounts are gone by now)."""
     shutil.rmtree(path, ignore_errors=True)
-    lease.discard(path)
 
 
 @contextlib.contextmanager
-def overlay_view(
-    scratch: Path, lowers: list[Path], *, writable: bool, lease: StoreLease
-) -> Iterator[Path]:
+def overlay_view(scratch: Path, lowers: list[Path], *, writable: bool) -> Iterator[Path]:
     """Mount the stack ``lowers`` (top first) at ``scratch/merged`` (``view`` when
-    read-only); writable views put their changes in ``scratch/upper``. The mount is
-    registered on ``lease`` while it exists."""
+    read-only); writable views put their changes in ``scratch/upper``."""
     lower = [str(p) for p in lowers]
     # Overlayfs wants one lower dir with an upper dir, two without: pad with empty ones.
     n = 0
@@ -98,13 +91,11 @@ def overlay_view(
         upper.mkdir(exist_ok=True)
         work.mkdir(exist_ok=True)
         os.chmod(upper, 0o755)
-    lease.add_mount(target)
+    _mount_overlay(target, lower, upper, work)
     try:
-        _mount_overlay(target, lower, upper, work)
         yield target
     finally:
         unmount(target)
-        lease.discard(target)
 
 
 # ------------------------------------------------------------------ paths in a root

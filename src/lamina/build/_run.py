@@ -218,7 +218,7 @@ class Runner:
             def tmp() -> Path:
                 if not scratch:
                     scratch.append(scratch_dir(self.root, self.lease))
-                    stack.callback(remove_scratch, scratch[0], self.lease)
+                    stack.callback(remove_scratch, scratch[0])
                 path = scratch[0] / f"m{len(os.listdir(scratch[0]))}"
                 path.mkdir()
                 return path
@@ -327,13 +327,12 @@ class Runner:
             if not writable:
                 return host, True
             if host.is_dir():
-                writable_view = overlay_view(tmp(), [host], writable=True, lease=self.lease)
-                return stack.enter_context(writable_view), False
+                return stack.enter_context(overlay_view(tmp(), [host], writable=True)), False
             copy = tmp() / host.name
             shutil.copy2(host, copy)
             return copy, False
         lowers = sources.stack_lowers(m.from_)
-        view = stack.enter_context(overlay_view(tmp(), lowers, writable=writable, lease=self.lease))
+        view = stack.enter_context(overlay_view(tmp(), lowers, writable=writable))
         host = resolve_in(view, m.source or "/")
         if not os.path.lexists(host):
             raise BuildError(f"bind source {m.source or '/'} not found in {m.from_}")

@@ -33,12 +33,13 @@ an rmi either holds a record that stays or fails cleanly.
 
 Leftovers are owned the same way. An ingest is flocked by its writer; an abandoned one
 is removed by ``clean_ingests`` (a pull's after ``RESUMABLE_SECONDS``, for a retry to
-resume it; any other at once), which every collection and every pull runs. A snapshot's
-``.tmp-`` directory, a build's scratch directories and overlay mounts, ``save``'s temp
-file are registered on their operation's lease before they are made, so
-``LocalImages.reap`` (``lamina._leases.reap``, run by every entry point of the image plane
-that writes) removes them as soon as their owner is dead. ``prune`` removes everything no
-live lease owns, whoever made it.
+resume it; any other at once), which every lease taken and every collection runs.
+Unpacks in progress and a build's scratch directories and overlay mounts live in the
+lease's own directories (``StoreLease.scratch_dir``: ``snapshots/.tmp-<lease>``,
+``build-tmp/<lease>``) and ``save``'s temp file is registered on its lease, each before
+it is made, so ``LocalImages.reap`` (``lamina._leases.reap``, run whenever a lease is
+taken) unmounts and removes them as soon as their owner is dead. ``prune`` removes
+everything no live lease owns, whoever made it.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class StoreLease:
             raise
         self.id = self._lease.id
         self._released = False
+        self._scratch: dict[Path, Path] = {}
 
     # -- protection from the collector
     def protect(
@@ -153,6 +155,19 @@ class StoreLease:
         return digest
 
     # -- what the owner's death must undo (lamina._leases)
+    def scratch_dir(self, parent: Path, prefix: str = "") -> Path:
+        """This lease's own directory under ``parent`` (``<prefix><lease id>``), made and
+        registered on first use: scratch made inside it, mounts included, goes with it if
+        the owner dies, with no bookkeeping per item. Removed by ``release``."""
+        with self._lock:
+            path = self._scratch.get(parent)
+            if path is None:
+                path = Path(parent) / f"{prefix}{self.id}"
+                self._lease.add_path(path)
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._scratch[parent] = path
+            return path
+
     def add_path(self, path: str | os.PathLike[str]) -> None:
         with self._lock:
             self._lease.add_path(path)
@@ -176,6 +191,8 @@ class StoreLease:
                 self._db.drop_lease_refs([self.id])
             finally:
                 self._db.close()
+                for path in self._scratch.values():
+                    shutil.rmtree(path, ignore_errors=True)
                 self._lease.release()
 
     def __enter__(self) -> StoreLease:

@@ -6,15 +6,15 @@ directory, named after its chain ID, so the directories stack directly as overla
 
     <root>/<hex of chain id>/fs          the unpacked layer
     <root>/<hex of chain id>/meta.json   {"chain_id", "diff_id", "size"}
-    <root>/.tmp-<random>/                an unpack in progress
+    <root>/.tmp-<lease>/<random>/        an unpack in progress
     <root>/.del-<random>/                a snapshot being removed
 
 A snapshot directory only ever appears by renaming a fully unpacked, diff_id-verified scratch
 directory into place, so a visible snapshot is complete. Two processes unpacking the same layer
-both do the work; the first rename wins and the loser discards its copy. A `.tmp-` directory is
-registered on its maker's lease (a ``Registrar``: ``lamina._leases``) before it is made, so the
-next command that reaps leases removes it as soon as its maker is dead; `.del-` directories are
-removed by whoever finds them (removal is idempotent). The store knows nothing of who uses a
+both do the work; the first rename wins and the loser discards its copy. Scratch directories
+are made inside their maker's lease directory (a ``Registrar``, `.tmp-<lease id>/`), so the
+next command that reaps leases removes them as soon as their maker is dead; `.del-` directories
+are removed by whoever finds them (removal is idempotent). The store knows nothing of who uses a
 snapshot: which ones may go is the garbage collector's business (``_gc``).
 """
 
@@ -40,10 +40,10 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class Registrar(Protocol):
-    """Who answers for a scratch directory if its maker dies (a lease)."""
+    """Who answers for scratch directories if their maker dies (a lease): it gives a
+    directory of its own, removed with it."""
 
-    def add_path(self, path: str | os.PathLike[str]) -> None: ...
-    def discard(self, path: str | os.PathLike[str]) -> None: ...
+    def scratch_dir(self, parent: Path, prefix: str = "") -> Path: ...
 
 
 def _check(digest: str, what: str) -> str:
@@ -96,17 +96,15 @@ class Snapshotter:
             return [Path(e.path) for e in it if e.name.startswith((".tmp-", ".del-"))]
 
     def _scratch_dir(self, registrar: Registrar | None) -> Path:
-        """A new ``.tmp-`` directory, registered before it exists."""
-        tmp = self.root / f".tmp-{secrets.token_hex(8)}"
-        if registrar is not None:
-            registrar.add_path(tmp)
+        """A new scratch directory: in the registrar's own ``.tmp-`` directory (gone
+        with it if its maker dies), else a ``.tmp-`` of its own."""
+        token = secrets.token_hex(8)
+        if registrar is None:
+            tmp = self.root / f".tmp-{token}"
+        else:
+            tmp = registrar.scratch_dir(self.root, ".tmp-") / token
         os.mkdir(tmp, 0o755)
         return tmp
-
-    def _drop_scratch(self, tmp: Path, registrar: Registrar | None) -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if registrar is not None:
-            registrar.discard(tmp)
 
     def _dir(self, chain_id: str) -> Path:
         return self.root / _check(chain_id, "chain ID")[len("sha256:") :]
@@ -188,7 +186,7 @@ class Snapshotter:
         The compression is sniffed from the content (registries mislabel it), the media type
         only has to be a known layer type. Raises DigestMismatch, leaving nothing behind, when
         the uncompressed content does not hash to `expected_diff_id`. The scratch directory
-        is registered with ``registrar`` while it exists.
+        is made in ``registrar``'s own (see ``Registrar``).
         """
         final = self._dir(chain_id)
         _check(expected_diff_id, "diff_id")
@@ -211,9 +209,9 @@ class Snapshotter:
                 raise DigestMismatch(
                     f"layer {expected_diff_id}: uncompressed content hashes to {result.diff_id}"
                 )
-            self._publish(tmp, chain_id, result.diff_id, result.size, registrar)
+            self._publish(tmp, chain_id, result.diff_id, result.size)
         except BaseException:
-            self._drop_scratch(tmp, registrar)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final / "fs"
 
@@ -236,7 +234,7 @@ class Snapshotter:
         try:
             os.rename(fs, tmp / "fs")
             os.chmod(tmp / "fs", 0o755)
-            self._publish(tmp, chain_id, diff_id, size, registrar)
+            self._publish(tmp, chain_id, diff_id, size)
             return True
         except OSError as e:
             shutil.rmtree(fs, ignore_errors=True)
@@ -244,11 +242,9 @@ class Snapshotter:
                 return False
             raise
         finally:
-            self._drop_scratch(tmp, registrar)
+            shutil.rmtree(tmp, ignore_errors=True)
 
-    def _publish(
-        self, tmp: Path, chain_id: str, diff_id: str, size: int, registrar: Registrar | None
-    ) -> None:
+    def _publish(self, tmp: Path, chain_id: str, diff_id: str, size: int) -> None:
         """Rename the complete scratch dir ``tmp`` into place as ``chain_id``."""
         meta = {"chain_id": chain_id, "diff_id": diff_id, "size": size}
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
@@ -258,8 +254,6 @@ class Snapshotter:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-        if registrar is not None:
-            registrar.discard(tmp)
 
     def lowerdirs(self, chain_ids: builtins.list[str]) -> builtins.list[Path]:
         """Snapshot dirs for a layer stack given bottom first, in overlayfs lowerdir order
