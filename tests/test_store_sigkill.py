@@ -9,11 +9,18 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from registry_server import RegistryServer, TestImage, build_image, busybox_layer, layer_tar
-from runtime_fixtures import import_busybox, lamina_cli, lamina_ok, overlay_mounts
+from runtime_fixtures import (
+    import_busybox,
+    lamina_cli,
+    lamina_ok,
+    overlay_mounts,
+    remove_all_containers,
+)
 from store_fixtures import (
     StallProxy,
     assert_clean,
@@ -26,12 +33,24 @@ from store_fixtures import (
 )
 
 from lamina import _leases
+from lamina._mount import unmount_under
 from lamina.image import LocalImages
 from lamina.registry import pull, push
 
 BIG = 24 * 1024 * 1024
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts, runc)")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """A lamina root for a build test; whatever a failed test leaves running or mounted
+    there is removed afterwards."""
+    root = tmp_path / "root"
+    yield root
+    if (root / "containers.db").exists():
+        remove_all_containers(root)
+    unmount_under(root)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +83,14 @@ def big_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return rootfs
 
 
+def _unpacked(root: Path, ref: str) -> bool:
+    local = LocalImages.open(root)
+    try:
+        return local.is_unpacked(local.require(ref))
+    finally:
+        local.close()
+
+
 def _snapshot_scratch(root: Path) -> bool:
     snaps = root / "snapshots"
     return snaps.is_dir() and any(p.name.startswith(".tmp-") for p in snaps.iterdir())
@@ -94,9 +121,7 @@ def test_killed_during_download_the_next_pull_resumes_and_cleans_up(
         lamina_ok(root, "pull", "-q", f"{proxy.host}/{big_image[1]}")
         (resumed,) = proxy.seen("GET", big)
     assert resumed.header("Range") == f"bytes={kept}-"
-    local = LocalImages.open(root)
-    assert local.is_unpacked(local.require(f"{proxy.host}/{big_image[1]}"))
-    local.close()
+    assert _unpacked(root, f"{proxy.host}/{big_image[1]}")
     assert_clean(root)
 
 
@@ -121,9 +146,7 @@ def test_killed_during_unpack(
     local.close()
     kill_when(start(root, "pull", ref), lambda: _snapshot_scratch(root))
     lamina_ok(root, "pull", "-q", ref)
-    local = LocalImages.open(root)
-    assert local.is_unpacked(local.require(ref))
-    local.close()
+    assert _unpacked(root, ref)
     assert_clean(root)
 
 
@@ -181,8 +204,7 @@ def _build_mounted(root: Path) -> bool:
 
 
 @needs_root
-def test_killed_during_a_build_copy(big_rootfs: Path, tmp_path: Path) -> None:
-    root = tmp_path / "root"
+def test_killed_during_a_build_copy(big_rootfs: Path, tmp_path: Path, root: Path) -> None:
     import_busybox(root, tmp_path, "base:1")
     context = _build_context(tmp_path, big_rootfs, "FROM base:1\nCOPY big /big\n")
     kill_when(start(root, "build", "-t", "built:1", str(context)), lambda: _build_mounted(root))
@@ -196,8 +218,9 @@ def test_killed_during_a_build_copy(big_rootfs: Path, tmp_path: Path) -> None:
 
 
 @needs_root
-def test_killed_while_a_build_commits_its_layer(big_rootfs: Path, tmp_path: Path) -> None:
-    root = tmp_path / "root"
+def test_killed_while_a_build_commits_its_layer(
+    big_rootfs: Path, tmp_path: Path, root: Path
+) -> None:
     import_busybox(root, tmp_path, "base:1")
     context = _build_context(tmp_path, big_rootfs, "FROM base:1\nCOPY big /big\n")
     kill_when(start(root, "build", "-t", "built:1", str(context)), lambda: ingests(root))
@@ -208,10 +231,9 @@ def test_killed_while_a_build_commits_its_layer(big_rootfs: Path, tmp_path: Path
 
 
 @needs_root
-def test_killed_while_a_run_step_runs(tmp_path: Path) -> None:
+def test_killed_while_a_run_step_runs(tmp_path: Path, root: Path) -> None:
     from lamina.runtime._state import StateStore
 
-    root = tmp_path / "root"
     import_busybox(root, tmp_path, "base:1")
     context = tmp_path / "context"
     context.mkdir()

@@ -181,11 +181,12 @@ class LocalImages:
         use, with ``force``; lamina's holds do not tell running from stopped)."""
         image = self.images.resolve(name_or_id)
         name = self._name_named(name_or_id, image)
+        records = len(self.images.with_id(image.id))
         if name is not None:
             result = self._remove_name(name_or_id, name, image, force)
         else:
             result = self._remove_id(image, force)
-        if result.deleted:
+        if len(self.images.with_id(image.id)) < records:
             collected = self.collect_garbage()
             result.deleted.extend(d for d in collected.removed if d != image.id)
             result.reclaimed = collected.reclaimed
