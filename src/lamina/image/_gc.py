@@ -172,10 +172,6 @@ class StoreLease:
         with self._lock:
             self._lease.add_path(path)
 
-    def add_mount(self, path: str | os.PathLike[str]) -> None:
-        with self._lock:
-            self._lease.add_mount(path)
-
     def discard(self, path: str | os.PathLike[str]) -> None:
         with self._lock:
             self._lease.discard(path)
@@ -192,7 +188,7 @@ class StoreLease:
             finally:
                 self._db.close()
                 for path in self._scratch.values():
-                    shutil.rmtree(path, ignore_errors=True)
+                    _remove_tree(str(path))  # empty by now, unless work failed midway
                 self._lease.release()
 
     def __enter__(self) -> StoreLease:
