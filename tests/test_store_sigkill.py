@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from lamina import _leases
 from lamina._mount import unmount_under
 from lamina.image import LocalImages
 from lamina.registry import pull, push
+from lamina.testing import make_busybox_rootfs
 
 BIG = 24 * 1024 * 1024
 
@@ -134,6 +136,22 @@ def test_killed_during_download_image_prune_frees_everything(
     assert_clean(root)
     assert list((root / "content" / "blobs" / "sha256").iterdir()) == []
     assert [p.name for p in (root / "snapshots").iterdir()] == []
+
+
+def test_a_killed_pulls_download_is_kept_for_a_day_then_goes(
+    registry: RegistryServer, big_image: tuple[TestImage, str], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    big = _stalled_pull(registry, big_image, root)
+    key = hashlib.sha256(f"pull-{big}".encode()).hexdigest()
+    data = root / "content" / "ingest" / key / "data"
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    lamina_ok(root, "import", str(rootfs), "other:1")  # any command that writes images
+    assert data.exists()  # a retried pull resumes it
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(data, (two_days_ago, two_days_ago))
+    lamina_ok(root, "import", str(rootfs), "other:2")
+    assert not data.parent.exists()
 
 
 def test_killed_during_unpack(
