@@ -247,6 +247,24 @@ def test_hold_of_a_removed_image_fails_and_a_held_image_stays(tmp_path: Path) ->
         local.close()
 
 
+def test_a_hold_keeps_its_images_content_even_without_the_record(tmp_path: Path) -> None:
+    """Holds written before hold() checked the record (the rmi race of issue 9) may
+    name a record that is gone: the container's layers must survive a collection."""
+    local = LocalImages.open(tmp_path / "root")
+    try:
+        record = import_rootfs(local, make_busybox_rootfs(tmp_path / "rootfs"), reference="a:1")
+        chains = local.unpack(record)
+        local.images.hold("container:c1", record.digest)
+        with local.images._db:  # as an old rmi left it: the record gone, the hold kept
+            local.images._db.execute("DELETE FROM names WHERE digest=?", (record.digest,))
+            local.images._db.execute("DELETE FROM images WHERE digest=?", (record.digest,))
+        local.collect_garbage()
+        assert local.content.exists(record.digest) and local.content.exists(record.id)
+        assert all(local.snapshots.exists(c) for c in chains)
+    finally:
+        local.close()
+
+
 def test_an_image_listing_a_layer_twice(registry: RegistryServer, tmp_path: Path) -> None:
     """Both copies were downloaded into one ingest at once: the pull failed with a
     digest mismatch and every retry made the ingest grow."""

@@ -3,13 +3,13 @@
 Lifecycle in one comment (containerd's model: content is invisible until committed and
 verified, and garbage is whatever no root reaches):
 
-Roots. An image record reaches its target blob, the child manifests of an index, each
-manifest's config and layers, and the snapshots of each platform manifest's layer stack
-(the chain IDs of its config's diff_ids). Work in flight is a root too: every pull, build,
-import, load, commit and save takes a ``StoreLease`` (``LocalImages.lease``), which is a
-``lamina._leases`` lease (an flock its owner holds until it ends, however it ends) plus
-rows in ``images.db`` (``lease_refs``) naming the blobs, snapshots and images the work
-relies on. Rows of a lease whose owner is gone count for nothing and are dropped.
+Roots. An image record (or a hold) reaches its target blob, the child manifests of an
+index, each manifest's config and layers, and the snapshots of each platform manifest's
+layer stack (the chain IDs of its config's diff_ids). Work in flight is a root too: every
+pull, build, import, load, commit and save takes a ``StoreLease`` (``LocalImages.lease``),
+which is a ``lamina._leases`` lease (an flock its owner holds until it ends, however it
+ends) plus rows in ``images.db`` (``lease_refs``) naming the blobs, snapshots and images
+the work relies on. Rows of a lease whose owner is gone count for nothing and are dropped.
 
 The race, and why there is none. The collector marks, then sweeps; an operation checks
 that something exists and then relies on it (a layer shared with an image being removed),

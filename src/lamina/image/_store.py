@@ -69,7 +69,7 @@ BLOB, SNAPSHOT, IMAGE = "blob", "snapshot", "image"
 class GcRoots:
     """What the garbage collector starts from, read in one transaction."""
 
-    images: builtins.list[str]  # target digests of every record
+    images: builtins.list[str]  # target digests of every record, and of every hold
     leased: builtins.list[tuple[str, str, str]]  # (lease id, kind, ref)
 
 
@@ -320,11 +320,18 @@ class ImageStore:
                     )
 
     def gc_roots(self) -> GcRoots:
-        """Every record's target and every lease ref, as of one moment: a record put
-        and its lease's refs dropped just after cannot both be missed."""
+        """Every record's (and hold's) target and every lease ref, as of one moment: a
+        record put and its lease's refs dropped just after cannot both be missed."""
         self._db.execute("BEGIN")
         try:
-            images = [r[0] for r in self._db.execute("SELECT digest FROM images")]
+            # A hold outlives its record only in a database written before hold() checked
+            # the record; what the holder runs on stays all the same.
+            images = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT digest FROM images UNION SELECT digest FROM holds"
+                )
+            ]
             leased = [
                 (str(r[0]), str(r[1]), str(r[2]))
                 for r in self._db.execute("SELECT lease, kind, ref FROM lease_refs")
