@@ -201,7 +201,7 @@ def test_unsupported_media_type_is_rejected(store: Snapshotter) -> None:
         )
 
 
-def test_stale_scratch_dirs_are_swept(tmp_path: Path) -> None:
+def test_removals_in_progress_are_swept_unpacks_are_left_to_their_leases(tmp_path: Path) -> None:
     root = tmp_path / "snapshots"
     root.mkdir()
     for name in (".tmp-old", ".tmp-fresh", ".del-any"):
@@ -209,4 +209,5 @@ def test_stale_scratch_dirs_are_swept(tmp_path: Path) -> None:
     old = time.time() - 7200
     os.utime(root / ".tmp-old", (old, old))
     Snapshotter(root)
-    assert os.listdir(root) == [".tmp-fresh"]  # may still be filled by another process
+    # Whether an unpack's scratch dir is abandoned is its lease's to say, not its age.
+    assert sorted(os.listdir(root)) == [".tmp-fresh", ".tmp-old"]

@@ -40,7 +40,7 @@ def test_a_vm_container_holds_its_image(root: Path) -> None:
     r = _lamina(root, "create", "--isolation", "vm", "--name", "holder", "bb:vm", "true")
     assert r.returncode == 0, r.stderr
     r = _lamina(root, "rmi", "bb:vm")
-    assert r.returncode == 1 and "in use by container:" in r.stderr
+    assert r.returncode == 1 and "is using its referenced image" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert _lamina(root, "rm", "holder").returncode == 0
     r = _lamina(root, "rmi", "bb:vm")

@@ -1,5 +1,6 @@
 """Mounting an overlay filesystem the one way: build stage views and container roots;
-and ``unmount_under``, the one way to clear every mount below a directory.
+and ``unmount_under``, the one way to clear every mount below a directory
+(``mounts_under`` lists them).
 
 ``mount_overlay`` calls mount(2) through libc (no mount(8) process). The kernel
 copies at most one page of mount options; a longer ``lowerdir=`` list is retried
@@ -69,15 +70,19 @@ def _mount(target: Path, opts: str) -> int:
     return last_errno() or errno.EIO
 
 
-def unmount_under(root: str | os.PathLike[str]) -> None:
-    """Lazily unmount every mount at or below ``root``, deepest first (a failed
-    debootstrap's /proc, a peer tool's overlays); nothing mounted is no error."""
+def mounts_under(root: str | os.PathLike[str]) -> list[str]:
+    """Mount points at or below ``root`` (from /proc/self/mountinfo)."""
     prefix = str(root)
     try:
         with open("/proc/self/mountinfo") as f:
             points = [line.split()[4] for line in f]
     except OSError:
-        return
-    inside = [p for p in points if p == prefix or p.startswith(prefix + "/")]
-    for point in sorted(inside, key=len, reverse=True):
+        return []
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def unmount_under(root: str | os.PathLike[str]) -> None:
+    """Lazily unmount every mount at or below ``root``, deepest first (a failed
+    debootstrap's /proc, a peer tool's overlays); nothing mounted is no error."""
+    for point in sorted(mounts_under(root), key=len, reverse=True):
         libc().umount2(point.encode(), MNT_DETACH)

@@ -5,11 +5,13 @@ RUN container's, or the scratch overlay a COPY wrote through). ``commit_layer``
 archives it into the content store (``write_layer``, deterministic, whiteouts for
 deletions) and then *adopts* the directory as the snapshot of the new layer stack,
 so the next step mounts it at once instead of unpacking the blob it was just
-compressed into. Adoption follows the snapshot store's on-disk contract
-(``<snapshots>/<hex chain id>/{fs,meta.json}``, appearing by one rename of a
-complete ``.tmp-`` directory); when the rename cannot be done (another process
-won, another filesystem) the directory is dropped and the runtime unpacks the
-blob when it needs the snapshot.
+compressed into (``Snapshotter.adopt``); when that cannot be done (another
+filesystem) the directory is dropped and the runtime unpacks the blob when it
+needs the snapshot.
+
+Everything the build stores is protected by its store lease (``_gc.StoreLease``)
+before it is created or relied on, so a concurrent ``rmi``/``prune`` cannot sweep
+a layer between the step that made it and the record that names it.
 
 ``stack_image`` gives a layer stack an image record the runtime can start a
 container from: a config with nothing but the platform and the diff_ids, so the
@@ -19,11 +21,7 @@ same stack always is the same record. These records are held by ``build-cache``:
 
 from __future__ import annotations
 
-import errno
-import json
-import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from lamina.errors import NotFound
 from lamina.image import _media as media
+from lamina.image._gc import StoreLease
 from lamina.image._local import LocalImages
 from lamina.image._manifest import Descriptor, Manifest, Platform, dump_json
 from lamina.image._snapshots import chain_ids
@@ -59,15 +58,16 @@ class Layer:
 
 class Store:
     """The local image plane, shared by the stage threads of one build: SQLite
-    writes go through one lock (one connection, one transaction at a time)."""
+    writes go through one lock (one connection, one transaction at a time); what is
+    stored is protected by the build's ``lease``."""
 
-    def __init__(self, local: LocalImages) -> None:
+    def __init__(self, local: LocalImages, lease: StoreLease) -> None:
         self.local = local
+        self.lease = lease
         self.lock = threading.Lock()
 
     def add_blob(self, data: bytes) -> str:
-        with self.lock:
-            return self.local.content.add(data)
+        return self.lease.add_blob(data)
 
     def write_layer(
         self, src: Path, *, compression: str, epoch: int | None, overlay_upper: bool
@@ -81,6 +81,7 @@ class Store:
             self.local.content,
             src,
             ref="build",
+            lease=self.lease,
             compression=Compression(compression),
             overlay_upper=overlay_upper,
             source_date_epoch=epoch,
@@ -89,26 +90,12 @@ class Store:
     def adopt(self, chain_id: str, fs: Path, diff_id: str, size: int) -> bool:
         """Make ``fs`` the snapshot ``chain_id`` (moved, not copied); False when it
         could not be (the directory is then removed)."""
-        snapshots = self.local.snapshots
-        if snapshots.exists(chain_id):
+        if chain_id in self.lease.protect(snapshots=[chain_id]).snapshots:
             shutil.rmtree(fs, ignore_errors=True)
             return True
-        final = snapshots.root / chain_id.removeprefix("sha256:")
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=snapshots.root))
-        try:
-            os.chmod(tmp, 0o755)
-            os.rename(fs, tmp / "fs")
-            os.chmod(tmp / "fs", 0o755)
-            meta = {"chain_id": chain_id, "diff_id": diff_id, "size": size}
-            (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
-            os.rename(tmp, final)
-            return True
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(fs, ignore_errors=True)
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV):
-                return snapshots.exists(chain_id)
-            raise
+        return self.local.snapshots.adopt(
+            chain_id, fs, diff_id=diff_id, size=size, registrar=self.lease
+        )
 
     def commit_dir(
         self,
@@ -153,10 +140,11 @@ class Store:
         with self.lock:
             images = self.local.images
             try:
-                images.get_by_digest(target)
+                images.hold(HOLDER, target)
             except NotFound:
-                images.put(self.local.record(target, platform))
-            images.hold(HOLDER, target)
+                # New (or pruned meanwhile): written and held at once, so no prune of
+                # dangling images comes in between.
+                images.put(self.local.record(target, platform), holder=HOLDER)
         return config_digest
 
     def put_image(

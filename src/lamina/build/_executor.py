@@ -33,8 +33,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -175,18 +173,21 @@ class Builder:
     """One build on one lamina root."""
 
     def __init__(self, root: Path, options: BuildOptions, progress: Progress | None = None) -> None:
-        self.root = Path(root)
-        self.opts = options
-        self.progress = progress or Progress()
-        self.local = LocalImages.open(self.root)
-        self.store = Store(self.local)
-        self.cache = BuildCache(self.root)
-        self._runner: Any = None
-        self.platform = host_platform()
         if options.compression not in ("gzip", "zstd", "none"):
             raise BuildError(
                 f"unknown compression {options.compression!r} (want gzip, zstd or none)"
             )
+        self.root = Path(root)
+        self.opts = options
+        self.progress = progress or Progress()
+        self.local = LocalImages.open(self.root)
+        # Protects what the build relies on and makes from a concurrent rmi/prune, and
+        # answers for its scratch dirs, mounts and step containers if it is killed.
+        self.lease = self.local.lease("build")
+        self.store = Store(self.local, self.lease)
+        self.cache = BuildCache(self.root)
+        self._runner: Any = None
+        self.platform = host_platform()
         self.compression = options.compression
         self.epoch = options.source_date_epoch
         self.cancelled = threading.Event()
@@ -210,6 +211,7 @@ class Builder:
         if self._runner is not None:
             self._runner.close()
         self.cache.close()
+        self.lease.release()
         self.local.close()
 
     # -- helpers shared by stages ------------------------------------------------------
@@ -230,8 +232,10 @@ class Builder:
         if data is None:
             return None
         layer = data.get("layer")
-        if layer is not None and not self.local.content.exists(str(layer["digest"])):
-            return None
+        if layer is not None:
+            digest = str(layer["digest"])
+            if digest not in self.lease.protect(blobs=[digest]).blobs:
+                return None
         with self._count_lock:
             self._hits.append(key)
         return data
@@ -243,11 +247,14 @@ class Builder:
             return []
         chains = chain_ids(diff_ids)
         snapshots = self.local.snapshots
-        if not all(snapshots.exists(c) for c in chains):
+        present = self.lease.protect(
+            blobs=[str(layer["digest"]) for layer in state.layers], snapshots=chains
+        )
+        if not all(c in present.snapshots for c in chains):
             image_id = self.store.stack_image(self.platform, state.layers, diff_ids)
             with self.store.lock:
                 record = self.local.images.resolve(image_id)
-            self.local.unpack(record)
+            self.local.unpack(record, self.lease)
         return [snapshots.path(c) for c in reversed(chains)]
 
     def image_state(self, name: str, step: Step | None = None) -> tuple[ImageState, bool]:
@@ -291,8 +298,11 @@ class Builder:
                     record = self.local.images.resolve(name)
                 except (NotFound, LaminaError):
                     record = None
-        if record is not None:
-            return record, True
+            # Kept for the whole build (an rmi of the base meanwhile takes nothing the
+            # build needs); one removed before it could be kept is pulled again.
+            kept = record is not None and self.lease.protect(images=[record.digest]).images
+            if record is not None and kept:
+                return record, True
         from lamina.registry import pull
 
         try:
@@ -308,6 +318,7 @@ class Builder:
                 policy="always" if self.opts.pull else "if-not-present",
                 platform=self.platform,
                 config=self._registry_config(),
+                lease=self.lease,
             )
         return record, False
 
@@ -380,8 +391,6 @@ class Builder:
         context_dir = Path(opts.context).absolute()
         self.files = FileDigests(self.cache.file_digests(context_dir))
         self.context = BuildContext(context_dir, patterns, self.files)
-        if (self.root / "build-tmp").is_dir():
-            fops.sweep(self.root)
         self._run_stages(plans)
         final = self._results[plans[-1].stage.index].wait()
         assert final is not None
@@ -491,7 +500,7 @@ class Builder:
             if self._runner is None:
                 from lamina.build._run import Runner
 
-                self._runner = Runner(self.root, self.cache.mounts_dir)
+                self._runner = Runner(self.root, self.cache.mounts_dir, self.lease)
             return self._runner
 
 
@@ -1011,7 +1020,7 @@ class StageRun:
     ) -> Layer | None:
         """Mount ``state`` writable, let ``write`` change it, commit the changes."""
         lowers = self.b.lowers(state)
-        scratch = fops.scratch_dir(self.b.root)
+        scratch = fops.scratch_dir(self.b.root, self.b.lease)
         try:
             with fops.overlay_view(scratch, lowers, writable=True) as merged:
                 write(merged)
@@ -1027,7 +1036,7 @@ class StageRun:
             )
         finally:
             fops.unmount(scratch / "merged")
-            shutil.rmtree(scratch, ignore_errors=True)
+            fops.remove_scratch(scratch)
 
     # -- RUN ------------------------------------------------------------------------------
     def _run(self, ins: Instruction) -> None:
@@ -1094,10 +1103,10 @@ class StageRun:
             image_id = b.store.stack_image(b.platform, state.layers, state.diff_ids)
             lowers = b.lowers(state)
             extra: list[tuple[str, str]] = []
-            tmpdir: str | None = None
+            tmpdir: Path | None = None
             try:
                 if script is not None:
-                    tmpdir = tempfile.mkdtemp(prefix="script-", dir=fops.scratch_dir(b.root))
+                    tmpdir = fops.scratch_dir(b.root, b.lease)
                     path = os.path.join(tmpdir, script[0])
                     with open(path, "w") as f:
                         f.write(script[1])
@@ -1138,7 +1147,7 @@ class StageRun:
                 return result
             finally:
                 if tmpdir is not None:
-                    shutil.rmtree(Path(tmpdir).parent, ignore_errors=True)
+                    fops.remove_scratch(tmpdir)
 
         text = ins.text() if not ins.heredocs else ins.original.split("\n", 1)[0]
         self.fs(ins, text, material, produce, created_by)
@@ -1267,8 +1276,8 @@ class StageRun:
             with contextlib.ExitStack() as stack:
                 view: Path | None = None
                 if from_state is not None:
-                    scratch = fops.scratch_dir(self.b.root)
-                    stack.callback(shutil.rmtree, scratch, True)
+                    scratch = fops.scratch_dir(self.b.root, self.b.lease)
+                    stack.callback(fops.remove_scratch, scratch)
                     lowers = self.b.lowers(from_state)
                     view = stack.enter_context(fops.overlay_view(scratch, lowers, writable=False))
 
@@ -1318,26 +1327,26 @@ def build(root: Path, options: BuildOptions, progress: Progress | None = None) -
 
 def prune(root: Path) -> tuple[int, list[str]]:
     """Drop the build cache: step records, cache mounts, and the ``build-cache``
-    image records no container uses; then collect garbage. Returns (steps
-    forgotten, image/blob/snapshot IDs removed)."""
+    image records no container uses; then collect garbage and remove what killed
+    builds left. Returns (steps forgotten, image/blob/snapshot IDs removed)."""
     from lamina.build._commit import HOLDER
+    from lamina.image._gc import build_scratch, sweep_scratch
 
     root = Path(root)
     cache = BuildCache(root)
     local = LocalImages.open(root)
     removed: list[str] = []
     try:
+        local.reap()
         steps = cache.clear()
         images = local.images
         held = [r for r in images.list() if HOLDER in images.holders(r.digest)]
         images.release(HOLDER)
         for rec in held:
-            if rec.names or images.holders(rec.digest):
-                continue
-            images.delete(rec.digest)
-            removed.append(rec.id)
-        removed += local.collect_garbage()
-        fops.sweep(root)
+            if images.delete_if_unused(rec.digest):
+                removed.append(rec.id)
+        removed += local.collect_garbage().removed
+        sweep_scratch(root, build_scratch(root))
         return steps, removed
     finally:
         cache.close()

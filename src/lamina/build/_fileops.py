@@ -8,8 +8,10 @@ kept; new parent directories made), unmounts, and the upper directory is the
 layer. Read-only views of other stages and images (``COPY --from``, bind mounts)
 are the same overlay without an upper directory.
 
-Mounts live under ``<root>/build-tmp/<random>/`` and are always unmounted on the
-way out; ``sweep`` clears what a killed build left there.
+Mounts live under ``<root>/build-tmp/<build's lease>/<random>/`` and are always
+unmounted on the way out. That lease directory is registered on the build's store
+lease before anything is made in it, so the next lamina command that reaps leases
+unmounts and removes what a killed build left there.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina._paths import join_in_root
 from lamina.build._dockerfile import BuildError
 from lamina.errors import LaminaError
+from lamina.image._gc import BUILD_SCRATCH, StoreLease
 
 
 def _mount_overlay(target: Path, lowers: list[str], upper: Path | None, work: Path | None) -> None:
@@ -53,38 +56,16 @@ def unmount(target: Path) -> None:
         libc().umount2(str(target).encode(), MNT_DETACH)
 
 
-def scratch_dir(root: Path) -> Path:
-    """A fresh directory under ``<root>/build-tmp``, named after this process."""
-    base = root / "build-tmp"
-    base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"b-{os.getpid()}-", dir=base))
+def scratch_dir(root: Path, lease: StoreLease) -> Path:
+    """A fresh directory in the build's own under ``<root>/build-tmp``."""
+    path = lease.scratch_dir(root / BUILD_SCRATCH) / secrets.token_hex(6)
+    path.mkdir()
+    return path
 
 
-def sweep(root: Path) -> None:
-    """Remove what dead builds left under ``<root>/build-tmp`` (mounts first);
-    directories of live processes are theirs."""
-    base = root / "build-tmp"
-    if not base.is_dir():
-        return
-    for entry in os.scandir(base):
-        parts = entry.name.split("-")
-        if len(parts) >= 2 and parts[1].isdigit() and os.path.exists(f"/proc/{parts[1]}"):
-            continue
-        path = Path(entry.path)
-        for point in sorted(_mounts_under(path), key=len, reverse=True):
-            unmount(Path(point))
-        if not _mounts_under(path):  # never delete through a mount that stayed
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path) + "/"
-    try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
-    except OSError:
-        return []
-    return [p for p in points if p.startswith(prefix)]
+def remove_scratch(path: Path) -> None:
+    """Remove a ``scratch_dir`` (its mounts are gone by now)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,9 @@ progress view, starts it and waits. Its overlay *upper* directory is then the
 step's changes: the mountpoint stubs runc had to create (``/etc/hosts`` and
 friends, ``--mount`` targets, and parent directories made only for them) are
 removed first, and what remains is handed back for ``_commit.Store.commit_dir``.
-The container is always removed, whatever happens.
+The container is always removed, whatever happens; its ``owner`` is the build's
+lease, so if the build itself is killed the runtime removes it once the lease is
+dead. Scratch directories and views are registered on that lease too.
 
 ``--mount`` kinds: ``bind`` (context, stage or image; read-only unless ``rw``,
 whose writes are discarded), ``cache`` (persistent under the cache root;
@@ -33,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from lamina.build._dockerfile import BuildError
-from lamina.build._fileops import overlay_view, resolve_in, scratch_dir, unmount
+from lamina.build._fileops import overlay_view, remove_scratch, resolve_in, scratch_dir, unmount
 from lamina.build._mounts import MountSpec
+from lamina.image._gc import StoreLease
 
 # What the runtime mounts in every container: runc creates these when missing.
 _DEFAULT_TARGETS = ("/proc", "/dev", "/sys", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
@@ -160,9 +163,10 @@ class MountSources:
 class Runner:
     """Runs RUN steps; one runtime instance per thread (its stores are not shared)."""
 
-    def __init__(self, root: Path, cache_mounts: Path) -> None:
+    def __init__(self, root: Path, cache_mounts: Path, lease: StoreLease) -> None:
         self.root = root
         self.cache_mounts = cache_mounts
+        self.lease = lease
         self._local = threading.local()
         self._active: set[str] = set()
         self._opened: list[Any] = []
@@ -213,8 +217,8 @@ class Runner:
 
             def tmp() -> Path:
                 if not scratch:
-                    scratch.append(scratch_dir(self.root))
-                    stack.callback(shutil.rmtree, scratch[0], True)
+                    scratch.append(scratch_dir(self.root, self.lease))
+                    stack.callback(remove_scratch, scratch[0])
                 path = scratch[0] / f"m{len(os.listdir(scratch[0]))}"
                 path.mkdir()
                 return path
@@ -247,6 +251,7 @@ class Runner:
         if not path.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             new = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}")
+            self.lease.add_path(new)
             new.mkdir(exist_ok=True)
             os.chmod(new, m.mode if m.mode is not None else 0o755)
             os.chown(new, m.uid or 0, m.gid or 0)
@@ -254,6 +259,7 @@ class Runner:
                 os.rename(new, path)
             except OSError:
                 shutil.rmtree(new, ignore_errors=True)  # another build made it first
+            self.lease.discard(new)
         if m.sharing == "shared":
             return path
         lock = os.open(path.with_name(name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -360,6 +366,7 @@ class Runner:
                 mounts=mounts,
                 security=Security(no_new_privileges=False, privileged=req.insecure),
                 labels={"io.lamina.build": "1"},
+                owner=self.lease.id,  # disposable: removed by the runtime if the build dies
             )
             container = rt.create(config)
             cid = container.id

@@ -155,14 +155,17 @@ def push(
     host = _registry_host(destination or source) if ca_file else None
     config = registry_config(ca_file, host)
     local = open_local()
-    digest = do_push(
-        local,
-        source,
-        destination,
-        progress=progress_sink(quiet),
-        config=config,
-        chunk_size=chunk_size,
-    )
+    # The lease keeps the image's blobs from a concurrent rmi while they upload.
+    with local.lease("push") as lease:
+        lease.protect(images=[local.require(source).digest])
+        digest = do_push(
+            local,
+            source,
+            destination,
+            progress=progress_sink(quiet),
+            config=config,
+            chunk_size=chunk_size,
+        )
     if not quiet:
         click.echo(f"Digest: {digest}")
 
@@ -329,6 +332,7 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
     from lamina.errors import LaminaError
 
     local = open_local()
+    local.reap()
     failed = []
     for name in names:
         try:
@@ -576,7 +580,8 @@ def _server_host(server: str) -> str:
 )
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 def prune(all_: bool, force: bool) -> None:
-    """Remove unused images and the blobs and snapshots only they used."""
+    """Remove unused images and the blobs and snapshots only they used, and what
+    interrupted pulls, builds, loads and saves left behind."""
     if not force and sys.stdin.isatty():
         what = "all images without at least one container" if all_ else "all dangling images"
         if not click.confirm(f"This will remove {what}. Continue?"):

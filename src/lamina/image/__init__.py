@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         validate_digest,
         verify_digest,
     )
+    from lamina.image._gc import StoreLease
     from lamina.image._import import apply_changes, import_rootfs
     from lamina.image._layers import (
         Compression,
@@ -83,6 +84,7 @@ _LAZY: dict[str, str] = {
     "Reference": "lamina.image._reference",
     "RemoveResult": "lamina.image._local",
     "Snapshotter": "lamina.image._snapshots",
+    "StoreLease": "lamina.image._gc",
     "apply_changes": "lamina.image._import",
     "apply_layer": "lamina.image._layers",
     "chain_ids": "lamina.image._snapshots",
@@ -145,6 +147,7 @@ __all__ = [
     "Reference",
     "RemoveResult",
     "Snapshotter",
+    "StoreLease",
     "apply_changes",
     "apply_layer",
     "chain_ids",

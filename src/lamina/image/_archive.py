@@ -17,7 +17,10 @@ Formats written by ``save(local, names, dest, format=...)``:
   and ``umoci`` use).
 
 Writes are atomic: everything goes to a temp file (or directory) beside ``dest``
-which is renamed into place only when complete; on failure nothing is left.
+which is renamed into place only when complete; on failure nothing is left, and a
+temp file whose writer was killed is registered on its store lease, so the next
+command that reaps leases removes it. The lease also protects the saved images'
+blobs from a concurrent ``rmi`` while they are read.
 
 ``load(local, src)`` reads any of these, a gzip/zstd/xz-compressed archive, a
 stream (``docker load < file``), an old-style docker archive
@@ -73,6 +76,7 @@ from lamina.errors import (
 from lamina.image import _media as media
 from lamina.image._content import ContentStore
 from lamina.image._digest import digest_hex, digest_problem
+from lamina.image._gc import StoreLease
 from lamina.image._layers import (
     Compression,
     PrefixedReader,
@@ -135,25 +139,32 @@ def save(
         raise LaminaError("save: no images given")
     if isinstance(dest, str | os.PathLike):
         dest = Path(dest)
-    items = _select(local, names)
-    if format == "oci-dir":
-        if not isinstance(dest, Path):
-            raise LaminaError("oci-dir format needs a directory path, not a stream")
-        _save_dir(local, items, dest)
-        return
-    writer = _write_docker if format == "docker-archive" else _write_oci
-    if isinstance(dest, Path):
-        _save_file(local, items, dest, writer)
-        return
-    # A stream cannot be rewound to patch tar headers: build the archive in an
-    # anonymous temp file (gone on any exit) and copy it out.
-    with tempfile.TemporaryFile(dir=local.root) as tmp:
-        tar = _TarWriter(tmp.fileno())
-        writer(local, items, tar)
-        tar.close()
-        tmp.seek(0)
-        shutil.copyfileobj(tmp, dest, _CHUNK)
-    dest.flush()
+    # The lease keeps the images' blobs from a concurrent rmi while they are read, and
+    # answers for the temp file beside ``dest`` if this process dies.
+    with local.lease("save") as lease:
+        items = _select(local, names)
+        present = lease.protect(images=[item.record.digest for item in items]).images
+        for item in items:
+            if item.record.digest not in present:
+                raise NotFound(f"no such image: {item.record.id}")
+        if format == "oci-dir":
+            if not isinstance(dest, Path):
+                raise LaminaError("oci-dir format needs a directory path, not a stream")
+            _save_dir(local, items, dest, lease)
+            return
+        writer = _write_docker if format == "docker-archive" else _write_oci
+        if isinstance(dest, Path):
+            _save_file(local, items, dest, writer, lease)
+            return
+        # A stream cannot be rewound to patch tar headers: build the archive in an
+        # anonymous temp file (gone on any exit) and copy it out.
+        with tempfile.TemporaryFile(dir=local.root) as tmp:
+            tar = _TarWriter(tmp.fileno())
+            writer(local, items, tar)
+            tar.close()
+            tmp.seek(0)
+            shutil.copyfileobj(tmp, dest, _CHUNK)
+        dest.flush()
 
 
 def _select(local: LocalImages, names: Sequence[str]) -> list[_Item]:
@@ -349,10 +360,12 @@ def _save_file(
     items: list[_Item],
     dest: Path,
     writer: Callable[[LocalImages, list[_Item], _Out], None],
+    lease: StoreLease,
 ) -> None:
     if dest.is_dir():
         raise AlreadyExists(f"cannot write archive {dest}: it is a directory")
     tmp = _tmp_name(dest)
+    lease.add_path(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         with naming(dest):
@@ -369,15 +382,18 @@ def _save_file(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    finally:
+        lease.discard(tmp)
     fsync_dir(dest.parent)
 
 
-def _save_dir(local: LocalImages, items: list[_Item], dest: Path) -> None:
+def _save_dir(local: LocalImages, items: list[_Item], dest: Path, lease: StoreLease) -> None:
     if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
         raise AlreadyExists(f"cannot write OCI layout to {dest}: it exists and is not empty")
     tmp = _tmp_name(dest)
-    tmp.mkdir()
+    lease.add_path(tmp)
     try:
+        tmp.mkdir()
         _write_oci(local, items, _DirWriter(tmp))
         fsync_dir(tmp / "blobs" / "sha256")
         fsync_dir(tmp)
@@ -385,6 +401,8 @@ def _save_dir(local: LocalImages, items: list[_Item], dest: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lease.discard(tmp)
     fsync_dir(dest.parent)
 
 
@@ -529,7 +547,11 @@ def load(local: LocalImages, src: Path | BinaryIO) -> list[ImageRecord]:
     if isinstance(src, str | os.PathLike):
         src = Path(src)
     label = str(src) if isinstance(src, Path) else getattr(src, "name", "<stream>")
-    session = _Load(local, str(label))
+    with local.lease("load") as lease:
+        return _load(_Load(local, str(label), lease), src)
+
+
+def _load(session: _Load, src: Path | BinaryIO) -> list[ImageRecord]:
     try:
         if isinstance(src, Path) and src.is_dir():
             view: _View = _DirView(session, src)
@@ -573,9 +595,10 @@ class _View:
 class _Load:
     """One load: what it added (to undo on failure) and the archive-independent steps."""
 
-    def __init__(self, local: LocalImages, label: str) -> None:
+    def __init__(self, local: LocalImages, label: str, lease: StoreLease) -> None:
         self.local = local
         self.content = local.content
+        self.lease = lease
         self.label = label
         self.created: set[str] = set()
         self.put: list[str] = []
@@ -593,7 +616,7 @@ class _Load:
             while chunk := f.read(_CHUNK):
                 w.write(chunk)
             actual = w.digest()
-            if (expected is None or actual == expected) and self.content.exists(actual):
+            if (expected is None or actual == expected) and self.present(actual):
                 w.abort()
                 return actual
             try:
@@ -606,9 +629,13 @@ class _Load:
             w.abort()
             raise
 
+    def present(self, digest: str) -> bool:
+        """Whether the blob is in the store, where it stays while this load runs."""
+        return digest in self.lease.protect(blobs=[digest]).blobs
+
     def add(self, data: bytes) -> str:
         digest = "sha256:" + _sha256(data)
-        if not self.content.exists(digest):
+        if not self.present(digest):
             self.content.add(data, digest)
             self.created.add(digest)
         return digest
@@ -617,18 +644,25 @@ class _Load:
         for digest in self.put:
             with contextlib.suppress(LaminaError):
                 self.local.images.delete(digest)
-        for chain in self.unpacked:
-            with contextlib.suppress(NotFound):
-                self.local.snapshots.remove(chain)
-        for digest in self.created:
-            self.content.delete(digest)
+        self._collect_created()
+
+    def _collect_created(self) -> None:
+        """Blobs and snapshots this load added that no record references go again (the
+        collector decides, so one another operation relies on meanwhile stays)."""
+        created = sorted(self.created)
+        unpacked = list(self.unpacked)
+        self.created.clear()
+        self.unpacked.clear()
+        if created or unpacked:
+            self.lease.unprotect(blobs=created, snapshots=unpacked)
+            self.local.collect_garbage(blobs=created, snapshots=unpacked)
 
     def unpack(self, record: ImageRecord) -> None:
         """Unpack the image's layers into snapshots, as ``create`` would: a layer that
         ``apply_layer`` refuses (an entry escaping the root, a hardlink to outside the
         layer...) fails the load, not the first run; and the image is ready to run."""
         try:
-            self.local.unpack(record, made=self.unpacked)
+            self.local.unpack(record, self.lease, made=self.unpacked)
         except (InvalidLayer, DigestMismatch) as e:
             raise type(e)(f"image archive {self.label}: {e}") from None
 
@@ -704,11 +738,8 @@ class _Load:
         return out
 
     def _drop_unreferenced(self) -> None:
-        # The image store's own reachability walk: every platform of an index counts.
-        keep, _ = self.local.images.referenced_blobs()
-        for digest in self.created - keep:
-            self.content.delete(digest)
-        self.created.clear()
+        # The collector's own reachability walk: every platform of an index counts.
+        self._collect_created()
 
     def _blob(self, view: _View, desc: Descriptor) -> str:
         if digest_problem(desc.digest) is not None or not desc.digest.startswith("sha256:"):
@@ -957,7 +988,7 @@ class _TarView(_View):
         expected = _expected_digest(name)
         if expected is not None and not expected.startswith("sha256:"):
             return  # the content store is sha256-only; referencing it fails later
-        if expected is not None and self.session.content.exists(expected):
+        if expected is not None and self.session.present(expected):
             self.blobs[name] = expected  # already here (and verified when it came)
             return
         data: _Readable | None = (
@@ -987,7 +1018,7 @@ class _TarView(_View):
         if digest is None and current in self.metas:
             digest = self.session.add(self.metas[current])
         if digest is None:
-            if expected is not None and self.session.content.exists(expected):
+            if expected is not None and self.session.present(expected):
                 return expected
             raise NotFound(f"image archive {self.session.label} has no {path}")
         if expected is not None and digest != expected:
@@ -1024,7 +1055,7 @@ class _DirView(_View):
     def blob(self, path: str, expected: str | None = None) -> str:
         if expected is None:
             expected = _expected_digest(path)
-        if expected is not None and self.session.content.exists(expected):
+        if expected is not None and self.session.present(expected):
             return expected
         p = self._file(path)
         if p is None:

@@ -24,8 +24,10 @@ ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR) as ``docker import --change`` and
 ``docker commit --change`` do, including ``$VAR`` expansion from the ENV set so
 far. The layer is unpacked into its snapshot before the image is recorded, as
 ``create`` would unpack it: a tarball with an entry unpacking refuses (a hardlink
-to a file it does not hold...) fails the import, not the first run. On failure,
-the blobs and snapshots the import added are removed again.
+to a file it does not hold...) fails the import, not the first run. The import runs
+under a store lease (what it stores is protected from a concurrent ``rmi``/``prune``
+until its record is written); on failure, the blobs and snapshots it added are
+collected again.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from lamina.image._config import (
     valid_signal,
 )
 from lamina.image._content import BlobWriter, ContentStore
+from lamina.image._gc import StoreLease
 from lamina.image._layers import Compression, LayerWritten, normalise_parts, write_layer
 from lamina.image._local import LocalImages
 from lamina.image._manifest import Descriptor, Manifest, Platform, dump_json
@@ -107,39 +110,41 @@ def import_rootfs(
     label = str(source) if isinstance(source, Path) else "-"
     created_blobs: list[str] = []
     made_snapshots: list[str] = []
-    try:
-        layer_digest, layer_size, diff_id = _write_layer(local, source, epoch, created_blobs)
-        created = rfc3339(epoch * 1_000_000_000 if epoch is not None else time.time_ns())
-        config: dict[str, Any] = {"created": created, "architecture": plat.architecture}
-        config["os"] = plat.os
-        if plat.variant:
-            config["variant"] = plat.variant
-        config["config"] = container_config
-        config["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
-        config["history"] = [{"created": created, "comment": message or f"Imported from {label}"}]
-        config_bytes = json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode()
-        config_digest = _add(local, config_bytes, created_blobs)
-        manifest = Manifest(
-            media.OCI_MANIFEST,
-            Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
-            [Descriptor(media.OCI_LAYER_GZIP, layer_digest, layer_size)],
-        )
-        target = _add(local, dump_json(manifest), created_blobs)
-        record = local.record(target, plat)
-        # Unpacked as create would: an entry apply_layer refuses (a hardlink to a file
-        # the tarball lacks...) fails the import, not the first run.
+    with local.lease("import") as lease:
         try:
-            local.unpack(record, made=made_snapshots)
-        except InvalidLayer as e:
-            raise InvalidLayer(f"cannot import {label}: {e}") from None
-        return local.images.put(record, [str(ref)] if ref else [])
-    except BaseException:
-        for chain in made_snapshots:
-            with contextlib.suppress(NotFound):
-                local.snapshots.remove(chain)
-        for digest in created_blobs:
-            local.content.delete(digest)
-        raise
+            layer_digest, layer_size, diff_id = _write_layer(
+                local, source, epoch, lease, created_blobs
+            )
+            created = rfc3339(epoch * 1_000_000_000 if epoch is not None else time.time_ns())
+            config: dict[str, Any] = {"created": created, "architecture": plat.architecture}
+            config["os"] = plat.os
+            if plat.variant:
+                config["variant"] = plat.variant
+            config["config"] = container_config
+            config["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
+            history = {"created": created, "comment": message or f"Imported from {label}"}
+            config["history"] = [history]
+            config_bytes = json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode()
+            config_digest = _add(local, lease, config_bytes, created_blobs)
+            manifest = Manifest(
+                media.OCI_MANIFEST,
+                Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)),
+                [Descriptor(media.OCI_LAYER_GZIP, layer_digest, layer_size)],
+            )
+            target = _add(local, lease, dump_json(manifest), created_blobs)
+            record = local.record(target, plat)
+            # Unpacked as create would: an entry apply_layer refuses (a hardlink to a
+            # file the tarball lacks...) fails the import, not the first run.
+            try:
+                local.unpack(record, lease, made=made_snapshots)
+            except InvalidLayer as e:
+                raise InvalidLayer(f"cannot import {label}: {e}") from None
+            return local.images.put(record, [str(ref)] if ref else [])
+        except BaseException:
+            lease.unprotect(blobs=created_blobs, snapshots=made_snapshots)
+            if created_blobs or made_snapshots:
+                local.collect_garbage(blobs=created_blobs, snapshots=made_snapshots)
+            raise
 
 
 def _target(reference: str | None) -> Reference | None:
@@ -163,9 +168,9 @@ def _epoch(value: int | None) -> int | None:
         raise LaminaError(f"SOURCE_DATE_EPOCH must be an integer, got {env!r}") from None
 
 
-def _add(local: LocalImages, data: bytes, created: list[str]) -> str:
+def _add(local: LocalImages, lease: StoreLease, data: bytes, created: list[str]) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    if not local.content.exists(digest):
+    if digest not in lease.protect(blobs=[digest]).blobs:
         local.content.add(data, digest)
         created.append(digest)
     return digest
@@ -206,17 +211,18 @@ def ingest_layer(
     src: Path,
     *,
     ref: str,
+    lease: StoreLease | None = None,
     compression: Compression = Compression.GZIP,
     overlay_upper: bool = False,
     source_date_epoch: int | None = None,
 ) -> LayerWritten:
     """Archive the tree ``src`` (``write_layer``) straight into ``content`` through an
     ingest named ``ref``-<pid>-<random>: committed, or dropped when the blob is
-    already there; nothing is left behind on failure. What ``lamina commit`` and the
-    builder store an upper directory with."""
+    already there; nothing is left behind on failure. The blob is protected by
+    ``lease`` before it is committed (or found present). What ``lamina commit`` and
+    the builder store an upper directory with."""
     writer = content.writer(f"{ref}-{os.getpid()}-{secrets.token_hex(8)}")
     try:
-        writer.truncate()
         written = write_layer(
             src,
             cast(BinaryIO, _BlobSink(writer)),
@@ -224,7 +230,12 @@ def ingest_layer(
             overlay_upper=overlay_upper,
             source_date_epoch=source_date_epoch,
         )
-        if content.exists(written.digest):
+        present = (
+            written.digest in lease.protect(blobs=[written.digest]).blobs
+            if lease is not None
+            else content.exists(written.digest)
+        )
+        if present:
             writer.abort()
         else:
             writer.commit()
@@ -235,13 +246,16 @@ def ingest_layer(
 
 
 def _write_layer(
-    local: LocalImages, source: Path | BinaryIO, epoch: int | None, created: list[str]
+    local: LocalImages,
+    source: Path | BinaryIO,
+    epoch: int | None,
+    lease: StoreLease,
+    created: list[str],
 ) -> tuple[str, int, str]:
     """Write the layer into the content store; returns (digest, size, diff_id)."""
     ref = f"import-{os.getpid()}-{secrets.token_hex(8)}"
     writer = local.content.writer(ref)
     try:
-        writer.truncate()
         sink = _BlobSink(writer)
         if isinstance(source, Path) and source.is_dir():
             written = write_layer(
@@ -261,7 +275,7 @@ def _write_layer(
         else:
             diff_id = _passthrough(source, sink, epoch, "-")
         digest = writer.digest()
-        if local.content.exists(digest):
+        if digest in lease.protect(blobs=[digest]).blobs:
             writer.abort()
         else:
             writer.commit()

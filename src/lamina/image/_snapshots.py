@@ -6,15 +6,16 @@ directory, named after its chain ID, so the directories stack directly as overla
 
     <root>/<hex of chain id>/fs          the unpacked layer
     <root>/<hex of chain id>/meta.json   {"chain_id", "diff_id", "size"}
-    <root>/.tmp-<random>/                an unpack in progress
+    <root>/.tmp-<lease>/<random>/        an unpack in progress
     <root>/.del-<random>/                a snapshot being removed
 
 A snapshot directory only ever appears by renaming a fully unpacked, diff_id-verified scratch
 directory into place, so a visible snapshot is complete. Two processes unpacking the same layer
 both do the work; the first rename wins and the loser discards its copy. Scratch directories
-left by a crash are swept when a Snapshotter is created (`.tmp-*` once older than an hour, as
-another process may still be filling one). The store knows nothing of who uses a snapshot:
-refusing to remove one that a container still mounts is the caller's business.
+are made inside their maker's lease directory (a ``Registrar``, `.tmp-<lease id>/`), so the
+next command that reaps leases removes them as soon as their maker is dead; `.del-` directories
+are removed by whoever finds them (removal is idempotent). The store knows nothing of who uses a
+snapshot: which ones may go is the garbage collector's business (``_gc``).
 """
 
 from __future__ import annotations
@@ -25,19 +26,25 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from lamina._fsutil import naming
 from lamina.errors import DigestMismatch, InvalidDigest, InvalidLayer, NotFound
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
-_STALE_TMP_SECONDS = 3600
+
+
+class Registrar(Protocol):
+    """Who answers for scratch directories if their maker dies (a lease): it gives a
+    directory of its own, removed with it."""
+
+    def scratch_dir(self, parent: Path, prefix: str = "") -> Path: ...
 
 
 def _check(digest: str, what: str) -> str:
@@ -79,18 +86,26 @@ class Snapshotter:
         self._sweep()
 
     def _sweep(self) -> None:
-        now = time.time()
         with os.scandir(self.root) as it:
             for e in it:
                 if e.name.startswith(".del-"):
                     shutil.rmtree(e.path, ignore_errors=True)
-                elif e.name.startswith(".tmp-"):
-                    try:
-                        age = now - e.stat(follow_symlinks=False).st_mtime
-                    except FileNotFoundError:
-                        continue
-                    if age > _STALE_TMP_SECONDS:
-                        shutil.rmtree(e.path, ignore_errors=True)
+
+    def scratch(self) -> builtins.list[Path]:
+        """Unpacks in progress (or abandoned) and removals in progress."""
+        with os.scandir(self.root) as it:
+            return [Path(e.path) for e in it if e.name.startswith((".tmp-", ".del-"))]
+
+    def _scratch_dir(self, registrar: Registrar | None) -> Path:
+        """A new scratch directory: in the registrar's own ``.tmp-`` directory (gone
+        with it if its maker dies), else a ``.tmp-`` of its own."""
+        token = secrets.token_hex(8)
+        if registrar is None:
+            tmp = self.root / f".tmp-{token}"
+        else:
+            tmp = registrar.scratch_dir(self.root, ".tmp-") / token
+        os.mkdir(tmp, 0o755)
+        return tmp
 
     def _dir(self, chain_id: str) -> Path:
         return self.root / _check(chain_id, "chain ID")[len("sha256:") :]
@@ -120,18 +135,23 @@ class Snapshotter:
         return sorted(out)
 
     def remove(self, chain_id: str) -> None:
-        d = self._dir(chain_id)
-        if not (d / "fs").is_dir():
+        trash = self.detach(chain_id)
+        if trash is None:
             raise NotFound(f"snapshot {chain_id} not found")
-        # Rename first so the snapshot disappears at once; a crash mid-delete leaves only a
-        # .del- directory for the next sweep.
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def detach(self, chain_id: str) -> Path | None:
+        """Make the snapshot disappear at once (a rename); returns the ``.del-``
+        directory now holding it, for the caller to delete at leisure (a crash leaves
+        it to the next sweep), or None when there was no such snapshot."""
+        d = self._dir(chain_id)
         trash = Path(tempfile.mkdtemp(prefix=".del-", dir=self.root))
         try:
             os.rename(d, trash / "snapshot")
         except FileNotFoundError:
             shutil.rmtree(trash, ignore_errors=True)
-            raise NotFound(f"snapshot {chain_id} not found") from None
-        shutil.rmtree(trash, ignore_errors=True)
+            return None
+        return trash
 
     def usage(self, chain_id: str) -> int:
         """Bytes of disk the snapshot occupies (allocated blocks, hardlinks counted once)."""
@@ -160,12 +180,14 @@ class Snapshotter:
         *,
         expected_diff_id: str,
         media_type: str | None = None,
+        registrar: Registrar | None = None,
     ) -> Path:
         """Unpack a layer blob as snapshot `chain_id` unless it exists; returns its fs dir.
 
         The compression is sniffed from the content (registries mislabel it), the media type
         only has to be a known layer type. Raises DigestMismatch, leaving nothing behind, when
-        the uncompressed content does not hash to `expected_diff_id`.
+        the uncompressed content does not hash to `expected_diff_id`. The scratch directory
+        is made in ``registrar``'s own (see ``Registrar``).
         """
         final = self._dir(chain_id)
         _check(expected_diff_id, "diff_id")
@@ -176,7 +198,7 @@ class Snapshotter:
 
         if media_type is not None and compression_for_media_type(media_type) is None:
             raise InvalidLayer(f"layer {expected_diff_id}: unsupported media type {media_type!r}")
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = self._scratch_dir(registrar)
         try:
             os.chmod(tmp, 0o755)
             fs = tmp / "fs"
@@ -191,18 +213,51 @@ class Snapshotter:
                 raise DigestMismatch(
                     f"layer {expected_diff_id}: uncompressed content hashes to {result.diff_id}"
                 )
-            meta = {"chain_id": chain_id, "diff_id": result.diff_id, "size": result.size}
-            (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
-            try:
-                os.rename(tmp, final)
-            except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+            self._publish(tmp, chain_id, result.diff_id, result.size)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final / "fs"
+
+    def adopt(
+        self,
+        chain_id: str,
+        fs: Path,
+        *,
+        diff_id: str,
+        size: int,
+        registrar: Registrar | None = None,
+    ) -> bool:
+        """Make the directory ``fs`` (a layer in overlay form, e.g. a build step's upper
+        dir, on this filesystem) the snapshot ``chain_id``: moved, not copied. False when
+        it could not be (another filesystem); ``fs`` is gone either way."""
+        if self.exists(chain_id):
+            shutil.rmtree(fs, ignore_errors=True)
+            return True
+        tmp = self._scratch_dir(registrar)
+        try:
+            os.rename(fs, tmp / "fs")
+            os.chmod(tmp / "fs", 0o755)
+            self._publish(tmp, chain_id, diff_id, size)
+            return True
+        except OSError as e:
+            shutil.rmtree(fs, ignore_errors=True)
+            if e.errno == errno.EXDEV:
+                return False
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _publish(self, tmp: Path, chain_id: str, diff_id: str, size: int) -> None:
+        """Rename the complete scratch dir ``tmp`` into place as ``chain_id``."""
+        meta = {"chain_id": chain_id, "diff_id": diff_id, "size": size}
+        (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+        try:
+            os.rename(tmp, self._dir(chain_id))
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
 
     def lowerdirs(self, chain_ids: builtins.list[str]) -> builtins.list[Path]:
         """Snapshot dirs for a layer stack given bottom first, in overlayfs lowerdir order

@@ -8,10 +8,12 @@ and shows as ``<none>``. *Holds* let higher layers (containers, the build cache)
 pin an image so that ``rmi`` refuses and ``prune`` skips it, without this layer
 knowing what they are.
 
-Blobs and snapshots are never reference-counted by hand: ``collect_garbage`` marks
-everything reachable from the remaining images (target, child manifests, configs,
-layers, chain IDs) and sweeps the rest, as containerd's GC does. So a blob shared
-by two images survives the removal of one of them.
+Blobs and snapshots are never reference-counted by hand: the garbage collector
+(``_gc``) marks everything reachable from the remaining images (target, child
+manifests, configs, layers, chain IDs) and from the refs of leases in flight
+(``lease_refs``: what a pull, build, import... relies on before any record names it),
+and sweeps the rest, as containerd's GC does. So a blob shared by two images survives
+the removal of one of them, and a layer a pull found present survives an ``rmi``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 from lamina._sqlite import connect, transaction
 from lamina.errors import InUse, InvalidReference, NotFound
 from lamina.image._content import ContentStore
-from lamina.image._manifest import Index, Manifest, parse_manifest
 from lamina.image._reference import Reference, parse_reference
 
 _SCHEMA = """
@@ -52,7 +53,24 @@ CREATE TABLE IF NOT EXISTS holds (
     digest TEXT NOT NULL,
     PRIMARY KEY (holder, digest)
 );
+CREATE TABLE IF NOT EXISTS lease_refs (
+    lease TEXT NOT NULL,              -- a lamina._leases lease id: work in flight
+    kind TEXT NOT NULL,               -- blob | snapshot | image (a target and its closure)
+    ref TEXT NOT NULL,                -- digest, chain ID, or image target digest
+    PRIMARY KEY (lease, kind, ref)
+);
 """
+
+# Kinds of lease refs (what a lease protects from the garbage collector).
+BLOB, SNAPSHOT, IMAGE = "blob", "snapshot", "image"
+
+
+@dataclass(frozen=True)
+class GcRoots:
+    """What the garbage collector starts from, read in one transaction."""
+
+    images: builtins.list[str]  # target digests of every record, and of every hold
+    leased: builtins.list[tuple[str, str, str]]  # (lease id, kind, ref)
 
 
 @dataclass
@@ -101,9 +119,16 @@ class ImageStore:
         return transaction(self._db)
 
     # -- writing
-    def put(self, record: ImageRecord, names: Sequence[str | Reference] = ()) -> ImageRecord:
+    def put(
+        self,
+        record: ImageRecord,
+        names: Sequence[str | Reference] = (),
+        *,
+        holder: str | None = None,
+    ) -> ImageRecord:
         """Insert or refresh an image record and point ``names`` at it. A name moving
-        from another image leaves that image dangling (as ``docker pull`` does)."""
+        from another image leaves that image dangling (as ``docker pull`` does).
+        ``holder`` holds the record in the same transaction (no prune in between)."""
         with self._tx() as db:
             db.execute(
                 "INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(digest) DO UPDATE SET "
@@ -132,6 +157,8 @@ class ImageStore:
                     "digest=excluded.digest",
                     (canonical, record.digest),
                 )
+            if holder is not None:
+                db.execute("INSERT OR IGNORE INTO holds VALUES (?,?)", (holder, record.digest))
         return self.get_by_digest(record.digest)
 
     def tag(self, source: str, target: str) -> ImageRecord:
@@ -151,16 +178,44 @@ class ImageStore:
         return image
 
     def delete(self, digest: str) -> None:
-        """Delete an image record and all its names (no GC: call collect_garbage)."""
+        """Delete an image record and all its names (no GC: the caller collects)."""
+        self.delete_records([digest])
+
+    def delete_records(self, digests: Sequence[str]) -> builtins.list[str]:
+        """Delete these records and their names, all or none (InUse while any is
+        held); returns the names removed."""
         with self._tx() as db:
-            held = db.execute("SELECT holder FROM holds WHERE digest=?", (digest,)).fetchone()
-            if held:
-                raise InUse(f"image {digest} is in use by {held[0]}")
-            db.execute("DELETE FROM names WHERE digest=?", (digest,))
-            db.execute("DELETE FROM images WHERE digest=?", (digest,))
+            for digest in digests:
+                held = db.execute("SELECT holder FROM holds WHERE digest=?", (digest,)).fetchone()
+                if held:
+                    raise InUse(f"image {digest} is in use by {held[0]}")
+            names: builtins.list[str] = []
+            for digest in digests:
+                rows = db.execute("SELECT name FROM names WHERE digest=? ORDER BY name", (digest,))
+                names.extend(r[0] for r in rows)
+                db.execute("DELETE FROM names WHERE digest=?", (digest,))
+                db.execute("DELETE FROM images WHERE digest=?", (digest,))
+        return names
+
+    def delete_if_unused(self, digest: str) -> bool:
+        """Delete the record if no name points at it and nothing holds it (checked in
+        the same transaction); True when it went."""
+        with self._tx() as db:
+            if db.execute(
+                "SELECT 1 FROM names WHERE digest=? UNION ALL SELECT 1 FROM holds WHERE digest=?",
+                (digest, digest),
+            ).fetchone():
+                return False
+            return db.execute("DELETE FROM images WHERE digest=?", (digest,)).rowcount > 0
 
     def hold(self, holder: str, digest: str) -> None:
-        self._db.execute("INSERT OR IGNORE INTO holds VALUES (?,?)", (holder, digest))
+        """Pin the record ``digest`` for ``holder``; NotFound when it is gone (checked in
+        the same transaction as the hold, so a racing rmi either sees the hold and
+        refuses, or has removed the record and the hold fails)."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM images WHERE digest=?", (digest,)).fetchone() is None:
+                raise NotFound(f"image {digest} not found")
+            db.execute("INSERT OR IGNORE INTO holds VALUES (?,?)", (holder, digest))
 
     def release(self, holder: str) -> None:
         self._db.execute("DELETE FROM holds WHERE holder=?", (holder,))
@@ -179,6 +234,11 @@ class ImageStore:
             )
         ]
         return rec
+
+    def exists(self, digest: str) -> bool:
+        """Whether a record with this target digest exists."""
+        row = self._db.execute("SELECT 1 FROM images WHERE digest=?", (digest,)).fetchone()
+        return row is not None
 
     def get_by_digest(self, digest: str) -> ImageRecord:
         row = self._db.execute("SELECT * FROM images WHERE digest=?", (digest,)).fetchone()
@@ -236,45 +296,49 @@ class ImageStore:
             raise NotFound(f"no such image: {s}")
         return found
 
-    # -- garbage collection
-    def referenced_blobs(self) -> tuple[set[str], builtins.list[builtins.list[str]]]:
-        """Everything reachable from image records: blob digests, and each platform
-        manifest's diff_id list (the caller turns those into snapshot chain IDs)."""
-        import json
+    # -- what protects content from the garbage collector
+    def add_lease_refs(self, lease: str, refs: Sequence[tuple[str, str]]) -> None:
+        """Record that the work of ``lease`` relies on ``refs`` ((kind, ref) pairs)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO lease_refs VALUES (?,?,?)",
+                [(lease, kind, ref) for kind, ref in refs],
+            )
 
-        blobs: set[str] = set()
-        diff_id_lists: list[list[str]] = []
-        stack = [r[0] for r in self._db.execute("SELECT digest FROM images")]
-        while stack:
-            digest = stack.pop()
-            if digest in blobs or not self.content.exists(digest):
-                continue
-            blobs.add(digest)
-            parsed = parse_manifest(self.content.read(digest))
-            if isinstance(parsed, Index):
-                stack.extend(d.digest for d in parsed.manifests)
-            elif isinstance(parsed, Manifest):
-                blobs.add(parsed.config.digest)
-                blobs.update(layer.digest for layer in parsed.layers)
-                if self.content.exists(parsed.config.digest):
-                    try:
-                        cfg = json.loads(self.content.read(parsed.config.digest))
-                        ids = cfg.get("rootfs", {}).get("diff_ids", [])
-                        if isinstance(ids, list):
-                            diff_id_lists.append([str(i) for i in ids])
-                    except (ValueError, AttributeError):
-                        pass
-        return blobs, diff_id_lists
+    def drop_lease_refs(
+        self, leases: Sequence[str], refs: Sequence[tuple[str, str]] | None = None
+    ) -> None:
+        """Forget what ``leases`` protect: everything, or only ``refs``."""
+        with self._tx() as db:
+            for lease in leases:
+                if refs is None:
+                    db.execute("DELETE FROM lease_refs WHERE lease=?", (lease,))
+                else:
+                    db.executemany(
+                        "DELETE FROM lease_refs WHERE lease=? AND kind=? AND ref=?",
+                        [(lease, kind, ref) for kind, ref in refs],
+                    )
 
-    def collect_garbage(self) -> builtins.list[str]:
-        """Delete blobs no image references; returns the deleted digests."""
-        keep, _ = self.referenced_blobs()
-        removed = []
-        for info in list(self.content.list()):
-            if info.digest not in keep:
-                self.content.delete(info.digest)
-                removed.append(info.digest)
-        return removed
+    def gc_roots(self) -> GcRoots:
+        """Every record's (and hold's) target and every lease ref, as of one moment: a
+        record put and its lease's refs dropped just after cannot both be missed."""
+        self._db.execute("BEGIN")
+        try:
+            # A hold outlives its record only in a database written before hold() checked
+            # the record; what the holder runs on stays all the same.
+            images = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT digest FROM images UNION SELECT digest FROM holds"
+                )
+            ]
+            leased = [
+                (str(r[0]), str(r[1]), str(r[2]))
+                for r in self._db.execute("SELECT lease, kind, ref FROM lease_refs")
+            ]
+        finally:
+            self._db.execute("COMMIT")
+        return GcRoots(images, leased)
 
     def dangling(self) -> builtins.list[ImageRecord]:
         rows = self._db.execute(

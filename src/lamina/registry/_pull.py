@@ -16,9 +16,17 @@ Lifecycle of one ``pull(local, ref)``:
    committed (layers, config, manifest, index last) and the image record written
    with its names (the tag and ``repo@digest``).
 
+The pull runs under a store lease (``LocalImages.lease``; or the caller's, e.g. a
+build's): before relying on a blob or snapshot it finds present (a layer shared with
+another image) or creating one, it protects it (``StoreLease.protect``), so a
+concurrent ``rmi`` or ``image prune`` cannot sweep it away before the record names
+it; its unpack scratch dirs are registered on the lease. A layer listed twice in a
+manifest is downloaded once (two writers on one ingest would interleave their bytes).
+
 Failure leaves nothing half-written: no blob is committed, snapshots this pull
-created are removed, no record is written. Partial downloads stay as ingests so the
-next pull resumes them with a Range request (a digest mismatch discards the ingest).
+created are collected again, no record is written. Partial downloads stay as ingests
+so the next pull resumes them with a Range request (a digest mismatch discards the
+ingest); taking the lease removes abandoned ones past ``RESUMABLE_SECONDS``.
 
 Concurrent pulls (threads or processes) needing the same blobs serialise on
 ``flock``s under ``<root>/locks/`` (64 stripes by digest, taken in order up front),
@@ -40,6 +48,7 @@ from typing import BinaryIO, Literal
 
 from lamina.errors import DigestMismatch, InvalidLayer, InvalidManifest, LaminaError, NotFound
 from lamina.image._content import BlobWriter
+from lamina.image._gc import StoreLease
 from lamina.image._local import LocalImages
 from lamina.image._manifest import (
     Descriptor,
@@ -79,6 +88,7 @@ def pull(
     max_concurrent: int = 3,
     client: RegistryClient | None = None,
     unpack: bool = True,
+    lease: StoreLease | None = None,
 ) -> ImageRecord:
     """Make ``ref`` present locally (blobs, snapshots, record) according to ``policy``
     and return its record.
@@ -86,18 +96,41 @@ def pull(
     ``platform`` picks the manifest of an index (default: the host's); ``config``
     gives TLS/insecure settings (default: ``RegistryConfig.load()``); ``client``
     reuses a RegistryClient for the reference's registry; ``unpack=False`` stores
-    blobs and the record but makes no snapshots (unpacked later on demand)."""
+    blobs and the record but makes no snapshots (unpacked later on demand);
+    ``lease``: the store lease of the caller's work (a build's), which then keeps
+    protecting what the image needs after the pull; else the pull takes its own."""
     if policy not in POLICIES:
         raise LaminaError(f"unknown pull policy {policy!r} (want one of {', '.join(POLICIES)})")
     reference = parse_reference(ref) if isinstance(ref, str) else ref
+    with contextlib.ExitStack() as stack:
+        if lease is None:
+            lease = stack.enter_context(local.lease("pull"))
+        return _pull(
+            local, reference, policy, platform, progress, config, max_concurrent, client, unpack,
+            lease,
+        )  # fmt: skip
+
+
+def _pull(
+    local: LocalImages,
+    reference: Reference,
+    policy: str,
+    platform: Platform | None,
+    progress: ProgressSink | None,
+    config: RegistryConfig | None,
+    max_concurrent: int,
+    client: RegistryClient | None,
+    unpack: bool,
+    lease: StoreLease,
+) -> ImageRecord:
     sink = progress or NullProgress()
-    existing = _local_image(local, reference, platform)
+    existing = _local_image(local, reference, platform, lease)
     if policy == "never":
         if existing is None:
             raise NotFound(f"image {reference} is not present locally and the pull policy is never")
-        return _ensure_unpacked(local, existing) if unpack else existing
+        return _ensure_unpacked(local, existing, lease) if unpack else existing
     if policy == "if-not-present" and existing is not None:
-        return _ensure_unpacked(local, existing) if unpack else existing
+        return _ensure_unpacked(local, existing, lease) if unpack else existing
     with client_session(reference.domain, config, client, sink) as c:
         if policy == "newer" and existing is not None:
             tag = reference.digest or reference.tag or "latest"
@@ -107,14 +140,16 @@ def pull(
             ):
                 up_to_date = f"{reference}: image is up to date"
                 sink.event(ProgressEvent("finished", message=up_to_date))
-                return _ensure_unpacked(local, existing) if unpack else existing
-        puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack)
+                return _ensure_unpacked(local, existing, lease) if unpack else existing
+        puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack, lease)
         return puller.run()
 
 
 def _local_image(
-    local: LocalImages, ref: Reference, platform: Platform | None
+    local: LocalImages, ref: Reference, platform: Platform | None, lease: StoreLease
 ) -> ImageRecord | None:
+    """The local record for ``ref``, protected by ``lease`` (None when there is none,
+    or it was removed before it could be protected)."""
     record = local.images.lookup(str(ref))
     if record is None:
         return None
@@ -125,12 +160,13 @@ def _local_image(
             return None
         if not matches(platform, have):
             return None
+    if record.digest not in lease.protect(images=[record.digest]).images:
+        return None
     return record
 
 
-def _ensure_unpacked(local: LocalImages, record: ImageRecord) -> ImageRecord:
-    if not local.is_unpacked(record):
-        local.unpack(record)
+def _ensure_unpacked(local: LocalImages, record: ImageRecord, lease: StoreLease) -> ImageRecord:
+    local.unpack(record, lease)
     return record
 
 
@@ -143,12 +179,16 @@ class _Layer:
     need_unpack: bool
     writer: BlobWriter | None = None
     follow: Follow | None = None
+    # The verified download to unpack from, before it is committed (the layer's blob
+    # was downloaded for an earlier layer of the same digest).
+    source: Path | None = None
 
 
 @dataclass
 class _State:
     writers: list[BlobWriter] = field(default_factory=list)
     new_snapshots: list[str] = field(default_factory=list)
+    new_blobs: list[str] = field(default_factory=list)
     follows: list[Follow] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     failed: BaseException | None = None
@@ -163,9 +203,11 @@ class _Pull:
         platform: Platform | None,
         progress: ProgressSink,
         max_concurrent: int,
-        unpack: bool = True,
+        unpack: bool,
+        lease: StoreLease,
     ) -> None:
         self.unpack = unpack
+        self.lease = lease
         self.local = local
         self.client = client
         self.ref = ref
@@ -193,9 +235,9 @@ class _Pull:
             raise InvalidManifest(f"index {target.digest} nests another index; not supported")
         return target, child, manifest
 
-    def _config(self, manifest: Manifest) -> bytes:
+    def _config(self, manifest: Manifest, present: frozenset[str]) -> bytes:
         desc = manifest.config
-        if self.local.content.exists(desc.digest):
+        if desc.digest in present:
             return self.local.content.read(desc.digest)
         data = self.client.get_blob_bytes(self.repo, desc.digest)
         if len(data) != desc.size:
@@ -212,22 +254,29 @@ class _Pull:
                 "resolved", digest=target.digest, message=f"{self.ref}: resolved {target.digest}"
             )
         )
-        config_data = self._config(manifest)
+        wanted = [target.digest, manifest.config.digest, *(d.digest for d in manifest.layers)]
+        if child is not None:
+            wanted.append(child.digest)
+        # From here on, what is present stays present (a shared layer survives an rmi of
+        # the image it came with), and what this pull adds is protected before it exists.
+        present = self.lease.protect(blobs=wanted).blobs
+        config_data = self._config(manifest, present)
         config = parse_image_config(config_data)
         check_layers(manifest, config)
         diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
         chains = chain_ids(diff_ids)
-        content, snaps = self.local.content, self.local.snapshots
+        unpacked = self.lease.protect(snapshots=chains).snapshots if self.unpack else frozenset()
         layers = [
             _Layer(
                 desc=desc,
                 diff_id=diff_id,
                 chain=chain,
-                need_blob=not content.exists(desc.digest),
-                need_unpack=self.unpack and not snaps.exists(chain),
+                need_blob=desc.digest not in present,
+                need_unpack=self.unpack and chain not in unpacked,
             )
             for desc, diff_id, chain in zip(manifest.layers, diff_ids, chains, strict=True)
         ]
+        content, snaps = self.local.content, self.local.snapshots
         locked = sorted({layer.desc.digest for layer in layers if layer.need_blob})
         with _blob_locks(self.local.root, locked):
             # Another pull may have finished these while we waited for the locks.
@@ -236,7 +285,7 @@ class _Pull:
                 layer.need_unpack = layer.need_unpack and not snaps.exists(layer.chain)
             try:
                 self._fetch_and_unpack(layers)
-                record = self._commit(target, child, manifest, config_data, layers)
+                record = self._commit(target, child, manifest, config_data, layers, present)
             except BaseException as e:
                 self._rollback(e)
                 raise
@@ -267,23 +316,34 @@ class _Pull:
             with futures_lock:
                 unpack_futures.append(unpacks.submit(self._unpack, layer))
 
-        def download(layer: _Layer) -> None:
+        def download(group: list[_Layer]) -> None:
+            """One blob: downloaded once, unpacked for every layer listing it."""
+            first, *again = group
             try:
                 if self.state.failed is not None:
                     return
-                if layer.need_blob:
-                    self._download(layer, start_unpack if layer.need_unpack else None)
+                if first.need_blob:
+                    self._download(first, start_unpack if first.need_unpack else None)
+                    assert first.writer is not None
+                    for layer in again:
+                        layer.source = first.writer.path
                 else:
-                    ev = ProgressEvent("exists", digest=layer.desc.digest, size=layer.desc.size)
+                    ev = ProgressEvent("exists", digest=first.desc.digest, size=first.desc.size)
                     self.progress.event(ev)
+                    if first.need_unpack:
+                        start_unpack(first)
+                for layer in again:
                     if layer.need_unpack:
                         start_unpack(layer)
             except BaseException as e:
                 self._fail(e)
                 raise
 
+        groups: dict[str, list[_Layer]] = {}
+        for layer in layers:
+            groups.setdefault(layer.desc.digest, []).append(layer)
         try:
-            for f in [downloads.submit(download, layer) for layer in layers]:
+            for f in [downloads.submit(download, group) for group in groups.values()]:
                 f.result()
             with futures_lock:
                 pending = list(unpack_futures)
@@ -368,7 +428,7 @@ class _Pull:
             if follow is None:
                 ev = ProgressEvent("extracting", digest=desc.digest, size=desc.size)
                 self.progress.event(ev)
-                self._unpack_from(layer, self.local.content.path(desc.digest))
+                self._unpack_from(layer, layer.source or self.local.content.path(desc.digest))
             else:
                 try:
                     with follow.reader() as stream:
@@ -395,7 +455,11 @@ class _Pull:
 
     def _unpack_stream(self, layer: _Layer, blob: BinaryIO) -> None:
         self.local.snapshots.unpack(
-            layer.chain, blob, expected_diff_id=layer.diff_id, media_type=layer.desc.media_type
+            layer.chain,
+            blob,
+            expected_diff_id=layer.diff_id,
+            media_type=layer.desc.media_type,
+            registrar=self.lease,
         )
 
     def _commit(
@@ -405,15 +469,18 @@ class _Pull:
         manifest: Manifest,
         config_data: bytes,
         layers: list[_Layer],
+        present: frozenset[str],
     ) -> ImageRecord:
-        content = self.local.content
+        content, new = self.local.content, self.state.new_blobs
         for layer in layers:
             if layer.writer is not None:
-                layer.writer.commit()
-        content.add(config_data, manifest.config.digest)
+                new.append(layer.writer.commit())
+        small = [(config_data, manifest.config.digest), (target.data, target.digest)]
         if child is not None:
-            content.add(child.data, child.digest)
-        content.add(target.data, target.digest)
+            small.insert(1, (child.data, child.digest))
+        for data, digest in small:  # the index last: nothing points at a missing child
+            if digest not in present and not content.exists(digest):
+                new.append(content.add(data, digest))
         record = self.local.record(target.digest, self.platform, media_type=target.media_type)
         names = [f"{self.ref.name}@{target.digest}"]
         if self.ref.tag and not self.ref.digest:
@@ -421,9 +488,12 @@ class _Pull:
         return self.local.images.put(record, names)
 
     def _rollback(self, error: BaseException) -> None:
-        for chain in self.state.new_snapshots:
-            with contextlib.suppress(Exception):
-                self.local.snapshots.remove(chain)
+        """What this pull made goes again, unless something else relies on it by now."""
+        blobs, chains = self.state.new_blobs, self.state.new_snapshots
+        if blobs or chains:
+            self.lease.unprotect(blobs=blobs, snapshots=chains)
+            with contextlib.suppress(LaminaError, OSError):
+                self.local.collect_garbage(blobs=blobs, snapshots=chains)
         if isinstance(error, InvalidLayer):
             # A layer unpacking refuses (hostile or malformed): no later pull of this
             # image can succeed, so none of its downloads is kept for a resume.

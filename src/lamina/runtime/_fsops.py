@@ -39,6 +39,8 @@ from lamina.image import (
     LocalImages,
     Manifest,
     Platform,
+    Reference,
+    StoreLease,
     apply_layer,
     dump_json,
     media,
@@ -432,8 +434,27 @@ def commit_image(
     cfg.update(container_config or {})
     cfg = apply_changes(changes, cfg)  # a bad change fails before any work
     base_manifest = local.manifest_for(base.manifest_digest)
+    # Protects the base image and the new blobs from a concurrent rmi/prune until the
+    # new record names them.
+    with local.lease("commit") as lease:
+        lease.protect(images=[base.digest])
+        return _commit_record(local, lease, base_manifest, config, cfg, upper, ref, author,
+                              message, created_by)  # fmt: skip
 
-    written = ingest_layer(local.content, upper, ref="commit", overlay_upper=True)
+
+def _commit_record(
+    local: LocalImages,
+    lease: StoreLease,
+    base_manifest: Manifest,
+    config: dict[str, Any],
+    cfg: dict[str, Any],
+    upper: Path,
+    ref: Reference | None,
+    author: str | None,
+    message: str | None,
+    created_by: str,
+) -> ImageRecord:
+    written = ingest_layer(local.content, upper, ref="commit", lease=lease, overlay_upper=True)
     now = rfc3339(time.time_ns())
     config["created"] = now
     config["config"] = cfg
@@ -452,7 +473,7 @@ def commit_image(
         history["comment"] = message
     config["history"] = [*(config.get("history") or []), history]
     config_bytes = dump_json(config)
-    config_digest = local.content.add(config_bytes)
+    config_digest = lease.add_blob(config_bytes)
 
     layers = [
         Descriptor(_OCI_LAYER_TYPE.get(d.media_type, d.media_type), d.digest, d.size, urls=d.urls)
@@ -462,7 +483,7 @@ def commit_image(
     manifest = Manifest(
         media.OCI_MANIFEST, Descriptor(media.OCI_CONFIG, config_digest, len(config_bytes)), layers
     )
-    target = local.content.add(dump_json(manifest))
+    target = lease.add_blob(dump_json(manifest))
     plat = Platform.of_config(config)
     record = local.record(target, plat)
     return local.images.put(record, [str(ref)] if ref else [])
