@@ -139,9 +139,10 @@ def root_state(root: Path) -> dict[str, int]:
 
 # command -> (arguments, what the error line must name besides ENOSPC)
 WRITES: dict[str, tuple[list[str], str]] = {
-    "pull": (["pull", "{pull_ref}"], "{root}/content/ingest/"),
+    # The first write of a pull or load is its lease (or its first ingest).
+    "pull": (["pull", "{pull_ref}"], "{root}/"),
     "import": (["import", "{outside}/rootfs.tar", "example.com/test/imported:1"], "{root}/"),
-    "load": (["load", "-i", "{outside}/image.tar"], "{root}/content/ingest/"),
+    "load": (["load", "-i", "{outside}/image.tar"], "{root}/"),
     # The first build makes build-cache.db: a database that cannot be created.
     "build": (["build", "-t", "example.com/test/built:1", "{outside}/context"], "{root}/"),
     # With the cache there, a step's container, layer and record.
