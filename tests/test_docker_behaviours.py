@@ -26,7 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_server import RegistryServer, build_image, build_index, layer_tar, skopeo
+from registry_server import (
+    RegistryServer,
+    TestImage,
+    build_image,
+    build_index,
+    layer_tar,
+    skopeo,
+)
 from runtime_fixtures import (
     IMAGE_REF,
     cli_image_root,
@@ -59,16 +66,17 @@ def _busybox_layer(busybox: Path = Path("/bin/busybox")) -> bytes:
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = cli_image_root(tmp_path_factory, "docker-behaviours")
     # An image whose StopSignal no signal parser accepts (as a registry may serve one).
-    bogus = build_image(
-        [_busybox_layer()],
-        extra_config={"config": {"Cmd": ["/bin/sh"], "StopSignal": "BOGUS"}},
-    )
+    config = {"config": {"Cmd": ["/bin/sh"], "StopSignal": "BOGUS"}}
+    _store(root, build_image([_busybox_layer()], extra_config=config), BOGUS_STOP)
+    return root
+
+
+def _store(root: Path, image: TestImage, name: str) -> None:
     local = LocalImages.open(root)
     try:
-        bogus.store(local, BOGUS_STOP)
+        image.store(local, name)
     finally:
         local.close()
-    return root
 
 
 @pytest.fixture
@@ -337,11 +345,7 @@ def test_platform_is_checked_against_the_local_image(
 
 def test_a_platform_no_isolation_can_run_is_refused(root: Path, tmp_path: Path) -> None:
     s390x = build_image([layer_tar({"etc/arch": b"s390x\n"})], platform="linux/s390x")
-    local = LocalImages.open(root)
-    try:
-        s390x.store(local, "example.com/test/s390x:1")
-    finally:
-        local.close()
+    _store(root, s390x, "example.com/test/s390x:1")
     line = fails(lamina_cli(root, "run", "--rm", "example.com/test/s390x:1", "true"), 125)
     assert "image platform linux/s390x cannot run in a process container" in line
     r = lamina_cli(root, "create", "--isolation", "auto", "example.com/test/s390x:1", "true")
