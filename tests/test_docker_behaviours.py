@@ -277,6 +277,22 @@ def test_a_failed_exec_reports_once_with_dockers_exit_codes(root: Path) -> None:
     assert (code, out) == (4, b"exec failed: mine\r\n")
 
 
+def test_only_the_runtimes_own_last_line_is_held_back() -> None:
+    """runc's ``exec failed: ...`` line may come split over reads; the process's own
+    output is never lost, a line like runc's included when the exec did not fail."""
+    from lamina.runtime._exec import HoldRuntimeError
+
+    hold = HoldRuntimeError()
+    out = hold.feed(b"out\nexec fa") + hold.feed(b"iled: mine\n")
+    assert (out, hold.end(failed=False)) == (b"out\n", b"exec failed: mine\n")
+    hold = HoldRuntimeError()
+    out = hold.feed(b"exec failed: x\r\n") + hold.feed(b"more\r\n")
+    assert (out, hold.end(failed=False)) == (b"exec failed: x\r\nmore\r\n", b"")
+    hold = HoldRuntimeError()
+    assert hold.feed(b'exec failed: exec: "x": not found\n') == b""
+    assert hold.end(failed=True) == b""
+
+
 # -- --platform -------------------------------------------------------------------------------
 
 

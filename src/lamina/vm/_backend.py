@@ -778,8 +778,6 @@ class VmRuntime(Runtime):
             local = self.images
             try:
                 uid, gid, groups, home = image_user(local, local.require(p["image_id"]), user)
-            except NotFound:
-                raise
             except LaminaError as e:  # Docker: the exec could not start, 126
                 from lamina.runtime._conmon import StartFailed
 
