@@ -5,7 +5,9 @@ wait, stats, top, inspect, pause, unpause, rename, cp, diff, commit, update, and
 Each command opens the runtime on the root, does one thing through the Runtime
 interface and prints what Docker prints. Flag and pre-run failures exit 125 with one
 line on stderr (Docker's code); ``run`` and ``start -a`` exit with the container's
-code, 126/127 when its command could not be executed or found. Imports of the
+code, ``exec`` with its process's, 126/127 when the command could not be executed or
+found; ``run -it``/``exec -it`` with a stdin that is not a terminal exit 1, as
+Docker's CLI does. Imports of the
 runtime and image plane happen inside the commands: this module loads with click.
 """
 

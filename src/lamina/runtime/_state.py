@@ -300,13 +300,13 @@ class StateStore:
 
     def exited_with(self, key: str) -> builtins.list[Record]:
         """Exited containers whose ``extra`` holds ``key``: a mark of work in flight on
-        them (few rows ever carry one, so every reconcile can afford to ask)."""
+        them (few rows ever carry one, so every reconcile can afford to ask). A text
+        match (no JSON1 needed); the key is checked again on the parsed rows."""
         rows = self._all(
-            f"SELECT {','.join(_COLUMNS)} FROM containers"
-            " WHERE status=? AND json_extract(extra, ?) IS NOT NULL",
-            (Status.EXITED.value, f"$.{key}"),
+            f"SELECT {','.join(_COLUMNS)} FROM containers WHERE status=? AND extra LIKE ?",
+            (Status.EXITED.value, f'%"{key}":%'),
         )
-        return [self._from_row(r) for r in rows]
+        return [rec for rec in map(self._from_row, rows) if key in rec.extra]
 
     def name_taken(self, name: str) -> bool:
         return self._one("SELECT 1 FROM containers WHERE name=?", (name,)) is not None
