@@ -5,7 +5,9 @@ wait, stats, top, inspect, pause, unpause, rename, cp, diff, commit, update, and
 Each command opens the runtime on the root, does one thing through the Runtime
 interface and prints what Docker prints. Flag and pre-run failures exit 125 with one
 line on stderr (Docker's code); ``run`` and ``start -a`` exit with the container's
-code, 126/127 when its command could not be executed or found. Imports of the
+code, ``exec`` with its process's, 126/127 when the command could not be executed or
+found; ``run -it``/``exec -it`` with a stdin that is not a terminal exit 1, as
+Docker's CLI does. Imports of the
 runtime and image plane happen inside the commands: this module loads with click.
 """
 
@@ -184,7 +186,8 @@ def _routed(name: str) -> Callable[..., Any]:
 
 
 for _name in (
-    "start", "stop", "kill", "pause", "unpause", "remove", "rename", "get", "wait", "logs",
+    "start", "stop", "restart", "kill", "pause", "unpause", "remove", "rename", "get", "wait",
+    "logs",
     "stats", "top", "pid", "ip_address", "exec", "attach", "resize", "copy_out", "copy_in",
     "diff", "commit", "update", "rootfs",
 ):  # fmt: skip
@@ -278,31 +281,70 @@ def _state_word(c: Container) -> str:
 def _resolve_image(image: str, pull: str, platform: str | None, local: Any) -> Any:
     """The ImageRecord for ``image`` in ``local`` (LocalImages) under Docker's --pull
     policy (always, missing, never, newer); pull progress goes to stderr, as
-    ``docker run`` does."""
-    from lamina.errors import NotFound
+    ``docker run`` does. With ``--platform``, a local image of another platform counts
+    as missing (pulled for that platform), as in Docker; when there is no such copy
+    to pull, the error says what was found."""
+    from lamina.errors import LaminaError, NotFound
+    from lamina.image import parse_platform
 
+    want = parse_platform(platform) if platform is not None else None
     hexpart = image.removeprefix("sha256:")
     if len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
-        return local.images.resolve(image)  # an image ID: nothing to pull it by
+        record = local.images.resolve(image)  # an image ID: nothing to pull it by
+        mismatch = _platform_mismatch(image, record, want)
+        if mismatch:
+            raise LaminaError(mismatch)
+        return record
+    mismatch = ""
     if pull in ("missing", "never"):
         try:
-            return local.images.resolve(image)
+            record = local.images.resolve(image)
         except NotFound:
             if pull == "never":
                 raise NotFound(f"no such image: {image} (and --pull never)") from None
-        print(f"Unable to find image '{image}' locally", file=sys.stderr)
+            print(f"Unable to find image '{image}' locally", file=sys.stderr)
+        else:
+            mismatch = _platform_mismatch(image, record, want)
+            if not mismatch:
+                return record
+            if pull == "never":
+                raise LaminaError(mismatch)
     # Imported only when the registry is needed: httpx costs ~80 ms of start-up.
-    from lamina.cli._images import _platform_arg, progress_sink, registry_config
+    from lamina.cli._images import progress_sink, registry_config
     from lamina.registry import pull as do_pull
 
     policy = {"missing": "if-not-present"}.get(pull, pull)
-    return do_pull(
-        local,
-        image,
-        policy=policy,
-        platform=_platform_arg(platform),
-        progress=progress_sink(False),
-        config=registry_config(),
+    try:
+        return do_pull(
+            local,
+            image,
+            policy=policy,
+            platform=want,
+            progress=progress_sink(False),
+            config=registry_config(),
+        )
+    except LaminaError as e:
+        if not mismatch:
+            raise
+        raise LaminaError(f"{mismatch} (and pulling it for {want} failed: {e})") from None
+
+
+def _platform_mismatch(image: str, record: Any, want: Any) -> str:
+    """Docker's error when the image found is not of the ``--platform`` asked for ("" when
+    it is, or when none was asked for)."""
+    from lamina.errors import LaminaError
+    from lamina.image import matches, parse_platform
+
+    if want is None:
+        return ""
+    try:
+        if matches(want, parse_platform(record.platform)):
+            return ""
+    except LaminaError:
+        pass  # a record without a readable platform matches nothing
+    return (
+        f"image with reference {image} was found but does not match the specified "
+        f"platform: wanted {want}, actual: {record.platform or 'unknown'}"
     )
 
 
@@ -492,6 +534,8 @@ def _prepare(
         chosen, reason = _choose_isolation(
             isolation, local, record, vm_base=parsed.config.vm_base is not None
         )
+        if chosen == "process":
+            _require_host_platform(record.platform)
         if isolation == "auto":
             apply_isolation(parsed, chosen)
         if parsed.config.vm_base and chosen == "vm":
@@ -545,6 +589,51 @@ def _choose_isolation(
     return "vm", f"--isolation auto: {why}"
 
 
+# Go architecture -> the name binfmt_misc handlers (qemu-user) are registered under.
+_QEMU_USER = {"amd64": "x86_64", "arm64": "aarch64", "386": "i386", "mips64le": "mips64el",
+              "loong64": "loongarch64"}  # fmt: skip
+
+
+def _require_host_platform(image_platform: str) -> None:
+    """A process container shares the host's kernel and CPU: an image of another
+    platform runs there only through a binfmt_misc emulator (qemu-user). Without one it
+    would fail at exec ("exec format error"), so it is refused here, in one line."""
+    from lamina.errors import LaminaError
+    from lamina.image import host_platform, parse_platform
+
+    try:
+        have = parse_platform(image_platform)
+    except LaminaError:
+        return  # no platform recorded: taken to be the host's, as before
+    host = host_platform()
+    if have.os == host.os and have.architecture == host.architecture:
+        return
+    qemu = _QEMU_USER.get(have.architecture, have.architecture)
+    if have.os == host.os and _binfmt_enabled(f"qemu-{qemu}"):
+        return
+    from lamina.vm._arch import ARCHES
+
+    where = f"image platform {have.os}/{have.architecture} cannot run in a process container"
+    if have.os == "linux" and have.architecture in ARCHES:
+        raise LaminaError(
+            f"{where} on this {host.os}/{host.architecture} host (no binfmt_misc emulator "
+            "for it): use --isolation auto or vm to run it in an emulated micro-VM"
+        )
+    vms = " and ".join(f"linux/{a}" for a in ARCHES)
+    raise LaminaError(
+        f"{where} on this {host.os}/{host.architecture} host (no binfmt_misc emulator for "
+        f"it), and micro-VMs run only {vms} images"
+    )
+
+
+def _binfmt_enabled(name: str) -> bool:
+    try:
+        with open(f"/proc/sys/fs/binfmt_misc/{name}") as f:
+            return f.readline().strip() == "enabled"
+    except OSError:
+        return False
+
+
 def _image_store(rt: Runtime) -> Any:
     """The runtime's own LocalImages when it has one (one set of connections for
     resolving and creating), else a new one on the root."""
@@ -589,6 +678,8 @@ def run(
     """Create and run a new container from an image."""
     from lamina.errors import LaminaError
 
+    if not detach:
+        _require_tty(flags["interactive"], flags["tty"])
     rt = open_runtime()  # a bad --runtime fails before any pull
     config = _prepare(rt, image, command, flags, auto_remove=auto_remove)
     ctr = _create(rt, config)
@@ -612,8 +703,8 @@ def run(
         if auto_remove:  # e.g. a published port taken: --rm leaves nothing behind
             _remove_quietly(rt, ctr.id)
         raise
-    if auto_remove:
-        _remove_quietly(rt, ctr.id)
+    # Its exit removed a --rm container already (the runtime's doing): removing it
+    # here could take it from a `restart` that keeps it, as Docker's does.
     _exit(rt, code)
 
 
@@ -644,6 +735,16 @@ def _exit(rt: Runtime, code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _require_tty(interactive: bool, tty: bool) -> None:
+    """Docker's CheckTty: ``-i`` with ``-t`` attaches our stdin to the container's
+    terminal, which needs a terminal here too (else nothing could ever end its input).
+    ``-t`` alone, or ``-i`` alone, is fine with any stdin."""
+    from lamina.errors import LaminaError
+
+    if interactive and tty and not sys.stdin.isatty():
+        raise LaminaError("the input device is not a TTY")
 
 
 def _start_failed(rt: Runtime, cid: str, e: BaseException, *, remove: bool) -> None:
@@ -802,13 +903,7 @@ def stop(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> N
 def restart(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> None:
     """Restart one or more containers."""
     rt = open_runtime()
-
-    def do(ref: str) -> None:
-        if str(rt.get(ref).state.status) in ("running", "paused"):
-            rt.stop(ref, timeout=timeout, signal=sig)
-        rt.start(ref)
-
-    _each(containers, do)
+    _each(containers, lambda ref: rt.restart(ref, timeout=timeout, signal=sig))
 
 
 @_command("kill")
@@ -1328,6 +1423,8 @@ def exec_(
         raise FlagError(
             f"the working directory {workdir!r} is invalid: it needs to be an absolute path", "exec"
         )
+    if not detach:
+        _require_tty(interactive, tty)
     rt = open_runtime()
     sys.stdout.flush()
     with contextlib.ExitStack() as stack:

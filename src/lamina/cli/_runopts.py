@@ -384,13 +384,14 @@ def parse_mount(spec: str) -> Mount:
                 options.append(f"mode={int(val, 8):o}")
             except ValueError:
                 raise InvalidOption(f"invalid --mount {spec!r}: tmpfs-mode {val!r} is not octal")
-        elif key in (
-            "consistency",
-            "bind-nonrecursive",
-            "volume-driver",
-            "volume-label",
-            "volume-opt",
-        ):
+        elif key == "volume-opt":
+            # Docker's local driver mounts per these (type=tmpfs, device=...); lamina's
+            # volumes are plain directories and `volume create -o` takes none either.
+            raise InvalidOption(
+                f"invalid --mount {spec!r}: volume-opt {val!r} is not supported: "
+                "local volumes here are plain directories and take no driver options"
+            )
+        elif key in ("consistency", "bind-nonrecursive", "volume-driver", "volume-label"):
             if key == "volume-driver" and val not in ("", "local"):
                 raise InvalidOption(
                     f"invalid --mount {spec!r}: only the local volume driver exists"
@@ -478,6 +479,20 @@ def apply_security_opts(values: Sequence[str], sec: Security) -> None:
                 f"invalid --security-opt {v!r}: expected seccomp=unconfined|FILE or "
                 "no-new-privileges[:true|false]"
             )
+
+
+def parse_stop_signal(value: str) -> str:
+    """``--stop-signal``: a signal name (with or without SIG) or number, kept as given;
+    a bogus one is refused here, not found out when the container is stopped."""
+    from lamina.runtime._signals import parse_signal
+
+    try:
+        parse_signal(value)
+    except LaminaError:
+        raise InvalidOption(
+            f"invalid --stop-signal {value!r}: not a signal name or number (e.g. SIGTERM, 15)"
+        ) from None
+    return value.strip()
 
 
 def parse_sysctl(value: str, network: str) -> tuple[str, str]:
@@ -711,12 +726,16 @@ def build_config(
 
     security = Security(
         privileged=opts.privileged,
+        # --privileged lifts no_new_privileges (setuid binaries work again), as in
+        # Docker; an explicit --security-opt no-new-privileges[=true|false] wins.
+        no_new_privileges=not opts.privileged,
         cap_add=[parse_capability(c, "--cap-add") for c in opts.cap_add],
         cap_drop=[parse_capability(c, "--cap-drop") for c in opts.cap_drop],
         read_only_rootfs=opts.read_only,
     )
     apply_security_opts(opts.security_opt, security)
 
+    stop_signal = parse_stop_signal(opts.stop_signal) if opts.stop_signal else None
     if opts.stop_timeout is not None and opts.stop_timeout < -1:
         raise InvalidOption(f"invalid --stop-timeout {opts.stop_timeout}: must be -1 or more")
 
@@ -747,7 +766,7 @@ def build_config(
         cpu_count=cpu_count,
     )
     cfg.security = security
-    cfg.stop_signal = opts.stop_signal or None
+    cfg.stop_signal = stop_signal
     if opts.stop_timeout is not None:
         cfg.stop_timeout = opts.stop_timeout
     cfg.init = opts.init

@@ -19,9 +19,15 @@ arguments, extra environment, user and working directory. Four modes:
   container's cgroup busy.
 
 runc reports failures to start the process (command not found, bad cwd) in its
-``--log`` file; those become a LaminaError whose ``exit_code`` is Docker's (127
-not found, 126 not executable). The process's own exit status is returned, 128+N
-when signal N killed it.
+``--log`` file; those become a LaminaError whose ``exit_code`` is Docker's
+(``exec_exit_code``: 127 not found, 126 for anything else that kept it from
+starting). runc also prints that error on its own stderr, which the process shares
+(stream mode) or which is the pty (tty mode): that line is held back
+(``HoldRuntimeError``) and dropped when the exec failed, so the error is printed once,
+by lamina. In stream mode stderr is therefore relayed through a pipe (stdin and
+stdout stay the caller's own); like ``docker exec``, the relay ends when every holder
+of that stderr has closed it. The process's own exit status is returned, 128+N when
+signal N killed it.
 """
 
 from __future__ import annotations
@@ -34,17 +40,12 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lamina.runtime._conmon import (
-    OciBinary,
-    StartFailed,
-    error_exit_code,
-    launch_exec,
-    runc_error_text,
-)
+from lamina.runtime._conmon import OciBinary, StartFailed, launch_exec, runc_error_text
 from lamina.runtime._spec import merge_env
 from lamina.runtime._term import follow_window_size, raw_terminal, set_window_size, window_size
 from lamina.runtime._types import ExecResult
@@ -79,6 +80,7 @@ class _Exec:
     def __init__(self, runtime: OciBinary, cid: str, bundle: Path, process: dict[str, Any]) -> None:
         self.runtime = runtime
         self.cid = cid
+        self.command = str((process.get("args") or [""])[0])
         tag = os.urandom(6).hex()
         self.process_file = bundle / f"exec-{tag}.json"
         self.log_file = bundle / f"exec-{tag}.log"
@@ -111,8 +113,7 @@ class _Exec:
         if not msgs:
             return None
         text = runc_error_text(msgs[-1]) if "msg=" in msgs[-1] else msgs[-1]
-        text = text.removeprefix("exec failed: ")
-        return StartFailed(f"exec failed: {text}", exit_code=error_exit_code(text))
+        return exec_failed(text, self.command)
 
     def close(self) -> None:
         for p in (self.process_file, self.log_file):
@@ -120,12 +121,48 @@ class _Exec:
                 p.unlink()
 
 
-def _strip_runc_line(stderr: bytes) -> bytes:
-    # runc also prints its fatal error to stderr, which the process shared.
-    lines = stderr.splitlines(keepends=True)
-    if lines and (b"exec failed:" in lines[-1] or b"level=error" in lines[-1]):
-        lines.pop()
-    return b"".join(lines)
+def exec_exit_code(error: str, command: str = "") -> int:
+    """Docker's exit code for an exec whose process never started: 127 when the command
+    (``command``, when known, must be the one named) was not found, 126 otherwise:
+    found but not executable, or anything else (a bad user or working directory)."""
+    low = error.lower()
+    named = not command or command.lower() in low
+    missing = ("executable file not found", "no such file or directory", "not a directory")
+    if named and any(m in low for m in missing):
+        return 127
+    return 126
+
+
+def exec_failed(error: str, command: str = "") -> StartFailed:
+    """The one error of an exec that could not start, worded once as runc words it."""
+    text = error.strip().removeprefix("exec failed: ")
+    return StartFailed(f"exec failed: {text}", exit_code=exec_exit_code(text, command))
+
+
+class HoldRuntimeError:
+    """Passes output through, except a last line that starts as the OCI runtime's own
+    ``exec failed: ...`` message: that line is held until more output shows it was the
+    process's (``feed`` returns it then), and ``end`` drops it when the exec failed
+    (lamina reports that error itself) or returns it when it did not."""
+
+    MARK = b"exec failed:"
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.held + data
+        start = buf.rfind(b"\n", 0, max(len(buf) - 1, 0)) + 1  # the last line's start
+        last = buf[start:]
+        if last.startswith(self.MARK) or (b"\n" not in last and self.MARK.startswith(last)):
+            self.held = last
+            return buf[:start]
+        self.held = b""
+        return buf
+
+    def end(self, failed: bool) -> bytes:
+        held, self.held = self.held, b""
+        return b"" if failed else held
 
 
 def run_exec(
@@ -154,14 +191,10 @@ def run_exec(
                     runtime=runtime,
                 )
             except StartFailed as e:
-                raise StartFailed(f"exec failed: {e}", exit_code=e.exit_code) from None
+                raise exec_failed(str(e), ex.command) from None
             return ExecResult(0, b"", b"")
         if stream:
-            proc2 = subprocess.run(ex.argv(), **_stdin_args(stdin, inherit=True))
-            failed = ex.failure()
-            if failed is not None:
-                raise failed
-            return ExecResult(proc2.returncode, b"", b"")
+            return ExecResult(_run_streamed(ex, stdin), b"", b"")
         proc3 = subprocess.run(ex.argv(), capture_output=True, **_stdin_args(stdin, inherit=False))
         failed = ex.failure()
         if failed is not None:
@@ -169,6 +202,48 @@ def run_exec(
         return ExecResult(proc3.returncode, proc3.stdout, proc3.stderr)
     finally:
         ex.close()
+
+
+def _run_streamed(ex: _Exec, stdin: BinaryIO | None) -> int:
+    """The exec with the caller's stdin (or ``stdin``) and stdout, its stderr relayed to
+    ours through ``HoldRuntimeError``; the exit code, or the exec's one error."""
+    args = _stdin_args(stdin, inherit=True)
+    data = args.pop("input", None)
+    proc = subprocess.Popen(
+        ex.argv(),
+        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE if data is not None else args.get("stdin"),
+    )
+    assert proc.stderr is not None
+    feeder = None
+    if data is not None:
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
+        feeder.start()
+    hold = HoldRuntimeError()
+    err_fd = proc.stderr.fileno()
+    try:
+        while chunk := os.read(err_fd, 65536):
+            _write_all(2, hold.feed(chunk))
+    except BaseException:  # ^C: as subprocess.run, end runc (the process goes on)
+        proc.kill()
+        raise
+    finally:
+        proc.stderr.close()
+        code = proc.wait()
+    if feeder is not None:
+        feeder.join()
+    failed = ex.failure()
+    _write_all(2, hold.end(failed is not None))
+    if failed is not None:
+        raise failed
+    return code
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        pipe.write(data)
+    with contextlib.suppress(OSError):
+        pipe.close()
 
 
 def _stdin_args(stdin: BinaryIO | None, *, inherit: bool) -> dict[str, Any]:
@@ -225,13 +300,19 @@ def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
 
         out_fd = sys.stdout.fileno() if stream else None
         captured = bytearray()
+        hold = HoldRuntimeError()  # runc's error comes through the terminal too
         with contextlib.ExitStack() as stack:
             if term_fd is not None:
                 stack.enter_context(raw_terminal(term_fd))
                 stack.enter_context(follow_window_size(term_fd, on_resize))
-            pump_pty(master, in_fd, out_fd, captured)
-        code = proc.wait()
-        failed = ex.failure()
+            pump_pty(master, in_fd, out_fd, captured, hold)
+            code = proc.wait()
+            failed = ex.failure()
+            tail = hold.end(failed is not None)  # still raw: written as it came
+            if out_fd is None:
+                captured += tail
+            else:
+                _write_all(out_fd, tail)
         if failed is not None:
             raise failed
         return ExecResult(code, bytes(captured), b"")
@@ -244,9 +325,16 @@ def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
                 proc.wait(timeout=5)
 
 
-def pump_pty(master: int, in_fd: int | None, out_fd: int | None, captured: bytearray) -> None:
-    """Copy ``in_fd`` -> master and master -> ``out_fd`` (or ``captured``) until the
-    pty closes (EIO once every process holding the slave has exited)."""
+def pump_pty(
+    master: int,
+    in_fd: int | None,
+    out_fd: int | None,
+    captured: bytearray,
+    hold: HoldRuntimeError | None = None,
+) -> None:
+    """Copy ``in_fd`` -> master and master -> ``out_fd`` (or ``captured``), through
+    ``hold`` when given, until the pty closes (EIO once every process holding the
+    slave has exited)."""
     reading_in = in_fd is not None
     while True:
         fds = [master] + ([in_fd] if reading_in and in_fd is not None else [])
@@ -263,6 +351,8 @@ def pump_pty(master: int, in_fd: int | None, out_fd: int | None, captured: bytea
                 raise
             if not data:
                 return
+            if hold is not None:
+                data = hold.feed(data)
             if out_fd is None:
                 captured += data
             else:

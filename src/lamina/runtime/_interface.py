@@ -60,8 +60,15 @@ class Runtime(abc.ABC):
         """Send the stop signal, wait ``timeout`` seconds, then SIGKILL."""
 
     @abc.abstractmethod
+    def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        """``stop`` (when running or paused), then ``start``. A ``--rm`` container is kept
+        across it, as Docker keeps it: only its own exit, ``stop`` or ``kill`` remove it."""
+
+    @abc.abstractmethod
     def kill(self, ref: str, signal: str = "SIGKILL") -> None:
-        """``signal``: a name with or without SIG, or a number; invalid ones are refused."""
+        """``signal``: a name with or without SIG, or a number; invalid ones are refused.
+        A paused container is thawed for SIGKILL and its stop signal (Docker's rule);
+        other signals stay pending until it is unpaused."""
 
     @abc.abstractmethod
     def pause(self, ref: str) -> None: ...

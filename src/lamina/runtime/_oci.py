@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from lamina import _leases
 from lamina._fsutil import atomic_write, naming
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina.errors import InUse, LaminaError, NotFound
@@ -58,7 +59,12 @@ from lamina.runtime._cgroups import (
 )
 from lamina.runtime._conmon import Bundle, OciBinary, StartFailed
 from lamina.runtime._interface import Runtime
-from lamina.runtime._signals import parse_signal, signal_from_exit_code, signal_name
+from lamina.runtime._signals import (
+    parse_signal,
+    signal_from_exit_code,
+    signal_name,
+    stop_signal,
+)
 from lamina.runtime._spec import build_spec, cgroup_path
 from lamina.runtime._state import Record, StateStore, new_id, random_name, validate_name
 from lamina.runtime._types import (
@@ -84,6 +90,8 @@ if TYPE_CHECKING:
 
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
 _STOP_KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be gone
+# Record.extra key: the lease of a ``restart`` that keeps a --rm container across its stop.
+_RESTARTING = "restarting"
 
 
 class WaitTimeout(LaminaError, TimeoutError):
@@ -224,6 +232,7 @@ class OciRuntime(Runtime):
             if os.path.exists(bundle.exit_file) or not _conmon.alive(conmon_pid, conmon_start):
                 with contextlib.suppress(NotFound):
                     self._finish(cid)
+        self._remove_abandoned_restarts()
 
     def cleanup(self, ref: str) -> None:
         """Conmon's exit command: record the exit and tear the run down."""
@@ -272,11 +281,68 @@ class OciRuntime(Runtime):
             self.state.update(cid, **values)
             for k, v in values.items():
                 setattr(rec, k, v)
-            if rec.config.auto_remove:
+            if rec.config.auto_remove and not self._restarting(rec):
                 self._remove_locked(rec, volumes=True, force=bool(error))
             else:
                 self._teardown_run(rec, force=bool(error))
         return rec
+
+    # -- restart (its marks are read by _finish and _reconcile) ---------------------
+    def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        rec = self._resolve(ref)
+        if signal is not None:
+            parse_signal(signal)  # a bad one is refused before anything stops
+        if rec.status not in _ACTIVE:
+            self.start(rec.id)
+            return
+        if not rec.config.auto_remove:
+            self.stop(rec.id, timeout=timeout, signal=signal)
+            self.start(rec.id)
+            return
+        # --rm: the stop must not remove it (Docker keeps it across a restart). The
+        # mark names this process's lease: if it dies, the container is removed after
+        # all (by _finish, or by _reconcile once it has stopped).
+        with _leases.take(self.root, "restart") as lease:
+            self._mark_restarting(rec.id, lease.id)
+            try:
+                self.stop(rec.id, timeout=timeout, signal=signal)
+                self.start(rec.id)
+            finally:
+                with contextlib.suppress(NotFound):
+                    self._mark_restarting(rec.id, None)
+                # Exited again already, or its start failed: --rm removes it now.
+                self._remove_if_exited(rec.id)
+
+    def _mark_restarting(self, cid: str, lease_id: str | None) -> None:
+        with self._locked(cid):
+            rec = self._fresh(cid)
+            if lease_id:
+                rec.extra[_RESTARTING] = lease_id
+            else:
+                rec.extra.pop(_RESTARTING, None)
+            self.state.update(cid, extra=rec.extra)
+
+    def _restarting(self, rec: Record) -> bool:
+        lease_id = rec.extra.get(_RESTARTING)
+        return bool(lease_id) and _leases.alive(self.root, str(lease_id))
+
+    def _remove_if_exited(self, cid: str) -> None:
+        """Remove a --rm container that is exited and no restart keeps."""
+        with contextlib.suppress(NotFound), self._locked(cid):
+            rec = self.state.get(cid)
+            if (
+                rec is not None
+                and rec.status == Status.EXITED
+                and rec.config.auto_remove
+                and not self._restarting(rec)
+            ):
+                self._remove_locked(rec, volumes=True)
+
+    def _remove_abandoned_restarts(self) -> None:
+        """--rm containers a restart stopped and, killed, never started again."""
+        for rec in self.state.exited_with(_RESTARTING):
+            if not self._restarting(rec):
+                self._remove_if_exited(rec.id)
 
     def _teardown_run(
         self, rec: Record, *, force: bool, unmount: bool = True, files: bool = True
@@ -339,8 +405,9 @@ class OciRuntime(Runtime):
         # --rm containers need no durable upper dir: "volatile" skips overlay's syncs
         # of it (umount would otherwise sync the whole upper filesystem), as podman does.
         extra = ",volatile" if rec.config.auto_remove else ""
-        if extra:  # left by an earlier volatile mount; this upper dir is disposable anyway
-            shutil.rmtree(work / "incompat", ignore_errors=True)
+        if extra:  # left by an earlier volatile mount (a restart's); the kernel refuses
+            # to mount again while it exists, and this upper dir is disposable anyway
+            shutil.rmtree(work / "work" / "incompat", ignore_errors=True)
         try:
             err = mount_overlay(merged, lowers, f",upperdir={upper},workdir={work}{extra}")
         except ValueError:
@@ -638,8 +705,9 @@ class OciRuntime(Runtime):
 
     # -- stop / kill / pause ---------------------------------------------------------------
     def _stop_signal(self, rec: Record, override: str | None) -> int:
-        name = override or rec.config.stop_signal or rec.extra.get("stop_signal") or "SIGTERM"
-        return parse_signal(name)
+        if override:
+            return parse_signal(override)
+        return stop_signal(rec.config.stop_signal, rec.extra.get("stop_signal"))
 
     def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
         rec = self._resolve(ref)
@@ -670,7 +738,8 @@ class OciRuntime(Runtime):
     def kill(self, ref: str, signal: str = "SIGKILL") -> None:
         sig = parse_signal(signal)
         rec = self._resolve(ref)
-        self._require_running(rec, "kill")
+        if rec.status not in _ACTIVE:
+            raise LaminaError(f"cannot kill container {rec.id[:12]}: it is not running")
         proc = self._oci(rec, "kill", rec.id, str(sig), check=False)
         if proc.returncode != 0:
             self._reconcile()
@@ -679,6 +748,16 @@ class OciRuntime(Runtime):
                 raise LaminaError(f"cannot kill container {rec.id[:12]}: it is not running")
             text = _conmon.runc_error_text(proc.stderr.decode(errors="replace"))
             raise LaminaError(f"cannot kill container {rec.id[:12]}: {text}")
+        if rec.status == Status.PAUSED and sig in (
+            parse_signal("KILL"),
+            self._stop_signal(rec, None),
+        ):
+            # As Docker: a paused container is thawed for SIGKILL or its stop signal,
+            # which then end it; any other signal stays pending until it is unpaused.
+            with contextlib.suppress(NotFound), self._locked(rec.id):
+                if self._fresh(rec.id).status == Status.PAUSED:
+                    self._oci(rec, "resume", rec.id, check=False)
+                    self.state.update(rec.id, status=Status.RUNNING)
 
     def pause(self, ref: str) -> None:
         rec = self._resolve(ref)
@@ -1070,7 +1149,10 @@ class OciRuntime(Runtime):
         if user:
             from lamina.runtime._userdb import resolve_user
 
-            u = resolve_user(self._merged(rec.id), user)
+            try:
+                u = resolve_user(self._merged(rec.id), user)
+            except LaminaError as e:  # Docker: the exec could not start, 126
+                raise StartFailed(str(e), exit_code=126) from None
             user_spec = {"uid": u.uid, "gid": u.gid}
             if u.additional_gids:
                 user_spec["additionalGids"] = list(u.additional_gids)

@@ -5,6 +5,7 @@ a name with or without ``SIG`` in any case (``KILL``, ``sigkill``), a number
 (``9``), or a real-time offset (``SIGRTMIN+3``, ``RTMAX-1``). ``signal_name`` is
 the inverse, with ``kill -l`` names for the real-time range.
 ``signal_from_exit_code`` reads a shell-style exit status (128 + n).
+``stop_signal`` picks the signal that stops a container and never fails.
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ def parse_signal(s: str | int) -> int:
                 if SIGRTMIN <= n <= SIGRTMAX:
                     return n
     raise _invalid(s)
+
+
+def stop_signal(*candidates: str | None) -> int:
+    """The signal that stops a container: the first of ``candidates`` (its
+    ``--stop-signal``, then its image's ``StopSignal``) that is a signal, else SIGTERM.
+    As in Docker, a bogus value (an image's, or one stored before it was validated)
+    never makes a container impossible to stop or inspect."""
+    for name in candidates:
+        if name:
+            try:
+                return parse_signal(name)
+            except LaminaError:
+                continue
+    return _SIGNALS["TERM"]
 
 
 def signal_name(n: int) -> str:

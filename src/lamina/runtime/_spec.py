@@ -13,6 +13,13 @@ It is on the ``lamina run`` hot path: no subprocesses, and the host facts it
 needs (capabilities, kernel version, cgroup layout, the seccomp data) are read
 once per process and cached.
 
+no_new_privileges: set by default, stricter than Docker (whose default leaves it off):
+a setuid or file-capability binary in the image never gains privileges, so a non-root
+container user cannot become root through one. ``--privileged`` lifts it, as it lifts
+the other defaults; ``--security-opt no-new-privileges=false`` lifts it alone and
+``--security-opt no-new-privileges`` keeps it even with ``--privileged`` (the flags are
+read into ``Security.no_new_privileges`` by the CLI; this module applies that value).
+
 rlimits: the runtime cannot raise a limit above the host's current hard limit
 (no CAP_SYS_RESOURCE on some hosts), so an explicit ``--ulimit`` above it is
 refused with a clear message, and defaults are taken from the host (clamped).

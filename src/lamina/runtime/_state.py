@@ -298,6 +298,16 @@ class StateStore:
         )
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
+    def exited_with(self, key: str) -> builtins.list[Record]:
+        """Exited containers whose ``extra`` holds ``key``: a mark of work in flight on
+        them (few rows ever carry one, so every reconcile can afford to ask). A text
+        match (no JSON1 needed); the key is checked again on the parsed rows."""
+        rows = self._all(
+            f"SELECT {','.join(_COLUMNS)} FROM containers WHERE status=? AND extra LIKE ?",
+            (Status.EXITED.value, f'%"{key}":%'),
+        )
+        return [rec for rec in map(self._from_row, rows) if key in rec.extra]
+
     def name_taken(self, name: str) -> bool:
         return self._one("SELECT 1 FROM containers WHERE name=?", (name,)) is not None
 

@@ -120,6 +120,8 @@ DEFAULT_MEMORY_MIB = 512
 _ACTIVE = ("running", "paused")
 TOMBSTONE_SECONDS = 60
 _UNSUPPORTED = "is not supported for micro-VM containers yet"
+# In a VM's directory: the lease id of a ``restart`` that keeps a --rm container.
+_RESTARTING = "restarting"
 
 
 def open_vm_runtime(root: Path, **options: Any) -> VmRuntime:
@@ -236,6 +238,8 @@ class VmRuntime(Runtime):
                         r["id"], status="exited", exit_code=137, signaled=0,
                         error="the VM's monitor died", finished_at=time.time(),
                     )  # fmt: skip
+            elif r["status"] == "exited" and (self.dir / r["id"] / _RESTARTING).exists():
+                self._remove_if_exited(r["id"])  # its restart was killed between stop and start
 
     def _container(self, r: sqlite3.Row) -> Container:
         config = _config_from_dict(json.loads(r["config"]))
@@ -419,13 +423,13 @@ class VmRuntime(Runtime):
             raise LaminaError(f"cannot {what} container {r['id'][:12]}: it is not running")
 
     def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
-        from lamina.runtime._signals import parse_signal
+        from lamina.runtime._signals import parse_signal, stop_signal
 
         r = self._row(ref)
         if r["status"] not in _ACTIVE:
             return
         config = _config_from_dict(json.loads(r["config"]))
-        signum = parse_signal(signal or config.stop_signal or "SIGTERM")
+        signum = parse_signal(signal) if signal else stop_signal(config.stop_signal)
         grace = config.stop_timeout if timeout is None else timeout
         with contextlib.suppress(LaminaError):
             self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
@@ -434,6 +438,39 @@ class VmRuntime(Runtime):
         with contextlib.suppress(LaminaError):
             self._tell(r["id"], Msg.SHUTDOWN)
         self._wait_exit(r["id"], 10)
+
+    def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        from lamina import _leases
+        from lamina.runtime._signals import parse_signal
+
+        r = self._row(ref)
+        if signal is not None:
+            parse_signal(signal)  # a bad one is refused before anything stops
+        cid = r["id"]
+        if r["status"] not in _ACTIVE:
+            self.start(cid)
+            return
+        # --rm: the supervisor keeps the container while this restart's lease lives
+        # (``_restarting``); if this process dies, _reconcile removes it after all.
+        with _leases.take(self.root, "restart") as lease:
+            mark = self.dir / cid / _RESTARTING
+            mark.write_text(lease.id)
+            try:
+                self.stop(cid, timeout=timeout, signal=signal)
+                self.start(cid)
+            finally:
+                mark.unlink(missing_ok=True)
+                self._remove_if_exited(cid)
+
+    def _remove_if_exited(self, cid: str) -> None:
+        """Remove a --rm container that has exited and that no restart keeps (its
+        supervisor left it to a restart that has ended)."""
+        r = self.db.execute("SELECT status, config FROM vms WHERE id = ?", (cid,)).fetchone()
+        if r is None or r[0] != "exited" or not json.loads(r[1]).get("auto_remove"):
+            return
+        if _restarting(self.root, self.dir / cid):
+            return
+        self._delete(cid, volumes=True)
 
     def _wait_exit(self, cid: str, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -479,8 +516,6 @@ class VmRuntime(Runtime):
                        (r["id"],))  # fmt: skip
 
     def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
-        import shutil
-
         r = self._row(ref)
         if r["status"] in _ACTIVE:
             if not force:
@@ -494,14 +529,24 @@ class VmRuntime(Runtime):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(r["pid"], _signal.SIGKILL)
                 _kill_qemu(self.dir / r["id"])
+        self._delete(r["id"], volumes=volumes)
+
+    def _delete(self, cid: str, *, volumes: bool) -> None:
+        """Drop a container that is not running: row, directory, image hold, and with
+        ``volumes`` its anonymous volumes."""
+        import shutil
+
+        row = self.db.execute("SELECT process FROM vms WHERE id = ?", (cid,)).fetchone()
+        if row is None:
+            return
         with _sqlite.transaction(self.db) as db:
-            db.execute("DELETE FROM vms WHERE id = ?", (r["id"],))
-        shutil.rmtree(self.dir / r["id"], ignore_errors=True)
-        self.images.images.release(_holder(r["id"]))
+            db.execute("DELETE FROM vms WHERE id = ?", (cid,))
+        shutil.rmtree(self.dir / cid, ignore_errors=True)
+        self.images.images.release(_holder(cid))
         if volumes:
             from lamina.vm._mounts import release_volumes
 
-            release_volumes(self.root, json.loads(r["process"]).get("shares", []))
+            release_volumes(self.root, json.loads(row[0]).get("shares", []))
 
     def volume_users(self, volume: str) -> builtins.list[str]:
         """IDs of the VM containers using ``volume`` (``volume rm`` and prune refuse it)."""
@@ -632,6 +677,7 @@ class VmRuntime(Runtime):
             conn.close()
 
     def inspect(self, ref: str) -> dict[str, object]:
+        from lamina.runtime._signals import signal_name, stop_signal
         from lamina.vm._arch import host_arch
 
         c = self.get(ref)
@@ -663,7 +709,7 @@ class VmRuntime(Runtime):
                 "Cmd": process["argv"],
                 "WorkingDir": process["cwd"],
                 "Labels": dict(cfg.labels),
-                "StopSignal": cfg.stop_signal or "SIGTERM",
+                "StopSignal": signal_name(stop_signal(cfg.stop_signal)),
                 "Tty": cfg.tty,
                 "OpenStdin": cfg.stdin_open,
             },
@@ -732,7 +778,12 @@ class VmRuntime(Runtime):
             from lamina.vm._rootfs import image_user
 
             local = self.images
-            uid, gid, groups, home = image_user(local, local.require(p["image_id"]), user)
+            try:
+                uid, gid, groups, home = image_user(local, local.require(p["image_id"]), user)
+            except LaminaError as e:  # Docker: the exec could not start, 126
+                from lamina.runtime._conmon import StartFailed
+
+                raise StartFailed(str(e), exit_code=126) from None
             environ = merge_env(environ, [f"HOME={home or '/'}", *(env or [])])
         if workdir and not workdir.startswith("/"):
             raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
@@ -966,6 +1017,17 @@ def _tmpfs_info(mount: dict[str, Any]) -> dict[str, object]:
             "RW": not mount["flags"] & 1, "Mode": mount["data"]}  # fmt: skip
 
 
+def _restarting(root: Path, vmdir: Path) -> bool:
+    """Whether a live ``restart`` keeps this --rm container across its stop."""
+    from lamina import _leases
+
+    try:
+        lease_id = (vmdir / _RESTARTING).read_text().strip()
+    except OSError:
+        return False
+    return _leases.alive(root, lease_id)
+
+
 def _holder(cid: str) -> str:
     """The image hold of a container (the process backend's naming: IDs are unique)."""
     return "container:" + cid
@@ -1068,7 +1130,7 @@ def _started(conn: AgentConnection) -> ExecResult:
     """``exec --detach``: wait until the process started (its failure to start is
     raised as for an attached exec); it then runs on in the guest, its output dropped
     by the supervisor once this client is gone, as Docker drops a detached exec's."""
-    from lamina.runtime._conmon import StartFailed, error_exit_code
+    from lamina.runtime._exec import exec_failed
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not conn.closed:
@@ -1076,8 +1138,7 @@ def _started(conn: AgentConnection) -> ExecResult:
             if f.type == Msg.STARTED:
                 return ExecResult(0, b"", b"")
             if f.type == Msg.ERROR:
-                error = f.payload.decode(errors="replace")
-                raise StartFailed(error, exit_code=error_exit_code(error))
+                raise exec_failed(f.payload.decode(errors="replace"))
     raise LaminaError("the container stopped before the exec started")
 
 
@@ -1102,9 +1163,9 @@ def _collect_exec(
                     error = f.payload.decode(errors="replace")
                 elif f.type == Msg.EXIT:
                     if error is not None:
-                        from lamina.runtime._conmon import StartFailed, error_exit_code
+                        from lamina.runtime._exec import exec_failed
 
-                        raise StartFailed(error, exit_code=error_exit_code(error))
+                        raise exec_failed(error)
                     return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
             if conn.closed:
                 raise LaminaError("the container stopped before the exec finished")
@@ -1349,7 +1410,7 @@ def supervise(root: Path, cid: str) -> int:
         code, signaled, err = outcome or (137, True, "the VM's monitor failed")
         status = "failed" if code == 125 and err else "exited"
         extra: dict[str, Any] = {}
-        if json.loads(row[1]).get("auto_remove"):
+        if json.loads(row[1]).get("auto_remove") and not _restarting(root, vmdir):
             status, extra["name"] = "removed", cid  # frees the name at once
         record(status=status, exit_code=code, signaled=int(signaled), error=err,
                finished_at=time.time(), **extra)  # fmt: skip
