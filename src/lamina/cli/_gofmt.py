@@ -50,7 +50,7 @@ def is_nil(v: Any) -> bool:
 
 def type_name(v: Any) -> str:
     """What Go's ``%T`` and error messages call the type of ``v``."""
-    named = getattr(type(v), "go_type", None)
+    named = getattr(v, "go_type", None)
     if isinstance(named, str):
         return named
     if getattr(type(v), "go_struct", False):
@@ -572,7 +572,7 @@ def _json_string(s: str) -> str:
 
 
 def _json(v: Any, out: list[str]) -> None:
-    if is_nil(v):
+    if is_nil(v) or getattr(v, "go_nil", False):
         out.append("null")
     elif isinstance(v, bool):
         out.append("true" if v else "false")

@@ -56,11 +56,33 @@ class TemplateError(LaminaError):
 
 
 class StringMap(dict[str, str]):
-    """A Go ``map[string]string`` (labels): ``index`` of a missing key is ""."""
+    """A Go ``map[string]string`` (labels): ``index`` of a missing key is "", and a
+    nil one (``StringMap(None)``) is empty but JSON ``null``."""
 
     go_type = "map[string]string"
     go_zero = ""
     go_json_sorted = True
+
+    def __init__(self, items: Mapping[str, str] | None) -> None:
+        super().__init__(items or {})
+        self.go_nil = items is None
+
+
+def with_string_maps(data: Any) -> Any:
+    """Inspect data with each ``Labels`` map a :class:`StringMap`, as Docker's typed
+    inspect has them: ``{{index .Config.Labels "x"}}`` is "" for a missing label."""
+    if isinstance(data, list):
+        return [with_string_maps(x) for x in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        is_labels = key == "Labels" and (
+            value is None
+            or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values()))
+        )
+        out[key] = StringMap(value) if is_labels else with_string_maps(value)
+    return out
 
 
 class HeaderMap(dict[str, str]):
@@ -147,8 +169,10 @@ class _Lexer:
 
     def at_terminator(self) -> bool:
         ch = self.peek()
-        return ch in _SPACE or ch in ("", ".", ",", "|", ":", ")", "(") or (
-            self.text.startswith("}}", self.pos)
+        return (
+            ch in _SPACE
+            or ch in ("", ".", ",", "|", ":", ")", "(")
+            or (self.text.startswith("}}", self.pos))
         )
 
     def run(self) -> list[Item]:
@@ -1896,4 +1920,3 @@ def render_listing(fmt: str, rows: Sequence[Any], headers: Mapping[str, str]) ->
     except TemplateError as e:  # Docker ignores a header that fails: what it wrote stays
         header = e.partial
     return tabwrite(header + "\n" + body)
-
