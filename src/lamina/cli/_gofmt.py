@@ -113,7 +113,7 @@ def _can_backquote(s: str) -> bool:
 
 
 def _quote_rune(r: int, ascii_only: bool = False) -> str:
-    if r > 0x10FFFF or 0xD800 <= r <= 0xDFFF:
+    if not 0 <= r <= 0x10FFFF or 0xD800 <= r <= 0xDFFF:
         r = 0xFFFD
     ch = chr(r)
     if ch == "'":
@@ -241,6 +241,8 @@ def _fmt_float(v: float, verb: str, f: _Flags) -> str:
         num = format_float(v, "G" if verb == "G" else "g", f.prec)
     if num[0] not in "+-":
         num = "+" + num
+    if f.sharp and num[1] not in "IN":
+        num = _sharp_float(num, verb, f.prec)
     if f.space and num[0] == "+" and not f.plus:
         num = " " + num[1:]
     if num[1] in "IN":  # Inf and NaN are not zero padded
@@ -256,6 +258,27 @@ def _fmt_float(v: float, verb: str, f: _Flags) -> str:
             return num[0] + "0" * (f.wid - len(num)) + num[1:]
         return _pad(num, f)
     return _pad(num[1:], f)
+
+
+def _sharp_float(num: str, verb: str, prec: int | None) -> str:
+    """The ``#`` flag: always a decimal point, and %g keeps its trailing zeros."""
+    digits = (6 if prec is None else prec) if verb in ("v", "g", "G") else 0
+    body, tail = num, ""
+    cut = next((i for i in range(1, len(num)) if num[i] in "eE"), None)
+    if cut is not None:
+        body, tail = num[:cut], num[cut:]
+    seen_nonzero = False
+    for ch in body[1:]:
+        if ch == ".":
+            continue
+        seen_nonzero = seen_nonzero or ch != "0"
+        if seen_nonzero:
+            digits -= 1
+    if "." not in body:
+        if body[1:] == "0":
+            digits -= 1
+        body += "."
+    return body + "0" * max(digits, 0) + tail
 
 
 def _truncate(s: str, f: _Flags) -> str:
@@ -341,7 +364,8 @@ def _print_int(v: int, verb: str, f: _Flags) -> str:
     if verb == "q":
         return _pad(_quote_rune(v, f.plus), f)
     if verb == "U":
-        out = f"U+{v if v >= 0 else v + (1 << 64):04X}"
+        digits = max(4, f.prec or 0)
+        out = f"U+{v if v >= 0 else v + (1 << 64):0{digits}X}"
         if f.sharp and 0 <= v <= 0x10FFFF and chr(v).isprintable():
             out += f" '{chr(v)}'"
         zero, f.zero = f.zero, False
@@ -357,7 +381,7 @@ def _print_int(v: int, verb: str, f: _Flags) -> str:
 def _print_str(v: str, verb: str, f: _Flags) -> str:
     if verb in ("v", "s"):
         if verb == "v" and f.sharp_v:
-            return _pad(_quote(v), f)
+            return _pad(_quote(_truncate(v, f)), f)
         return _pad(_truncate(v, f), f)
     if verb in ("x", "X"):
         return _fmt_hex_string(v, f, verb == "X")
