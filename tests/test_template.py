@@ -621,3 +621,11 @@ def test_template_module_is_not_loaded_for_plain_listings(tmp_path: Path) -> Non
         imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()]
         assert "lamina.cli._output" in imported or args == ["--help"]
         assert "lamina.cli._template" not in imported and "lamina.cli._gofmt" not in imported
+
+
+def test_hostile_nesting_fails_in_one_line() -> None:
+    """Go's stack takes thousands of levels; lamina says so in one line, no traceback."""
+    with pytest.raises(TemplateError, match=r"^template: : nested too deeply$"):
+        Template("{{" + "(" * 3000 + "1" + ")" * 3000 + "}}").execute({})
+    with pytest.raises(TemplateError, match=r"^template: : nested too deeply$"):
+        Template("{{if 1}}" * 3000 + "x" + "{{end}}" * 3000).execute({})

@@ -15,7 +15,8 @@ Imports only click: ``main.py`` loads it on every start.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -43,20 +44,24 @@ def flag_error(e: click.UsageError) -> FlagError:
     return FlagError(e.format_message(), path.partition(" ")[2])
 
 
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except click.UsageError as e:
+        raise flag_error(e) from None
+
+
 class DockerCommand(click.Command):
     """A command whose usage errors are :class:`FlagError` s."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
+        with _one_line_usage_errors():
             return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise flag_error(e) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _one_line_usage_errors():
             return super().invoke(ctx)
-        except click.UsageError as e:
-            raise flag_error(e) from None
 
 
 class DockerGroup(click.Group):
@@ -70,24 +75,18 @@ class DockerGroup(click.Group):
         if not args:  # bare ``lamina volume``: the help, as Docker shows it
             click.echo(ctx.get_help())
             ctx.exit(0)
-        try:
+        with _one_line_usage_errors():
             return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise flag_error(e) from None
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
+        with _one_line_usage_errors():
             return super().resolve_command(ctx, args)
-        except click.UsageError as e:
-            raise flag_error(e) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with _one_line_usage_errors():
             return super().invoke(ctx)
-        except click.UsageError as e:
-            raise flag_error(e) from None
 
 
 def command(name: str | None = None, **kw: Any) -> Callable[[Callable[..., Any]], DockerCommand]:

@@ -543,18 +543,24 @@ class ChainNode(Node):
         return inner + "".join("." + f for f in self.fields)
 
 
-class DotNode(Node):
+class _Word(Node):
+    """A node that reads as fixed text."""
+
     __slots__ = ()
+    word = ""
 
     def __str__(self) -> str:
-        return "."
+        return self.word
 
 
-class NilNode(Node):
+class DotNode(_Word):
     __slots__ = ()
+    word = "."
 
-    def __str__(self) -> str:
-        return "nil"
+
+class NilNode(_Word):
+    __slots__ = ()
+    word = "nil"
 
 
 class BoolNode(Node):
@@ -639,18 +645,14 @@ class WithNode(_Control):
     keyword = "with"
 
 
-class BreakNode(Node):
+class BreakNode(_Word):
     __slots__ = ()
-
-    def __str__(self) -> str:
-        return "{{break}}"
+    word = "{{break}}"
 
 
-class ContinueNode(Node):
+class ContinueNode(_Word):
     __slots__ = ()
-
-    def __str__(self) -> str:
-        return "{{continue}}"
+    word = "{{continue}}"
 
 
 class TemplateNode(Node):
@@ -666,18 +668,14 @@ class TemplateNode(Node):
         return "{{template " + go_quote(self.name) + inner + "}}"
 
 
-class _End(Node):
+class _End(_Word):
     __slots__ = ()
-
-    def __str__(self) -> str:
-        return "{{end}}"
+    word = "{{end}}"
 
 
-class _Else(Node):
+class _Else(_Word):
     __slots__ = ()
-
-    def __str__(self) -> str:
-        return "{{else}}"
+    word = "{{else}}"
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -1600,7 +1598,7 @@ class _State:
                 self.error(
                     f"can't use {format_value(value)} to iterate over more than one variable"
                 )
-            return iter([(MISSING, i) for i in range(value)])
+            return ((MISSING, i) for i in range(value))
         self.error(f"range can't iterate over {format_value(value)}")
 
     def walk_template(self, dot: Any, node: TemplateNode) -> None:
@@ -1872,6 +1870,8 @@ class Template:
             self.root = parser.parse()
         except _ParseError as e:
             raise TemplateError(str(e)) from None
+        except RecursionError:  # hostile input: Python's stack is shallower than Go's
+            raise TemplateError(f"template: {name}: nested too deeply") from None
         self.trees = parser.trees
 
     def execute(self, data: Any, *, missing_key: str = "default",
@@ -1885,7 +1885,7 @@ class Template:
         except _ExecError as e:
             raise TemplateError(str(e), "".join(state.out)) from None
         except RecursionError:
-            raise TemplateError(f"template: {self.name}: too deeply nested") from None
+            raise TemplateError(f"template: {self.name}: nested too deeply") from None
         return "".join(state.out)
 
 
