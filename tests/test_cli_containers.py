@@ -229,8 +229,9 @@ def test_detached_lifecycle(root: Path) -> None:
 def test_logs_follow_tail_and_stats(root: Path) -> None:
     ok(root, "run", "-d", "--name", "talk", IMAGE, "sh", "-c",
        "echo a; echo b >&2; sleep 1; echo c")  # fmt: skip
-    rows = json.loads(ok(root, "stats", "--no-stream", "--format", "json", "talk"))
-    assert rows[0]["Name"] == "talk" and int(rows[0]["PIDs"]) >= 1
+    out = ok(root, "stats", "--no-stream", "--format", "json", "talk")
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["Name"] == "talk" and row["Container"] == "talk" and int(row["PIDs"]) >= 1
     r = lamina(root, "logs", "-f", "talk")  # returns once the container has exited
     assert (r.stdout, r.stderr) == ("a\nc\n", "b\n")
     assert ok(root, "logs", "--tail", "1", "talk") == "c\n"
@@ -252,15 +253,16 @@ def test_create_then_start_attached(root: Path) -> None:
 def test_ps_format_json_and_filters(root: Path) -> None:
     ok(root, "run", "-d", "--name", "one", "-l", "tier=front", IMAGE, "sleep", "1000")
     ok(root, "run", "--name", "two", "-l", "tier=back", IMAGE, "true")
-    rows = json.loads(ok(root, "ps", "--format", "json"))
+    rows = [json.loads(line) for line in ok(root, "ps", "--format", "json").splitlines()]
     assert [r["Names"] for r in rows] == ["one"]
     one = rows[0]
     assert one["State"] == "running"
-    assert one["Labels"] == {"tier": "front"}
+    assert one["Labels"] == "tier=front"  # Docker's fields are text
     assert one["Image"] == IMAGE
-    assert one["Command"] == "sleep 1000"
-    assert re.fullmatch(r"[0-9a-f]{64}", one["ID"])
-    all_rows = json.loads(ok(root, "ps", "-a", "--format", "json"))
+    assert one["Command"] == '"sleep 1000"'
+    assert re.fullmatch(r"[0-9a-f]{12}", one["ID"])
+    out = ok(root, "ps", "-a", "--format", "json")
+    all_rows = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["Names"] for r in all_rows) == ["one", "two"]
     assert ok(root, "ps", "-a", "--filter", "label=tier=back", "--format", "{{.Names}}") == "two\n"
     assert ok(root, "ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}") == "two\n"
@@ -553,18 +555,3 @@ def test_exit_codes_of_runtime_errors() -> None:
     assert exit_code_of(WaitOutcome(1, err, error='exec: "x": executable file not found')) == 127
     assert exit_code_of(WaitOutcome(1, err, error="exec /etc/passwd: permission denied")) == 126
     assert exit_code_of(WaitOutcome(1, err, error="mount failed")) == 125
-
-
-def test_templates() -> None:
-    from lamina.cli._containers import FlagError, render_template
-
-    data = {"ID": "abc", "State": {"Status": "running", "Running": True},
-            "Labels": {"k": "v"}, "Cmd": ["sh", "-c"], "Nothing": None}  # fmt: skip
-    assert render_template("{{.ID}}\\t{{.State.Status}}", data) == "abc\trunning"
-    assert render_template("{{ .State.Running }} {{json .Cmd}}", data) == 'true ["sh","-c"]'
-    assert render_template('{{index .Labels "k"}} {{upper .ID}} {{.Nothing}}', data) == (
-        "v ABC <no value>"
-    )
-    assert render_template("{{json .}}", {"a": 1}) == '{"a":1}'
-    with pytest.raises(FlagError, match="can't evaluate field Missing"):
-        render_template("{{.Missing}}", data)

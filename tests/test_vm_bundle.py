@@ -429,7 +429,7 @@ def test_cli_build_push_pull_inspect(
     res = _cli(tmp_path / "root2", "inspect", str(tmp_path / "p"), "--check")
     assert re.search(r"^Minimum vCPUs: +3$", res.output, re.M), res.output
     res = _cli(local.root, "build-base", "-o", str(tmp_path / "x"))
-    assert res.exit_code == 2 and "exactly one of --from IMAGE and --debootstrap" in res.output
+    assert res.exit_code == 125 and "exactly one of --from IMAGE and --debootstrap" in res.output
 
 
 @pytest.mark.skipif(

@@ -74,7 +74,7 @@ def test_detached_lifecycle(root: Path) -> None:
     pid = ok(root, "run", "-d", "--name", "procbox", IMAGE, "sleep", "30").strip()
     listed = ok(root, "ps", "-q", "--no-trunc").split()
     assert cid in listed and pid in listed
-    rows = json.loads(ok(root, "ps", "--format", "json"))
+    rows = [json.loads(line) for line in ok(root, "ps", "--format", "json").splitlines()]
     assert {r["Names"]: r["Isolation"] for r in rows} == {"vmbox": "vm", "procbox": "process"}
 
     r = lamina_cli(root, "exec", "vmbox", "sh", "-c", "grep MemTotal /proc/meminfo; exit 4")

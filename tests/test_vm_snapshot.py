@@ -84,7 +84,8 @@ def test_cli_ls_inspect_and_bad_input(local: LocalImages) -> None:
     assert rows[0].split()[1] == IMAGE and rows[0].endswith("ready")
     assert "384 MiB, none" in rows[1]
 
-    listed = json.loads(lamina(root, "vm", "snapshot", "ls", "--format", "json").stdout)
+    out = lamina(root, "vm", "snapshot", "ls", "--format", "json").stdout
+    listed = [json.loads(line) for line in out.splitlines()]
     assert [s["name"] for s in listed] == ["tpl", "other"]
     tpl = listed[0]
     assert (tpl["vcpus"], tpl["memory_mib"], tpl["networks"], tpl["status"]) == (

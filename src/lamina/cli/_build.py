@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from lamina.cli._click import command, group
+
 _TAIL_SHOWN = 10  # output lines of a failed RUN shown when progress did not show them
 
 
@@ -107,7 +109,7 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-@click.command()
+@command()
 @click.argument("context", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option(
     "-t", "--tag", "tags", multiple=True, metavar="NAME[:TAG]", help="Name the image (repeatable)."
@@ -312,7 +314,7 @@ def _push(tags: list[str], quiet: bool) -> None:
         local.close()
 
 
-@click.group()
+@group()
 def builder() -> None:
     """Manage the build cache."""
 

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
 import click
 
+from lamina.cli._click import DockerCommand, DockerGroup, FlagError
+from lamina.cli._output import FORMAT_OPTION, INSPECT_FORMAT_OPTION
+
 if TYPE_CHECKING:
     from lamina.runtime import Container, Runtime, WaitOutcome
 
@@ -30,52 +33,6 @@ _SIGNALS_TO_PROXY = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUS
 
 
 # -- plumbing ------------------------------------------------------------------------
-
-
-class FlagError(click.ClickException):
-    """A bad flag or argument: one line, exit 125 (Docker's "lamina itself failed")."""
-
-    exit_code = 125
-
-    def __init__(self, message: str, command: str) -> None:
-        super().__init__(message)
-        self.command = command
-
-    def show(self, file: Any = None) -> None:
-        msg = " ".join(self.format_message().split())
-        hint = f" (see 'lamina {self.command} --help')" if self.command else ""
-        print(f"lamina: error: {msg}{hint}", file=file or sys.stderr)
-
-
-class DockerCommand(click.Command):
-    """Usage errors become ``FlagError``: one line and exit 125, not click's usage block."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise FlagError(e.format_message(), ctx.command_path.partition(" ")[2]) from None
-
-
-class DockerGroup(click.Group):
-    """A group whose usage errors (unknown subcommand) are one line and exit 125."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args:  # bare ``lamina volume``: the help, as Docker shows it
-            click.echo(ctx.get_help())
-            ctx.exit(0)
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            raise FlagError(e.format_message(), ctx.command_path.partition(" ")[2]) from None
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as e:
-            raise FlagError(e.format_message(), ctx.command_path.partition(" ")[2]) from None
 
 
 def _command(name: str | None = None, **kw: Any) -> Callable[[Callable[..., Any]], click.Command]:
@@ -1076,30 +1033,40 @@ def _mount_names(c: Container) -> list[str]:
     return [m.source or m.target for m in c.config.mounts if m.type in ("volume", "bind")]
 
 
-def ps_row(c: Container, images: _ImageInfo, now: float) -> dict[str, Any]:
-    """One container as ``docker ps --format json`` fields."""
-    from datetime import datetime
+# Docker's ps columns: the default table, and the title of each template field.
+_PS_COLUMNS = ("ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names")
+_PS_HEADERS = {
+    "ID": "CONTAINER ID", "Names": "NAMES", "Image": "IMAGE", "Command": "COMMAND",
+    "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE",
+    "Status": "STATUS", "Size": "SIZE", "Labels": "LABELS", "Mounts": "MOUNTS",
+    "LocalVolumes": "LOCAL VOLUMES", "Networks": "NETWORKS", "Isolation": "ISOLATION",
+}  # fmt: skip
 
-    created = datetime.fromtimestamp(c.created).astimezone().strftime("%Y-%m-%d %H:%M:%S %z %Z")
-    return {
-        "ID": c.id,
+
+def ps_row(c: Container, images: _ImageInfo, now: float, trunc: bool = True) -> Any:
+    """One container as ``docker ps`` shows it to ``--format`` (Docker's fields, all
+    text, truncated unless ``--no-trunc``) and lamina's ``Isolation``."""
+    from lamina.cli._output import LabeledRow, go_quote, go_time
+
+    command = " ".join(command_of(c, images))
+    mounts = _mount_names(c)
+    fields = {
+        "ID": _short(c.id) if trunc else c.id,
         "Names": c.name,
         "Image": c.config.image_ref or _short(c.config.image.removeprefix("sha256:")),
-        "ImageID": c.config.image,
-        "Command": " ".join(command_of(c, images)),
-        "Created": int(c.created),
-        "CreatedAt": created,
+        "Command": go_quote(_ellipsis(command, 20) if trunc else command),
+        "CreatedAt": go_time(c.created),
         "RunningFor": f"{human_duration(now - c.created)} ago",
+        "Ports": ", ".join(str(p) for p in c.ports),
         "State": _state_word(c),
         "Status": status_text(c, now),
-        "ExitCode": c.state.exit_code,
-        "Pid": c.state.pid,
-        "Labels": dict(c.config.labels),
-        "Mounts": _mount_names(c),
-        "Networks": c.config.network,
-        "Ports": ", ".join(str(p) for p in c.ports),
+        "Size": "0B",
+        "Mounts": ",".join(_ellipsis(m, 15) if trunc else m for m in mounts),
+        "LocalVolumes": str(sum(m.type == "volume" for m in c.config.mounts)),
+        "Networks": str(c.config.network),
         "Isolation": c.config.isolation,
     }
+    return LabeledRow("ContainerRow", c.config.labels, fields)
 
 
 _PS_FILTERS = ("status", "name", "id", "label", "exited", "ancestor", "isolation")
@@ -1158,17 +1125,6 @@ def _is_ancestor(c: Container, value: str, images: _ImageInfo) -> bool:
     return images.image_id(value) == c.config.image
 
 
-def _format_option(default: str = "table") -> Callable[[Any], Any]:
-    return click.option(
-        "--format",
-        "fmt",
-        default=default,
-        show_default=True,
-        metavar="table|json|TEMPLATE",
-        help="table, json, or a Go-style template such as '{{.ID}} {{.Names}}'.",
-    )
-
-
 @_command("ps")
 @click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default: running).")
 @click.option("-q", "--quiet", is_flag=True, help="Only display container IDs.")
@@ -1187,7 +1143,7 @@ def _format_option(default: str = "table") -> Callable[[Any], Any]:
 @click.option(
     "-l", "--latest", is_flag=True, help="Show the latest created container (all states)."
 )
-@_format_option()
+@FORMAT_OPTION
 def ps(
     all_: bool,
     quiet: bool,
@@ -1198,7 +1154,7 @@ def ps(
     fmt: str,
 ) -> None:
     """List containers."""
-    from lamina.cli._output import print_json, print_table
+    from lamina.cli._output import print_listing
 
     rt = open_runtime()
     if latest:
@@ -1215,118 +1171,8 @@ def ps(
         for c in containers:
             click.echo(c.id if no_trunc else _short(c.id))
         return
-    now = time.time()
-    rows = [ps_row(c, images, now) for c in containers]
-    if fmt == "json":
-        print_json(rows)
-        return
-    if fmt != "table":
-        for r in rows:
-            if not no_trunc:
-                r["ID"] = _short(r["ID"])
-                r["Command"] = '"' + _ellipsis(r["Command"], 20) + '"'
-        _print_template(fmt, rows)
-        return
-    table = [
-        [
-            r["ID"] if no_trunc else _short(r["ID"]),
-            r["Image"],
-            '"' + (r["Command"] if no_trunc else _ellipsis(r["Command"], 20)) + '"',
-            r["RunningFor"],
-            r["Status"],
-            r["Ports"],
-            r["Names"],
-        ]
-        for r in rows
-    ]
-    print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], table)
-
-
-# -- templates (a useful subset of Go's text/template) --------------------------------
-
-
-def render_template(template: str, data: Any) -> str:
-    """``{{.Field}}``, ``{{.A.B}}``, ``{{json .X}}``, ``{{json .}}``, ``{{index .Labels "k"}}``,
-    ``{{lower .X}}``/``{{upper .X}}``; ``\\t`` and ``\\n`` escapes as Docker takes them."""
-    import json
-    import re
-
-    def value(path: str) -> Any:
-        cur = data
-        for part in (
-            filter(None, path.strip().lstrip(".").split(".")) if path.strip() != "." else ()
-        ):
-            if isinstance(cur, dict) and part in cur:
-                cur = cur[part]
-            else:
-                raise FlagError(f"template: can't evaluate field {part}", "")
-        return cur
-
-    def as_text(v: Any) -> str:
-        if v is None:
-            return "<no value>"
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, dict):
-            return "map[" + " ".join(f"{k}:{as_text(x)}" for k, x in v.items()) + "]"
-        if isinstance(v, list):
-            return "[" + " ".join(as_text(x) for x in v) + "]"
-        return str(v)
-
-    def action(m: re.Match[str]) -> str:
-        expr = m.group(1).strip()
-        words = expr.split(None, 1)
-        if words[0] == "json" and len(words) == 2:
-            return json.dumps(value(words[1]), separators=(",", ":"))
-        if words[0] in ("lower", "upper") and len(words) == 2:
-            text = as_text(value(words[1]))
-            return text.lower() if words[0] == "lower" else text.upper()
-        if words[0] == "index" and len(words) == 2:
-            target, _, key = words[1].partition(" ")
-            container = value(target)
-            k = key.strip().strip('"')
-            if isinstance(container, dict):
-                return as_text(container.get(k))
-            if isinstance(container, list) and k.isdigit() and int(k) < len(container):
-                return as_text(container[int(k)])
-            return "<no value>"
-        if expr.startswith("."):
-            return as_text(value(expr))
-        raise FlagError(f"template: unsupported action {{{{{expr}}}}}", "")
-
-    text = template.replace("\\t", "\t").replace("\\n", "\n")
-    return re.sub(r"\{\{-?\s*(.*?)\s*-?\}\}", action, text)
-
-
-# Column titles Docker gives template fields in ``table`` formats.
-_HEADERS = {
-    "ID": "CONTAINER ID", "RunningFor": "CREATED", "CPUPerc": "CPU %", "MemPerc": "MEM %",
-    "MemUsage": "MEM USAGE / LIMIT", "NetIO": "NET I/O", "BlockIO": "BLOCK I/O",
-}  # fmt: skip
-
-
-def _print_template(fmt: str, rows: list[dict[str, Any]]) -> None:
-    import re
-
-    def title(field: str) -> str:
-        return _HEADERS.get(field) or re.sub(r"(?<=[a-z])(?=[A-Z])", " ", field).upper()
-
-    if fmt.startswith("table"):
-        body = fmt[len("table") :].strip() or "{{.ID}}"
-        headers = re.sub(
-            r"\{\{\s*(?:json\s+)?\.(\w+)[^}]*\}\}", lambda m: title(m.group(1)), body
-        ).replace("\\t", "\t")
-        lines = [headers] + [render_template(body, r) for r in rows]
-        cells = [line.split("\t") for line in lines]
-        widths: dict[int, int] = {}
-        for row in cells:
-            for i, cell in enumerate(row):
-                widths[i] = max(widths.get(i, 0), len(cell))
-        for row in cells:
-            click.echo("   ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
-        return
-    for r in rows:
-        click.echo(render_template(fmt, r))
+    rows = [ps_row(c, images, time.time(), trunc=not no_trunc) for c in containers]
+    print_listing(fmt, rows, _PS_COLUMNS, _PS_HEADERS)
 
 
 # -- logs ----------------------------------------------------------------------------
@@ -1458,8 +1304,19 @@ def _binary_size(n: float) -> str:
     return f"{n:.2f}PiB"
 
 
-def _stats_row(c: Container, s: Any, prev: Any, ncpu: int) -> dict[str, Any]:
-    from lamina.cli._output import human_size
+# Docker's stats columns: the default table, and the title of each template field.
+_STATS_COLUMNS = ("ID", "Name", "CPUPerc", "MemUsage", "MemPerc", "NetIO", "BlockIO", "PIDs")
+_STATS_HEADERS = {
+    "Container": "CONTAINER", "Name": "NAME", "ID": "CONTAINER ID", "CPUPerc": "CPU %",
+    "MemUsage": "MEM USAGE / LIMIT", "MemPerc": "MEM %", "NetIO": "NET I/O",
+    "BlockIO": "BLOCK I/O", "PIDs": "PIDS",
+}  # fmt: skip
+
+
+def _stats_row(c: Container, ref: str, s: Any, prev: Any, ncpu: int, trunc: bool) -> Any:
+    """One sample as ``docker stats`` shows it to ``--format``; ``ref`` is how the
+    container was asked for (its ID when all are listed)."""
+    from lamina.cli._output import Row, human_size
 
     cpu = s.cpu_percent
     if prev is not None:
@@ -1468,8 +1325,9 @@ def _stats_row(c: Container, s: Any, prev: Any, ncpu: int) -> dict[str, Any]:
         if sys_delta > 0 and cpu_delta >= 0:
             cpu = cpu_delta / sys_delta * ncpu * 100.0
     mem_pct = s.memory_used / s.memory_limit * 100.0 if s.memory_limit else 0.0
-    return {
-        "ID": c.id,
+    fields = {
+        "Container": ref,
+        "ID": _short(c.id) if trunc else c.id,
         "Name": c.name,
         "CPUPerc": f"{cpu:.2f}%",
         "MemUsage": f"{_binary_size(s.memory_used)} / {_binary_size(s.memory_limit)}",
@@ -1478,6 +1336,7 @@ def _stats_row(c: Container, s: Any, prev: Any, ncpu: int) -> dict[str, Any]:
         "BlockIO": f"{human_size(s.block_read)} / {human_size(s.block_write)}",
         "PIDs": str(s.pids),
     }
+    return Row("StatsRow", fields)
 
 
 @_command("stats")
@@ -1485,12 +1344,12 @@ def _stats_row(c: Container, s: Any, prev: Any, ncpu: int) -> dict[str, Any]:
 @click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default: running).")
 @click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
-@_format_option()
+@FORMAT_OPTION
 def stats(
     containers: tuple[str, ...], all_: bool, no_stream: bool, no_trunc: bool, fmt: str
 ) -> None:
     """Display live resource usage of containers."""
-    from lamina.cli._output import print_json, print_table
+    from lamina.cli._output import print_listing
     from lamina.errors import LaminaError
 
     rt = open_runtime()
@@ -1516,40 +1375,16 @@ def stats(
     if no_stream:
         time.sleep(0.5)  # two samples: CPU % is a rate
         prev, first = first, sample()
+    refs = dict(zip((c.id for c in targets), containers, strict=False))
     while True:
-        rows = [_stats_row(c, first[c.id], prev.get(c.id), ncpu) for c in targets if c.id in first]
-        if fmt == "json":
-            print_json(rows)
-        elif fmt != "table":
-            _print_template(fmt, rows)
-        else:
-            if not no_stream and sys.stdout.isatty():
-                sys.stdout.write("\033[2J\033[H")
-            print_table(
-                [
-                    "CONTAINER ID",
-                    "NAME",
-                    "CPU %",
-                    "MEM USAGE / LIMIT",
-                    "MEM %",
-                    "NET I/O",
-                    "BLOCK I/O",
-                    "PIDS",
-                ],
-                [
-                    [
-                        r["ID"] if no_trunc else _short(r["ID"]),
-                        r["Name"],
-                        r["CPUPerc"],
-                        r["MemUsage"],
-                        r["MemPerc"],
-                        r["NetIO"],
-                        r["BlockIO"],
-                        r["PIDs"],
-                    ]
-                    for r in rows
-                ],
-            )
+        rows = [
+            _stats_row(c, refs.get(c.id, c.id), first[c.id], prev.get(c.id), ncpu, not no_trunc)
+            for c in targets
+            if c.id in first
+        ]
+        if fmt in ("", "table") and not no_stream and sys.stdout.isatty():
+            sys.stdout.write("\033[2J\033[H")
+        print_listing(fmt, rows, _STATS_COLUMNS, _STATS_HEADERS)
         sys.stdout.flush()
         if no_stream:
             return
@@ -1597,16 +1432,6 @@ def top(container: str) -> None:
 # -- inspect -------------------------------------------------------------------------
 
 
-_INSPECT_FORMAT = click.option(
-    "-f",
-    "--format",
-    "fmt",
-    default=None,
-    metavar="json|TEMPLATE",
-    help="json (default) or a Go-style template such as '{{.State.Status}}'.",
-)
-
-
 @_command("inspect")
 @click.argument("names", nargs=-1, required=True)
 @click.option(
@@ -1616,7 +1441,7 @@ _INSPECT_FORMAT = click.option(
     default=None,
     help="Only look for this kind of object.",
 )
-@_INSPECT_FORMAT
+@INSPECT_FORMAT_OPTION
 @click.option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility.")
 def inspect(names: tuple[str, ...], kind: str | None, fmt: str | None, size: bool) -> None:
     """Show low-level information on containers or images, as JSON (containers first)."""
@@ -1625,7 +1450,7 @@ def inspect(names: tuple[str, ...], kind: str | None, fmt: str | None, size: boo
 
 @_command("inspect")
 @click.argument("containers", nargs=-1, required=True)
-@_INSPECT_FORMAT
+@INSPECT_FORMAT_OPTION
 @click.option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility.")
 def container_inspect(containers: tuple[str, ...], fmt: str | None, size: bool) -> None:
     """Show low-level information on one or more containers, as JSON."""
@@ -1633,7 +1458,7 @@ def container_inspect(containers: tuple[str, ...], fmt: str | None, size: bool) 
 
 
 def _inspect(names: Sequence[str], kind: str | None, fmt: str | None) -> None:
-    from lamina.cli._output import print_json
+    from lamina.cli._output import print_inspect
     from lamina.errors import LaminaError, NotFound
 
     rt = open_runtime() if kind in (None, "container") else None
@@ -1659,16 +1484,7 @@ def _inspect(names: Sequence[str], kind: str | None, fmt: str | None) -> None:
             missing.append(name)
         else:
             out.append(found)
-    if fmt in (None, "", "json"):
-        print_json(out)
-    else:
-        for obj in out:
-            click.echo(render_template(fmt, obj))
-    if missing:
-        what = kind or "object"
-        for name in missing:
-            _error(f"no such {what}: {name}")
-        sys.exit(1)
+    print_inspect(fmt, out, [f"no such {kind or 'object'}: {name}" for name in missing])
 
 
 # -- files: cp, diff, commit ---------------------------------------------------------

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
+from lamina.cli._click import command, group
 from lamina.cli._output import (
     FORMAT_OPTION,
+    INSPECT_FORMAT_OPTION,
     human_age,
     human_size,
     parse_timestamp,
-    print_json,
-    print_table,
 )
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ PLATFORM_OPTION = click.option(
 )
 
 
-@click.command()
+@command()
 @click.argument("reference")
 @PLATFORM_OPTION
 @click.option(
@@ -134,7 +134,7 @@ def pull(
     click.echo(str(parse_reference(reference)))
 
 
-@click.command()
+@command()
 @click.argument("source")
 @click.argument("destination", required=False)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -170,16 +170,35 @@ def push(
         click.echo(f"Digest: {digest}")
 
 
-def _image_rows(
-    selected: list[tuple[ImageRecord, list[str]]], digests: bool, no_trunc: bool
-) -> list[list[str]]:
+# Docker's images fields and their column titles.
+_HEADERS = {
+    "ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
+    "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE",
+    "Containers": "CONTAINERS", "VirtualSize": "SIZE", "SharedSize": "SHARED SIZE",
+    "UniqueSize": "UNIQUE SIZE",
+}  # fmt: skip
+
+
+def _image_rows(selected: list[tuple[ImageRecord, list[str]]], no_trunc: bool) -> list[Any]:
+    """One row a name (``repo:tag``; an unnamed image has one ``<none>`` row), as
+    ``docker images`` shows it to ``--format``. Container counts and shared sizes are
+    N/A, as Docker's are outside ``system df``."""
+    from lamina.cli._output import Row, go_time
     from lamina.image import parse_reference
 
     rows = []
     for rec, tags in selected:
-        image_id = rec.id if no_trunc else rec.id.removeprefix("sha256:")[:12]
-        created = human_age(parse_timestamp(rec.created))
-        size = human_size(rec.image_size)
+        created_ts = parse_timestamp(rec.created)
+        fields = {
+            "ID": rec.id if no_trunc else rec.id.removeprefix("sha256:")[:12],
+            "CreatedSince": human_age(created_ts),
+            "CreatedAt": go_time(created_ts) if created_ts is not None else "N/A",
+            "Size": human_size(rec.image_size),
+            "VirtualSize": human_size(rec.image_size, digits=4),
+            "Containers": "N/A",
+            "SharedSize": "N/A",
+            "UniqueSize": "N/A",
+        }
         pairs: list[tuple[str, str, str]] = []
         for tag in tags:
             ref = parse_reference(tag)
@@ -198,15 +217,12 @@ def _image_rows(
                 digest = ref.digest or "<none>"
             pairs.append((repo, "<none>", digest))
         for repo, tag, digest in pairs:
-            row = [repo, tag]
-            if digests:
-                row.append(digest)
-            row += [image_id, created, size]
-            rows.append(row)
+            names = {"Repository": repo, "Tag": tag, "Digest": digest}
+            rows.append(Row("ImageRow", {**fields, **names}))
     return rows
 
 
-@click.command("images")
+@command("images")
 @click.argument("repository", required=False)
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option(
@@ -247,32 +263,18 @@ def images(
                 seen.append(short)
         click.echo("\n".join(seen)) if seen else None
         return
-    if fmt == "json":
-        print_json([_image_json(rec) for rec, _ in selected])
-        return
-    headers = (
-        ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-    )
-    print_table(headers, _image_rows(selected, digests, no_trunc))
+    from lamina.cli._output import print_listing
+
+    columns = ("Repository", "Tag", *(("Digest",) if digests else ()), "ID", "CreatedSince")
+    custom_table = fmt.startswith("table") and fmt != "table"
+    if digests and custom_table and "{{.Digest}}" not in fmt:
+        fmt += "\t{{.Digest}}"  # as Docker adds the column --digests asks for
+    print_listing(fmt, _image_rows(selected, no_trunc), (*columns, "Size"), _HEADERS)
 
 
 def _held_only_by_build_cache(local: LocalImages, digest: str) -> bool:
     holders = local.images.holders(digest)
     return bool(holders) and all(h == "build-cache" for h in holders)
-
-
-def _image_json(rec: ImageRecord) -> dict[str, Any]:
-    """One object per image, with the keys and familiar names ``inspect`` uses."""
-    return {
-        "Id": rec.id,
-        "RepoTags": [_familiar(t) for t in rec.tags],
-        "RepoDigests": [_familiar(d) for d in rec.repo_digests],
-        "Digest": rec.digest,
-        "Created": rec.created,
-        "Size": rec.image_size,
-        "Platform": rec.platform,
-        "Dangling": not rec.tags,
-    }
 
 
 def _filter_images(
@@ -324,7 +326,7 @@ def _filter_images(
     return out
 
 
-@click.command()
+@command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True, help="Remove an image with several names.")
 def rmi(names: tuple[str, ...], force: bool) -> None:
@@ -362,7 +364,7 @@ def _collect_vm_disks(local: LocalImages) -> None:
             prune_snapshots(local.root)
 
 
-@click.command()
+@command()
 @click.argument("source")
 @click.argument("target")
 def tag(source: str, target: str) -> None:
@@ -398,11 +400,12 @@ def _familiar(name: str) -> str:
     return parse_reference(name).familiar()
 
 
-@click.command()
+@command()
 @click.argument("names", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", help="Output format.")
-def inspect(names: tuple[str, ...], fmt: str) -> None:
+@INSPECT_FORMAT_OPTION
+def inspect(names: tuple[str, ...], fmt: str | None) -> None:
     """Show low-level information on images, as JSON."""
+    from lamina.cli._output import print_inspect
     from lamina.errors import NotFound
 
     local = open_local()
@@ -413,14 +416,10 @@ def inspect(names: tuple[str, ...], fmt: str) -> None:
             out.append(inspect_image(local, local.images.resolve(name)))
         except NotFound:
             missing.append(name)
-    print_json(out)
-    if missing:
-        for name in missing:
-            print(f"lamina: error: no such object: {name}", file=sys.stderr)
-        sys.exit(1)
+    print_inspect(fmt, out, [f"no such object: {name}" for name in missing])
 
 
-@click.command()
+@command()
 @click.argument("names", nargs=-1, required=True)
 @click.option(
     "-o",
@@ -459,7 +458,7 @@ def save(names: tuple[str, ...], output: str | None, fmt: ArchiveFormat) -> None
     sys.stdout.buffer.flush()
 
 
-@click.command()
+@command()
 @click.option(
     "-i",
     "--input",
@@ -493,7 +492,7 @@ def _input(source: str | None, what: str) -> Path | BinaryIO:
     return sys.stdin.buffer
 
 
-@click.command("import")
+@command("import")
 @click.argument("source")
 @click.argument("reference", required=False)
 @click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction.")
@@ -520,7 +519,7 @@ def import_(
     click.echo(rec.id)
 
 
-@click.command()
+@command()
 @click.argument("server")
 @click.option("-u", "--username", default=None)
 @click.option("-p", "--password", default=None)
@@ -552,7 +551,7 @@ def login(
     click.echo("Login Succeeded")
 
 
-@click.command()
+@command()
 @click.argument("server")
 def logout(server: str) -> None:
     """Remove saved credentials for a registry."""
@@ -574,7 +573,7 @@ def _server_host(server: str) -> str:
     return host
 
 
-@click.command()
+@command()
 @click.option(
     "-a", "--all", "all_", is_flag=True, help="Remove all images not in use, not only dangling."
 )
@@ -595,7 +594,7 @@ def prune(all_: bool, force: bool) -> None:
         click.echo(f"Deleted: {d}")
 
 
-@click.group()
+@group()
 def image() -> None:
     """Manage images."""
 

@@ -1,4 +1,5 @@
-"""``lamina version`` and ``lamina info``."""
+"""``lamina version`` and ``lamina info``, with Docker's fields for ``--format``
+(``{{.Server.Version}}``, ``{{.NCPU}}``, ...) where lamina has them."""
 
 from __future__ import annotations
 
@@ -11,27 +12,62 @@ from typing import Any
 
 import click
 
-from lamina.cli._output import FORMAT_OPTION, print_json
+from lamina.cli._click import command
+from lamina.cli._output import INSPECT_FORMAT_OPTION, print_object, tabwrite
 
 
-@click.command()
-@FORMAT_OPTION
-def version(fmt: str) -> None:
-    """Show the lamina version."""
+@command()
+@INSPECT_FORMAT_OPTION
+def version(fmt: str | None) -> None:
+    """Show the lamina version information."""
     from lamina import __version__
     from lamina.image import host_platform
 
-    data = {
-        "Version": __version__,
-        "Python": platform.python_version(),
+    arch = host_platform().architecture
+    details = {
         "Os": sys.platform,
-        "Arch": host_platform().architecture,
+        "Arch": arch,
+        "KernelVersion": platform.release(),
+        "PythonVersion": platform.python_version(),
     }
-    if fmt == "json":
-        print_json(data)
-    else:
-        for k, v in data.items():
-            click.echo(f"{k + ':':<10}{v}")
+    # Docker's shape: the client, and the engine it talks to (lamina's is in-process).
+    data: dict[str, Any] = {
+        "Client": {
+            "Version": __version__,
+            "PythonVersion": platform.python_version(),
+            "Os": sys.platform,
+            "Arch": arch,
+            "Context": "default",
+        },
+        "Server": {
+            "Platform": {"Name": "lamina"},
+            "Version": __version__,
+            "Os": sys.platform,
+            "Arch": arch,
+            "KernelVersion": platform.release(),
+            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+        },
+    }
+
+    def text() -> None:
+        client: dict[str, Any] = data["Client"]
+        server: dict[str, Any] = data["Server"]
+        lines = [
+            "Client:",
+            f" Version:\t{client['Version']}",
+            f" Python version:\t{client['PythonVersion']}",
+            f" OS/Arch:\t{client['Os']}/{client['Arch']}",
+            f" Context:\t{client['Context']}",
+            "",
+            "Server: lamina",
+            " Engine:",
+            f"  Version:\t{server['Version']}",
+            f"  OS/Arch:\t{server['Os']}/{server['Arch']}",
+            f"  Kernel version:\t{server['KernelVersion']}",
+        ]
+        sys.stdout.write(tabwrite("\n".join(lines) + "\n", 20, 1))
+
+    print_object(fmt, data, text, name="version", columns=(20, 1))
 
 
 def _cgroup_mode() -> str:
@@ -95,14 +131,59 @@ def _foreign_arches() -> dict[str, str]:
     }
 
 
-@click.command()
-@FORMAT_OPTION
-def info(fmt: str) -> None:
+# Docker's names for what lamina's own keys say too: in --format data, not in the text.
+_DOCKER_ALIASES = ("ServerVersion", "DockerRootDir", "KernelVersion")
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                key, _, value = line.rstrip("\n").partition("=")
+                if key == "PRETTY_NAME":
+                    return value.strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+def _mem_total() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def _container_counts(root: Path) -> dict[str, int]:
+    """Docker's container counts; a root without containers has no database to open."""
+    counts = {"Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0,
+              "ContainersStopped": 0}  # fmt: skip
+    if not (root / "containers.db").exists():
+        return counts
+    from lamina.cli._containers import _Backends
+    from lamina.runtime import open_runtime
+
+    for c in _Backends(open_runtime(root, oci_runtime=None), root).list(all=True):
+        status = str(c.state.status)
+        counts["Containers"] += 1
+        if status == "running":
+            counts["ContainersRunning"] += 1
+        elif status == "paused":
+            counts["ContainersPaused"] += 1
+        else:
+            counts["ContainersStopped"] += 1
+    return counts
+
+
+@command()
+@INSPECT_FORMAT_OPTION
+def info(fmt: str | None) -> None:
     """Show system-wide information."""
     from lamina import __version__
     from lamina.image import host_platform, platform_str
 
-    root = click.get_current_context().find_root().obj.root
+    settings = click.get_current_context().find_root().obj
+    root = settings.root
     data: dict[str, Any] = {
         "Version": __version__,
         "Root": str(root),
@@ -123,10 +204,24 @@ def info(fmt: str) -> None:
     else:
         data["Images"] = 0
     data["MicroVM"] = _micro_vm(root)
-    if fmt == "json":
-        print_json(data)
-        return
-    _echo_tree(data)
+    data.update(
+        _container_counts(root),
+        ServerVersion=__version__,
+        DockerRootDir=str(root),
+        KernelVersion=platform.release(),
+        OperatingSystem=_os_name(),
+        OSType=platform.system().lower(),
+        Architecture=platform.machine(),
+        NCPU=os.cpu_count() or 1,
+        MemTotal=_mem_total(),
+        Name=platform.node(),
+        Driver="overlay",
+        CgroupDriver="cgroupfs",
+        DefaultRuntime=settings.oci_runtime,
+    )
+    print_object(
+        fmt, data, lambda: _echo_tree({k: v for k, v in data.items() if k not in _DOCKER_ALIASES})
+    )
 
 
 def _echo_tree(data: dict[str, Any], indent: str = "") -> None:

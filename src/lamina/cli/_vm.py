@@ -16,8 +16,18 @@ from typing import Any
 
 import click
 
+from lamina.cli._click import group
 from lamina.cli._images import CA_FILE_OPTION, open_local, progress_sink, registry_config
-from lamina.cli._output import FORMAT_OPTION, human_age, human_size, print_json, print_table
+from lamina.cli._output import (
+    FORMAT_OPTION,
+    INSPECT_FORMAT_OPTION,
+    human_age,
+    human_size,
+    print_inspect,
+    print_listing,
+    print_object,
+    print_table,
+)
 
 OUTPUT_OPTION = click.option(
     "-o",
@@ -38,7 +48,7 @@ ACCEL_OPTION = click.option(
 )
 
 
-@click.group()
+@group()
 def vm() -> None:
     """Micro-VMs: base bundles (build-base, pull, inspect), run, snapshots."""
 
@@ -124,23 +134,23 @@ def pull(reference: str, output: Path, quiet: bool, ca_file: Path | None) -> Non
 @vm.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
+    "-f",
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
+    default=None,
+    metavar="text|json|TEMPLATE",
+    help="text (the default), json, or a Go template such as '{{.architecture}}'.",
 )
 @click.option("--check", is_flag=True, help="Validate every file (sizes, checksums, ext4).")
-def inspect(directory: Path, fmt: str, check: bool) -> None:
+def inspect(directory: Path, fmt: str | None, check: bool) -> None:
     """Show a bundle's bundle.json."""
     from lamina.vm import read_bundle, validate_bundle
 
     bundle = validate_bundle(directory) if check else read_bundle(directory)
-    doc = bundle.to_dict()
-    if fmt == "json":
-        print_json(doc)
-        return
+    print_object(None if fmt == "text" else fmt, bundle.to_dict(), lambda: _print_bundle(bundle))
+
+
+def _print_bundle(bundle: Any) -> None:
     rows = [
         ("Path", str(bundle.path)),
         ("Architecture", bundle.architecture),
@@ -287,7 +297,8 @@ def snapshot_create(
 @FORMAT_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="Print only names.")
 def snapshot_ls(fmt: str, quiet: bool) -> None:
-    """List snapshots, oldest first, with whether they can still be used."""
+    """List snapshots, oldest first, with whether they can still be used. Templates
+    and json get snapshot.json's fields (``{{.name}}``) and ``status``."""
     from lamina.vm import list_snapshots, snapshot_status
 
     snaps = list_snapshots(_root())
@@ -295,8 +306,10 @@ def snapshot_ls(fmt: str, quiet: bool) -> None:
         for snap in snaps:
             click.echo(snap.name)
         return
-    if fmt == "json":
-        print_json([dict(s.to_dict(), status=snapshot_status(s)) for s in snaps])
+    if fmt not in ("", "table"):
+        docs = [dict(s.to_dict(), status=snapshot_status(s)) for s in snaps]
+        headers = {key: key.replace("_", " ").upper() for doc in docs for key in doc}
+        print_listing(fmt, docs, (), headers)
         return
     print_table(
         ["NAME", "IMAGE", "MACHINE", "SIZE", "CREATED", "STATUS"],
@@ -310,13 +323,14 @@ def snapshot_ls(fmt: str, quiet: bool) -> None:
 
 @snapshot.command("inspect")
 @click.argument("names", nargs=-1, required=True)
-def snapshot_inspect(names: tuple[str, ...]) -> None:
+@INSPECT_FORMAT_OPTION
+def snapshot_inspect(names: tuple[str, ...], fmt: str | None) -> None:
     """Show snapshots' snapshot.json (with their status) as JSON."""
     from lamina.vm import load_snapshot, snapshot_status
 
     root = _root()
     snaps = [load_snapshot(root, n) for n in names]
-    print_json([dict(s.to_dict(), status=snapshot_status(s)) for s in snaps])
+    print_inspect(fmt, [dict(s.to_dict(), status=snapshot_status(s)) for s in snaps])
 
 
 @snapshot.command("rm")

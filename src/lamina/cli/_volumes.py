@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lamina.cli._containers import DockerCommand, DockerGroup, FlagError, render_template
+from lamina.cli._click import DockerGroup, FlagError
+from lamina.cli._output import FORMAT_OPTION, INSPECT_FORMAT_OPTION
 
 if TYPE_CHECKING:
     from lamina.runtime._volumes import Volume, VolumeStore
@@ -53,7 +54,7 @@ def volume() -> None:
     """Manage volumes (create, ls, rm, inspect, prune)."""
 
 
-@volume.command("create", cls=DockerCommand)
+@volume.command("create")
 @click.argument("name", required=False)
 @click.option("--name", "name_opt", default=None, help="Volume name (or as the argument).")
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY[=VALUE]", help="Set metadata.")
@@ -112,7 +113,7 @@ def _matches(vol: Volume, filters: Sequence[str], users: Any) -> bool:
     return True
 
 
-@volume.command("ls", cls=DockerCommand)
+@volume.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only display volume names.")
 @click.option(
     "-f",
@@ -122,10 +123,10 @@ def _matches(vol: Volume, filters: Sequence[str], users: Any) -> bool:
     metavar="KEY=VALUE",
     help="name=, label=, dangling=, driver=",
 )
-@click.option("--format", "fmt", default="table", show_default=True, metavar="table|json|TEMPLATE")
+@FORMAT_OPTION
 def ls(quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List volumes."""
-    from lamina.cli._output import print_json, print_table
+    from lamina.cli._output import print_listing
 
     store = _store()
     users = _users() if any(f.startswith("dangling=") for f in filters) else None
@@ -134,19 +135,42 @@ def ls(quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
         for v in vols:
             click.echo(v.name)
         return
-    if fmt == "json":
-        print_json([v.to_dict() for v in vols])
-    elif fmt == "table":
-        print_table(["DRIVER", "VOLUME NAME"], [[v.driver, v.name] for v in vols])
-    else:
-        for v in vols:
-            click.echo(render_template(fmt, v.to_dict()))
+    print_listing(fmt, [_row(v) for v in vols], ("Driver", "Name"), _HEADERS)
+
+
+# Docker's volume ls fields and their column titles.
+_HEADERS = {
+    "Name": "VOLUME NAME", "Driver": "DRIVER", "Scope": "SCOPE", "Mountpoint": "MOUNTPOINT",
+    "Labels": "LABELS", "Links": "LINKS", "Size": "SIZE", "Group": "GROUP",
+    "Availability": "AVAILABILITY", "Status": "STATUS",
+}  # fmt: skip
+
+
+def _row(vol: Volume) -> Any:
+    """A volume as ``docker volume ls`` shows it to ``--format`` (no usage data and
+    no cluster volumes here: those fields are N/A, as Docker's are without them)."""
+    from lamina.cli._output import LabeledRow
+
+    doc = vol.to_dict()
+    na = "N/A"
+    fields = {
+        "Name": vol.name,
+        "Driver": vol.driver,
+        "Scope": doc["Scope"],
+        "Mountpoint": doc["Mountpoint"],
+        "Links": na,
+        "Size": na,
+        "Group": na,
+        "Availability": na,
+        "Status": na,
+    }
+    return LabeledRow("VolumeRow", doc["Labels"] or {}, fields)
 
 
 volume.add_command(ls, "list")
 
 
-@volume.command("rm", cls=DockerCommand)
+@volume.command("rm")
 @click.argument("names", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True, help="Do not fail on a missing volume.")
 def rm(names: tuple[str, ...], force: bool) -> None:
@@ -171,12 +195,12 @@ def rm(names: tuple[str, ...], force: bool) -> None:
 volume.add_command(rm, "remove")
 
 
-@volume.command("inspect", cls=DockerCommand)
+@volume.command("inspect")
 @click.argument("names", nargs=-1, required=True)
-@click.option("-f", "--format", "fmt", default=None, metavar="json|TEMPLATE")
+@INSPECT_FORMAT_OPTION
 def inspect(names: tuple[str, ...], fmt: str | None) -> None:
     """Show details of one or more volumes, as JSON."""
-    from lamina.cli._output import print_json
+    from lamina.cli._output import print_inspect
     from lamina.errors import LaminaError
 
     store = _store()
@@ -187,18 +211,10 @@ def inspect(names: tuple[str, ...], fmt: str | None) -> None:
             out.append(store.get(name).to_dict())
         except LaminaError:
             missing.append(name)
-    if fmt in (None, "", "json"):
-        print_json(out)
-    else:
-        for d in out:
-            click.echo(render_template(fmt, d))
-    for name in missing:
-        print(f"lamina: error: no such volume: {name}", file=sys.stderr)
-    if missing:
-        sys.exit(1)
+    print_inspect(fmt, out, [f"no such volume: {name}" for name in missing])
 
 
-@volume.command("prune", cls=DockerCommand)
+@volume.command("prune")
 @click.option("-a", "--all", "all_", is_flag=True, help="Also remove unused named volumes.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--filter", "filters", multiple=True, metavar="label=K[=V]")

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from lamina.cli._click import DockerGroup, flag_error
+
 # command name -> "module:attribute" under lamina.cli
 _COMMANDS: dict[str, str] = {
     "pull": "_images:pull",
@@ -61,8 +63,9 @@ _COMMANDS: dict[str, str] = {
 _ALIASES = {"ls": "images"}
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+class LazyGroup(DockerGroup):
+    """A group whose subcommands are imported on first use (usage errors are one
+    line, as in every lamina group)."""
 
     def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         print("lamina: aborted", file=sys.stderr)
         sys.exit(130)
+    except click.UsageError as e:  # from a command that is not a DockerCommand
+        error = flag_error(e)
+        error.show()
+        sys.exit(error.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
