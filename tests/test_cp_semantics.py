@@ -100,6 +100,21 @@ def test_cp_goes_through_volumes_and_binds_running_and_stopped(root: Path, tmp_p
     )
 
 
+def test_cp_into_a_created_container_lands_where_it_will_run(root: Path, tmp_path: Path) -> None:
+    """A created container's root is mounted on the host already: the copier uses that
+    mount, with the container's volume on top and its root read-only (--read-only)."""
+    src = tmp_path / "in.txt"
+    src.write_text("created\n")
+    ok(root, "create", "--name", "fresh", "--read-only", "-v", "cpfresh:/vol", IMAGE_REF,
+       "sh", "-c", "cat /vol/in.txt; sleep 1000")  # fmt: skip
+    ok(root, "cp", str(src), "fresh:/vol/")
+    assert "read-only" in fails(root, "cp", str(src), "fresh:/etc/").lower()
+    mounts = overlay_mounts(root)
+    ok(root, "start", "fresh")
+    until(lambda: ok(root, "logs", "fresh") == "created\n")
+    assert len(overlay_mounts(root)) == len(mounts)  # the one mount of its root, as before
+
+
 def test_cp_follow_link_copies_the_target_inside_the_container(root: Path, tmp_path: Path) -> None:
     run_ready(root, "links",
               script="echo container-shadow > /etc/shadow; ln -s /etc/shadow /shadowlink;"

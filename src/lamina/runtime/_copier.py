@@ -47,13 +47,11 @@ import contextlib
 import ctypes
 import dataclasses
 import gc
-import importlib.machinery
 import json
 import os
 import select
 import signal
 import stat
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -112,7 +110,7 @@ class StoppedRoot:
     """A container that is not running: its overlay and bind mounts."""
 
     merged: str
-    lowers: list[str]
+    lowers: list[str]  # empty: the host has it mounted at ``merged``
     overlay_tail: str  # the overlay options after lowerdir= (upperdir, workdir, ...)
     binds: list[Bind] = field(default_factory=list)
     read_only: bool = False
@@ -278,6 +276,8 @@ def _launch(job: _Job) -> tuple[int, Callable[[], int]]:
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
         return pid, wait
+    import subprocess  # only here: most callers fork
+
     fds = [fd for fd in (job.status_fd, job.data_fd) if fd >= 0]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lamina.runtime._copier", job.to_json()],
@@ -347,8 +347,8 @@ def _keep_only_fds(*keep: int) -> None:
 def _seal_imports() -> None:
     """No import from a file from now on: the paths on sys.path are about to name
     the container's files. Built-in and frozen modules stay importable."""
-    allowed = (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter)
-    sys.meta_path[:] = [finder for finder in sys.meta_path if finder in allowed]
+    allowed = ("BuiltinImporter", "FrozenImporter")  # importlib.machinery's, as classes
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") in allowed]
     sys.path_hooks.clear()
     sys.path_importer_cache.clear()
     sys.path.clear()
@@ -395,6 +395,8 @@ def _enter_stopped(view: StoppedRoot) -> None:
     if lib.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
         raise _os_error("cannot make the copy's mounts private")
     if not os.path.ismount(view.merged):
+        if not view.lowers:
+            raise LaminaError("the container's root filesystem was unmounted meanwhile")
         try:
             err = mount_overlay(Path(view.merged), view.lowers, view.overlay_tail)
         except ValueError as e:
@@ -402,13 +404,12 @@ def _enter_stopped(view: StoppedRoot) -> None:
         if err:
             raise LaminaError(f"cannot mount the container's root filesystem: {os.strerror(err)}")
     trees = [_clone(bind) for bind in view.binds]
-    machine = os.uname().machine
-    if machine not in _SYS_PIVOT_ROOT:
-        raise LaminaError(f"cp of a stopped container is not supported on {machine}")
     os.chdir(view.merged)
-    if lib.syscall(_SYS_PIVOT_ROOT[machine], b".", b".") != 0:
-        raise _os_error("cannot enter the container's root filesystem")
-    lib.umount2(b".", MNT_DETACH)  # the host's tree, stacked on the new root
+    pivot_root = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if pivot_root is not None and lib.syscall(pivot_root, b".", b".") == 0:
+        lib.umount2(b".", MNT_DETACH)  # the host's tree, stacked on the new root
+    else:  # EINVAL when this process runs chrooted: a chroot confines it as well
+        os.chroot(".")
     os.chdir("/")
     for tree, bind in zip(trees, view.binds, strict=True):
         _attach(tree, bind)

@@ -405,9 +405,11 @@ class OciRuntime(Runtime):
             if m.get("type") != "bind" or any(_is_under(target, o) for o in others):
                 continue
             binds.append(_copier.Bind(str(m["source"]), target, "ro" in opts, "rbind" in opts))
-        lowers, tail = self._overlay_options(rec)
+        merged = self._merged(rec.id)
+        # Mounted on the host (a created container): the copier uses that mount.
+        lowers, tail = ([], "") if os.path.ismount(merged) else self._overlay_options(rec)
         read_only = bool((spec.get("root") or {}).get("readonly"))
-        return _copier.StoppedRoot(str(self._merged(rec.id)), lowers, tail, binds, read_only)
+        return _copier.StoppedRoot(str(merged), lowers, tail, binds, read_only)
 
     # -- images ----------------------------------------------------------------------
     def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
