@@ -1635,26 +1635,27 @@ def _copy_from_container(
     from lamina.image import apply_layer
     from lamina.runtime._fsops import archive_name
 
-    chunks = rt.copy_out(ref, path, follow_link=follow)
     if dest == "-":
         out = sys.stdout.buffer
-        for chunk in chunks:
+        for chunk in rt.copy_out(ref, path, follow_link=follow):
             out.write(chunk)
         out.flush()
         return
-    stream = cast(BinaryIO, _IterReader(iter(chunks)))
+    # The destination is checked before the container is asked for anything.
     dest_path = os.path.abspath(dest)
-    if os.path.isdir(dest_path):
+    into_dir = os.path.isdir(dest_path)
+    parent = os.path.dirname(dest_path)
+    if not into_dir and not os.path.isdir(parent):
+        raise LaminaError(f"destination directory {parent} does not exist")
+    top = archive_name(path)
+    if not into_dir and top == "." and os.path.lexists(dest_path):
+        raise LaminaError(f"cannot copy a directory to a file: {dest}")
+    stream = cast(BinaryIO, _IterReader(iter(rt.copy_out(ref, path, follow_link=follow))))
+    if into_dir:
         # Into an existing directory: the tar's top entry is the source's base name.
         apply_layer(stream, Path(dest_path), owners=archive)
         return
-    parent = os.path.dirname(dest_path)
-    if not os.path.isdir(parent):
-        raise LaminaError(f"destination directory {parent} does not exist")
-    top = archive_name(path)
     if top == ".":  # a directory's contents (DIR/.): DEST becomes that directory
-        if os.path.lexists(dest_path):
-            raise LaminaError(f"cannot copy a directory to a file: {dest}")
         os.mkdir(dest_path)
         apply_layer(stream, Path(dest_path), owners=archive)
         return

@@ -245,13 +245,19 @@ class _Child:
             os.close(self.data)
             self.data = -1
 
+    def __del__(self) -> None:  # a stream dropped before its first chunk
+        with contextlib.suppress(Exception):
+            self.close()
+
     def _reap(self) -> None:
         if self.exit_code is None:
             self.exit_code = self._wait()
 
     def close(self) -> None:
         """Close the pipes and reap the child, killed first unless it is done (the
-        stream was abandoned, or the caller failed)."""
+        stream was abandoned, or the caller failed). Idempotent."""
+        if self.exit_code is not None and self.data < 0:
+            return
         if self.data >= 0:
             os.close(self.data)
             self.data = -1
