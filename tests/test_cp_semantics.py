@@ -271,3 +271,31 @@ def test_a_multithreaded_caller_gets_a_copier_of_its_own(
         other.join()
         rt.close()
     assert cp_processes(root) == []
+
+
+def test_the_copier_trusts_a_pid_only_while_it_is_the_containers(root: Path) -> None:
+    """A recorded pid whose process is gone, or is not the child of the container's
+    conmon (a reused pid), is never entered: its root could be the host's."""
+    from lamina.errors import LaminaError
+    from lamina.runtime import _copier
+    from lamina.runtime._oci import OciRuntime
+
+    run_ready(root, "pids")
+    rt = OciRuntime(root)
+    try:
+        rec = rt.state.resolve("pids")  # the recorded pid and its conmon
+        view = _copier.RunningRoot(rec.pid, rec.conmon_pid, rec.conmon_start)
+        assert _copier.stat_path(view, "/ready").size == 0
+        stranger = subprocess.Popen(["sleep", "60"])  # a host process: its root is /
+        try:
+            impostor = _copier.RunningRoot(stranger.pid, rec.conmon_pid, rec.conmon_start)
+            with pytest.raises(LaminaError, match="stopped before the copy"):
+                _copier.stat_path(impostor, "/etc/hostname")
+        finally:
+            stranger.kill()
+            stranger.wait()
+        gone = _copier.RunningRoot(stranger.pid, rec.conmon_pid, rec.conmon_start)
+        with pytest.raises(LaminaError, match="stopped before the copy"):
+            _copier.stat_path(gone, "/etc/hostname")
+    finally:
+        rt.close()
