@@ -117,14 +117,14 @@ def test_cp_files_and_directories_both_ways(root: Path, tmp_path: Path) -> None:
     src.write_bytes(b"#!/bin/sh\necho run\n")
     src.chmod(0o741)
     os.chown(src, 1000, 1000)
-    ok(root, "cp", str(src), f"{VM}:/root/")
+    ok(root, "cp", "-a", str(src), f"{VM}:/root/")  # -a: the owners kept
     assert (
         ok(root, "exec", VM, "stat", "-c", "%a %u:%g %s", "/root/script.sh") == "741 1000:1000 19\n"
     )
     assert ok(root, "exec", VM, "/root/script.sh") == "run\n"
 
     back = tmp_path / "back.sh"
-    ok(root, "cp", f"{VM}:/root/script.sh", str(back))
+    ok(root, "cp", "-a", f"{VM}:/root/script.sh", str(back))
     assert back.read_bytes() == src.read_bytes()
     assert (back.stat().st_mode & 0o777, back.stat().st_uid) == (0o741, 1000)
 
@@ -147,6 +147,35 @@ def test_cp_files_and_directories_both_ways(root: Path, tmp_path: Path) -> None:
     )
     assert "not a directory" in fails(root, "cp", f"{VM}:/data/new/", str(tmp_path / "x"))
     assert "Could not find the file /nope" in fails(root, "cp", str(src), f"{VM}:/nope/dir/x")
+
+
+def test_cp_owners_links_and_symlinked_destinations(root: Path, tmp_path: Path) -> None:
+    """The process backend's cp semantics: root-owned copies unless -a, -L copies
+    what a link leads to (resolved in the guest), a symlink destination is written
+    through."""
+    src = tmp_path / "owned.txt"
+    src.write_text("owned\n")
+    os.chown(src, 1234, 5678)
+    ok(root, "cp", str(src), f"{VM}:/tmp/plain.txt")
+    ok(root, "cp", "-a", str(src), f"{VM}:/tmp/kept.txt")
+    owners = ok(root, "exec", VM, "stat", "-c", "%u:%g", "/tmp/plain.txt", "/tmp/kept.txt")
+    assert owners == "0:0\n1234:5678\n"
+    ok(root, "exec", VM, "sh", "-c", "echo target > /tmp/target && ln -s /tmp/target /tmp/link"
+       " && mkdir /tmp/d && echo in-d > /tmp/d/f && ln -s d /tmp/dirlink")  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    ok(root, "cp", "-L", f"{VM}:/tmp/link", str(out))
+    assert not (out / "link").is_symlink() and (out / "link").read_text() == "target\n"
+    ok(root, "cp", "-L", f"{VM}:/tmp/dirlink", str(out))
+    assert not (out / "dirlink").is_symlink() and (out / "dirlink" / "f").read_text() == "in-d\n"
+    ok(root, "cp", f"{VM}:/tmp/link", str(out / "asis"))
+    assert os.readlink(out / "asis") == "/tmp/target"
+    ok(root, "cp", str(src), f"{VM}:/tmp/link")  # through the link, inside the guest
+    assert ok(root, "exec", VM, "sh", "-c", "readlink /tmp/link; cat /tmp/target") == (
+        "/tmp/target\nowned\n"
+    )
+    ok(root, "cp", str(src), f"{VM}:/tmp/dirlink")  # a link to a directory: into it
+    assert ok(root, "exec", VM, "cat", "/tmp/d/owned.txt") == "owned\n"
 
 
 def test_cp_streams_large_files(root: Path, tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ for _name in (
     "start", "stop", "restart", "kill", "pause", "unpause", "remove", "rename", "get", "wait",
     "logs",
     "stats", "top", "pid", "ip_address", "exec", "attach", "resize", "copy_out", "copy_in",
-    "diff", "commit", "update", "rootfs",
+    "stat_path", "diff", "commit", "update", "rootfs",
 ):  # fmt: skip
     setattr(_Backends, _name, _routed(_name))
 
@@ -1527,12 +1527,15 @@ def _split_container_path(arg: str) -> tuple[str, str] | None:
 @_command("cp")
 @click.argument("src")
 @click.argument("dest")
-@click.option("-L", "--follow-link", is_flag=True, help="Follow a symbolic link at SRC.")
-@click.option("-a", "--archive", is_flag=True, help="Keep owners (always the case here).")
+@click.option("-L", "--follow-link", is_flag=True, help="Always follow a symbolic link in SRC.")
+@click.option(
+    "-a", "--archive", is_flag=True, help="Archive mode: keep the source's owners (uid/gid)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Accepted for Docker compatibility.")
 def cp(src: str, dest: str, follow_link: bool, archive: bool, quiet: bool) -> None:
     """Copy files between a container and the host: CTR:PATH DEST, SRC CTR:PATH;
-    '-' is a tar stream on stdout (as DEST) or stdin (as SRC)."""
+    '-' is a tar stream on stdout (as DEST) or stdin (as SRC). Copies belong to root
+    in the container, to you on the host, unless -a."""
     s, d = _split_container_path(src), _split_container_path(dest)
     if (s is None) == (d is None):
         raise FlagError(
@@ -1542,138 +1545,128 @@ def cp(src: str, dest: str, follow_link: bool, archive: bool, quiet: bool) -> No
         )
     rt = open_runtime()
     if s is not None:
-        _copy_from_container(rt, s[0], s[1], dest, follow_link)
+        _copy_from_container(rt, s[0], s[1], dest, follow=follow_link, archive=archive)
     else:
         assert d is not None
-        _copy_to_container(rt, src, d[0], d[1], follow_link)
+        _copy_to_container(rt, src, d[0], d[1], follow=follow_link, archive=archive)
 
 
-def _copy_from_container(rt: Runtime, ref: str, path: str, dest: str, follow: bool) -> None:
+def _copy_from_container(
+    rt: Runtime, ref: str, path: str, dest: str, *, follow: bool, archive: bool
+) -> None:
+    """Docker's cp to the host: into DEST if it is a directory, else as DEST. The
+    archive from the container is extracted with ``apply_layer`` (nothing lands
+    outside its target); without ``archive`` the files belong to whoever runs this."""
     import shutil
-    import tempfile
 
+    from lamina import _leases
     from lamina.errors import LaminaError
     from lamina.image import apply_layer
     from lamina.runtime._fsops import archive_name
 
-    chunks = rt.copy_out(ref, path)
     if dest == "-":
         out = sys.stdout.buffer
-        for chunk in chunks:
+        for chunk in rt.copy_out(ref, path, follow_link=follow):
             out.write(chunk)
         out.flush()
         return
-    stream = _IterReader(iter(chunks))
+    # The destination is checked before the container is asked for anything.
     dest_path = os.path.abspath(dest)
-    if os.path.isdir(dest_path):
-        # Into an existing directory: the tar's top entry is the source's base name.
-        apply_layer(cast(BinaryIO, stream), Path(dest_path))
-        return
+    into_dir = os.path.isdir(dest_path)
     parent = os.path.dirname(dest_path)
-    if not os.path.isdir(parent):
+    if not into_dir and not os.path.isdir(parent):
         raise LaminaError(f"destination directory {parent} does not exist")
     top = archive_name(path)
-    if top == ".":  # a directory's contents (DIR/.): DEST becomes that directory
-        if os.path.lexists(dest_path):
-            raise LaminaError(f"cannot copy a directory to a file: {dest}")
-        os.mkdir(dest_path)
-        apply_layer(cast(BinaryIO, stream), Path(dest_path))
+    if not into_dir and top == "." and os.path.lexists(dest_path):
+        raise LaminaError(f"cannot copy a directory to a file: {dest}")
+    stream = cast(BinaryIO, _IterReader(iter(rt.copy_out(ref, path, follow_link=follow))))
+    if into_dir:
+        # Into an existing directory: the tar's top entry is the source's base name.
+        apply_layer(stream, Path(dest_path), owners=archive)
         return
-    # Anything else lands beside DEST first, then takes its name in one rename.
-    tmp = tempfile.mkdtemp(prefix=".lamina-cp-", dir=parent)
-    try:
-        apply_layer(cast(BinaryIO, stream), Path(tmp))
-        got = os.path.join(tmp, top)
-        if not os.path.lexists(got):
-            entries = os.listdir(tmp)
-            if len(entries) != 1:
-                raise LaminaError(f"unexpected archive from container for {path}")
-            got = os.path.join(tmp, entries[0])
-        is_dir = os.path.isdir(got) and not os.path.islink(got)
-        if os.path.lexists(dest_path):
-            if is_dir:
-                raise LaminaError(f"cannot copy a directory to a file: {dest}")
-            os.replace(got, dest_path)
-        else:
-            if dest.endswith("/") and not is_dir:
-                raise LaminaError(f"destination directory {dest} does not exist")
-            os.rename(got, dest_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if top == ".":  # a directory's contents (DIR/.): DEST becomes that directory
+        os.mkdir(dest_path)
+        apply_layer(stream, Path(dest_path), owners=archive)
+        return
+    # Anything else lands beside DEST first, then takes its name in one rename; a
+    # lease removes the scratch directory if this process dies before that.
+    with _leases.take(Path(_settings().root), "cp") as lease:
+        tmp = os.path.join(parent, f".lamina-cp-{os.urandom(6).hex()}")
+        lease.add_path(tmp)
+        os.mkdir(tmp, 0o700)
+        try:
+            apply_layer(stream, Path(tmp), owners=archive)
+            got = os.path.join(tmp, top)
+            if not os.path.lexists(got):
+                entries = os.listdir(tmp)
+                if len(entries) != 1:
+                    raise LaminaError(f"unexpected archive from container for {path}")
+                got = os.path.join(tmp, entries[0])
+            is_dir = os.path.isdir(got) and not os.path.islink(got)
+            if os.path.lexists(dest_path):
+                if is_dir:
+                    raise LaminaError(f"cannot copy a directory to a file: {dest}")
+                os.replace(got, dest_path)
+            else:
+                if dest.endswith("/") and not is_dir:
+                    raise LaminaError(f"destination directory {dest} does not exist")
+                os.rename(got, dest_path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _copy_to_container(rt: Runtime, src: str, ref: str, path: str, follow: bool) -> None:
-    import io
+def _copy_to_container(
+    rt: Runtime, src: str, ref: str, path: str, *, follow: bool, archive: bool
+) -> None:
+    """Docker's cp into a container: a destination symlink is followed (inside the
+    container), an existing directory receives SRC under its name, anything else
+    becomes SRC. The archive is made here, owned by root (0:0) unless ``archive``."""
     import posixpath
-    import tarfile
-    import threading
 
-    from lamina.errors import LaminaError, NotFound
+    from lamina.errors import LaminaError
+    from lamina.runtime._fsops import tar_of
 
     if src == "-":
         rt.copy_in(ref, path, sys.stdin.buffer)
         return
     src_path = os.path.abspath(src)
-    if follow and os.path.islink(src_path):
-        src_path = os.path.realpath(src_path)
+    if (follow or src.endswith("/")) and os.path.islink(src_path):
+        src_path = os.path.realpath(src_path)  # archived under the link's name
     if not os.path.lexists(src_path):
         raise LaminaError(f"no such file or directory: {src}")
     src_is_dir = os.path.isdir(src_path) and not os.path.islink(src_path)
     contents_only = src.rstrip("/").endswith("/.") or src in (".", "./")
 
-    # Where does it go? Probe the destination with an empty archive.
-    empty = io.BytesIO(b"\0" * 1024)
-    try:
-        rt.copy_in(ref, path, empty)
-        dest_kind = "dir"
-    except NotFound:
-        dest_kind = "missing"
-    except LaminaError as e:
-        if "not a directory" not in str(e):
-            raise
-        dest_kind = "file"
+    dest, dest_kind = _container_destination(rt, ref, path)
     if dest_kind == "dir":
-        into, name = path, "." if contents_only else os.path.basename(src_path.rstrip("/"))
+        into, name = dest, "." if contents_only else os.path.basename(os.path.abspath(src))
     else:
         if dest_kind == "file" and src_is_dir:
             raise LaminaError(f"cannot copy a directory to a file: {path}")
-        if dest_kind == "missing" and path.endswith("/") and not src_is_dir:
+        if dest_kind == "missing" and dest.endswith("/") and not src_is_dir:
             raise LaminaError(f"destination directory {path} does not exist")
-        stripped = path.rstrip("/") or "/"
+        stripped = dest.rstrip("/") or "/"
         into, name = posixpath.dirname(stripped) or "/", posixpath.basename(stripped)
-
-    r, w = os.pipe()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            with (
-                os.fdopen(w, "wb") as wf,
-                tarfile.open(fileobj=wf, mode="w|", format=tarfile.PAX_FORMAT) as tf,
-            ):
-                if name == ".":
-                    tf.add(src_path, arcname=".", recursive=False)
-                    for entry in sorted(os.listdir(src_path)):
-                        tf.add(os.path.join(src_path, entry), arcname=entry)
-                else:
-                    tf.add(src_path, arcname=name)
-        except BrokenPipeError:
-            pass
-        except BaseException as e:
-            failure.append(e)
-
-    t = threading.Thread(target=produce, daemon=True)
-    t.start()
     try:
-        with os.fdopen(r, "rb") as rf:
-            rt.copy_in(ref, into, rf)
-    finally:
-        t.join()
-    if failure:
-        err = failure[0]
-        if isinstance(err, OSError):
-            raise LaminaError(f"cannot read {err.filename or src}: {err.strerror}") from None
-        raise err
+        chunks = tar_of(src_path, name, owner=None if archive else (0, 0))
+        rt.copy_in(ref, into, cast(BinaryIO, _IterReader(chunks)))
+    except OSError as e:  # reading the source on this host
+        raise LaminaError(f"cannot read {e.filename or src}: {e.strerror}") from None
+
+
+def _container_destination(rt: Runtime, ref: str, path: str) -> tuple[str, str]:
+    """Where a copy into ``path`` goes, as Docker decides it: the path, or where a
+    symlink there leads (inside the container); and "dir", "file" or "missing"."""
+    from lamina.errors import NotFound
+
+    try:
+        found = rt.stat_path(ref, path)
+        if found.is_symlink:
+            path = found.link_target
+            found = rt.stat_path(ref, path)
+    except NotFound:
+        return path, "missing"
+    return path, "dir" if found.is_dir else "file"
 
 
 @_command("diff")

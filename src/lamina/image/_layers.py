@@ -497,11 +497,12 @@ class _Applier:
     """State of one apply_layer run. All paths it keeps are `rel`: relative to root, resolved
     (no symlink among their components), "" being the root itself."""
 
-    def __init__(self, target: Path, overlay: bool, tf: tarfile.TarFile) -> None:
+    def __init__(self, target: Path, overlay: bool, tf: tarfile.TarFile, owners: bool) -> None:
         self.root = os.path.realpath(target)
         self.overlay = overlay
         self.tf = tf
         self.is_root = os.geteuid() == 0
+        self.chown = self.is_root and owners  # else entries belong to this process
         # Real directories known to exist; all their ancestors are in it too.
         self.dirs: set[str] = {""}
         # Paths this layer created, plus their ancestors (whiteouts must spare them).
@@ -659,7 +660,7 @@ class _Applier:
             if ti.size:
                 self._copy_data(ti, fd)
             # Order matters: chown clears setuid bits and file capabilities.
-            if self.is_root:
+            if self.chown:
                 os.fchown(fd, ti.uid, ti.gid)
             os.fchmod(fd, ti.mode & 0o7777)
             self._xattrs(ti, fd, symlink=False)
@@ -699,7 +700,7 @@ class _Applier:
         self._mark(rel)
         if opaque:
             self._set_opaque(rel)
-        if self.is_root:
+        if self.chown:
             os.chown(path, ti.uid, ti.gid, follow_symlinks=False)
         self._xattrs(ti, path, symlink=False)
         self.dir_meta[rel] = (ti.mode & 0o7777, _mtime_ns(ti))
@@ -714,7 +715,7 @@ class _Applier:
         except FileExistsError:
             self._clear(rel)
             os.symlink(target, path)
-        if self.is_root:
+        if self.chown:
             os.chown(path, ti.uid, ti.gid, follow_symlinks=False)
         self._xattrs(ti, path, symlink=True)
         _set_times(path, _mtime_ns(ti), nofollow=True)
@@ -771,7 +772,7 @@ class _Applier:
         except FileExistsError:
             self._clear(rel)
             os.mknod(path, kind | 0o600, dev)
-        if self.is_root:
+        if self.chown:
             os.chown(path, ti.uid, ti.gid, follow_symlinks=False)
         os.chmod(path, ti.mode & 0o7777)  # final component is the node just made
         self._xattrs(ti, path, symlink=False)
@@ -876,12 +877,15 @@ class _Applier:
             _set_times(path, mtime_ns, nofollow=True)
 
 
-def apply_layer(stream: BinaryIO, target: Path, *, overlay: bool = False) -> LayerResult:
+def apply_layer(
+    stream: BinaryIO, target: Path, *, overlay: bool = False, owners: bool = True
+) -> LayerResult:
     """Unpack an uncompressed layer tar stream into `target` (created if missing).
 
     `overlay=False` merges onto lower layers already in `target` (whiteouts delete);
     `overlay=True` unpacks into an empty dir meant as an overlayfs lowerdir (whiteouts become
-    0:0 char devices, opaque markers the trusted.overlay.opaque xattr).
+    0:0 char devices, opaque markers the trusted.overlay.opaque xattr). `owners=False`
+    leaves every entry owned by this process (tar --no-same-owner, Docker's cp to the host).
     """
     os.makedirs(target, exist_ok=True)
     reader = _HashingReader(stream)
@@ -900,7 +904,7 @@ def apply_layer(stream: BinaryIO, target: Path, *, overlay: bool = False) -> Lay
                 return LayerResult(reader.digest(), 0, 0)
             raise
         with tf:
-            applier = _Applier(target, overlay, tf)
+            applier = _Applier(target, overlay, tf, owners)
             while (ti := tf.next()) is not None:
                 entries += 1
                 tf.members.clear()  # type: ignore[attr-defined]  # the stream reader would otherwise keep every header

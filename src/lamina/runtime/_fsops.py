@@ -8,12 +8,14 @@ the mounted view.
 
 - ``diff`` reads only ``upper`` and the lower dirs, so it works whether or not the
   rootfs is mounted (``docker diff`` semantics).
-- ``copy_out`` / ``copy_in`` work on ``merged`` and resolve paths *inside* it:
-  symlinks met on the way are followed as if ``merged`` were ``/``, so a hostile
-  link in the container (``evil -> /``) can never make lamina read or write host
-  files. Files are then opened without following symlinks. The container must not
-  rewrite the paths involved meanwhile (callers pause a running container, as
-  Docker does since CVE-2018-15664).
+- ``stat_path``, ``copy_out`` and ``copy_in`` are ``cp``'s work on a root: the
+  process backend runs them in ``_copier``'s child, confined to the container's own
+  view (``rootfs`` is then ``/``: a chroot in the container's mount namespace, or a
+  private one holding its root and mounts), so nothing the container does meanwhile
+  (swapping a directory for a symlink to a host path) can lead them out of it.
+  Symlinks are still resolved as if ``rootfs`` were ``/`` and files opened without
+  following a final symlink: the same functions stay correct on any root.
+- ``tar_of`` archives a host path the same way, for ``cp`` into a container.
 - ``commit_layer`` / ``commit_image`` turn ``upper`` into a gzip layer and an image.
 """
 
@@ -54,7 +56,7 @@ from lamina.image import (
 from lamina.image._config import rfc3339
 from lamina.image._import import apply_changes, ingest_layer
 from lamina.runtime._paths import secure_join
-from lamina.runtime._types import ChangeEntry, ContainerConfig
+from lamina.runtime._types import ChangeEntry, ContainerConfig, PathStat
 
 _CHUNK = 1 << 20
 _OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -219,10 +221,35 @@ def archive_name(path: str) -> str:
     return posixpath.basename(stripped) or "."
 
 
+def _container_path(rootfs: Path, host: Path) -> str:
+    """``host`` (under ``rootfs``) as the container names it."""
+    rel = os.path.relpath(host, os.path.realpath(rootfs))
+    return "/" if rel == "." else "/" + rel
+
+
+def stat_path(rootfs: Path, path: str) -> PathStat:
+    """What is at ``path`` inside the rootfs, as ``docker cp`` stats it: a final
+    symlink is not followed, its ``link_target`` is where it leads, fully resolved
+    inside the rootfs (as far as it exists)."""
+    host = secure_join(rootfs, path, follow_final=False)
+    try:
+        st = os.lstat(host)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _not_found(path) from None
+    if path.endswith("/") and not stat.S_ISDIR(st.st_mode):
+        raise LaminaError(f"{path}: not a directory")
+    target = ""
+    if stat.S_ISLNK(st.st_mode):
+        target = _container_path(rootfs, secure_join(rootfs, path))
+    name = posixpath.basename(path.rstrip("/")) or "/"
+    return PathStat(name, st.st_size, st.st_mode, st.st_mtime, target)
+
+
 def copy_out(rootfs: Path, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
     """A tar stream (PAX, numeric owners) of ``path`` inside the mounted rootfs, as
     ``docker cp CTR:path -`` writes it. A symlink at ``path`` is archived as a link
-    unless ``follow_link``. Raises NotFound before yielding anything."""
+    unless ``follow_link``. Raises NotFound before yielding anything. Archiving the
+    whole root leaves out ``/proc`` and ``/sys`` (the kernel's, not the container's)."""
     host = secure_join(rootfs, path, follow_final=follow_link)
     try:
         st = os.lstat(host)
@@ -230,14 +257,35 @@ def copy_out(rootfs: Path, path: str, *, follow_link: bool = False) -> Iterator[
         raise _not_found(path) from None
     if path.rstrip("/") != path and not stat.S_ISDIR(st.st_mode) and path.strip("/"):
         raise LaminaError(f"{path}: not a directory")
-    return _TarStream(str(host), archive_name(path), st).chunks()
+    skip = _KERNEL_DIRS if _container_path(rootfs, host) == "/" else frozenset()
+    return _TarStream(str(host), archive_name(path), st, skip=skip).chunks()
+
+
+def tar_of(path: str, name: str, *, owner: tuple[int, int] | None = None) -> Iterator[bytes]:
+    """A tar stream of host ``path`` in ``copy_out``'s form, its top entry named
+    ``name`` (``.``: a directory's contents). ``owner``: the (uid, gid) every entry
+    gets instead of the file's own."""
+    return _TarStream(path, name, os.lstat(path), owner=owner).chunks()
+
+
+_KERNEL_DIRS = frozenset({"proc", "sys"})
 
 
 class _TarStream:
-    def __init__(self, top: str, name: str, st: os.stat_result) -> None:
+    def __init__(
+        self,
+        top: str,
+        name: str,
+        st: os.stat_result,
+        *,
+        owner: tuple[int, int] | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> None:
         self.top = top
         self.name = name
         self.top_st = st
+        self.owner = owner
+        self.skip = skip  # names left out of the top directory
         self.links: dict[tuple[int, int], str] = {}
         self.buf = bytearray()
 
@@ -249,6 +297,8 @@ class _TarStream:
             if stat.S_ISDIR(st.st_mode):
                 with os.scandir(host) as it:
                     children = sorted(it, key=lambda e: e.name, reverse=True)
+                if host == self.top:
+                    children = [e for e in children if e.name not in self.skip]
                 for e in children:
                     child = e.name if name == "." else f"{name}/{e.name}"
                     stack.append((e.path, child, e.stat(follow_symlinks=False)))
@@ -265,7 +315,7 @@ class _TarStream:
         mode = st.st_mode
         ti = tarfile.TarInfo(name + "/" if stat.S_ISDIR(mode) and name != "." else name)
         ti.mode = stat.S_IMODE(mode)
-        ti.uid, ti.gid = st.st_uid, st.st_gid
+        ti.uid, ti.gid = self.owner or (st.st_uid, st.st_gid)
         ti.uname = ti.gname = ""
         ti.mtime = int(st.st_mtime)
         ti.pax_headers = _xattr_headers(host)
@@ -332,10 +382,9 @@ def _xattr_headers(path: str) -> dict[str, str]:
     return out
 
 
-def copy_in(rootfs: Path, path: str, tar_stream: BinaryIO) -> None:
-    """Extract a tar stream (plain, gzip or zstd) into directory ``path`` inside the
-    mounted rootfs, as ``docker cp - CTR:path`` does. Entries stay inside that
-    directory whatever their names or symlinks say; owners in the archive are kept."""
+def extraction_point(rootfs: Path, path: str) -> Path:
+    """The directory ``path`` inside the rootfs (symlinks followed inside it) that
+    ``copy_in`` extracts into; NotFound, or LaminaError if it is not a directory."""
     dest = secure_join(rootfs, path)
     try:
         st = os.lstat(dest)
@@ -343,6 +392,14 @@ def copy_in(rootfs: Path, path: str, tar_stream: BinaryIO) -> None:
         raise _not_found(path) from None
     if not stat.S_ISDIR(st.st_mode):
         raise LaminaError(f"extraction point is not a directory: {path}")
+    return dest
+
+
+def copy_in(rootfs: Path, path: str, tar_stream: BinaryIO) -> None:
+    """Extract a tar stream (plain, gzip or zstd) into directory ``path`` inside the
+    mounted rootfs, as ``docker cp - CTR:path`` does. Entries stay inside that
+    directory whatever their names or symlinks say; owners in the archive are kept."""
+    dest = extraction_point(rootfs, path)
     with open_decompressed(tar_stream) as plain:
         apply_layer(plain, dest, overlay=False)
 

@@ -27,6 +27,7 @@ from lamina.runtime._types import (
     ContainerConfig,
     ExecResult,
     LogEntry,
+    PathStat,
     Resources,
     Stats,
     WaitCondition,
@@ -166,12 +167,24 @@ class Runtime(abc.ABC):
     def resize(self, ref: str, height: int, width: int) -> None: ...
 
     # -- filesystem
+    # ``cp`` (Docker's archive API): every path is the container's, resolved as the
+    # container sees it (volumes and binds included, running or not), never on the host.
     @abc.abstractmethod
-    def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
-        """A tar stream of ``path`` inside the container."""
+    def stat_path(self, ref: str, path: str) -> PathStat:
+        """What is at ``path`` (a final symlink not followed: ``link_target`` says
+        where it leads). NotFound if nothing."""
 
     @abc.abstractmethod
-    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None: ...
+    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+        """A tar stream of ``path``, its top entry named after ``path``'s last
+        component; a symlink there is archived as a link unless ``follow_link``, then
+        what it leads to (under the link's name). Errors are raised before the
+        first chunk."""
+
+    @abc.abstractmethod
+    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
+        """Extract a tar stream (plain, gzip or zstd) into directory ``path``,
+        owners and modes as the archive says."""
 
     @abc.abstractmethod
     def diff(self, ref: str) -> builtins.list[ChangeEntry]: ...

@@ -75,6 +75,7 @@ from lamina.runtime._types import (
     ExitReason,
     LogEntry,
     Mount,
+    PathStat,
     Resources,
     Stats,
     Status,
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     import socket
 
     from lamina.image import LocalImages
+    from lamina.runtime import _copier
     from lamina.runtime._volumes import VolumeStore
 
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
@@ -388,11 +390,10 @@ class OciRuntime(Runtime):
     def _lowerdirs(self, rec: Record) -> list[Path]:
         return [Path(p) for p in rec.extra.get("lowerdirs", [])]
 
-    def _mount(self, rec: Record) -> None:
+    def _overlay_options(self, rec: Record) -> tuple[list[str], str]:
+        """The overlay of ``rec``'s root: its lower dirs (topmost first) and the mount
+        options that follow ``lowerdir=``."""
         ovl = self._ovl(rec.id)
-        merged = ovl / "merged"
-        if os.path.ismount(merged):
-            return
         lowers = [str(p) for p in self._lowerdirs(rec)]
         if not lowers:
             empty = ovl / "empty"
@@ -408,8 +409,15 @@ class OciRuntime(Runtime):
         if extra:  # left by an earlier volatile mount (a restart's); the kernel refuses
             # to mount again while it exists, and this upper dir is disposable anyway
             shutil.rmtree(work / "work" / "incompat", ignore_errors=True)
+        return lowers, f",upperdir={upper},workdir={work}{extra}"
+
+    def _mount(self, rec: Record) -> None:
+        merged = self._merged(rec.id)
+        if os.path.ismount(merged):
+            return
+        lowers, tail = self._overlay_options(rec)
         try:
-            err = mount_overlay(merged, lowers, f",upperdir={upper},workdir={work}{extra}")
+            err = mount_overlay(merged, lowers, tail)
         except ValueError:
             raise LaminaError(f"image has too many layers to mount ({len(lowers)})") from None
         if err:
@@ -433,21 +441,42 @@ class OciRuntime(Runtime):
             raise LaminaError(f"cannot unmount {merged}: {os.strerror(err)}")
 
     @contextlib.contextmanager
-    def _rootfs_mounted(self, rec: Record) -> Iterator[Path]:
-        """The merged root of ``rec``, mounted for the duration if it was not."""
-        merged = self._merged(rec.id)
-        if os.path.ismount(merged):
-            yield merged
-            return
-        with self._locked(rec.id):
-            self._mount(rec)
-        try:
-            yield merged
-        finally:
+    def _copy_view(self, rec: Record) -> Iterator[_copier.View]:
+        """Where ``cp``'s copier finds the container's files: a running container's
+        own view; else its root and mounts, under its lock (no start meanwhile)."""
+        from lamina.runtime import _copier
+
+        if rec.status not in _ACTIVE:
             with self._locked(rec.id):
-                fresh = self.state.get(rec.id)
-                if fresh is None or fresh.status not in _ACTIVE:
-                    self._unmount(rec.id)
+                rec = self._fresh(rec.id)
+                if rec.status not in _ACTIVE:
+                    yield self._stopped_root(rec)
+                    return
+        yield _copier.RunningRoot(rec.pid, rec.conmon_pid, rec.conmon_start)
+
+    def _stopped_root(self, rec: Record) -> _copier.StoppedRoot:
+        """The overlay and bind mounts (volumes are binds) of a container that is not
+        running, as its bundle has them; binds below its other mounts (/dev, /proc,
+        tmpfs) are left out: those exist only while it runs."""
+        from lamina.runtime import _copier
+
+        try:
+            spec = json.loads(self._bundle(rec.id).config.read_text())
+        except (OSError, ValueError):
+            spec = {}
+        mounts = [m for m in spec.get("mounts") or [] if isinstance(m, dict)]
+        others = [str(m.get("destination")) for m in mounts if m.get("type") != "bind"]
+        binds = []
+        for m in mounts:
+            target, opts = str(m.get("destination")), m.get("options") or []
+            if m.get("type") != "bind" or any(_is_under(target, o) for o in others):
+                continue
+            binds.append(_copier.Bind(str(m["source"]), target, "ro" in opts, "rbind" in opts))
+        merged = self._merged(rec.id)
+        # Mounted on the host (a created container): the copier uses that mount.
+        lowers, tail = ([], "") if os.path.ismount(merged) else self._overlay_options(rec)
+        read_only = bool((spec.get("root") or {}).get("readonly"))
+        return _copier.StoppedRoot(str(merged), lowers, tail, binds, read_only)
 
     # -- images ----------------------------------------------------------------------
     def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
@@ -1231,32 +1260,37 @@ class OciRuntime(Runtime):
     def rootfs(self, ref: str) -> Path:
         return self._merged(self._resolve(ref).id)
 
-    def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
-        from lamina.runtime import _fsops
+    def stat_path(self, ref: str, path: str) -> PathStat:
+        from lamina.runtime import _copier
 
         rec = self._resolve(ref)
-        mounted = self._rootfs_mounted(rec)
-        merged = mounted.__enter__()
+        with self._copy_view(rec) as view:
+            return _copier.stat_path(view, path)
+
+    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+        from lamina.runtime import _copier
+
+        rec = self._resolve(ref)
+        held = contextlib.ExitStack()  # a stopped container's lock, until the stream ends
         try:
-            chunks = _fsops.copy_out(merged, path)  # raises NotFound before any output
+            view = held.enter_context(self._copy_view(rec))
+            chunks = _copier.copy_out(view, path, follow_link=follow_link)
         except BaseException:
-            mounted.__exit__(*sys.exc_info())
+            held.close()
             raise
 
         def stream() -> Iterator[bytes]:
-            try:
+            with held:
                 yield from chunks
-            finally:
-                mounted.__exit__(None, None, None)
 
         return stream()
 
     def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
-        from lamina.runtime import _fsops
+        from lamina.runtime import _copier
 
         rec = self._resolve(ref)
-        with self._rootfs_mounted(rec) as merged:
-            _fsops.copy_in(merged, path, tar_stream)
+        with self._copy_view(rec) as view:
+            _copier.copy_in(view, path, tar_stream)
 
     def diff(self, ref: str) -> builtins.list[ChangeEntry]:
         from lamina.runtime import _fsops
@@ -1395,6 +1429,11 @@ def _with_image_volumes(config: ContainerConfig, volumes: object) -> ContainerCo
     if not extra:
         return config
     return dataclasses.replace(config, mounts=[*config.mounts, *extra])
+
+
+def _is_under(path: str, top: str) -> bool:
+    """Whether container path ``path`` is ``top`` or below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _remove_dir(d: Path) -> None:

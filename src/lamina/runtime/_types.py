@@ -8,6 +8,7 @@ are what the Runtime interface returns.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -229,3 +230,22 @@ class ChangeEntry:
 
     kind: str  # "A" added, "C" changed, "D" deleted (docker diff)
     path: str
+
+
+@dataclass(frozen=True)
+class PathStat:
+    """What ``stat_path`` finds at a path in a container (Docker's ContainerPathStat)."""
+
+    name: str  # the path's last component
+    size: int
+    mode: int  # st_mode: file type and permission bits
+    mtime: float
+    link_target: str = ""  # a symlink's target, resolved inside the container; else ""
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)

@@ -78,6 +78,7 @@ from lamina.runtime._types import (
     ExitReason,
     LogEntry,
     Mount,
+    PathStat,
     PortMapping,
     Resources,
     Security,
@@ -879,12 +880,23 @@ class VmRuntime(Runtime):
         self._tell(r["id"], Msg.RESIZE, WORKLOAD, resize_payload(height, width))
 
     # -- filesystem ------------------------------------------------------------------
-    def copy_out(self, ref: str, path: str) -> Iterator[bytes]:
+    def stat_path(self, ref: str, path: str) -> PathStat:
         from lamina.vm import _guestfs
 
         r = self._row(ref)
         _guestfs.require_guest(r["status"], r["id"], "copy files from")
-        return _guestfs.copy_out(lambda: self._control(r["id"]), path)
+        conn = self._control(r["id"])
+        try:
+            return _guestfs.stat_path(conn, path)
+        finally:
+            conn.close()
+
+    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+        from lamina.vm import _guestfs
+
+        r = self._row(ref)
+        _guestfs.require_guest(r["status"], r["id"], "copy files from")
+        return _guestfs.copy_out(lambda: self._control(r["id"]), path, follow_link=follow_link)
 
     def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
         from lamina.vm import _guestfs

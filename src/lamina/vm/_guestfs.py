@@ -11,8 +11,9 @@ session but the workload's gets a fresh guest session) and reads its output:
   resolve as the container sees them, symlinks included), ``where="host"`` in the
   agent's own root (where ``/rw/upper`` and ``/lower`` are). Its stdout streams in
   frames of at most 1 MiB; stdin is fed from a file in chunks while output is read.
-- ``copy_out`` / ``copy_in``: busybox tar in the container's view, the tar stream
-  conventions and error lines of ``lamina.runtime._fsops`` (which the CLI relies on).
+- ``stat_path`` / ``copy_out`` / ``copy_in``: busybox stat and tar in the container's
+  view, the conventions and error lines of ``lamina.runtime._fsops`` (which the CLI
+  relies on); ``copy_out -L`` renames the target's top entry after the link here.
   The VM is the boundary: a hostile archive or symlink can at worst write elsewhere
   in the guest, never on the host.
 - ``upper_listing`` lists the overlay's upper dir in one guest command: every entry
@@ -41,15 +42,19 @@ import posixpath
 import secrets
 import shutil
 import signal
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina.errors import LaminaError
 from lamina.runtime._ps import ps_ef_row
 from lamina.vm._agent import STDIN_CHUNK, AgentConnection, Msg, exec_payload, parse_exit
+
+if TYPE_CHECKING:
+    from lamina.runtime._types import PathStat
 
 SESSION = 2  # any session but the workload's (1) is relayed to a fresh guest session
 _TOOL_ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -239,12 +244,19 @@ def _guest_users(conn: AgentConnection) -> dict[int, str]:
 _MISSING, _NOT_DIR = 2, 3
 
 # $1: the directory to archive from, $2: the entry (or "." for its contents), $3: "/"
-# when the user's path ended in one (then it must be a directory). The whole root is
-# archived without /proc and /sys, the guest kernel's (busybox tar has no --exclude).
+# when the user's path ended in one (then it must be a directory), $4: "L" to archive
+# what a symlink there leads to (resolved in the container: this runs chrooted), under
+# its own name (the host renames it). The whole root is archived without /proc and
+# /sys, the guest kernel's (busybox tar has no --exclude).
 _COPY_OUT_SCRIPT = r"""
 p=$1/$2
 [ -e "$p" ] || [ -L "$p" ] || exit 2
 [ -z "$3" ] || [ -d "$p" ] || exit 3
+if [ -n "$4" ] && [ -L "$p" ]; then
+  t=$(readlink -f "$p") && [ -e "$t" ] || exit 2
+  [ "$t" = / ] && set -- / . "$3" || set -- "${t%/*}" "${t##*/}" "$3"
+  [ -n "$1" ] || set -- / "$2" "$3"
+fi
 cd "$1" || exit 2
 [ "$1/$2" = "//." ] || exec tar --numeric-owner -cf - "$2"
 set --
@@ -259,13 +271,47 @@ _COPY_IN_SCRIPT = r"""
 [ -d "$1" ] || exit 3
 cd "$1" && exec tar --numeric-owner -xf -
 """
+# $1: the path. Its raw mode (hex), size and mtime, without following a final symlink;
+# then, for a symlink, where it leads (resolved in the container), or its raw target
+# when that does not resolve.
+_STAT_SCRIPT = r"""
+[ -e "$1" ] || [ -L "$1" ] || exit 2
+case $1 in */) [ -d "$1" ] || exit 3 ;; esac
+stat -c '%f %s %Y' "$1" || exit 1
+[ -L "$1" ] || exit 0
+readlink -f "$1" 2>/dev/null || readlink "$1"
+"""
 
 
-def copy_out(connect: Callable[[], AgentConnection], path: str) -> Iterator[bytes]:
+def stat_path(conn: AgentConnection, path: str) -> PathStat:
+    """``_fsops.stat_path`` in the guest: what is at ``path`` in the container."""
+    from lamina.runtime._fsops import _not_found
+    from lamina.runtime._types import PathStat
+
+    path = posixpath.join("/", path)
+    run = ToolRun(conn, _sh(_STAT_SCRIPT, path), where="tool", label="stat")
+    out = b"".join(run.output()).decode("utf-8", "surrogateescape").split("\n")
+    if run.exit_code == _MISSING:
+        raise _not_found(path)
+    if run.exit_code == _NOT_DIR:
+        raise LaminaError(f"{path}: not a directory")
+    if run.exit_code != 0 or not out[0]:
+        raise LaminaError(f"cannot stat {path} in the container: {run.last_error()}")
+    mode, size, mtime = out[0].split()
+    target = out[1] if len(out) > 1 else ""
+    if target and not target.startswith("/"):  # unresolved: relative to the link
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(path.rstrip("/")), target))
+    name = posixpath.basename(path.rstrip("/")) or "/"
+    return PathStat(name, int(size), int(mode, 16), float(mtime), target)
+
+
+def copy_out(
+    connect: Callable[[], AgentConnection], path: str, *, follow_link: bool = False
+) -> Iterator[bytes]:
     """A tar stream of ``path`` in the container, as ``_fsops.copy_out`` makes it:
-    the top entry named as ``archive_name`` says, a symlink archived as a link, owners
-    numeric. Errors (missing path, a file given as ``path/``) are raised here, before
-    anything is yielded."""
+    the top entry named as ``archive_name`` says, a symlink archived as a link unless
+    ``follow_link``, owners numeric. Errors (missing path, a file given as ``path/``)
+    are raised here, before anything is yielded."""
     from lamina.runtime._fsops import _not_found, archive_name
 
     path = posixpath.join("/", path)
@@ -274,9 +320,11 @@ def copy_out(connect: Callable[[], AgentConnection], path: str) -> Iterator[byte
     # "DIR/." and "/" archive the directory's contents, anything else its last entry.
     parent = (stripped.removesuffix("/.") or "/") if name == "." else posixpath.dirname(stripped)
     trailing = "/" if path.endswith("/") and stripped != "/" else ""
+    follow = "L" if follow_link else ""
     conn = connect()
     try:
-        run = ToolRun(conn, _sh(_COPY_OUT_SCRIPT, parent, name, trailing), where="tool")
+        script = _sh(_COPY_OUT_SCRIPT, parent, name, trailing, follow)
+        run = ToolRun(conn, script, where="tool")
         chunks = run.output()
         first = next(chunks, b"")  # tar writes nothing before the checks passed
         if run.exit_code == _MISSING:
@@ -298,7 +346,35 @@ def copy_out(connect: Callable[[], AgentConnection], path: str) -> Iterator[byte
         finally:
             conn.close()
 
+    if follow_link and name != ".":
+        return renamed_top(stream(), name)  # the target's name -> the link's
     return stream()
+
+
+def renamed_top(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
+    """The tar stream ``chunks`` with its top entry (and everything below it) renamed
+    ``name``, streamed: file data passes through in chunks."""
+    with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tf:  # type: ignore[call-overload]
+        top = ""
+        for ti in tf:
+            tf.members.clear()  # keep no header per entry
+            top = top or ti.name.rstrip("/").split("/")[0]
+            ti.name = _rebase(ti.name, top, name)
+            if ti.islnk():
+                ti.linkname = _rebase(ti.linkname, top, name)
+            yield ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            if not ti.isreg():
+                continue
+            data = tf.extractfile(ti)
+            assert data is not None
+            while chunk := data.read(1 << 20):
+                yield chunk
+            yield b"\0" * (-ti.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _rebase(entry: str, old: str, new: str) -> str:
+    return new + entry[len(old) :] if entry == old or entry.startswith(old + "/") else entry
 
 
 def copy_in(conn: AgentConnection, path: str, tar_stream: BinaryIO) -> None:
