@@ -20,6 +20,15 @@ from runtime_fixtures import CLI, lamina_cgroups, overlay_mounts, until
 from lamina.image import LocalImages
 
 
+def zombie(pid: int) -> bool:
+    """Whether ``pid`` is a zombie or gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _entries(d: Path) -> set[str]:
     try:
         return set(os.listdir(d))

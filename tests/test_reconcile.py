@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from leak_check import assert_clean, conmons, leaks, resume, start_stopped
+from leak_check import assert_clean, conmons, leaks, resume, start_stopped, zombie
 from runtime_fixtures import (
     CLI,
     IMAGE_REF,
@@ -99,43 +99,60 @@ def test_rmi_before_create_holds_the_image_fails_the_create_cleanly(
     assert_clean(root, set())
 
 
-def test_rmi_racing_run_never_empties_a_root_filesystem(root: Path, racer_rootfs: Path) -> None:
-    """``rmi`` timed to land while ``run -d`` resolves, unpacks and mounts the image
-    (fresh each round, so the unpack is part of the race): either rmi is refused or
-    run fails; a container that runs always has its files."""
-    import_racer(root, racer_rootfs)
-    t0 = time.monotonic()
-    lamina_cli(root, "rmi", "example.com/test/none:latest")
-    rmi_latency = time.monotonic() - t0
-    t0 = time.monotonic()
-    cid = lamina_ok(root, "run", "-d", RACER, "true").strip()
-    duration = time.monotonic() - t0
-    lamina_ok(root, "rm", "-f", cid)
-    rounds = 16
-    for i in range(rounds):
-        local = LocalImages.open(root)
-        present = local.images.lookup(RACER) is not None
+_READY_CLI = """
+import sys
+from lamina.cli import main, _images, _containers  # imported before the go: fast to act
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.read(1)
+main.main(sys.argv[1:])
+"""
+
+
+def test_rmi_while_run_unpacks_the_image(root: Path, tmp_path: Path) -> None:
+    """``rmi`` while ``run -d`` unpacks its image (a layer of 1500 files, seen by its
+    half-made snapshot directory; rmi started beforehand with its imports done, so
+    it acts within milliseconds): rmi must be refused, and the container keeps its
+    files through a later garbage collection. Before the fix rmi deleted the image
+    there, and the next GC emptied the running container's root filesystem."""
+    rootfs = busybox_rootfs(tmp_path / "bulk")
+    for i in range(1500):
+        (rootfs / "etc" / f"bulk-{i}").write_text(f"{i}\n")  # a layer of its own
+    bulk = "example.com/test/bulk:1"
+    snapshots = root / "snapshots"
+    local = LocalImages.open(root)
+    try:
+        import_rootfs(local, rootfs, reference=bulk)
+        assert not local.is_unpacked(local.images.resolve(bulk))
+    finally:
         local.close()
-        if not present:
-            import_racer(root, racer_rootfs)
-        run = subprocess.Popen(
-            [*CLI, "--root", str(root), "run", "-d", "--pull", "never", RACER, "sleep", "100"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # rmi lands from 40% to 100% of run's duration: over its image work.
-        time.sleep(max(0.0, duration * (0.4 + 0.6 * i / rounds) - rmi_latency))
-        rmi = lamina_cli(root, "rmi", RACER)
-        out, err = run.communicate(timeout=60)
-        if run.returncode != 0:
-            assert err.startswith(("lamina: error: no such image", "lamina: error: image not")), err
-            continue
-        cid = out.strip()
-        listing = lamina_cli(root, "exec", cid, "ls", "/bin/busybox", "/etc/passwd")
-        assert listing.returncode == 0, f"round {i}: rootfs emptied: {listing.stderr}"
-        assert rmi.returncode != 0, f"round {i}: rmi removed an image a container uses"
-        lamina_ok(root, "rm", "-f", cid)
+    rmi = subprocess.Popen(
+        [sys.executable, "-c", _READY_CLI, "--root", str(root), "rmi", bulk],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert rmi.stdin is not None and rmi.stdout is not None
+    assert rmi.stdout.readline() == "ready\n"
+    run = subprocess.Popen(
+        [*CLI, "--root", str(root), "run", "-d", bulk, "sleep", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".tmp-") for p in snapshots.iterdir()):
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.002)
+    rmi_out, rmi_err = rmi.communicate("x", timeout=60)  # go
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    assert rmi.returncode != 0 and "in use" in rmi_err, (rmi_out, rmi_err)
+    cid = out.strip()
+    lamina_ok(root, "image", "prune", "-f")  # garbage collection
+    assert lamina_ok(root, "exec", cid, "cat", "/etc/bulk-1499") == "1499\n"
+    lamina_ok(root, "rm", "-f", cid)
+    lamina_ok(root, "rmi", bulk)
 
 
 # -- runtime state or directories deleted by hand ------------------------------------------
@@ -157,7 +174,7 @@ def test_stop_with_runc_state_deleted_stops_the_real_process(root: Path) -> None
     assert line.startswith(f"lamina: warning: container {cid[:12]}: its runtime state is gone; ")
     assert "sent SIGTERM to its process" in line and ", then SIGKILL to its processes" in line
     assert f"in cgroup /lamina/{cid} directly" in line
-    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    assert not os.path.exists(f"/proc/{pid}") or zombie(pid)
     assert status(root, cid).startswith("Exited (137)")
     assert lamina_cgroups(cid) == []
     lamina_ok(root, "rm", cid)
@@ -199,7 +216,7 @@ def test_dead_monitor_and_runc_state_deleted_kills_what_is_left(root: Path) -> N
     conmon = int((root / "containers" / cid / "conmon.pid").read_text())
     shutil.rmtree(root / "runc" / cid)
     os.kill(conmon, signal.SIGKILL)
-    until(lambda: _zombie(conmon))
+    until(lambda: zombie(conmon))
     r = lamina_cli(root, "ps", "-a")
     line = one_line(r, "runtime state is gone")
     assert f"killed 1 process left in its cgroup /lamina/{cid}" in line
@@ -223,7 +240,7 @@ def test_container_directory_deleted_while_running(root: Path) -> None:
     sleeper = int(lamina_ok(root, "exec", cid, "pidof", "sleep"))
     lamina_ok(root, "exec", cid, "kill", str(sleeper))
     until(lambda: status(root, cid).startswith("Exited (3)"))  # conmon could record it
-    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    assert not os.path.exists(f"/proc/{pid}") or zombie(pid)
     lamina_ok(root, "start", cid)  # its bundle is made again from the row
     assert status(root, cid).startswith("Up")
     lamina_ok(root, "rm", "-f", cid)
@@ -312,10 +329,3 @@ def test_containers_of_a_dead_owner_are_removed(root: Path) -> None:
     assert conmons(root) == []
     assert_clean(root, {orphan.id, kept.id})
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

@@ -40,6 +40,7 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     """Remove unused data: stopped containers, dangling (or, with -a, unused) images,
     the build cache, anonymous volumes (with --volumes), and whatever interrupted
     commands left behind."""
+    from lamina.cli._images import _collect_vm_disks, open_local
     from lamina.cli._output import human_size
     from lamina.system import prune_system
 
@@ -51,6 +52,7 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     report = prune_system(
         _settings().root, open_runtime(), all_images=all_, volumes=volumes, select=select
     )
+    _collect_vm_disks(open_local())  # removed images take their micro-VM disks along
     for message in report.containers.errors:
         print(f"lamina: error: {message}", file=sys.stderr)
     sections = [

@@ -138,10 +138,10 @@ class OciRuntime(Runtime):
         "crun" (looked up in PATH) or a path; a missing one, or crun on a host it
         cannot run on, fails here. None: only existing containers are managed.
         ``report``: told, one line each, what reconciling found and did (a container
-        whose runtime state was gone, the leftovers of a killed command); without
-        one, the lines collect in ``notices``."""
+        whose runtime state was gone, the leftovers of a killed command); the lines
+        also collect in ``notices``."""
         self.notices: list[str] = []
-        self._report = report or self.notices.append
+        self._report = report
         self.root = Path(root).absolute()  # conmon's exit command runs elsewhere
         self.oci_runtime: OciBinary | None = None
         if oci_runtime is not None:
@@ -199,7 +199,10 @@ class OciRuntime(Runtime):
         )
 
     def _notice(self, cid: str, text: str) -> None:
-        self._report(f"container {cid[:12]}: {text}")
+        line = f"container {cid[:12]}: {text}"
+        self.notices.append(line)
+        if self._report is not None:
+            self._report(line)
 
     def _open_lock(self, cid: str) -> int:
         """An open descriptor of the container's ``lock`` file. NotFound when the
@@ -256,19 +259,12 @@ class OciRuntime(Runtime):
         was changing the container, if anyone, is gone); False when it is held or the
         container is gone."""
         try:
-            fd = self._open_lock(cid)
+            os.close(self._open_lock(cid))  # made again if deleted by hand
         except NotFound:
             yield False
             return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield self._still_there(fd, cid)
-        finally:
-            os.close(fd)
+        with _leases.try_lock(self.containers_dir / cid / "lock") as free:
+            yield free
 
     def _resolve(self, ref: str) -> Record:
         self._reconcile()
@@ -472,27 +468,17 @@ class OciRuntime(Runtime):
         prune``, ``system prune``): what reconciling frees, with a full scan of the
         directories, plus runtime state and image holds of containers without a row
         (``foreign``: IDs the VM backend keeps). Returns what was found and done."""
-        found: builtins.list[str] = []
-        report = self._report
-
-        def tell(line: str) -> None:
-            found.append(line)
-            report(line)
-
-        self._report = tell
-        try:
-            self._reconcile(sweep=True)
-            known = {row.id for row in self.state.summaries()}
-            for state_root in (self.root / "runc", *(self.root / "runtimes").glob("*")):
-                for cid in _list_dir(state_root):
-                    if _is_id(cid) and cid not in known and not self._bundle(cid).dir.exists():
-                        # Runtime state and nothing else: give it a directory to lock.
-                        self._bundle(cid).dir.mkdir(parents=True, exist_ok=True)
-                        self._remove_orphan(cid)
-            self._release_stale_holds(foreign or (lambda cid: False))
-        finally:
-            self._report = report
-        return found
+        start = len(self.notices)
+        self._reconcile(sweep=True)
+        known = {row.id for row in self.state.summaries()}
+        for state_root in (self.root / "runc", *(self.root / "runtimes").glob("*")):
+            for cid in _list_dir(state_root):
+                if _is_id(cid) and cid not in known and not self._bundle(cid).dir.exists():
+                    # Runtime state and nothing else: give it a directory to lock.
+                    self._bundle(cid).dir.mkdir(parents=True, exist_ok=True)
+                    self._remove_orphan(cid)
+        self._release_stale_holds(foreign or (lambda cid: False))
+        return self.notices[start:]
 
     def _release_stale_holds(self, foreign: Callable[[str], bool]) -> None:
         """Image holds of containers that neither backend keeps (a creator or remover

@@ -22,7 +22,9 @@ Lifecycle and contract:
   while attached and its size follows (SIGWINCH -> RESIZE); ``-i`` keeps its stdin
   open for attached clients; the end of the caller's stdin closes it (a terminal: ^D).
 - A supervisor that died is found by ``_reconcile`` (every public call): its row
-  becomes ``exited`` with an error and its QEMU is killed.
+  becomes ``exited`` with an error and its QEMU is killed. ``create`` holds the
+  image first and ``vms/<id>/lock`` until its row is in: a directory without a row
+  and a free lock (a killed create or ``rm``) is freed, hold included.
 
 Networking: ``--network nat`` (the default for VMs) is QEMU's user-mode NAT (the guest
 is 10.0.2.15/24, the host 10.0.2.2, DNS 10.0.2.3), ``none`` leaves only loopback.
@@ -159,8 +161,8 @@ class VmRuntime(Runtime):
         **_ignored: Any,
     ) -> None:
         self.root = Path(root).absolute()
-        self.notices: builtins.list[str] = []
-        self._report = report or self.notices.append
+        self.notices: builtins.list[str] = []  # what reconciling found, also told ``report``
+        self._report = report
         self.dir = self.root / "vms"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.accel = accel
@@ -276,26 +278,19 @@ class VmRuntime(Runtime):
                 os.rename(vmdir, trash)
                 vmdir = trash
             shutil.rmtree(vmdir, ignore_errors=True)
-        self._report(f"container {cid[:12]}: left over by an interrupted command: removed it")
+        line = f"container {cid[:12]}: left over by an interrupted command: removed it"
+        self.notices.append(line)
+        if self._report is not None:
+            self._report(line)
 
     def keeps(self, cid: str) -> bool:
         found = self.db.execute("SELECT 1 FROM vms WHERE id = ?", (cid,)).fetchone()
         return found is not None or (self.dir / cid).exists()
 
     def sweep(self, *, foreign: Callable[[str], bool] | None = None) -> builtins.list[str]:
-        found: builtins.list[str] = []
-        report = self._report
-
-        def tell(line: str) -> None:
-            found.append(line)
-            report(line)
-
-        self._report = tell
-        try:
-            self._reconcile(sweep=True)
-        finally:
-            self._report = report
-        return found
+        start = len(self.notices)
+        self._reconcile(sweep=True)
+        return self.notices[start:]
 
     def disk_usage(self, ref: str) -> int:
         from lamina.runtime._volumes import disk_usage
@@ -333,28 +328,50 @@ class VmRuntime(Runtime):
         self._reconcile()
         local = self.images
         record = local.require(config.image)
-        cid = os.urandom(32).hex()
-        vmdir = self.dir / cid
-        vmdir.mkdir(parents=True)
         # The creator holds the directory's lock until its row is in (a directory
         # without a row and a free lock is a killed create's), and the image from
         # before it reads it: no rmi deletes it between found and held.
-        lock = os.open(vmdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        cid, lock = self._new_dir()
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
             local.images.hold(_holder(cid), record.digest)
             try:
-                local.images.get_by_digest(record.digest)  # rmi won the race?
+                try:
+                    local.images.get_by_digest(record.digest)  # rmi won the race?
+                except NotFound:
+                    ref = config.image_ref or config.image
+                    raise NotFound(
+                        f"image not known locally: {ref} (it was just removed)"
+                    ) from None
                 stop_point("create:held")
                 return self._create_held(cid, config, record, isolation_reason)
             except BaseException:
                 import shutil
 
                 local.images.release(_holder(cid))
-                shutil.rmtree(vmdir, ignore_errors=True)
+                shutil.rmtree(self.dir / cid, ignore_errors=True)
                 raise
         finally:
             os.close(lock)
+
+    def _new_dir(self) -> tuple[str, int]:
+        """A new container ID with ``vms/<id>`` made and its lock held. (Reconciling
+        in another process may take a directory not locked yet: then another ID.)"""
+        for _ in range(5):
+            cid = os.urandom(32).hex()
+            lock_path = self.dir / cid / "lock"
+            lock_path.parent.mkdir(parents=True)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                    return cid, fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise LaminaError("cannot make a container directory: it keeps being removed")
 
     def _create_held(
         self, cid: str, config: ContainerConfig, record: Any, isolation_reason: str
@@ -584,6 +601,9 @@ class VmRuntime(Runtime):
                 _kill_qemu(self.dir / r["id"])
         with _sqlite.transaction(self.db) as db:
             db.execute("DELETE FROM vms WHERE id = ?", (r["id"],))
+        # Killed from here on, the directory without a row (or, past it, the image
+        # hold without either) is freed by the next command (or sweep).
+        stop_point("remove:dropping")
         shutil.rmtree(self.dir / r["id"], ignore_errors=True)
         self.images.images.release(_holder(r["id"]))
         if volumes:
