@@ -63,7 +63,6 @@ from pathlib import Path
 from signal import SIGKILL
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from lamina import _leases
 from lamina._fsutil import atomic_write
 from lamina._hooks import stop_point
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay, unmount_under
@@ -263,7 +262,9 @@ class OciRuntime(Runtime):
         except NotFound:
             yield False
             return
-        with _leases.try_lock(self.containers_dir / cid / "lock") as free:
+        from lamina._leases import try_lock  # only when recovering: not on the common path
+
+        with try_lock(self.containers_dir / cid / "lock") as free:
             yield free
 
     def _resolve(self, ref: str) -> Record:
@@ -315,16 +316,30 @@ class OciRuntime(Runtime):
             try:
                 if row.status in _ACTIVE_VALUES:
                     self._check_active(row)
-                elif row.status == Status.REMOVING.value:
-                    self._resume_removal(row.id)
                 else:
-                    self._check_stopped(row.id)
-                if row.owner and not _leases.alive(self.root, row.owner):
-                    self._dispose(row.id, row.owner)
+                    with self._recovering(row.id):
+                        if row.status == Status.REMOVING.value:
+                            self._resume_removal(row.id)
+                        else:
+                            self._check_stopped(row.id)
+                if row.owner and not _owner_alive(self.root, row.owner):
+                    with self._recovering(row.id):
+                        self._dispose(row.id, row.owner)
             except NotFound:
                 continue
         if sweep or self._dirs_disagree(len(rows)):
             self._collect_orphans({row.id for row in rows})
+
+    @contextlib.contextmanager
+    def _recovering(self, cid: str) -> Iterator[None]:
+        """Cleaning up after a dead command must not fail the living one (``ps``):
+        what cannot be done is said, and tried again by the next command."""
+        try:
+            yield
+        except NotFound:
+            raise
+        except (LaminaError, OSError) as e:
+            self._notice(cid, f"could not clean up after an interrupted command: {e}")
 
     def _check_active(self, row: Summary) -> None:
         # String paths: this runs for every row of every command (pathlib costs more).
@@ -334,7 +349,8 @@ class OciRuntime(Runtime):
         ):
             self._finish(cid)
         elif os.path.exists(f"{self._root_s}/runc/{cid}/exec.fifo"):
-            self._resume_start(cid)
+            with self._recovering(cid):
+                self._resume_start(cid)
         elif not os.path.exists(f"{self._containers_s}/{cid}/lock"):
             os.close(self._open_lock(cid))  # deleted by hand: made again, and said so
 
@@ -394,9 +410,7 @@ class OciRuntime(Runtime):
         self._notice(cid, f"its owner {owner} is gone; removed it")
 
     def _dirs_disagree(self, rows: int) -> bool:
-        return _count_entries(self.containers_dir) != rows or _count_entries(
-            self.overlay_dir
-        ) not in (0, rows)
+        return not (_count_entries(self.containers_dir) == _count_entries(self.overlay_dir) == rows)
 
     def _collect_orphans(self, known: set[str]) -> None:
         """Directories without a row: what a killed create (or removal) left."""
@@ -406,12 +420,14 @@ class OciRuntime(Runtime):
             if name.startswith(".rm-"):  # a removal's trash; a live remover ignores errors
                 shutil.rmtree(self.containers_dir / name, ignore_errors=True)
             elif _is_id(name):
-                self._remove_orphan(name)
+                with self._recovering(name):
+                    self._remove_orphan(name)
         for name in _list_dir(self.overlay_dir):
             if name in known or not _is_id(name) or (self.containers_dir / name).exists():
                 continue  # a directory in containers/ tells whether its owner lives
-            what = self._remove_overlay(name)[:-1]
-            self._notice(name, f"left over by an interrupted command: removed its {_and(what)}")
+            with self._recovering(name):
+                what = self._remove_overlay(name)[:-1]
+                self._notice(name, f"left over by an interrupted command: removed its {_and(what)}")
 
     def _remove_orphan(self, cid: str) -> None:
         """Free what a container without a row left, once its lock is free."""
@@ -1684,6 +1700,12 @@ def _with_image_volumes(config: ContainerConfig, volumes: object) -> ContainerCo
     if not extra:
         return config
     return dataclasses.replace(config, mounts=[*config.mounts, *extra])
+
+
+def _owner_alive(root: Path, lease_id: str) -> bool:
+    from lamina._leases import alive  # rows with an owner are rare: imported for them
+
+    return alive(root, lease_id)
 
 
 def _hold(local: LocalImages, holder: str, image: ImageRecord, ref: str) -> None:
