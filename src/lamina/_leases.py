@@ -155,6 +155,22 @@ def _try_lock(lock_path: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def try_lock(lock_path: Path) -> Iterator[bool]:
+    """The same test for a lock file kept with the work itself (a container's
+    ``lock``, held by whoever changes that container): True inside when the lock was
+    taken, so no live process holds it. A missing file is made (its owner died
+    before making it); a missing directory yields False."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except (FileNotFoundError, NotADirectoryError):
+        yield False
+        return
+    os.close(fd)
+    with _try_lock(lock_path) as free:
+        yield free
+
+
 def alive(root: Path, lease_id: str) -> bool:
     """Whether the owner of ``lease_id`` still runs. A lease that was released (its
     work committed or undone by its owner) counts as not alive."""

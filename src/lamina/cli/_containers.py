@@ -58,11 +58,16 @@ def open_runtime() -> Runtime:
 
     settings = _settings()
     try:
-        oci = _open(settings.root, oci_runtime=settings.oci_runtime)
+        oci = _open(settings.root, oci_runtime=settings.oci_runtime, report=warn)
     except LaminaError as e:
         e.exit_code = 125
         raise
     return cast("Runtime", _Backends(oci, Path(settings.root)))
+
+
+def warn(line: str) -> None:
+    """What the runtime found and did while reconciling, one line on stderr."""
+    print(f"lamina: warning: {line}", file=sys.stderr)
 
 
 class _Backends:
@@ -83,7 +88,7 @@ class _Backends:
         if self._vm is None and (create or (self._root / "vms" / "vms.db").exists()):
             from lamina.vm import open_vm_runtime
 
-            self._vm = open_vm_runtime(self._root)
+            self._vm = open_vm_runtime(self._root, report=warn)
         return self._vm
 
     def backend_of(self, ref: str) -> Any:
@@ -111,6 +116,13 @@ class _Backends:
         vm = self.vm()
         users = cast("Any", self._oci).volume_users(volume)
         return users + (vm.volume_users(volume) if vm is not None else [])
+
+    def sweep(self) -> list[str]:
+        """Both backends' leftovers; an image hold is stale only if neither keeps
+        its container."""
+        vm = self.vm()
+        found = self._oci.sweep(foreign=vm.keeps if vm is not None else None)
+        return found + (vm.sweep() if vm is not None else [])
 
     def inspect(self, ref: str) -> dict[str, object]:
         found = dict(self.backend_of(ref).inspect(ref))
@@ -146,7 +158,7 @@ for _name in (
     "start", "stop", "restart", "kill", "pause", "unpause", "remove", "rename", "get", "wait",
     "logs",
     "stats", "top", "pid", "ip_address", "exec", "attach", "resize", "copy_out", "copy_in",
-    "stat_path", "diff", "commit", "update", "rootfs",
+    "stat_path", "diff", "commit", "update", "rootfs", "disk_usage",
 ):  # fmt: skip
     setattr(_Backends, _name, _routed(_name))
 
@@ -220,6 +232,8 @@ def status_text(c: Container, now: float | None = None) -> str:
         return up + " (Paused)" if status == "paused" else up
     if status == "removing":
         return "Removal In Progress"
+    if status == "failed" and st.started_at is None:
+        return "Created"  # Docker: a first start that failed leaves it created
     if status in ("exited", "failed") and st.exit_code is not None:
         ago = f" {human_duration(now - st.finished_at)} ago" if st.finished_at else ""
         oom = " (OOMKilled)" if st.oom_killed else ""
@@ -229,7 +243,9 @@ def status_text(c: Container, now: float | None = None) -> str:
 
 def _state_word(c: Container) -> str:
     s = str(c.state.status)
-    return "exited" if s == "failed" else s
+    if s == "failed":
+        return "created" if c.state.started_at is None else "exited"
+    return s
 
 
 # -- images: resolve, pulling per --pull ---------------------------------------------
@@ -930,40 +946,46 @@ def wait(containers: tuple[str, ...], condition: str) -> None:
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--filter", "filters", multiple=True, metavar="label=K[=V]|until=TIME")
 def prune(force: bool, filters: tuple[str, ...]) -> None:
-    """Remove all stopped containers."""
-    from lamina.errors import LaminaError
+    """Remove all stopped containers, and what interrupted commands left."""
+    from lamina.cli._output import human_size
+    from lamina.system import prune_containers
 
-    question = "This will remove all stopped containers. Continue?"
+    select = prune_selector(filters, "container prune")
+    question = (
+        "WARNING! This will remove all stopped containers.\nAre you sure you want to continue?"
+    )
     if not force and sys.stdin.isatty() and not click.confirm(question):
         return
-    rt = open_runtime()
-    now = time.time()
-    stopped = [
-        c for c in rt.list(all=True) if str(c.state.status) in ("created", "exited", "failed")
-    ]
+    result = prune_containers(open_runtime(), select)
+    for message in result.errors:
+        _error(message)
+    if result.deleted:
+        click.echo("Deleted Containers:")
+        for cid in result.deleted:
+            click.echo(cid)
+        click.echo("")
+    click.echo(f"Total reclaimed space: {human_size(result.reclaimed)}")
+
+
+def prune_selector(filters: Sequence[str], command: str) -> Any:
+    """``--filter`` of the prune commands (until=, label=, label!=) as a
+    ``lamina.system.Selector``."""
+    from lamina.system import Selector
+
+    select = Selector()
     for f in filters:
         key, _, value = f.partition("=")
         if key == "until":
             from lamina.cli._runopts import parse_time
 
-            limit = parse_time(value, now, "--filter until")
-            stopped = [c for c in stopped if c.created < limit]
-        elif key in ("label", "label!"):
-            match = [c for c in stopped if _label_match(c, value)]
-            stopped = match if key == "label" else [c for c in stopped if c not in match]
+            select.until = parse_time(value, time.time(), "--filter until")
+        elif key == "label":
+            select.labels.append(value)
+        elif key == "label!":
+            select.not_labels.append(value)
         else:
-            raise FlagError(
-                f"invalid filter {f!r} (supported: label, label!, until)", "container prune"
-            )
-    click.echo("Deleted Containers:")
-    for c in stopped:
-        try:
-            rt.remove(c.id, volumes=False)
-        except LaminaError as e:
-            _error(str(e))
-            continue
-        click.echo(c.id)
-    click.echo("")
+            raise FlagError(f"invalid filter {f!r} (supported: label, label!, until)", command)
+    return select
 
 
 def _label_match(c: Container, spec: str) -> bool:

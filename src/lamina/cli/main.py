@@ -59,6 +59,7 @@ _COMMANDS: dict[str, str] = {
     "builder": "_build:builder",
     "version": "_info:version",
     "info": "_info:info",
+    "system": "_system:system",
 }
 _ALIASES = {"ls": "images"}
 
@@ -130,6 +131,7 @@ _SUMMARIES = {
     "image": "Manage images (ls, rm, prune, inspect, ...)",
     "version": "Show the lamina version",
     "info": "Show system-wide information",
+    "system": "Manage lamina (df: disk usage, prune: remove unused data)",
 }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,15 +270,23 @@ class LocalImages:
             return None
         return str(ref) if str(ref) in image.names else None
 
-    def prune(self, *, all_unused: bool = False) -> RemoveResult:
-        """``image prune``: dangling images (every unused one with ``all_unused``) and
-        then everything of the image plane that nothing owns: unreferenced blobs and
-        snapshots, abandoned ingests, scratch left by dead operations."""
+    def prune(
+        self,
+        *,
+        all_unused: bool = False,
+        select: Callable[[ImageRecord], bool] | None = None,
+    ) -> RemoveResult:
+        """``image prune``: dangling images (every unused one with ``all_unused``; only
+        those ``select`` picks, for prune filters) and then everything of the image
+        plane that nothing owns: unreferenced blobs and snapshots, abandoned ingests,
+        scratch left by dead operations."""
         self.reap()
         result = RemoveResult()
         candidates = self.images.list() if all_unused else self.images.dangling()
         for image in candidates:
             if self.images.holders(image.digest):
+                continue
+            if select is not None and not select(image):
                 continue
             try:
                 names = self.images.delete_records([image.digest])

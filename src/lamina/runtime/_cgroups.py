@@ -404,3 +404,38 @@ def leftover_cgroups(parent: str = "/lamina") -> list[str]:
             continue
         names.update(e.name for e in entries if e.is_dir(follow_symlinks=False))
     return sorted(names)
+
+
+def thaw(cgroup_path: str) -> None:
+    """Unfreeze a frozen (paused) cgroup: its processes run again, and so receive
+    what was sent to them. For when the OCI runtime cannot resume the container."""
+    dirs = cgroup_dirs(cgroup_path)
+    if cgroup_mode() == "v2":
+        targets = [(dirs[_UNIFIED] / "cgroup.freeze", "0")]
+    else:
+        targets = [(dirs["freezer"] / "freezer.state", "THAWED")] if "freezer" in dirs else []
+    for path, value in targets:
+        with contextlib.suppress(OSError):
+            path.write_text(value)
+
+
+def kill_cgroup(cgroup_path: str, timeout: float = 5.0) -> int:
+    """SIGKILL every process in the cgroup (thawed first, or SIGKILL would wait for a
+    thaw) and wait up to ``timeout`` seconds until they are gone; returns how many
+    were killed."""
+    import signal
+
+    thaw(cgroup_path)
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = cgroup_procs(cgroup_path)
+        if not pids:
+            return len(killed)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        if time.monotonic() >= deadline:
+            return len(killed)
+        time.sleep(0.01)

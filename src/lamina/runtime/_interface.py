@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -207,3 +207,22 @@ class Runtime(abc.ABC):
 
     def rootfs(self, ref: str) -> Path:  # pragma: no cover - optional
         raise NotImplementedError
+
+    # -- housekeeping
+    def sweep(self, *, foreign: Callable[[str], bool] | None = None) -> builtins.list[str]:
+        """Free what interrupted commands left (half-made or half-removed containers,
+        orphaned mounts, monitors and image holds), the thorough way; ``container
+        prune`` and ``system prune`` run it. ``foreign(id)``: whether another backend
+        on the same root keeps container ``id`` (its image hold is not stale).
+        Returns one line per thing found."""
+        return []
+
+    def keeps(self, cid: str) -> bool:
+        """Whether full ID ``cid`` is a container of this backend, or one being made
+        or removed (cheap, no reconciling)."""
+        return False
+
+    def disk_usage(self, ref: str) -> int:
+        """Bytes on disk the container holds besides its image (its writable layer,
+        logs and configuration): what removing it frees."""
+        return 0

@@ -23,9 +23,25 @@ process waiting for the container does that cleanup itself -> ``finish``: the OO
 counter is read before the cgroup goes, the exit is recorded, the overlay
 unmounted, runc state and cgroups removed, and ``--rm`` containers removed.
 
-Every public call first reconciles: a running container whose conmon is gone, or
-whose exit file has appeared, is finished right there, so no container is lost
-(or shown running after it died) even if every lamina process was killed.
+Every public call first reconciles each row with what is real, so no container is
+lost, shown running after it died, or left half made or half removed, even if every
+lamina process was killed at any point:
+
+- a running container whose conmon is gone, or whose exit file has appeared, is
+  finished right there; one whose starter died before letting it run is let run;
+- a stopped one with what a run leaves (conmon, runtime state) is torn down;
+- a ``removing`` one whose remover died is removed;
+- one whose ``ContainerConfig.owner`` lease is not alive (a killed build's step) is
+  removed, killed first if it runs;
+- a ``containers/<id>`` or ``overlay/<id>`` directory without a row is what a killed
+  ``create`` left (or a killed removal): it is cleaned up once its lock is free.
+  (Scanned only when the directory counts differ from the row count.)
+
+The ``lock`` of a container is held by whoever changes it (creator, starter,
+remover), from before its directory has any content until its row says what it
+is: a free lock and a row that disagrees with the files means its owner died.
+When the runtime cannot act on a container (its state was deleted), stop, kill and
+``rm -f`` act on the processes in its cgroup, and say so in one line (``report``).
 """
 
 from __future__ import annotations
@@ -42,20 +58,24 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from signal import SIGKILL
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina import _leases
 from lamina._fsutil import atomic_write, naming
-from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
+from lamina._hooks import stop_point
+from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay, unmount_under
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime import _conmon, _logs
 from lamina.runtime._cgroups import (
     cgroup_procs,
+    kill_cgroup,
     read_oom_kills,
     read_stats,
     remove_cgroup,
+    thaw,
 )
 from lamina.runtime._conmon import Bundle, OciBinary, StartFailed
 from lamina.runtime._interface import Runtime
@@ -66,7 +86,14 @@ from lamina.runtime._signals import (
     stop_signal,
 )
 from lamina.runtime._spec import build_spec, cgroup_path
-from lamina.runtime._state import Record, StateStore, new_id, random_name, validate_name
+from lamina.runtime._state import (
+    Record,
+    StateStore,
+    Summary,
+    new_id,
+    random_name,
+    validate_name,
+)
 from lamina.runtime._types import (
     ChangeEntry,
     Container,
@@ -86,14 +113,17 @@ from lamina.runtime._types import (
 if TYPE_CHECKING:
     import socket
 
-    from lamina.image import LocalImages
+    from lamina.image import ImageRecord, LocalImages
     from lamina.runtime import _copier
     from lamina.runtime._volumes import VolumeStore
 
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
+_ACTIVE_VALUES = (Status.RUNNING.value, Status.PAUSED.value)
 _STOP_KILL_WAIT = 10.0  # after SIGKILL, how long a container may take to be gone
 # Record.extra key: the lease of a ``restart`` that keeps a --rm container across its stop.
 _RESTARTING = "restarting"
+_HOLDER = "container:"  # image hold of a container: "container:<id>"
+_ID_LEN = 64
 
 
 class WaitTimeout(LaminaError, TimeoutError):
@@ -106,17 +136,28 @@ class OciRuntime(Runtime):
     name = "oci"
 
     def __init__(
-        self, root: Path, *, oci_runtime: str | None = "runc", registry_config: Any = None
+        self,
+        root: Path,
+        *,
+        oci_runtime: str | None = "runc",
+        registry_config: Any = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         """``oci_runtime``: the runtime new containers are created with, "runc",
         "crun" (looked up in PATH) or a path; a missing one, or crun on a host it
-        cannot run on, fails here. None: only existing containers are managed."""
+        cannot run on, fails here. None: only existing containers are managed.
+        ``report``: told, one line each, what reconciling found and did (a container
+        whose runtime state was gone, the leftovers of a killed command); the lines
+        also collect in ``notices``."""
+        self.notices: list[str] = []
+        self._report = report
         self.root = Path(root).absolute()  # conmon's exit command runs elsewhere
         self.oci_runtime: OciBinary | None = None
         if oci_runtime is not None:
             self.oci_runtime = OciBinary.at(_conmon.find_oci_runtime(oci_runtime), self.root)
         self.containers_dir = self.root / "containers"
         self.overlay_dir = self.root / "overlay"
+        self._root_s, self._containers_s = str(self.root), str(self.containers_dir)
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.state = StateStore(self.root / "containers.db")
         self._registry_config = registry_config
@@ -166,26 +207,75 @@ class OciRuntime(Runtime):
             ip_address="",
         )
 
+    def _notice(self, cid: str, text: str) -> None:
+        line = f"container {cid[:12]}: {text}"
+        self.notices.append(line)
+        if self._report is not None:
+            self._report(line)
+
+    def _open_lock(self, cid: str) -> int:
+        """An open descriptor of the container's ``lock`` file. NotFound when the
+        container is gone or being removed. A directory deleted by hand under a live
+        row is made again: the row, the processes and the runtime's state are what is
+        real, and they need a lock to be acted on."""
+        path = self.containers_dir / cid / "lock"
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        rec = self.state.get(cid)
+        if rec is None or rec.status == Status.REMOVING:  # a remover deletes the dir
+            raise NotFound(f"no such container: {cid}")
+        with contextlib.suppress(FileExistsError):
+            path.parent.mkdir(parents=True)
+            # conmon writes the exit status into exit/ (and persist/): with these
+            # back, the exit of a running container is still recorded.
+            for sub in ("userdata", "exit", "persist"):
+                (path.parent / sub).mkdir(exist_ok=True)
+            with contextlib.suppress(LaminaError, OSError):  # exec and start need them
+                self._write_userdata(rec)
+                self._write_spec(rec)
+            self._notice(cid, f"its directory {path.parent} was gone; made it again")
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no such container: {cid}") from None
+
+    def _still_there(self, fd: int, cid: str) -> bool:
+        """Whether the lock ``fd`` is still the container's (not removed while this
+        process waited for it)."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.containers_dir / cid / "lock"))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
     @contextlib.contextmanager
     def _locked(self, cid: str) -> Iterator[None]:
         """Serialise transitions of one container across processes. NotFound once the
         container is removed, also when that happened while this waited for the lock."""
-        path = self.containers_dir / cid / "lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"no such container: {cid}") from None
+        fd = self._open_lock(cid)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except (FileNotFoundError, NotADirectoryError):
-                same = False
-            if not same:  # the bundle went away (``_drop``) while this waited
+            if not self._still_there(fd, cid):  # the bundle went away (``_drop``)
                 raise NotFound(f"no such container: {cid}")
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _locked_if_free(self, cid: str) -> Iterator[bool]:
+        """The container's lock if nobody holds it: True inside when taken (whoever
+        was changing the container, if anyone, is gone); False when it is held or the
+        container is gone."""
+        try:
+            os.close(self._open_lock(cid))  # made again if deleted by hand
+        except NotFound:
+            yield False
+            return
+        from lamina._leases import try_lock  # only when recovering: not on the common path
+
+        with try_lock(self.containers_dir / cid / "lock") as free:
+            yield free
 
     def _resolve(self, ref: str) -> Record:
         self._reconcile()
@@ -227,14 +317,206 @@ class OciRuntime(Runtime):
             raise LaminaError(f"cannot {action} container {rec.id[:12]}: it is not running")
 
     # -- reconcile -----------------------------------------------------------------
-    def _reconcile(self) -> None:
-        """Finish every running container whose monitor is gone or that has exited."""
-        for cid, conmon_pid, conmon_start in self.state.active():
-            bundle = self._bundle(cid)
-            if os.path.exists(bundle.exit_file) or not _conmon.alive(conmon_pid, conmon_start):
-                with contextlib.suppress(NotFound):
-                    self._finish(cid)
+    def _reconcile(self, *, sweep: bool = False) -> None:
+        """Bring every row in line with what is real (see the module docstring).
+        Cheap on the common path: a few stats per row, and a scan of the container
+        directories only when their count differs from the row count (or ``sweep``)."""
+        rows = self.state.summaries()
+        for row in rows:
+            try:
+                if row.status in _ACTIVE_VALUES:
+                    self._check_active(row)
+                else:
+                    with self._recovering(row.id):
+                        if row.status == Status.REMOVING.value:
+                            self._resume_removal(row.id)
+                        else:
+                            self._check_stopped(row.id)
+                if row.owner and not _owner_alive(self.root, row.owner):
+                    with self._recovering(row.id):
+                        self._dispose(row.id, row.owner)
+            except NotFound:
+                continue
+        if sweep or self._dirs_disagree(len(rows)):
+            self._collect_orphans({row.id for row in rows})
         self._remove_abandoned_restarts()
+
+    @contextlib.contextmanager
+    def _recovering(self, cid: str) -> Iterator[None]:
+        """Cleaning up after a dead command must not fail the living one (``ps``):
+        what cannot be done is said, and tried again by the next command."""
+        try:
+            yield
+        except NotFound:
+            raise
+        except (LaminaError, OSError) as e:
+            self._notice(cid, f"could not clean up after an interrupted command: {e}")
+
+    def _check_active(self, row: Summary) -> None:
+        # String paths: this runs for every row of every command (pathlib costs more).
+        cid = row.id
+        if os.path.exists(f"{self._containers_s}/{cid}/exit/{cid}") or not _conmon.alive(
+            row.conmon_pid, row.conmon_start
+        ):
+            self._finish(cid)
+        elif os.path.exists(f"{self._root_s}/runc/{cid}/exec.fifo"):
+            with self._recovering(cid):
+                self._resume_start(cid)
+        elif not os.path.exists(f"{self._containers_s}/{cid}/lock"):
+            os.close(self._open_lock(cid))  # deleted by hand: made again, and said so
+
+    def _resume_start(self, cid: str) -> None:
+        """runc made the container but it waits to be let run: fine while its starter
+        holds the lock; a starter that died leaves it waiting forever. Let it run, as
+        the start asked (Docker's daemon finishes a start its client gave up on)."""
+        with self._locked_if_free(cid) as free:
+            rec = self.state.get(cid) if free else None
+            if rec is None or rec.status not in _ACTIVE:
+                return
+            if not (self._binary(rec).state_root / cid / "exec.fifo").exists():
+                return
+            self._release(rec)
+            self._notice(cid, "its start was interrupted before it ran; started it")
+
+    def _check_stopped(self, cid: str) -> None:
+        """A stopped container with a conmon or runtime state of a run: a start, stop
+        or finish was killed halfway. Tear that run down once nobody is at it."""
+        if not (
+            os.path.exists(f"{self._containers_s}/{cid}/conmon.pid")
+            or os.path.exists(f"{self._root_s}/runc/{cid}")
+        ):
+            return
+        with self._locked_if_free(cid) as free:
+            rec = self.state.get(cid) if free else None
+            if rec is None or rec.status in (*_ACTIVE, Status.REMOVING):
+                return
+            self._teardown_run(rec, force=True)
+            self._notice(cid, "a start or stop of it was interrupted; cleaned up after it")
+
+    def _resume_removal(self, cid: str) -> None:
+        """A row left ``removing`` by a remover that died ("Removal In Progress"
+        forever): finish the removal."""
+        with self._locked_if_free(cid) as free:
+            if free:
+                rec = self.state.get(cid)
+                if rec is not None and rec.status == Status.REMOVING:
+                    self._remove_locked(rec, volumes=bool(rec.extra.get("remove_volumes")))
+                    self._notice(cid, "its removal was interrupted; removed it")
+                return
+        if not self._bundle(cid).dir.exists():  # past its directory: nothing to lock
+            rec = self.state.get(cid)
+            if rec is not None and rec.status == Status.REMOVING:
+                self._drop(rec, volumes=bool(rec.extra.get("remove_volumes")))
+                self._notice(cid, "its removal was interrupted; removed it")
+
+    def _dispose(self, cid: str, owner: str) -> None:
+        """Remove a container that was disposable work of a process that is gone."""
+        rec = self.state.get(cid)
+        if rec is None:
+            return
+        try:
+            self._remove(rec, force=True, volumes=True)
+        except NotFound:
+            return
+        self._notice(cid, f"its owner {owner} is gone; removed it")
+
+    def _dirs_disagree(self, rows: int) -> bool:
+        return not (_count_entries(self.containers_dir) == _count_entries(self.overlay_dir) == rows)
+
+    def _collect_orphans(self, known: set[str]) -> None:
+        """Directories without a row: what a killed create (or removal) left."""
+        for name in _list_dir(self.containers_dir):
+            if name in known:
+                continue
+            if name.startswith(".rm-"):  # a removal's trash; a live remover ignores errors
+                shutil.rmtree(self.containers_dir / name, ignore_errors=True)
+            elif _is_id(name):
+                with self._recovering(name):
+                    self._remove_orphan(name)
+        for name in _list_dir(self.overlay_dir):
+            if name in known or not _is_id(name) or (self.containers_dir / name).exists():
+                continue  # a directory in containers/ tells whether its owner lives
+            with self._recovering(name):
+                what = self._remove_overlay(name)[:-1]
+                self._notice(name, f"left over by an interrupted command: removed its {_and(what)}")
+
+    def _remove_orphan(self, cid: str) -> None:
+        """Free what a container without a row left, once its lock is free."""
+        with self._locked_if_free(cid) as free:
+            if not free or self.state.get(cid) is not None:
+                return  # its creator still works, or finished since the rows were read
+            bundle = self._bundle(cid)
+            what = []
+            if _kill_conmon(bundle):
+                what.append("monitor")
+            binaries = self._binaries_with_state(cid)
+            for binary in binaries:
+                subprocess.run(
+                    [binary.path, "--root", str(binary.state_root), "delete", "--force", cid],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                )
+            if binaries:
+                what.append("runtime state")
+                if kill_cgroup(cgroup_path(cid)):  # it ran: that cgroup is this root's
+                    what.append("processes")
+                with contextlib.suppress(InUse, OSError):
+                    remove_cgroup(cgroup_path(cid))
+            what += self._remove_overlay(cid)
+            self.images.images.release(_HOLDER + cid)
+            _remove_dir(bundle.dir)
+        self._notice(cid, f"left over by an interrupted command: removed its {_and(what)}")
+
+    def _remove_overlay(self, cid: str) -> builtins.list[str]:
+        """Unmount and delete ``overlay/<id>``; says what there was."""
+        ovl = self._ovl(cid)
+        what = ["mount"] if os.path.ismount(ovl / "merged") else []
+        unmount_under(ovl)
+        if ovl.exists():
+            shutil.rmtree(ovl, ignore_errors=True)
+            what.append("root filesystem")
+        return [*what, "directory"]
+
+    def _binaries_with_state(self, cid: str) -> builtins.list[OciBinary]:
+        """The OCI runtimes that keep state of ``cid`` under this root."""
+        found = []
+        if (self.root / "runc" / cid).exists():
+            found.append(OciBinary.at(_conmon.RUNC, self.root))
+        for state in (self.root / "runtimes").glob(f"*/{cid}"):
+            with contextlib.suppress(LaminaError):
+                found.append(OciBinary.at(_conmon.find_oci_runtime(state.parent.name), self.root))
+        return found
+
+    def keeps(self, cid: str) -> bool:
+        return self._bundle(cid).dir.exists() or self.state.get(cid) is not None
+
+    def sweep(self, *, foreign: Callable[[str], bool] | None = None) -> builtins.list[str]:
+        """Free everything interrupted commands left, found the slow way (``container
+        prune``, ``system prune``): what reconciling frees, with a full scan of the
+        directories, plus runtime state and image holds of containers without a row
+        (``foreign``: IDs the VM backend keeps). Returns what was found and done."""
+        start = len(self.notices)
+        self._reconcile(sweep=True)
+        known = {row.id for row in self.state.summaries()}
+        for state_root in (self.root / "runc", *(self.root / "runtimes").glob("*")):
+            for cid in _list_dir(state_root):
+                if _is_id(cid) and cid not in known and not self._bundle(cid).dir.exists():
+                    # Runtime state and nothing else: give it a directory to lock.
+                    self._bundle(cid).dir.mkdir(parents=True, exist_ok=True)
+                    self._remove_orphan(cid)
+        self._release_stale_holds(foreign or (lambda cid: False))
+        return self.notices[start:]
+
+    def _release_stale_holds(self, foreign: Callable[[str], bool]) -> None:
+        """Image holds of containers that neither backend keeps (a creator or remover
+        killed at the wrong moment): the image must not stay pinned."""
+        images = self.images.images
+        for record in images.list():
+            for holder in images.holders(record.digest):
+                cid = holder.removeprefix(_HOLDER)
+                if holder.startswith(_HOLDER) and not self.keeps(cid) and not foreign(cid):
+                    images.release(holder)
+                    self._notice(cid, f"released its hold on image {record.id[7:19]}")
 
     def cleanup(self, ref: str) -> None:
         """Conmon's exit command: record the exit and tear the run down."""
@@ -354,9 +636,19 @@ class OciRuntime(Runtime):
         container."""
         cid = rec.id
         binary = self._binary(rec)
+        if force:
+            _kill_conmon(self._bundle(cid))  # a starter killed mid-launch leaves one
         if not (binary.state_root / cid).exists():
+            # A crash between runc delete and this, or state deleted by hand: whatever
+            # still runs in the cgroup is the container's, with nothing to stop it.
+            if force and (left := kill_cgroup(cgroup_path(cid))):
+                self._notice(
+                    cid,
+                    f"its runtime state is gone; killed {_processes(left)} left in its "
+                    f"cgroup {cgroup_path(cid)}",
+                )
             with contextlib.suppress(InUse, OSError):
-                remove_cgroup(cgroup_path(cid))  # a crash between runc delete and this
+                remove_cgroup(cgroup_path(cid))
         elif force or not binary.is_runc or not self._fast_delete(binary, cid):
             self._oci(rec, "delete", "--force", cid, check=False)
             with contextlib.suppress(InUse, OSError):
@@ -502,36 +794,69 @@ class OciRuntime(Runtime):
                 raise _name_conflict(name)
         else:
             name = random_name(self.state.name_taken)
+        image = self.images.require(config.image)
+        stop_point("create:found")
+        cid, lock = self._new_bundle()
+        try:
+            return self._create_locked(cid, name, config, image)
+        finally:
+            os.close(lock)
+
+    def _new_bundle(self) -> tuple[str, int]:
+        """A new container ID with its directory made and its lock held: the creator
+        holds it until the row is in, so a directory without a row and a free lock is
+        what a killed create left. (Reconciling may take the directory of a creator
+        that has not locked it yet: then try another ID.)"""
+        for _ in range(5):
+            cid = new_id()
+            self._bundle(cid).dir.mkdir(parents=True)
+            try:
+                fd = self._open_lock(cid)
+            except NotFound:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._still_there(fd, cid):
+                return cid, fd
+            os.close(fd)
+        raise LaminaError("cannot make a container directory: it keeps being removed")
+
+    def _create_locked(
+        self, cid: str, name: str, config: ContainerConfig, image: ImageRecord
+    ) -> Container:
+        """The rest of ``create``, under the new container's lock. The image is held
+        first, so that no ``rmi`` can delete it (and its snapshots) between being
+        found and being mounted; every failure undoes everything, the hold last."""
         local = self.images
-        image = local.require(config.image)
-        image_config = local.config(image)
-        chains = local.unpack(image)
-        lowers = local.snapshots.lowerdirs(chains)
-        cid = new_id()
         bundle = self._bundle(cid)
         ovl = self._ovl(cid)
-        img_inner = image_config.get("config") or {}
-        config = _with_image_volumes(config, img_inner.get("Volumes") or {})
-        rec = Record(
-            id=cid,
-            name=name,
-            created=time.time(),
-            image_digest=image.digest,
-            config=config,
-            extra={
-                "lowerdirs": [str(p) for p in lowers],
-                "image_id": image.id,
-                "stop_signal": str(img_inner.get("StopSignal") or ""),
-                "volumes": {},
-                "oci_runtime": self.oci_runtime.path,
-            },
-        )
         created_volumes: list[str] = []
         try:
-            (bundle.dir / "userdata").mkdir(parents=True)
+            _hold(local, _HOLDER + cid, image, config.image_ref or config.image)
+            stop_point("create:held")
+            image_config = local.config(image)
+            chains = local.unpack(image)
+            lowers = local.snapshots.lowerdirs(chains)
+            img_inner = image_config.get("config") or {}
+            config = _with_image_volumes(config, img_inner.get("Volumes") or {})
+            rec = Record(
+                id=cid,
+                name=name,
+                created=time.time(),
+                image_digest=image.digest,
+                config=config,
+                extra={
+                    "lowerdirs": [str(p) for p in lowers],
+                    "image_id": image.id,
+                    "stop_signal": str(img_inner.get("StopSignal") or ""),
+                    "volumes": {},
+                    "oci_runtime": self.oci_runtime.path if self.oci_runtime else _conmon.RUNC,
+                },
+            )
+            (bundle.dir / "userdata").mkdir(parents=True, exist_ok=True)
             for sub in ("upper", "work", "merged"):
                 (ovl / sub).mkdir(parents=True, exist_ok=True)
             self._mount(rec)
+            stop_point("create:mounted")
             volume_paths = self._prepare_volumes(rec, created_volumes)
             with naming(bundle.dir):
                 self._write_userdata(rec)
@@ -544,8 +869,8 @@ class OciRuntime(Runtime):
             for vol in created_volumes:
                 with contextlib.suppress(LaminaError, OSError):
                     self.volumes.remove(vol, force=True)
+            local.images.release(_HOLDER + cid)
             raise
-        local.images.hold("container:" + cid, image.digest)
         return self._container(rec)
 
     def _prepare_volumes(self, rec: Record, created: list[str]) -> dict[str, Path]:
@@ -627,61 +952,80 @@ class OciRuntime(Runtime):
     # -- start -------------------------------------------------------------------------
     def start(self, ref: str) -> None:
         rec = self._resolve(ref)
-        if self._launch(rec):
-            self._release(rec)
+        with self._starting(rec) as launched:
+            if launched:
+                stop_point("start:launched")
+                self._release(rec)
 
-    def _launch(self, rec: Record) -> bool:
-        """Run ``runc create`` under conmon; False if it was running already."""
+    @contextlib.contextmanager
+    def _starting(self, rec: Record) -> Iterator[bool]:
+        """Launch the container (``runc create`` under conmon), holding its lock until
+        the caller has let it run (``_release``): True inside when launched, False if
+        it was running already. A starter killed in between leaves runc's container
+        waiting and the lock free; reconciling then lets it run."""
         with self._locked(rec.id):
-            rec = self._fresh(rec.id)
-            if rec.status == Status.RUNNING:
-                return False
-            if rec.status == Status.PAUSED:
-                raise LaminaError(f"container {rec.id[:12]} is paused; unpause it instead")
-            if rec.status == Status.REMOVING:
-                raise LaminaError(f"container {rec.id[:12]} is being removed")
-            bundle = self._bundle(rec.id)
-            if rec.exits or rec.status != Status.CREATED:
-                self._teardown_run(rec, force=True, unmount=False)  # an earlier run's
-            self._mount(rec)
-            if rec.config.network.startswith("container:"):
-                self._write_spec(rec)
-            cfg = rec.config
-            log = _logs.settings_of(cfg)
-            rotator = None
-            if log.keeps_rotated:
-                from lamina.runtime import _logrotate
+            yield self._launch_locked(rec)
 
-                rotator = _logrotate.build(self.root)
-            try:
-                pid = _conmon.launch(
-                    bundle,
-                    name=rec.name,
-                    runtime=self._binary(rec),
-                    tty=cfg.tty,
-                    stdin=cfg.stdin_open,
-                    exit_cmd=_conmon.exit_command(sys.executable, self.root, rec.id, bundle.dir),
-                    log=log,
-                    rotator=rotator,
-                )
-            except StartFailed as e:
-                self._record_failure(rec, str(e), e.exit_code)
-                raise
-            conmon_pid = _conmon.read_pidfile(bundle.conmon_pidfile)
-            self.state.update(
-                rec.id,
-                status=Status.RUNNING,
-                pid=pid,
-                conmon_pid=conmon_pid,
-                conmon_start=_conmon.process_start_time(conmon_pid),
-                started_at=time.time(),
-                finished_at=None,
-                exit_code=None,
-                reason="",
-                error="",
-                oom_killed=False,
+    def _launch_locked(self, rec: Record) -> bool:
+        rec = self._fresh(rec.id)
+        if rec.status == Status.RUNNING:
+            return False
+        if rec.status == Status.PAUSED:
+            raise LaminaError(f"container {rec.id[:12]} is paused; unpause it instead")
+        if rec.status == Status.REMOVING:
+            raise LaminaError(f"container {rec.id[:12]} is being removed")
+        bundle = self._bundle(rec.id)
+        if (
+            rec.exits
+            or rec.status != Status.CREATED
+            or bundle.conmon_pidfile.exists()
+            or (self._binary(rec).state_root / rec.id).exists()
+        ):
+            self._teardown_run(rec, force=True, unmount=False)  # an earlier run's
+        self._mount(rec)
+        if not bundle.config.exists():  # its directory was deleted: the row has it all
+            self._write_userdata(rec)
+            self._write_spec(rec)
+        elif rec.config.network.startswith("container:"):
+            self._write_spec(rec)
+        cfg = rec.config
+        log = _logs.settings_of(cfg)
+        rotator = None
+        if log.keeps_rotated:
+            from lamina.runtime import _logrotate
+
+            rotator = _logrotate.build(self.root)
+        try:
+            pid = _conmon.launch(
+                bundle,
+                name=rec.name,
+                runtime=self._binary(rec),
+                tty=cfg.tty,
+                stdin=cfg.stdin_open,
+                exit_cmd=_conmon.exit_command(sys.executable, self.root, rec.id, bundle.dir),
+                log=log,
+                rotator=rotator,
             )
-            rec.status, rec.pid = Status.RUNNING, pid
+        except StartFailed as e:
+            self._record_failure(rec, str(e), e.exit_code)
+            raise
+        stop_point("start:created")
+        conmon_pid = _conmon.read_pidfile(bundle.conmon_pidfile)
+        self.state.update(
+            rec.id,
+            status=Status.RUNNING,
+            pid=pid,
+            pid_start=_conmon.process_start_time(pid),
+            conmon_pid=conmon_pid,
+            conmon_start=_conmon.process_start_time(conmon_pid),
+            started_at=time.time(),
+            finished_at=None,
+            exit_code=None,
+            reason="",
+            error="",
+            oom_killed=False,
+        )
+        rec.status, rec.pid = Status.RUNNING, pid
         return True
 
     def _record_failure(self, rec: Record, message: str, code: int) -> None:
@@ -746,15 +1090,55 @@ class OciRuntime(Runtime):
         grace = rec.config.stop_timeout if timeout is None else timeout
         if grace < 0:  # Docker: -1 waits forever
             grace = 10**9
-        self._oci(rec, "kill", rec.id, str(sig), check=False)
-        if rec.status == Status.PAUSED:
-            self._oci(rec, "resume", rec.id, check=False)
-            self.state.update(rec.id, status=Status.RUNNING)
-        if self._wait_exit(rec, grace):
-            return
-        self._oci(rec, "kill", rec.id, "KILL", check=False)
-        if not self._wait_exit(rec, _STOP_KILL_WAIT):
-            raise LaminaError(f"container {rec.id[:12]} did not stop after SIGKILL")
+        sent: builtins.list[str] = []
+        try:
+            sent.append(self._signal(rec, sig)[1])
+            if rec.status == Status.PAUSED:
+                self._resume(rec)
+            if self._wait_exit(rec, grace):
+                return
+            sent.append(self._signal(rec, SIGKILL)[1])
+            if not self._wait_exit(rec, _STOP_KILL_WAIT):
+                raise LaminaError(f"container {rec.id[:12]} did not stop after SIGKILL")
+        finally:
+            self._say_direct(rec, [x for x in sent if x])
+
+    def _signal(self, rec: Record, sig: int) -> tuple[subprocess.CompletedProcess[bytes], str]:
+        """``<runtime> kill``; when the runtime has no state of the container any more
+        (deleted by hand), the signal goes to its real processes instead: its init
+        (known by PID and start time), and for SIGKILL everything in its cgroup.
+        Returns the runtime's answer (a success when the processes got the signal)
+        and, when it went to them directly, what got it (for ``_say_direct``)."""
+        proc = self._oci(rec, "kill", rec.id, str(sig), check=False)
+        if proc.returncode == 0 or (self._binary(rec).state_root / rec.id).exists():
+            return proc, ""
+        init_alive = rec.pid > 0 and _conmon.alive(rec.pid, rec.pid_start)
+        if init_alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, sig)
+        if sig == SIGKILL:
+            sent, targets = kill_cgroup(cgroup_path(rec.id), timeout=0) + init_alive, "processes"
+        else:
+            sent, targets = int(init_alive), f"process {rec.pid}"
+        if not sent:
+            return proc, ""
+        done = subprocess.CompletedProcess(proc.args, 0, b"", b"")
+        return done, f"{signal_name(sig)} to its {targets}"
+
+    def _say_direct(self, rec: Record, sent: builtins.list[str]) -> None:
+        """One line for the signals that went to the processes, not the runtime."""
+        if sent:
+            self._notice(
+                rec.id,
+                f"its runtime state is gone; sent {', then '.join(sent)} in cgroup "
+                f"{cgroup_path(rec.id)} directly",
+            )
+
+    def _resume(self, rec: Record) -> None:
+        """Unpause: through the runtime, or by thawing the cgroup when it cannot."""
+        if self._oci(rec, "resume", rec.id, check=False).returncode != 0:
+            thaw(cgroup_path(rec.id))
+        self.state.update(rec.id, status=Status.RUNNING)
 
     def _wait_exit(self, rec: Record, timeout: float) -> bool:
         """Wait until the run of ``rec`` has been finished; False on timeout."""
@@ -769,7 +1153,8 @@ class OciRuntime(Runtime):
         rec = self._resolve(ref)
         if rec.status not in _ACTIVE:
             raise LaminaError(f"cannot kill container {rec.id[:12]}: it is not running")
-        proc = self._oci(rec, "kill", rec.id, str(sig), check=False)
+        proc, direct = self._signal(rec, sig)
+        self._say_direct(rec, [direct] if direct else [])
         if proc.returncode != 0:
             self._reconcile()
             fresh = self.state.get(rec.id)
@@ -785,8 +1170,7 @@ class OciRuntime(Runtime):
             # which then end it; any other signal stays pending until it is unpaused.
             with contextlib.suppress(NotFound), self._locked(rec.id):
                 if self._fresh(rec.id).status == Status.PAUSED:
-                    self._oci(rec, "resume", rec.id, check=False)
-                    self.state.update(rec.id, status=Status.RUNNING)
+                    self._resume(rec)
 
     def pause(self, ref: str) -> None:
         rec = self._resolve(ref)
@@ -807,7 +1191,9 @@ class OciRuntime(Runtime):
 
     # -- remove / rename ----------------------------------------------------------------
     def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
-        rec = self._resolve(ref)
+        self._remove(self._resolve(ref), force=force, volumes=volumes)
+
+    def _remove(self, rec: Record, *, force: bool, volumes: bool) -> None:
         if rec.status in _ACTIVE:
             if not force:
                 raise InUse(
@@ -815,8 +1201,9 @@ class OciRuntime(Runtime):
                     f"stop the container before removing or force remove"
                 )
             if rec.status == Status.PAUSED:
-                self._oci(rec, "resume", rec.id, check=False)
-            self._oci(rec, "kill", rec.id, "KILL", check=False)
+                self._resume(rec)
+            direct = self._signal(rec, SIGKILL)[1]
+            self._say_direct(rec, [direct] if direct else [])
             if not self._wait_exit(rec, _STOP_KILL_WAIT):
                 self._finish_forced(rec)
         try:
@@ -838,7 +1225,11 @@ class OciRuntime(Runtime):
             self._finish(rec.id)
 
     def _remove_locked(self, rec: Record, *, volumes: bool, force: bool = True) -> None:
-        self.state.update(rec.id, status=Status.REMOVING)
+        # ``remove_volumes``: what a removal resumed after its remover died must do.
+        self.state.update(
+            rec.id, status=Status.REMOVING, extra={**rec.extra, "remove_volumes": volumes}
+        )
+        stop_point("remove:removing")
         self._teardown_run(rec, force=force, files=False)
         self._drop(rec, volumes=volumes)
 
@@ -846,7 +1237,8 @@ class OciRuntime(Runtime):
         self._unmount(rec.id)
         shutil.rmtree(self._ovl(rec.id), ignore_errors=True)
         _remove_dir(self._bundle(rec.id).dir)
-        self.images.images.release("container:" + rec.id)
+        stop_point("remove:dropping")
+        self.images.images.release(_HOLDER + rec.id)
         if volumes:
             for vol in rec.extra.get("anonymous_volumes", []):
                 with contextlib.suppress(LaminaError, OSError):
@@ -877,6 +1269,12 @@ class OciRuntime(Runtime):
         self.state.rename(rec.id, name)
 
     # -- observing -------------------------------------------------------------------------
+    def disk_usage(self, ref: str) -> int:
+        from lamina.runtime._volumes import disk_usage
+
+        rec = self._resolve(ref)
+        return disk_usage(self._ovl(rec.id) / "upper") + disk_usage(self._bundle(rec.id).dir)
+
     def get(self, ref: str) -> Container:
         return self._container(self._resolve(ref))
 
@@ -1218,26 +1616,33 @@ class OciRuntime(Runtime):
         no output is missed."""
         rec = self._resolve(ref)
         bundle = self._bundle(rec.id)
-        if start and rec.status not in _ACTIVE:
-            if not self._launch(rec):
+        with contextlib.ExitStack() as starting:  # the lock, from launch until let run
+            if start and rec.status not in _ACTIVE:
+                if not starting.enter_context(self._starting(rec)):
+                    start = False
+                _write_waiter(bundle.dir)  # the caller waits next: it cleans up itself
+                rec = self._fresh(rec.id)
+            elif rec.status == Status.PAUSED:
+                raise LaminaError(f"cannot attach to container {rec.id[:12]}: it is paused")
+            elif rec.status != Status.RUNNING:
+                raise LaminaError(
+                    f"cannot attach to a stopped container {rec.id[:12]}; start it first"
+                )
+            else:
                 start = False
-            _write_waiter(bundle.dir)  # the caller waits next: it cleans up itself
-            rec = self._fresh(rec.id)
-        elif rec.status == Status.PAUSED:
-            raise LaminaError(f"cannot attach to container {rec.id[:12]}: it is paused")
-        elif rec.status != Status.RUNNING:
-            raise LaminaError(f"cannot attach to a stopped container {rec.id[:12]}; start it first")
-        else:
-            start = False
-        try:
-            sock = _conmon.connect_attach(bundle)
-        except LaminaError:
+            try:
+                sock = _conmon.connect_attach(bundle)
+            except LaminaError:
+                if start:
+                    self._release(rec)  # never leave it stuck in runc's "created" state
+                raise
             if start:
-                self._release(rec)  # never leave it stuck in runc's "created" state
-            raise
+                try:
+                    self._release(rec)
+                except BaseException:
+                    sock.close()
+                    raise
         try:
-            if start:
-                self._release(rec)
             _pump_attach(
                 sock,
                 stdin=stdin if rec.config.stdin_open else None,
@@ -1434,6 +1839,66 @@ def _with_image_volumes(config: ContainerConfig, volumes: object) -> ContainerCo
 def _is_under(path: str, top: str) -> bool:
     """Whether container path ``path`` is ``top`` or below it."""
     return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _owner_alive(root: Path, lease_id: str) -> bool:
+    from lamina._leases import alive  # rows with an owner are rare: imported for them
+
+    return alive(root, lease_id)
+
+
+def _hold(local: LocalImages, holder: str, image: ImageRecord, ref: str) -> None:
+    """Hold ``image`` for ``holder``; NotFound when it was removed since it was found.
+    The hold is committed before the check, and ``rmi`` deletes only an unheld image
+    (one transaction): of the two, one sees the other."""
+    local.images.hold(holder, image.digest)
+    try:
+        local.images.get_by_digest(image.digest)
+    except NotFound:
+        local.images.release(holder)
+        raise NotFound(f"image not known locally: {ref} (it was just removed)") from None
+
+
+def _kill_conmon(bundle: Bundle) -> bool:
+    """SIGKILL the conmon of ``bundle`` if it still runs (known by its command line: a
+    pid file outlives its process, and pids are reused); whether there was one."""
+    pid = _conmon.read_pidfile(bundle.conmon_pidfile)
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    if os.path.basename(argv[0]) != b"conmon" or bundle.cid.encode() not in argv:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, SIGKILL)
+    return True
+
+
+def _and(items: builtins.list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
+
+
+def _list_dir(d: Path) -> builtins.list[str]:
+    try:
+        return os.listdir(d)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _count_entries(d: Path) -> int:
+    return len(_list_dir(d))
+
+
+def _is_id(name: str) -> bool:
+    return len(name) == _ID_LEN and all(c in "0123456789abcdef" for c in name)
 
 
 def _remove_dir(d: Path) -> None:

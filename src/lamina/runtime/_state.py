@@ -17,6 +17,7 @@ ID resolution follows Docker: full ID, then exact name, then unique ID prefix.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lamina._sqlite import connect, transaction
 from lamina.errors import AlreadyExists, LaminaError, NotFound
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS containers (
     extra TEXT NOT NULL DEFAULT '{}', -- backend data (volume paths, anonymous volumes...)
     status TEXT NOT NULL,
     pid INTEGER NOT NULL DEFAULT 0,
+    pid_start INTEGER NOT NULL DEFAULT 0,     -- the container init's start time (pid reuse)
     conmon_pid INTEGER NOT NULL DEFAULT 0,
     conmon_start INTEGER NOT NULL DEFAULT 0,  -- /proc/<pid>/stat starttime: guards pid reuse
     exit_code INTEGER,
@@ -80,7 +82,6 @@ CREATE TABLE IF NOT EXISTS tombstones (
 _TOMBSTONE_SECONDS = 600
 
 _NAME_RE = r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$"  # compiled by re when first used
-_ACTIVE = (Status.RUNNING.value, Status.PAUSED.value)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
     status: Status = Status.CREATED
     pid: int = 0
+    pid_start: int = 0
     conmon_pid: int = 0
     conmon_start: int = 0
     exit_code: int | None = None
@@ -126,6 +128,18 @@ class Record:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(Record)]
+# Columns added after the first release: (name, definition) for ALTER TABLE.
+_ADDED_COLUMNS = (("pid_start", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+class Summary(NamedTuple):
+    """What reconciling needs of a row, read without parsing its config."""
+
+    id: str
+    status: str  # a Status value
+    conmon_pid: int
+    conmon_start: int
+    owner: str  # ContainerConfig.owner: a lease id, or ""
 
 
 def config_to_json(config: ContainerConfig) -> str:
@@ -163,6 +177,15 @@ class StateStore:
         # thread while it attaches in another); transactions are serialised by _lock.
         self._db = connect(db_path, _SCHEMA)
         self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a database made by an older lamina lacks."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(containers)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process did
+                    self._db.execute(f"ALTER TABLE containers ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -291,12 +314,13 @@ class StateStore:
         rows = self._all(f"SELECT {','.join(_COLUMNS)} FROM containers ORDER BY created DESC")
         return [self._from_row(r) for r in rows]
 
-    def active(self) -> builtins.list[tuple[str, int, int]]:
-        """(id, conmon pid, conmon start time) of every running or paused container."""
+    def summaries(self) -> builtins.list[Summary]:
+        """Every row, as much as reconciling reads of it (cheap: no config parsing)."""
         rows = self._all(
-            "SELECT id, conmon_pid, conmon_start FROM containers WHERE status IN (?,?)", _ACTIVE
+            "SELECT id, status, conmon_pid, conmon_start, "
+            "coalesce(json_extract(config, '$.owner'), '') FROM containers"
         )
-        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+        return [Summary(*r) for r in rows]
 
     def exited_with(self, key: str) -> builtins.list[Record]:
         """Exited containers whose ``extra`` holds ``key``: a mark of work in flight on

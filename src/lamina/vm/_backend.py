@@ -22,7 +22,9 @@ Lifecycle and contract:
   while attached and its size follows (SIGWINCH -> RESIZE); ``-i`` keeps its stdin
   open for attached clients; the end of the caller's stdin closes it (a terminal: ^D).
 - A supervisor that died is found by ``_reconcile`` (every public call): its row
-  becomes ``exited`` with an error and its QEMU is killed.
+  becomes ``exited`` with an error and its QEMU is killed. ``create`` holds the
+  image first and ``vms/<id>/lock`` until its row is in: a directory without a row
+  and a free lock (a killed create or ``rm``) is freed, hold included.
 
 Networking: ``--network nat`` (the default for VMs) is QEMU's user-mode NAT (the guest
 is 10.0.2.15/24, the host 10.0.2.2, DNS 10.0.2.3), ``none`` leaves only loopback.
@@ -49,6 +51,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import selectors
@@ -58,13 +61,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina import _sqlite
+from lamina._hooks import stop_point
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime._interface import Runtime
 from lamina.runtime._logs import LogSettings, RotatingLog, settings_of
@@ -152,8 +156,17 @@ def vm_shape(config: ContainerConfig) -> tuple[int, int]:
 class VmRuntime(Runtime):
     name = "vm"
 
-    def __init__(self, root: Path, *, accel: str = "auto", **_ignored: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        accel: str = "auto",
+        report: Callable[[str], None] | None = None,
+        **_ignored: Any,
+    ) -> None:
         self.root = Path(root).absolute()
+        self.notices: builtins.list[str] = []  # what reconciling found, also told ``report``
+        self._report = report
         self.dir = self.root / "vms"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.accel = accel
@@ -218,7 +231,10 @@ class VmRuntime(Runtime):
         with _sqlite.transaction(self.db) as db:
             db.execute(f"UPDATE vms SET {cols} WHERE id = ?", (*values.values(), cid))
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, *, sweep: bool = False) -> None:
+        """Tombstones past their time go; a VM whose supervisor died is exited; a
+        directory without a row (a killed create or remove) is freed, scanned for
+        only when the counts differ (or ``sweep``)."""
         import shutil
 
         old = time.time() - TOMBSTONE_SECONDS
@@ -241,6 +257,51 @@ class VmRuntime(Runtime):
                     )  # fmt: skip
             elif r["status"] == "exited" and (self.dir / r["id"] / _RESTARTING).exists():
                 self._remove_if_exited(r["id"])  # its restart was killed between stop and start
+        known = {row[0] for row in self.db.execute("SELECT id FROM vms")}
+        dirs = [d for d in os.listdir(self.dir) if len(d) == 64]
+        if sweep or len(dirs) != len(known):
+            for cid in dirs:
+                if cid not in known:
+                    self._remove_orphan(cid)
+
+    def _remove_orphan(self, cid: str) -> None:
+        """``vms/<id>`` without a row: a create or remove killed halfway. Freed once
+        nobody holds its lock (a live creator does until its row is in)."""
+        import shutil
+
+        from lamina._leases import try_lock
+
+        vmdir = self.dir / cid
+        with try_lock(vmdir / "lock") as free:
+            if not free:
+                return
+            if self.db.execute("SELECT 1 FROM vms WHERE id = ?", (cid,)).fetchone():
+                return  # its creator finished meanwhile
+            _kill_qemu(vmdir)  # its supervisor, if any, ends with it
+            self.images.images.release(_holder(cid))
+            trash = self.dir / f".rm-{cid}"
+            with contextlib.suppress(OSError):
+                os.rename(vmdir, trash)
+                vmdir = trash
+            shutil.rmtree(vmdir, ignore_errors=True)
+        line = f"container {cid[:12]}: left over by an interrupted command: removed it"
+        self.notices.append(line)
+        if self._report is not None:
+            self._report(line)
+
+    def keeps(self, cid: str) -> bool:
+        found = self.db.execute("SELECT 1 FROM vms WHERE id = ?", (cid,)).fetchone()
+        return found is not None or (self.dir / cid).exists()
+
+    def sweep(self, *, foreign: Callable[[str], bool] | None = None) -> builtins.list[str]:
+        start = len(self.notices)
+        self._reconcile(sweep=True)
+        return self.notices[start:]
+
+    def disk_usage(self, ref: str) -> int:
+        from lamina.runtime._volumes import disk_usage
+
+        return disk_usage(self.dir / self._row(ref)["id"])
 
     def _container(self, r: sqlite3.Row) -> Container:
         config = _config_from_dict(json.loads(r["config"]))
@@ -270,14 +331,63 @@ class VmRuntime(Runtime):
 
     # -- lifecycle -------------------------------------------------------------------
     def create(self, config: ContainerConfig, *, isolation_reason: str = "") -> Container:
+        self._reconcile()
+        local = self.images
+        record = local.require(config.image)
+        # The creator holds the directory's lock until its row is in (a directory
+        # without a row and a free lock is a killed create's), and the image from
+        # before it reads it: no rmi deletes it between found and held.
+        cid, lock = self._new_dir()
+        try:
+            local.images.hold(_holder(cid), record.digest)
+            try:
+                try:
+                    local.images.get_by_digest(record.digest)  # rmi won the race?
+                except NotFound:
+                    ref = config.image_ref or config.image
+                    raise NotFound(
+                        f"image not known locally: {ref} (it was just removed)"
+                    ) from None
+                stop_point("create:held")
+                return self._create_held(cid, config, record, isolation_reason)
+            except BaseException:
+                import shutil
+
+                local.images.release(_holder(cid))
+                shutil.rmtree(self.dir / cid, ignore_errors=True)
+                raise
+        finally:
+            os.close(lock)
+
+    def _new_dir(self) -> tuple[str, int]:
+        """A new container ID with ``vms/<id>`` made and its lock held. (Reconciling
+        in another process may take a directory not locked yet: then another ID.)"""
+        for _ in range(5):
+            cid = os.urandom(32).hex()
+            lock_path = self.dir / cid / "lock"
+            lock_path.parent.mkdir(parents=True)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                    return cid, fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise LaminaError("cannot make a container directory: it keeps being removed")
+
+    def _create_held(
+        self, cid: str, config: ContainerConfig, record: Any, isolation_reason: str
+    ) -> Container:
         from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
         from lamina.runtime._state import random_name, validate_name
         from lamina.vm._arch import host_arch, image_arch, require
         from lamina.vm._rootfs import image_user
 
-        self._reconcile()
         local = self.images
-        record = local.require(config.image)
         full = local.config(record)
         arch = image_arch(full)
         if arch.foreign:  # emulated: say now, in one line, what is missing to run it
@@ -300,7 +410,6 @@ class VmRuntime(Runtime):
         name = validate_name(config.name) if config.name else random_name(names.__contains__)
         if name in names:
             raise LaminaError(f"the container name {name!r} is already in use")
-        cid = os.urandom(32).hex()
         hostname = config.hostname or cid[:12]
         uid, gid, groups, home = image_user(local, record, config.user or img.get("User"))
         env = merge_env(merge_env([f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"],
@@ -344,7 +453,6 @@ class VmRuntime(Runtime):
         process["shares"] = prepare_mounts(self.root, local, record, config)
         config.isolation = "vm"
         now = time.time()
-        (self.dir / cid).mkdir(parents=True)
         with _sqlite.transaction(self.db) as db:
             db.execute(
                 "INSERT INTO vms (id, name, config, process, status, created, reason)"
@@ -352,8 +460,6 @@ class VmRuntime(Runtime):
                 (cid, name, json.dumps(asdict(config)), json.dumps(process), now,
                  isolation_reason),
             )  # fmt: skip
-        # As for process containers: rmi refuses an image a container still uses.
-        local.images.hold(_holder(cid), record.digest)
         return self.get(cid)
 
     def start(self, ref: str) -> None:
@@ -542,6 +648,9 @@ class VmRuntime(Runtime):
             return
         with _sqlite.transaction(self.db) as db:
             db.execute("DELETE FROM vms WHERE id = ?", (cid,))
+        # Killed from here on, the directory without a row (or, past it, the image
+        # hold without either) is freed by the next command (or sweep).
+        stop_point("remove:dropping")
         shutil.rmtree(self.dir / cid, ignore_errors=True)
         self.images.images.release(_holder(cid))
         if volumes:
