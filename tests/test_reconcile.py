@@ -29,7 +29,7 @@ from runtime_fixtures import (
     until,
 )
 
-from lamina.image import LocalImages, import_rootfs
+from lamina.image import LocalImages, chain_ids, import_rootfs
 from lamina.runtime import ContainerConfig
 
 pytestmark = pytest.mark.timeout(180)
@@ -77,7 +77,7 @@ def test_rmi_while_create_holds_the_image_is_refused(root: Path, racer_rootfs: P
     import_racer(root, racer_rootfs)
     proc = start_stopped(root, "create:held", "run", "-d", RACER, "sleep", "100")
     r = lamina_cli(root, "rmi", RACER)
-    assert r.returncode != 0 and "in use" in r.stderr
+    assert r.returncode != 0 and "is using its referenced image" in r.stderr, r.stderr
     done = resume(proc)
     assert done.returncode == 0, done.stderr
     cid = done.stdout.strip()
@@ -121,7 +121,10 @@ def test_rmi_while_run_unpacks_the_image(root: Path, tmp_path: Path) -> None:
     snapshots = root / "snapshots"
     local = LocalImages.open(root)
     try:
-        import_rootfs(local, rootfs, reference=bulk)
+        record = import_rootfs(local, rootfs, reference=bulk)
+        # An import leaves its image unpacked: undo that, for run to unpack it.
+        for chain in chain_ids(local.diff_ids(record)):
+            local.snapshots.remove(chain)
         assert not local.is_unpacked(local.images.resolve(bulk))
     finally:
         local.close()
@@ -147,7 +150,7 @@ def test_rmi_while_run_unpacks_the_image(root: Path, tmp_path: Path) -> None:
     rmi_out, rmi_err = rmi.communicate("x", timeout=60)  # go
     out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err
-    assert rmi.returncode != 0 and "in use" in rmi_err, (rmi_out, rmi_err)
+    assert rmi.returncode != 0 and "is using its referenced image" in rmi_err, (rmi_out, rmi_err)
     cid = out.strip()
     lamina_ok(root, "image", "prune", "-f")  # garbage collection
     assert lamina_ok(root, "exec", cid, "cat", "/etc/bulk-1499") == "1499\n"

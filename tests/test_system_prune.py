@@ -222,6 +222,6 @@ def test_prune_releases_stale_image_holds_only(root: Path) -> None:
     assert f"container {stale[:12]}: released its hold on image" in r.stderr
     assert container_holds(root) == [f"container:{vm}"]
     rmi = lamina_cli(root, "rmi", IMAGE_REF)
-    assert rmi.returncode != 0 and "in use" in rmi.stderr
+    assert rmi.returncode != 0 and "is using its referenced image" in rmi.stderr, rmi.stderr
     lamina_ok(root, "rm", vm)
     assert container_holds(root) == []

@@ -340,6 +340,10 @@ class OciRuntime(Runtime):
         if sweep or self._dirs_disagree(len(rows)):
             self._collect_orphans({row.id for row in rows})
         self._remove_abandoned_restarts()
+        # What killed commands registered on their leases (a cp's scratch directory, a
+        # save's temp file...) goes with the next container command, not only the
+        # next one that writes images.
+        _leases.reap(self.root)
 
     @contextlib.contextmanager
     def _recovering(self, cid: str) -> Iterator[None]:
@@ -1848,14 +1852,12 @@ def _owner_alive(root: Path, lease_id: str) -> bool:
 
 
 def _hold(local: LocalImages, holder: str, image: ImageRecord, ref: str) -> None:
-    """Hold ``image`` for ``holder``; NotFound when it was removed since it was found.
-    The hold is committed before the check, and ``rmi`` deletes only an unheld image
-    (one transaction): of the two, one sees the other."""
-    local.images.hold(holder, image.digest)
+    """Hold ``image`` for ``holder``; NotFound when it was removed since it was found
+    (``hold`` checks in the transaction that writes it, and ``rmi`` deletes only an
+    unheld image: of the two, one sees the other)."""
     try:
-        local.images.get_by_digest(image.digest)
+        local.images.hold(holder, image.digest)
     except NotFound:
-        local.images.release(holder)
         raise NotFound(f"image not known locally: {ref} (it was just removed)") from None
 
 
