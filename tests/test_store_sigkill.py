@@ -17,7 +17,6 @@ import pytest
 from registry_server import RegistryServer, TestImage, build_image, busybox_layer, layer_tar
 from runtime_fixtures import (
     import_busybox,
-    lamina_cli,
     lamina_ok,
     overlay_mounts,
     remove_all_containers,

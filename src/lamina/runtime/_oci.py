@@ -208,7 +208,9 @@ class OciRuntime(Runtime):
         )
 
     def _notice(self, cid: str, text: str) -> None:
-        line = f"container {cid[:12]}: {text}"
+        self._say(f"container {cid[:12]}: {text}")
+
+    def _say(self, line: str) -> None:
         self.notices.append(line)
         if self._report is not None:
             self._report(line)
@@ -343,7 +345,13 @@ class OciRuntime(Runtime):
         # What killed commands registered on their leases (a cp's scratch directory, a
         # save's temp file...) goes with the next container command, not only the
         # next one that writes images.
-        _leases.reap(self.root)
+        for info in _leases.reap(self.root):
+            if info.paths or info.mounts:
+                n = len(info.paths) + len(info.mounts)
+                self._say(
+                    f"{info.kind or 'a command'} (process {info.pid}) was interrupted: "
+                    f"removed {n} leftover{'s' if n != 1 else ''} of it"
+                )
 
     @contextlib.contextmanager
     def _recovering(self, cid: str) -> Iterator[None]:
