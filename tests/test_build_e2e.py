@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from runtime_fixtures import import_busybox, lamina_cli
 
-from lamina.build import BuildError, BuildOptions, BuildResult, PlainProgress, build
+from lamina.builder import BuildError, BuildOptions, BuildResult, PlainProgress, build
 from lamina.image import LocalImages
 
 pytestmark = pytest.mark.timeout(120)

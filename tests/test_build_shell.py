@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from lamina.build.shell import (
+from lamina.builder.shell import (
     ShellSyntaxError,
     process_word,
     process_word_with_matches,

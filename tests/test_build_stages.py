@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.build import BuildError, parse
-from lamina.build._dockerfile import Instruction
-from lamina.build._stages import (
+from lamina.builder import BuildError, parse
+from lamina.builder._dockerfile import Instruction
+from lamina.builder._stages import (
     ArgContext,
     StageEnv,
     from_env,
@@ -41,7 +41,7 @@ def stage_env(text: str, c: ArgContext, image_env: tuple[str, ...] = ()) -> Stag
 
 
 def apply(env: StageEnv, ins: Instruction) -> None:
-    from lamina.build._stages import expand
+    from lamina.builder._stages import expand
 
     if ins.cmd == "ARG":
         for word in ins.args:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lamina.build._dockerignore import (
+from lamina.builder._dockerignore import (
     BuildContextError,
     PatternMatcher,
     go_clean,

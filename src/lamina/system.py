@@ -131,7 +131,7 @@ def prune_system(
     try:
         before = _plane_bytes(local)
         if not select:
-            from lamina.build import prune as prune_build_cache
+            from lamina.builder import prune as prune_build_cache
 
             mounts = root / "build-cache" / "mounts"
             mounts_size = _du(mounts)
@@ -314,7 +314,7 @@ def _image_usage(
     """Images as ``lamina images`` lists them (build-cache intermediates apart):
     their usage, the intermediates with their sizes, the Images row, and the bytes
     only the intermediates use."""
-    from lamina.build._commit import HOLDER as BUILD_CACHE
+    from lamina.builder._commit import HOLDER as BUILD_CACHE
 
     items: dict[str, dict[str, int]] = {}  # image digest -> {blob or snapshot: bytes}
     users: dict[str, int] = {}  # blob or snapshot -> containers using images holding it

@@ -1,4 +1,4 @@
-"""``lamina build`` and ``lamina builder prune``: the CLI over ``lamina.build``."""
+"""``lamina build`` and ``lamina builder prune``: the CLI over ``lamina.builder``."""
 
 from __future__ import annotations
 
@@ -205,8 +205,8 @@ def build(
     compression: str,
 ) -> None:
     """Build an image from a Dockerfile and a context directory."""
-    from lamina.build import BuildError, BuildOptions
-    from lamina.build import build as do_build
+    from lamina.builder import BuildError, BuildOptions
+    from lamina.builder import build as do_build
 
     if str(context).startswith(("http://", "https://", "git@")) or str(context) == "-":
         raise click.BadParameter(
@@ -276,7 +276,7 @@ def _registry_config() -> Any:
 
 
 def _progress(mode: str) -> Any:
-    from lamina.build import PlainProgress, Progress, RichProgress
+    from lamina.builder import PlainProgress, Progress, RichProgress
 
     if mode == "quiet":
         return Progress()
@@ -330,7 +330,7 @@ def builder() -> None:
 )
 def builder_prune(force: bool, all_: bool) -> None:
     """Remove the build cache: cached steps, cache mounts, intermediate layers."""
-    from lamina.build import prune
+    from lamina.builder import prune
 
     del all_
     if not force and sys.stdin.isatty():

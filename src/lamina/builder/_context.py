@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lamina.build._dockerfile import BuildError
-from lamina.build._dockerignore import PatternMatcher, go_clean, iter_context
+from lamina.builder._dockerfile import BuildError
+from lamina.builder._dockerignore import PatternMatcher, go_clean, iter_context
 
 _WILDCARD = re.compile(r"[*?\[\\]")
 _MAX_SYMLINKS = 40

@@ -24,8 +24,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from lamina.build._dockerfile import BuildError, Dockerfile, Instruction, Stage
-from lamina.build.shell import ShellSyntaxError, process_word
+from lamina.builder._dockerfile import BuildError, Dockerfile, Instruction, Stage
+from lamina.builder.shell import ShellSyntaxError, process_word
 from lamina.image._manifest import Platform
 
 PROXY_ARGS = frozenset(

@@ -14,8 +14,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.build._dockerfile import BuildError
-from lamina.build.shell import ShellSyntaxError, process_word
+from lamina.builder._dockerfile import BuildError
+from lamina.builder.shell import ShellSyntaxError, process_word
 
 _MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
 _BOOL_KEYS = {"ro": "readonly", "readonly": "readonly", "rw": "readwrite", "readwrite": "readwrite"}

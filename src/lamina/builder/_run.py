@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.build._dockerfile import BuildError
-from lamina.build._fileops import overlay_view, remove_scratch, resolve_in, scratch_dir, unmount
-from lamina.build._mounts import MountSpec
+from lamina.builder._dockerfile import BuildError
+from lamina.builder._fileops import overlay_view, remove_scratch, resolve_in, scratch_dir, unmount
+from lamina.builder._mounts import MountSpec
 from lamina.image._gc import StoreLease
 
 # What the runtime mounts in every container: runc creates these when missing.
@@ -365,7 +365,7 @@ class Runner:
                 network=req.network,
                 mounts=mounts,
                 security=Security(no_new_privileges=False, privileged=req.insecure),
-                labels={"io.lamina.build": "1"},
+                labels={"io.lamina.builder": "1"},
                 owner=self.lease.id,  # disposable: removed by the runtime if the build dies
             )
             container = rt.create(config)

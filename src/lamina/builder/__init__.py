@@ -1,4 +1,4 @@
-"""lamina.build: Dockerfile builds on lamina's own image plane and runtime.
+"""lamina.builder: Dockerfile builds on lamina's own image plane and runtime.
 
 Public API::
 
@@ -8,7 +8,7 @@ Public API::
     Progress / PlainProgress / RichProgress          # what the build shows
     parse(text, name) -> Dockerfile                  # the parsed model
 
-Word expansion is ``lamina.build.shell``; .dockerignore handling is private
+Word expansion is ``lamina.builder.shell``; .dockerignore handling is private
 (``_dockerignore``). Names are imported on first use, so that importing the
 package costs nothing until a build runs.
 """
@@ -19,30 +19,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lamina.build._dockerfile import BuildError, Dockerfile, Instruction, Stage, parse
-    from lamina.build._executor import BuildOptions, BuildResult, build, prune
-    from lamina.build._progress import PlainProgress, Progress, RichProgress
+    from lamina.builder._dockerfile import BuildError, Dockerfile, Instruction, Stage, parse
+    from lamina.builder._executor import BuildOptions, BuildResult, build, prune
+    from lamina.builder._progress import PlainProgress, Progress, RichProgress
 
 _LAZY: dict[str, str] = {
-    "BuildError": "lamina.build._dockerfile",
-    "BuildOptions": "lamina.build._executor",
-    "BuildResult": "lamina.build._executor",
-    "Dockerfile": "lamina.build._dockerfile",
-    "Instruction": "lamina.build._dockerfile",
-    "PlainProgress": "lamina.build._progress",
-    "Progress": "lamina.build._progress",
-    "RichProgress": "lamina.build._progress",
-    "Stage": "lamina.build._dockerfile",
-    "build": "lamina.build._executor",
-    "parse": "lamina.build._dockerfile",
-    "prune": "lamina.build._executor",
+    "BuildError": "lamina.builder._dockerfile",
+    "BuildOptions": "lamina.builder._executor",
+    "BuildResult": "lamina.builder._executor",
+    "Dockerfile": "lamina.builder._dockerfile",
+    "Instruction": "lamina.builder._dockerfile",
+    "PlainProgress": "lamina.builder._progress",
+    "Progress": "lamina.builder._progress",
+    "RichProgress": "lamina.builder._progress",
+    "Stage": "lamina.builder._dockerfile",
+    "build": "lamina.builder._executor",
+    "parse": "lamina.builder._dockerfile",
+    "prune": "lamina.builder._executor",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'lamina.build' has no attribute {name!r}")
+        raise AttributeError(f"module 'lamina.builder' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.build import _fileops as fops
-from lamina.build._context import BuildContext, fs_walk, has_wildcard, match_component
-from lamina.build._dockerfile import BuildError
-from lamina.build._dockerignore import PatternMatcher
-from lamina.build._stages import expand
+from lamina.builder import _fileops as fops
+from lamina.builder._context import BuildContext, fs_walk, has_wildcard, match_component
+from lamina.builder._dockerfile import BuildError
+from lamina.builder._dockerignore import PatternMatcher
+from lamina.builder._stages import expand
 
 
 def heredoc_name(raw: str) -> str | None:

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.build import _fileops as fops
-from lamina.build._cache import BuildCache, cache_key
-from lamina.build._commit import Layer, Store
-from lamina.build._context import BuildContext, FileDigests, clean_source
-from lamina.build._copy import (
+from lamina.builder import _fileops as fops
+from lamina.builder._cache import BuildCache, cache_key
+from lamina.builder._commit import Layer, Store
+from lamina.builder._context import BuildContext, FileDigests, clean_source
+from lamina.builder._copy import (
     CopyJob,
     Source,
     expand_heredoc,
@@ -53,18 +53,18 @@ from lamina.build._copy import (
     is_git,
     is_url,
 )
-from lamina.build._dockerfile import (
+from lamina.builder._dockerfile import (
     BuildError,
     Dockerfile,
     Instruction,
     parse,
     parse_instructions,
 )
-from lamina.build._dockerignore import PatternMatcher, read_dockerignore
-from lamina.build._mounts import MountSpec, parse_mount
-from lamina.build._progress import Progress, Step
-from lamina.build._run import MountSources, RunFailed, RunRequest
-from lamina.build._stages import (
+from lamina.builder._dockerignore import PatternMatcher, read_dockerignore
+from lamina.builder._mounts import MountSpec, parse_mount
+from lamina.builder._progress import Progress, Step
+from lamina.builder._run import MountSources, RunFailed, RunRequest
+from lamina.builder._stages import (
     PROXY_ARGS,
     ArgContext,
     StageEnv,
@@ -76,7 +76,7 @@ from lamina.build._stages import (
     platform_args,
     resolve_ref,
 )
-from lamina.build.shell import ShellSyntaxError, process_words
+from lamina.builder.shell import ShellSyntaxError, process_words
 from lamina.errors import LaminaError, NotFound, describe_os_error
 from lamina.image._config import (
     CONFIG_ORDER,
@@ -498,7 +498,7 @@ class Builder:
         """The RUN executor (imported on first use: cached builds never need it)."""
         with self._count_lock:
             if self._runner is None:
-                from lamina.build._run import Runner
+                from lamina.builder._run import Runner
 
                 self._runner = Runner(self.root, self.cache.mounts_dir, self.lease)
             return self._runner
@@ -1329,7 +1329,7 @@ def prune(root: Path) -> tuple[int, list[str]]:
     """Drop the build cache: step records, cache mounts, and the ``build-cache``
     image records no container uses; then collect garbage and remove what killed
     builds left. Returns (steps forgotten, image/blob/snapshot IDs removed)."""
-    from lamina.build._commit import HOLDER
+    from lamina.builder._commit import HOLDER
     from lamina.image._gc import build_scratch, sweep_scratch
 
     root = Path(root)

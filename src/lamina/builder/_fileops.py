@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina._paths import join_in_root
-from lamina.build._dockerfile import BuildError
+from lamina.builder._dockerfile import BuildError
 from lamina.errors import LaminaError
 from lamina.image._gc import BUILD_SCRATCH, StoreLease
 
