@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_fixtures import CLI, error_line, lamina_cli
+from leak_check import _stopped
+from runtime_fixtures import CLI, error_line, lamina_cli, until
 
 from lamina.engine import _events
 from lamina.engine._events import Event, EventFilter, Follower, emit, follow, parse_line, read
@@ -176,6 +177,76 @@ def test_rotation_by_many_processes_drops_only_the_oldest(tmp_path: Path) -> Non
     for i in range(6):
         kept = [n for who, n in got if who == f"p{i}"]
         assert kept == list(range(300 - len(kept), 300))
+
+
+def stopped_emitter(root: Path, point: str, who: str, limit: int) -> subprocess.Popen[bytes]:
+    """An emitter of one event that stops itself at ``point`` of ``emit``."""
+    env = {**os.environ, "LAMINA_TEST_STOP_AT": point}
+    args = json.dumps({"root": str(root), "who": who, "count": 1, "max_bytes": limit})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EMITTER, args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    until(lambda: _stopped(proc), 30)
+    return proc
+
+
+def fill_journal(root: Path, prefix: str, size: int) -> list[str]:
+    """Events until the live file has ``size`` bytes; their actor IDs."""
+    live = root / "events" / "events.log"
+    ids: list[str] = []
+    while not live.exists() or live.stat().st_size < size:
+        ids.append(f"{prefix}-{len(ids)}")
+        emit(root, "container", "start", ids[-1], {})
+    return ids
+
+
+def test_no_write_lands_in_a_file_after_its_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stopped between opening the live file and writing to it; meanwhile
+    the file fills and another writer must rotate it. The rotation waits for the
+    stopped writer, so a follower that moved on to the new file misses nothing."""
+    root = tmp_path / "root"
+    limit = 4096
+    monkeypatch.setattr(_events, "MAX_FILE_BYTES", limit)
+    fill_journal(root, "fill", limit - 400)
+    follower = Follower(root, from_start=True)
+    try:
+        seen = [e.actor_id for e in follower.events()]
+        slow = stopped_emitter(root, "events:append", "slow", limit)
+        last = fill_journal(root, "full", limit)[-1]  # the file passes the bound
+        rotating = emitter(root, "rotating", 1, max_bytes=limit)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            rotating.wait(0.3)  # it must not rotate while the slow writer is at work
+        seen += [e.actor_id for e in follower.events()]
+        slow.send_signal(signal.SIGCONT)
+        finish(slow)
+        finish(rotating)
+        seen += [e.actor_id for e in follower.events()]
+    finally:
+        follower.close()
+    assert seen[-3:] == [last, "slow-0", "rotating-0"]
+    assert (root / "events" / "events.log.1").exists()
+
+
+def test_two_writers_rotate_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers find the file full; one is stopped before it rotates, the other
+    rotates and writes. The first, going on, finds the rotation done: the full file
+    is kept as the older one, not replaced by the new one."""
+    root = tmp_path / "root"
+    limit = 4096
+    monkeypatch.setattr(_events, "MAX_FILE_BYTES", limit)
+    last = fill_journal(root, "fill", limit)[-1]
+    first = stopped_emitter(root, "events:rotate", "first", limit)
+    finish(emitter(root, "second", 1, max_bytes=limit))
+    first.send_signal(signal.SIGCONT)
+    finish(first)
+    got = [e.actor_id for e in read(root)]
+    assert got[0] == "fill-0" and got[-3:] == [last, "second-0", "first-0"]
+    assert (root / "events" / "events.log.1").stat().st_size >= limit
 
 
 # -- windows and filters -------------------------------------------------------------------
@@ -424,7 +495,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", mount], check=False)
 
 
-def fill(mount: Path) -> None:
+def fill_disk(mount: Path) -> None:
     """Take every free byte of the tmpfs."""
     fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -438,7 +509,7 @@ def fill(mount: Path) -> None:
 def test_a_full_disk_drops_events_with_one_warning(small_disk: Path) -> None:
     root = small_disk / "root"
     emit(root, "container", "create", "c-0", {})
-    fill(small_disk)
+    fill_disk(small_disk)
     out, err = finish(emitter(root, "full", 50, pad=300))
     assert out == "done\n"  # the operation went on
     live = root / "events" / "events.log"

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina._fsutil import naming
+from lamina._hooks import stop_point
 from lamina.errors import LaminaError
 
 MAX_FILE_BYTES = 8 * 1024 * 1024  # the live file is rotated once it has passed this
@@ -172,6 +173,7 @@ def _append(directory: Path, line: str) -> None:
                 size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data  # a torn line before: end it, so this one stands alone
+            stop_point("events:append")
             with naming(live):  # a full disk's error names the file
                 written = os.write(fd, data)  # one write: appends of whole lines do not mix
         finally:
@@ -200,7 +202,9 @@ def _rotate(directory: Path, lock: int) -> None:
     """The full live file becomes the older one. The exclusive lock waits for the
     writers of the moment (a few microseconds each), so no line is written to the
     file after its rename; then this writer goes back to sharing it."""
-    fcntl.flock(lock, fcntl.LOCK_EX)  # converting drops the shared lock first: no deadlock
+    fcntl.flock(lock, fcntl.LOCK_UN)  # as converting would: two rotating never deadlock
+    stop_point("events:rotate")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         live = directory / _LIVE
         with contextlib.suppress(FileNotFoundError):
