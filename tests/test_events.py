@@ -397,6 +397,32 @@ def test_a_follower_keeps_every_event_across_rotations(tmp_path: Path) -> None:
     assert (root / "events" / "events.log.1").exists()  # it did rotate, several times
 
 
+def test_a_follower_that_fell_two_rotations_behind_reads_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two looks the live file was rotated twice: the file in between is
+    read from ``events.log.1``, the one before from the follower's open file."""
+    root = tmp_path / "root"
+    monkeypatch.setattr(_events, "MAX_FILE_BYTES", 4096)
+    follower = Follower(root, from_start=True)
+    try:
+        live = root / "events" / "events.log"
+        emit(root, "container", "start", "c-0", {})
+        got = [seq(e)[1] for e in follower.events()]
+        files = [live.stat().st_ino]  # the live file, then each that followed it
+        n = 1
+        while len(files) < 3:
+            emit(root, "container", "start", f"c-{n}", {})
+            n += 1
+            if live.stat().st_ino != files[-1]:
+                files.append(live.stat().st_ino)
+        assert (root / "events" / "events.log.1").stat().st_ino == files[1]
+        got += [seq(e)[1] for e in follower.events()]
+    finally:
+        follower.close()
+    assert got == list(range(n))
+
+
 def test_a_partial_line_is_held_until_complete(tmp_path: Path) -> None:
     root = tmp_path / "root"
     emit(root, "container", "create", "c-0", {})
@@ -410,9 +436,12 @@ def test_a_partial_line_is_held_until_complete(tmp_path: Path) -> None:
             f.write(data[:40])
         assert list(follower.events()) == []
         assert [e.actor_id for e in read(root)] == ["c-0"]
+        late = Follower(root, from_start=False)  # made while the line is half written
         with open(live, "ab") as f:
             f.write(data[40:])
         assert [e.actor_id for e in follower.events()] == ["c-1"]
+        assert [e.actor_id for e in late.events()] == ["c-1"]
+        late.close()
     finally:
         follower.close()
 

@@ -445,17 +445,16 @@ class Follower:
         while True:
             if self._cur is None and not self._open(self._live):
                 return
+            # Looked at before reading: when the file has been rotated away by now,
+            # this read finds all of it (rotation waits for the file's writers).
+            rotated = _key(self._live) != self._cur
             yield from self._drain()
-            live = _key(self._live)
-            if live == self._cur:
+            if not rotated:
                 return
-            # The file was rotated away. Rotation waited for its writers, so this
-            # read finds all of it; a partial line left is a torn one.
-            yield from self._drain()
             done = self._cur
-            self._close_file()
+            self._close_file()  # a partial line left in it is a torn one
             old = _key(self._dir / _OLD)
-            if old is not None and old not in (done, live):
+            if old is not None and old not in (done, _key(self._live)):
                 self._open(self._dir / _OLD)  # rotated in between: not read yet
 
     def _open(self, path: Path) -> bool:
