@@ -66,6 +66,7 @@ def emitter(root: Path, who: str, count: int, **spec: Any) -> subprocess.Popen[b
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        bufsize=0,  # unbuffered: reading "ready" takes nothing after it
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
