@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 
 @command("events")
-@click.option("--since", default=None, metavar="TIME", help="Show events since this time.")
+@click.option(
+    "--since",
+    default=None,
+    metavar="TIME",
+    help="Show events since this time (RFC 3339, Unix seconds, or a duration ago: 10m).",
+)
 @click.option("--until", default=None, metavar="TIME", help="Stream events until this time.")
 @click.option(
     "-f",
