@@ -60,6 +60,7 @@ _COMMANDS: dict[str, str] = {
     "version": "_info:version",
     "info": "_info:info",
     "system": "_system:system",
+    "events": "_events:events",
 }
 _ALIASES = {"ls": "images"}
 
@@ -132,6 +133,7 @@ _SUMMARIES = {
     "version": "Show the lamina version",
     "info": "Show system-wide information",
     "system": "Manage lamina (df: disk usage, prune: remove unused data)",
+    "events": "Get real time events from lamina's commands",
 }
 
 

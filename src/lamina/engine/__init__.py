@@ -1,0 +1,1 @@
+"""lamina's engine: the library below every front end."""
