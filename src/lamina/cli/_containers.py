@@ -2,13 +2,13 @@
 wait, stats, top, inspect, pause, unpause, rename, cp, diff, commit, update, and the
 ``container`` group.
 
-Each command opens the runtime on the root, does one thing through the Runtime
-interface and prints what Docker prints. Flag and pre-run failures exit 125 with one
+Each command opens the engine on the root, does one thing through it and prints
+what Docker prints. Flag and pre-run failures exit 125 with one
 line on stderr (Docker's code); ``run`` and ``start -a`` exit with the container's
 code, ``exec`` with its process's, 126/127 when the command could not be executed or
 found; ``run -it``/``exec -it`` with a stdin that is not a terminal exit 1, as
 Docker's CLI does. Imports of the
-runtime and image plane happen inside the commands: this module loads with click.
+engine happen inside the commands: this module loads with click.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lamina.cli._click import DockerCommand, DockerGroup, FlagError
 from lamina.cli._output import FORMAT_OPTION, INSPECT_FORMAT_OPTION
 
 if TYPE_CHECKING:
-    from lamina.runtime import Container, Runtime, WaitOutcome
+    from lamina.engine import Container, Engine, WaitOutcome
 
 _SIGNALS_TO_PROXY = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
@@ -50,119 +50,41 @@ def _settings() -> Any:
     return click.get_current_context().find_root().obj
 
 
-def open_runtime() -> Runtime:
-    """The runtime on ``--root`` with ``--runtime``; a runtime that is missing or
+def open_engine() -> Engine:
+    """The engine on ``--root`` with ``--runtime``; a runtime that is missing or
     cannot work on this host fails here, before anything is done (exit 125)."""
+    from lamina.engine import open_engine as _open
     from lamina.errors import LaminaError
-    from lamina.runtime import open_runtime as _open
 
     settings = _settings()
     try:
-        oci = _open(settings.root, oci_runtime=settings.oci_runtime, report=warn)
+        return _open(
+            settings.root,
+            oci_runtime=settings.oci_runtime,
+            report=warn,
+            registry_config=_registry_config,
+        )
     except LaminaError as e:
         e.exit_code = 125
         raise
-    return cast("Runtime", _Backends(oci, Path(settings.root)))
+
+
+def _registry_config() -> Any:
+    from lamina.cli._images import registry_config
+
+    return registry_config()
+
+
+def _progress() -> Any:
+    """Pull progress on stderr, as ``docker run`` shows it."""
+    from lamina.cli._images import progress_sink
+
+    return progress_sink(False)
 
 
 def warn(line: str) -> None:
-    """What the runtime found and did while reconciling, one line on stderr."""
+    """What the engine found and did while reconciling, one line on stderr."""
     print(f"lamina: warning: {line}", file=sys.stderr)
-
-
-class _Backends:
-    """Both isolation backends behind one Runtime-shaped object: a container is found
-    in the backend that holds it (the VM one is opened only once it has a database,
-    so process-only roots never import ``lamina.vm``); ``create`` goes by
-    ``config.isolation``; ``list`` merges both; the rest is the process backend's."""
-
-    def __init__(self, oci: Runtime, root: Path) -> None:
-        self._oci = oci
-        self._root = root
-        self._vm: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._oci, name)
-
-    def vm(self, *, create: bool = False) -> Any:
-        if self._vm is None and (create or (self._root / "vms" / "vms.db").exists()):
-            from lamina.vm import open_vm_runtime
-
-            self._vm = open_vm_runtime(self._root, report=warn)
-        return self._vm
-
-    def backend_of(self, ref: str) -> Any:
-        vm = self.vm()
-        return vm if vm is not None and vm.owns(ref) else self._oci
-
-    def create(self, config: Any) -> Container:
-        from lamina.errors import LaminaError
-
-        vm = self.vm(create=config.isolation == "vm")
-        other = self._oci if config.isolation == "vm" else vm
-        if config.name and other is not None and _has_name(other, config.name):
-            raise LaminaError(f"the container name {config.name!r} is already in use")
-        if config.isolation == "vm":
-            reason = config.labels.pop(_REASON_LABEL, "")
-            return cast("Container", self.vm(create=True).create(config, isolation_reason=reason))
-        return self._oci.create(config)
-
-    def list(self, *, all: bool = False) -> list[Container]:
-        vm = self.vm()
-        return self._oci.list(all=all) + (vm.list(all=all) if vm is not None else [])
-
-    def volume_users(self, volume: str) -> Any:
-        """IDs of the containers of either backend using ``volume``."""
-        vm = self.vm()
-        users = cast("Any", self._oci).volume_users(volume)
-        return users + (vm.volume_users(volume) if vm is not None else [])
-
-    def sweep(self) -> list[str]:
-        """Both backends' leftovers; an image hold is stale only if neither keeps
-        its container."""
-        vm = self.vm()
-        found = self._oci.sweep(foreign=vm.keeps if vm is not None else None)
-        return found + (vm.sweep() if vm is not None else [])
-
-    def inspect(self, ref: str) -> dict[str, object]:
-        found = dict(self.backend_of(ref).inspect(ref))
-        if found.get("Isolation") == "process" and "IsolationReason" not in found:
-            labels = cast("dict[str, Any]", found.get("Config") or {}).get("Labels") or {}
-            found["IsolationReason"] = labels.get(_REASON_LABEL, "--isolation process (default)")
-        return found
-
-    def close(self) -> None:
-        self._oci.close()
-        if self._vm is not None:
-            self._vm.close()
-
-
-def _has_name(rt: Any, name: str) -> bool:
-    from lamina.errors import LaminaError
-
-    try:
-        return bool(rt.get(name).name == name.lstrip("/"))
-    except LaminaError:
-        return False
-
-
-def _routed(name: str) -> Callable[..., Any]:
-    def method(self: _Backends, ref: str, *args: Any, **kw: Any) -> Any:
-        return getattr(self.backend_of(ref), name)(ref, *args, **kw)
-
-    method.__name__ = name
-    return method
-
-
-for _name in (
-    "start", "stop", "restart", "kill", "pause", "unpause", "remove", "rename", "get", "wait",
-    "logs",
-    "stats", "top", "pid", "ip_address", "exec", "attach", "resize", "copy_out", "copy_in",
-    "stat_path", "diff", "commit", "update", "rootfs", "disk_usage",
-):  # fmt: skip
-    setattr(_Backends, _name, _routed(_name))
-
-_REASON_LABEL = "lamina.isolation.reason"
 
 
 def _error(msg: str) -> None:
@@ -246,79 +168,6 @@ def _state_word(c: Container) -> str:
     if s == "failed":
         return "created" if c.state.started_at is None else "exited"
     return s
-
-
-# -- images: resolve, pulling per --pull ---------------------------------------------
-
-
-def _resolve_image(image: str, pull: str, platform: str | None, local: Any) -> Any:
-    """The ImageRecord for ``image`` in ``local`` (LocalImages) under Docker's --pull
-    policy (always, missing, never, newer); pull progress goes to stderr, as
-    ``docker run`` does. With ``--platform``, a local image of another platform counts
-    as missing (pulled for that platform), as in Docker; when there is no such copy
-    to pull, the error says what was found."""
-    from lamina.errors import LaminaError, NotFound
-    from lamina.image import parse_platform
-
-    want = parse_platform(platform) if platform is not None else None
-    hexpart = image.removeprefix("sha256:")
-    if len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
-        record = local.images.resolve(image)  # an image ID: nothing to pull it by
-        mismatch = _platform_mismatch(image, record, want)
-        if mismatch:
-            raise LaminaError(mismatch)
-        return record
-    mismatch = ""
-    if pull in ("missing", "never"):
-        try:
-            record = local.images.resolve(image)
-        except NotFound:
-            if pull == "never":
-                raise NotFound(f"no such image: {image} (and --pull never)") from None
-            print(f"Unable to find image '{image}' locally", file=sys.stderr)
-        else:
-            mismatch = _platform_mismatch(image, record, want)
-            if not mismatch:
-                return record
-            if pull == "never":
-                raise LaminaError(mismatch)
-    # Imported only when the registry is needed: httpx costs ~80 ms of start-up.
-    from lamina.cli._images import progress_sink, registry_config
-    from lamina.registry import pull as do_pull
-
-    policy = {"missing": "if-not-present"}.get(pull, pull)
-    try:
-        return do_pull(
-            local,
-            image,
-            policy=policy,
-            platform=want,
-            progress=progress_sink(False),
-            config=registry_config(),
-        )
-    except LaminaError as e:
-        if not mismatch:
-            raise
-        raise LaminaError(f"{mismatch} (and pulling it for {want} failed: {e})") from None
-
-
-def _platform_mismatch(image: str, record: Any, want: Any) -> str:
-    """Docker's error when the image found is not of the ``--platform`` asked for ("" when
-    it is, or when none was asked for)."""
-    from lamina.errors import LaminaError
-    from lamina.image import matches, parse_platform
-
-    if want is None:
-        return ""
-    try:
-        if matches(want, parse_platform(record.platform)):
-            return ""
-    except LaminaError:
-        pass  # a record without a readable platform matches nothing
-    return (
-        f"image with reference {image} was found but does not match the specified "
-        f"platform: wanted {want}, actual: {record.platform or 'unknown'}"
-    )
 
 
 # -- run / create --------------------------------------------------------------------
@@ -478,18 +327,12 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _prepare(
-    rt: Runtime, image: str, command: Sequence[str], flags: dict[str, Any], *, auto_remove: bool
+    engine: Engine, image: str, command: Sequence[str], flags: dict[str, Any], *, auto_remove: bool
 ) -> Any:
-    """Flags -> ContainerConfig, the image resolved (pulled per --pull) in the
-    runtime's image store. Every failure here is Docker's 125: the container never
+    """Flags -> ContainerConfig, the image resolved (pulled per --pull) and the config
+    settled by the engine. Every failure here is Docker's 125: the container never
     existed."""
-    from lamina.cli._runopts import (
-        InvalidOption,
-        RunOptions,
-        apply_isolation,
-        build_config,
-        parse_isolation,
-    )
+    from lamina.cli._runopts import RunOptions, build_config, parse_isolation
     from lamina.errors import LaminaError
 
     pull = flags.pop("pull")
@@ -499,126 +342,27 @@ def _prepare(
         opts = RunOptions(**flags, auto_remove=auto_remove)
         # Parse flags before touching the image: a typo should not cost a pull.
         build_config(opts, image="", image_ref=image, command=command, cpu_count=os.cpu_count())
-        local = _image_store(rt)
-        record = _resolve_image(image, pull, platform, local)
+        record = engine.resolve_image(image, pull=pull, platform=platform, progress=_progress)
         parsed = build_config(
             opts, image=record.id, image_ref=image, command=command, cpu_count=os.cpu_count()
         )
-        chosen, reason = _choose_isolation(
-            isolation, local, record, vm_base=parsed.config.vm_base is not None
+        warnings = parsed.warnings + engine.settle(
+            parsed.config,
+            record,
+            requested=isolation,
+            network=parsed.network,
+            make_bind_sources=parsed.bind_dirs_to_create,
+            progress=_progress,
         )
-        if chosen == "process":
-            _require_host_platform(record.platform)
-        if isolation == "auto":
-            apply_isolation(parsed, chosen)
-        if parsed.config.vm_base and chosen == "vm":
-            _fetch_vm_base(local, parsed.config.vm_base)
-        if reason:
-            parsed.config.labels[_REASON_LABEL] = reason
-        for w in parsed.warnings:
+        for w in warnings:
             print(f"WARNING: {w}", file=sys.stderr)
-        for d in parsed.bind_dirs_to_create:
-            try:
-                os.makedirs(d, exist_ok=True)
-            except OSError as e:
-                raise InvalidOption(f"cannot create bind mount source {d}: {e.strerror}") from None
         return parsed.config
     except LaminaError as e:
         e.exit_code = 125
         raise
 
 
-def _fetch_vm_base(local: Any, ref: str) -> None:
-    """A --vm-base reference not yet cached is pulled here, with progress as an image
-    pull shows it (``create`` then finds it in the cache)."""
-    if Path(ref).expanduser().is_dir():
-        return
-    from lamina.cli._images import progress_sink, registry_config
-    from lamina.vm._base import resolve_base
-
-    resolve_base(local, ref, config=registry_config(), progress=progress_sink(False))
-
-
-def _choose_isolation(
-    requested: str, local: Any, record: Any, *, vm_base: bool = False
-) -> tuple[str, str]:
-    """(isolation, why): ``auto`` is process when the image's platform is the host's
-    (a namespace shares the host kernel) and no ``--vm-base`` is asked for, vm otherwise."""
-    import platform as _platform
-
-    if requested == "vm":
-        return "vm", "--isolation vm"
-    if requested != "auto":
-        return "process", ""
-    if vm_base:
-        return "vm", "--isolation auto: --vm-base needs a micro-VM"
-    machine = _platform.machine()
-    host = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-    cfg = local.config(record)
-    arch, os_ = cfg.get("architecture") or host, cfg.get("os") or "linux"
-    if arch == host and os_ == "linux":
-        return "process", f"--isolation auto: image platform {os_}/{arch} matches the host"
-    why = f"image platform {os_}/{arch} differs from the host's linux/{host}"
-    return "vm", f"--isolation auto: {why}"
-
-
-# Go architecture -> the name binfmt_misc handlers (qemu-user) are registered under.
-_QEMU_USER = {"amd64": "x86_64", "arm64": "aarch64", "386": "i386", "mips64le": "mips64el",
-              "loong64": "loongarch64"}  # fmt: skip
-
-
-def _require_host_platform(image_platform: str) -> None:
-    """A process container shares the host's kernel and CPU: an image of another
-    platform runs there only through a binfmt_misc emulator (qemu-user). Without one it
-    would fail at exec ("exec format error"), so it is refused here, in one line."""
-    from lamina.errors import LaminaError
-    from lamina.image import host_platform, parse_platform
-
-    try:
-        have = parse_platform(image_platform)
-    except LaminaError:
-        return  # no platform recorded: taken to be the host's, as before
-    host = host_platform()
-    if have.os == host.os and have.architecture == host.architecture:
-        return
-    qemu = _QEMU_USER.get(have.architecture, have.architecture)
-    if have.os == host.os and _binfmt_enabled(f"qemu-{qemu}"):
-        return
-    from lamina.vm._arch import ARCHES
-
-    where = f"image platform {have.os}/{have.architecture} cannot run in a process container"
-    if have.os == "linux" and have.architecture in ARCHES:
-        raise LaminaError(
-            f"{where} on this {host.os}/{host.architecture} host (no binfmt_misc emulator "
-            "for it): use --isolation auto or vm to run it in an emulated micro-VM"
-        )
-    vms = " and ".join(f"linux/{a}" for a in ARCHES)
-    raise LaminaError(
-        f"{where} on this {host.os}/{host.architecture} host (no binfmt_misc emulator for "
-        f"it), and micro-VMs run only {vms} images"
-    )
-
-
-def _binfmt_enabled(name: str) -> bool:
-    try:
-        with open(f"/proc/sys/fs/binfmt_misc/{name}") as f:
-            return f.readline().strip() == "enabled"
-    except OSError:
-        return False
-
-
-def _image_store(rt: Runtime) -> Any:
-    """The runtime's own LocalImages when it has one (one set of connections for
-    resolving and creating), else a new one on the root."""
-    local = getattr(rt, "images", None)
-    if local is None:
-        from lamina.cli._images import open_local
-
-        local = open_local()
-    return local
-
-
-def _create(rt: Runtime, config: Any) -> Container:
+def _create(rt: Engine, config: Any) -> Container:
     from lamina.errors import LaminaError
 
     try:
@@ -653,7 +397,7 @@ def run(
 
     if not detach:
         _require_tty(flags["interactive"], flags["tty"])
-    rt = open_runtime()  # a bad --runtime fails before any pull
+    rt = open_engine()  # a bad --runtime fails before any pull
     config = _prepare(rt, image, command, flags, auto_remove=auto_remove)
     ctr = _create(rt, config)
     if detach:
@@ -688,12 +432,12 @@ def run(
 @_run_options
 def create(image: str, command: tuple[str, ...], auto_remove: bool, **flags: Any) -> None:
     """Create a new container (without starting it); prints its ID."""
-    rt = open_runtime()
+    rt = open_engine()
     config = _prepare(rt, image, command, flags, auto_remove=auto_remove)
     click.echo(_create(rt, config).id)
 
 
-def _exit(rt: Runtime, code: int) -> NoReturn:
+def _exit(rt: Engine, code: int) -> NoReturn:
     """Exit with ``code``. As the ``lamina`` program, without the interpreter's
     teardown (freeing every module costs ~10 ms, a lot for ``run --rm IMAGE true``):
     close the runtime (its databases checkpoint), flush our output, and leave."""
@@ -720,7 +464,7 @@ def _require_tty(interactive: bool, tty: bool) -> None:
         raise LaminaError("the input device is not a TTY")
 
 
-def _start_failed(rt: Runtime, cid: str, e: BaseException, *, remove: bool) -> None:
+def _start_failed(rt: Engine, cid: str, e: BaseException, *, remove: bool) -> None:
     from lamina.errors import LaminaError
 
     if remove:
@@ -730,7 +474,7 @@ def _start_failed(rt: Runtime, cid: str, e: BaseException, *, remove: bool) -> N
     raise e
 
 
-def _remove_quietly(rt: Runtime, cid: str) -> None:
+def _remove_quietly(rt: Engine, cid: str) -> None:
     from lamina.errors import LaminaError
 
     with contextlib.suppress(LaminaError):
@@ -755,7 +499,7 @@ def exit_code_of(outcome: WaitOutcome) -> int:
 
 
 def run_attached(
-    rt: Runtime, cid: str, *, stdin: bool, tty: bool, sig_proxy: bool, start: bool
+    rt: Engine, cid: str, *, stdin: bool, tty: bool, sig_proxy: bool, start: bool
 ) -> int:
     """Attach the caller's stdio (stdin only if asked), start, wait; the exit code.
 
@@ -805,7 +549,7 @@ def run_attached(
 
 
 @contextlib.contextmanager
-def _proxy_signals(rt: Runtime, cid: str, signal: Any) -> Iterator[None]:
+def _proxy_signals(rt: Engine, cid: str, signal: Any) -> Iterator[None]:
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(Exception):
             rt.kill(cid, signal.Signals(signum).name)
@@ -830,7 +574,7 @@ def _proxy_signals(rt: Runtime, cid: str, signal: Any) -> Iterator[None]:
 @click.option("-i", "--interactive", is_flag=True, help="Attach the container's STDIN.")
 def start(containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
     """Start one or more stopped containers."""
-    rt = open_runtime()
+    rt = open_engine()
     if attach or interactive:
         if len(containers) > 1:
             raise FlagError("you cannot start and attach multiple containers at once", "start")
@@ -865,7 +609,7 @@ _STOP_TIME = click.option(
 )
 def stop(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> None:
     """Stop one or more running containers (stop signal, then SIGKILL)."""
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, lambda ref: rt.stop(ref, timeout=timeout, signal=sig))
 
 
@@ -875,7 +619,7 @@ def stop(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> N
 @click.option("-s", "--signal", "sig", default=None, help="Signal to stop with.")
 def restart(containers: tuple[str, ...], timeout: int | None, sig: str | None) -> None:
     """Restart one or more containers."""
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, lambda ref: rt.restart(ref, timeout=timeout, signal=sig))
 
 
@@ -884,7 +628,7 @@ def restart(containers: tuple[str, ...], timeout: int | None, sig: str | None) -
 @click.option("-s", "--signal", "sig", default="SIGKILL", show_default=True, help="Signal to send.")
 def kill(containers: tuple[str, ...], sig: str) -> None:
     """Kill one or more running containers."""
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, lambda ref: rt.kill(ref, sig))
 
 
@@ -892,7 +636,7 @@ def kill(containers: tuple[str, ...], sig: str) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def pause(containers: tuple[str, ...]) -> None:
     """Pause all processes within one or more containers."""
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, rt.pause)
 
 
@@ -900,7 +644,7 @@ def pause(containers: tuple[str, ...]) -> None:
 @click.argument("containers", nargs=-1, required=True)
 def unpause(containers: tuple[str, ...]) -> None:
     """Unpause all processes within one or more containers."""
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, rt.unpause)
 
 
@@ -910,7 +654,7 @@ def unpause(containers: tuple[str, ...]) -> None:
 @click.option("-v", "--volumes", is_flag=True, help="Remove the container's anonymous volumes.")
 def rm(containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove one or more containers."""
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, lambda ref: rt.remove(ref, force=force, volumes=volumes))
 
 
@@ -919,7 +663,7 @@ def rm(containers: tuple[str, ...], force: bool, volumes: bool) -> None:
 @click.argument("new_name")
 def rename(container: str, new_name: str) -> None:
     """Rename a container."""
-    open_runtime().rename(container, new_name)
+    open_engine().rename(container, new_name)
 
 
 @_command("wait")
@@ -934,7 +678,7 @@ def wait(containers: tuple[str, ...], condition: str) -> None:
     """Block until one or more containers stop, then print their exit codes."""
     from lamina.runtime import WaitCondition
 
-    rt = open_runtime()
+    rt = open_engine()
 
     def do(ref: str) -> None:
         click.echo(str(rt.wait(ref, WaitCondition(condition)).exit_code))
@@ -948,7 +692,7 @@ def wait(containers: tuple[str, ...], condition: str) -> None:
 def prune(force: bool, filters: tuple[str, ...]) -> None:
     """Remove all stopped containers, and what interrupted commands left."""
     from lamina.cli._output import human_size
-    from lamina.system import prune_containers
+    from lamina.engine import prune_containers
 
     select = prune_selector(filters, "container prune")
     question = (
@@ -956,7 +700,7 @@ def prune(force: bool, filters: tuple[str, ...]) -> None:
     )
     if not force and sys.stdin.isatty() and not click.confirm(question):
         return
-    result = prune_containers(open_runtime(), select)
+    result = prune_containers(open_engine(), select)
     for message in result.errors:
         _error(message)
     if result.deleted:
@@ -969,8 +713,8 @@ def prune(force: bool, filters: tuple[str, ...]) -> None:
 
 def prune_selector(filters: Sequence[str], command: str) -> Any:
     """``--filter`` of the prune commands (until=, label=, label!=) as a
-    ``lamina.system.Selector``."""
-    from lamina.system import Selector
+    ``lamina.engine.Selector``."""
+    from lamina.engine import Selector
 
     select = Selector()
     for f in filters:
@@ -1178,7 +922,7 @@ def ps(
     """List containers."""
     from lamina.cli._output import print_listing
 
-    rt = open_runtime()
+    rt = open_engine()
     if latest:
         last = 1
     show_all = (
@@ -1234,7 +978,7 @@ def logs(
         tail_n = None  # Docker: negative means all
     since_ts = parse_time(since, now, "--since") if since else None
     until_ts = parse_time(until, now, "--until") if until else None
-    rt = open_runtime()
+    rt = open_engine()
     out, err = sys.stdout.buffer, sys.stderr.buffer
     for entry in rt.logs(container, follow=follow, tail=tail_n, since=since_ts, until=until_ts):
         stream = err if entry.stream == "stderr" else out
@@ -1293,7 +1037,7 @@ def exec_(
         )
     if not detach:
         _require_tty(interactive, tty)
-    rt = open_runtime()
+    rt = open_engine()
     sys.stdout.flush()
     with contextlib.ExitStack() as stack:
         if interactive:
@@ -1374,7 +1118,7 @@ def stats(
     from lamina.cli._output import print_listing
     from lamina.errors import LaminaError
 
-    rt = open_runtime()
+    rt = open_engine()
     if containers:
         targets = [rt.get(ref) for ref in containers]
     else:
@@ -1423,7 +1167,7 @@ def port(container: str, private_port: str | None) -> None:
     """List a container's published ports, or the host addresses of one of its ports."""
     from lamina.errors import LaminaError
 
-    rt = open_runtime()
+    rt = open_engine()
     c = rt.get(container)
     ports = c.ports
     if private_port is not None:
@@ -1447,7 +1191,7 @@ def top(container: str) -> None:
     """Display the running processes of a container."""
     from lamina.cli._output import print_table
 
-    headers, rows = open_runtime().top(container)
+    headers, rows = open_engine().top(container)
     print_table(headers, rows)
 
 
@@ -1483,7 +1227,7 @@ def _inspect(names: Sequence[str], kind: str | None, fmt: str | None) -> None:
     from lamina.cli._output import print_inspect
     from lamina.errors import LaminaError, NotFound
 
-    rt = open_runtime() if kind in (None, "container") else None
+    rt = open_engine() if kind in (None, "container") else None
     local = None
     out: list[dict[str, Any]] = []
     missing: list[str] = []
@@ -1565,7 +1309,7 @@ def cp(src: str, dest: str, follow_link: bool, archive: bool, quiet: bool) -> No
             "give exactly one CONTAINER:PATH",
             "cp",
         )
-    rt = open_runtime()
+    rt = open_engine()
     if s is not None:
         _copy_from_container(rt, s[0], s[1], dest, follow=follow_link, archive=archive)
     else:
@@ -1574,7 +1318,7 @@ def cp(src: str, dest: str, follow_link: bool, archive: bool, quiet: bool) -> No
 
 
 def _copy_from_container(
-    rt: Runtime, ref: str, path: str, dest: str, *, follow: bool, archive: bool
+    rt: Engine, ref: str, path: str, dest: str, *, follow: bool, archive: bool
 ) -> None:
     """Docker's cp to the host: into DEST if it is a directory, else as DEST. The
     archive from the container is extracted with ``apply_layer`` (nothing lands
@@ -1638,7 +1382,7 @@ def _copy_from_container(
 
 
 def _copy_to_container(
-    rt: Runtime, src: str, ref: str, path: str, *, follow: bool, archive: bool
+    rt: Engine, src: str, ref: str, path: str, *, follow: bool, archive: bool
 ) -> None:
     """Docker's cp into a container: a destination symlink is followed (inside the
     container), an existing directory receives SRC under its name, anything else
@@ -1676,7 +1420,7 @@ def _copy_to_container(
         raise LaminaError(f"cannot read {e.filename or src}: {e.strerror}") from None
 
 
-def _container_destination(rt: Runtime, ref: str, path: str) -> tuple[str, str]:
+def _container_destination(rt: Engine, ref: str, path: str) -> tuple[str, str]:
     """Where a copy into ``path`` goes, as Docker decides it: the path, or where a
     symlink there leads (inside the container); and "dir", "file" or "missing"."""
     from lamina.errors import NotFound
@@ -1695,7 +1439,7 @@ def _container_destination(rt: Runtime, ref: str, path: str) -> tuple[str, str]:
 @click.argument("container")
 def diff(container: str) -> None:
     """Inspect changes to files or directories on a container's filesystem."""
-    changes: list[Any] = open_runtime().diff(container)
+    changes: list[Any] = open_engine().diff(container)
     for change in changes:
         click.echo(f"{change.kind} {change.path}")
 
@@ -1718,7 +1462,7 @@ def commit(
     pause: bool,
 ) -> None:
     """Create a new image from a container's changes; prints the image ID."""
-    image_id = open_runtime().commit(
+    image_id = open_engine().commit(
         container, reference, changes=list(changes), message=message, author=author, pause=pause
     )
     click.echo(image_id)
@@ -1742,7 +1486,7 @@ def update(containers: tuple[str, ...], **flags: Any) -> None:
         resources = parse_resources(**flags, cpu_count=os.cpu_count(), for_update=True)
     except InvalidOption as e:
         raise FlagError(str(e), "update") from None
-    rt = open_runtime()
+    rt = open_engine()
     _each(containers, lambda ref: rt.update(ref, resources))
 
 

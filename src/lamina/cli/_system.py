@@ -1,4 +1,4 @@
-"""``lamina system prune`` and ``lamina system df``: the CLI over ``lamina.system``,
+"""``lamina system prune`` and ``lamina system df``: the CLI over the engine's housekeeping,
 printed as Docker prints them."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lamina.cli._click import FlagError, group
-from lamina.cli._containers import _settings, human_duration, open_runtime, prune_selector
+from lamina.cli._containers import human_duration, open_engine, prune_selector
 from lamina.cli._output import FORMAT_OPTION
 
 if TYPE_CHECKING:
-    from lamina.system import DiskUsage
+    from lamina.engine import DiskUsage
 
 
 @group("system")
@@ -35,16 +35,14 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     commands left behind."""
     from lamina.cli._images import _collect_vm_disks, open_local
     from lamina.cli._output import human_size
-    from lamina.system import prune_system
+    from lamina.engine import prune_system
 
     if volumes and any(f.startswith("until=") for f in filters):
         raise FlagError('the "until" filter is not supported with "--volumes"', "system prune")
     select = prune_selector(filters, "system prune")
     if not force and sys.stdin.isatty() and not click.confirm(_warning(all_, volumes, filters)):
         return
-    report = prune_system(
-        _settings().root, open_runtime(), all_images=all_, volumes=volumes, select=select
-    )
+    report = prune_system(open_engine(), all_images=all_, volumes=volumes, select=select)
     _collect_vm_disks(open_local())  # removed images take their micro-VM disks along
     for message in report.containers.errors:
         print(f"lamina: error: {message}", file=sys.stderr)
@@ -88,9 +86,9 @@ def _warning(all_: bool, volumes: bool, filters: tuple[str, ...]) -> str:
 @FORMAT_OPTION
 def df(verbose: bool, fmt: str) -> None:
     """Show disk usage: images, containers, local volumes and build cache."""
-    from lamina.system import disk_usage
+    from lamina.engine import disk_usage
 
-    usage = disk_usage(_settings().root, open_runtime())
+    usage = disk_usage(open_engine())
     if verbose:
         if fmt not in ("table", "json"):
             raise FlagError("--verbose takes no template (use table or json)", "system df")

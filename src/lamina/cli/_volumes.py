@@ -33,10 +33,9 @@ def _store() -> VolumeStore:
 def _users() -> Any:
     """volume name -> IDs of the containers using it (created, running or stopped),
     process and micro-VM containers alike."""
-    from lamina.cli._containers import _Backends
-    from lamina.runtime import open_runtime
+    from lamina.engine import open_engine
 
-    return _Backends(open_runtime(_root(), oci_runtime=None), _root()).volume_users
+    return open_engine(_root(), oci_runtime=None).volume_users
 
 
 def _labels(values: Sequence[str]) -> dict[str, str]:

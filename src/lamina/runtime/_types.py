@@ -136,6 +136,7 @@ class ContainerConfig:
     labels: dict[str, str] = field(default_factory=dict)
     auto_remove: bool = False
     isolation: str = "process"
+    isolation_reason: str = ""  # why the engine chose ``isolation`` (inspect's IsolationReason)
     vm_base: str | None = None  # --vm-base: a VM base bundle directory or reference
     # A lamina._leases lease id: the container is disposable work of that process (a
     # build's RUN step); once the lease is not alive, the runtime removes it.

@@ -1,0 +1,106 @@
+"""lamina.engine: the one library every front end uses (the CLI today; the daemon, the
+Docker API and deployments later). Containers of both isolations, images and volumes
+of one lamina root, by reference (ID, unique ID prefix or name).
+
+Public API (modules are private; the housekeeping names are imported on first use,
+PEP 562, so that ``lamina ps`` does not pay for them)::
+
+    open_engine(root, oci_runtime="runc", report=print) -> Engine   # a context manager
+    Engine.resolve_image(image, pull=, platform=) / Engine.settle(config, image, ...)
+    Engine.create(config) / start / stop / restart / kill / pause / unpause / remove /
+        rename / get / list / wait / logs / stats / top / ports / inspect / exec /
+        attach / resize / stat_path / copy_out / copy_in / diff / commit / update
+    Selector, prune_containers(engine), prune_system(engine, ...), disk_usage(engine)
+
+and the plain data containers are described and reported with (``ContainerConfig``,
+``Container``, ``WaitOutcome``, ...), shared with the runtime layer below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lamina.engine._engine import Engine, open_engine
+from lamina.runtime._types import (
+    ChangeEntry,
+    Container,
+    ContainerConfig,
+    ContainerState,
+    ExecResult,
+    ExitReason,
+    LogEntry,
+    Mount,
+    PathStat,
+    PortMapping,
+    Resources,
+    Security,
+    Stats,
+    Status,
+    Ulimit,
+    WaitCondition,
+    WaitOutcome,
+)
+
+if TYPE_CHECKING:
+    from lamina.engine._run_image import InvalidConfig
+    from lamina.engine._system import (
+        ContainerPrune,
+        DiskUsage,
+        Selector,
+        SystemPrune,
+        disk_usage,
+        prune_containers,
+        prune_system,
+    )
+
+_LAZY = {
+    "InvalidConfig": "lamina.engine._run_image",
+    "ContainerPrune": "lamina.engine._system",
+    "DiskUsage": "lamina.engine._system",
+    "Selector": "lamina.engine._system",
+    "SystemPrune": "lamina.engine._system",
+    "disk_usage": "lamina.engine._system",
+    "prune_containers": "lamina.engine._system",
+    "prune_system": "lamina.engine._system",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lamina.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "ChangeEntry",
+    "Container",
+    "ContainerConfig",
+    "ContainerPrune",
+    "ContainerState",
+    "DiskUsage",
+    "Engine",
+    "ExecResult",
+    "ExitReason",
+    "InvalidConfig",
+    "LogEntry",
+    "Mount",
+    "PathStat",
+    "PortMapping",
+    "Resources",
+    "Security",
+    "Selector",
+    "Stats",
+    "Status",
+    "SystemPrune",
+    "Ulimit",
+    "WaitCondition",
+    "WaitOutcome",
+    "disk_usage",
+    "open_engine",
+    "prune_containers",
+    "prune_system",
+]
