@@ -101,7 +101,7 @@ def test_rmi_before_create_holds_the_image_fails_the_create_cleanly(
 
 _READY_CLI = """
 import sys
-from lamina.cli import main, _images, _containers  # imported before the go: fast to act
+from lamina.cli import main, _images, _run  # imported before the go: fast to act
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 sys.stdin.read(1)
 main.main(sys.argv[1:])

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lamina.cli._click import FlagError, group
-from lamina.cli._containers import human_duration, open_engine, prune_selector
+from lamina.cli._common import human_duration, open_engine
+from lamina.cli._lifecycle import prune_selector
 from lamina.cli._output import FORMAT_OPTION
 
 if TYPE_CHECKING:
@@ -143,8 +144,8 @@ def _print_verbose(usage: DiskUsage, *, as_json: bool) -> None:
     """``system df -v``: each image, container, volume and cache entry."""
     import time
 
-    from lamina.cli._containers import _ImageInfo, ps_row
     from lamina.cli._output import human_age, human_size, parse_timestamp
+    from lamina.cli._ps import _ImageInfo, ps_row
     from lamina.image import parse_reference
 
     images = []
