@@ -348,9 +348,7 @@ def _image_usage(
     used_keys = set(count)
     total = sum(sizes[k] for k in used_keys)
     reclaimable = sum(sizes[k] for k in used_keys if not users.get(k))
-    row = UsageRow(
-        "Images", len(listed), sum(c > 0 for _, c in listed), total, reclaimable
-    )
+    row = UsageRow("Images", len(listed), sum(c > 0 for _, c in listed), total, reclaimable)
     cache_only = {k for r in intermediates for k in items[r.digest]} - used_keys
     cache_images = [
         (r, sum(v for k, v in items[r.digest].items() if k in cache_only)) for r in intermediates
@@ -381,9 +379,7 @@ def _volume_usage(root: Path, engine: Engine) -> builtins.list[VolumeUsage]:
 
     store = VolumeStore(root / "volumes")
     users = engine.volume_users
-    return [
-        VolumeUsage(v.name, len(users(v.name)), disk_usage(v.mountpoint)) for v in store.list()
-    ]
+    return [VolumeUsage(v.name, len(users(v.name)), disk_usage(v.mountpoint)) for v in store.list()]
 
 
 def _cache_usage(

@@ -6,7 +6,7 @@ create`` and reports the container's host PID, or runc's error, as one JSON line
 on the ``_OCI_SYNCPIPE`` pipe. From then on conmon alone holds the container's
 stdio: it writes the k8s-file log, serves the attach socket, takes resize requests
 on the ``ctl`` FIFO, and when the container exits writes ``exit/<id>`` (the exit
-code, 128+N for signal N) and runs the exit command (lamina's cleanup).
+code, 128+N for signal N) and runs the exit command (the engine's).
 
 Files conmon makes in the bundle: ``attach`` (SOCK_SEQPACKET; packets from
 conmon begin with one byte, 2 = stdout and 3 = stderr; bytes sent to it are the
@@ -182,20 +182,6 @@ class Bundle:
             self.waiter,
             d / "ctr.log.tmp",  # a log reopen conmon did not finish
         ]
-
-
-# The exit command: skip the Python cleanup when a lamina process is already waiting for
-# this container (it cleans up itself, sooner); otherwise run it, from "/" (the bundle,
-# conmon's working directory, is deleted when a --rm container is removed). $1 root,
-# $2 id, $3 python, $4 bundle.
-_EXIT_SCRIPT = (
-    'p=$(cat "$4/waiter" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && exit 0; '
-    'cd / && exec "$3" -m lamina.runtime.cleanup "$1" "$2"'
-)
-
-
-def exit_command(python: str, root: Path, cid: str, bundle: Path) -> list[str]:
-    return ["/bin/sh", "-c", _EXIT_SCRIPT, "lamina-cleanup", str(root), cid, python, str(bundle)]
 
 
 def launch(

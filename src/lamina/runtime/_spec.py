@@ -1,12 +1,13 @@
 """Build the OCI runtime spec (``config.json``, runtime-spec 1.0.2) for a container.
 
-``build_spec`` is a pure function of a ContainerConfig, the image config and
-paths the caller has prepared (rootfs, the /etc/hostname, /etc/hosts and
-/etc/resolv.conf files, volume directories). It applies Docker's rules for
-command, environment, user and working directory, and Docker's security
-defaults: the default capability set, masked and read-only /proc paths, a device
-allow-list and a seccomp profile (``seccomp_default.json``: allow everything
-except what Docker's default profile blocks). Every invalid input raises a
+``build_spec`` is a pure function of a ContainerConfig, the process the engine merged
+from the image config and run options (``ProcessSpec``: Docker's rules for command,
+environment and working directory), and paths the caller has prepared (rootfs, whose
+``/etc/passwd`` resolves the user, the /etc/hostname, /etc/hosts and /etc/resolv.conf
+files, volume directories). It applies Docker's security defaults: the default
+capability set, masked and read-only /proc paths, a device allow-list and a seccomp
+profile (``seccomp_default.json``: allow everything except what Docker's default
+profile blocks). Every invalid input raises a
 LaminaError with one line naming it, before anything runs.
 
 It is on the ``lamina run`` hot path: no subprocesses, and the host facts it
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import LaminaError
-from lamina.runtime._types import ContainerConfig, Mount, Ulimit
+from lamina.runtime._types import ContainerConfig, Mount, ProcessSpec, Ulimit
 from lamina.runtime._userdb import ExecUser, resolve_user
 
 OCI_VERSION = "1.0.2"
@@ -326,14 +327,6 @@ def cgroup_path(container_id: str, parent: str = "/lamina") -> str:
     """The container's cgroup, as ``linux.cgroupsPath`` (cgroupfs driver)."""
     parent = "/" + parent.strip("/") if parent.strip("/") else ""
     return f"{parent}/{container_id}"
-
-
-def _inner_config(image_config: dict[str, Any]) -> dict[str, Any]:
-    """Accept the whole image config JSON or just its ``config`` object."""
-    inner = image_config.get("config")
-    if isinstance(inner, dict):
-        return inner
-    return image_config
 
 
 def process_args(
@@ -788,7 +781,7 @@ def _namespaces(
 def build_spec(
     *,
     config: ContainerConfig,
-    image_config: dict[str, Any],
+    process: ProcessSpec,
     rootfs: Path,
     container_id: str,
     hostname_file: Path,
@@ -800,32 +793,23 @@ def build_spec(
     cgroup_parent: str = "/lamina",
     host_rlimits: HostRlimits | None = None,
 ) -> dict[str, Any]:
-    """The OCI ``config.json`` for ``config`` run from ``rootfs``."""
-    img = _inner_config(image_config)
+    """The OCI ``config.json`` for ``config`` running ``process`` (merged from the image
+    config by the engine) from ``rootfs``, whose ``/etc/passwd`` resolves the user."""
     sec = config.security
 
-    args = process_args(config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd"))
+    args = list(process.args)
+    if not args:
+        raise LaminaError("no command specified")
     if config.init:
         # --init: a tiny init as PID 1 reaps zombies and forwards signals (Docker uses
         # tini, Podman catatonit; Debian ships catatonit, statically linked).
         args = [INIT_PATH, "--", *args]
-    hostname = config.hostname or container_id[:12]
-    user: ExecUser = resolve_user(rootfs, config.user if config.user else img.get("User"))
-
-    base = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
-    if config.tty:
-        base.append("TERM=xterm")
-    env = merge_env(merge_env(base, img.get("Env") or []), config.env)
+    hostname = process.hostname or container_id[:12]
+    user: ExecUser = resolve_user(rootfs, process.user or None)
+    env = list(process.env)
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={user.home or '/'}")
-
-    cwd = config.working_dir or img.get("WorkingDir") or "/"
-    if config.working_dir and not config.working_dir.startswith("/"):
-        raise LaminaError(
-            f"the working directory {config.working_dir!r} is invalid: "
-            "it needs to be an absolute path"
-        )
-    cwd = posixpath.normpath(posixpath.join("/", cwd))
+    cwd = process.cwd or "/"
 
     caps = resolve_capabilities(sec.cap_add, sec.cap_drop, privileged=sec.privileged)
     # A non-root user gets no effective/permitted caps, as after a plain execve.
@@ -836,7 +820,7 @@ def build_spec(
 
     validate_sysctls(config.sysctls, config.network)
 
-    process: dict[str, Any] = {
+    oci_process: dict[str, Any] = {
         "terminal": config.tty,
         "user": {"uid": user.uid, "gid": user.gid},
         "args": args,
@@ -847,7 +831,7 @@ def build_spec(
         "noNewPrivileges": sec.no_new_privileges,
     }
     if user.additional_gids:
-        process["user"]["additionalGids"] = list(user.additional_gids)
+        oci_process["user"]["additionalGids"] = list(user.additional_gids)
 
     linux: dict[str, Any] = {
         "namespaces": _namespaces(config, netns_path, pidns_path),
@@ -883,7 +867,7 @@ def build_spec(
         )
     return {
         "ociVersion": OCI_VERSION,
-        "process": process,
+        "process": oci_process,
         "root": {"path": str(rootfs), "readonly": sec.read_only_rootfs},
         "hostname": hostname,
         "mounts": mounts,
