@@ -169,6 +169,7 @@ class Engine:
             if os.path.exists(vms / "vms.db"):  # migrated: retire it (again, if killed)
                 from lamina.engine import _migrate
 
+                stop_point("migrate:retiring")
                 _migrate.retire(vms, self._ended_vms)
         return self._store
 
