@@ -148,10 +148,3 @@ def status_text(c: Container, now: float | None = None) -> str:
         oom = " (OOMKilled)" if st.oom_killed else ""
         return f"Exited ({st.exit_code}){ago}{oom}"
     return "Created"
-
-
-def _state_word(c: Container) -> str:
-    s = str(c.state.status)
-    if s == "failed":
-        return "created" if c.state.started_at is None else "exited"
-    return s

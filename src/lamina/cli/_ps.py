@@ -15,7 +15,6 @@ from lamina.cli._click import FlagError
 from lamina.cli._common import (
     _command,
     _short,
-    _state_word,
     human_duration,
     open_engine,
     status_text,
@@ -26,63 +25,7 @@ if TYPE_CHECKING:
     from lamina.engine import Container
 
 
-def _label_match(c: Container, spec: str) -> bool:
-    key, sep, value = spec.partition("=")
-    if key not in c.config.labels:
-        return False
-    return not sep or c.config.labels[key] == value
-
-
 # -- ps ------------------------------------------------------------------------------
-
-
-class _ImageInfo:
-    """Image names and configs for listings, each looked up once."""
-
-    def __init__(self) -> None:
-        self._local: Any = None
-        self._configs: dict[str, dict[str, Any]] = {}
-
-    @property
-    def local(self) -> Any:
-        if self._local is None:
-            from lamina.cli._images import open_local
-
-            self._local = open_local()
-        return self._local
-
-    def config(self, image_id: str) -> dict[str, Any]:
-        if image_id not in self._configs:
-            try:
-                rec = self.local.images.resolve(image_id)
-                self._configs[image_id] = self.local.config(rec).get("config") or {}
-            except Exception:
-                self._configs[image_id] = {}
-        return self._configs[image_id]
-
-    def image_id(self, name: str) -> str | None:
-        try:
-            rec = self.local.images.resolve(name)
-        except Exception:
-            return None
-        return str(rec.id)
-
-
-def command_of(c: Container, images: _ImageInfo) -> list[str]:
-    """Entrypoint + command as the container runs them (the image's where not set;
-    a new entrypoint drops the image's CMD, as in Docker)."""
-    cfg = c.config
-    entry = cfg.entrypoint
-    cmd = cfg.command
-    if entry is None or cmd is None:
-        img = images.config(cfg.image)
-        if entry is None:
-            entry = list(img.get("Entrypoint") or [])
-            if cmd is None:
-                cmd = list(img.get("Cmd") or [])
-        if cmd is None:
-            cmd = []
-    return [*entry, *cmd]
 
 
 def _ellipsis(s: str, n: int) -> str:
@@ -103,12 +46,13 @@ _PS_HEADERS = {
 }  # fmt: skip
 
 
-def ps_row(c: Container, images: _ImageInfo, now: float, trunc: bool = True) -> Any:
+def ps_row(c: Container, now: float, trunc: bool = True) -> Any:
     """One container as ``docker ps`` shows it to ``--format`` (Docker's fields, all
     text, truncated unless ``--no-trunc``) and lamina's ``Isolation``."""
     from lamina.cli._output import LabeledRow, go_quote, go_time
+    from lamina.engine._filters import state_word
 
-    command = " ".join(command_of(c, images))
+    command = " ".join(c.command)
     mounts = _mount_names(c)
     fields = {
         "ID": _short(c.id) if trunc else c.id,
@@ -118,7 +62,7 @@ def ps_row(c: Container, images: _ImageInfo, now: float, trunc: bool = True) -> 
         "CreatedAt": go_time(c.created),
         "RunningFor": f"{human_duration(now - c.created)} ago",
         "Ports": ", ".join(str(p) for p in c.ports),
-        "State": _state_word(c),
+        "State": state_word(c),
         "Status": status_text(c, now),
         "Size": "0B",
         "Mounts": ",".join(_ellipsis(m, 15) if trunc else m for m in mounts),
@@ -129,60 +73,15 @@ def ps_row(c: Container, images: _ImageInfo, now: float, trunc: bool = True) -> 
     return LabeledRow("ContainerRow", c.config.labels, fields)
 
 
-_PS_FILTERS = ("status", "name", "id", "label", "exited", "ancestor", "isolation")
-_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
-
-
-def _filter_containers(
-    containers: list[Container], filters: Sequence[str], images: _ImageInfo
-) -> list[Container]:
-    """Docker's ps filters: values of one key are ORed (label: ANDed), keys ANDed."""
-    import re
-
+def _parse_filters(values: Sequence[str], command: str) -> dict[str, list[str]]:
+    """``--filter KEY=VALUE`` (repeatable) as the engine takes them."""
     by_key: dict[str, list[str]] = {}
-    for f in filters:
+    for f in values:
         key, sep, value = f.partition("=")
         if not sep:
-            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", "ps")
-        if key not in _PS_FILTERS:
-            raise FlagError(f"invalid filter {key!r} (supported: {', '.join(_PS_FILTERS)})", "ps")
-        if key == "status" and value not in _STATUSES:
-            raise FlagError(f"invalid filter 'status={value}' ({', '.join(_STATUSES)})", "ps")
-        if key == "name":
-            try:
-                re.compile(value)
-            except re.error:
-                raise FlagError(f"invalid filter 'name={value}': bad pattern", "ps") from None
+            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", command)
         by_key.setdefault(key, []).append(value)
-
-    def keep(c: Container, key: str, values: list[str]) -> bool:
-        if key == "status":
-            return _state_word(c) in values
-        if key == "name":
-            return any(re.search(v, c.name) for v in values)
-        if key == "id":
-            return any(c.id.startswith(v) for v in values)
-        if key == "label":
-            return all(_label_match(c, v) for v in values)
-        if key == "exited":
-            code = c.state.exit_code
-            return _state_word(c) == "exited" and code is not None and str(code) in values
-        if key == "ancestor":
-            return any(_is_ancestor(c, v, images) for v in values)
-        return c.config.isolation in values  # isolation
-
-    out = containers
-    for key, values in by_key.items():
-        out = [c for c in out if keep(c, key, values)]
-    return out
-
-
-def _is_ancestor(c: Container, value: str, images: _ImageInfo) -> bool:
-    if c.config.image_ref == value:
-        return True
-    if c.config.image.removeprefix("sha256:").startswith(value.removeprefix("sha256:")):
-        return True
-    return images.image_id(value) == c.config.image
+    return by_key
 
 
 @_command("ps")
@@ -215,23 +114,23 @@ def ps(
 ) -> None:
     """List containers."""
     from lamina.cli._output import print_listing
+    from lamina.engine import InvalidFilter
 
     engine = open_engine()
     if latest:
         last = 1
-    show_all = (
-        all_ or last is not None or any(f.startswith(("status=", "exited=")) for f in filters)
-    )
-    containers = sorted(engine.list(all=show_all), key=lambda c: c.created, reverse=True)
-    images = _ImageInfo()
-    containers = _filter_containers(containers, filters, images)
+    try:
+        found = engine.list(all=all_ or last is not None, filters=_parse_filters(filters, "ps"))
+    except InvalidFilter as e:
+        raise FlagError(str(e), "ps") from None
+    containers = sorted(found, key=lambda c: c.created, reverse=True)
     if last is not None and last >= 0:
         containers = containers[:last]
     if quiet:
         for c in containers:
             click.echo(c.id if no_trunc else _short(c.id))
         return
-    rows = [ps_row(c, images, time.time(), trunc=not no_trunc) for c in containers]
+    rows = [ps_row(c, time.time(), trunc=not no_trunc) for c in containers]
     print_listing(fmt, rows, _PS_COLUMNS, _PS_HEADERS)
 
 

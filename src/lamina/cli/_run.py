@@ -266,26 +266,21 @@ def run(
     ctr = _create(engine, config)
     if detach:
         try:
-            engine.start(ctr.id)
-        except Exception as e:
-            _start_failed(engine, ctr.id, e, remove=auto_remove)
+            engine.start(ctr.id)  # a --rm one that fails to start is removed by it
+        except LaminaError as e:
+            if e.exit_code not in (126, 127):
+                e.exit_code = 125
+            raise
         click.echo(ctr.id)
         _exit(engine, 0)
-    try:
-        code = run_attached(
-            engine,
-            ctr.id,
-            stdin=config.stdin_open,
-            tty=config.tty,
-            sig_proxy=sig_proxy,
-            start=True,
-        )
-    except LaminaError:
-        if auto_remove:  # e.g. a published port taken: --rm leaves nothing behind
-            _remove_quietly(engine, ctr.id)
-        raise
-    # Its exit removed a --rm container already (the runtime's doing): removing it
-    # here could take it from a `restart` that keeps it, as Docker's does.
+    code = run_attached(
+        engine,
+        ctr.id,
+        stdin=config.stdin_open,
+        tty=config.tty,
+        sig_proxy=sig_proxy,
+        start=True,
+    )
     _exit(engine, code)
 
 
@@ -326,23 +321,6 @@ def _require_tty(interactive: bool, tty: bool) -> None:
 
     if interactive and tty and not sys.stdin.isatty():
         raise LaminaError("the input device is not a TTY")
-
-
-def _start_failed(engine: Engine, cid: str, e: BaseException, *, remove: bool) -> None:
-    from lamina.errors import LaminaError
-
-    if remove:
-        _remove_quietly(engine, cid)
-    if isinstance(e, LaminaError) and e.exit_code not in (126, 127):
-        e.exit_code = 125
-    raise e
-
-
-def _remove_quietly(engine: Engine, cid: str) -> None:
-    from lamina.errors import LaminaError
-
-    with contextlib.suppress(LaminaError):
-        engine.remove(cid, force=True, volumes=True)
 
 
 def exit_code_of(outcome: WaitOutcome) -> int:

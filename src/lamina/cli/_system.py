@@ -145,7 +145,7 @@ def _print_verbose(usage: DiskUsage, *, as_json: bool) -> None:
     import time
 
     from lamina.cli._output import human_age, human_size, parse_timestamp
-    from lamina.cli._ps import _ImageInfo, ps_row
+    from lamina.cli._ps import ps_row
     from lamina.image import parse_reference
 
     images = []
@@ -163,10 +163,9 @@ def _print_verbose(usage: DiskUsage, *, as_json: bool) -> None:
             "Containers": str(u.containers),
         })  # fmt: skip
     now = time.time()
-    info = _ImageInfo()
     containers = []
     for c in usage.containers:
-        row = ps_row(c.container, info, now)
+        row = ps_row(c.container, now)
         containers.append({
             "ID": c.container.id[:12], "Image": row["Image"],
             "Command": row["Command"], "LocalVolumes": str(c.volumes),

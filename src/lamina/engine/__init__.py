@@ -43,6 +43,7 @@ from lamina.runtime._types import (
 )
 
 if TYPE_CHECKING:
+    from lamina.engine._filters import InvalidFilter
     from lamina.engine._run_image import InvalidConfig
     from lamina.engine._system import (
         ContainerPrune,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "InvalidConfig": "lamina.engine._run_image",
+    "InvalidFilter": "lamina.engine._filters",
     "ContainerPrune": "lamina.engine._system",
     "DiskUsage": "lamina.engine._system",
     "Selector": "lamina.engine._system",
@@ -86,6 +88,7 @@ __all__ = [
     "ExecResult",
     "ExitReason",
     "InvalidConfig",
+    "InvalidFilter",
     "LogEntry",
     "Mount",
     "PathStat",

@@ -30,7 +30,7 @@ import fcntl
 import os
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from signal import SIGKILL
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -248,6 +248,9 @@ class Engine:
         ports: builtins.list[PortMapping] = []
         if rec.status in _ACTIVE and rec.config.ports:
             ports = self._task(rec.isolation).ports(rec)
+        if "process" not in rec.extra:  # made before the engine: merged once, now
+            with contextlib.suppress(LaminaError, OSError):
+                self._complete(rec)
         return Container(
             id=rec.id,
             name=rec.name,
@@ -257,6 +260,7 @@ class Engine:
             backend="oci" if rec.isolation == "process" else rec.isolation,
             isolation_reason=isolation_reason(rec),
             ports=ports,
+            command=list(rec.process.args),
         )
 
     def _resolve(self, ref: str) -> Record:
@@ -524,9 +528,20 @@ class Engine:
                     stop_point("start:launched")
                     self._task(rec.isolation).release(launched)
         except LaminaError:
-            with contextlib.suppress(LaminaError):
-                self.finish(rec.id)  # a workload that ended at once is recorded so
+            self._start_failed(rec)
             raise
+
+    def _start_failed(self, rec: Record) -> None:
+        """After a start that failed: a workload that ended at once is recorded so, and
+        a ``--rm`` container is removed (as Docker's daemon removes it): nothing is
+        left behind, whatever failed (a published port taken, a VM that did not boot)."""
+        with contextlib.suppress(LaminaError):
+            self.finish(rec.id)
+        if rec.config.auto_remove:
+            fresh = self.store.get(rec.id)
+            if fresh is not None and not self._restarting(fresh):
+                with contextlib.suppress(LaminaError):
+                    self._remove(fresh, force=True, volumes=True)
 
     @contextlib.contextmanager
     def _starting(self, rec: Record, *, console_size: Any = None) -> Iterator[Record | None]:
@@ -894,9 +909,28 @@ class Engine:
         """Resolve an ID, unique ID prefix or name; NotFound otherwise."""
         return self._container(self._resolve(ref))
 
-    def list(self, *, all: bool = False) -> builtins.list[Container]:
+    def list(
+        self, *, all: bool = False, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> builtins.list[Container]:
+        """Running containers (``all``: every one), newest first, that ``filters``
+        keep (Docker's ps filters: ``{"status": ["exited"], "label": ["a=b"]}``;
+        InvalidFilter for one Docker would refuse)."""
+        from lamina.engine import _filters
+
+        if filters:
+            _filters.check(filters)
+            all = all or _filters.needs_all(filters)
         self._reconcile()
-        return [self._container(r) for r in self.store.list() if all or r.status in _ACTIVE]
+        found = [self._container(r) for r in self.store.list() if all or r.status in _ACTIVE]
+        if filters:
+            found = _filters.select(found, filters, self._image_id)
+        return found
+
+    def _image_id(self, name: str) -> str | None:
+        try:
+            return str(self.images.images.resolve(name).id)
+        except LaminaError:
+            return None
 
     def disk_usage(self, ref: str) -> int:
         """Bytes on disk the container holds besides its image (its writable layer,
@@ -1178,8 +1212,7 @@ class Engine:
                     raise
                 return attachment
         except LaminaError:
-            with contextlib.suppress(LaminaError):
-                self.finish(rec.id)
+            self._start_failed(rec)
             raise
 
     def resize(self, ref: str, height: int, width: int) -> None:

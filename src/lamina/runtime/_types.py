@@ -217,6 +217,7 @@ class Container:
     isolation_reason: str = ""
     ip_address: str = ""
     ports: list[PortMapping] = field(default_factory=list)  # published now (resolved)
+    command: list[str] = field(default_factory=list)  # what it runs: entrypoint + command
 
 
 @dataclass
