@@ -350,3 +350,50 @@ def _tombstone(root: Path, cid: str) -> int | None:
     finally:
         db.close()
     return row[0] if row else None
+
+
+def test_every_operation_reports_what_it_did_in_one_place(
+    image_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Container, image and volume operations, the end of a run included, report to
+    the engine's one place for events (what ``lamina events`` will journal)."""
+    from lamina.engine import ContainerConfig, Mount, open_engine
+    from lamina.engine import _engine as engine_module
+
+    seen: list[tuple[str, str, str, dict[str, str]]] = []
+
+    def emit(root: Path, type_: str, action: str, actor: str, attrs: dict[str, str]) -> None:
+        assert root == image_root
+        seen.append((type_, action, actor, attrs))
+
+    monkeypatch.setattr(engine_module, "_EMIT", [emit])
+    with open_engine(image_root) as engine:
+        vol = engine.create_volume("evdata")
+        script = "trap 'exit 3' TERM; sleep 100 & wait"
+        config = ContainerConfig(
+            image=engine.images.require(IMAGE_REF).id, name="ev", command=["sh", "-c", script],
+            mounts=[Mount("volume", "/data", "evdata")],
+        )  # fmt: skip
+        cid = engine.create(config).id
+        engine.start(cid)
+        engine.pause(cid)
+        engine.unpause(cid)
+        engine.kill(cid, "SIGUSR1")
+        engine.rename(cid, "ev2")
+        engine.stop(cid, timeout=10)
+        engine.remove(cid)
+        engine.tag_image(IMAGE_REF, "example.com/test/evtag:1")
+        engine.remove_image("example.com/test/evtag:1")
+        engine.remove_volume(vol.name)
+    actions = [(t, a) for t, a, _actor, _attrs in seen]
+    assert actions == [
+        ("volume", "create"), ("container", "create"), ("container", "start"),
+        ("volume", "mount"), ("container", "pause"), ("container", "unpause"),
+        ("container", "kill"), ("container", "rename"), ("container", "die"),
+        ("volume", "unmount"), ("container", "stop"), ("container", "destroy"),
+        ("image", "tag"), ("image", "untag"), ("volume", "destroy"),
+    ]  # fmt: skip
+    by_action = {a: (actor, attrs) for _t, a, actor, attrs in seen}
+    assert by_action["die"] == (cid, {**by_action["die"][1], "exitCode": "3", "name": "ev2"})
+    assert by_action["kill"][1]["signal"] == "10"
+    assert by_action["mount"][0] == "evdata" and by_action["mount"][1]["container"] == cid

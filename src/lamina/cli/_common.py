@@ -37,9 +37,10 @@ def _settings() -> Any:
     return click.get_current_context().find_root().obj
 
 
-def open_engine() -> Engine:
+def open_engine(*, containers: bool = True) -> Engine:
     """The engine on ``--root`` with ``--runtime``; a runtime that is missing or
-    cannot work on this host fails here, before anything is done (exit 125)."""
+    cannot work on this host fails here, before anything is done (exit 125).
+    ``containers=False``: for image and volume commands, which create none."""
     from lamina.engine import open_engine as _open
     from lamina.errors import LaminaError
 
@@ -47,7 +48,7 @@ def open_engine() -> Engine:
     try:
         return _open(
             settings.root,
-            oci_runtime=settings.oci_runtime,
+            oci_runtime=settings.oci_runtime if containers else None,
             report=warn,
             registry_config=_registry_config,
         )

@@ -34,7 +34,6 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     """Remove unused data: stopped containers, dangling (or, with -a, unused) images,
     the build cache, anonymous volumes (with --volumes), and whatever interrupted
     commands left behind."""
-    from lamina.cli._images import _collect_vm_disks, open_local
     from lamina.cli._output import human_size
     from lamina.engine import prune_system
 
@@ -44,7 +43,6 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     if not force and sys.stdin.isatty() and not click.confirm(_warning(all_, volumes, filters)):
         return
     report = prune_system(open_engine(), all_images=all_, volumes=volumes, select=select)
-    _collect_vm_disks(open_local())  # removed images take their micro-VM disks along
     for message in report.containers.errors:
         print(f"lamina: error: {message}", file=sys.stderr)
     sections = [

@@ -63,10 +63,11 @@ if TYPE_CHECKING:
     import sqlite3
 
     from lamina.builder import BuildOptions, BuildResult, Progress
-    from lamina.image import ImageRecord, LocalImages
+    from lamina.image import ArchiveFormat, ImageRecord, LocalImages, RemoveResult
     from lamina.registry import RegistryConfig
     from lamina.runtime._interface import TaskBackend
-    from lamina.runtime._volumes import VolumeStore
+    from lamina.runtime._volumes import PruneResult as VolumePrune
+    from lamina.runtime._volumes import Volume, VolumeStore
 
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
 _STOP_KILL_WAIT = 10.0  # after the final kill, how long a container may take to be gone
@@ -235,6 +236,14 @@ class Engine:
             emit(self.root, type_, action, actor, attributes)
         except Exception as e:  # an event must never fail an operation
             self._say(f"could not record the {type_} {action} event: {e}")
+
+    def _volume_events(self, action: str, rec: Record) -> None:
+        """``mount``/``unmount`` of each volume of ``rec`` (at its start, its exit)."""
+        read_only = {m.target: m.read_only for m in rec.config.mounts}
+        for target, name in (rec.extra.get("volumes") or {}).items():
+            attributes = {"container": rec.id, "destination": target, "driver": "local",
+                          "read/write": str(not read_only.get(target, False)).lower()}  # fmt: skip
+            self._event("volume", action, name, attributes)
 
     def _container_event(self, action: str, rec: Record, **more: str) -> None:
         attributes = {**rec.config.labels, "name": rec.name,
@@ -429,6 +438,163 @@ class Engine:
         _run_image.make_bind_sources(make_bind_sources or [])
         return settled.warnings
 
+    # -- images ---------------------------------------------------------------------------
+    def _image_event(self, action: str, actor: str, attributes: dict[str, str]) -> None:
+        self._event("image", action, actor, attributes)
+
+    def pull_image(
+        self,
+        reference: str,
+        *,
+        policy: str = "always",
+        platform: str | None = None,
+        progress: Any = None,
+        registry_config: RegistryConfig | None = None,
+    ) -> ImageRecord:
+        """Pull ``reference`` (``policy``: always, missing, never, newer)."""
+        from lamina.engine import _images
+        from lamina.image import parse_platform
+
+        return _images.pull(
+            self.images, reference, policy=policy,
+            platform=parse_platform(platform) if platform else None, progress=progress,
+            config=registry_config or self.registry_config(), emit=self._image_event,
+        )  # fmt: skip
+
+    def push_image(
+        self,
+        source: str,
+        destination: str | None = None,
+        *,
+        progress: Any = None,
+        registry_config: RegistryConfig | None = None,
+        chunk_size: int | None = None,
+    ) -> str:
+        """Push ``source`` (a local name or ID), as ``destination`` when given;
+        returns the digest pushed."""
+        from lamina.engine import _images
+
+        return _images.push(
+            self.images, source, destination, progress=progress,
+            config=registry_config or self.registry_config(), chunk_size=chunk_size,
+            emit=self._image_event,
+        )  # fmt: skip
+
+    def tag_image(self, source: str, target: str) -> None:
+        from lamina.engine import _images
+
+        _images.tag(self.images, source, target, emit=self._image_event)
+
+    def remove_image(self, name: str, *, force: bool = False) -> RemoveResult:
+        """Docker's ``rmi`` of one name or ID (refused while a container uses it)."""
+        from lamina.engine import _images
+
+        return _images.remove(self.images, name, force=force, emit=self._image_event)
+
+    def prune_images(
+        self, *, all_unused: bool = False, select: Callable[[ImageRecord], bool] | None = None
+    ) -> RemoveResult:
+        """Dangling images (every unused one with ``all_unused``) and whatever of the
+        image plane nothing owns."""
+        from lamina.engine import _images
+
+        return _images.prune(
+            self.images, all_unused=all_unused, select=select, emit=self._image_event
+        )
+
+    def import_image(
+        self,
+        source: Path | BinaryIO,
+        *,
+        reference: str | None = None,
+        changes: Sequence[str] = (),
+        message: str | None = None,
+        platform: str | None = None,
+    ) -> ImageRecord:
+        """A root filesystem (directory, tarball or stream) as an image."""
+        from lamina.engine import _images
+        from lamina.image import parse_platform
+
+        return _images.import_(
+            self.images, source, reference=reference, changes=changes, message=message,
+            platform=parse_platform(platform) if platform else None, emit=self._image_event,
+        )  # fmt: skip
+
+    def load_images(self, source: Path | BinaryIO) -> builtins.list[ImageRecord]:
+        from lamina.engine import _images
+
+        return _images.load(self.images, source, emit=self._image_event)
+
+    def save_images(
+        self, names: Sequence[str], dest: Path | BinaryIO, *, format: ArchiveFormat
+    ) -> None:
+        from lamina.engine import _images
+
+        _images.save(self.images, names, dest, format=format, emit=self._image_event)
+
+    # -- volumes ---------------------------------------------------------------------------
+    def create_volume(
+        self, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> Volume:
+        """A named volume (an existing one of that name is returned as it is); without
+        a name, one named at random (a named volume all the same, as Docker's)."""
+        from lamina.runtime._volumes import validate_volume_name
+
+        name = validate_volume_name(name or os.urandom(32).hex())
+        vol = self.volumes.create(name, labels or {})
+        self._event("volume", "create", vol.name, {"driver": vol.driver})
+        return vol
+
+    def volume(self, name: str) -> Volume:
+        """The volume ``name``; NotFound when there is none."""
+        return self.volumes.get(name)
+
+    def list_volumes(
+        self, *, filters: Mapping[str, Sequence[str]] | None = None
+    ) -> builtins.list[Volume]:
+        """Every volume ``filters`` keeps (Docker's: name, label, dangling, driver)."""
+        from lamina.engine import _volumes
+
+        vols = self.volumes.list()
+        if not filters:
+            return vols
+        _volumes.check_filters(filters)
+        users = self.volume_users if "dangling" in filters else _no_users
+        return [v for v in vols if _volumes.matches(v, filters, users)]
+
+    def remove_volume(self, name: str, *, force: bool = False) -> None:
+        """Refused while a container of either isolation uses it, even with ``force``
+        (which only makes a missing volume no error)."""
+        existed = self.volumes.exists(name)
+        self.volumes.remove(name, force=force, users=self.volume_users)
+        if existed:
+            self._event("volume", "destroy", name, {"driver": "local"})
+
+    def prune_volumes(
+        self,
+        *,
+        all: bool = False,
+        filters: Mapping[str, Sequence[str]] | None = None,
+        skip: set[str] | None = None,
+    ) -> VolumePrune:
+        """Remove unused volumes: anonymous ones, or every unused one with ``all``;
+        only those ``filters`` keep, none named in ``skip``."""
+        from lamina.engine import _volumes
+
+        users = self.volume_users
+        skip = set(skip or ())
+        if filters:
+            _volumes.check_filters(filters)
+            skip |= {v.name for v in self.volumes.list() if not _volumes.matches(v, filters, users)}
+
+        def picked(name: str) -> Sequence[str]:
+            return ["(not selected)"] if name in skip else users(name)
+
+        result = self.volumes.prune(picked, all=all)
+        for name in result.removed:
+            self._event("volume", "destroy", name, {"driver": "local"})
+        return result
+
     # -- builds -------------------------------------------------------------------------
     def build(self, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
         """Build an image from a Dockerfile (``lamina.builder``), its RUN steps in
@@ -590,6 +756,7 @@ class Engine:
         for k, v in values.items():
             setattr(rec, k, v)
         self._container_event("start", rec)
+        self._volume_events("mount", rec)
         return rec
 
     def _record_failure(self, rec: Record, message: str, code: int) -> None:
@@ -654,6 +821,7 @@ class Engine:
             if reason == ExitReason.OOM_KILLED:
                 self._container_event("oom", rec)
             self._container_event("die", rec, exitCode=str(status.code))
+            self._volume_events("unmount", rec)
             self._after_exit(rec, task)
         return rec
 
@@ -1323,6 +1491,10 @@ def _hold(local: LocalImages, holder: str, image: ImageRecord, ref: str) -> None
         local.images.hold(holder, image.digest)
     except NotFound:
         raise NotFound(f"image not known locally: {ref} (it was just removed)") from None
+
+
+def _no_users(volume: str) -> builtins.list[str]:
+    return []
 
 
 def _alive(pid: int, start: int) -> bool:

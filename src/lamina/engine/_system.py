@@ -113,7 +113,6 @@ def prune_system(
     the build cache is kept (its entries carry no labels) and images are picked
     one by one."""
     from lamina import _leases
-    from lamina.image import LocalImages
 
     root = engine.root
     leftovers = [
@@ -124,25 +123,22 @@ def prune_system(
     report = SystemPrune(prune_containers(engine, select), leftovers=leftovers)
     report.reclaimed = report.containers.reclaimed
     if volumes:
-        removed, size = _prune_volumes(root, engine, select)
+        removed, size = _prune_volumes(engine, select)
         report.volumes, report.reclaimed = removed, report.reclaimed + size
-    local = LocalImages.open(root)
-    try:
-        before = _plane_bytes(local)
-        if not select:
-            from lamina.builder import prune as prune_build_cache
+    local = engine.images
+    before = _plane_bytes(local)
+    if not select:
+        from lamina.builder import prune as prune_build_cache
 
-            mounts = root / "build-cache" / "mounts"
-            mounts_size = _du(mounts)
-            _steps, report.build_cache = prune_build_cache(root)
-            report.reclaimed += mounts_size
-            result = local.prune(all_unused=all_images)
-            report.untagged, report.deleted = result.untagged, result.deleted
-        else:
-            _prune_images_selected(local, all_images, select, report)
-        report.reclaimed += max(0, before - _plane_bytes(local))
-    finally:
-        local.close()
+        mounts = root / "build-cache" / "mounts"
+        mounts_size = _du(mounts)
+        _steps, report.build_cache = prune_build_cache(root)
+        report.reclaimed += mounts_size
+        result = engine.prune_images(all_unused=all_images)
+        report.untagged, report.deleted = result.untagged, result.deleted
+    else:
+        _prune_images_selected(engine, all_images, select, report)
+    report.reclaimed += max(0, before - _plane_bytes(local))
     return report
 
 
@@ -151,25 +147,18 @@ def _leftover_things(info: _leases.LeaseInfo) -> str:
     return f"{n} leftover{'s' if n != 1 else ''} removed"
 
 
-def _prune_volumes(root: Path, engine: Engine, select: Selector | None) -> tuple[list[str], int]:
-    from lamina.runtime._volumes import VolumeStore
-
-    store = VolumeStore(root / "volumes")
-    users = engine.volume_users
+def _prune_volumes(engine: Engine, select: Selector | None) -> tuple[list[str], int]:
+    """Anonymous volumes no container uses (only those ``select`` picks)."""
     if select:
-        skip = {v.name for v in store.list() if not select(v.created, v.labels)}
-
-        def picked_users(name: str) -> builtins.list[str]:
-            return ["(not selected)"] if name in skip else builtins.list(users(name))
-
-        result = store.prune(picked_users)
+        skip = {v.name for v in engine.list_volumes() if not select(v.created, v.labels)}
+        result = engine.prune_volumes(filters=None, skip=skip)
     else:
-        result = store.prune(users)
+        result = engine.prune_volumes()
     return result.removed, result.reclaimed
 
 
 def _prune_images_selected(
-    local: LocalImages, all_images: bool, select: Selector, report: SystemPrune
+    engine: Engine, all_images: bool, select: Selector, report: SystemPrune
 ) -> None:
     """Image prune limited to what ``select`` picks (by the image's creation time and
     config labels)."""
@@ -180,10 +169,10 @@ def _prune_images_selected(
             created = parse_timestamp((image.created or "").encode())
         except ValueError:
             created = 0.0
-        labels = (local.config(image).get("config") or {}).get("Labels") or {}
+        labels = (engine.images.config(image).get("config") or {}).get("Labels") or {}
         return select(created, labels)
 
-    result = local.prune(all_unused=all_images, select=picked)
+    result = engine.prune_images(all_unused=all_images, select=picked)
     report.untagged.extend(result.untagged)
     report.deleted.extend(result.deleted)
 

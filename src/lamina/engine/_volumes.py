@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,3 +99,41 @@ def remove_anonymous(
     for vol in names:
         with contextlib.suppress(LaminaError, OSError):
             store.remove(vol, force=True, users=users)
+
+
+# -- volumes as objects of their own: docker volume create|ls|inspect|rm|prune -----------
+
+VOLUME_FILTERS = ("name", "label", "dangling", "driver")
+
+
+def check_filters(filters: Mapping[str, Sequence[str]]) -> None:
+    from lamina.engine._filters import InvalidFilter
+
+    for key in filters:
+        if key not in VOLUME_FILTERS:
+            raise InvalidFilter(f"invalid filter {key!r} (supported: {', '.join(VOLUME_FILTERS)})")
+
+
+def matches(
+    vol: Volume, filters: Mapping[str, Sequence[str]], users: Callable[[str], Sequence[str]]
+) -> bool:
+    """Docker's volume filters: every value of every key must hold (``name``: a part
+    of the name or a glob; ``label``: KEY or KEY=VALUE; ``dangling``: no container uses
+    it; ``driver``)."""
+    import fnmatch
+
+    for key, values in filters.items():
+        for value in values:
+            if key == "name":
+                if value not in vol.name and not fnmatch.fnmatch(vol.name, value):
+                    return False
+            elif key == "label":
+                k, has_value, v = value.partition("=")
+                if k not in vol.labels or (has_value and vol.labels[k] != v):
+                    return False
+            elif key == "dangling":
+                if (not users(vol.name)) != (value.lower() in ("true", "1")):
+                    return False
+            elif key == "driver" and vol.driver != value:
+                return False
+    return True
