@@ -78,9 +78,7 @@ class Install:
         tmp.symlink_to(NEW_SRC)
         os.replace(tmp, self.link)
 
-    def run(
-        self, root: Path, *args: str, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "lamina.cli.main", "--root", str(root), *args],
             capture_output=True,
@@ -378,6 +376,7 @@ def test_every_operation_reports_what_it_did_in_one_place(
         engine.start(cid)
         engine.pause(cid)
         engine.unpause(cid)
+        assert engine.exec(cid, ["sh", "-c", "exit 4"]).exit_code == 4
         engine.kill(cid, "SIGUSR1")
         engine.rename(cid, "ev2")
         engine.stop(cid, timeout=10)
@@ -389,11 +388,14 @@ def test_every_operation_reports_what_it_did_in_one_place(
     assert actions == [
         ("volume", "create"), ("container", "create"), ("container", "start"),
         ("volume", "mount"), ("container", "pause"), ("container", "unpause"),
-        ("container", "kill"), ("container", "rename"), ("container", "die"),
+        ("container", "exec_create: sh -c exit 4"), ("container", "exec_start: sh -c exit 4"),
+        ("container", "exec_die"), ("container", "kill"), ("container", "rename"),
+        ("container", "die"),
         ("volume", "unmount"), ("container", "stop"), ("container", "destroy"),
         ("image", "tag"), ("image", "untag"), ("volume", "destroy"),
     ]  # fmt: skip
     by_action = {a: (actor, attrs) for _t, a, actor, attrs in seen}
     assert by_action["die"] == (cid, {**by_action["die"][1], "exitCode": "3", "name": "ev2"})
     assert by_action["kill"][1]["signal"] == "10"
+    assert by_action["exec_die"][1]["exitCode"] == "4"
     assert by_action["mount"][0] == "evdata" and by_action["mount"][1]["container"] == cid

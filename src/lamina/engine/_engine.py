@@ -1311,10 +1311,17 @@ class Engine:
         self._require_running(rec, "exec in")
         if workdir and not workdir.startswith("/"):
             raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
-        return self._task(rec.isolation).exec(
+        exec_id = os.urandom(32).hex()
+        command = " ".join(argv)
+        self._container_event("exec_create: " + command, rec, execID=exec_id)
+        self._container_event("exec_start: " + command, rec, execID=exec_id)
+        result = self._task(rec.isolation).exec(
             rec, argv, env=env, user=user, workdir=workdir, tty=tty, stdin=stdin,
             detach=detach, stream=stream,
         )  # fmt: skip
+        if not detach:
+            self._container_event("exec_die", rec, execID=exec_id, exitCode=str(result.exit_code))
+        return result
 
     def attach(
         self,
