@@ -19,7 +19,6 @@ from lamina.errors import LaminaError
 from lamina.runtime._signals import parse_signal, signal_from_exit_code, signal_name
 from lamina.runtime._spec import (
     DEFAULT_CAPABILITIES,
-    DEFAULT_PATH,
     MASKED_PATHS,
     READONLY_PATHS,
     RLIM_INFINITY,
@@ -37,6 +36,7 @@ from lamina.runtime._types import (
     Ulimit,
 )
 from lamina.runtime._userdb import resolve_user, secure_join
+from lamina.runtime.common import DEFAULT_PATH
 
 CID = "c0ffee" + "0" * 58
 HOST_HARD = 20000

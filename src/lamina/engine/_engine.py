@@ -720,7 +720,7 @@ class Engine:
 
     def _launch_locked(self, rec: Record, console_size: Any) -> Record | None:
         from lamina.engine import exit as exit_command
-        from lamina.runtime._conmon import StartFailed
+        from lamina.runtime.common import StartFailed
 
         rec = self._fresh(rec.id)
         if rec.status == Status.RUNNING:
@@ -1505,7 +1505,7 @@ def _no_users(volume: str) -> builtins.list[str]:
 
 
 def _alive(pid: int, start: int) -> bool:
-    from lamina.runtime._conmon import alive
+    from lamina.runtime.common import alive
 
     return alive(pid, start)
 

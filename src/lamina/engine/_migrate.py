@@ -86,7 +86,7 @@ def import_vms(
 
 
 def _record_values(row: sqlite3.Row, image_digest: Callable[[str], str]) -> dict[str, Any]:
-    from lamina.runtime._conmon import process_start_time
+    from lamina.runtime.common import process_start_time
 
     config = json.loads(row["config"])
     process = json.loads(row["process"])

@@ -10,8 +10,8 @@ import posixpath
 from typing import Any
 
 from lamina.errors import LaminaError
-from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
 from lamina.runtime._types import ContainerConfig, Mount, ProcessSpec
+from lamina.runtime.common import DEFAULT_PATH, merge_env, process_args
 
 
 def merge_process(config: ContainerConfig, image: dict[str, Any], cid: str) -> ProcessSpec:

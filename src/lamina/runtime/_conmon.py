@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING
 from lamina.errors import LaminaError
 from lamina.runtime._logs import LogSettings
 
+# error_exit_code is imported from here, too, by VM supervisors started before the engine.
+from lamina.runtime.common import StartFailed, error_exit_code
+
 if TYPE_CHECKING:
     import socket
 
@@ -59,14 +62,6 @@ _DEFAULT_LOG = LogSettings()
 STDOUT_PIPE = 2
 STDERR_PIPE = 3
 ATTACH_BUFSIZE = 8192 + 1
-
-
-class StartFailed(LaminaError):
-    """runc could not create the container (bad command, mount, ...)."""
-
-    def __init__(self, message: str, exit_code: int = 125) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -356,16 +351,6 @@ def runc_error_text(raw: str) -> str:
 _RUNTIME_FAILED = r"^[\w.-]+ (?:create|exec) failed: "
 
 
-def error_exit_code(text: str) -> int:
-    """Docker's exit codes for a process that could not start."""
-    low = text.lower()
-    if "no such file or directory" in low or "not found" in low:
-        return 127
-    if "permission denied" in low or "is a directory" in low:
-        return 126
-    return 125
-
-
 def read_exit_file(bundle: Bundle) -> int | None:
     try:
         text = bundle.exit_file.read_text().strip()
@@ -377,33 +362,6 @@ def read_exit_file(bundle: Bundle) -> int | None:
         return int(text)
     except ValueError:
         return None
-
-
-def _stat_fields(pid: int) -> list[bytes]:
-    """Fields of /proc/<pid>/stat after the command name (state first); [] if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    return data[data.rfind(b")") + 2 :].split()
-
-
-def process_start_time(pid: int) -> int:
-    """Start time of ``pid`` in clock ticks since boot; 0 if gone."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if len(fields) > 19 else 0
-
-
-def alive(pid: int, start_time: int) -> bool:
-    """True when ``pid`` runs (not a zombie) and is the same process: its start time
-    matches ``start_time`` when that is known."""
-    if pid <= 0:
-        return False
-    fields = _stat_fields(pid)
-    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):
-        return False
-    return not start_time or int(fields[19]) == start_time
 
 
 def read_pidfile(path: Path) -> int:

@@ -54,7 +54,7 @@ from lamina.runtime._cgroups import (
     remove_cgroup,
     thaw,
 )
-from lamina.runtime._conmon import Bundle, OciBinary, StartFailed
+from lamina.runtime._conmon import Bundle, OciBinary
 from lamina.runtime._interface import Attachment, TaskBackend
 from lamina.runtime._signals import signal_name
 from lamina.runtime._spec import build_spec, cgroup_path
@@ -72,6 +72,7 @@ from lamina.runtime._types import (
     Stats,
     Status,
 )
+from lamina.runtime.common import StartFailed, alive, process_start_time
 
 if TYPE_CHECKING:
     import socket
@@ -419,9 +420,9 @@ class OciTasks(TaskBackend):
         conmon_pid = _conmon.read_pidfile(bundle.conmon_pidfile)
         return Started(
             pid=pid,
-            pid_start=_conmon.process_start_time(pid),
+            pid_start=process_start_time(pid),
             monitor_pid=conmon_pid,
-            monitor_start=_conmon.process_start_time(conmon_pid),
+            monitor_start=process_start_time(conmon_pid),
         )
 
     def release(self, rec: Record) -> None:
@@ -530,7 +531,7 @@ class OciTasks(TaskBackend):
         error = _conmon.runc_error_text(proc.stderr.decode(errors="replace"))
         if (self._binary(rec).state_root / rec.id).exists():
             return Signalled(error=error or f"exit {proc.returncode}")
-        init_alive = rec.pid > 0 and _conmon.alive(rec.pid, rec.pid_start)
+        init_alive = rec.pid > 0 and alive(rec.pid, rec.pid_start)
         if init_alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, sig)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import posixpath
 import re
 import resource
 import stat
@@ -42,6 +41,10 @@ from typing import Any
 from lamina.errors import LaminaError
 from lamina.runtime._types import ContainerConfig, Mount, ProcessSpec, Ulimit
 from lamina.runtime._userdb import ExecUser, resolve_user
+from lamina.runtime.common import (
+    check_mount_target,
+    tmpfs_options,
+)
 
 OCI_VERSION = "1.0.2"
 INIT_PATH = "/run/lamina-init"
@@ -58,7 +61,6 @@ def init_binary() -> Path:
     )
 
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_PERIOD = 100_000
 MIN_MEMORY = 6 * 1024 * 1024  # Docker's minimum
 RLIM_INFINITY = 2**64 - 1  # what the OCI spec (uint64) calls unlimited
@@ -199,17 +201,6 @@ ULIMITS: dict[str, int] = {
     "stack": resource.RLIMIT_STACK,
 }
 
-_TMPFS_DEFAULTS = ("noexec", "nosuid", "nodev")
-# mount flags with an opposite: the last one given wins (Docker's MergeTmpfsOptions)
-_FLAG_PAIRS = {
-    "exec": "noexec",
-    "suid": "nosuid",
-    "dev": "nodev",
-    "atime": "noatime",
-    "diratime": "nodiratime",
-    "ro": "rw",
-}
-_OPPOSITE = {**_FLAG_PAIRS, **{v: k for k, v in _FLAG_PAIRS.items()}}
 _PROPAGATIONS = frozenset({"private", "rprivate", "shared", "rshared", "slave", "rslave"})
 _CPUSET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 
@@ -327,43 +318,6 @@ def cgroup_path(container_id: str, parent: str = "/lamina") -> str:
     """The container's cgroup, as ``linux.cgroupsPath`` (cgroupfs driver)."""
     parent = "/" + parent.strip("/") if parent.strip("/") else ""
     return f"{parent}/{container_id}"
-
-
-def process_args(
-    entrypoint: list[str] | None,
-    command: list[str] | None,
-    image_entrypoint: list[str] | None,
-    image_cmd: list[str] | None,
-) -> list[str]:
-    """Docker's rules: a user entrypoint (even ``[]``) drops the image's CMD; a user
-    command replaces the image's CMD."""
-    if entrypoint is not None:
-        args = list(entrypoint) + list(command or [])
-    else:
-        cmd = command if command is not None else image_cmd
-        args = list(image_entrypoint or []) + list(cmd or [])
-    if not args:
-        raise LaminaError("no command specified")
-    return args
-
-
-def merge_env(base: list[str], overrides: Iterable[str]) -> list[str]:
-    """Docker's ReplaceOrAppendEnvValues: ``K=V`` replaces K in place or appends;
-    a bare ``K`` removes K (the CLI resolves bare names from its own environment
-    before they get here)."""
-    env: dict[str, str] = {}
-    for item in base:
-        key, _, _ = item.partition("=")
-        env[key] = item
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not key:
-            raise LaminaError(f"invalid environment variable: {item!r}")
-        if sep:
-            env[key] = item
-        else:
-            env.pop(key, None)
-    return list(env.values())
 
 
 def _normalize_cap(name: str) -> str:
@@ -560,32 +514,8 @@ def _default_seccomp_json(caps: frozenset[str]) -> str:
 # ---------------------------------------------------------------- mounts
 
 
-def _merge_options(defaults: Iterable[str], user: Iterable[str]) -> list[str]:
-    """Later options win: ``exec`` cancels a default ``noexec``, ``size=`` replaces."""
-    out: dict[str, str] = {}
-    for opt in (*defaults, *user):
-        opt = opt.strip()
-        if not opt:
-            continue
-        key = opt.split("=", 1)[0]
-        if key in _OPPOSITE:
-            out.pop(_OPPOSITE[key], None)
-        out.pop(key, None)
-        out[key] = opt
-    return list(out.values())
-
-
-def _check_target(target: str) -> str:
-    if not target.startswith("/"):
-        raise LaminaError(f"invalid mount target {target!r}: it must be an absolute path")
-    clean = posixpath.normpath(target)
-    if clean == "/":
-        raise LaminaError("invalid mount target '/': it cannot be the root of the container")
-    return clean
-
-
 def _tmpfs_mount(target: str, options: Iterable[str], read_only: bool = False) -> dict[str, Any]:
-    opts = _merge_options(_TMPFS_DEFAULTS, [*options, *(["ro"] if read_only else [])])
+    opts = tmpfs_options(options, read_only)
     return {"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts}
 
 
@@ -641,7 +571,7 @@ def build_mounts(
         user[target] = mount
 
     for m in config.mounts:
-        target = _check_target(m.target)
+        target = check_mount_target(m.target)
         if m.type == "bind":
             if not m.source.startswith("/"):
                 raise LaminaError(
@@ -661,7 +591,7 @@ def build_mounts(
         else:
             raise LaminaError(f"unsupported mount type {m.type!r} for {m.target}")
     for path, options in config.tmpfs.items():
-        target = _check_target(path)
+        target = check_mount_target(path)
         add(target, _tmpfs_mount(target, options.split(",") if options else []))
 
     ro = config.security.read_only_rootfs

@@ -222,7 +222,7 @@ class VmTasks(TaskBackend):
     def start(
         self, rec: Record, *, exit_command: builtins.list[str], console_size: Any = None
     ) -> Started:
-        from lamina.runtime._conmon import process_start_time
+        from lamina.runtime.common import process_start_time
 
         vmdir = self.task_dir(rec.id)
         self.teardown(rec, force=True)  # what an earlier run left; the log goes on
@@ -396,7 +396,7 @@ class VmTasks(TaskBackend):
         return self.task_dir(rec.id) / "ctr.log"
 
     def stats(self, rec: Record) -> Stats:
-        from lamina.runtime._cgroups import host_cpu_ns
+        from lamina.runtime.common import host_cpu_ns
         from lamina.vm._guestfs import vmm_cpu_ns
 
         qemu = _qemu_pid(self.task_dir(rec.id)) if rec.status in _ACTIVE else 0
@@ -475,7 +475,7 @@ class VmTasks(TaskBackend):
         detach: bool,
         stream: bool,
     ) -> ExecResult:
-        from lamina.runtime._spec import merge_env
+        from lamina.runtime.common import merge_env
 
         task = rec.task
         uid, gid, groups = task["uid"], task["gid"], task["groups"]
@@ -491,7 +491,7 @@ class VmTasks(TaskBackend):
                 image = local.images.get_by_digest(rec.image_digest)
                 uid, gid, groups, home = image_user(local, image, user)
             except LaminaError as e:  # Docker: the exec could not start, 126
-                from lamina.runtime._conmon import StartFailed
+                from lamina.runtime.common import StartFailed
 
                 raise StartFailed(str(e), exit_code=126) from None
             environ = merge_env(environ, [f"HOME={home or '/'}", *(env or [])])
@@ -822,7 +822,7 @@ def _started(conn: AgentConnection) -> ExecResult:
     """``exec --detach``: wait until the process started (its failure to start is
     raised as for an attached exec); it then runs on in the guest, its output dropped
     by the supervisor once this client is gone, as Docker drops a detached exec's."""
-    from lamina.runtime._exec import exec_failed
+    from lamina.runtime.common import exec_failed
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not conn.closed:
@@ -855,7 +855,7 @@ def _collect_exec(
                     error = f.payload.decode(errors="replace")
                 elif f.type == Msg.EXIT:
                     if error is not None:
-                        from lamina.runtime._exec import exec_failed
+                        from lamina.runtime.common import exec_failed
 
                         raise exec_failed(error)
                     return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
@@ -916,7 +916,7 @@ def _kill_supervisor(vmdir: Path, pid: int) -> bool:
 
 
 def _alive(rec: Record) -> bool:
-    from lamina.runtime._conmon import alive
+    from lamina.runtime.common import alive
 
     return alive(rec.monitor_pid, rec.monitor_start)
 
@@ -1125,7 +1125,7 @@ def _serve(vmdir: Path, vm: Any, p: dict[str, Any]) -> tuple[int, bool, str]:
                         st = parse_exit(f.payload)
                         code = st.exit_code
                         if error:
-                            from lamina.runtime._conmon import error_exit_code
+                            from lamina.runtime.common import error_exit_code
 
                             code = error_exit_code(error)
                         outcome = (code, st.signaled, error)

@@ -35,12 +35,12 @@ if TYPE_CHECKING:
 def shares_for(config: ContainerConfig, volumes: dict[str, Volume]) -> list[dict[str, Any]]:
     """The container's shares (see the module doc); ``volumes``: the volume of each
     volume mount, by target."""
-    from lamina.runtime._spec import _check_target
+    from lamina.runtime.common import check_mount_target
 
     seen: set[str] = set()
     shares: list[dict[str, Any]] = []
     for m in config.mounts:
-        target = _check_target(m.target)
+        target = check_mount_target(m.target)
         if target in seen:
             raise LaminaError(f"duplicate mount point: {target}")
         seen.add(target)
@@ -107,20 +107,20 @@ def tmpfs_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
     """The container's tmpfs mounts as ``{"target", "flags", "data"}``: ``--tmpfs`` and
     ``--mount type=tmpfs`` with Docker's default options, as the process backend
     merges them; a bad option or a target another mount has is one error line."""
-    from lamina.runtime._spec import _check_target, _tmpfs_mount
+    from lamina.runtime.common import check_mount_target, tmpfs_options
 
     wanted = [(m.target, [o for opt in m.options for o in opt.split(",")], m.read_only)
               for m in config.mounts if m.type == "tmpfs"]  # fmt: skip
     wanted += [(t, opts.split(",") if opts else [], False) for t, opts in config.tmpfs.items()]
-    taken = {_check_target(m.target) for m in config.mounts if m.type != "tmpfs"}
+    taken = {check_mount_target(m.target) for m in config.mounts if m.type != "tmpfs"}
     out = []
     for target, options, read_only in wanted:
-        target = _check_target(target)
+        target = check_mount_target(target)
         if target in taken:
             raise LaminaError(f"duplicate mount point: {target}")
         taken.add(target)
         flags, data = 0, []
-        for opt in _tmpfs_mount(target, options, read_only)["options"]:
+        for opt in tmpfs_options(options, read_only):
             key = opt.split("=", 1)[0]
             if opt in _MS_FLAGS:
                 flags |= _MS_FLAGS[opt]
