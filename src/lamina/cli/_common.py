@@ -75,6 +75,20 @@ def warn(line: str) -> None:
     print(f"lamina: warning: {line}", file=sys.stderr)
 
 
+def parse_filters(values: Sequence[str], command: str) -> dict[str, list[str]]:
+    """``--filter KEY=VALUE`` (repeatable) as the engine takes them: a mapping of each
+    key to its values. ``command`` names the command in a usage error."""
+    from lamina.cli._click import FlagError
+
+    by_key: dict[str, list[str]] = {}
+    for f in values:
+        key, sep, value = f.partition("=")
+        if not sep:
+            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", command)
+        by_key.setdefault(key, []).append(value)
+    return by_key
+
+
 def _error(msg: str) -> None:
     print(f"lamina: error: {' '.join(msg.split())}", file=sys.stderr)
 

@@ -17,6 +17,7 @@ from lamina.cli._common import (
     _short,
     human_duration,
     open_engine,
+    parse_filters,
     status_text,
 )
 from lamina.cli._output import FORMAT_OPTION, INSPECT_FORMAT_OPTION
@@ -73,17 +74,6 @@ def ps_row(c: Container, now: float, trunc: bool = True) -> Any:
     return LabeledRow("ContainerRow", c.config.labels, fields)
 
 
-def _parse_filters(values: Sequence[str], command: str) -> dict[str, list[str]]:
-    """``--filter KEY=VALUE`` (repeatable) as the engine takes them."""
-    by_key: dict[str, list[str]] = {}
-    for f in values:
-        key, sep, value = f.partition("=")
-        if not sep:
-            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", command)
-        by_key.setdefault(key, []).append(value)
-    return by_key
-
-
 @_command("ps")
 @click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default: running).")
 @click.option("-q", "--quiet", is_flag=True, help="Only display container IDs.")
@@ -120,7 +110,7 @@ def ps(
     if latest:
         last = 1
     try:
-        found = engine.list(all=all_ or last is not None, filters=_parse_filters(filters, "ps"))
+        found = engine.list(all=all_ or last is not None, filters=parse_filters(filters, "ps"))
     except InvalidFilter as e:
         raise FlagError(str(e), "ps") from None
     containers = sorted(found, key=lambda c: c.created, reverse=True)

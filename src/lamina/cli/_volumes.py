@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lamina.cli._click import DockerGroup, FlagError
+from lamina.cli._common import parse_filters
 from lamina.cli._output import FORMAT_OPTION, INSPECT_FORMAT_OPTION
 
 if TYPE_CHECKING:
@@ -23,17 +24,6 @@ def _engine() -> Engine:
     from lamina.cli._common import open_engine
 
     return open_engine(containers=False)
-
-
-def _filters(values: Sequence[str], command: str) -> dict[str, list[str]]:
-    """``--filter KEY=VALUE`` (repeatable) as the engine takes them."""
-    by_key: dict[str, list[str]] = {}
-    for f in values:
-        key, sep, value = f.partition("=")
-        if not sep:
-            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", command)
-        by_key.setdefault(key, []).append(value)
-    return by_key
 
 
 def _labels(values: Sequence[str]) -> dict[str, str]:
@@ -91,7 +81,7 @@ def ls(quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     from lamina.engine import InvalidFilter
 
     try:
-        vols = _engine().list_volumes(filters=_filters(filters, "volume ls"))
+        vols = _engine().list_volumes(filters=parse_filters(filters, "volume ls"))
     except InvalidFilter as e:
         raise FlagError(str(e), "volume ls") from None
     if quiet:
@@ -191,7 +181,7 @@ def prune(all_: bool, force: bool, filters: tuple[str, ...]) -> None:
     from lamina.engine import InvalidFilter
 
     try:
-        result = _engine().prune_volumes(all=all_, filters=_filters(filters, "volume prune"))
+        result = _engine().prune_volumes(all=all_, filters=parse_filters(filters, "volume prune"))
     except InvalidFilter as e:
         raise FlagError(str(e), "volume prune") from None
     if result.removed:
