@@ -239,6 +239,8 @@ class Engine:
 
     def _volume_events(self, action: str, rec: Record) -> None:
         """``mount``/``unmount`` of each volume of ``rec`` (at its start, its exit)."""
+        if not rec.extra.get("volumes"):
+            return
         read_only = {m.target: m.read_only for m in rec.config.mounts}
         for target, name in (rec.extra.get("volumes") or {}).items():
             attributes = {"container": rec.id, "destination": target, "driver": "local",
@@ -655,7 +657,11 @@ class Engine:
             image_config = local.config(image).get("config") or {}
             config = with_image_volumes(config, image_config.get("Volumes") or {})
             process = merge_process(config, image_config, cid)
-            volumes = prepare_volumes(self.volumes, local, image, config, created_volumes)
+            volumes = (
+                prepare_volumes(self.volumes, local, image, config, created_volumes)
+                if any(m.type == "volume" for m in config.mounts)
+                else {}
+            )
             task_part = task.prepare(cid, config, process, image, volumes)
             rec = Record(
                 id=cid,
@@ -1040,10 +1046,11 @@ class Engine:
         _locks.remove_dir(task.task_dir(rec.id))
         stop_point("remove:dropping")
         self.images.images.release(_HOLDER + rec.id)
-        if volumes:
+        anonymous = rec.extra.get("anonymous_volumes") or []
+        if volumes and anonymous:
             remove_anonymous(
                 self.volumes,
-                rec.extra.get("anonymous_volumes", []),
+                anonymous,
                 users=lambda v: [u for u in self._volume_users(v) if u != rec.id],
             )
         self.store.delete(rec.id)
