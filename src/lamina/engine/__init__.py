@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from lamina.engine._engine import Engine, open_engine
+from lamina.engine._engine import Engine, WaitTimeout, open_engine
 from lamina.runtime._types import (
     ChangeEntry,
     Container,
@@ -102,6 +102,7 @@ __all__ = [
     "Ulimit",
     "WaitCondition",
     "WaitOutcome",
+    "WaitTimeout",
     "disk_usage",
     "open_engine",
     "prune_containers",

@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS tombstones (
 );
 """
 _TOMBSTONE_SECONDS = 600
-# Keys of ``extra`` that version 1 rows kept for the process backend: its ``task`` now.
+# Keys of ``extra`` that version 1 rows kept for the process backend: its ``task`` now
+# (with the paths of its volumes, which its bundle is rebuilt with).
 _V1_TASK_KEYS = ("lowerdirs", "oci_runtime")
 
 _COLUMNS = [f.name for f in dataclasses.fields(Record)]
@@ -136,6 +137,7 @@ class ContainerStore:
         transaction (the import of the micro-VM containers)."""
         # One connection per store, usable from any thread (a caller may wait in one
         # thread while it attaches in another); transactions are serialised by _lock.
+        self._path = db_path
         self._db = connect(db_path, _SCHEMA)
         self._lock = threading.RLock()
         self.upgraded = False  # whether this open did the upgrade
@@ -161,9 +163,14 @@ class ContainerStore:
                 )
             if "task" not in have:
                 db.execute("ALTER TABLE containers ADD COLUMN task TEXT NOT NULL DEFAULT '{}'")
+                volumes_dir = self._path.parent / "volumes"
                 for cid, extra_text in db.execute("SELECT id, extra FROM containers").fetchall():
                     extra = json.loads(extra_text)
                     task = {k: extra.pop(k) for k in _V1_TASK_KEYS if k in extra}
+                    task["volume_paths"] = {
+                        target: str(volumes_dir / name / "_data")
+                        for target, name in (extra.get("volumes") or {}).items()
+                    }
                     db.execute(
                         "UPDATE containers SET extra=?, task=? WHERE id=?",
                         (_json(extra), _json(task), cid),
