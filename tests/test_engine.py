@@ -399,3 +399,19 @@ def test_every_operation_reports_what_it_did_in_one_place(
     assert by_action["kill"][1]["signal"] == "10"
     assert by_action["exec_die"][1]["exitCode"] == "4"
     assert by_action["mount"][0] == "evdata" and by_action["mount"][1]["container"] == cid
+
+
+def test_a_failed_start_removes_an_rm_container_a_refused_one_not(image_root: Path) -> None:
+    """A ``--rm`` container whose start fails is removed, as Docker's daemon removes it;
+    one whose start is refused for its state (paused) is left as it is."""
+    root = image_root
+    r = lamina(root, "run", "-d", "--rm", IMAGE_REF, "/no/such/binary")
+    assert r.returncode == 127 and r.stderr.count("\n") == 1, r.stderr
+    assert lamina(root, "ps", "-a", "-q").stdout == ""
+    cid = lamina(root, "run", "-d", "--rm", IMAGE_REF, "sleep", "100").stdout.strip()
+    assert lamina(root, "pause", cid).returncode == 0
+    r = lamina(root, "start", cid)
+    assert r.returncode == 1 and "is paused; unpause it instead" in r.stderr
+    assert lamina(root, "ps", "-a", "-q", "--no-trunc").stdout.split() == [cid]
+    assert lamina(root, "rm", "-f", cid).returncode == 0
+    assert leaks(root, {cid}) == []

@@ -82,6 +82,11 @@ class WaitTimeout(LaminaError, TimeoutError):
     """``wait(timeout=...)`` ran out of time; the container is still running."""
 
 
+class NotStartable(LaminaError):
+    """A start refused for the container's state (paused, being removed): nothing was
+    tried, so nothing is undone."""
+
+
 def open_engine(
     root: Path,
     *,
@@ -699,6 +704,8 @@ class Engine:
                 if launched is not None:
                     stop_point("start:launched")
                     self._task(rec.isolation).release(launched)
+        except NotStartable:
+            raise
         except LaminaError:
             self._start_failed(rec)
             raise
@@ -732,9 +739,9 @@ class Engine:
         if rec.status == Status.RUNNING:
             return None
         if rec.status == Status.PAUSED:
-            raise LaminaError(f"container {rec.id[:12]} is paused; unpause it instead")
+            raise NotStartable(f"container {rec.id[:12]} is paused; unpause it instead")
         if rec.status == Status.REMOVING:
-            raise LaminaError(f"container {rec.id[:12]} is being removed")
+            raise NotStartable(f"container {rec.id[:12]} is being removed")
         self._complete(rec)
         task = self._task(rec.isolation)
         command = exit_command.command(self.root, rec.id, task.task_dir(rec.id))
@@ -1393,6 +1400,8 @@ class Engine:
                     attachment.close()
                     raise
                 return attachment
+        except NotStartable:
+            raise
         except LaminaError:
             self._start_failed(rec)
             raise
