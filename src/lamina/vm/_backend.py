@@ -623,6 +623,9 @@ class _LogAttachment(Attachment):
         forward = stdin is not None
         in_fd = _fileno(stdin) if forward else None
         term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
+        # The log opened before ``running()`` first looks: the end it may see finished
+        # removes a --rm container's directory, which the open log outlives.
+        pending = self._tail.read()
         conn: AgentConnection | None = None
         if (forward or term is not None) and running():
             with contextlib.suppress(LaminaError):  # it ended already: the log has it all
@@ -639,10 +642,11 @@ class _LogAttachment(Attachment):
             while True:
                 # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
                 done = not running()
-                for entry in self._tail.read():
+                for entry in pending + self._tail.read():
                     out = stderr if entry.stream == "stderr" else stdout
                     out.write(entry.data)
                     out.flush()
+                pending = []
                 if done:
                     return
                 if fwd is not None:
