@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from leak_check import kill, leaks, resume, start_stopped
+from leak_check import assert_clean, kill, resume, start_stopped
 from runtime_fixtures import IMAGE_REF, cli_image_root, until
 
 import lamina
@@ -194,7 +194,7 @@ def test_a_root_made_before_the_engine_is_migrated_running_vms_included(
     new.ok(root, "rm", "-f", "proc-running", "proc-made", "vm-running", "vm-made", "vm-done")
     assert new.ok(root, "ps", "-a", "-q") == ""
     assert vm_dirs(root) == set()
-    assert leaks(root, set()) == []  # mounts, directories, runc state, monitors, holds
+    assert_clean(root, set())  # mounts, directories, runc state, monitors, holds
     until(lambda: vm_processes(root) == [])
 
 
@@ -304,7 +304,7 @@ def test_one_name_space_under_concurrent_creates_of_both_isolations(image_root: 
         assert len(listed) == 1
     ids = lamina(root, "ps", "-a", "-q", "--no-trunc").stdout.split()
     assert lamina(root, "rm", *ids).returncode == 0
-    assert leaks(root, set()) == []
+    assert_clean(root, set())
 
 
 def _create(root: Path, name: str, *, vm: bool) -> subprocess.Popen[str]:
@@ -328,7 +328,7 @@ def test_a_vm_containers_end_is_finished_with_no_lamina_process_alive(image_root
     until(lambda: _record(root, cid) is None and not (root / "vms" / cid).exists(), timeout=60)
     assert _tombstone(root, cid) == 7
     assert lamina(root, "wait", cid).stdout == "7\n"
-    assert leaks(root, set()) == []
+    assert_clean(root, set())
     until(lambda: vm_processes(root) == [])
 
 
@@ -414,4 +414,4 @@ def test_a_failed_start_removes_an_rm_container_a_refused_one_not(image_root: Pa
     assert r.returncode == 1 and "is paused; unpause it instead" in r.stderr
     assert lamina(root, "ps", "-a", "-q", "--no-trunc").stdout.split() == [cid]
     assert lamina(root, "rm", "-f", cid).returncode == 0
-    assert leaks(root, {cid}) == []
+    assert_clean(root, {cid})

@@ -55,9 +55,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import selectors
 import signal as _signal
-import socket
 import subprocess
 import sys
 import time
@@ -70,8 +68,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from lamina._fsutil import atomic_write
 from lamina.errors import LaminaError
 from lamina.runtime._interface import Attachment, TaskBackend
-from lamina.runtime._logs import LogSettings, RotatingLog, log_settings
-from lamina.runtime._term import follow_window_size, raw_terminal, window_size
 from lamina.runtime._types import (
     ChangeEntry,
     ContainerConfig,
@@ -87,19 +83,17 @@ from lamina.runtime._types import (
     Stats,
     Status,
 )
-from lamina.vm._agent import (
-    STDIN_CHUNK,
-    AgentConnection,
-    Frame,
-    Msg,
-    exec_payload,
-    parse_exit,
-    resize_payload,
-)
 
 if TYPE_CHECKING:
+    import socket
+
     from lamina.image import ImageRecord, LocalImages
+    from lamina.runtime._logs import LogSettings
     from lamina.runtime._volumes import Volume
+    from lamina.vm._agent import AgentConnection, Frame
+
+# The agent protocol (and its socket, terminal and log helpers) is imported where a VM
+# is talked to: reconciling records, as every command does, needs none of it.
 
 WORKLOAD = 1  # the agent session of the container's main process
 MIN_MEMORY_MIB = 128
@@ -341,6 +335,8 @@ class VmTasks(TaskBackend):
                     (vmdir / name).unlink()
 
     def signal(self, rec: Record, sig: int) -> Signalled:
+        from lamina.vm._agent import Msg
+
         try:
             self._tell(rec.id, Msg.SIGNAL, WORKLOAD, sig.to_bytes(4, "big"))
         except LaminaError as e:
@@ -348,6 +344,8 @@ class VmTasks(TaskBackend):
         return Signalled()
 
     def force_stop(self, rec: Record) -> Signalled:
+        from lamina.vm._agent import Msg
+
         try:
             self._tell(rec.id, Msg.SHUTDOWN)
         except LaminaError as e:
@@ -371,6 +369,10 @@ class VmTasks(TaskBackend):
         signal_vmm(self.task_dir(rec.id), _signal.SIGCONT)
 
     def _control(self, cid: str) -> AgentConnection:
+        import socket
+
+        from lamina.vm._agent import AgentConnection
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with _short_path(self.task_dir(cid) / "ctl.sock") as path:
@@ -475,7 +477,9 @@ class VmTasks(TaskBackend):
         detach: bool,
         stream: bool,
     ) -> ExecResult:
+        from lamina.runtime._term import window_size
         from lamina.runtime.common import merge_env
+        from lamina.vm._agent import Msg, exec_payload
 
         task = rec.task
         uid, gid, groups = task["uid"], task["gid"], task["groups"]
@@ -523,6 +527,8 @@ class VmTasks(TaskBackend):
         return _LogAttachment(self, rec)
 
     def resize(self, rec: Record, height: int, width: int) -> None:
+        from lamina.vm._agent import Msg, resize_payload
+
         if not rec.config.tty:
             raise LaminaError(f"container {rec.id[:12]} has no terminal to resize")
         self._tell(rec.id, Msg.RESIZE, WORKLOAD, resize_payload(height, width))
@@ -659,6 +665,7 @@ def claim_ports(ports: builtins.list[PortMapping]) -> builtins.list[PortMapping]
     """``ports`` with every host port checked free (host port 0: a free one picked),
     as QEMU's hostfwd will bind them (TCP with SO_REUSEADDR, as slirp does)."""
     import errno
+    import socket
 
     held: builtins.list[socket.socket] = []
     out: builtins.list[PortMapping] = []
@@ -767,6 +774,8 @@ class _InputForwarder:
     def __init__(
         self, conn: AgentConnection, session: int, in_fd: int | None, term: int | None
     ) -> None:
+        import selectors
+
         self.conn, self.session, self.in_fd, self.term = conn, session, in_fd, term
         self._size: tuple[int, int] | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -778,6 +787,8 @@ class _InputForwarder:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _InputForwarder:
+        from lamina.runtime._term import follow_window_size, raw_terminal
+
         if self.term is not None:
             self._stack.enter_context(raw_terminal(self.term))
             self._stack.enter_context(follow_window_size(self.term, self._on_size))
@@ -796,6 +807,8 @@ class _InputForwarder:
             os.write(self._wake_w, b"!")
 
     def _send_size(self) -> None:
+        from lamina.vm._agent import Msg, resize_payload
+
         size, self._size = self._size, None
         if size is not None:
             self.conn.send(Msg.RESIZE, self.session, resize_payload(*size))
@@ -803,6 +816,8 @@ class _InputForwarder:
     def wait(self, timeout: float) -> builtins.list[Frame]:
         """Wait up to ``timeout`` for output or input, forward the input; the frames
         that arrived."""
+        from lamina.vm._agent import STDIN_CHUNK, Msg
+
         if self.conn.closed:
             time.sleep(timeout)
             return self.conn.poll(0)
@@ -827,6 +842,7 @@ def _started(conn: AgentConnection) -> ExecResult:
     raised as for an attached exec); it then runs on in the guest, its output dropped
     by the supervisor once this client is gone, as Docker drops a detached exec's."""
     from lamina.runtime.common import exec_failed
+    from lamina.vm._agent import Msg
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not conn.closed:
@@ -843,6 +859,8 @@ def _collect_exec(
 ) -> ExecResult:
     """Run an exec session to its EXIT: output passed through (``stream``) or collected,
     the caller's stdin and terminal size forwarded (``_InputForwarder``)."""
+    from lamina.vm._agent import Msg, parse_exit
+
     out, err = bytearray(), bytearray()
     error: str | None = None
     with _InputForwarder(conn, WORKLOAD, in_fd, term) as fwd:
@@ -953,6 +971,8 @@ class _LogWriter:
     rotated as ``--log-opt`` says."""
 
     def __init__(self, path: Path, settings: LogSettings) -> None:
+        from lamina.runtime._logs import RotatingLog
+
         self.f = RotatingLog(path, settings)  # lives as long as the VM
 
     def write(self, stream: str, data: bytes) -> None:
@@ -1055,6 +1075,12 @@ def supervise(root: Path, vmdir: Path) -> int:
 def _serve(vmdir: Path, vm: Any, p: dict[str, Any]) -> tuple[int, bool, str]:
     """Run the workload in the booted ``vm``, relay clients of ``ctl.sock``, log its
     output; how it ended."""
+    import selectors
+    import socket
+
+    from lamina.runtime._logs import log_settings
+    from lamina.vm._agent import AgentConnection, Msg, exec_payload, parse_exit
+
     clients: dict[int, AgentConnection] = {}  # fd -> connection
     sessions: dict[int, tuple[AgentConnection, int]] = {}  # guest session -> client's
     by_client: dict[tuple[int, int], int] = {}
