@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from runtime_fixtures import import_busybox, lamina_cli
 
-from lamina.builder import BuildError, BuildOptions, BuildResult, PlainProgress, build
+from lamina.builder import BuildError, BuildOptions, BuildResult, PlainProgress
+from lamina.engine import open_engine
 from lamina.image import LocalImages
 
 pytestmark = pytest.mark.timeout(120)
@@ -66,7 +67,8 @@ def make_context(path: Path, dockerfile: str, files: dict[str, str] | None = Non
 def do_build(root: Path, context: Path, **options: Any) -> tuple[BuildResult, str]:
     """Build with the plain progress; returns the result and what was shown."""
     out = io.StringIO()
-    result = build(root, BuildOptions(context=context, **options), PlainProgress(out))
+    with open_engine(root) as engine:
+        result = engine.build(BuildOptions(context=context, **options), PlainProgress(out))
     return result, out.getvalue()
 
 

@@ -523,7 +523,7 @@ def test_name_conflict_is_125(root: Path) -> None:
 
 
 def test_docker_durations_and_statuses() -> None:
-    from lamina.cli._containers import human_duration, status_text
+    from lamina.cli._common import human_duration, status_text
     from lamina.runtime import Container, ContainerConfig, ContainerState, Status
 
     assert [human_duration(s) for s in (0.2, 1, 59, 60, 150, 3600, 7200, 3 * 86400)] == [
@@ -546,7 +546,7 @@ def test_docker_durations_and_statuses() -> None:
 
 
 def test_exit_codes_of_runtime_errors() -> None:
-    from lamina.cli._containers import exit_code_of
+    from lamina.cli._run import exit_code_of
     from lamina.runtime import ExitReason, WaitOutcome
 
     assert exit_code_of(WaitOutcome(3, ExitReason.EXITED)) == 3

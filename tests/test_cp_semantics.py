@@ -236,7 +236,7 @@ def test_a_multithreaded_caller_gets_a_copier_of_its_own(
     import tarfile
     import threading
 
-    from lamina.runtime import open_runtime
+    from lamina.engine import open_engine
 
     def no_fork() -> int:
         raise AssertionError("forked a multi-threaded process")
@@ -246,7 +246,7 @@ def test_a_multithreaded_caller_gets_a_copier_of_its_own(
     idle = threading.Event()
     other = threading.Thread(target=idle.wait)
     other.start()
-    rt = open_runtime(root)
+    rt = open_engine(root)
     try:
         for phase in ("running", "stopped"):
             data = f"{phase}\n".encode()
@@ -274,25 +274,25 @@ def test_a_multithreaded_caller_gets_a_copier_of_its_own(
 def test_the_copier_trusts_a_pid_only_while_it_is_the_containers(root: Path) -> None:
     """A recorded pid whose process is gone, or is not the child of the container's
     conmon (a reused pid), is never entered: its root could be the host's."""
+    from lamina.engine import open_engine
     from lamina.errors import LaminaError
     from lamina.runtime import _copier
-    from lamina.runtime._oci import OciRuntime
 
     run_ready(root, "pids")
-    rt = OciRuntime(root)
+    rt = open_engine(root)
     try:
-        rec = rt.state.resolve("pids")  # the recorded pid and its conmon
-        view = _copier.RunningRoot(rec.pid, rec.conmon_pid, rec.conmon_start)
+        rec = rt.store.resolve("pids")  # the recorded pid and its conmon
+        view = _copier.RunningRoot(rec.pid, rec.monitor_pid, rec.monitor_start)
         assert _copier.stat_path(view, "/ready").size == 0
         stranger = subprocess.Popen(["sleep", "60"])  # a host process: its root is /
         try:
-            impostor = _copier.RunningRoot(stranger.pid, rec.conmon_pid, rec.conmon_start)
+            impostor = _copier.RunningRoot(stranger.pid, rec.monitor_pid, rec.monitor_start)
             with pytest.raises(LaminaError, match="stopped before the copy"):
                 _copier.stat_path(impostor, "/etc/hostname")
         finally:
             stranger.kill()
             stranger.wait()
-        gone = _copier.RunningRoot(stranger.pid, rec.conmon_pid, rec.conmon_start)
+        gone = _copier.RunningRoot(stranger.pid, rec.monitor_pid, rec.monitor_start)
         with pytest.raises(LaminaError, match="stopped before the copy"):
             _copier.stat_path(gone, "/etc/hostname")
     finally:

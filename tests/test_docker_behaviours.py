@@ -152,9 +152,9 @@ def test_restart_keeps_an_rm_container_until_it_exits_or_is_stopped(root: Path) 
 _KILLED_RESTART = """
 import os, signal, sys
 from pathlib import Path
-from lamina.runtime._oci import OciRuntime
+from lamina.engine import open_engine
 
-rt = OciRuntime(Path(sys.argv[1]))
+rt = open_engine(Path(sys.argv[1]))
 def killed(*args, **kwargs):  # SIGKILL of `lamina restart` at this point
     os.kill(os.getpid(), signal.SIGKILL)
 setattr(rt, sys.argv[3], killed)

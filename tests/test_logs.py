@@ -91,7 +91,7 @@ def k8s_record(ts: float, stream: str, msg: str) -> bytes:
 
 def test_tail_reads_the_end_of_the_log_not_all_of_it(root: Path) -> None:
     """Issue 9: ``logs -n 5`` read the whole file (1.8 s on 55 MB)."""
-    from lamina.runtime import open_runtime
+    from lamina.engine import open_engine
 
     ok(root, "run", "--name", "big", IMAGE, "true")
     log = bundle(root, "big") / "ctr.log"
@@ -103,7 +103,7 @@ def test_tail_reads_the_end_of_the_log_not_all_of_it(root: Path) -> None:
                              for i in range(5000)))  # fmt: skip
     assert log.stat().st_size > 30_000_000
 
-    rt = open_runtime(root)
+    rt = open_engine(root)
     try:
         before = rchar()
         tail = [e.data.split()[1] for e in rt.logs("big", tail=5)]

@@ -1,4 +1,5 @@
-"""The runc + conmon backend, end to end: real runc, real conmon, real cgroups.
+"""Process containers through the engine, end to end: real runc, real conmon, real
+cgroups.
 
 Each test uses a busybox image imported into a lamina root under tmp (see
 runtime_fixtures.py) and checks what a user would: exit codes, logs, signals,
@@ -23,10 +24,9 @@ from pathlib import Path
 import pytest
 from runtime_fixtures import config, import_busybox, lamina_cgroups, overlay_mounts, runc_list
 
+from lamina.engine import Engine, open_engine
 from lamina.errors import AlreadyExists, InUse, LaminaError, NotFound
 from lamina.runtime import ExitReason, Mount, Resources, Status, WaitCondition
-from lamina.runtime._factory import open_runtime
-from lamina.runtime._oci import OciRuntime
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runc, mounts, cgroups)"),
@@ -49,10 +49,9 @@ def lamina_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def rt(lamina_root: tuple[Path, str]) -> Iterator[OciRuntime]:
+def rt(lamina_root: tuple[Path, str]) -> Iterator[Engine]:
     root, _ = lamina_root
-    runtime = open_runtime(root)
-    assert isinstance(runtime, OciRuntime)
+    runtime = open_engine(root)
     yield runtime
     for c in runtime.list(all=True):
         runtime.remove(c.id, force=True, volumes=True)
@@ -64,13 +63,13 @@ def image(lamina_root: tuple[Path, str]) -> str:
     return lamina_root[1]
 
 
-def run(rt: OciRuntime, image: str, *cmd: str, **kwargs: object) -> str:
+def run(rt: Engine, image: str, *cmd: str, **kwargs: object) -> str:
     c = rt.create(config(image, *cmd, **kwargs))  # type: ignore[arg-type]
     rt.start(c.id)
     return c.id
 
 
-def logs_text(rt: OciRuntime, ref: str, **kwargs: object) -> str:
+def logs_text(rt: Engine, ref: str, **kwargs: object) -> str:
     return b"".join(e.data for e in rt.logs(ref, **kwargs)).decode()  # type: ignore[arg-type]
 
 
@@ -86,7 +85,7 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
 # -- running and exiting ------------------------------------------------------------
 
 
-def test_exit_code_and_separate_streams(rt: OciRuntime, image: str) -> None:
+def test_exit_code_and_separate_streams(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "echo out1; echo err1 >&2; printf 'no newline'; exit 3")
     outcome = rt.wait(cid)
     assert outcome.exit_code == 3
@@ -105,7 +104,7 @@ def test_exit_code_and_separate_streams(rt: OciRuntime, image: str) -> None:
     assert rt.wait(cid).exit_code == 3
 
 
-def test_exit_zero_and_restart_appends_logs(rt: OciRuntime, image: str) -> None:
+def test_exit_zero_and_restart_appends_logs(rt: Engine, image: str) -> None:
     cid = run(rt, image, "echo", "hi")
     assert rt.wait(cid).exit_code == 0
     rt.start(cid)
@@ -113,7 +112,7 @@ def test_exit_zero_and_restart_appends_logs(rt: OciRuntime, image: str) -> None:
     wait_for(lambda: logs_text(rt, cid) == "hi\nhi\n")
 
 
-def test_command_not_found_fails_with_127(rt: OciRuntime, image: str) -> None:
+def test_command_not_found_fails_with_127(rt: Engine, image: str) -> None:
     c = rt.create(config(image, "/no/such/binary"))
     with pytest.raises(LaminaError, match="no such file or directory") as err:
         rt.start(c.id)
@@ -126,7 +125,7 @@ def test_command_not_found_fails_with_127(rt: OciRuntime, image: str) -> None:
     assert runc_list(rt.root) == []
 
 
-def test_run_rm_wait_after_exit_gets_code(rt: OciRuntime, image: str) -> None:
+def test_run_rm_wait_after_exit_gets_code(rt: Engine, image: str) -> None:
     c = rt.create(config(image, "sh", "-c", "exit 7", auto_remove=True))
     rt.start(c.id)
     wait_for(lambda: not any(x.id == c.id for x in rt.list(all=True)))
@@ -135,7 +134,7 @@ def test_run_rm_wait_after_exit_gets_code(rt: OciRuntime, image: str) -> None:
         rt.get(c.id)
 
 
-def test_attach_then_start_pumps_stdio(rt: OciRuntime, image: str) -> None:
+def test_attach_then_start_pumps_stdio(rt: Engine, image: str) -> None:
     c = rt.create(
         config(
             image,
@@ -151,13 +150,13 @@ def test_attach_then_start_pumps_stdio(rt: OciRuntime, image: str) -> None:
     assert out.getvalue() == b"got hello\n"
     assert err.getvalue() == b"oops\n"
     assert rt.wait(c.id, WaitCondition.REMOVED).exit_code == 4
-    assert not (rt.containers_dir / c.id).exists()
+    assert not ((rt.root / "containers") / c.id).exists()
 
 
 # -- signals ---------------------------------------------------------------------------
 
 
-def test_stop_kills_after_grace_when_sigterm_is_ignored(rt: OciRuntime, image: str) -> None:
+def test_stop_kills_after_grace_when_sigterm_is_ignored(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "trap '' TERM; echo ready; sleep 100 & wait; sleep 100")
     wait_for(lambda: "ready" in logs_text(rt, cid))
     t0 = time.monotonic()
@@ -174,7 +173,7 @@ def test_stop_kills_after_grace_when_sigterm_is_ignored(rt: OciRuntime, image: s
     )
 
 
-def test_stop_uses_stop_signal_and_graceful_exit(rt: OciRuntime, image: str) -> None:
+def test_stop_uses_stop_signal_and_graceful_exit(rt: Engine, image: str) -> None:
     script = "trap 'echo bye; exit 0' USR1; echo ready; while :; do sleep 0.05; done"
     cid = run(rt, image, "sh", "-c", script, stop_signal="SIGUSR1")
     wait_for(lambda: "ready" in logs_text(rt, cid))
@@ -186,7 +185,7 @@ def test_stop_uses_stop_signal_and_graceful_exit(rt: OciRuntime, image: str) -> 
     assert rt.inspect(cid)["Config"]["StopSignal"] == "SIGUSR1"  # type: ignore[index]
 
 
-def test_kill_with_signal(rt: OciRuntime, image: str) -> None:
+def test_kill_with_signal(rt: Engine, image: str) -> None:
     script = "trap 'echo got-usr2; exit 12' USR2; echo ready; while :; do sleep 0.05; done"
     cid = run(rt, image, "sh", "-c", script)
     wait_for(lambda: "ready" in logs_text(rt, cid))
@@ -212,15 +211,15 @@ def test_kill_with_signal(rt: OciRuntime, image: str) -> None:
 
 
 def test_container_outlives_the_process_that_started_it(
-    rt: OciRuntime, image: str, lamina_root: tuple[Path, str]
+    rt: Engine, image: str, lamina_root: tuple[Path, str]
 ) -> None:
     root, _ = lamina_root
     script = (
         "import sys; from pathlib import Path\n"
         f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
         "from runtime_fixtures import config\n"
-        "from lamina.runtime._factory import open_runtime\n"
-        f"rt = open_runtime(Path({str(root)!r}))\n"
+        "from lamina.engine import open_engine\n"
+        f"rt = open_engine(Path({str(root)!r}))\n"
         f"c = rt.create(config({image!r}, 'sh', '-c', "
         "\"trap 'exit 0' TERM; echo started; while :; do sleep 0.05; done\", name='survivor'))\n"
         "rt.start(c.id)\n"
@@ -245,16 +244,16 @@ def test_container_outlives_the_process_that_started_it(
 
 
 def test_conmon_killed_is_reconciled_not_lost(
-    rt: OciRuntime, image: str, lamina_root: tuple[Path, str]
+    rt: Engine, image: str, lamina_root: tuple[Path, str]
 ) -> None:
     cid = run(rt, image, "sleep", "100")
-    bundle = rt.containers_dir / cid
+    bundle = (rt.root / "containers") / cid
     conmon_pid = int((bundle / "conmon.pid").read_text())
     container_pid = rt.pid(cid)
     os.kill(conmon_pid, signal.SIGKILL)
     wait_for(lambda: _zombie(conmon_pid), 5)
     # Any call reconciles; a second runtime object (another lamina process) sees the same.
-    other = OciRuntime(lamina_root[0])
+    other = Engine(lamina_root[0])
     try:
         listed = [c for c in other.list(all=True) if c.id == cid]
     finally:
@@ -284,7 +283,7 @@ def _zombie(pid: int) -> bool:
 # -- limits -------------------------------------------------------------------------------
 
 
-def test_oom_kill_under_memory_limit(rt: OciRuntime, image: str) -> None:
+def test_oom_kill_under_memory_limit(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "tail /dev/zero", resources=Resources(memory=8 * 1024**2))
     outcome = rt.wait(cid, timeout=60)
     assert outcome.exit_code == 137
@@ -294,7 +293,7 @@ def test_oom_kill_under_memory_limit(rt: OciRuntime, image: str) -> None:
     assert info["HostConfig"]["Memory"] == 8 * 1024**2  # type: ignore[index]
 
 
-def test_pids_limit_bounds_a_fork_bomb(rt: OciRuntime, image: str) -> None:
+def test_pids_limit_bounds_a_fork_bomb(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sleep", "100", resources=Resources(pids_limit=10))
     bomb = "for i in $(seq 50); do sleep 30 >/dev/null 2>&1 & done; echo all"
     result = rt.exec(cid, ["sh", "-c", bomb])
@@ -309,7 +308,7 @@ def test_pids_limit_bounds_a_fork_bomb(rt: OciRuntime, image: str) -> None:
     assert rt.get(cid).config.resources.pids_limit == 64
 
 
-def test_pause_and_unpause(rt: OciRuntime, image: str) -> None:
+def test_pause_and_unpause(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sleep", "100")
     rt.pause(cid)
     assert rt.get(cid).state.status == Status.PAUSED
@@ -330,7 +329,7 @@ def test_pause_and_unpause(rt: OciRuntime, image: str) -> None:
 # -- exec ----------------------------------------------------------------------------------
 
 
-def test_exec_captured_env_user_workdir(rt: OciRuntime, image: str) -> None:
+def test_exec_captured_env_user_workdir(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sleep", "100", env=["FROM_RUN=1"])
     env = rt.exec(cid, ["env"], env=["EXTRA=yes", "FROM_RUN=2"]).stdout.decode().split("\n")
     assert "EXTRA=yes" in env and "FROM_RUN=2" in env and "LANG=C.UTF-8" in env
@@ -354,7 +353,7 @@ def test_exec_captured_env_user_workdir(rt: OciRuntime, image: str) -> None:
 # -- names, errors, inspect ------------------------------------------------------------------
 
 
-def test_names_prefixes_and_refusals(rt: OciRuntime, image: str) -> None:
+def test_names_prefixes_and_refusals(rt: Engine, image: str) -> None:
     a = rt.create(config(image, "sleep", "100", name="alpha"))
     assert a.name == "alpha" and len(a.id) == 64
     with pytest.raises(AlreadyExists):
@@ -383,10 +382,10 @@ def test_names_prefixes_and_refusals(rt: OciRuntime, image: str) -> None:
     rt.remove("beta", force=True)
     with pytest.raises(NotFound):
         rt.get(a.id)
-    assert not (rt.containers_dir / a.id).exists()
+    assert not ((rt.root / "containers") / a.id).exists()
 
 
-def test_inspect_shape(rt: OciRuntime, image: str) -> None:
+def test_inspect_shape(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sleep", "100", name="insp", labels={"k": "v"})
     info = rt.inspect(cid)
     assert info["Id"] == cid and info["Name"] == "/insp"
@@ -401,7 +400,7 @@ def test_inspect_shape(rt: OciRuntime, image: str) -> None:
     assert Path(graph["MergedDir"], "bin", "busybox").exists()
 
 
-def test_image_is_held_while_a_container_exists(rt: OciRuntime, image: str) -> None:
+def test_image_is_held_while_a_container_exists(rt: Engine, image: str) -> None:
     c = rt.create(config(image, "true"))
     with pytest.raises(InUse):
         rt.images.remove(image)
@@ -409,7 +408,7 @@ def test_image_is_held_while_a_container_exists(rt: OciRuntime, image: str) -> N
     assert rt.images.images.holders(rt.images.require(image).digest) == []
 
 
-def test_filesystem_diff_copy_and_commit(rt: OciRuntime, image: str) -> None:
+def test_filesystem_diff_copy_and_commit(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "echo new > /added; rm /etc/group; echo x >> /etc/passwd")
     assert rt.wait(cid).exit_code == 0
     changes = {(c.kind, c.path) for c in rt.diff(cid)}
@@ -425,7 +424,7 @@ def test_filesystem_diff_copy_and_commit(rt: OciRuntime, image: str) -> None:
     assert logs_text(rt, c2) == "new\n"
 
 
-def test_volumes_anonymous_removed_with_container(rt: OciRuntime, image: str) -> None:
+def test_volumes_anonymous_removed_with_container(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "ls /etc > /data/list", mounts=[Mount("volume", "/data")])
     assert rt.wait(cid).exit_code == 0
     [vol] = rt.volumes.list()
@@ -449,7 +448,7 @@ def test_container_keeps_the_runtime_it_was_created_with(
     wrapper.parent.mkdir()
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec /usr/sbin/runc "$@"\n')
     wrapper.chmod(0o755)
-    custom = OciRuntime(root, oci_runtime=str(wrapper))
+    custom = Engine(root, oci_runtime=str(wrapper))
     try:
         cid = run(custom, image, "sleep", "100")  # type: ignore[arg-type]
         assert custom.get(cid).state.status == Status.RUNNING
@@ -465,7 +464,7 @@ def test_container_keeps_the_runtime_it_was_created_with(
         ]
 
     assert verbs()[:2] == ["create", "start"]
-    plain = OciRuntime(root)  # runc by default
+    plain = Engine(root)  # runc by default
     try:
         plain.stop(cid, timeout=0)
         assert plain.wait(cid).exit_code == 137
@@ -477,12 +476,12 @@ def test_container_keeps_the_runtime_it_was_created_with(
     assert lamina_cgroups(cid) == []
 
 
-def test_rows_without_a_runtime_are_runcs(rt: OciRuntime, image: str) -> None:
+def test_rows_without_a_runtime_are_runcs(rt: Engine, image: str) -> None:
     """Containers made before the runtime was recorded are managed with runc."""
     c = rt.create(config(image, "sleep", "100"))
-    rec = rt.state.get(c.id)
-    assert rec is not None and rec.extra.pop("oci_runtime") == "/usr/sbin/runc"
-    rt.state.update(c.id, extra=rec.extra)
+    rec = rt.store.get(c.id)
+    assert rec is not None and rec.task.pop("oci_runtime") == "/usr/sbin/runc"
+    rt.store.update(c.id, task=rec.task)
     rt.start(c.id)
     assert c.id in runc_list(rt.root)
     rt.stop(c.id, timeout=0)
@@ -492,7 +491,7 @@ def test_rows_without_a_runtime_are_runcs(rt: OciRuntime, image: str) -> None:
 def test_unknown_runtime_fails_before_anything(tmp_path: Path) -> None:
     for spec in ("nonexistent", str(tmp_path / "missing")):
         with pytest.raises(LaminaError, match="not found"):
-            OciRuntime(tmp_path / "root", oci_runtime=spec)
+            Engine(tmp_path / "root", oci_runtime=spec)
 
 
 # -- leaving nothing behind -------------------------------------------------------------------
@@ -501,7 +500,7 @@ def test_unknown_runtime_fails_before_anything(tmp_path: Path) -> None:
 def test_fifty_containers_leave_nothing_behind(tmp_path: Path) -> None:
     root = tmp_path / "root"
     image = import_busybox(root, tmp_path)
-    rt = OciRuntime(root)
+    rt = Engine(root)
     try:
         ids = []
         for i in range(50):
@@ -527,7 +526,7 @@ def test_fifty_containers_leave_nothing_behind(tmp_path: Path) -> None:
         rt.close()
 
 
-def test_cycle_time_is_reported(rt: OciRuntime, image: str) -> None:
+def test_cycle_time_is_reported(rt: Engine, image: str) -> None:
     """create + start + wait + remove of ``true``: printed for the report (-s)."""
     times = []
     for _ in range(5):
@@ -542,21 +541,21 @@ def test_cycle_time_is_reported(rt: OciRuntime, image: str) -> None:
     assert times[2] < 2.0
 
 
-def test_spec_written_is_valid_json(rt: OciRuntime, image: str) -> None:
+def test_spec_written_is_valid_json(rt: Engine, image: str) -> None:
     c = rt.create(config(image, "true"))
-    spec = json.loads((rt.containers_dir / c.id / "config.json").read_text())
-    assert spec["root"]["path"] == str(rt.overlay_dir / c.id / "merged")
+    spec = json.loads(((rt.root / "containers") / c.id / "config.json").read_text())
+    assert spec["root"]["path"] == str((rt.root / "overlay") / c.id / "merged")
     assert spec["linux"]["cgroupsPath"] == f"/lamina/{c.id}"
 
 
-def test_exit_command_cleans_up_a_detached_container(rt: OciRuntime, image: str) -> None:
+def test_exit_command_cleans_up_a_detached_container(rt: Engine, image: str) -> None:
     """Nobody waits: conmon's exit command records the exit and unmounts by itself."""
     cid = run(rt, image, "sh", "-c", "sleep 0.2; exit 9")
-    merged = rt.overlay_dir / cid / "merged"
+    merged = (rt.root / "overlay") / cid / "merged"
     assert os.path.ismount(merged)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        rec = rt.state.get(cid)  # the raw row: no reconcile by this process
+        rec = rt.store.get(cid)  # the raw record: no reconcile by this process
         # The exit command records the exit, then unmounts and deletes runc state:
         # wait for all of it (under load the steps are visibly apart).
         if (
@@ -572,14 +571,14 @@ def test_exit_command_cleans_up_a_detached_container(rt: OciRuntime, image: str)
     assert cid not in runc_list(rt.root)
 
 
-def test_logs_follow_until_exit(rt: OciRuntime, image: str) -> None:
+def test_logs_follow_until_exit(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done")
     lines = [e.data for e in rt.logs(cid, follow=True)]
     assert lines == [b"line1\n", b"line2\n", b"line3\n"]
     assert rt.get(cid).state.status == Status.EXITED
 
 
-def test_wait_timeout_and_next_exit(rt: OciRuntime, image: str) -> None:
+def test_wait_timeout_and_next_exit(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sleep", "100")
     with pytest.raises(LaminaError, match="timed out"):
         rt.wait(cid, timeout=0.2)
@@ -590,7 +589,7 @@ def test_wait_timeout_and_next_exit(rt: OciRuntime, image: str) -> None:
     assert rt.wait(cid, timeout=10).exit_code == 137
 
 
-def test_tty_resize_and_memory_update(rt: OciRuntime, image: str) -> None:
+def test_tty_resize_and_memory_update(rt: Engine, image: str) -> None:
     cid = run(rt, image, "sh", "-c", "sleep 0.5; stty size; sleep 100", tty=True)
     rt.resize(cid, 33, 77)
     wait_for(lambda: "33 77" in logs_text(rt, cid))

@@ -101,7 +101,7 @@ def test_rmi_before_create_holds_the_image_fails_the_create_cleanly(
 
 _READY_CLI = """
 import sys
-from lamina.cli import main, _images, _containers  # imported before the go: fast to act
+from lamina.cli import main, _images, _run  # imported before the go: fast to act
 sys.stdout.write("ready\\n"); sys.stdout.flush()
 sys.stdin.read(1)
 main.main(sys.argv[1:])
@@ -308,11 +308,11 @@ def _lease_holder(root: Path) -> tuple[subprocess.Popen[str], str]:
 def test_containers_of_a_dead_owner_are_removed(root: Path) -> None:
     """A build's RUN step container (``ContainerConfig.owner``) outlives a killed
     build: the next command removes it, killing it first; a live owner's stays."""
-    from lamina.runtime import open_runtime
+    from lamina.engine import open_engine
 
     dead, dead_lease = _lease_holder(root)
     live, live_lease = _lease_holder(root)
-    rt = open_runtime(root)
+    rt = open_engine(root)
     try:
         orphan = rt.create(ContainerConfig(image=IMAGE_REF, command=["sleep", "1000"],
                                            owner=dead_lease))  # fmt: skip

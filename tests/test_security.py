@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from lamina.engine._process import merge_process
 from lamina.runtime._spec import build_spec
 from lamina.runtime._types import ContainerConfig, Mount, Resources, Security, Ulimit
 
@@ -107,7 +108,7 @@ class Runner:
         self.ids.append(cid)
         return build_spec(
             config=config,
-            image_config={},
+            process=merge_process(config, {}, cid),  # as the engine merges it
             rootfs=self.rootfs,
             container_id=cid,
             hostname_file=self.tmp / "hostname",

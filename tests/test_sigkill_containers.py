@@ -174,22 +174,24 @@ def vm_dirs(root: Path) -> set[str]:
     return {d for d in os.listdir(root / "vms") if len(d) == 64}
 
 
-@pytest.mark.parametrize("point", ["create:held", "remove:dropping"])
+@pytest.mark.parametrize("point", ["create:held", "remove:removing", "remove:dropping"])
 def test_killed_vm_create_or_rm_leaves_nothing(root: Path, point: str) -> None:
-    """A VM container's create killed once it made its directory and held the
-    image, or its removal killed between the row and the directory: the next
-    command frees the directory and the hold (no VM boots for this)."""
+    """A VM container's create killed once it made its directory and held the image,
+    or its removal killed once its record says removing, or once its directory is
+    gone: the next command frees the directory and the hold, as for a process
+    container (no VM boots for this)."""
     if point == "create:held":
         proc = start_stopped(root, point, "create", "--isolation", "vm", IMAGE_REF, "true")
-        cid = ""
+        [cid] = vm_dirs(root)
+        expected = f"container {cid[:12]}: left over by an interrupted command: removed it"
     else:
         cid = lamina_ok(root, "create", "--isolation", "vm", IMAGE_REF, "true").strip()
         proc = start_stopped(root, point, "rm", cid)
-    [made] = vm_dirs(root)
-    assert not cid or made == cid
+        assert vm_dirs(root) == ({cid} if point == "remove:removing" else set())
+        expected = f"container {cid[:12]}: its removal was interrupted; removed it"
     kill(proc)
     r = lamina_cli(root, "ps", "-a")
-    assert f"container {made[:12]}: left over by an interrupted command: removed it" in r.stderr
+    assert expected in r.stderr
     assert ids(root) == set()
     assert vm_dirs(root) == set()
     assert leaks(root, set()) == []  # the image hold included

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from lamina.engine._process import merge_process
 from lamina.errors import LaminaError
 from lamina.runtime._signals import parse_signal, signal_from_exit_code, signal_name
 from lamina.runtime._spec import (
     DEFAULT_CAPABILITIES,
-    DEFAULT_PATH,
     MASKED_PATHS,
     READONLY_PATHS,
     RLIM_INFINITY,
@@ -27,8 +27,16 @@ from lamina.runtime._spec import (
     resolve_capabilities,
     seccomp_for,
 )
-from lamina.runtime._types import ContainerConfig, Mount, Resources, Security, Ulimit
+from lamina.runtime._types import (
+    ContainerConfig,
+    Mount,
+    ProcessSpec,
+    Resources,
+    Security,
+    Ulimit,
+)
 from lamina.runtime._userdb import resolve_user, secure_join
+from lamina.runtime.common import DEFAULT_PATH
 
 CID = "c0ffee" + "0" * 58
 HOST_HARD = 20000
@@ -61,11 +69,16 @@ def rootfs(tmp_path: Path) -> Path:
 
 
 def spec_for(rootfs: Path, image_config: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """The spec of a container of ``kw`` from an image of ``image_config`` (the whole
+    config or its ``config`` object), its process merged as the engine merges it."""
     kw.setdefault("command", ["sh"])
     files = rootfs.parent
+    config = ContainerConfig(image="sha256:x", **kw)
+    image = image_config or {}
+    inner = image.get("config") if isinstance(image.get("config"), dict) else image
     return build_spec(
-        config=ContainerConfig(image="sha256:x", **kw),
-        image_config=image_config or {},
+        config=config,
+        process=merge_process(config, inner, CID),
         rootfs=rootfs,
         container_id=CID,
         hostname_file=files / "hostname",
@@ -350,7 +363,7 @@ def test_ulimit_above_host_is_refused(rootfs: Path) -> None:
 def test_default_nofile_clamped_to_real_host(rootfs: Path) -> None:
     spec = build_spec(
         config=ContainerConfig(image="x", command=["sh"]),
-        image_config={},
+        process=ProcessSpec(["sh"], []),
         rootfs=rootfs,
         container_id=CID,
         hostname_file=rootfs / "h",
@@ -404,7 +417,7 @@ def test_user_mounts(rootfs: Path, tmp_path: Path) -> None:
             tmpfs={"/tmp": "size=64m,mode=1777"},
             security=Security(read_only_rootfs=True),
         ),
-        image_config={},
+        process=ProcessSpec(["sh"], []),
         rootfs=rootfs,
         container_id=CID,
         hostname_file=tmp_path / "h",
@@ -458,7 +471,7 @@ def test_namespaces_and_cgroups(rootfs: Path) -> None:
     assert "network" not in host
     spec = build_spec(
         config=ContainerConfig(image="x", command=["sh"], network="container:abc"),
-        image_config={},
+        process=ProcessSpec(["sh"], []),
         rootfs=rootfs,
         container_id=CID,
         hostname_file=rootfs / "h",

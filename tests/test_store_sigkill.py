@@ -249,7 +249,7 @@ def test_killed_while_a_build_commits_its_layer(
 
 @needs_root
 def test_killed_while_a_run_step_runs(tmp_path: Path, root: Path) -> None:
-    from lamina.runtime._state import StateStore
+    from lamina.engine import open_engine
 
     import_busybox(root, tmp_path, "base:1")
     context = tmp_path / "context"
@@ -264,9 +264,9 @@ def test_killed_while_a_run_step_runs(tmp_path: Path, root: Path) -> None:
         return mounts.is_dir() and any((d / "started").exists() for d in mounts.iterdir())
 
     kill_when(start(root, "build", str(context)), running)
-    state = StateStore(root / "containers.db")
-    (step,) = state.list()
-    state.close()
+    engine = open_engine(root)
+    (step,) = engine.store.list()  # the raw records: no reconcile
+    engine.close()
     # The step container is disposable work of the killed build: its owner is dead.
     assert step.config.owner.startswith("build-")
     assert not _leases.alive(root, step.config.owner)

@@ -123,6 +123,10 @@ class BuildOptions:
     source_date_epoch: int | None = None
     registry_config: Any = None  # a RegistryConfig, or a function returning one
     max_parallel: int = 4  # stages working at once
+    # A function returning what RUN steps make their containers with (the engine's
+    # container operations: create, attach, wait, inspect, remove, kill, close), called
+    # once per thread that runs a step; ``Engine.build`` gives its own.
+    containers: Any = None
 
 
 @dataclass
@@ -500,7 +504,9 @@ class Builder:
             if self._runner is None:
                 from lamina.builder._run import Runner
 
-                self._runner = Runner(self.root, self.cache.mounts_dir, self.lease)
+                self._runner = Runner(
+                    self.root, self.cache.mounts_dir, self.lease, self.opts.containers
+                )
             return self._runner
 
 

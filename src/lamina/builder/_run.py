@@ -1,4 +1,5 @@
-"""RUN: one command in a container through lamina's Runtime, its changes captured.
+"""RUN: one command in a container (the engine's, given as ``BuildOptions.containers``:
+the builder sits below the engine and imports none of it), its changes captured.
 
 ``Runner.run`` creates a container from the image record of the current layer
 stack (``_commit.stack_image``) with everything else passed explicitly (argv, env,
@@ -8,7 +9,7 @@ step's changes: the mountpoint stubs runc had to create (``/etc/hosts`` and
 friends, ``--mount`` targets, and parent directories made only for them) are
 removed first, and what remains is handed back for ``_commit.Store.commit_dir``.
 The container is always removed, whatever happens; its ``owner`` is the build's
-lease, so if the build itself is killed the runtime removes it once the lease is
+lease, so if the build itself is killed the engine removes it once the lease is
 dead. Scratch directories and views are registered on that lease too.
 
 ``--mount`` kinds: ``bind`` (context, stage or image; read-only unless ``rw``,
@@ -161,12 +162,19 @@ class MountSources:
 
 
 class Runner:
-    """Runs RUN steps; one runtime instance per thread (its stores are not shared)."""
+    """Runs RUN steps; one container engine per thread (its stores are not shared)."""
 
-    def __init__(self, root: Path, cache_mounts: Path, lease: StoreLease) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cache_mounts: Path,
+        lease: StoreLease,
+        containers: Callable[[], Any] | None,
+    ) -> None:
         self.root = root
         self.cache_mounts = cache_mounts
         self.lease = lease
+        self._containers = containers
         self._local = threading.local()
         self._active: set[str] = set()
         self._opened: list[Any] = []
@@ -175,9 +183,9 @@ class Runner:
     def runtime(self) -> Any:
         rt = getattr(self._local, "rt", None)
         if rt is None:
-            from lamina.runtime import open_runtime
-
-            rt = open_runtime(self.root)
+            if self._containers is None:
+                raise BuildError("RUN needs containers: no engine was given to this build")
+            rt = self._containers()
             self._local.rt = rt
             with self._lock:
                 self._opened.append(rt)
@@ -366,7 +374,7 @@ class Runner:
                 mounts=mounts,
                 security=Security(no_new_privileges=False, privileged=req.insecure),
                 labels={"io.lamina.builder": "1"},
-                owner=self.lease.id,  # disposable: removed by the runtime if the build dies
+                owner=self.lease.id,  # disposable: removed by the engine if the build dies
             )
             container = rt.create(config)
             cid = container.id
@@ -390,8 +398,8 @@ class Runner:
 
 
 def _upper_dir(inspect: dict[str, Any]) -> Path:
-    """The exited container's overlay upper dir, from the runtime's Docker-style
-    inspect; its root filesystem must be unmounted by now (the runtime does that
+    """The exited container's overlay upper dir, from the engine's Docker-style
+    inspect; its root filesystem must be unmounted by now (the engine does that
     when it records the exit), as the directory is about to become a snapshot."""
     data = (inspect.get("GraphDriver") or {}).get("Data") or {}
     upper, merged = data.get("UpperDir"), data.get("MergedDir")

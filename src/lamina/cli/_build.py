@@ -206,7 +206,7 @@ def build(
 ) -> None:
     """Build an image from a Dockerfile and a context directory."""
     from lamina.builder import BuildError, BuildOptions
-    from lamina.builder import build as do_build
+    from lamina.cli._common import open_engine
 
     if str(context).startswith(("http://", "https://", "git@")) or str(context) == "-":
         raise click.BadParameter(
@@ -237,7 +237,7 @@ def build(
         opts.dockerfile = Path(dockerfile)
     reporter = _progress("quiet" if quiet else progress)
     try:
-        result = do_build(_settings().root, opts, reporter)
+        result = open_engine().build(opts, reporter)
     except BuildError as e:
         reporter.close()
         if e.output_tail and not reporter.shows_output:

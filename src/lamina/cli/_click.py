@@ -89,6 +89,37 @@ class DockerGroup(click.Group):
             return super().invoke(ctx)
 
 
+class LazyGroup(DockerGroup):
+    """A group whose subcommands are imported on first use: ``lazy`` maps a command
+    name to ``"module:attribute"`` under ``lamina.cli``; ``summaries`` are the help's
+    one-line descriptions (help lists the commands without importing any)."""
+
+    def __init__(
+        self, *args: Any, lazy: dict[str, str], summaries: dict[str, str], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._lazy = lazy
+        self._summaries = summaries
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            import importlib
+
+            module, _, attr = self._lazy[cmd_name].partition(":")
+            mod = importlib.import_module(f"lamina.cli.{module}")
+            cmd: click.Command = getattr(mod, attr)
+            return cmd
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self._summaries.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
 def command(name: str | None = None, **kw: Any) -> Callable[[Callable[..., Any]], DockerCommand]:
     """``click.command`` making a :class:`DockerCommand`."""
     return click.command(name, cls=DockerCommand, **kw)

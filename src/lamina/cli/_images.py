@@ -19,6 +19,7 @@ from lamina.cli._output import (
 )
 
 if TYPE_CHECKING:
+    from lamina.engine import Engine
     from lamina.image import ArchiveFormat, ImageRecord, LocalImages
     from lamina.registry import RegistryConfig
 
@@ -28,9 +29,14 @@ def _settings() -> Any:
 
 
 def open_local() -> LocalImages:
-    from lamina.image import LocalImages
+    """The image store, for the commands that only read it."""
+    return _engine().images
 
-    return LocalImages.open(_settings().root)
+
+def _engine() -> Engine:
+    from lamina.cli._common import open_engine
+
+    return open_engine(containers=False)
 
 
 def registry_config(ca_file: Path | None = None, host: str | None = None) -> RegistryConfig:
@@ -109,21 +115,15 @@ def pull(
     reference: str, platform: str | None, policy: str, quiet: bool, ca_file: Path | None
 ) -> None:
     """Pull an image from a registry."""
-    from lamina.registry import pull as do_pull
-
     # Everything that can fail on the command line fails before the store is touched.
     config = registry_config(ca_file, _registry_host(reference) if ca_file else None)
-    plat = _platform_arg(platform)
-    local = open_local()
-    if policy == "missing":
-        policy = "if-not-present"
-    record = do_pull(
-        local,
+    _platform_arg(platform)
+    record = _engine().pull_image(
         reference,
         policy=policy,
-        platform=plat,
+        platform=platform,
         progress=progress_sink(quiet),
-        config=config,
+        registry_config=config,
     )
     if quiet:
         click.echo(record.id)
@@ -150,22 +150,15 @@ def push(
     ca_file: Path | None,
 ) -> None:
     """Push an image (SOURCE) to a registry, optionally under another name."""
-    from lamina.registry import push as do_push
-
     host = _registry_host(destination or source) if ca_file else None
     config = registry_config(ca_file, host)
-    local = open_local()
-    # The lease keeps the image's blobs from a concurrent rmi while they upload.
-    with local.lease("push") as lease:
-        lease.protect(images=[local.require(source).digest])
-        digest = do_push(
-            local,
-            source,
-            destination,
-            progress=progress_sink(quiet),
-            config=config,
-            chunk_size=chunk_size,
-        )
+    digest = _engine().push_image(
+        source,
+        destination,
+        progress=progress_sink(quiet),
+        registry_config=config,
+        chunk_size=chunk_size,
+    )
     if not quiet:
         click.echo(f"Digest: {digest}")
 
@@ -333,12 +326,12 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
     """Remove one or more images."""
     from lamina.errors import LaminaError
 
-    local = open_local()
-    local.reap()
+    engine = _engine()
+    engine.images.reap()
     failed = []
     for name in names:
         try:
-            result = local.remove(name, force=force)
+            result = engine.remove_image(name, force=force)
         except LaminaError as e:
             print(f"lamina: error: {e}", file=sys.stderr)
             failed.append(name)
@@ -347,21 +340,8 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
             click.echo(f"Untagged: {_familiar(n)}")
         for d in result.deleted:
             click.echo(f"Deleted: {d}")
-    _collect_vm_disks(local)
     if failed:
         sys.exit(1)
-
-
-def _collect_vm_disks(local: LocalImages) -> None:
-    """Removed images take their cached micro-VM root disks with them, and the VM
-    snapshots made from those disks, which no VM can match any more."""
-    if (local.root / "vm" / "rootfs").is_dir():
-        from lamina.vm._rootfs import collect_rootfs_garbage
-
-        if collect_rootfs_garbage(local) and (local.root / "vm" / "snapshots").is_dir():
-            from lamina.vm._snapshot import prune_snapshots
-
-            prune_snapshots(local.root)
 
 
 @command()
@@ -369,7 +349,7 @@ def _collect_vm_disks(local: LocalImages) -> None:
 @click.argument("target")
 def tag(source: str, target: str) -> None:
     """Create a tag TARGET that refers to SOURCE."""
-    open_local().images.tag(source, target)
+    _engine().tag_image(source, target)
 
 
 def inspect_image(local: LocalImages, rec: ImageRecord) -> dict[str, Any]:
@@ -437,9 +417,7 @@ def inspect(names: tuple[str, ...], fmt: str | None) -> None:
 )
 def save(names: tuple[str, ...], output: str | None, fmt: ArchiveFormat) -> None:
     """Save one or more images to an archive (to standard output without -o)."""
-    from lamina.image import save as do_save
-
-    local = open_local()
+    engine = _engine()
     if output not in (None, "-"):
         dest = Path(output)
         if not dest.absolute().parent.is_dir():
@@ -447,14 +425,14 @@ def save(names: tuple[str, ...], output: str | None, fmt: ArchiveFormat) -> None
 
             # Said here: the library would name its temporary file instead.
             raise NotFound(f"cannot write {dest}: directory {dest.parent} does not exist")
-        do_save(local, list(names), dest, format=fmt)
+        engine.save_images(names, dest, format=fmt)
         return
     if sys.stdout.isatty():
         raise click.UsageError("refusing to write an archive to a terminal; use -o or a pipe")
     if fmt == "oci-dir":
         raise click.UsageError("--format oci-dir needs -o DIRECTORY")
     sys.stdout.flush()
-    do_save(local, list(names), sys.stdout.buffer, format=fmt)
+    engine.save_images(names, sys.stdout.buffer, format=fmt)
     sys.stdout.buffer.flush()
 
 
@@ -470,9 +448,7 @@ def save(names: tuple[str, ...], output: str | None, fmt: ArchiveFormat) -> None
 @click.option("-q", "--quiet", is_flag=True)
 def load(source: str | None, quiet: bool) -> None:
     """Load images from an archive (oci-archive, docker-archive) or an OCI layout dir."""
-    from lamina.image import load as do_load
-
-    records = do_load(open_local(), _input(source, "archive"))
+    records = _engine().load_images(_input(source, "archive"))
     if quiet:
         return
     for rec in records:
@@ -506,15 +482,13 @@ def import_(
     platform: str | None,
 ) -> None:
     """Create an image from a root filesystem directory or tarball (``-``: stdin)."""
-    from lamina.image import import_rootfs
-
-    rec = import_rootfs(
-        open_local(),
+    _platform_arg(platform)
+    rec = _engine().import_image(
         _input(source, "tarball"),
         reference=reference,
         changes=list(changes),
         message=message,
-        platform=_platform_arg(platform),
+        platform=platform,
     )
     click.echo(rec.id)
 
@@ -585,9 +559,7 @@ def prune(all_: bool, force: bool) -> None:
         what = "all images without at least one container" if all_ else "all dangling images"
         if not click.confirm(f"This will remove {what}. Continue?"):
             return
-    local = open_local()
-    result = local.prune(all_unused=all_)
-    _collect_vm_disks(local)
+    result = _engine().prune_images(all_unused=all_)
     for n in result.untagged:
         click.echo(f"Untagged: {_familiar(n)}")
     for d in result.deleted:

@@ -160,10 +160,11 @@ def _container_counts(root: Path) -> dict[str, int]:
               "ContainersStopped": 0}  # fmt: skip
     if not (root / "containers.db").exists():
         return counts
-    from lamina.cli._containers import _Backends
-    from lamina.runtime import open_runtime
+    from lamina.engine import open_engine
 
-    for c in _Backends(open_runtime(root, oci_runtime=None), root).list(all=True):
+    with open_engine(root, oci_runtime=None) as engine:
+        containers = engine.list(all=True)
+    for c in containers:
         status = str(c.state.status)
         counts["Containers"] += 1
         if status == "running":

@@ -600,42 +600,14 @@ def parse_ports(specs: Sequence[str]) -> list[PortMapping]:
 
 def apply_isolation(parsed: ParsedRun, isolation: str) -> None:
     """The network and ``--vm-base`` rules of the chosen isolation (``process`` or
-    ``vm``): each has its own default network, and refuses the modes it cannot give."""
-    cfg = parsed.config
-    given = parsed.network
-    if isolation == "vm":
-        network = given or "nat"
-        if network == "host" or network.startswith("container:"):
-            raise InvalidOption(
-                f"--network {network} is not supported for VM containers: use nat (the "
-                "default) or none"
-            )
-        if cfg.ports and network == "none":
-            raise InvalidOption("publishing ports (-p) needs a network: not --network none")
-        if cfg.log_driver == "none":
-            raise InvalidOption(
-                "--log-driver none is not supported for VM containers: attaching to one "
-                "reads its output from the log"
-            )
-    else:
-        network = given or "none"
-        if network == "nat":
-            raise InvalidOption(
-                "--network nat is for VM containers (--isolation vm); process containers "
-                "have none, host or container:<id>"
-            )
-        if cfg.vm_base:
-            raise InvalidOption("--vm-base needs --isolation vm")
-        if cfg.ports:
-            if network != "host":
-                raise InvalidOption(
-                    "publishing ports (-p) of a process container needs bridge networking, "
-                    "which is not available yet (VM containers publish them: --isolation vm)"
-                )
-            parsed.warnings.append("published ports are discarded when using host network mode")
-            cfg.ports = []
-    cfg.network = network
-    cfg.isolation = isolation
+    ``vm``), as the engine applies them (``lamina.engine._run_image``)."""
+    from lamina.engine._run_image import InvalidConfig
+    from lamina.engine._run_image import apply_isolation as engine_apply
+
+    try:
+        engine_apply(parsed.config, isolation, network=parsed.network, warnings=parsed.warnings)
+    except InvalidConfig as e:
+        raise InvalidOption(str(e)) from None
 
 
 def parse_log_options(driver: str | None, values: Sequence[str]) -> tuple[str, dict[str, str]]:

@@ -1,4 +1,4 @@
-"""``lamina system prune`` and ``lamina system df``: the CLI over ``lamina.system``,
+"""``lamina system prune`` and ``lamina system df``: the CLI over the engine's housekeeping,
 printed as Docker prints them."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lamina.cli._click import FlagError, group
-from lamina.cli._containers import _settings, human_duration, open_runtime, prune_selector
+from lamina.cli._common import human_duration, open_engine
+from lamina.cli._lifecycle import prune_selector
 from lamina.cli._output import FORMAT_OPTION
 
 if TYPE_CHECKING:
-    from lamina.system import DiskUsage
+    from lamina.engine import DiskUsage
 
 
 @group("system")
@@ -33,19 +34,15 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     """Remove unused data: stopped containers, dangling (or, with -a, unused) images,
     the build cache, anonymous volumes (with --volumes), and whatever interrupted
     commands left behind."""
-    from lamina.cli._images import _collect_vm_disks, open_local
     from lamina.cli._output import human_size
-    from lamina.system import prune_system
+    from lamina.engine import prune_system
 
     if volumes and any(f.startswith("until=") for f in filters):
         raise FlagError('the "until" filter is not supported with "--volumes"', "system prune")
     select = prune_selector(filters, "system prune")
     if not force and sys.stdin.isatty() and not click.confirm(_warning(all_, volumes, filters)):
         return
-    report = prune_system(
-        _settings().root, open_runtime(), all_images=all_, volumes=volumes, select=select
-    )
-    _collect_vm_disks(open_local())  # removed images take their micro-VM disks along
+    report = prune_system(open_engine(), all_images=all_, volumes=volumes, select=select)
     for message in report.containers.errors:
         print(f"lamina: error: {message}", file=sys.stderr)
     sections = [
@@ -88,9 +85,9 @@ def _warning(all_: bool, volumes: bool, filters: tuple[str, ...]) -> str:
 @FORMAT_OPTION
 def df(verbose: bool, fmt: str) -> None:
     """Show disk usage: images, containers, local volumes and build cache."""
-    from lamina.system import disk_usage
+    from lamina.engine import disk_usage
 
-    usage = disk_usage(_settings().root, open_runtime())
+    usage = disk_usage(open_engine())
     if verbose:
         if fmt not in ("table", "json"):
             raise FlagError("--verbose takes no template (use table or json)", "system df")
@@ -145,8 +142,8 @@ def _print_verbose(usage: DiskUsage, *, as_json: bool) -> None:
     """``system df -v``: each image, container, volume and cache entry."""
     import time
 
-    from lamina.cli._containers import _ImageInfo, ps_row
     from lamina.cli._output import human_age, human_size, parse_timestamp
+    from lamina.cli._ps import ps_row
     from lamina.image import parse_reference
 
     images = []
@@ -164,10 +161,9 @@ def _print_verbose(usage: DiskUsage, *, as_json: bool) -> None:
             "Containers": str(u.containers),
         })  # fmt: skip
     now = time.time()
-    info = _ImageInfo()
     containers = []
     for c in usage.containers:
-        row = ps_row(c.container, info, now)
+        row = ps_row(c.container, now)
         containers.append({
             "ID": c.container.id[:12], "Image": row["Image"],
             "Command": row["Command"], "LocalVolumes": str(c.volumes),

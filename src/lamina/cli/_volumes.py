@@ -1,8 +1,6 @@
-"""Volume commands: ``volume create|ls|rm|inspect|prune`` (Docker's local driver).
-
-Volumes live in ``<root>/volumes`` (``VolumeStore``); which containers use one is
-the runtime's knowledge, so removal and prune ask it (``volume_users``) and refuse
-volumes in use, as Docker does.
+"""Volume commands: ``volume create|ls|rm|inspect|prune`` (Docker's local driver),
+through the engine: it knows which containers use a volume (removal and prune
+refuse volumes in use, as Docker does) and which volumes a filter selects.
 """
 
 from __future__ import annotations
@@ -14,29 +12,18 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lamina.cli._click import DockerGroup, FlagError
+from lamina.cli._common import parse_filters
 from lamina.cli._output import FORMAT_OPTION, INSPECT_FORMAT_OPTION
 
 if TYPE_CHECKING:
-    from lamina.runtime._volumes import Volume, VolumeStore
+    from lamina.engine import Engine
+    from lamina.runtime._volumes import Volume
 
 
-def _root() -> Any:
-    return click.get_current_context().find_root().obj.root
+def _engine() -> Engine:
+    from lamina.cli._common import open_engine
 
-
-def _store() -> VolumeStore:
-    from lamina.runtime._volumes import VolumeStore
-
-    return VolumeStore(_root() / "volumes")
-
-
-def _users() -> Any:
-    """volume name -> IDs of the containers using it (created, running or stopped),
-    process and micro-VM containers alike."""
-    from lamina.cli._containers import _Backends
-    from lamina.runtime import open_runtime
-
-    return _Backends(open_runtime(_root(), oci_runtime=None), _root()).volume_users
+    return open_engine(containers=False)
 
 
 def _labels(values: Sequence[str]) -> dict[str, str]:
@@ -68,49 +55,13 @@ def create(
     opts: tuple[str, ...],
 ) -> None:
     """Create a volume (a random name without one); prints its name."""
-    from lamina.runtime._volumes import validate_volume_name
-
     if name and name_opt and name != name_opt:
         raise FlagError(f"conflicting names: {name!r} and --name {name_opt!r}", "volume create")
     if driver != "local":
         raise FlagError(f"unknown volume driver {driver!r}: only local exists", "volume create")
     if opts:
         raise FlagError("the local driver takes no options here (-o)", "volume create")
-    import secrets
-
-    # Docker names an unnamed volume at random, and it is a named volume all the
-    # same (prune without -a keeps it): not the store's anonymous kind.
-    name = name or name_opt or secrets.token_hex(32)
-    validate_volume_name(name)
-    click.echo(_store().create(name, _labels(labels)).name)
-
-
-def _matches(vol: Volume, filters: Sequence[str], users: Any) -> bool:
-    import fnmatch
-
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep:
-            raise FlagError(f"bad filter {f!r}: expected KEY=VALUE", "volume ls")
-        if key == "name":
-            if value not in vol.name and not fnmatch.fnmatch(vol.name, value):
-                return False
-        elif key == "label":
-            k, has_value, v = value.partition("=")
-            if k not in vol.labels or (has_value and vol.labels[k] != v):
-                return False
-        elif key == "dangling":
-            want = value.lower() in ("true", "1")
-            if (not users(vol.name)) != want:
-                return False
-        elif key == "driver":
-            if vol.driver != value:
-                return False
-        else:
-            raise FlagError(
-                f"invalid filter {key!r} (supported: name, label, dangling, driver)", "volume ls"
-            )
-    return True
+    click.echo(_engine().create_volume(name or name_opt, _labels(labels)).name)
 
 
 @volume.command("ls")
@@ -127,10 +78,12 @@ def _matches(vol: Volume, filters: Sequence[str], users: Any) -> bool:
 def ls(quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List volumes."""
     from lamina.cli._output import print_listing
+    from lamina.engine import InvalidFilter
 
-    store = _store()
-    users = _users() if any(f.startswith("dangling=") for f in filters) else None
-    vols = [v for v in store.list() if _matches(v, filters, users)]
+    try:
+        vols = _engine().list_volumes(filters=parse_filters(filters, "volume ls"))
+    except InvalidFilter as e:
+        raise FlagError(str(e), "volume ls") from None
     if quiet:
         for v in vols:
             click.echo(v.name)
@@ -177,12 +130,11 @@ def rm(names: tuple[str, ...], force: bool) -> None:
     """Remove one or more volumes (refused while a container uses them)."""
     from lamina.errors import LaminaError
 
-    store = _store()
-    users = _users()
+    engine = _engine()
     failed = False
     for name in names:
         try:
-            store.remove(name, force=force, users=users)
+            engine.remove_volume(name, force=force)
         except LaminaError as e:
             print(f"lamina: error: {e}", file=sys.stderr)
             failed = True
@@ -203,12 +155,12 @@ def inspect(names: tuple[str, ...], fmt: str | None) -> None:
     from lamina.cli._output import print_inspect
     from lamina.errors import LaminaError
 
-    store = _store()
+    engine = _engine()
     out = []
     missing = []
     for name in names:
         try:
-            out.append(store.get(name).to_dict())
+            out.append(engine.volume(name).to_dict())
         except LaminaError:
             missing.append(name)
     print_inspect(fmt, out, [f"no such volume: {name}" for name in missing])
@@ -226,17 +178,12 @@ def prune(all_: bool, force: bool, filters: tuple[str, ...]) -> None:
         what = "all unused volumes" if all_ else "all anonymous volumes not used by a container"
         if not click.confirm(f"This will remove {what}. Continue?"):
             return
-    store = _store()
-    users = _users()
-    if filters:
-        keep = {v.name for v in store.list() if not _matches(v, filters, users)}
+    from lamina.engine import InvalidFilter
 
-        def filtered_users(name: str) -> Sequence[str]:
-            return ["(filtered out)"] if name in keep else users(name)
-
-        result = store.prune(filtered_users, all=all_)
-    else:
-        result = store.prune(users, all=all_)
+    try:
+        result = _engine().prune_volumes(all=all_, filters=parse_filters(filters, "volume prune"))
+    except InvalidFilter as e:
+        raise FlagError(str(e), "volume prune") from None
     if result.removed:
         click.echo("Deleted Volumes:")
         for name in result.removed:

@@ -7,15 +7,13 @@ when that command runs, through ``LazyGroup``.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from lamina.cli._click import DockerGroup, flag_error
+from lamina.cli._click import LazyGroup, flag_error
 
 # command name -> "module:attribute" under lamina.cli
 _COMMANDS: dict[str, str] = {
@@ -24,35 +22,35 @@ _COMMANDS: dict[str, str] = {
     "images": "_images:images",
     "rmi": "_images:rmi",
     "tag": "_images:tag",
-    "inspect": "_containers:inspect",
+    "inspect": "_ps:inspect",
     "save": "_images:save",
     "load": "_images:load",
     "import": "_images:import_",
     "login": "_images:login",
     "logout": "_images:logout",
     "image": "_images:image",
-    "run": "_containers:run",
-    "create": "_containers:create",
-    "start": "_containers:start",
-    "stop": "_containers:stop",
-    "restart": "_containers:restart",
-    "kill": "_containers:kill",
-    "rm": "_containers:rm",
-    "ps": "_containers:ps",
-    "port": "_containers:port",
-    "logs": "_containers:logs",
-    "exec": "_containers:exec_",
-    "wait": "_containers:wait",
-    "stats": "_containers:stats",
-    "top": "_containers:top",
-    "pause": "_containers:pause",
-    "unpause": "_containers:unpause",
-    "rename": "_containers:rename",
-    "cp": "_containers:cp",
-    "diff": "_containers:diff",
-    "commit": "_containers:commit",
-    "update": "_containers:update",
-    "container": "_containers:container",
+    "run": "_run:run",
+    "create": "_run:create",
+    "start": "_run:start",
+    "stop": "_lifecycle:stop",
+    "restart": "_lifecycle:restart",
+    "kill": "_lifecycle:kill",
+    "rm": "_lifecycle:rm",
+    "ps": "_ps:ps",
+    "port": "_ps:port",
+    "logs": "_logs:logs",
+    "exec": "_exec:exec_",
+    "wait": "_lifecycle:wait",
+    "stats": "_ps:stats",
+    "top": "_ps:top",
+    "pause": "_lifecycle:pause",
+    "unpause": "_lifecycle:unpause",
+    "rename": "_lifecycle:rename",
+    "cp": "_files:cp",
+    "diff": "_files:diff",
+    "commit": "_files:commit",
+    "update": "_lifecycle:update",
+    "container": "_container:container",
     "volume": "_volumes:volume",
     "vm": "_vm:vm",
     "build": "_build:build",
@@ -63,32 +61,6 @@ _COMMANDS: dict[str, str] = {
     "events": "_events:events",
 }
 _ALIASES = {"ls": "images"}
-
-
-class LazyGroup(DockerGroup):
-    """A group whose subcommands are imported on first use (usage errors are one
-    line, as in every lamina group)."""
-
-    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lazy = lazy
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._lazy})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self._lazy:
-            module, _, attr = self._lazy[cmd_name].partition(":")
-            mod = importlib.import_module(f"lamina.cli.{module}")
-            cmd: click.Command = getattr(mod, attr)
-            return cmd
-        return super().get_command(ctx, cmd_name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Help lists names and one-line summaries without importing every command.
-        rows = [(name, _SUMMARIES.get(name, "")) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
 
 
 _SUMMARIES = {
@@ -157,7 +129,10 @@ class Settings:
 
 
 @click.group(
-    cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=LazyGroup,
+    lazy=_COMMANDS,
+    summaries=_SUMMARIES,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.option(
     "--root",

@@ -1,7 +1,9 @@
-"""Runtimes: the Runtime interface and its isolation backends."""
+"""The runtime layer: the task interface every isolation backend implements, the
+process backend (runc + conmon), and the plain data the engine and the backends
+speak. Containers are the engine's (``lamina.engine``); this layer runs their
+workloads."""
 
-from lamina.runtime._factory import open_runtime
-from lamina.runtime._interface import Runtime
+from lamina.runtime._interface import Attachment, TaskBackend
 from lamina.runtime._types import (
     ChangeEntry,
     Container,
@@ -9,12 +11,17 @@ from lamina.runtime._types import (
     ContainerState,
     ExecResult,
     ExitReason,
+    ExitStatus,
     LogEntry,
     Mount,
     PathStat,
     PortMapping,
+    ProcessSpec,
+    Record,
     Resources,
     Security,
+    Signalled,
+    Started,
     Stats,
     Status,
     Ulimit,
@@ -23,23 +30,28 @@ from lamina.runtime._types import (
 )
 
 __all__ = [
+    "Attachment",
     "ChangeEntry",
     "Container",
     "ContainerConfig",
     "ContainerState",
     "ExecResult",
     "ExitReason",
+    "ExitStatus",
     "LogEntry",
     "Mount",
     "PathStat",
     "PortMapping",
+    "ProcessSpec",
+    "Record",
     "Resources",
-    "Runtime",
     "Security",
+    "Signalled",
+    "Started",
     "Stats",
     "Status",
+    "TaskBackend",
     "Ulimit",
     "WaitCondition",
     "WaitOutcome",
-    "open_runtime",
 ]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lamina.errors import InUse
 from lamina.runtime._types import Stats
+from lamina.runtime.common import host_cpu_ns
 
 _UNIFIED = "unified"  # key of the v2 directory in cgroup_dirs() (hybrid and v2)
 _CLK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -171,15 +172,6 @@ def host_memory() -> int:
     for line in _read(Path("/proc/meminfo")).splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
-    return 0
-
-
-def host_cpu_ns() -> int:
-    """Host CPU time in ns summed over all CPUs and states, as Docker's
-    system_cpu_usage (the ``cpu`` line of /proc/stat, first 8 fields)."""
-    for line in _read(Path("/proc/stat")).splitlines():
-        if line.startswith("cpu "):
-            return sum(int(v) for v in line.split()[1:9]) * _CLK_NS
     return 0
 
 

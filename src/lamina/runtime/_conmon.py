@@ -6,7 +6,7 @@ create`` and reports the container's host PID, or runc's error, as one JSON line
 on the ``_OCI_SYNCPIPE`` pipe. From then on conmon alone holds the container's
 stdio: it writes the k8s-file log, serves the attach socket, takes resize requests
 on the ``ctl`` FIFO, and when the container exits writes ``exit/<id>`` (the exit
-code, 128+N for signal N) and runs the exit command (lamina's cleanup).
+code, 128+N for signal N) and runs the exit command (the engine's).
 
 Files conmon makes in the bundle: ``attach`` (SOCK_SEQPACKET; packets from
 conmon begin with one byte, 2 = stdout and 3 = stderr; bytes sent to it are the
@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING
 from lamina.errors import LaminaError
 from lamina.runtime._logs import LogSettings
 
+# error_exit_code is imported from here, too, by VM supervisors started before the engine.
+from lamina.runtime.common import StartFailed, error_exit_code
+
 if TYPE_CHECKING:
     import socket
 
@@ -59,14 +62,6 @@ _DEFAULT_LOG = LogSettings()
 STDOUT_PIPE = 2
 STDERR_PIPE = 3
 ATTACH_BUFSIZE = 8192 + 1
-
-
-class StartFailed(LaminaError):
-    """runc could not create the container (bad command, mount, ...)."""
-
-    def __init__(self, message: str, exit_code: int = 125) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -182,20 +177,6 @@ class Bundle:
             self.waiter,
             d / "ctr.log.tmp",  # a log reopen conmon did not finish
         ]
-
-
-# The exit command: skip the Python cleanup when a lamina process is already waiting for
-# this container (it cleans up itself, sooner); otherwise run it, from "/" (the bundle,
-# conmon's working directory, is deleted when a --rm container is removed). $1 root,
-# $2 id, $3 python, $4 bundle.
-_EXIT_SCRIPT = (
-    'p=$(cat "$4/waiter" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && exit 0; '
-    'cd / && exec "$3" -m lamina.runtime.cleanup "$1" "$2"'
-)
-
-
-def exit_command(python: str, root: Path, cid: str, bundle: Path) -> list[str]:
-    return ["/bin/sh", "-c", _EXIT_SCRIPT, "lamina-cleanup", str(root), cid, python, str(bundle)]
 
 
 def launch(
@@ -370,16 +351,6 @@ def runc_error_text(raw: str) -> str:
 _RUNTIME_FAILED = r"^[\w.-]+ (?:create|exec) failed: "
 
 
-def error_exit_code(text: str) -> int:
-    """Docker's exit codes for a process that could not start."""
-    low = text.lower()
-    if "no such file or directory" in low or "not found" in low:
-        return 127
-    if "permission denied" in low or "is a directory" in low:
-        return 126
-    return 125
-
-
 def read_exit_file(bundle: Bundle) -> int | None:
     try:
         text = bundle.exit_file.read_text().strip()
@@ -391,33 +362,6 @@ def read_exit_file(bundle: Bundle) -> int | None:
         return int(text)
     except ValueError:
         return None
-
-
-def _stat_fields(pid: int) -> list[bytes]:
-    """Fields of /proc/<pid>/stat after the command name (state first); [] if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    return data[data.rfind(b")") + 2 :].split()
-
-
-def process_start_time(pid: int) -> int:
-    """Start time of ``pid`` in clock ticks since boot; 0 if gone."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if len(fields) > 19 else 0
-
-
-def alive(pid: int, start_time: int) -> bool:
-    """True when ``pid`` runs (not a zombie) and is the same process: its start time
-    matches ``start_time`` when that is known."""
-    if pid <= 0:
-        return False
-    fields = _stat_fields(pid)
-    if len(fields) <= 19 or fields[0] in (b"Z", b"X"):
-        return False
-    return not start_time or int(fields[19]) == start_time
 
 
 def read_pidfile(path: Path) -> int:

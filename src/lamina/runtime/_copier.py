@@ -63,8 +63,8 @@ from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina.errors import LaminaError, NotFound
 from lamina.image import apply_layer, open_decompressed
 from lamina.runtime import _fsops
-from lamina.runtime._conmon import alive
 from lamina.runtime._types import PathStat
+from lamina.runtime.common import alive
 
 _CHUNK = 1 << 20
 

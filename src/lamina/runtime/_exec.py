@@ -45,10 +45,10 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lamina.runtime._conmon import OciBinary, StartFailed, launch_exec, runc_error_text
-from lamina.runtime._spec import merge_env
+from lamina.runtime._conmon import OciBinary, launch_exec, runc_error_text
 from lamina.runtime._term import follow_window_size, raw_terminal, set_window_size, window_size
 from lamina.runtime._types import ExecResult
+from lamina.runtime.common import StartFailed, exec_failed, merge_env
 
 
 def build_process(
@@ -119,24 +119,6 @@ class _Exec:
         for p in (self.process_file, self.log_file):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-
-
-def exec_exit_code(error: str, command: str = "") -> int:
-    """Docker's exit code for an exec whose process never started: 127 when the command
-    (``command``, when known, must be the one named) was not found, 126 otherwise:
-    found but not executable, or anything else (a bad user or working directory)."""
-    low = error.lower()
-    named = not command or command.lower() in low
-    missing = ("executable file not found", "no such file or directory", "not a directory")
-    if named and any(m in low for m in missing):
-        return 127
-    return 126
-
-
-def exec_failed(error: str, command: str = "") -> StartFailed:
-    """The one error of an exec that could not start, worded once as runc words it."""
-    text = error.strip().removeprefix("exec failed: ")
-    return StartFailed(f"exec failed: {text}", exit_code=exec_exit_code(text, command))
 
 
 class HoldRuntimeError:

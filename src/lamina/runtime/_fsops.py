@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lamina.errors import InvalidReference, LaminaError, NotFound
+from lamina.errors import InvalidReference, LaminaError
 from lamina.image import (
     Compression,
     Descriptor,
@@ -57,6 +57,7 @@ from lamina.image._config import rfc3339
 from lamina.image._import import apply_changes, ingest_layer
 from lamina.runtime._paths import secure_join
 from lamina.runtime._types import ChangeEntry, ContainerConfig, PathStat
+from lamina.runtime.common import merge_env, not_found
 
 _CHUNK = 1 << 20
 _OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -208,10 +209,6 @@ def _same_owner_mode(st: os.stat_result, lower_copies: Sequence[str]) -> bool:
 # -- docker cp -----------------------------------------------------------------
 
 
-def _not_found(path: str) -> NotFound:
-    return NotFound(f"Could not find the file {path} in container")
-
-
 def archive_name(path: str) -> str:
     """The name ``docker cp`` gives the top entry: the basename as the user wrote it
     (``/etc/hosts`` -> ``hosts``); ``dir/.`` and ``/`` give ``.`` (the contents)."""
@@ -235,7 +232,7 @@ def stat_path(rootfs: Path, path: str) -> PathStat:
     try:
         st = os.lstat(host)
     except (FileNotFoundError, NotADirectoryError):
-        raise _not_found(path) from None
+        raise not_found(path) from None
     if path.endswith("/") and not stat.S_ISDIR(st.st_mode):
         raise LaminaError(f"{path}: not a directory")
     target = ""
@@ -254,7 +251,7 @@ def copy_out(rootfs: Path, path: str, *, follow_link: bool = False) -> Iterator[
     try:
         st = os.lstat(host)
     except (FileNotFoundError, NotADirectoryError):
-        raise _not_found(path) from None
+        raise not_found(path) from None
     if path.rstrip("/") != path and not stat.S_ISDIR(st.st_mode) and path.strip("/"):
         raise LaminaError(f"{path}: not a directory")
     skip = _KERNEL_DIRS if _container_path(rootfs, host) == "/" else frozenset()
@@ -389,7 +386,7 @@ def extraction_point(rootfs: Path, path: str) -> Path:
     try:
         st = os.lstat(dest)
     except (FileNotFoundError, NotADirectoryError):
-        raise _not_found(path) from None
+        raise not_found(path) from None
     if not stat.S_ISDIR(st.st_mode):
         raise LaminaError(f"extraction point is not a directory: {path}")
     return dest
@@ -443,8 +440,6 @@ def committed_config(cfg: ContainerConfig, image_env: Sequence[str]) -> dict[str
     """What ``commit`` keeps of a container's own settings in the new image's config
     (Docker's rules: command, entrypoint, env over the image's, workdir, user, labels);
     both backends use it."""
-    from lamina.runtime._spec import merge_env
-
     out: dict[str, Any] = {}
     if cfg.command is not None:
         out["Cmd"] = cfg.command

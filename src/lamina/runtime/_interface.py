@@ -1,16 +1,19 @@
-"""The Runtime interface: what every isolation backend implements.
+"""The task interface: what differs between isolations, beneath the engine.
 
-Everything above this layer (CLI, builder, deployments) talks to a ``Runtime``
-and never learns whether a container is a runc process tree or a micro-VM.
-Containers outlive the process that created them: a backend keeps its state
-under the lamina root and finds containers again in any later process; every
-public call first reconciles containers whose monitor died.
+The engine (``lamina.engine``) keeps every container's record, name, image hold,
+volumes, logs settings and process, reconciles records with what is real and
+serialises changes with a per-container lock; a ``TaskBackend`` runs the workload
+of one isolation (containerd's tasks beneath its containers store): it prepares
+the workload's filesystem and bundle, starts it under a monitor that outlives every
+lamina command, signals it, tells how it exited (its exit file), tears a run down,
+reaches its filesystem, execs in it and attaches to it.
 
-Container lifecycle: ``create`` (status created) -> ``start`` (running) ->
-``pause``/``unpause`` -> the workload exits, or ``stop``/``kill`` (exited, with a
-``WaitOutcome``) -> ``start`` again or ``remove``. A container that could not be
-started is ``failed`` with a reason. IDs are 64 hex characters; any unique
-prefix, or the name, selects a container.
+A backend never writes the store: what it makes is returned to the engine (a
+``task`` part of the record, a ``Started``), and every method is given the
+``Record`` it acts on. Each container has a directory of the backend's under
+``task_root``, named by its ID; the engine keeps its ``lock`` there and the
+``waiter`` of the exit command's fast path. Backends are imported only when a
+container of their isolation is touched.
 """
 
 from __future__ import annotations
@@ -19,210 +22,272 @@ import abc
 import builtins
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina.runtime._types import (
     ChangeEntry,
-    Container,
     ContainerConfig,
     ExecResult,
-    LogEntry,
+    ExitStatus,
     PathStat,
+    PortMapping,
+    ProcessSpec,
+    Record,
     Resources,
+    Signalled,
+    Started,
     Stats,
-    WaitCondition,
-    WaitOutcome,
 )
 
+if TYPE_CHECKING:
+    from lamina.image import ImageRecord, LocalImages
+    from lamina.runtime._volumes import Volume
 
-class Runtime(abc.ABC):
-    """One isolation backend over one lamina root."""
 
-    name: str = ""
-
-    def close(self) -> None:  # noqa: B027 - optional: not every backend holds anything
-        """Release what this object holds open (database connections); containers
-        are not affected."""
-
-    # -- images
-    @abc.abstractmethod
-    def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
-        """Make the image available locally; returns its image ID."""
-
-    # -- lifecycle
-    @abc.abstractmethod
-    def create(self, config: ContainerConfig) -> Container: ...
+class Attachment(abc.ABC):
+    """A connection to a workload's stdio, made before it is let run (so that no
+    early output is lost) and pumped afterwards."""
 
     @abc.abstractmethod
-    def start(self, ref: str) -> None: ...
-
-    @abc.abstractmethod
-    def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
-        """Send the stop signal, wait ``timeout`` seconds, then SIGKILL."""
-
-    @abc.abstractmethod
-    def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
-        """``stop`` (when running or paused), then ``start``. A ``--rm`` container is kept
-        across it, as Docker keeps it: only its own exit, ``stop`` or ``kill`` remove it."""
-
-    @abc.abstractmethod
-    def kill(self, ref: str, signal: str = "SIGKILL") -> None:
-        """``signal``: a name with or without SIG, or a number; invalid ones are refused.
-        A paused container is thawed for SIGKILL and its stop signal (Docker's rule);
-        other signals stay pending until it is unpaused."""
-
-    @abc.abstractmethod
-    def pause(self, ref: str) -> None: ...
-
-    @abc.abstractmethod
-    def unpause(self, ref: str) -> None: ...
-
-    @abc.abstractmethod
-    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None: ...
-
-    @abc.abstractmethod
-    def rename(self, ref: str, new_name: str) -> None: ...
-
-    # -- observing
-    @abc.abstractmethod
-    def get(self, ref: str) -> Container:
-        """Resolve an ID, unique ID prefix or name; NotFound otherwise."""
-
-    @abc.abstractmethod
-    def list(self, *, all: bool = False) -> list[Container]: ...
-
-    @abc.abstractmethod
-    def wait(
+    def pump(
         self,
-        ref: str,
-        condition: WaitCondition = WaitCondition.NOT_RUNNING,
-        timeout: float | None = None,
-    ) -> WaitOutcome: ...
-
-    @abc.abstractmethod
-    def logs(
-        self,
-        ref: str,
-        *,
-        follow: bool = False,
-        tail: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
-    ) -> Iterator[LogEntry]: ...
-
-    @abc.abstractmethod
-    def stats(self, ref: str) -> Stats: ...
-
-    @abc.abstractmethod
-    def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
-        """Processes in the container: (headers, rows), as ``ps`` shows them."""
-
-    @abc.abstractmethod
-    def inspect(self, ref: str) -> dict[str, object]: ...
-
-    @abc.abstractmethod
-    def pid(self, ref: str) -> int: ...
-
-    @abc.abstractmethod
-    def ip_address(self, ref: str) -> str: ...
-
-    # -- exec
-    @abc.abstractmethod
-    def exec(
-        self,
-        ref: str,
-        argv: builtins.list[str],
-        *,
-        env: builtins.list[str] | None = None,
-        user: str | None = None,
-        workdir: str | None = None,
-        tty: bool = False,
-        stdin: BinaryIO | None = None,
-        detach: bool = False,
-        stream: bool = False,
-    ) -> ExecResult:
-        """Run a process in a running container. ``stream=True`` passes the caller's
-        stdio through (exit code returned, outputs empty); ``tty=True`` allocates a
-        pseudo-terminal and follows the caller's window size."""
-
-    @abc.abstractmethod
-    def attach(
-        self,
-        ref: str,
         *,
         stdin: BinaryIO | None,
         stdout: BinaryIO,
         stderr: BinaryIO,
-        tty: bool = False,
-        start: bool = False,
+        tty: bool,
+        running: Callable[[], bool],
     ) -> None:
-        """Pump the container's stdio to the caller's until its output closes.
-        With ``tty`` the caller's terminal size is followed (SIGWINCH -> resize).
-        ``start=True`` connects first and then starts the container, so that no
-        early output is lost (``run`` without ``-d``)."""
+        """Copy the workload's output to ``stdout``/``stderr`` (and ``stdin`` to it)
+        until its output ends; ``running()`` says whether the container still runs.
+        With ``tty`` the caller's terminal size is followed."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Drop the connection (when it is never pumped)."""
+
+
+class TaskBackend(abc.ABC):
+    """One isolation's workloads on one lamina root."""
+
+    isolation: str = ""  # "process" | "vm"
+    name: str = ""  # inspect's Backend: "oci" | "vm"
+
+    def __init__(
+        self,
+        root: Path,
+        task_root: Path,
+        *,
+        images: Callable[[], LocalImages],
+        report: Callable[[str, str], None],
+    ) -> None:
+        """``task_root``: where the containers' directories are; ``images``: the
+        engine's image store; ``report(cid, text)``: a finding, said in one line."""
+        self.root = root
+        self.task_root = task_root
+        self._images = images
+        self._report = report
+
+    @property
+    def images(self) -> LocalImages:
+        return self._images()
+
+    def close(self) -> None:  # noqa: B027 - optional: not every backend holds anything
+        """Release what this object holds open; workloads are not affected."""
+
+    def task_dir(self, cid: str) -> Path:
+        return self.task_root / cid
+
+    # -- making and unmaking ------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(
+        self,
+        cid: str,
+        config: ContainerConfig,
+        process: ProcessSpec,
+        image: ImageRecord,
+        volumes: dict[str, Volume],
+    ) -> dict[str, Any]:
+        """Make the workload's filesystem and bundle in ``task_dir(cid)`` (made and
+        locked by the engine): ``volumes`` has the volume of each volume mount (made
+        and filled by the engine), by target. Returns the ``task`` part of the record;
+        a failure leaves what it made for ``discard``."""
 
     @abc.abstractmethod
-    def resize(self, ref: str, height: int, width: int) -> None: ...
+    def discard(self, cid: str) -> None:
+        """Undo a ``prepare`` that failed, or free what one left whose container has
+        no record: everything of it but its directory (which the engine removes)."""
 
-    # -- filesystem
-    # ``cp`` (Docker's archive API): every path is the container's, resolved as the
-    # container sees it (volumes and binds included, running or not), never on the host.
-    @abc.abstractmethod
-    def stat_path(self, ref: str, path: str) -> PathStat:
-        """What is at ``path`` (a final symlink not followed: ``link_target`` says
-        where it leads). NotFound if nothing."""
+    def rebuild(self, rec: Record) -> None:  # noqa: B027 - optional
+        """Its directory was deleted by hand under a live record: make again what
+        the record says is in it."""
 
     @abc.abstractmethod
-    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
-        """A tar stream of ``path``, its top entry named after ``path``'s last
-        component; a symlink there is archived as a link unless ``follow_link``, then
-        what it leads to (under the link's name). Errors are raised before the
-        first chunk."""
+    def delete(self, rec: Record) -> None:
+        """Free what a stopped container's task holds besides its directory (its root
+        filesystem), as its removal does."""
 
     @abc.abstractmethod
-    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
-        """Extract a tar stream (plain, gzip or zstd) into directory ``path``,
-        owners and modes as the archive says."""
+    def orphan(self, cid: str) -> builtins.list[str]:
+        """Free what a killed command left of container ``cid``, which has no record
+        (its lock is held by the engine): monitor, runtime state, processes, root
+        filesystem, not its directory. Returns what there was ("monitor", ...)."""
+
+    def strays(self, known: set[str], *, thorough: bool) -> builtins.list[str]:
+        """IDs this backend has traces of but no directory (and no record): the
+        engine makes each a directory and frees it as an ``orphan``. Traces that
+        need no lock are freed here and said through ``report``."""
+        return []
+
+    def counts_agree(self, rows: int) -> bool:
+        """Whether this backend's directories are as many as its records (cheap): when
+        not, the engine looks for orphans."""
+        return True
+
+    # -- running --------------------------------------------------------------------
+    @abc.abstractmethod
+    def start(
+        self, rec: Record, *, exit_command: builtins.list[str], console_size: Any = None
+    ) -> Started:
+        """Launch the workload under its monitor, not yet let run (``release``).
+        ``exit_command``: what the monitor runs once the workload's exit is written
+        down. ``console_size``: (rows, columns) of the terminal a ``-t`` workload
+        starts with, when known. StartFailed when it cannot start."""
+
+    def release(self, rec: Record) -> None:  # noqa: B027 - optional
+        """Let a launched workload run (runc's exec FIFO; a VM's boot awaited)."""
+
+    def launched(self, cid: str) -> bool:
+        """Whether the workload was launched and waits to be let run (a starter that
+        died in between leaves it so). Checked for every running container of every
+        command: a file test or two."""
+        return False
 
     @abc.abstractmethod
-    def diff(self, ref: str) -> builtins.list[ChangeEntry]: ...
+    def exit_file(self, cid: str) -> str:
+        """The path of the exit file its monitor writes (a string: checked for every
+        running container of every command)."""
+
+    @abc.abstractmethod
+    def exit_status(self, rec: Record) -> ExitStatus | None:
+        """How the run ended, from its exit file; None while it is not written."""
+
+    def oom_kills(self, rec: Record) -> int:
+        """OOM kills of the run (read before ``teardown``)."""
+        return 0
+
+    @abc.abstractmethod
+    def has_run(self, cid: str) -> bool:
+        """Whether a stopped container still has what a run leaves (a monitor, runtime
+        state): a start, stop or finish was killed halfway. Checked for every stopped
+        container of every command: a file test or two."""
+
+    @abc.abstractmethod
+    def teardown(
+        self, rec: Record, *, force: bool, unmount: bool = True, files: bool = True
+    ) -> None:
+        """Undo one run: runtime state, cgroups, the root filesystem's mount
+        (``unmount``), the monitor's files (``files``). Idempotent; ``force`` kills
+        what is left of the workload and its monitor."""
+
+    @abc.abstractmethod
+    def signal(self, rec: Record, sig: int) -> Signalled:
+        """Send ``sig`` to the workload's main process."""
+
+    def force_stop(self, rec: Record) -> Signalled:
+        """End the workload at once (``stop`` after its grace period, ``rm -f``)."""
+        import signal
+
+        return self.signal(rec, signal.SIGKILL)
+
+    def force_delete(self, rec: Record) -> None:  # noqa: B027 - optional
+        """Last resort when a workload did not end after ``force_stop``: its runtime
+        told to delete it, its monitor killed."""
+
+    @abc.abstractmethod
+    def pause(self, rec: Record) -> None: ...
+
+    @abc.abstractmethod
+    def resume(self, rec: Record) -> None:
+        """Unpause; also when the runtime cannot (its state is gone)."""
+
+    # -- observing ------------------------------------------------------------------
+    @abc.abstractmethod
+    def log_path(self, rec: Record) -> Path:
+        """Where the monitor writes the workload's output (k8s-file format)."""
+
+    @abc.abstractmethod
+    def stats(self, rec: Record) -> Stats: ...
+
+    @abc.abstractmethod
+    def top(self, rec: Record) -> builtins.list[builtins.list[str]]:
+        """``ps -ef`` rows of the workload's processes."""
+
+    @abc.abstractmethod
+    def inspect(self, rec: Record) -> dict[str, Any]:
+        """This backend's part of ``inspect`` (merged over the engine's)."""
+
+    def ports(self, rec: Record) -> builtins.list[PortMapping]:
+        """The ports the current run publishes, resolved."""
+        return []
+
+    @abc.abstractmethod
+    def disk_usage(self, rec: Record) -> int:
+        """Bytes on disk the container holds besides its image and volumes."""
+
+    # -- exec and attach ------------------------------------------------------------
+    @abc.abstractmethod
+    def exec(
+        self,
+        rec: Record,
+        argv: builtins.list[str],
+        *,
+        env: builtins.list[str] | None,
+        user: str | None,
+        workdir: str | None,
+        tty: bool,
+        stdin: BinaryIO | None,
+        detach: bool,
+        stream: bool,
+    ) -> ExecResult: ...
+
+    @abc.abstractmethod
+    def attach(self, rec: Record) -> Attachment:
+        """Connect to the workload's stdio (before ``release`` when starting)."""
+
+    @abc.abstractmethod
+    def resize(self, rec: Record, height: int, width: int) -> None: ...
+
+    # -- its filesystem -------------------------------------------------------------
+    # Paths are the container's, resolved as it sees them (volumes and binds included),
+    # never the host's. A stopped container is given under its lock.
+    @abc.abstractmethod
+    def stat_path(self, rec: Record, path: str) -> PathStat: ...
+
+    @abc.abstractmethod
+    def copy_out(self, rec: Record, path: str, *, follow_link: bool) -> Iterator[bytes]:
+        """A tar stream of ``path``; errors are raised before the first chunk."""
+
+    @abc.abstractmethod
+    def copy_in(self, rec: Record, path: str, tar_stream: BinaryIO) -> None: ...
+
+    @abc.abstractmethod
+    def diff(self, rec: Record) -> builtins.list[ChangeEntry]: ...
 
     @abc.abstractmethod
     def commit(
         self,
-        ref: str,
-        reference: str | None = None,
+        rec: Record,
+        reference: str | None,
         *,
-        changes: builtins.list[str] | None = None,
-        message: str | None = None,
-        author: str | None = None,
-        pause: bool = True,
+        changes: builtins.list[str],
+        message: str | None,
+        author: str | None,
+        pause: bool,
     ) -> str:
-        """Make an image of the container's filesystem changes; returns the image ID."""
+        """An image of the container's filesystem changes, the workload held still
+        meanwhile when ``pause``; returns the image ID."""
 
     @abc.abstractmethod
-    def update(self, ref: str, resources: Resources) -> None: ...
-
-    def rootfs(self, ref: str) -> Path:  # pragma: no cover - optional
-        raise NotImplementedError
-
-    # -- housekeeping
-    def sweep(self, *, foreign: Callable[[str], bool] | None = None) -> builtins.list[str]:
-        """Free what interrupted commands left (half-made or half-removed containers,
-        orphaned mounts, monitors and image holds), the thorough way; ``container
-        prune`` and ``system prune`` run it. ``foreign(id)``: whether another backend
-        on the same root keeps container ``id`` (its image hold is not stale).
-        Returns one line per thing found."""
-        return []
-
-    def keeps(self, cid: str) -> bool:
-        """Whether full ID ``cid`` is a container of this backend, or one being made
-        or removed (cheap, no reconciling)."""
-        return False
-
-    def disk_usage(self, ref: str) -> int:
-        """Bytes on disk the container holds besides its image (its writable layer,
-        logs and configuration): what removing it frees."""
-        return 0
+    def update(self, rec: Record, resources: Resources) -> None:
+        """Apply changed limits (``rec.config.resources`` holds the new whole set;
+        ``resources`` what changed) to the running workload and its bundle."""

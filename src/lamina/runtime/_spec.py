@@ -1,12 +1,13 @@
 """Build the OCI runtime spec (``config.json``, runtime-spec 1.0.2) for a container.
 
-``build_spec`` is a pure function of a ContainerConfig, the image config and
-paths the caller has prepared (rootfs, the /etc/hostname, /etc/hosts and
-/etc/resolv.conf files, volume directories). It applies Docker's rules for
-command, environment, user and working directory, and Docker's security
-defaults: the default capability set, masked and read-only /proc paths, a device
-allow-list and a seccomp profile (``seccomp_default.json``: allow everything
-except what Docker's default profile blocks). Every invalid input raises a
+``build_spec`` is a pure function of a ContainerConfig, the process the engine merged
+from the image config and run options (``ProcessSpec``: Docker's rules for command,
+environment and working directory), and paths the caller has prepared (rootfs, whose
+``/etc/passwd`` resolves the user, the /etc/hostname, /etc/hosts and /etc/resolv.conf
+files, volume directories). It applies Docker's security defaults: the default
+capability set, masked and read-only /proc paths, a device allow-list and a seccomp
+profile (``seccomp_default.json``: allow everything except what Docker's default
+profile blocks). Every invalid input raises a
 LaminaError with one line naming it, before anything runs.
 
 It is on the ``lamina run`` hot path: no subprocesses, and the host facts it
@@ -30,7 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import posixpath
 import re
 import resource
 import stat
@@ -39,8 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import LaminaError
-from lamina.runtime._types import ContainerConfig, Mount, Ulimit
+from lamina.runtime._types import ContainerConfig, Mount, ProcessSpec, Ulimit
 from lamina.runtime._userdb import ExecUser, resolve_user
+from lamina.runtime.common import (
+    check_mount_target,
+    tmpfs_options,
+)
 
 OCI_VERSION = "1.0.2"
 INIT_PATH = "/run/lamina-init"
@@ -57,7 +61,6 @@ def init_binary() -> Path:
     )
 
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_PERIOD = 100_000
 MIN_MEMORY = 6 * 1024 * 1024  # Docker's minimum
 RLIM_INFINITY = 2**64 - 1  # what the OCI spec (uint64) calls unlimited
@@ -198,17 +201,6 @@ ULIMITS: dict[str, int] = {
     "stack": resource.RLIMIT_STACK,
 }
 
-_TMPFS_DEFAULTS = ("noexec", "nosuid", "nodev")
-# mount flags with an opposite: the last one given wins (Docker's MergeTmpfsOptions)
-_FLAG_PAIRS = {
-    "exec": "noexec",
-    "suid": "nosuid",
-    "dev": "nodev",
-    "atime": "noatime",
-    "diratime": "nodiratime",
-    "ro": "rw",
-}
-_OPPOSITE = {**_FLAG_PAIRS, **{v: k for k, v in _FLAG_PAIRS.items()}}
 _PROPAGATIONS = frozenset({"private", "rprivate", "shared", "rshared", "slave", "rslave"})
 _CPUSET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 
@@ -326,51 +318,6 @@ def cgroup_path(container_id: str, parent: str = "/lamina") -> str:
     """The container's cgroup, as ``linux.cgroupsPath`` (cgroupfs driver)."""
     parent = "/" + parent.strip("/") if parent.strip("/") else ""
     return f"{parent}/{container_id}"
-
-
-def _inner_config(image_config: dict[str, Any]) -> dict[str, Any]:
-    """Accept the whole image config JSON or just its ``config`` object."""
-    inner = image_config.get("config")
-    if isinstance(inner, dict):
-        return inner
-    return image_config
-
-
-def process_args(
-    entrypoint: list[str] | None,
-    command: list[str] | None,
-    image_entrypoint: list[str] | None,
-    image_cmd: list[str] | None,
-) -> list[str]:
-    """Docker's rules: a user entrypoint (even ``[]``) drops the image's CMD; a user
-    command replaces the image's CMD."""
-    if entrypoint is not None:
-        args = list(entrypoint) + list(command or [])
-    else:
-        cmd = command if command is not None else image_cmd
-        args = list(image_entrypoint or []) + list(cmd or [])
-    if not args:
-        raise LaminaError("no command specified")
-    return args
-
-
-def merge_env(base: list[str], overrides: Iterable[str]) -> list[str]:
-    """Docker's ReplaceOrAppendEnvValues: ``K=V`` replaces K in place or appends;
-    a bare ``K`` removes K (the CLI resolves bare names from its own environment
-    before they get here)."""
-    env: dict[str, str] = {}
-    for item in base:
-        key, _, _ = item.partition("=")
-        env[key] = item
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not key:
-            raise LaminaError(f"invalid environment variable: {item!r}")
-        if sep:
-            env[key] = item
-        else:
-            env.pop(key, None)
-    return list(env.values())
 
 
 def _normalize_cap(name: str) -> str:
@@ -567,32 +514,8 @@ def _default_seccomp_json(caps: frozenset[str]) -> str:
 # ---------------------------------------------------------------- mounts
 
 
-def _merge_options(defaults: Iterable[str], user: Iterable[str]) -> list[str]:
-    """Later options win: ``exec`` cancels a default ``noexec``, ``size=`` replaces."""
-    out: dict[str, str] = {}
-    for opt in (*defaults, *user):
-        opt = opt.strip()
-        if not opt:
-            continue
-        key = opt.split("=", 1)[0]
-        if key in _OPPOSITE:
-            out.pop(_OPPOSITE[key], None)
-        out.pop(key, None)
-        out[key] = opt
-    return list(out.values())
-
-
-def _check_target(target: str) -> str:
-    if not target.startswith("/"):
-        raise LaminaError(f"invalid mount target {target!r}: it must be an absolute path")
-    clean = posixpath.normpath(target)
-    if clean == "/":
-        raise LaminaError("invalid mount target '/': it cannot be the root of the container")
-    return clean
-
-
 def _tmpfs_mount(target: str, options: Iterable[str], read_only: bool = False) -> dict[str, Any]:
-    opts = _merge_options(_TMPFS_DEFAULTS, [*options, *(["ro"] if read_only else [])])
+    opts = tmpfs_options(options, read_only)
     return {"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts}
 
 
@@ -648,7 +571,7 @@ def build_mounts(
         user[target] = mount
 
     for m in config.mounts:
-        target = _check_target(m.target)
+        target = check_mount_target(m.target)
         if m.type == "bind":
             if not m.source.startswith("/"):
                 raise LaminaError(
@@ -668,7 +591,7 @@ def build_mounts(
         else:
             raise LaminaError(f"unsupported mount type {m.type!r} for {m.target}")
     for path, options in config.tmpfs.items():
-        target = _check_target(path)
+        target = check_mount_target(path)
         add(target, _tmpfs_mount(target, options.split(",") if options else []))
 
     ro = config.security.read_only_rootfs
@@ -788,7 +711,7 @@ def _namespaces(
 def build_spec(
     *,
     config: ContainerConfig,
-    image_config: dict[str, Any],
+    process: ProcessSpec,
     rootfs: Path,
     container_id: str,
     hostname_file: Path,
@@ -800,32 +723,23 @@ def build_spec(
     cgroup_parent: str = "/lamina",
     host_rlimits: HostRlimits | None = None,
 ) -> dict[str, Any]:
-    """The OCI ``config.json`` for ``config`` run from ``rootfs``."""
-    img = _inner_config(image_config)
+    """The OCI ``config.json`` for ``config`` running ``process`` (merged from the image
+    config by the engine) from ``rootfs``, whose ``/etc/passwd`` resolves the user."""
     sec = config.security
 
-    args = process_args(config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd"))
+    args = list(process.args)
+    if not args:
+        raise LaminaError("no command specified")
     if config.init:
         # --init: a tiny init as PID 1 reaps zombies and forwards signals (Docker uses
         # tini, Podman catatonit; Debian ships catatonit, statically linked).
         args = [INIT_PATH, "--", *args]
-    hostname = config.hostname or container_id[:12]
-    user: ExecUser = resolve_user(rootfs, config.user if config.user else img.get("User"))
-
-    base = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
-    if config.tty:
-        base.append("TERM=xterm")
-    env = merge_env(merge_env(base, img.get("Env") or []), config.env)
+    hostname = process.hostname or container_id[:12]
+    user: ExecUser = resolve_user(rootfs, process.user or None)
+    env = list(process.env)
     if not any(e.startswith("HOME=") for e in env):
         env.append(f"HOME={user.home or '/'}")
-
-    cwd = config.working_dir or img.get("WorkingDir") or "/"
-    if config.working_dir and not config.working_dir.startswith("/"):
-        raise LaminaError(
-            f"the working directory {config.working_dir!r} is invalid: "
-            "it needs to be an absolute path"
-        )
-    cwd = posixpath.normpath(posixpath.join("/", cwd))
+    cwd = process.cwd or "/"
 
     caps = resolve_capabilities(sec.cap_add, sec.cap_drop, privileged=sec.privileged)
     # A non-root user gets no effective/permitted caps, as after a plain execve.
@@ -836,7 +750,7 @@ def build_spec(
 
     validate_sysctls(config.sysctls, config.network)
 
-    process: dict[str, Any] = {
+    oci_process: dict[str, Any] = {
         "terminal": config.tty,
         "user": {"uid": user.uid, "gid": user.gid},
         "args": args,
@@ -847,7 +761,7 @@ def build_spec(
         "noNewPrivileges": sec.no_new_privileges,
     }
     if user.additional_gids:
-        process["user"]["additionalGids"] = list(user.additional_gids)
+        oci_process["user"]["additionalGids"] = list(user.additional_gids)
 
     linux: dict[str, Any] = {
         "namespaces": _namespaces(config, netns_path, pidns_path),
@@ -883,7 +797,7 @@ def build_spec(
         )
     return {
         "ociVersion": OCI_VERSION,
-        "process": process,
+        "process": oci_process,
         "root": {"path": str(rootfs), "readonly": sec.read_only_rootfs},
         "hostname": hostname,
         "mounts": mounts,

@@ -1,9 +1,11 @@
-"""Plain data shared by every runtime backend: what to run, and what came of it.
+"""Plain data shared by the engine and the task backends: what to run, and what
+came of it.
 
-``ContainerConfig`` is the backend-neutral description of a container, built by
-the CLI (or builder, or deployments) from flags and the image; each backend turns
-it into its own form (an OCI runtime bundle, a micro-VM). The other dataclasses
-are what the Runtime interface returns.
+``ContainerConfig`` is the isolation-neutral description of a container, built by a
+front end (the CLI's flags, the builder's RUN step) and settled by the engine;
+``Record`` is a container as the engine's store keeps it, with ``task``, the part
+its backend owns; ``ProcessSpec`` is what the workload runs, merged once from image
+config and run options. The other dataclasses are what operations return.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -136,6 +139,7 @@ class ContainerConfig:
     labels: dict[str, str] = field(default_factory=dict)
     auto_remove: bool = False
     isolation: str = "process"
+    isolation_reason: str = ""  # why the engine chose ``isolation`` (inspect's IsolationReason)
     vm_base: str | None = None  # --vm-base: a VM base bundle directory or reference
     # A lamina._leases lease id: the container is disposable work of that process (a
     # build's RUN step); once the lease is not alive, the runtime removes it.
@@ -213,6 +217,113 @@ class Container:
     isolation_reason: str = ""
     ip_address: str = ""
     ports: list[PortMapping] = field(default_factory=list)  # published now (resolved)
+    command: list[str] = field(default_factory=list)  # what it runs: entrypoint + command
+
+
+@dataclass
+class ProcessSpec:
+    """The workload's process: Docker's precedence of run options over image config,
+    applied once by the engine. The user is resolved by the backend, in the
+    container's own files (its ``/etc/passwd``), which also gives ``HOME`` when
+    ``env`` has none."""
+
+    args: list[str]
+    env: list[str]
+    cwd: str = "/"
+    user: str = ""  # --user, else the image's User ("" = root)
+    hostname: str = ""
+
+
+@dataclass
+class Record:
+    """A container in the engine's store, from ``create`` until ``remove``. ``extra``
+    is the engine's bookkeeping (the image it holds, its volumes, its process, marks
+    of work in flight); ``task`` belongs to the backend of its ``isolation``
+    (runtime binary and lower dirs, a VM's shape and shares...), written by the
+    engine from what the backend returns. ``pid`` is the workload as the host sees
+    it, ``monitor_pid`` the process that outlives every lamina command to record its
+    exit (conmon; a VM's supervisor); both with their start times (``/proc`` stat),
+    which tell a live process from a reused pid."""
+
+    id: str
+    name: str
+    created: float
+    image_digest: str
+    config: ContainerConfig
+    isolation: str = "process"
+    extra: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
+    status: Status = Status.CREATED
+    pid: int = 0
+    pid_start: int = 0
+    monitor_pid: int = 0
+    monitor_start: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    oom_killed: bool = False
+    error: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    exits: int = 0  # runs ended so far: next-exit waits for a change
+
+    @property
+    def state(self) -> ContainerState:
+        return ContainerState(
+            status=self.status,
+            pid=self.pid if self.status in (Status.RUNNING, Status.PAUSED) else 0,
+            exit_code=self.exit_code,
+            oom_killed=self.oom_killed,
+            error=self.error,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+    @property
+    def exit_reason(self) -> ExitReason:
+        try:
+            return ExitReason(self.reason)
+        except ValueError:
+            return ExitReason.EXITED
+
+    @property
+    def process(self) -> ProcessSpec:
+        return ProcessSpec(**self.extra.get("process") or {"args": [], "env": []})
+
+
+@dataclass
+class Started:
+    """What a backend's ``start`` launched: the workload and its monitor (PIDs with
+    their start times), and what it changed of its ``task`` part."""
+
+    pid: int
+    pid_start: int
+    monitor_pid: int
+    monitor_start: int
+    task: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExitStatus:
+    """How a run ended, as its monitor wrote it down (the exit file). ``failed``: the
+    workload never ran (a VM that did not boot); ``error`` says why, when something
+    other than the workload decided the code."""
+
+    code: int
+    signaled: bool = False
+    error: str = ""
+    failed: bool = False
+
+
+@dataclass
+class Signalled:
+    """What sending a signal did: ``error`` is the runtime's refusal ("" when it was
+    delivered); ``direct`` names what got it when the runtime could not act and the
+    backend reached the processes itself, ``where`` where they are (said in one line
+    by the engine)."""
+
+    error: str = ""
+    direct: str = ""
+    where: str = ""
 
 
 @dataclass

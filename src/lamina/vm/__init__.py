@@ -21,7 +21,7 @@ Public API (modules are private; names are imported on first use, PEP 562, so th
     list_snapshots(root) / load_snapshot(root, name) / remove_snapshot(root, name)
     prune_snapshots(root) -> names removed (the stale and broken ones)
     snapshot_status(snapshot) -> "ready" | "stale: ..." | "broken: ..."; Snapshot
-    open_vm_runtime(root, accel="auto") -> VmRuntime        # the Runtime backend
+    VmTasks(root, task_root, images=..., report=...)         # the engine's task backend
     guest_kernel(root, arch=...) -> GuestKernel; kvm_usable(root, ...) -> bool
     image_rootfs(local, record) -> Path                     # EROFS disk of an image
 """
@@ -32,7 +32,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lamina.vm._backend import VmRuntime, open_vm_runtime
+    from lamina.vm._backend import VmTasks
     from lamina.vm._bundle import (
         ARTIFACT_TYPE,
         LAYER_MEDIA_TYPE,
@@ -73,8 +73,7 @@ if TYPE_CHECKING:
     )
 
 _LAZY: dict[str, str] = {
-    "VmRuntime": "lamina.vm._backend",
-    "open_vm_runtime": "lamina.vm._backend",
+    "VmTasks": "lamina.vm._backend",
     "GuestKernel": "lamina.vm._kernel",
     "guest_kernel": "lamina.vm._kernel",
     "kvm_usable": "lamina.vm._kvm",
@@ -141,7 +140,7 @@ __all__ = [
     "VmConfigBuilder",
     "VmConfigError",
     "VmRunResult",
-    "VmRuntime",
+    "VmTasks",
     "build_base",
     "create_snapshot",
     "generate_mac",
@@ -150,7 +149,6 @@ __all__ = [
     "kvm_usable",
     "list_snapshots",
     "load_snapshot",
-    "open_vm_runtime",
     "pack_bundle",
     "prune_snapshots",
     "pull_bundle",

@@ -1,16 +1,21 @@
-"""The micro-VM runtime backend: ``VmRuntime``, the Runtime interface over micro-VMs.
+"""The micro-VM task backend: ``VmTasks``, workloads in micro-VMs beneath the engine.
 
 Lifecycle and contract:
 
-- ``create`` resolves the image and Docker's process rules (entrypoint and command,
-  env, user, working directory) once and stores them in a row of ``<root>/vms/vms.db``
-  (its own SQLite database: the process backend's schema is its own business);
-- ``start`` launches a **supervisor** (``python -m lamina.vm._backend ROOT ID``, its own
-  session) and waits until it listens on ``<root>/vms/<id>/ctl.sock``. The supervisor
+- ``prepare`` (at ``create``) resolves what the VM needs once (its shape, the user in
+  the image, the bind mounts and volumes as virtio-fs shares, a ``--vm-base``) into the
+  record's task part; the engine has merged the process and made the volumes.
+- ``start`` writes ``<root>/vms/<id>/run.json`` (everything the VM needs: the process,
+  shares, published ports checked free now, the log settings, the exit command) and
+  launches a **supervisor** (``python -m lamina.vm._backend ROOT ID DIR``, its own
+  session);
+  ``release`` waits until it listens on ``<root>/vms/<id>/ctl.sock``. The supervisor
   boots the VM (``start_vm``), holds the agent channel, sends the workload's EXEC,
   writes its STDOUT/STDERR into ``<root>/vms/<id>/ctr.log`` in conmon's k8s-file format
-  (read back with ``lamina.runtime._conmon``), records the exit status in the row and
-  shuts QEMU down. It owns every state change after ``created``.
+  (read back with ``lamina.runtime._logs``), and once the workload has exited (or the
+  VM failed) shuts QEMU down, writes the exit file (``vms/<id>/exit``: code, signal,
+  error) and runs the engine's exit command, as conmon does for process containers.
+  It never touches the engine's store.
 - Later processes talk to the supervisor over ``ctl.sock`` with the agent protocol
   itself (docs/VM_AGENT.md): SIGNAL for session 1 goes to the workload; EXEC, STDIN and
   SIGNAL on other sessions are relayed to a fresh guest session (``exec``, RESIZE too
@@ -21,27 +26,24 @@ Lifecycle and contract:
   TERM=xterm unless set): its stream is stdout in the log, the caller's terminal is raw
   while attached and its size follows (SIGWINCH -> RESIZE); ``-i`` keeps its stdin
   open for attached clients; the end of the caller's stdin closes it (a terminal: ^D).
-- A supervisor that died is found by ``_reconcile`` (every public call): its row
-  becomes ``exited`` with an error and its QEMU is killed. ``create`` holds the
-  image first and ``vms/<id>/lock`` until its row is in: a directory without a row
-  and a free lock (a killed create or ``rm``) is freed, hold included.
 
 Networking: ``--network nat`` (the default for VMs) is QEMU's user-mode NAT (the guest
 is 10.0.2.15/24, the host 10.0.2.2, DNS 10.0.2.3), ``none`` leaves only loopback.
 Published ports (``-p``) become QEMU hostfwd rules: ``start`` checks each host port is
-free (a free one is chosen for ``-p PORT``) and records the run's mappings in the row
-before the supervisor boots with them. ``--vm-base`` (``_base``) is resolved at
+free (a free one is chosen for ``-p PORT``) and returns the run's mappings for the
+record before the supervisor boots with them. ``--vm-base`` (``_base``) is resolved at
 ``create`` (a registry bundle pulled into the cache, its shape checked); the supervisor
 boots its kernel and stacks its disk under the image.
 
-``pause`` stops the whole VM (SIGSTOP to QEMU; stop, kill and rm -f continue it
-first; exec is refused meanwhile). ``top``, ``cp``, ``diff`` and ``commit`` run the
+``pause`` stops the whole VM (SIGSTOP to QEMU; the engine continues it for stop, kill
+and rm -f; exec is refused meanwhile). ``top``, ``cp``, ``diff`` and ``commit`` run the
 initramfs's busybox in the guest (``_guestfs``); they need a running (not paused) VM,
 as the writable layer lives in the guest.
 
-Bind mounts (directories only) and volumes, the image's VOLUMEs included, are
-virtio-fs shares (``_mounts``: prepared at ``create``; one virtiofsd each while the VM
-runs, ``_virtiofs``); ``--rm`` and ``rm -v`` remove the anonymous volumes.
+Containers made before the engine (their supervisor wrote its exit into
+``vms/vms.db``, which the engine's migration retired as ``vms/vms.db.migrated``):
+a supervisor of that kind still running keeps being reachable through ``ctl.sock``;
+the exit it writes down is read from the retired database, for that container only.
 
 Not supported for VMs yet (a one-line LaminaError): update.
 """
@@ -51,13 +53,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
-import selectors
 import signal as _signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -65,82 +63,49 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from lamina import _sqlite
-from lamina._hooks import stop_point
-from lamina.errors import InUse, LaminaError, NotFound
-from lamina.runtime._interface import Runtime
-from lamina.runtime._logs import LogSettings, RotatingLog, settings_of
-from lamina.runtime._term import follow_window_size, raw_terminal, window_size
+from lamina._fsutil import atomic_write
+from lamina.errors import LaminaError
+from lamina.runtime._interface import Attachment, TaskBackend
 from lamina.runtime._types import (
     ChangeEntry,
-    Container,
     ContainerConfig,
-    ContainerState,
     ExecResult,
-    ExitReason,
-    LogEntry,
-    Mount,
+    ExitStatus,
     PathStat,
     PortMapping,
+    ProcessSpec,
+    Record,
     Resources,
-    Security,
+    Signalled,
+    Started,
     Stats,
     Status,
-    Ulimit,
-    WaitCondition,
-    WaitOutcome,
-)
-from lamina.vm._agent import (
-    STDIN_CHUNK,
-    AgentConnection,
-    Frame,
-    Msg,
-    exec_payload,
-    parse_exit,
-    resize_payload,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    id TEXT PRIMARY KEY,
-    name TEXT UNIQUE NOT NULL,
-    config TEXT NOT NULL,
-    process TEXT NOT NULL,
-    status TEXT NOT NULL,
-    pid INTEGER NOT NULL DEFAULT 0,
-    exit_code INTEGER,
-    signaled INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    reason TEXT NOT NULL DEFAULT ''
-);
-"""
+if TYPE_CHECKING:
+    import socket
+
+    from lamina.image import ImageRecord, LocalImages
+    from lamina.runtime._logs import LogSettings
+    from lamina.runtime._volumes import Volume
+    from lamina.vm._agent import AgentConnection, Frame
+
+# The agent protocol (and its socket, terminal and log helpers) is imported where a VM
+# is talked to: reconciling records, as every command does, needs none of it.
+
 WORKLOAD = 1  # the agent session of the container's main process
 MIN_MEMORY_MIB = 128
 DEFAULT_MEMORY_MIB = 512
-_ACTIVE = ("running", "paused")
-TOMBSTONE_SECONDS = 60
+_ACTIVE = (Status.RUNNING, Status.PAUSED)
 _UNSUPPORTED = "is not supported for micro-VM containers yet"
-# In a VM's directory: the lease id of a ``restart`` that keeps a --rm container.
-_RESTARTING = "restarting"
-
-
-def open_vm_runtime(root: Path, **options: Any) -> VmRuntime:
-    """The micro-VM backend over ``root`` (``accel=`` "auto", "kvm" or "tcg")."""
-    return VmRuntime(Path(root), **options)
-
-
-def _config_from_dict(d: dict[str, Any]) -> ContainerConfig:
-    d = dict(d)
-    d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
-    d["ulimits"] = [Ulimit(**u) for u in d.get("ulimits", [])]
-    d["resources"] = Resources(**d.get("resources", {}))
-    d["security"] = Security(**d.get("security", {}))
-    return ContainerConfig(**d)
+# Files of one run in a VM's directory: what ``teardown`` removes.
+_RUN_FILES = ("ctl.sock", "ctl.sock.tmp", "qemu.pid", "exit", "waiter", "run.json",
+              "supervisor.pid")  # fmt: skip
+# The database of the VM containers before the engine, retired by its migration.
+RETIRED_DB = "vms.db.migrated"
+BOOT_TIMEOUT = 60.0
 
 
 def vm_shape(config: ContainerConfig) -> tuple[int, int]:
@@ -153,243 +118,42 @@ def vm_shape(config: ContainerConfig) -> tuple[int, int]:
     return vcpus, memory_mib
 
 
-class VmRuntime(Runtime):
+class VmTasks(TaskBackend):
+    """Micro-VM workloads on one lamina root."""
+
+    isolation = "vm"
     name = "vm"
 
     def __init__(
         self,
         root: Path,
+        task_root: Path,
         *,
+        images: Callable[[], LocalImages],
+        report: Callable[[str, str], None],
         accel: str = "auto",
-        report: Callable[[str], None] | None = None,
-        **_ignored: Any,
     ) -> None:
-        self.root = Path(root).absolute()
-        self.notices: builtins.list[str] = []  # what reconciling found, also told ``report``
-        self._report = report
-        self.dir = self.root / "vms"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(root, task_root, images=images, report=report)
         self.accel = accel
-        self.db = _sqlite.connect(self.dir / "vms.db", SCHEMA)
-        self._local: Any = None
+        self.task_root.mkdir(parents=True, exist_ok=True)
+        self._launched: dict[str, subprocess.Popen[bytes]] = {}  # supervisors of this process
 
-    def close(self) -> None:
-        self.db.close()
-        if self._local is not None:
-            self._local.close()
-            self._local = None
-
-    @property
-    def images(self) -> Any:
-        if self._local is None:
-            from lamina.image import LocalImages
-
-            self._local = LocalImages.open(self.root)
-        return self._local
-
-    # -- rows ------------------------------------------------------------------------
-    def _rows(self) -> builtins.list[sqlite3.Row]:
-        """Every container's row; tombstones (``removed``: a --rm container that
-        ended, kept a minute for ``wait`` and a last ``logs`` read) are left out."""
-        self.db.row_factory = sqlite3.Row
-        query = "SELECT * FROM vms WHERE status != 'removed' ORDER BY created"
-        return builtins.list(self.db.execute(query))
-
-    def _tombstone(self, ref: str) -> sqlite3.Row | None:
-        self.db.row_factory = sqlite3.Row
-        rows = builtins.list(
-            self.db.execute("SELECT * FROM vms WHERE status = 'removed' AND id LIKE ?",
-                            (ref.replace("%", "").replace("_", "") + "%",))
-        )  # fmt: skip
-        return rows[0] if len(rows) == 1 and ref else None
-
-    def _row(self, ref: str) -> sqlite3.Row:
-        self._reconcile()
-        rows = self._rows()
-        for r in rows:
-            if r["id"] == ref or r["name"] == ref.lstrip("/"):
-                return r
-        found = [r for r in rows if ref and r["id"].startswith(ref)]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise LaminaError(f"container ID prefix {ref!r} is ambiguous")
-        raise NotFound(f"no such container: {ref}")
-
-    def owns(self, ref: str) -> bool:
-        """Whether ``ref`` names one of this backend's containers (or its tombstone)."""
-        try:
-            self._row(ref)
-        except NotFound:
-            return self._tombstone(ref) is not None
-        except LaminaError:
-            return True
-        return True
-
-    def _update(self, cid: str, **values: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in values)
-        with _sqlite.transaction(self.db) as db:
-            db.execute(f"UPDATE vms SET {cols} WHERE id = ?", (*values.values(), cid))
-
-    def _reconcile(self, *, sweep: bool = False) -> None:
-        """Tombstones past their time go; a VM whose supervisor died is exited; a
-        directory without a row (a killed create or remove) is freed, scanned for
-        only when the counts differ (or ``sweep``)."""
-        import shutil
-
-        old = time.time() - TOMBSTONE_SECONDS
-        for (cid,) in builtins.list(self.db.execute(
-            "SELECT id FROM vms WHERE status = 'removed' AND finished_at < ?", (old,)
-        )):  # fmt: skip
-            with _sqlite.transaction(self.db) as db:
-                db.execute("DELETE FROM vms WHERE id = ?", (cid,))
-            shutil.rmtree(self.dir / cid, ignore_errors=True)
-            self.images.images.release(_holder(cid))
-        for r in self._rows():
-            if r["status"] in _ACTIVE and not _supervisor_alive(r["pid"]):
-                _kill_qemu(self.dir / r["id"])
-                fresh = self.db.execute("SELECT status FROM vms WHERE id = ?", (r["id"],))
-                row = fresh.fetchone()
-                if row is not None and row[0] in _ACTIVE:
-                    self._update(
-                        r["id"], status="exited", exit_code=137, signaled=0,
-                        error="the VM's monitor died", finished_at=time.time(),
-                    )  # fmt: skip
-            elif r["status"] == "exited" and (self.dir / r["id"] / _RESTARTING).exists():
-                self._remove_if_exited(r["id"])  # its restart was killed between stop and start
-        known = {row[0] for row in self.db.execute("SELECT id FROM vms")}
-        dirs = [d for d in os.listdir(self.dir) if len(d) == 64]
-        if sweep or len(dirs) != len(known):
-            for cid in dirs:
-                if cid not in known:
-                    self._remove_orphan(cid)
-
-    def _remove_orphan(self, cid: str) -> None:
-        """``vms/<id>`` without a row: a create or remove killed halfway. Freed once
-        nobody holds its lock (a live creator does until its row is in)."""
-        import shutil
-
-        from lamina._leases import try_lock
-
-        vmdir = self.dir / cid
-        with try_lock(vmdir / "lock") as free:
-            if not free:
-                return
-            if self.db.execute("SELECT 1 FROM vms WHERE id = ?", (cid,)).fetchone():
-                return  # its creator finished meanwhile
-            _kill_qemu(vmdir)  # its supervisor, if any, ends with it
-            self.images.images.release(_holder(cid))
-            trash = self.dir / f".rm-{cid}"
-            with contextlib.suppress(OSError):
-                os.rename(vmdir, trash)
-                vmdir = trash
-            shutil.rmtree(vmdir, ignore_errors=True)
-        line = f"container {cid[:12]}: left over by an interrupted command: removed it"
-        self.notices.append(line)
-        if self._report is not None:
-            self._report(line)
-
-    def keeps(self, cid: str) -> bool:
-        found = self.db.execute("SELECT 1 FROM vms WHERE id = ?", (cid,)).fetchone()
-        return found is not None or (self.dir / cid).exists()
-
-    def sweep(self, *, foreign: Callable[[str], bool] | None = None) -> builtins.list[str]:
-        start = len(self.notices)
-        self._reconcile(sweep=True)
-        return self.notices[start:]
-
-    def disk_usage(self, ref: str) -> int:
-        from lamina.runtime._volumes import disk_usage
-
-        return disk_usage(self.dir / self._row(ref)["id"])
-
-    def _container(self, r: sqlite3.Row) -> Container:
-        config = _config_from_dict(json.loads(r["config"]))
-        state = ContainerState(
-            status=Status(r["status"]),
-            pid=r["pid"],
-            exit_code=r["exit_code"],
-            error=r["error"],
-            started_at=r["started_at"],
-            finished_at=r["finished_at"],
-        )
-        ports: builtins.list[PortMapping] = []
-        if r["status"] in _ACTIVE:
-            ports = [PortMapping(**m) for m in json.loads(r["process"]).get("published", [])]
-        return Container(
-            r["id"], r["name"], config, state, r["created"], "vm", isolation_reason=r["reason"],
-            ports=ports,
-        )  # fmt: skip
-
-    # -- images ----------------------------------------------------------------------
-    def pull(self, reference: str, *, policy: str = "if-not-present") -> str:
-        from lamina.registry import RegistryConfig
-        from lamina.registry import pull as registry_pull
-
-        record = registry_pull(self.images, reference, policy=policy, config=RegistryConfig.load())
-        return str(record.id)
-
-    # -- lifecycle -------------------------------------------------------------------
-    def create(self, config: ContainerConfig, *, isolation_reason: str = "") -> Container:
-        self._reconcile()
-        local = self.images
-        record = local.require(config.image)
-        # The creator holds the directory's lock until its row is in (a directory
-        # without a row and a free lock is a killed create's), and the image from
-        # before it reads it: no rmi deletes it between found and held.
-        cid, lock = self._new_dir()
-        try:
-            local.images.hold(_holder(cid), record.digest)
-            try:
-                try:
-                    local.images.get_by_digest(record.digest)  # rmi won the race?
-                except NotFound:
-                    ref = config.image_ref or config.image
-                    raise NotFound(
-                        f"image not known locally: {ref} (it was just removed)"
-                    ) from None
-                stop_point("create:held")
-                return self._create_held(cid, config, record, isolation_reason)
-            except BaseException:
-                import shutil
-
-                local.images.release(_holder(cid))
-                shutil.rmtree(self.dir / cid, ignore_errors=True)
-                raise
-        finally:
-            os.close(lock)
-
-    def _new_dir(self) -> tuple[str, int]:
-        """A new container ID with ``vms/<id>`` made and its lock held. (Reconciling
-        in another process may take a directory not locked yet: then another ID.)"""
-        for _ in range(5):
-            cid = os.urandom(32).hex()
-            lock_path = self.dir / cid / "lock"
-            lock_path.parent.mkdir(parents=True)
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except FileNotFoundError:
-                continue
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
-                    return cid, fd
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        raise LaminaError("cannot make a container directory: it keeps being removed")
-
-    def _create_held(
-        self, cid: str, config: ContainerConfig, record: Any, isolation_reason: str
-    ) -> Container:
-        from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
-        from lamina.runtime._state import random_name, validate_name
+    # -- making and unmaking ------------------------------------------------------------
+    def prepare(
+        self,
+        cid: str,
+        config: ContainerConfig,
+        process: ProcessSpec,
+        image: ImageRecord,
+        volumes: dict[str, Volume],
+    ) -> dict[str, Any]:
         from lamina.vm._arch import host_arch, image_arch, require
+        from lamina.vm._config import generate_mac
+        from lamina.vm._mounts import shares_for, tmpfs_mounts
         from lamina.vm._rootfs import image_user
 
         local = self.images
-        full = local.config(record)
-        arch = image_arch(full)
+        arch = image_arch(local.config(image))
         if arch.foreign:  # emulated: say now, in one line, what is missing to run it
             if config.vm_base:
                 raise LaminaError(
@@ -400,32 +164,13 @@ class VmRuntime(Runtime):
                     f"KVM cannot run {arch.platform} guests on this {host_arch()} host"
                 )
             require(arch)
-        img = full.get("config") or {}
-        args = process_args(
-            config.entrypoint, config.command, img.get("Entrypoint"), img.get("Cmd")
-        )
-        if not args:
-            raise LaminaError("no command specified")
-        names = {r["name"] for r in self._rows()}
-        name = validate_name(config.name) if config.name else random_name(names.__contains__)
-        if name in names:
-            raise LaminaError(f"the container name {name!r} is already in use")
-        hostname = config.hostname or cid[:12]
-        uid, gid, groups, home = image_user(local, record, config.user or img.get("User"))
-        env = merge_env(merge_env([f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"],
-                                  img.get("Env") or []), config.env)  # fmt: skip
-        if not any(e.startswith("HOME=") for e in env):
-            env.append(f"HOME={home or '/'}")
-        if config.tty and not any(e.startswith("TERM=") for e in env):
-            env.append("TERM=xterm")  # as Docker does for -t
-        workdir = config.working_dir or img.get("WorkingDir") or "/"
-        if not config.stop_signal and img.get("StopSignal"):
-            config.stop_signal = img["StopSignal"]
-        vcpus, memory_mib = vm_shape(config)
         if config.network not in ("nat", "none"):
             raise LaminaError(f"--network {config.network} is not supported for VM containers")
         if config.ports and config.network != "nat":
             raise LaminaError("publishing ports (-p) needs a network: not --network none")
+        tmpfs = tmpfs_mounts(config)
+        shares = shares_for(config, volumes)
+        vcpus, memory_mib = vm_shape(config)
         base: dict[str, Any] | None = None
         if config.vm_base:
             from lamina.vm._base import base_kernel, fit_shape, resolve_base
@@ -437,73 +182,200 @@ class VmRuntime(Runtime):
             )  # fmt: skip
             base_kernel(self.root, found)  # its modules: a missing one fails here, not at boot
             base = found.to_dict()
-        from lamina.vm._config import generate_mac
-
-        process = {
-            "argv": args, "env": env, "cwd": workdir, "uid": uid, "gid": gid,
-            "groups": groups, "hostname": hostname, "image_id": record.id,
-            "vcpus": vcpus, "memory_mib": memory_mib, "arch": arch.name,
-            "accel": "tcg" if arch.foreign else self.accel,
-            "network": config.network, "mac": generate_mac(), "base": base,
+        uid, gid, groups, home = image_user(local, image, process.user or None)
+        return {
+            "uid": uid, "gid": gid, "groups": groups, "home": home, "vcpus": vcpus,
+            "memory_mib": memory_mib, "arch": arch.name,
+            "accel": "tcg" if arch.foreign else self.accel, "mac": generate_mac(),
+            "base": base, "tmpfs": tmpfs, "shares": shares,
         }  # fmt: skip
-        from lamina.vm._mounts import prepare_mounts, tmpfs_mounts
 
-        # Last: it may create volumes. Bind mounts and volumes become virtio-fs shares.
-        process["tmpfs"] = tmpfs_mounts(config)  # checked before any volume is made
-        process["shares"] = prepare_mounts(self.root, local, record, config)
-        config.isolation = "vm"
-        now = time.time()
-        with _sqlite.transaction(self.db) as db:
-            db.execute(
-                "INSERT INTO vms (id, name, config, process, status, created, reason)"
-                " VALUES (?, ?, ?, ?, 'created', ?, ?)",
-                (cid, name, json.dumps(asdict(config)), json.dumps(process), now,
-                 isolation_reason),
-            )  # fmt: skip
-        return self.get(cid)
+    def discard(self, cid: str) -> None:
+        """Nothing of a VM's exists outside its directory before it starts."""
 
-    def start(self, ref: str) -> None:
-        r = self._row(ref)
-        if r["status"] in _ACTIVE:
-            return
-        cid = r["id"]
-        vmdir = self.dir / cid
-        for stale in ("ctl.sock", "qemu.pid"):  # the log goes on across restarts
-            (vmdir / stale).unlink(missing_ok=True)
-        process = json.loads(r["process"])
-        config = _config_from_dict(json.loads(r["config"]))
+    def delete(self, rec: Record) -> None:
+        _kill_qemu(self.task_dir(rec.id))  # a supervisor killed before it could
+
+    def orphan(self, cid: str) -> builtins.list[str]:
+        vmdir = self.task_dir(cid)
+        what = []
+        if _kill_supervisor(vmdir, 0):
+            what.append("monitor")
+        if _kill_qemu(vmdir):  # its supervisor, if any, ends with it
+            what.append("micro-VM")
+        return what
+
+    def counts_agree(self, rows: int) -> bool:
+        try:
+            names = os.listdir(self.task_root)
+        except FileNotFoundError:
+            return rows == 0
+        return sum(len(n) == 64 for n in names) == rows
+
+    # -- running ------------------------------------------------------------------------
+    def start(
+        self, rec: Record, *, exit_command: builtins.list[str], console_size: Any = None
+    ) -> Started:
+        from lamina.runtime.common import process_start_time
+
+        vmdir = self.task_dir(rec.id)
+        self.teardown(rec, force=True)  # what an earlier run left; the log goes on
+        cfg, task, process = rec.config, rec.task, rec.process
+        env = list(process.env)
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={task.get('home') or '/'}")
         # This run's host ports: checked free now (a taken one fails in one line before
         # anything boots); "-p PORT" gets a free one. QEMU binds them as it starts.
-        process["published"] = [asdict(p) for p in claim_ports(config.ports)]
-        process.pop("restored_from", None)
-        self._update(cid, status="created", exit_code=None, error="", finished_at=None,
-                     process=json.dumps(process))  # fmt: skip
-        with open(vmdir / "supervisor.log", "wb") as log:
+        published = [asdict(p) for p in claim_ports(cfg.ports)]
+        run = {
+            **{k: task.get(k) for k in ("uid", "gid", "groups", "vcpus", "memory_mib", "arch",
+                                        "accel", "mac", "base", "shares", "tmpfs")},
+            "argv": process.args, "env": env, "cwd": process.cwd,
+            "hostname": process.hostname or rec.id[:12], "image_digest": rec.image_digest,
+            "network": cfg.network, "published": published, "stdin": cfg.stdin_open,
+            "tty": cfg.tty, "log_driver": cfg.log_driver, "log_options": cfg.log_options,
+            "console_size": list(console_size) if console_size else None,
+            "exit_command": exit_command,
+        }  # fmt: skip
+        atomic_write(vmdir / "run.json", json.dumps(run).encode(), sync=False)
+        with open(vmdir / "supervisor.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lamina.vm._backend", str(self.root), cid],
+                [sys.executable, "-m", "lamina.vm._backend", str(self.root), rec.id, str(vmdir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 cwd="/",  # pins no directory of the caller's
                 start_new_session=True,  # outlives the CLI and its ^C
             )
-        deadline = time.monotonic() + 60
+        (vmdir / "supervisor.pid").write_text(str(proc.pid))
+        self._launched[rec.id] = proc
+        started = process_start_time(proc.pid)
+        return Started(
+            pid=proc.pid,
+            pid_start=started,
+            monitor_pid=proc.pid,
+            monitor_start=started,
+            task={"published": published},
+        )
+
+    def release(self, rec: Record) -> None:
+        """Wait until the VM has booted and its supervisor listens (what the caller
+        does next, attach or exec, needs that); a boot that fails is one error line."""
+        vmdir = self.task_dir(rec.id)
+        proc = self._launched.pop(rec.id, None)
+        deadline = time.monotonic() + BOOT_TIMEOUT
         while not (vmdir / "ctl.sock").exists():
-            if proc.poll() is not None:
-                tail = (vmdir / "supervisor.log").read_bytes()[-2000:].decode(errors="replace")
-                lines = [x for x in tail.splitlines() if x.strip()]
-                msg = lines[-1] if lines else f"exit status {proc.returncode}"
-                self._update(cid, status="failed", error=msg, finished_at=time.time())
-                raise LaminaError(f"the VM of container {cid[:12]} did not start: {msg}")
+            ended = proc.poll() is not None if proc is not None else not _alive(rec)
+            if ended or os.path.exists(self.exit_file(rec.id)):
+                status = self.exit_status(rec)
+                msg = status.error if status is not None and status.error else ""
+                raise LaminaError(
+                    f"the VM of container {rec.id[:12]} did not start: "
+                    f"{msg or _last_line(vmdir / 'supervisor.log')}"
+                )
             if time.monotonic() > deadline:
-                proc.kill()
-                raise LaminaError(f"the VM of container {cid[:12]} did not start within 60 s")
+                _kill_supervisor(vmdir, rec.monitor_pid)
+                raise LaminaError(
+                    f"the VM of container {rec.id[:12]} did not start within {BOOT_TIMEOUT:.0f} s"
+                )
             time.sleep(0.01)
 
+    def exit_file(self, cid: str) -> str:
+        return f"{self.task_root}/{cid}/exit"
+
+    def exit_status(self, rec: Record) -> ExitStatus | None:
+        try:
+            found = json.loads(Path(self.exit_file(rec.id)).read_bytes())
+        except FileNotFoundError:
+            return self._legacy_exit(rec) if rec.task.get("legacy") else None
+        except (OSError, ValueError):
+            return None
+        return ExitStatus(
+            int(found["code"]),
+            signaled=bool(found.get("signaled")),
+            error=str(found.get("error") or ""),
+            failed=bool(found.get("failed")),
+        )
+
+    def _legacy_exit(self, rec: Record) -> ExitStatus | None:
+        """The exit a supervisor started before the engine wrote into its database."""
+        import sqlite3
+
+        path = self.task_root / RETIRED_DB
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                row = db.execute(
+                    "SELECT status, exit_code, signaled, error FROM vms WHERE id = ?", (rec.id,)
+                ).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None
+        if row is None or row[0] not in ("exited", "failed", "removed") or row[1] is None:
+            return None
+        return ExitStatus(int(row[1]), bool(row[2]), str(row[3] or ""), row[0] == "failed")
+
+    def has_run(self, cid: str) -> bool:
+        vmdir = self.task_dir(cid)
+        return any((vmdir / name).exists() for name in ("run.json", "ctl.sock", "qemu.pid"))
+
+    def teardown(
+        self, rec: Record, *, force: bool, unmount: bool = True, files: bool = True
+    ) -> None:
+        vmdir = self.task_dir(rec.id)
+        if force:
+            _kill_supervisor(vmdir, rec.monitor_pid)
+            _kill_qemu(vmdir)
+        if files:
+            for name in _RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    (vmdir / name).unlink()
+
+    def signal(self, rec: Record, sig: int) -> Signalled:
+        from lamina.vm._agent import Msg
+
+        try:
+            self._tell(rec.id, Msg.SIGNAL, WORKLOAD, sig.to_bytes(4, "big"))
+        except LaminaError as e:
+            return Signalled(error=str(e))
+        return Signalled()
+
+    def force_stop(self, rec: Record) -> Signalled:
+        from lamina.vm._agent import Msg
+
+        try:
+            self._tell(rec.id, Msg.SHUTDOWN)
+        except LaminaError as e:
+            return Signalled(error=str(e))
+        return Signalled()
+
+    def force_delete(self, rec: Record) -> None:
+        _kill_supervisor(self.task_dir(rec.id), rec.monitor_pid)
+        _kill_qemu(self.task_dir(rec.id))
+
+    def pause(self, rec: Record) -> None:
+        from lamina.vm._guestfs import require_guest, signal_vmm
+
+        require_guest(str(rec.status), rec.id, "pause")
+        if not signal_vmm(self.task_dir(rec.id), _signal.SIGSTOP):
+            raise LaminaError(f"cannot pause container {rec.id[:12]}: its VM is not running")
+
+    def resume(self, rec: Record) -> None:
+        from lamina.vm._guestfs import signal_vmm
+
+        signal_vmm(self.task_dir(rec.id), _signal.SIGCONT)
+
     def _control(self, cid: str) -> AgentConnection:
+        import socket
+
+        from lamina.vm._agent import AgentConnection
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with _short_path(self.dir / cid / "ctl.sock") as path:
+            with _short_path(self.task_dir(cid) / "ctl.sock") as path:
                 sock.connect(path)
         except OSError as e:
             sock.close()
@@ -511,11 +383,7 @@ class VmRuntime(Runtime):
         return AgentConnection(sock)
 
     def _tell(self, cid: str, type_: int, session: int = 0, payload: bytes = b"") -> None:
-        """One frame for the VM's supervisor: a signal or a shutdown. A paused VM is
-        continued first: stopped, it would never see it."""
-        row = self.db.execute("SELECT status FROM vms WHERE id = ?", (cid,)).fetchone()
-        if row is not None and row[0] == "paused":
-            self.unpause(cid)
+        """One frame for the VM's supervisor: a signal or a shutdown."""
         conn = self._control(cid)
         try:
             conn.send(type_, session, payload)
@@ -525,378 +393,112 @@ class VmRuntime(Runtime):
         finally:
             conn.close()
 
-    def _require_running(self, r: sqlite3.Row, what: str) -> None:
-        if r["status"] not in _ACTIVE:
-            raise LaminaError(f"cannot {what} container {r['id'][:12]}: it is not running")
+    # -- observing ----------------------------------------------------------------------
+    def log_path(self, rec: Record) -> Path:
+        return self.task_dir(rec.id) / "ctr.log"
 
-    def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
-        from lamina.runtime._signals import parse_signal, stop_signal
-
-        r = self._row(ref)
-        if r["status"] not in _ACTIVE:
-            return
-        config = _config_from_dict(json.loads(r["config"]))
-        signum = parse_signal(signal) if signal else stop_signal(config.stop_signal)
-        grace = config.stop_timeout if timeout is None else timeout
-        with contextlib.suppress(LaminaError):
-            self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
-        if self._wait_exit(r["id"], grace):
-            return
-        with contextlib.suppress(LaminaError):
-            self._tell(r["id"], Msg.SHUTDOWN)
-        self._wait_exit(r["id"], 10)
-
-    def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
-        from lamina import _leases
-        from lamina.runtime._signals import parse_signal
-
-        r = self._row(ref)
-        if signal is not None:
-            parse_signal(signal)  # a bad one is refused before anything stops
-        cid = r["id"]
-        if r["status"] not in _ACTIVE:
-            self.start(cid)
-            return
-        # --rm: the supervisor keeps the container while this restart's lease lives
-        # (``_restarting``); if this process dies, _reconcile removes it after all.
-        with _leases.take(self.root, "restart") as lease:
-            mark = self.dir / cid / _RESTARTING
-            mark.write_text(lease.id)
-            try:
-                self.stop(cid, timeout=timeout, signal=signal)
-                self.start(cid)
-            finally:
-                mark.unlink(missing_ok=True)
-                self._remove_if_exited(cid)
-
-    def _remove_if_exited(self, cid: str) -> None:
-        """Remove a --rm container that has exited and that no restart keeps (its
-        supervisor left it to a restart that has ended)."""
-        r = self.db.execute("SELECT status, config FROM vms WHERE id = ?", (cid,)).fetchone()
-        if r is None or r[0] != "exited" or not json.loads(r[1]).get("auto_remove"):
-            return
-        if _restarting(self.root, self.dir / cid):
-            return
-        self._delete(cid, volumes=True)
-
-    def _wait_exit(self, cid: str, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._reconcile()
-            row = self.db.execute("SELECT status FROM vms WHERE id = ?", (cid,)).fetchone()
-            if row is None or row[0] not in (*_ACTIVE, "created"):
-                return True
-            if row[0] == "created" and not (self.dir / cid / "supervisor.log").exists():
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-
-    def kill(self, ref: str, signal: str = "SIGKILL") -> None:
-        from lamina.runtime._signals import parse_signal
-
-        signum = parse_signal(signal)
-        r = self._row(ref)
-        self._require_running(r, "kill")
-        self._tell(r["id"], Msg.SIGNAL, WORKLOAD, signum.to_bytes(4, "big"))
-
-    def pause(self, ref: str) -> None:
-        from lamina.vm._guestfs import require_guest, signal_vmm
-
-        r = self._row(ref)
-        require_guest(r["status"], r["id"], "pause")
-        if not signal_vmm(self.dir / r["id"], _signal.SIGSTOP):
-            raise LaminaError(f"cannot pause container {r['id'][:12]}: its VM is not running")
-        with _sqlite.transaction(self.db) as db:
-            db.execute("UPDATE vms SET status = 'paused' WHERE id = ? AND status = 'running'",
-                       (r["id"],))  # fmt: skip
-
-    def unpause(self, ref: str) -> None:
-        from lamina.vm._guestfs import signal_vmm
-
-        r = self._row(ref)
-        if r["status"] != "paused":
-            raise LaminaError(f"container {r['id'][:12]} is not paused")
-        signal_vmm(self.dir / r["id"], _signal.SIGCONT)
-        with _sqlite.transaction(self.db) as db:
-            db.execute("UPDATE vms SET status = 'running' WHERE id = ? AND status = 'paused'",
-                       (r["id"],))  # fmt: skip
-
-    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
-        r = self._row(ref)
-        if r["status"] in _ACTIVE:
-            if not force:
-                raise InUse(
-                    f"cannot remove container {r['id'][:12]}: it is running "
-                    "(stop it first or use --force)"
-                )
-            with contextlib.suppress(LaminaError):
-                self._tell(r["id"], Msg.SHUTDOWN)
-            if not self._wait_exit(r["id"], 10):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(r["pid"], _signal.SIGKILL)
-                _kill_qemu(self.dir / r["id"])
-        self._delete(r["id"], volumes=volumes)
-
-    def _delete(self, cid: str, *, volumes: bool) -> None:
-        """Drop a container that is not running: row, directory, image hold, and with
-        ``volumes`` its anonymous volumes."""
-        import shutil
-
-        row = self.db.execute("SELECT process FROM vms WHERE id = ?", (cid,)).fetchone()
-        if row is None:
-            return
-        with _sqlite.transaction(self.db) as db:
-            db.execute("DELETE FROM vms WHERE id = ?", (cid,))
-        # Killed from here on, the directory without a row (or, past it, the image
-        # hold without either) is freed by the next command (or sweep).
-        stop_point("remove:dropping")
-        shutil.rmtree(self.dir / cid, ignore_errors=True)
-        self.images.images.release(_holder(cid))
-        if volumes:
-            from lamina.vm._mounts import release_volumes
-
-            release_volumes(self.root, json.loads(row[0]).get("shares", []))
-
-    def volume_users(self, volume: str) -> builtins.list[str]:
-        """IDs of the VM containers using ``volume`` (``volume rm`` and prune refuse it)."""
-        from lamina.vm._mounts import volume_names
-
-        self._reconcile()
-        return [
-            r["id"]
-            for r in self._rows()
-            if volume in volume_names(json.loads(r["process"]).get("shares", []))
-        ]
-
-    def rename(self, ref: str, new_name: str) -> None:
-        from lamina.runtime._state import validate_name
-
-        r = self._row(ref)
-        name = validate_name(new_name)
-        try:
-            self._update(r["id"], name=name)
-        except sqlite3.IntegrityError:
-            raise LaminaError(f"the container name {name!r} is already in use") from None
-
-    # -- observing -------------------------------------------------------------------
-    def get(self, ref: str) -> Container:
-        return self._container(self._row(ref))
-
-    def list(self, *, all: bool = False) -> builtins.list[Container]:
-        self._reconcile()
-        return [self._container(r) for r in self._rows() if all or r["status"] in _ACTIVE]
-
-    def wait(
-        self,
-        ref: str,
-        condition: WaitCondition = WaitCondition.NOT_RUNNING,
-        timeout: float | None = None,
-    ) -> WaitOutcome:
-        from lamina.runtime._signals import signal_name
-
-        try:
-            r = self._row(ref)
-        except NotFound:
-            gone = self._tombstone(ref)
-            if gone is None:
-                raise
-            r = gone
-        if condition == WaitCondition.NEXT_EXIT and r["status"] not in _ACTIVE:
-            raise LaminaError(f"container {r['id'][:12]} is not running")
-        if not self._wait_exit(r["id"], timeout):
-            raise LaminaError(f"container {r['id'][:12]} is still running after {timeout} s")
-        row = self.db.execute(
-            "SELECT exit_code, signaled, error, finished_at, status FROM vms WHERE id = ?",
-            (r["id"],),
-        ).fetchone()
-        if row is None:
-            if condition == WaitCondition.REMOVED:
-                return WaitOutcome(0, ExitReason.EXITED)
-            raise NotFound(f"no such container: {ref}")
-        code, signaled, error, finished, status = row
-        if condition == WaitCondition.REMOVED:
-            while self.db.execute("SELECT 1 FROM vms WHERE id = ?", (r["id"],)).fetchone():
-                time.sleep(0.05)
-        code = 0 if code is None else code
-        if status == "failed" or (error and code in (125, 126, 127)):
-            return WaitOutcome(code or 125, ExitReason.RUNTIME_ERROR, None, finished, error)
-        if signaled:
-            return WaitOutcome(code, ExitReason.SIGNAL, signal_name(code - 128), finished, error)
-        return WaitOutcome(code, ExitReason.EXITED, None, finished, error)
-
-    def logs(
-        self,
-        ref: str,
-        *,
-        follow: bool = False,
-        tail: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        stdout: bool = True,
-        stderr: bool = True,
-    ) -> Iterator[LogEntry]:
-        from lamina.runtime._logs import read_logs
-
-        r = self._row(ref)
-        cid = r["id"]
-        streams = frozenset(s for s, on in (("stdout", stdout), ("stderr", stderr)) if on)
-
-        def running() -> bool:
-            return not self._wait_exit(cid, 0)
-
-        return read_logs(
-            self.dir / cid / "ctr.log",
-            follow=follow,
-            running=running,
-            tail=tail,
-            since=since,
-            until=until,
-            streams=streams,
-        )
-
-    def stats(self, ref: str) -> Stats:
-        r = self._row(ref)
-        process = json.loads(r["process"])
-        qemu = _qemu_pid(self.dir / r["id"]) if r["status"] in _ACTIVE else 0
-        rss = _rss(qemu) if qemu else 0
-        from lamina.runtime._cgroups import host_cpu_ns
+    def stats(self, rec: Record) -> Stats:
+        from lamina.runtime.common import host_cpu_ns
         from lamina.vm._guestfs import vmm_cpu_ns
 
+        qemu = _qemu_pid(self.task_dir(rec.id)) if rec.status in _ACTIVE else 0
         # The VM as the host sees it: QEMU's memory and CPU time (the CLI makes the
         # CPU % from two samples and the host's CPU time).
         return Stats(
             cpu_usage_ns=vmm_cpu_ns(qemu) if qemu else 0,
             system_cpu_ns=host_cpu_ns(),
-            memory_used=rss,
-            memory_limit=process["memory_mib"] << 20,
+            memory_used=_rss(qemu) if qemu else 0,
+            memory_limit=int(rec.task.get("memory_mib") or DEFAULT_MEMORY_MIB) << 20,
             pids=1 if qemu else 0,
             timestamp=time.time(),
         )
 
-    def top(self, ref: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
-        from lamina.runtime._ps import TITLES
+    def top(self, rec: Record) -> builtins.list[builtins.list[str]]:
         from lamina.vm import _guestfs
 
-        r = self._row(ref)
-        _guestfs.require_guest(r["status"], r["id"], "list the processes of")
-        conn = self._control(r["id"])
+        _guestfs.require_guest(str(rec.status), rec.id, "list the processes of")
+        conn = self._control(rec.id)
         try:
-            return list(TITLES), _guestfs.top(conn)
+            return _guestfs.top(conn)
         finally:
             conn.close()
 
-    def inspect(self, ref: str) -> dict[str, object]:
-        from lamina.runtime._signals import signal_name, stop_signal
+    def disk_usage(self, rec: Record) -> int:
+        from lamina.runtime._volumes import disk_usage
+
+        return disk_usage(self.task_dir(rec.id))
+
+    def inspect(self, rec: Record) -> dict[str, Any]:
         from lamina.vm._arch import host_arch
 
-        c = self.get(ref)
-        r = self._row(c.id)
-        process = json.loads(r["process"])
-        cfg = c.config
-        st = c.state
+        task = rec.task
+        vmdir = self.task_dir(rec.id)
+        try:
+            boot = json.loads((vmdir / "boot.json").read_bytes())
+        except (OSError, ValueError):
+            boot = {}
+        active = rec.status in _ACTIVE
+        ports = [PortMapping(**m) for m in task.get("published") or []] if active else []
+        arch = task.get("arch", "amd64")
         return {
-            "Id": c.id,
-            "Name": "/" + c.name,
-            "Created": datetime.fromtimestamp(c.created, UTC).isoformat(),
-            "Path": process["argv"][0],
-            "Args": process["argv"][1:],
-            "State": {
-                "Status": str(st.status),
-                "Running": st.status in (Status.RUNNING, Status.PAUSED),
-                "Paused": st.status == Status.PAUSED,
-                "Pid": st.pid,
-                "ExitCode": st.exit_code or 0,
-                "Error": st.error,
-                "StartedAt": _iso(st.started_at),
-                "FinishedAt": _iso(st.finished_at),
-            },
-            "Image": process["image_id"],
-            "Config": {
-                "Hostname": process["hostname"],
-                "Image": cfg.image_ref or cfg.image,
-                "Env": process["env"],
-                "Cmd": process["argv"],
-                "WorkingDir": process["cwd"],
-                "Labels": dict(cfg.labels),
-                "StopSignal": signal_name(stop_signal(cfg.stop_signal)),
-                "Tty": cfg.tty,
-                "OpenStdin": cfg.stdin_open,
-            },
-            "HostConfig": {
-                "Memory": cfg.resources.memory or 0,
-                "NanoCpus": int((cfg.resources.cpus or 0) * 1e9),
-                "AutoRemove": cfg.auto_remove,
-                "NetworkMode": cfg.network,
-                "PortBindings": _port_map(cfg.ports, requested=True),
-                "LogConfig": {"Type": cfg.log_driver, "Config": dict(cfg.log_options)},
-            },
-            "Mounts": [_mount_info(self.root, share) for share in process.get("shares", [])]
-            + [_tmpfs_info(t) for t in process.get("tmpfs", [])],
-            "NetworkSettings": _network_settings(cfg.network, process, c.ports),
+            "HostConfig": {"PortBindings": _port_map(rec.config.ports, requested=True)},
+            "Mounts": [_mount_info(self.root, share) for share in task.get("shares", [])]
+            + [_tmpfs_info(t) for t in task.get("tmpfs", [])],
+            "NetworkSettings": _network_settings(
+                rec.config.network, boot.get("mac") or task.get("mac", ""), ports
+            ),
             "VM": {
-                "Architecture": process.get("arch", "amd64"),
-                "Emulated": process.get("arch", "amd64") != host_arch(),
-                "VCPUs": process["vcpus"],
-                "MemoryMiB": process["memory_mib"],
-                "Accel": process.get("accel", "auto"),
-                "QemuPid": _qemu_pid(self.dir / c.id) if st.status in _ACTIVE else 0,
-                "Base": _base_info(process.get("base")),
-                "RestoredFrom": process.get("restored_from") or None,
+                "Architecture": arch,
+                "Emulated": arch != host_arch(),
+                "VCPUs": task.get("vcpus"),
+                "MemoryMiB": task.get("memory_mib"),
+                "Accel": task.get("accel", "auto"),
+                "QemuPid": _qemu_pid(vmdir) if active else 0,
+                "Base": _base_info(task.get("base")),
+                "RestoredFrom": boot.get("restored_from") or None,
             },
-            "LogPath": str(self.dir / c.id / "ctr.log"),
-            "Isolation": "vm",
-            "IsolationReason": c.isolation_reason,
-            "Backend": self.name,
         }
 
-    def pid(self, ref: str) -> int:
-        r = self._row(ref)
-        return _qemu_pid(self.dir / r["id"]) if r["status"] in _ACTIVE else 0
+    def ports(self, rec: Record) -> builtins.list[PortMapping]:
+        """The ports of the current run, resolved."""
+        return [PortMapping(**m) for m in rec.task.get("published") or []]
 
-    def ip_address(self, ref: str) -> str:
-        self._row(ref)
-        return ""
-
-    # -- exec ------------------------------------------------------------------------
+    # -- exec and attach ----------------------------------------------------------------
     def exec(
         self,
-        ref: str,
+        rec: Record,
         argv: builtins.list[str],
         *,
-        env: builtins.list[str] | None = None,
-        user: str | None = None,
-        workdir: str | None = None,
-        tty: bool = False,
-        stdin: BinaryIO | None = None,
-        detach: bool = False,
-        stream: bool = False,
+        env: builtins.list[str] | None,
+        user: str | None,
+        workdir: str | None,
+        tty: bool,
+        stdin: BinaryIO | None,
+        detach: bool,
+        stream: bool,
     ) -> ExecResult:
-        from lamina.runtime._spec import merge_env
+        from lamina.runtime._term import window_size
+        from lamina.runtime.common import merge_env
+        from lamina.vm._agent import Msg, exec_payload
 
-        if not argv:
-            raise LaminaError("exec needs a command")
-        r = self._row(ref)
-        self._require_running(r, "exec in")
-        if r["status"] == "paused":
-            raise LaminaError(f"cannot exec in container {r['id'][:12]}: it is paused; "
-                              "unpause it first")  # fmt: skip
-        p = json.loads(r["process"])
-        uid, gid, groups = p["uid"], p["gid"], p["groups"]
-        environ = merge_env(p["env"], env or [])
+        task = rec.task
+        uid, gid, groups = task["uid"], task["gid"], task["groups"]
+        environ = list(rec.process.env)
+        if not any(e.startswith("HOME=") for e in environ):
+            environ.append(f"HOME={task.get('home') or '/'}")
+        environ = merge_env(environ, env or [])
         if user:
             from lamina.vm._rootfs import image_user
 
             local = self.images
             try:
-                uid, gid, groups, home = image_user(local, local.require(p["image_id"]), user)
+                image = local.images.get_by_digest(rec.image_digest)
+                uid, gid, groups, home = image_user(local, image, user)
             except LaminaError as e:  # Docker: the exec could not start, 126
-                from lamina.runtime._conmon import StartFailed
+                from lamina.runtime.common import StartFailed
 
                 raise StartFailed(str(e), exit_code=126) from None
             environ = merge_env(environ, [f"HOME={home or '/'}", *(env or [])])
-        if workdir and not workdir.startswith("/"):
-            raise LaminaError(f"the working directory {workdir!r} must be an absolute path")
         if tty and not any(e.startswith("TERM=") for e in environ):
             environ.append("TERM=xterm")
         interactive = (
@@ -906,10 +508,10 @@ class VmRuntime(Runtime):
         in_fd = _fileno(stdin) if interactive else None
         term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
         payload = exec_payload(
-            argv, environ, cwd=workdir or p["cwd"], uid=uid, gid=gid, groups=groups,
+            argv, environ, cwd=workdir or rec.process.cwd, uid=uid, gid=gid, groups=groups,
             stdin=interactive, tty=tty, size=window_size(term) if term is not None else None,
         )  # fmt: skip
-        conn = self._control(r["id"])
+        conn = self._control(rec.id)
         try:
             conn.send(Msg.EXEC, WORKLOAD, payload)
             if detach:
@@ -921,110 +523,49 @@ class VmRuntime(Runtime):
         finally:
             conn.close()
 
-    def attach(
-        self,
-        ref: str,
-        *,
-        stdin: BinaryIO | None,
-        stdout: BinaryIO,
-        stderr: BinaryIO,
-        tty: bool = False,
-        start: bool = False,
-    ) -> None:
-        """Output follows the log (which holds every byte from the start, with a TTY the
-        terminal's stream as stdout): nothing is lost between ``start`` and the first
-        read, which a live relay could not promise as the supervisor only listens once
-        the VM is up. Stdin (when the container has ``-i``) and the terminal's size go
-        to the supervisor over ``ctl.sock`` as STDIN and RESIZE frames for the
-        workload's session; the end of stdin closes the workload's (a terminal: ^D)."""
-        from lamina.runtime._logs import LogReader
+    def attach(self, rec: Record) -> Attachment:
+        return _LogAttachment(self, rec)
 
-        r = self._row(ref)
-        cid = r["id"]
-        config = _config_from_dict(json.loads(r["config"]))
-        tty = tty and config.tty
-        forward = stdin is not None and config.stdin_open
-        in_fd = _fileno(stdin) if forward else None
-        term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
-        if start:
-            size = window_size(term) if term is not None else None
-            if size and r["status"] not in _ACTIVE:
-                # The workload's EXEC carries it: a shell starts with the right size.
-                process = json.loads(r["process"])
-                process["console_size"] = list(size)
-                self._update(cid, process=json.dumps(process))
-            self.start(cid)
-        conn: AgentConnection | None = None
-        if (forward or term is not None) and not self._wait_exit(cid, 0):
-            with contextlib.suppress(LaminaError):  # it ended already: the log has it all
-                conn = self._control(cid)
-        if conn is not None and forward and in_fd is None:
-            assert stdin is not None
-            conn.send_stdin(WORKLOAD, stdin.read())
-        tail = LogReader(self.dir / cid / "ctr.log", pieces=True)
-        with contextlib.ExitStack() as stack:
-            fwd = None
-            if conn is not None:
-                stack.callback(conn.close)
-                fwd = stack.enter_context(_InputForwarder(conn, WORKLOAD, in_fd, term))
-            while True:
-                # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
-                done = self._wait_exit(cid, 0)
-                for entry in tail.read():
-                    out = stderr if entry.stream == "stderr" else stdout
-                    out.write(entry.data)
-                    out.flush()
-                if done:
-                    return
-                if fwd is not None:
-                    fwd.wait(0.02)  # the supervisor sends attached clients nothing
-                else:
-                    time.sleep(0.02)
+    def resize(self, rec: Record, height: int, width: int) -> None:
+        from lamina.vm._agent import Msg, resize_payload
 
-    def resize(self, ref: str, height: int, width: int) -> None:
-        r = self._row(ref)
-        self._require_running(r, "resize")
-        if not _config_from_dict(json.loads(r["config"])).tty:
-            raise LaminaError(f"container {r['id'][:12]} has no terminal to resize")
-        self._tell(r["id"], Msg.RESIZE, WORKLOAD, resize_payload(height, width))
+        if not rec.config.tty:
+            raise LaminaError(f"container {rec.id[:12]} has no terminal to resize")
+        self._tell(rec.id, Msg.RESIZE, WORKLOAD, resize_payload(height, width))
 
-    # -- filesystem ------------------------------------------------------------------
-    def stat_path(self, ref: str, path: str) -> PathStat:
+    # -- its filesystem -----------------------------------------------------------------
+    def stat_path(self, rec: Record, path: str) -> PathStat:
         from lamina.vm import _guestfs
 
-        r = self._row(ref)
-        _guestfs.require_guest(r["status"], r["id"], "copy files from")
-        conn = self._control(r["id"])
+        _guestfs.require_guest(str(rec.status), rec.id, "copy files from")
+        conn = self._control(rec.id)
         try:
             return _guestfs.stat_path(conn, path)
         finally:
             conn.close()
 
-    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+    def copy_out(self, rec: Record, path: str, *, follow_link: bool) -> Iterator[bytes]:
         from lamina.vm import _guestfs
 
-        r = self._row(ref)
-        _guestfs.require_guest(r["status"], r["id"], "copy files from")
-        return _guestfs.copy_out(lambda: self._control(r["id"]), path, follow_link=follow_link)
+        _guestfs.require_guest(str(rec.status), rec.id, "copy files from")
+        return _guestfs.copy_out(lambda: self._control(rec.id), path, follow_link=follow_link)
 
-    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
+    def copy_in(self, rec: Record, path: str, tar_stream: BinaryIO) -> None:
         from lamina.vm import _guestfs
 
-        r = self._row(ref)
-        _guestfs.require_guest(r["status"], r["id"], "copy files into")
-        conn = self._control(r["id"])
+        _guestfs.require_guest(str(rec.status), rec.id, "copy files into")
+        conn = self._control(rec.id)
         try:
             _guestfs.copy_in(conn, path, tar_stream)
         finally:
             conn.close()
 
-    def diff(self, ref: str) -> builtins.list[ChangeEntry]:
+    def diff(self, rec: Record) -> builtins.list[ChangeEntry]:
         from lamina.vm import _guestfs
 
-        r = self._row(ref)
-        _guestfs.require_guest(r["status"], r["id"], "diff")
-        mounts = [m.target for m in _config_from_dict(json.loads(r["config"])).mounts]
-        conn = self._control(r["id"])
+        _guestfs.require_guest(str(rec.status), rec.id, "diff")
+        mounts = [m.target for m in rec.config.mounts]
+        conn = self._control(rec.id)
         try:
             return _guestfs.diff(_guestfs.upper_listing(conn), mounts)
         finally:
@@ -1032,36 +573,99 @@ class VmRuntime(Runtime):
 
     def commit(
         self,
-        ref: str,
-        reference: str | None = None,
+        rec: Record,
+        reference: str | None,
         *,
-        changes: builtins.list[str] | None = None,
-        message: str | None = None,
-        author: str | None = None,
-        pause: bool = True,
+        changes: builtins.list[str],
+        message: str | None,
+        author: str | None,
+        pause: bool,
     ) -> str:
         from lamina.vm import _guestfs
 
-        r = self._row(ref)
-        _guestfs.require_guest(r["status"], r["id"], "commit")
-        conn = self._control(r["id"])
+        _guestfs.require_guest(str(rec.status), rec.id, "commit")
+        local = self.images
+        conn = self._control(rec.id)
         try:
             return _guestfs.commit(
-                conn, self.images, image_id=json.loads(r["process"])["image_id"],
-                config=_config_from_dict(json.loads(r["config"])), reference=reference,
-                changes=changes or [], message=message, author=author, pause=pause,
+                conn, local, image_id=local.images.get_by_digest(rec.image_digest).id,
+                config=rec.config, reference=reference, changes=changes, message=message,
+                author=author, pause=pause,
             )  # fmt: skip
         finally:
             conn.close()
 
-    def update(self, ref: str, resources: Resources) -> None:
+    def update(self, rec: Record, resources: Resources) -> None:
         raise LaminaError(f"update {_UNSUPPORTED}")
+
+
+class _LogAttachment(Attachment):
+    """A VM's output follows its log (which holds every byte from the start, with a
+    TTY the terminal's stream as stdout): nothing is lost between ``start`` and the
+    first read, which a live relay could not promise as the supervisor only listens
+    once the VM is up. Stdin (when the container has ``-i``) and the terminal's size go
+    to the supervisor over ``ctl.sock`` as STDIN and RESIZE frames for the workload's
+    session; the end of stdin closes the workload's (a terminal: ^D)."""
+
+    def __init__(self, tasks: VmTasks, rec: Record) -> None:
+        from lamina.runtime._logs import LogReader
+
+        self._tasks = tasks
+        self._rec = rec
+        self._tail = LogReader(tasks.log_path(rec), pieces=True)
+
+    def close(self) -> None:
+        self._tail.close()
+
+    def pump(
+        self,
+        *,
+        stdin: BinaryIO | None,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        tty: bool,
+        running: Callable[[], bool],
+    ) -> None:
+        forward = stdin is not None
+        in_fd = _fileno(stdin) if forward else None
+        term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
+        # The log opened before ``running()`` first looks: the end it may see finished
+        # removes a --rm container's directory, which the open log outlives.
+        pending = self._tail.read()
+        conn: AgentConnection | None = None
+        if (forward or term is not None) and running():
+            with contextlib.suppress(LaminaError):  # it ended already: the log has it all
+                conn = self._tasks._control(self._rec.id)
+        if conn is not None and forward and in_fd is None:
+            assert stdin is not None
+            conn.send_stdin(WORKLOAD, stdin.read())
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._tail.close)
+            fwd = None
+            if conn is not None:
+                stack.callback(conn.close)
+                fwd = stack.enter_context(_InputForwarder(conn, WORKLOAD, in_fd, term))
+            while True:
+                # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
+                done = not running()
+                for entry in pending + self._tail.read():
+                    out = stderr if entry.stream == "stderr" else stdout
+                    out.write(entry.data)
+                    out.flush()
+                pending = []
+                if done:
+                    return
+                if fwd is not None:
+                    fwd.wait(0.02)  # the supervisor sends attached clients nothing
+                else:
+                    time.sleep(0.02)
 
 
 def claim_ports(ports: builtins.list[PortMapping]) -> builtins.list[PortMapping]:
     """``ports`` with every host port checked free (host port 0: a free one picked),
     as QEMU's hostfwd will bind them (TCP with SO_REUSEADDR, as slirp does)."""
     import errno
+    import socket
 
     held: builtins.list[socket.socket] = []
     out: builtins.list[PortMapping] = []
@@ -1106,14 +710,12 @@ def _port_map(
     return out
 
 
-def _network_settings(
-    network: str, process: dict[str, Any], ports: builtins.list[PortMapping]
-) -> dict[str, Any]:
+def _network_settings(network: str, mac: str, ports: builtins.list[PortMapping]) -> dict[str, Any]:
     nets: dict[str, Any] = {}
     if network == "nat":  # the addresses QEMU's user-mode NAT gives the guest (agent.c)
         nets["nat"] = {
             "IPAddress": "10.0.2.15", "IPPrefixLen": 24, "Gateway": "10.0.2.2",
-            "DNSServers": ["10.0.2.3"], "MacAddress": process.get("mac", ""),
+            "DNSServers": ["10.0.2.3"], "MacAddress": mac,
         }  # fmt: skip
     else:
         nets[network] = {}
@@ -1138,22 +740,6 @@ def _tmpfs_info(mount: dict[str, Any]) -> dict[str, object]:
             "RW": not mount["flags"] & 1, "Mode": mount["data"]}  # fmt: skip
 
 
-def _restarting(root: Path, vmdir: Path) -> bool:
-    """Whether a live ``restart`` keeps this --rm container across its stop."""
-    from lamina import _leases
-
-    try:
-        lease_id = (vmdir / _RESTARTING).read_text().strip()
-    except OSError:
-        return False
-    return _leases.alive(root, lease_id)
-
-
-def _holder(cid: str) -> str:
-    """The image hold of a container (the process backend's naming: IDs are unique)."""
-    return "container:" + cid
-
-
 def _mount_info(root: Path, share: dict[str, Any]) -> dict[str, object]:
     """One entry of inspect's Mounts, as the process backend shows it."""
     entry: dict[str, object] = {
@@ -1169,10 +755,6 @@ def _mount_info(root: Path, share: dict[str, Any]) -> dict[str, object]:
     else:
         entry["Source"] = share["source"]
     return entry
-
-
-def _iso(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else "0001-01-01T00:00:00Z"
 
 
 def _fileno(f: object) -> int | None:
@@ -1192,6 +774,8 @@ class _InputForwarder:
     def __init__(
         self, conn: AgentConnection, session: int, in_fd: int | None, term: int | None
     ) -> None:
+        import selectors
+
         self.conn, self.session, self.in_fd, self.term = conn, session, in_fd, term
         self._size: tuple[int, int] | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -1203,6 +787,8 @@ class _InputForwarder:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _InputForwarder:
+        from lamina.runtime._term import follow_window_size, raw_terminal
+
         if self.term is not None:
             self._stack.enter_context(raw_terminal(self.term))
             self._stack.enter_context(follow_window_size(self.term, self._on_size))
@@ -1221,6 +807,8 @@ class _InputForwarder:
             os.write(self._wake_w, b"!")
 
     def _send_size(self) -> None:
+        from lamina.vm._agent import Msg, resize_payload
+
         size, self._size = self._size, None
         if size is not None:
             self.conn.send(Msg.RESIZE, self.session, resize_payload(*size))
@@ -1228,6 +816,8 @@ class _InputForwarder:
     def wait(self, timeout: float) -> builtins.list[Frame]:
         """Wait up to ``timeout`` for output or input, forward the input; the frames
         that arrived."""
+        from lamina.vm._agent import STDIN_CHUNK, Msg
+
         if self.conn.closed:
             time.sleep(timeout)
             return self.conn.poll(0)
@@ -1251,7 +841,8 @@ def _started(conn: AgentConnection) -> ExecResult:
     """``exec --detach``: wait until the process started (its failure to start is
     raised as for an attached exec); it then runs on in the guest, its output dropped
     by the supervisor once this client is gone, as Docker drops a detached exec's."""
-    from lamina.runtime._exec import exec_failed
+    from lamina.runtime.common import exec_failed
+    from lamina.vm._agent import Msg
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not conn.closed:
@@ -1268,6 +859,8 @@ def _collect_exec(
 ) -> ExecResult:
     """Run an exec session to its EXIT: output passed through (``stream``) or collected,
     the caller's stdin and terminal size forwarded (``_InputForwarder``)."""
+    from lamina.vm._agent import Msg, parse_exit
+
     out, err = bytearray(), bytearray()
     error: str | None = None
     with _InputForwarder(conn, WORKLOAD, in_fd, term) as fwd:
@@ -1284,7 +877,7 @@ def _collect_exec(
                     error = f.payload.decode(errors="replace")
                 elif f.type == Msg.EXIT:
                     if error is not None:
-                        from lamina.runtime._exec import exec_failed
+                        from lamina.runtime.common import exec_failed
 
                         raise exec_failed(error)
                     return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
@@ -1303,16 +896,6 @@ def _short_path(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def _supervisor_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"lamina.vm._backend" in cmdline
-
-
 def _qemu_pid(vmdir: Path) -> int:
     try:
         return int((vmdir / "qemu.pid").read_text())
@@ -1320,14 +903,54 @@ def _qemu_pid(vmdir: Path) -> int:
         return 0
 
 
-def _kill_qemu(vmdir: Path) -> None:
+def _kill_qemu(vmdir: Path) -> bool:
+    """SIGKILL the VM's QEMU (known by its command line: pids are reused); whether
+    there was one."""
     pid = _qemu_pid(vmdir)
     if pid:
         try:
             if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, _signal.SIGKILL)
+                return True
         except (OSError, ProcessLookupError):
             pass
+    return False
+
+
+def _kill_supervisor(vmdir: Path, pid: int) -> bool:
+    """SIGKILL the VM's supervisor (``pid``, or the one its directory names), known by
+    its command line (a supervisor that became the exit command is left alone);
+    whether there was one."""
+    if pid <= 0:
+        try:
+            pid = int((vmdir / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if b"lamina.vm._backend" not in argv or vmdir.name.encode() not in argv:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, _signal.SIGKILL)
+    return True
+
+
+def _alive(rec: Record) -> bool:
+    from lamina.runtime.common import alive
+
+    return alive(rec.monitor_pid, rec.monitor_start)
+
+
+def _last_line(path: Path) -> str:
+    """The last line a supervisor wrote to its log (why it failed)."""
+    try:
+        tail = path.read_bytes()[-2000:].decode(errors="replace")
+    except OSError:
+        return "its monitor ended"
+    lines = [x for x in tail.splitlines() if x.strip()]
+    return lines[-1] if lines else "its monitor ended"
 
 
 def _rss(pid: int) -> int:
@@ -1348,6 +971,8 @@ class _LogWriter:
     rotated as ``--log-opt`` says."""
 
     def __init__(self, path: Path, settings: LogSettings) -> None:
+        from lamina.runtime._logs import RotatingLog
+
         self.f = RotatingLog(path, settings)  # lives as long as the VM
 
     def write(self, stream: str, data: bytes) -> None:
@@ -1361,24 +986,12 @@ class _LogWriter:
         self.f.write(chunks)
 
 
-def supervise(root: Path, cid: str) -> int:
-    """Boot container ``cid``'s VM and stay with it until its workload exits."""
+def _boot(root: Path, vmdir: Path, p: dict[str, Any]) -> Any:
+    """Boot (or restore) the VM that ``run.json`` describes: a ``MicroVm``."""
     from lamina.image import LocalImages
     from lamina.vm._config import NetworkAttachment, VmConfig
+    from lamina.vm._mounts import shared_dirs, tmpfs_cmdline
     from lamina.vm._run import start_vm
-
-    vmdir = root / "vms" / cid
-    db = _sqlite.connect(root / "vms" / "vms.db", SCHEMA)
-    row = db.execute("SELECT process, config FROM vms WHERE id = ?", (cid,)).fetchone()
-    if row is None:
-        print(f"no such container: {cid}", file=sys.stderr)
-        return 1
-    p = json.loads(row[0])
-
-    def record(**values: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in values)
-        with _sqlite.transaction(db) as tx:
-            tx.execute(f"UPDATE vms SET {cols} WHERE id = ?", (*values.values(), cid))
 
     local = LocalImages.open(root)
     try:
@@ -1389,14 +1002,12 @@ def supervise(root: Path, cid: str) -> int:
             networks=(NetworkAttachment("nat"),) if nat else (),
             macs=(p["mac"],) if nat and p.get("mac") else (),
         )
-        from lamina.vm._mounts import shared_dirs, tmpfs_cmdline
-
-        shares, mount_points = shared_dirs(root, p.get("shares", []))
+        shares, mount_points = shared_dirs(root, p.get("shares") or [])
         if shares:
             machine = dataclasses.replace(machine, shared_dirs=shares)
         if p.get("tmpfs"):
             machine = dataclasses.replace(machine, cmdline=tmpfs_cmdline(p["tmpfs"]))
-        published = [PortMapping(**m) for m in p.get("published", [])]
+        published = [PortMapping(**m) for m in p.get("published") or []]
         kernel, base_disk = None, None
         if p.get("base"):
             from lamina.vm._base import base_kernel, resolve_base
@@ -1405,7 +1016,7 @@ def supervise(root: Path, cid: str) -> int:
             kernel, base_disk = base_kernel(root, base), base.bundle.disk_path
         vm = start_vm(
             local,
-            local.require(p["image_id"]),
+            local.images.get_by_digest(p["image_digest"]),
             machine,
             accel=p.get("accel", "auto"),
             hostname=p["hostname"],
@@ -1414,19 +1025,62 @@ def supervise(root: Path, cid: str) -> int:
             forwards=hostfwd_rules(published) if nat else (),
             mount_points=mount_points,
         )
-        if vm.restore_error:  # fell back to a cold boot: say why in supervisor.log
-            print(f"not restored from a snapshot: {vm.restore_error}", file=sys.stderr)
-        if vm.restored_from:
-            p["restored_from"] = vm.restored_from
-            if vm.spec.macs:  # the guest kept the template's NIC
-                p["mac"] = vm.spec.macs[0]
-            record(process=json.dumps(p))
-    except LaminaError as e:
-        record(status="failed", error=str(e), exit_code=125, finished_at=time.time())
-        print(str(e), file=sys.stderr)
-        return 1
     finally:
         local.close()
+    if vm.restore_error:  # fell back to a cold boot: say why in supervisor.log
+        print(f"not restored from a snapshot: {vm.restore_error}", file=sys.stderr)
+    if vm.restored_from:  # inspect's RestoredFrom; the guest kept the template's NIC
+        boot = {"restored_from": vm.restored_from, "mac": vm.spec.macs[0] if vm.spec.macs else ""}
+        atomic_write(vmdir / "boot.json", json.dumps(boot).encode(), sync=False)
+    return vm
+
+
+def supervise(root: Path, vmdir: Path) -> int:
+    """Boot the VM that ``vmdir/run.json`` describes, stay with it until its workload
+    exits, write the exit down and run the engine's exit command."""
+    try:
+        p = json.loads((vmdir / "run.json").read_bytes())
+    except (OSError, ValueError) as e:
+        print(f"cannot read what to run: {e}", file=sys.stderr)
+        return 1
+    (vmdir / "boot.json").unlink(missing_ok=True)
+    outcome: tuple[int, bool, str] | None = None  # exit code, signaled, error
+    try:
+        vm = _boot(root, vmdir, p)
+    except LaminaError as e:
+        print(str(e), file=sys.stderr)
+        outcome = (125, False, str(e))
+    else:
+        try:
+            outcome = _serve(vmdir, vm, p)
+        finally:
+            # The VM has nothing to flush (read-only root, tmpfs overlay): it is killed.
+            vm.close()
+            (vmdir / "qemu.pid").unlink(missing_ok=True)
+    finally:
+        # Written last: once it exists, nothing of this run is left but this process.
+        code, signaled, err = outcome or (137, True, "the VM's monitor failed")
+        exit_status = {"code": code, "signaled": signaled, "error": err,
+                       "failed": code == 125 and bool(err)}  # fmt: skip
+        atomic_write(vmdir / "exit", json.dumps(exit_status).encode(), sync=False)
+    command = p.get("exit_command") or []
+    if command:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with contextlib.suppress(OSError):
+            os.execv(command[0], command)  # as conmon runs it, once all is written down
+    return 0
+
+
+def _serve(vmdir: Path, vm: Any, p: dict[str, Any]) -> tuple[int, bool, str]:
+    """Run the workload in the booted ``vm``, relay clients of ``ctl.sock``, log its
+    output; how it ended."""
+    import selectors
+    import socket
+
+    from lamina.runtime._logs import log_settings
+    from lamina.vm._agent import AgentConnection, Msg, exec_payload, parse_exit
+
     clients: dict[int, AgentConnection] = {}  # fd -> connection
     sessions: dict[int, tuple[AgentConnection, int]] = {}  # guest session -> client's
     by_client: dict[tuple[int, int], int] = {}
@@ -1437,25 +1091,23 @@ def supervise(root: Path, cid: str) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         (vmdir / "qemu.pid").write_text(str(vm.proc.pid))
-        settings = json.loads(row[1])
         size = p.get("console_size")  # the attached terminal's, when run/start -a had one
         vm.conn.send(
             Msg.EXEC,
             WORKLOAD,
             exec_payload(p["argv"], p["env"], cwd=p["cwd"], uid=p["uid"], gid=p["gid"],
-                         groups=p["groups"], stdin=bool(settings.get("stdin_open")),
-                         tty=bool(settings.get("tty")), size=(size[0], size[1]) if size else None),
+                         groups=p["groups"], stdin=bool(p.get("stdin")),
+                         tty=bool(p.get("tty")), size=(size[0], size[1]) if size else None),
         )  # fmt: skip
-        log = _LogWriter(vmdir / "ctr.log", settings_of(_config_from_dict(settings)))
+        settings = log_settings(p.get("log_driver") or "k8s-file", p.get("log_options") or {})
+        log = _LogWriter(vmdir / "ctr.log", settings)
         tmp = vmdir / "ctl.sock.tmp"
         tmp.unlink(missing_ok=True)
         with _short_path(tmp) as path:
             listener.bind(path)
         listener.listen(16)
         listener.setblocking(False)
-        record(status="running", pid=os.getpid(), started_at=time.time(), exit_code=None,
-               signaled=0, error="", finished_at=None)  # fmt: skip
-        os.rename(tmp, vmdir / "ctl.sock")  # start() waits for this name
+        os.rename(tmp, vmdir / "ctl.sock")  # release() waits for this name
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ, None)
         sel.register(vm.conn.sock, selectors.EVENT_READ, None)
@@ -1503,7 +1155,7 @@ def supervise(root: Path, cid: str) -> int:
                         st = parse_exit(f.payload)
                         code = st.exit_code
                         if error:
-                            from lamina.runtime._conmon import error_exit_code
+                            from lamina.runtime.common import error_exit_code
 
                             code = error_exit_code(error)
                         outcome = (code, st.signaled, error)
@@ -1521,37 +1173,20 @@ def supervise(root: Path, cid: str) -> int:
                 time.sleep(0.05)
                 tail = _qemu.console_tail(vm.spec.console_log) or "no console output"
                 outcome = (137, True, f"the VM exited: {tail}")
+        return outcome
     except Exception as e:
-        if outcome is None:
-            outcome = (125, False, f"the VM's monitor failed: {e}")
-        raise
+        import traceback
+
+        traceback.print_exc()
+        return outcome or (125, False, f"the VM's monitor failed: {e}")
     finally:
-        # Exit status first: waiters see it as soon as the workload is gone; the VM
-        # has nothing to flush (read-only root, tmpfs overlay), so it is killed.
-        code, signaled, err = outcome or (137, True, "the VM's monitor failed")
-        status = "failed" if code == 125 and err else "exited"
-        extra: dict[str, Any] = {}
-        if json.loads(row[1]).get("auto_remove") and not _restarting(root, vmdir):
-            status, extra["name"] = "removed", cid  # frees the name at once
-        record(status=status, exit_code=code, signaled=int(signaled), error=err,
-               finished_at=time.time(), **extra)  # fmt: skip
         for client in clients.values():
             with contextlib.suppress(OSError, LaminaError):
                 client.poll(0)
             client.close()
         listener.close()
         (vmdir / "ctl.sock").unlink(missing_ok=True)
-        vm.close()
-        (vmdir / "qemu.pid").unlink(missing_ok=True)
-        if status == "removed":  # --rm: its anonymous volumes go with it, as Docker's
-            from lamina.vm._mounts import release_volumes
-
-            release_volumes(root, p.get("shares", []))
-            with contextlib.closing(LocalImages.open(root)) as images:
-                images.images.release(_holder(cid))  # and its image is free for rmi
-        db.close()
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(supervise(Path(sys.argv[1]), sys.argv[2]))
+if __name__ == "__main__":  # ROOT ID VMDIR (the ID: for ps, and for _kill_supervisor)
+    sys.exit(supervise(Path(sys.argv[1]), Path(sys.argv[3])))

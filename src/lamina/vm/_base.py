@@ -1,7 +1,7 @@
 """VM base bundles for ``--vm-base``: finding one, fitting it to a container, and the
 guest kernel it boots with lamina's agent.
 
-Lifecycle (``VmRuntime.create`` resolves and checks; its supervisor boots):
+Lifecycle (``VmTasks.prepare`` resolves and checks; its supervisor boots):
 
 - ``resolve_base(local, ref)``: ``ref`` is a bundle directory (used in place) or a
   registry reference, pulled once into ``<root>/vm/bases/``. Pulled bundles are kept

@@ -285,14 +285,14 @@ readlink -f "$1" 2>/dev/null || readlink "$1"
 
 def stat_path(conn: AgentConnection, path: str) -> PathStat:
     """``_fsops.stat_path`` in the guest: what is at ``path`` in the container."""
-    from lamina.runtime._fsops import _not_found
     from lamina.runtime._types import PathStat
+    from lamina.runtime.common import not_found
 
     path = posixpath.join("/", path)
     run = ToolRun(conn, _sh(_STAT_SCRIPT, path), where="tool", label="stat")
     out = b"".join(run.output()).decode("utf-8", "surrogateescape").split("\n")
     if run.exit_code == _MISSING:
-        raise _not_found(path)
+        raise not_found(path)
     if run.exit_code == _NOT_DIR:
         raise LaminaError(f"{path}: not a directory")
     if run.exit_code != 0 or not out[0]:
@@ -312,7 +312,8 @@ def copy_out(
     the top entry named as ``archive_name`` says, a symlink archived as a link unless
     ``follow_link``, owners numeric. Errors (missing path, a file given as ``path/``)
     are raised here, before anything is yielded."""
-    from lamina.runtime._fsops import _not_found, archive_name
+    from lamina.runtime._fsops import archive_name
+    from lamina.runtime.common import not_found
 
     path = posixpath.join("/", path)
     name = archive_name(path)
@@ -328,7 +329,7 @@ def copy_out(
         chunks = run.output()
         first = next(chunks, b"")  # tar writes nothing before the checks passed
         if run.exit_code == _MISSING:
-            raise _not_found(path)
+            raise not_found(path)
         if run.exit_code == _NOT_DIR:
             raise LaminaError(f"{path}: not a directory")
         if run.exit_code not in (None, 0):
@@ -382,7 +383,7 @@ def copy_in(conn: AgentConnection, path: str, tar_stream: BinaryIO) -> None:
     ``path`` in the container, keeping the archive's numeric owners and modes, as
     ``_fsops.copy_in`` does."""
     from lamina.image import open_decompressed
-    from lamina.runtime._fsops import _not_found
+    from lamina.runtime.common import not_found
 
     path = posixpath.join("/", path)
     with open_decompressed(tar_stream) as plain:
@@ -390,7 +391,7 @@ def copy_in(conn: AgentConnection, path: str, tar_stream: BinaryIO) -> None:
         for _ in run.output():
             pass
     if run.exit_code == _MISSING:
-        raise _not_found(path)
+        raise not_found(path)
     if run.exit_code == _NOT_DIR:
         raise LaminaError(f"extraction point is not a directory: {path}")
     if run.exit_code != 0:

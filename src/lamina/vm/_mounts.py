@@ -1,20 +1,16 @@
 """A VM container's bind mounts and volumes, as virtio-fs shared directories.
 
-Lifecycle, driven by ``VmRuntime`` (``_backend``):
+Lifecycle, driven by ``VmTasks`` (``_backend``):
 
-1. ``prepare_mounts`` at ``create``, with the process backend's rules and code: each
-   ``VOLUME`` of the image no mount covers becomes an anonymous volume
-   (``_oci._with_image_volumes``); named volumes are created on first use and, when
-   new, filled from the image (``VolumeStore.populate``, Docker's copy-up, from the
-   image's layers: one layer is its snapshot directory, several a read-only overlay
-   of them mounted for the copy); bind sources must be absolute, existing directories:
-   virtio-fs shares directories, so a single file cannot be bind-mounted. The result is
-   plain data for the container's row, parents before children (Docker's order, so a
-   mount inside another one lands on top of it), each with a unique virtio-fs tag.
+1. ``shares_for`` at ``create``: the engine has made the container's volumes (the
+   image's ``VOLUME``s among them, filled from the image) and gives them by mount
+   target; bind sources must be absolute, existing directories: virtio-fs shares
+   directories, so a single file cannot be bind-mounted. The result is plain data for
+   the container's task, parents before children (Docker's order, so a mount inside
+   another one lands on top of it), each with a unique virtio-fs tag.
 2. ``shared_dirs`` in the supervisor turns that data into ``SharedDir``s and the mount
    points ``start_vm`` passes to the agent (``lamina.fs=``). A named volume is looked up
    again at each start: one removed meanwhile fails the start with one line.
-3. ``release_volumes`` deletes the container's anonymous volumes (``rm -v``, ``--rm``).
 
 ``--tmpfs`` and ``--mount type=tmpfs`` are the guest's own tmpfs mounts: ``tmpfs_mounts``
 checks them at ``create`` (Docker's defaults ``noexec,nosuid,nodev`` merged as the process
@@ -24,71 +20,43 @@ mount point, MS_* flags in hex, data options; percent-encoded).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.errors import LaminaError
-from lamina.image import ImageRecord, LocalImages
 from lamina.runtime._types import ContainerConfig
 from lamina.vm._config import SharedDir
 
+if TYPE_CHECKING:
+    from lamina.runtime._volumes import Volume
 
-def prepare_mounts(
-    root: Path, local: LocalImages, record: ImageRecord, config: ContainerConfig
-) -> list[dict[str, Any]]:
-    """The container's shares (see the module doc); volumes it made are removed again
-    when a later step fails."""
-    from lamina.runtime._oci import _with_image_volumes
-    from lamina.runtime._spec import _check_target
-    from lamina.runtime._volumes import VolumeStore
 
-    img = local.config(record).get("config") or {}
-    mounts = _with_image_volumes(config, img.get("Volumes") or {}).mounts
+def shares_for(config: ContainerConfig, volumes: dict[str, Volume]) -> list[dict[str, Any]]:
+    """The container's shares (see the module doc); ``volumes``: the volume of each
+    volume mount, by target."""
+    from lamina.runtime.common import check_mount_target
+
     seen: set[str] = set()
-    for m in mounts:
-        target = _check_target(m.target)
+    shares: list[dict[str, Any]] = []
+    for m in config.mounts:
+        target = check_mount_target(m.target)
         if target in seen:
             raise LaminaError(f"duplicate mount point: {target}")
         seen.add(target)
+        if m.type == "tmpfs":  # the guest's own: tmpfs_mounts
+            continue
+        share: dict[str, Any] = {"target": target, "read_only": m.read_only}
         if m.type == "bind":
             _check_bind_source(m.source)
-        elif m.type not in ("volume", "tmpfs"):
+            share["source"] = m.source
+        elif m.type == "volume":
+            vol = volumes[m.target]
+            share["volume"] = vol.name
+            share["anonymous"] = vol.anonymous
+        else:
             raise LaminaError(f"unsupported mount type {m.type!r} for {m.target}")
-    store = VolumeStore(root / "volumes")
-    created: list[str] = []
-    shares: list[dict[str, Any]] = []
-    try:
-        to_fill: list[tuple[Any, str]] = []
-        for m in mounts:
-            if m.type == "tmpfs":  # the guest's own: tmpfs_mounts
-                continue
-            share: dict[str, Any] = {"target": _check_target(m.target), "read_only": m.read_only}
-            if m.type == "bind":
-                share["source"] = m.source
-            else:
-                existed = bool(m.source) and store.exists(m.source)
-                vol = store.create(m.source or None)
-                if not existed:
-                    created.append(vol.name)
-                share["volume"] = vol.name
-                share["anonymous"] = not m.source
-                if "nocopy" not in m.options and not any(os.scandir(vol.mountpoint)):
-                    to_fill.append((vol, share["target"]))
-            shares.append(share)
-        if to_fill:
-            with _image_tree(local, record) as tree:
-                from lamina.runtime._paths import secure_join
-
-                for vol, target in to_fill:
-                    store.populate(vol, secure_join(tree, target))
-    except BaseException:
-        for name in created:
-            with contextlib.suppress(LaminaError, OSError):
-                store.remove(name, force=True)
-        raise
+        shares.append(share)
     # Parents first (as Docker sorts mounts): a mount point inside another share is
     # made in that share after it is mounted.
     shares.sort(key=lambda s: len(Path(s["target"]).parts))
@@ -112,33 +80,6 @@ def _check_bind_source(source: str) -> None:
     check_shareable(Path(source))
 
 
-@contextlib.contextmanager
-def _image_tree(local: LocalImages, record: ImageRecord) -> Any:
-    """The image's merged filesystem as a host directory, for the copy-up."""
-    from lamina._mount import MNT_DETACH, libc, mount_overlay
-
-    lowers = local.snapshots.lowerdirs(local.unpack(record))
-    if len(lowers) == 1:  # a single layer is its own merged view
-        yield lowers[0]
-        return
-    if os.geteuid() != 0:
-        raise LaminaError("filling a volume from a layered image needs root (an overlay mount)")
-    scratch = local.root / "vm" / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    mnt = Path(tempfile.mkdtemp(prefix="copyup-", dir=scratch))
-    try:
-        err = mount_overlay(mnt, [str(p) for p in lowers])  # no upper dir: read-only
-        if err:
-            raise LaminaError(f"cannot mount the image to fill a volume: {os.strerror(err)}")
-        try:
-            yield mnt
-        finally:
-            libc().umount2(str(mnt).encode(), MNT_DETACH)
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(mnt)
-
-
 def shared_dirs(
     root: Path, shares: list[dict[str, Any]]
 ) -> tuple[tuple[SharedDir, ...], dict[str, str]]:
@@ -151,22 +92,6 @@ def shared_dirs(
         path = Path(s["source"]) if "source" in s else store.path(s["volume"])
         dirs.append(SharedDir(path, s["tag"], bool(s["read_only"])))
     return tuple(dirs), {s["tag"]: s["target"] for s in shares}
-
-
-def release_volumes(root: Path, shares: list[dict[str, Any]]) -> None:
-    """Delete the anonymous volumes among ``shares`` (a missing one is no error)."""
-    from lamina.runtime._volumes import VolumeStore
-
-    store = VolumeStore(root / "volumes")
-    for s in shares:
-        if s.get("anonymous"):
-            with contextlib.suppress(LaminaError, OSError):
-                store.remove(s["volume"], force=True)
-
-
-def volume_names(shares: list[dict[str, Any]]) -> list[str]:
-    """The volumes a container uses (for ``volume rm`` and prune to refuse)."""
-    return [s["volume"] for s in shares if "volume" in s]
 
 
 # Mount flags of tmpfs options (linux/mount.h); their opposites clear them.
@@ -182,20 +107,20 @@ def tmpfs_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
     """The container's tmpfs mounts as ``{"target", "flags", "data"}``: ``--tmpfs`` and
     ``--mount type=tmpfs`` with Docker's default options, as the process backend
     merges them; a bad option or a target another mount has is one error line."""
-    from lamina.runtime._spec import _check_target, _tmpfs_mount
+    from lamina.runtime.common import check_mount_target, tmpfs_options
 
     wanted = [(m.target, [o for opt in m.options for o in opt.split(",")], m.read_only)
               for m in config.mounts if m.type == "tmpfs"]  # fmt: skip
     wanted += [(t, opts.split(",") if opts else [], False) for t, opts in config.tmpfs.items()]
-    taken = {_check_target(m.target) for m in config.mounts if m.type != "tmpfs"}
+    taken = {check_mount_target(m.target) for m in config.mounts if m.type != "tmpfs"}
     out = []
     for target, options, read_only in wanted:
-        target = _check_target(target)
+        target = check_mount_target(target)
         if target in taken:
             raise LaminaError(f"duplicate mount point: {target}")
         taken.add(target)
         flags, data = 0, []
-        for opt in _tmpfs_mount(target, options, read_only)["options"]:
+        for opt in tmpfs_options(options, read_only):
             key = opt.split("=", 1)[0]
             if opt in _MS_FLAGS:
                 flags |= _MS_FLAGS[opt]

@@ -120,7 +120,7 @@ def run_in_vm(
     """Run ``argv`` (default: the image's Cmd, after its Entrypoint) in a new micro-VM
     booted from ``image_ref``'s layers; stdout and stderr are returned apart. A
     ``config`` replaces ``vcpus`` and ``memory_mib``; ``snapshot`` is ``start_vm``'s."""
-    from lamina.runtime._spec import DEFAULT_PATH, merge_env, process_args
+    from lamina.runtime.common import DEFAULT_PATH, merge_env, process_args
 
     t0 = time.perf_counter()
     if config is None:
@@ -445,7 +445,7 @@ def _collect(
                 error = f.payload.decode(errors="replace")
             elif f.type == Msg.EXIT:
                 if error is not None:
-                    from lamina.runtime._conmon import StartFailed, error_exit_code
+                    from lamina.runtime.common import StartFailed, error_exit_code
 
                     raise StartFailed(error, exit_code=error_exit_code(error))
                 out.exit_code = parse_exit(f.payload).exit_code

@@ -1,12 +1,11 @@
 """Housekeeping over every plane of one root: what ``container prune``, ``system
 prune`` and ``system df`` do.
 
-Each plane frees its own things: the runtime its containers and what interrupted
-commands left of them (``Runtime.sweep``), ``lamina._leases`` the work of dead
+Each plane frees its own things: the engine its containers and what interrupted
+commands left of them (``Engine.sweep``), ``lamina._leases`` the work of dead
 owners, the image plane images, blobs, snapshots and its own leftovers
 (``LocalImages.prune``), the builder its cache, the volume store volumes. This
-module runs them in order and adds up what they hold and free; the runtime passed
-in is any ``Runtime`` (the CLI passes both backends behind one object).
+module runs them in order and adds up what they hold and free.
 
 Sizes are bytes on disk: images count their blobs (compressed layers, configs,
 manifests) and unpacked snapshots, each shared one once; containers their
@@ -27,8 +26,9 @@ from lamina.errors import LaminaError, NotFound
 
 if TYPE_CHECKING:
     from lamina import _leases
+    from lamina.engine._engine import Engine
     from lamina.image import ImageRecord, LocalImages
-    from lamina.runtime import Container, Runtime
+    from lamina.runtime import Container
 
 _STOPPED = ("created", "exited", "failed")
 _ACTIVE = ("running", "paused")
@@ -65,19 +65,19 @@ class ContainerPrune:
     errors: builtins.list[str] = field(default_factory=list)
 
 
-def prune_containers(rt: Runtime, select: Selector | None = None) -> ContainerPrune:
-    """``container prune``: free what interrupted commands left (``rt.sweep``), then
+def prune_containers(engine: Engine, select: Selector | None = None) -> ContainerPrune:
+    """``container prune``: free what interrupted commands left (``engine.sweep``), then
     remove every stopped container ``select`` picks."""
-    rt.sweep()
+    engine.sweep()
     result = ContainerPrune()
-    for c in rt.list(all=True):
+    for c in engine.list(all=True):
         if str(c.state.status) not in _STOPPED:
             continue
         if select and not select(c.created, c.config.labels):
             continue
         try:
-            size = rt.disk_usage(c.id)
-            rt.remove(c.id, volumes=False)
+            size = engine.disk_usage(c.id)
+            engine.remove(c.id, volumes=False)
         except NotFound:
             continue
         except LaminaError as e:
@@ -100,8 +100,7 @@ class SystemPrune:
 
 
 def prune_system(
-    root: Path,
-    rt: Runtime,
+    engine: Engine,
     *,
     all_images: bool = False,
     volumes: bool = False,
@@ -114,36 +113,32 @@ def prune_system(
     the build cache is kept (its entries carry no labels) and images are picked
     one by one."""
     from lamina import _leases
-    from lamina.image import LocalImages
 
-    root = Path(root)
+    root = engine.root
     leftovers = [
         f"{info.kind} (process {info.pid}): {_leftover_things(info)}"
         for info in _leases.reap(root)
         if info.paths or info.mounts
     ]
-    report = SystemPrune(prune_containers(rt, select), leftovers=leftovers)
+    report = SystemPrune(prune_containers(engine, select), leftovers=leftovers)
     report.reclaimed = report.containers.reclaimed
     if volumes:
-        removed, size = _prune_volumes(root, rt, select)
+        removed, size = _prune_volumes(engine, select)
         report.volumes, report.reclaimed = removed, report.reclaimed + size
-    local = LocalImages.open(root)
-    try:
-        before = _plane_bytes(local)
-        if not select:
-            from lamina.builder import prune as prune_build_cache
+    local = engine.images
+    before = _plane_bytes(local)
+    if not select:
+        from lamina.builder import prune as prune_build_cache
 
-            mounts = root / "build-cache" / "mounts"
-            mounts_size = _du(mounts)
-            _steps, report.build_cache = prune_build_cache(root)
-            report.reclaimed += mounts_size
-            result = local.prune(all_unused=all_images)
-            report.untagged, report.deleted = result.untagged, result.deleted
-        else:
-            _prune_images_selected(local, all_images, select, report)
-        report.reclaimed += max(0, before - _plane_bytes(local))
-    finally:
-        local.close()
+        mounts = root / "build-cache" / "mounts"
+        mounts_size = _du(mounts)
+        _steps, report.build_cache = prune_build_cache(root)
+        report.reclaimed += mounts_size
+        result = engine.prune_images(all_unused=all_images)
+        report.untagged, report.deleted = result.untagged, result.deleted
+    else:
+        _prune_images_selected(engine, all_images, select, report)
+    report.reclaimed += max(0, before - _plane_bytes(local))
     return report
 
 
@@ -152,25 +147,18 @@ def _leftover_things(info: _leases.LeaseInfo) -> str:
     return f"{n} leftover{'s' if n != 1 else ''} removed"
 
 
-def _prune_volumes(root: Path, rt: Runtime, select: Selector | None) -> tuple[list[str], int]:
-    from lamina.runtime._volumes import VolumeStore
-
-    store = VolumeStore(root / "volumes")
-    users = rt.volume_users  # type: ignore[attr-defined]
+def _prune_volumes(engine: Engine, select: Selector | None) -> tuple[list[str], int]:
+    """Anonymous volumes no container uses (only those ``select`` picks)."""
     if select:
-        skip = {v.name for v in store.list() if not select(v.created, v.labels)}
-
-        def picked_users(name: str) -> builtins.list[str]:
-            return ["(not selected)"] if name in skip else builtins.list(users(name))
-
-        result = store.prune(picked_users)
+        skip = {v.name for v in engine.list_volumes() if not select(v.created, v.labels)}
+        result = engine.prune_volumes(filters=None, skip=skip)
     else:
-        result = store.prune(users)
+        result = engine.prune_volumes()
     return result.removed, result.reclaimed
 
 
 def _prune_images_selected(
-    local: LocalImages, all_images: bool, select: Selector, report: SystemPrune
+    engine: Engine, all_images: bool, select: Selector, report: SystemPrune
 ) -> None:
     """Image prune limited to what ``select`` picks (by the image's creation time and
     config labels)."""
@@ -181,10 +169,10 @@ def _prune_images_selected(
             created = parse_timestamp((image.created or "").encode())
         except ValueError:
             created = 0.0
-        labels = (local.config(image).get("config") or {}).get("Labels") or {}
+        labels = (engine.images.config(image).get("config") or {}).get("Labels") or {}
         return select(created, labels)
 
-    result = local.prune(all_unused=all_images, select=picked)
+    result = engine.prune_images(all_unused=all_images, select=picked)
     report.untagged.extend(result.untagged)
     report.deleted.extend(result.deleted)
 
@@ -256,22 +244,22 @@ class DiskUsage:
     build_cache: builtins.list[CacheUsage]
 
 
-def disk_usage(root: Path, rt: Runtime) -> DiskUsage:
+def disk_usage(engine: Engine) -> DiskUsage:
     """What ``system df`` shows: per type, how many there are, how many are in use,
     their size on disk and how much of it pruning would free."""
     from lamina.image import LocalImages
 
-    root = Path(root)
+    root = engine.root
     containers = [
-        ContainerUsage(c, _size_of(rt, c.id), sum(m.type == "volume" for m in c.config.mounts))
-        for c in rt.list(all=True)
+        ContainerUsage(c, _size_of(engine, c.id), sum(m.type == "volume" for m in c.config.mounts))
+        for c in engine.list(all=True)
     ]
     local = LocalImages.open(root)
     try:
         images, cache_images, image_row, cache_bytes = _image_usage(local)
     finally:
         local.close()
-    volumes = _volume_usage(root, rt)
+    volumes = _volume_usage(root, engine)
     cache = _cache_usage(root, cache_images)
     live_builds = _live_builds(root)
     rows = [
@@ -301,9 +289,9 @@ def disk_usage(root: Path, rt: Runtime) -> DiskUsage:
     return DiskUsage(rows, images, containers, volumes, cache)
 
 
-def _size_of(rt: Runtime, cid: str) -> int:
+def _size_of(engine: Engine, cid: str) -> int:
     try:
-        return rt.disk_usage(cid)
+        return engine.disk_usage(cid)
     except LaminaError:
         return 0
 
@@ -349,9 +337,7 @@ def _image_usage(
     used_keys = set(count)
     total = sum(sizes[k] for k in used_keys)
     reclaimable = sum(sizes[k] for k in used_keys if not users.get(k))
-    row = UsageRow(
-        "Images", len(listed), sum(c > 0 for _, c in listed), total, reclaimable
-    )
+    row = UsageRow("Images", len(listed), sum(c > 0 for _, c in listed), total, reclaimable)
     cache_only = {k for r in intermediates for k in items[r.digest]} - used_keys
     cache_images = [
         (r, sum(v for k, v in items[r.digest].items() if k in cache_only)) for r in intermediates
@@ -377,14 +363,12 @@ def _image_items(local: LocalImages, record: ImageRecord) -> dict[str, int]:
     return out
 
 
-def _volume_usage(root: Path, rt: Runtime) -> builtins.list[VolumeUsage]:
+def _volume_usage(root: Path, engine: Engine) -> builtins.list[VolumeUsage]:
     from lamina.runtime._volumes import VolumeStore, disk_usage
 
     store = VolumeStore(root / "volumes")
-    users = rt.volume_users  # type: ignore[attr-defined]
-    return [
-        VolumeUsage(v.name, len(users(v.name)), disk_usage(v.mountpoint)) for v in store.list()
-    ]
+    users = engine.volume_users
+    return [VolumeUsage(v.name, len(users(v.name)), disk_usage(v.mountpoint)) for v in store.list()]
 
 
 def _cache_usage(
