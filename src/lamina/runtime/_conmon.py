@@ -189,11 +189,15 @@ def launch(
     exit_cmd: list[str],
     log: LogSettings = _DEFAULT_LOG,
     rotator: Path | None = None,
+    keep_fds: tuple[int, ...] = (),
 ) -> int:
     """Start conmon, which runs ``<runtime> create``; returns the container's host PID.
     ``log``: where the output goes (``none``: nowhere but attached clients). A log
     with max-size is cut by conmon (max-file 1) or rotated by the helper ``rotator``
-    (``_logrotate``), started before the container runs (see ``_logs``)."""
+    (``_logrotate``), started before the container runs (see ``_logs``). ``keep_fds``:
+    descriptors conmon inherits and holds until it exits (sockets bound to published
+    host ports, as podman has conmon keep them; the runtime closes them for the
+    container)."""
     bundle.exit_dir.mkdir(exist_ok=True)
     bundle.persist_dir.mkdir(exist_ok=True)
     argv = [
@@ -229,7 +233,7 @@ def launch(
         with contextlib.suppress(FileNotFoundError):
             if bundle.log.stat().st_size >= log.max_size:  # Docker cuts it at the next line
                 bundle.log.unlink()  # conmon makes a new one: a follower sees a new file
-    pid = _run_conmon(argv, bundle.dir, bundle.conmon_err, runtime.name)
+    pid = _run_conmon(argv, bundle.dir, bundle.conmon_err, runtime.name, keep_fds=keep_fds)
     if rotator is not None and log.keeps_rotated:
         from lamina.runtime import _logrotate
 
@@ -272,7 +276,12 @@ def launch_exec(
 
 
 def _run_conmon(
-    argv: list[str], cwd: Path, err_path: Path, runtime_name: str, what: str = "create"
+    argv: list[str],
+    cwd: Path,
+    err_path: Path,
+    runtime_name: str,
+    what: str = "create",
+    keep_fds: tuple[int, ...] = (),
 ) -> int:
     r, w = os.pipe()
     try:
@@ -281,7 +290,7 @@ def _run_conmon(
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 argv,
-                pass_fds=(w,),
+                pass_fds=(w, *keep_fds),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

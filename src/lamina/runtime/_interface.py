@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from lamina.runtime._types import (
     ChangeEntry,
     ContainerConfig,
+    Endpoint,
     ExecResult,
     ExitStatus,
+    NetworkRun,
     PathStat,
     PortMapping,
     ProcessSpec,
@@ -146,12 +148,20 @@ class TaskBackend(abc.ABC):
     # -- running --------------------------------------------------------------------
     @abc.abstractmethod
     def start(
-        self, rec: Record, *, exit_command: builtins.list[str], console_size: Any = None
+        self,
+        rec: Record,
+        *,
+        exit_command: builtins.list[str],
+        console_size: Any = None,
+        network: NetworkRun | None = None,
     ) -> Started:
         """Launch the workload under its monitor, not yet let run (``release``).
         ``exit_command``: what the monitor runs once the workload's exit is written
         down. ``console_size``: (rows, columns) of the terminal a ``-t`` workload
-        starts with, when known. StartFailed when it cannot start."""
+        starts with, when known. ``network``: what the engine's network layer made
+        for this run (the namespace to join, the endpoints, the published ports and
+        the sockets holding them, for the monitor to keep). StartFailed when it
+        cannot start."""
 
     def release(self, rec: Record) -> None:  # noqa: B027 - optional
         """Let a launched workload run (runc's exec FIFO; a VM's boot awaited)."""
@@ -229,6 +239,10 @@ class TaskBackend(abc.ABC):
     def ports(self, rec: Record) -> builtins.list[PortMapping]:
         """The ports the current run publishes, resolved."""
         return []
+
+    def update_network(self, rec: Record, endpoints: builtins.list[Endpoint]) -> None:  # noqa: B027
+        """A bridge network was connected or disconnected (``endpoints``: all of them
+        now): the workload's view of names and resolvers follows (hosts, resolv.conf)."""
 
     @abc.abstractmethod
     def disk_usage(self, rec: Record) -> int:

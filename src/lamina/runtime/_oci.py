@@ -61,9 +61,12 @@ from lamina.runtime._spec import build_spec, cgroup_path
 from lamina.runtime._types import (
     ChangeEntry,
     ContainerConfig,
+    Endpoint,
     ExecResult,
     ExitStatus,
+    NetworkRun,
     PathStat,
+    PortMapping,
     ProcessSpec,
     Record,
     Resources,
@@ -270,22 +273,30 @@ class OciTasks(TaskBackend):
         return found
 
     # -- the bundle ---------------------------------------------------------------------
-    def _write_userdata(self, rec: Record) -> None:
-        ud = self._bundle(rec.id).dir / "userdata"
-        cfg = rec.config
-        if cfg.network == "host":
-            hostname = os.uname().nodename
-            hosts = _read_text("/etc/hosts") or _DEFAULT_HOSTS
-            resolv = _read_text("/etc/resolv.conf")
-        else:
-            hostname = cfg.hostname or rec.id[:12]
-            hosts = _DEFAULT_HOSTS
-            resolv = _container_resolv(_read_text("/etc/resolv.conf"))
-        (ud / "hostname").write_text(hostname + "\n")
-        (ud / "hosts").write_text(hosts)
-        (ud / "resolv.conf").write_text(resolv)
+    def _write_userdata(
+        self, rec: Record, endpoints: builtins.list[Endpoint] | None = None
+    ) -> None:
+        """``hostname``, ``hosts`` and ``resolv.conf`` (``_etc``) for the container's
+        network: ``endpoints`` as realised for a run, else as the record has them.
+        Written in place: a running container has them bind-mounted."""
+        from lamina.runtime import _etc
 
-    def _netns_path(self, cfg: ContainerConfig) -> str | None:
+        ud = self._bundle(rec.id).dir / "userdata"
+        eps = rec.endpoints if endpoints is None else endpoints
+        name = _etc.hostname(rec.config, rec.id, rec.process.hostname)
+        for file, text in (
+            ("hostname", name + "\n"),
+            ("hosts", _etc.hosts(rec.config, eps, name)),
+            ("resolv.conf", _etc.resolv_conf(rec.config, eps)),
+        ):
+            with open(ud / file, "w") as f:
+                f.write(text)
+
+    def _netns_path(self, cfg: ContainerConfig, netns: str = "") -> str | None:
+        """The network namespace to join: the one made for this run (``netns``), or
+        another container's (``--network container:``); None for a new one."""
+        if netns:
+            return netns
         if not cfg.network.startswith("container:"):
             return None
         if self._lookup is None:
@@ -301,7 +312,7 @@ class OciTasks(TaskBackend):
             )
         return f"/proc/{other.pid}/ns/net"
 
-    def _write_spec(self, rec: Record) -> None:
+    def _write_spec(self, rec: Record, netns: str = "") -> None:
         bundle = self._bundle(rec.id)
         ud = bundle.dir / "userdata"
         volume_paths = {t: Path(p) for t, p in (rec.task.get("volume_paths") or {}).items()}
@@ -314,7 +325,7 @@ class OciTasks(TaskBackend):
             hosts_file=ud / "hosts",
             resolv_file=ud / "resolv.conf",
             volume_paths=volume_paths,
-            netns_path=self._netns_path(rec.config),
+            netns_path=self._netns_path(rec.config, netns),
         )
         # No fsync: the spec is rebuilt from the record (a crash loses no user data).
         atomic_write(bundle.config, json.dumps(spec).encode(), sync=False)
@@ -379,7 +390,12 @@ class OciTasks(TaskBackend):
 
     # -- running ------------------------------------------------------------------------
     def start(
-        self, rec: Record, *, exit_command: builtins.list[str], console_size: Any = None
+        self,
+        rec: Record,
+        *,
+        exit_command: builtins.list[str],
+        console_size: Any = None,
+        network: NetworkRun | None = None,
     ) -> Started:
         bundle = self._bundle(rec.id)
         if (
@@ -390,9 +406,11 @@ class OciTasks(TaskBackend):
         ):
             self.teardown(rec, force=True, unmount=False)  # an earlier run's
         self._mount(rec)
-        if not bundle.config.exists():  # its directory was deleted: the record has it all
-            self._write_userdata(rec)
-            self._write_spec(rec)
+        netns = network.netns if network is not None else ""
+        if network is not None or not bundle.config.exists():
+            # This run's network, or its directory was deleted: the record has it all.
+            self._write_userdata(rec, network.endpoints if network is not None else None)
+            self._write_spec(rec, netns)
         elif rec.config.network.startswith("container:"):
             self._write_spec(rec)
         cfg = rec.config
@@ -412,17 +430,20 @@ class OciTasks(TaskBackend):
                 exit_cmd=exit_command,
                 log=log,
                 rotator=rotator,
+                keep_fds=tuple(network.port_fds) if network is not None else (),
             )
         except StartFailed:
             self.teardown(rec, force=True)
             raise
         stop_point("start:created")
         conmon_pid = _conmon.read_pidfile(bundle.conmon_pidfile)
+        ports = [_asdict(p) for p in network.ports] if network is not None else []
         return Started(
             pid=pid,
             pid_start=process_start_time(pid),
             monitor_pid=conmon_pid,
             monitor_start=process_start_time(conmon_pid),
+            task={"ports": ports, "netns": netns},
         )
 
     def release(self, rec: Record) -> None:
@@ -568,13 +589,20 @@ class OciTasks(TaskBackend):
     def top(self, rec: Record) -> builtins.list[builtins.list[str]]:
         return [row for pid in cgroup_procs(cgroup_path(rec.id)) if (row := _ps_row(pid))]
 
+    def ports(self, rec: Record) -> builtins.list[PortMapping]:
+        return [PortMapping(**p) for p in rec.task.get("ports") or []]
+
+    def update_network(self, rec: Record, endpoints: builtins.list[Endpoint]) -> None:
+        """A network was connected or disconnected: its hosts and resolv.conf say so
+        (a running container sees the change: they are bind-mounted)."""
+        self._write_userdata(rec, endpoints)
+
     def disk_usage(self, rec: Record) -> int:
         from lamina.runtime._volumes import disk_usage
 
         return disk_usage(self._ovl(rec.id) / "upper") + disk_usage(self._bundle(rec.id).dir)
 
     def inspect(self, rec: Record) -> dict[str, Any]:
-        cfg = rec.config
         spec = self._spec(rec)
         proc = spec.get("process") or {}
         ovl = self._ovl(rec.id)
@@ -593,7 +621,6 @@ class OciTasks(TaskBackend):
                     "MergedDir": str(ovl / "merged"),
                 },
             },
-            "NetworkSettings": {"IPAddress": "", "Networks": {cfg.network: {}}},
         }
         if proc:  # what runs, as the runtime was told (the init, HOME of the user)
             found["Path"] = (proc.get("args") or [""])[0]
@@ -804,20 +831,10 @@ class _ConmonAttachment(Attachment):
 
 # -- module helpers ------------------------------------------------------------------------
 
-_DEFAULT_HOSTS = (
-    "127.0.0.1\tlocalhost\n"
-    "::1\tlocalhost ip6-localhost ip6-loopback\n"
-    "fe00::0\tip6-localnet\n"
-    "ff00::0\tip6-mcastprefix\n"
-    "ff02::1\tip6-allnodes\n"
-    "ff02::2\tip6-allrouters\n"
-)
-
-
-def _asdict(process: ProcessSpec) -> dict[str, Any]:
+def _asdict(value: Any) -> dict[str, Any]:
     import dataclasses
 
-    return dataclasses.asdict(process)
+    return dataclasses.asdict(value)
 
 
 def _read_text(path: str) -> str:
@@ -826,21 +843,6 @@ def _read_text(path: str) -> str:
             return f.read()
     except OSError:
         return ""
-
-
-def _container_resolv(host: str) -> str:
-    """The host's resolv.conf minus loopback name servers (unreachable from inside)."""
-    out = []
-    for line in host.splitlines():
-        parts = line.split()
-        if (
-            len(parts) >= 2
-            and parts[0] == "nameserver"
-            and (parts[1].startswith("127.") or parts[1] == "::1")
-        ):
-            continue
-        out.append(line)
-    return "\n".join(out) + ("\n" if out else "")
 
 
 def _is_under(path: str, top: str) -> bool:

@@ -109,6 +109,57 @@ class PortMapping:
 
 
 @dataclass
+class NetworkRequest:
+    """A bridge network a container asks to join (``--network NAME`` and what goes with
+    it: ``--network-alias``, ``--ip``, ``--ip6``, ``--mac-address``, or the keys of
+    ``--network name=NAME,alias=A,ip=IP,...``). ``name`` "" is the isolation's default
+    network, named by the engine."""
+
+    name: str
+    aliases: list[str] = field(default_factory=list)
+    ip: str = ""  # a static IPv4 address; "" = one the engine leases
+    ip6: str = ""
+    mac: str = ""  # "" = a random one
+
+
+@dataclass
+class Endpoint:
+    """One attachment of a container to a bridge network: what the engine leased for it
+    (addresses, MAC, DNS names), realised by the isolation for each run (a veth by
+    netavark in a process container's namespace; a tap for a VM)."""
+
+    network: str  # the network's name
+    network_id: str
+    endpoint_id: str
+    interface: str  # inside the container: eth0, eth1, ...
+    ipv4: str = ""
+    prefix: int = 0
+    gateway: str = ""
+    ipv6: str = ""
+    prefix6: int = 0
+    gateway6: str = ""
+    mac: str = ""
+    aliases: list[str] = field(default_factory=list)  # as asked (``--network-alias``)
+    dns: bool = False  # the network resolves its containers' names (aardvark-dns)
+    internal: bool = False
+    requested: dict[str, str] = field(default_factory=dict)  # the static addresses asked
+
+
+@dataclass
+class NetworkRun:
+    """What the engine's network layer made for one run of a container, given to its
+    task backend's ``start``: the network namespace to join (process containers), the
+    endpoints as realised, the published ports with their host ports chosen, and
+    sockets bound to those host ports, which the monitor keeps open for the run (so
+    no other process takes them)."""
+
+    netns: str = ""
+    endpoints: list[Endpoint] = field(default_factory=list)
+    ports: list[PortMapping] = field(default_factory=list)
+    port_fds: list[int] = field(default_factory=list)
+
+
+@dataclass
 class ContainerConfig:
     """Everything needed to create a container, independent of the backend."""
 
@@ -123,10 +174,19 @@ class ContainerConfig:
     hostname: str | None = None
     tty: bool = False
     stdin_open: bool = False
-    # "none" | "host" | "container:<id>" (process); "nat" | "none" (VM: QEMU's user-mode
-    # NAT); later: a bridge network name
+    # Docker's NetworkMode: "none" | "host" | "container:<id>" | a bridge network's name
+    # (process; ``networks`` holds each one joined, this one first); "nat" | "none" (VM:
+    # QEMU's user-mode NAT). A config made here has none; ``run`` and ``create``
+    # settle it to the default network (``lamina``) unless told otherwise.
     network: str = "none"
+    networks: list[NetworkRequest] = field(default_factory=list)
     ports: list[PortMapping] = field(default_factory=list)  # -p: host port 0 = a free one
+    publish_all: bool = False  # -P: the image's EXPOSEd ports (and ``expose``) too
+    expose: list[str] = field(default_factory=list)  # --expose PORT[/PROTO]
+    dns: list[str] = field(default_factory=list)  # --dns servers
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # --add-host NAME:IP
     mounts: list[Mount] = field(default_factory=list)
     tmpfs: dict[str, str] = field(default_factory=dict)  # path -> options
     sysctls: dict[str, str] = field(default_factory=dict)
@@ -152,6 +212,9 @@ class ContainerConfig:
     def __post_init__(self) -> None:
         # Configs read back from JSON hold plain dicts.
         self.ports = [PortMapping(**p) if isinstance(p, dict) else p for p in self.ports]
+        self.networks = [
+            NetworkRequest(**n) if isinstance(n, dict) else n for n in self.networks
+        ]
 
 
 @dataclass
@@ -288,6 +351,11 @@ class Record:
     @property
     def process(self) -> ProcessSpec:
         return ProcessSpec(**self.extra.get("process") or {"args": [], "env": []})
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """The bridge networks the container is attached to (the engine's leases)."""
+        return [Endpoint(**e) for e in self.extra.get("endpoints") or []]
 
 
 @dataclass

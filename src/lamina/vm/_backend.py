@@ -73,6 +73,7 @@ from lamina.runtime._types import (
     ContainerConfig,
     ExecResult,
     ExitStatus,
+    NetworkRun,
     PathStat,
     PortMapping,
     ProcessSpec,
@@ -214,7 +215,12 @@ class VmTasks(TaskBackend):
 
     # -- running ------------------------------------------------------------------------
     def start(
-        self, rec: Record, *, exit_command: builtins.list[str], console_size: Any = None
+        self,
+        rec: Record,
+        *,
+        exit_command: builtins.list[str],
+        console_size: Any = None,
+        network: NetworkRun | None = None,  # bridge networks: not yet for VMs
     ) -> Started:
         from lamina.runtime.common import process_start_time
 
