@@ -150,7 +150,7 @@ CASES: list[tuple[str, Step, str, str]] = [
         "networks",
         "at most 8 attachments, got 9",
     ),
-    ("bad kind", lambda b, f: b.network("bridge"), "networks[0].kind", "must be 'nat' or 'tap'"),
+    ("bad kind", lambda b, f: b.network("bridge"), "networks[0].kind", "'tap' or 'netns'"),
     (
         "tap without name",
         lambda b, f: b.network("tap", subnet="10.0.0.0/30"),

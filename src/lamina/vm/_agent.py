@@ -51,6 +51,7 @@ class Msg(enum.IntEnum):
     SHUTDOWN = 0x05
     CONFIGURE = 0x06
     RESIZE = 0x07
+    NETWORK = 0x08
     # guest -> host
     HELLO = 0x81
     PONG = 0x82

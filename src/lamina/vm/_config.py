@@ -40,7 +40,7 @@ BUNDLED = "bundled"
 QCOW2_MAGIC = b"QFI\xfb"
 CONFIG_VERSION = 1
 
-NetworkKind = Literal["nat", "tap"]
+NetworkKind = Literal["nat", "tap", "netns"]
 DiskFormat = Literal["raw", "qcow2"]
 BootLogKind = Literal["none", "file", "stdout"]
 
@@ -61,19 +61,23 @@ class VmConfigError(LaminaError, ValueError):
 
 @dataclass(frozen=True)
 class NetworkAttachment:
-    """User-mode NAT (``kind="nat"``, the default) or a host tap device (``kind="tap"``)
-    with the IPv4 subnet shared by host and guest (prefix /30 or shorter)."""
+    """User-mode NAT (``kind="nat"``, the default), a host tap device (``kind="tap"``)
+    with the IPv4 subnet shared by host and guest (prefix /30 or shorter), or a link of
+    a network namespace (``kind="netns"``: ``link``, e.g. a veth netavark made, in the
+    namespace at ``netns``), which the guest NIC takes over through a tap in that
+    namespace (``_tapnet``): its MAC, addresses, MTU and default route."""
 
     kind: NetworkKind = "nat"
     tap: str | None = None
     subnet: str | None = None
+    netns: str | None = None  # kind "netns": the namespace's path (/run/netns/NAME)
+    link: str | None = None  # kind "netns": the link's name in it
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
-        if self.tap is not None:
-            d["tap"] = self.tap
-        if self.subnet is not None:
-            d["subnet"] = self.subnet
+        for key in ("tap", "subnet", "netns", "link"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
         return d
 
 
@@ -225,13 +229,15 @@ class VmConfigBuilder:
         *,
         tap: str | None = None,
         subnet: str | None = None,
+        netns: str | None = None,
+        link: str | None = None,
     ) -> VmConfigBuilder:
         if self._networks is None:
             self._networks = []
         if isinstance(kind, NetworkAttachment):
             self._networks.append(kind)
         elif kind != "none":
-            self._networks.append(NetworkAttachment(kind, tap, subnet))  # type: ignore[arg-type]
+            self._networks.append(NetworkAttachment(kind, tap, subnet, netns, link))  # type: ignore[arg-type]
         return self
 
     def no_network(self) -> VmConfigBuilder:
@@ -344,8 +350,14 @@ def _check_minimum(p: Problems, name: str, value: object, minimum: int, unit: st
 def _check_networks(p: Problems, networks: tuple[NetworkAttachment, ...]) -> None:
     if len(networks) > MAX_NETWORKS:
         p.append(("networks", f"at most {MAX_NETWORKS} attachments, got {len(networks)}"))
+    if len({n.netns for n in networks if n.kind == "netns"}) > 1:
+        p.append(("networks", "netns attachments must all be links of one namespace"))
     for i, net in enumerate(networks):
         where = f"networks[{i}]"
+        if net.kind != "netns":
+            for key in ("netns", "link"):
+                if getattr(net, key) is not None:
+                    p.append((f"{where}.{key}", f"only a netns attachment names a {key}"))
         if net.kind == "nat":
             if net.tap is not None:
                 p.append((f"{where}.tap", "only a tap attachment names a tap device"))
@@ -358,10 +370,25 @@ def _check_networks(p: Problems, networks: tuple[NetworkAttachment, ...]) -> Non
                 )
             if net.subnet is None:
                 p.append((f"{where}.subnet", "a tap attachment needs a subnet, e.g. 10.0.0.0/30"))
+        elif net.kind == "netns":
+            _check_netns(p, where, net)
         else:
-            p.append((f"{where}.kind", f"must be 'nat' or 'tap', got {net.kind!r}"))
+            p.append((f"{where}.kind", f"must be 'nat', 'tap' or 'netns', got {net.kind!r}"))
         if net.subnet is not None:
             _check_subnet(p, f"{where}.subnet", net.subnet)
+
+
+def _check_netns(p: Problems, where: str, net: NetworkAttachment) -> None:
+    if net.tap is not None or net.subnet is not None:
+        p.append((where, "a netns attachment takes its tap and addresses from the namespace"))
+    if not net.netns:
+        p.append((f"{where}.netns", "a netns attachment needs the namespace's path"))
+    elif not os.path.isfile(net.netns):  # a bind-mounted nsfs file, or /proc/PID/ns/net
+        p.append((f"{where}.netns", f"{net.netns}: no such network namespace"))
+    if not net.link:
+        p.append((f"{where}.link", "a netns attachment needs the link's name"))
+    elif not _IFNAME_RE.fullmatch(net.link):
+        p.append((f"{where}.link", f"{net.link!r} is not a valid interface name (1-15 chars)"))
 
 
 def _check_subnet(p: Problems, where: str, subnet: str) -> None:
@@ -539,7 +566,15 @@ def _from_dict(d: Mapping[str, Any]) -> VmConfig:
         if "networks" in d:
             b.no_network()
             for n in _list(d, "networks"):
-                b.network(NetworkAttachment(n.get("kind", "nat"), n.get("tap"), n.get("subnet")))
+                b.network(
+                    NetworkAttachment(
+                        n.get("kind", "nat"),
+                        n.get("tap"),
+                        n.get("subnet"),
+                        n.get("netns"),
+                        n.get("link"),
+                    )
+                )
         for bd in _list(d, "block_devices"):
             b.block_device(
                 bd["path"], format=bd.get("format"), read_only=bd.get("read_only", False)

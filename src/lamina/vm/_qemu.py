@@ -11,8 +11,10 @@ in a log file (or on lamina's stdout), the agent's virtio-serial port on an inhe
 socket, the image's root filesystem as a read-only virtio-blk disk (``/dev/vda`` in the
 guest), a VM base bundle's disk under it (``/dev/vdb``, ``--vm-base``), and virtio-net
 devices: QEMU's user-mode NAT (``lamina.net=nat`` tells the agent to configure it; ``-p``
-becomes its ``hostfwd`` rules) or a host tap device. Shared directories (``VirtiofsShare``)
-are ``vhost-user-fs-device``s on inherited sockets to their virtiofsd (``_virtiofs``);
+becomes its ``hostfwd`` rules), a host tap device, or a tap lamina opened in a container's
+network namespace (``tap_fds``: ``-netdev tap,fd=N``, no vhost-net; ``_tapnet``). Shared
+directories (``VirtiofsShare``) are ``vhost-user-fs-device``s on inherited sockets to their
+virtiofsd (``_virtiofs``);
 vhost-user needs the guest RAM in shared memory, so such a VM's RAM is a memfd
 (``share=on``), and ``lamina.fs=`` tells the agent where to mount each tag.
 
@@ -93,6 +95,7 @@ class QemuSpec:
     append: Sequence[str] = field(default_factory=tuple)  # extra kernel arguments
     networks: Sequence[NetworkAttachment] = ()
     macs: Sequence[str] = ()  # one per network
+    tap_fds: Sequence[int] = ()  # one per "netns" network, in order: inherited by QEMU
     quiet: bool = True  # False when someone reads the boot log
     shares: Sequence[VirtiofsShare] = ()  # virtio-fs directories (RAM becomes a shared memfd)
     control_fd: int | None = None  # a QMP monitor's socket (a snapshot template VM)
@@ -188,6 +191,8 @@ def qemu_command(spec: QemuSpec, binary: str | None = None) -> list[str]:
     cpu = "host" if spec.accel == "kvm" else arch.tcg_cpu
     if len(spec.macs) != len(spec.networks):
         raise LaminaError(f"{len(spec.networks)} network(s) need as many MACs")
+    if len(spec.tap_fds) != sum(n.kind == "netns" for n in spec.networks):
+        raise LaminaError("each network namespace attachment needs its tap's fd")
     append = " ".join(kernel_cmdline(spec))
     if len(append.encode()) >= MAX_CMDLINE:
         raise LaminaError(
@@ -220,11 +225,14 @@ def qemu_command(spec: QemuSpec, binary: str | None = None) -> list[str]:
         "-device", "virtio-serial-device,max_ports=2",
         "-device", "virtserialport,chardev=agent,name=lamina.agent",
     ]  # fmt: skip
+    tap_fds = iter(spec.tap_fds)
     for i, (net, mac) in enumerate(zip(spec.networks, spec.macs, strict=True)):
         if net.kind == "nat":
             netdev = f"user,id=net{i}"
             if i == 0:
                 netdev += "".join(f",hostfwd={_escape(rule)}" for rule in spec.forwards)
+        elif net.kind == "netns":
+            netdev = f"tap,id=net{i},fd={next(tap_fds)}"
         else:
             netdev = f"tap,id=net{i},ifname={_escape(net.tap or '')},script=no,downscript=no"
         cmd += ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net{i},mac={mac}"]
@@ -279,7 +287,7 @@ def _escape(value: str) -> str:
 def launch(spec: QemuSpec) -> subprocess.Popen[bytes]:
     """Start QEMU; its stderr goes to the console log (QEMU's own errors land there)."""
     cmd = qemu_command(spec, qemu_binary(get_arch(spec.arch)))
-    fds = (spec.agent_fd, *(s.fd for s in spec.shares))
+    fds = (spec.agent_fd, *(s.fd for s in spec.shares), *spec.tap_fds)
     fds += tuple(fd for fd in (spec.control_fd, spec.incoming_fd) if fd is not None)
     if spec.console_log is None:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, pass_fds=fds, start_new_session=True)

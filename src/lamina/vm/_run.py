@@ -23,13 +23,14 @@ hostname and random seed (CONFIGURE) before the caller sees the channel. A snaps
 that fails to restore is never the run's failure: the VM boots cold instead.
 
 The machine comes from a ``VmConfig`` (``config=``; else one from ``vcpus`` and
-``memory_mib``, without a network): vCPUs, memory, networks (user-mode NAT; a tap device
-gets its virtio-net device but no guest address yet), extra kernel arguments and the boot
-log sink are honoured, and shared directories (a virtiofsd each, ``_virtiofs``; mounted
-in the container where ``start_vm``'s ``mount_points`` say, else only attached). Extra
-block devices become virtio disks after the root (``/dev/vdb`` on, or ``/dev/vdc`` with a
-base disk); a custom kernel or initrd is refused with a clear error (``--vm-base`` boots
-another kernel).
+``memory_mib``, without a network): vCPUs, memory, networks (user-mode NAT; links of a
+network namespace, taken over through taps (``_tapnet``) and configured by the agent's
+NETWORK frame, sent before anything else; a host tap device gets its virtio-net device but
+no guest address yet), extra kernel arguments and the boot log sink are honoured, and
+shared directories (a virtiofsd each, ``_virtiofs``; mounted in the container where
+``start_vm``'s ``mount_points`` say, else only attached). Extra block devices become
+virtio disks after the root (``/dev/vdb`` on, or ``/dev/vdc`` with a base disk); a
+custom kernel or initrd is refused with a clear error (``--vm-base`` boots another kernel).
 
 A command that cannot be started (not found, bad working directory) raises a LaminaError
 with Docker's exit code (127 or 126); a VM that dies or a timeout raises a LaminaError
@@ -76,6 +77,7 @@ from lamina.vm._initramfs import initramfs
 from lamina.vm._kernel import GuestKernel, guest_kernel
 from lamina.vm._kvm import kvm_usable
 from lamina.vm._rootfs import image_rootfs, image_user
+from lamina.vm._tapnet import GuestNetwork
 from lamina.vm._virtiofs import (
     VirtiofsDaemon,
     close_qemu_ends,
@@ -294,11 +296,26 @@ def launch_vm(
     macs: Sequence[str] | None = None,
     control_fd: int | None = None,
     incoming_fd: int | None = None,
+    guest_files: Mapping[str, str] = {},
 ) -> MicroVm:
     """Start QEMU for ``plan`` (its virtiofsd first, if any). Returns at once.
     ``macs`` replace the config's (a snapshot's devices); ``control_fd`` and
-    ``incoming_fd`` are ``QemuSpec``'s (a snapshot's template, a restore)."""
+    ``incoming_fd`` are ``QemuSpec``'s (a snapshot's template, a restore). Links of a
+    network namespace are taken over (their MACs replace the config's) and, with
+    ``guest_files`` (the container's /etc: ``hostname``, ``hosts``, ``resolv.conf``),
+    sent to the agent as the first frame."""
     config = plan.config
+    links = [n for n in config.networks if n.kind == "netns"]
+    guest_net = None
+    if links:
+        from lamina.vm._tapnet import take_over
+
+        guest_net = take_over(links[0].netns or "", [n.link or "" for n in links])
+    taken = iter(guest_net.nics if guest_net is not None else ())
+    macs = [
+        next(taken).mac if net.kind == "netns" else mac
+        for net, mac in zip(config.networks, config.macs if macs is None else macs, strict=True)
+    ]
     (plan.cache / "tmp").mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=plan.cache / "tmp"))
     log = config.boot_log
@@ -307,6 +324,8 @@ def launch_vm(
         daemons = start_daemons(config.shared_dirs, run_dir, console)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)
+        if guest_net is not None:
+            guest_net.close()
         raise
     shares = tuple(
         _qemu.VirtiofsShare(d.tag, d.qemu_fd, plan.mount_points.get(d.tag), d.read_only)
@@ -327,7 +346,8 @@ def launch_vm(
         forwards=plan.forwards,
         append=(*config.cmdline, f"lamina.hostname={hostname}"),
         networks=config.networks,
-        macs=tuple(config.macs if macs is None else macs),
+        macs=tuple(macs),
+        tap_fds=tuple(n.tap_fd for n in guest_net.nics) if guest_net is not None else (),
         quiet=log.kind == "none",
         shares=shares,
         control_fd=control_fd,
@@ -345,7 +365,13 @@ def launch_vm(
     finally:
         guest.close()
         close_qemu_ends(daemons)  # QEMU holds its own copies
-    return MicroVm(proc, AgentConnection(host), spec, run_dir, t_launch, daemons)
+        if guest_net is not None:
+            guest_net.close()  # QEMU's copies keep the taps; they die with it
+    conn = AgentConnection(host)
+    if guest_net is not None or guest_files:  # before any EXEC: frames are read in order
+        payload = (guest_net or GuestNetwork()).agent_payload(guest_files)
+        conn.send(Msg.NETWORK, 0, payload)
+    return MicroVm(proc, conn, spec, run_dir, t_launch, daemons)
 
 
 def start_vm(
@@ -362,6 +388,7 @@ def start_vm(
     forwards: Sequence[str] = (),
     mount_points: Mapping[str, str] = {},
     snapshot: str | None = "auto",
+    guest_files: Mapping[str, str] = {},
 ) -> MicroVm:
     """Boot a micro-VM on ``record``'s root filesystem. Returns at once: frames sent
     now wait for the agent, whose HELLO comes first on ``conn``.
@@ -372,6 +399,9 @@ def start_vm(
     ``mount_points`` maps tags of ``config.shared_dirs`` to absolute container paths
     where the agent mounts them (a shared dir without one is only attached). A VM
     with shared dirs must never be snapshotted: vhost-user devices do not migrate.
+    ``guest_files``: the container's ``hostname``, ``hosts`` and ``resolv.conf``
+    (``launch_vm``); a VM on a network namespace's links is never restored from a
+    snapshot (its NICs are configured at boot).
 
     ``snapshot``: "auto" restores the newest snapshot made for exactly this machine
     (``_snapshot``) instead of booting, when there is one; a name requires that one
@@ -389,10 +419,14 @@ def start_vm(
         chosen = _snapshot.choose_snapshot(plan, snapshot)
         if chosen is not None:
             try:
-                return _snapshot.restore(plan, chosen, hostname)
+                restored = _snapshot.restore(plan, chosen, hostname)
+                if guest_files:
+                    payload = GuestNetwork().agent_payload(guest_files)
+                    restored.conn.send(Msg.NETWORK, 0, payload)
+                return restored
             except _snapshot.RestoreFailed as e:
                 restore_error = str(e)
-    vm = launch_vm(plan, hostname=hostname)
+    vm = launch_vm(plan, hostname=hostname, guest_files=guest_files)
     vm.restore_error = restore_error
     return vm
 

@@ -20,6 +20,10 @@
  *      (or their pseudo-terminal, with its window size), forward signals, report exit
  *      status; reap every orphan as init must.
  *
+ * A VM on bridge networks gets its NICs' addresses, MTUs, default routes and the
+ * container's /etc/hostname, /etc/hosts and /etc/resolv.conf in a NETWORK frame, the
+ * host's first, before any EXEC (docs/VM_AGENT.md).
+ *
  * A VM restored from a snapshot (lamina/vm/_snapshot.py) wakes up in step 6 with the
  * template's clock, hostname and random state: the host's CONFIGURE sets them afresh,
  * and the agent answers with a new HELLO, the host's sign that it is alive again.
@@ -63,11 +67,12 @@
 #define MAX_PAYLOAD (1u << 20)
 #define MAX_SESSIONS 64
 #define HDR 12
+#define MAX_NETWORKS 8 /* NICs: VmConfig's rule */
 
 enum {
 	/* host -> guest */
 	T_PING = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_SIGNAL = 0x04, T_SHUTDOWN = 0x05,
-	T_CONFIGURE = 0x06, T_RESIZE = 0x07,
+	T_CONFIGURE = 0x06, T_RESIZE = 0x07, T_NETWORK = 0x08,
 	/* guest -> host */
 	T_HELLO = 0x81, T_PONG = 0x82, T_STARTED = 0x83, T_STDOUT = 0x84, T_STDERR = 0x85,
 	T_EXIT = 0x86, T_ERROR = 0x87,
@@ -655,6 +660,235 @@ static void configure(unsigned char *p, size_t len)
 	send_hello();
 }
 
+/* -- NETWORK: NICs on bridge networks --------------------------------------------- */
+
+/* IPv6's SIOCSIFADDR argument (linux/ipv6.h, which clashes with glibc's headers). */
+struct in6_ifreq_ {
+	struct in6_addr addr;
+	uint32_t prefixlen;
+	int ifindex;
+};
+
+/* The name of the interface whose MAC is mac ("aa:bb:..."), into out; 0 when none. */
+static const char *wanted_mac;
+static int find_mac(char *out, size_t n)
+{
+	DIR *d = opendir("/sys/class/net");
+	struct dirent *e;
+	int ok = 0;
+	if (!d)
+		return 0;
+	while (!ok && (e = readdir(d))) {
+		char p[300], mac[32] = {0};
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof p, "/sys/class/net/%s/address", e->d_name);
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t r = read(fd, mac, sizeof mac - 1);
+		close(fd);
+		if (r >= 17 && !strncasecmp(mac, wanted_mac, 17)) {
+			snprintf(out, n, "%s", e->d_name);
+			ok = 1;
+		}
+	}
+	closedir(d);
+	return ok;
+}
+
+static void rename_link(int s, const char *from, const char *to)
+{
+	struct ifreq ifr = {0};
+	if (!strcmp(from, to))
+		return;
+	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", from);
+	snprintf(ifr.ifr_newname, IFNAMSIZ, "%s", to);
+	if (ioctl(s, SIOCSIFNAME, &ifr) < 0)
+		fatal("rename %s to %s: %s", from, to, strerror(errno));
+}
+
+static void set_prefix(struct sockaddr *sa, int prefix)
+{
+	struct sockaddr_in *in = (struct sockaddr_in *)sa;
+	in->sin_family = AF_INET;
+	in->sin_addr.s_addr = prefix ? htonl(~0u << (32 - prefix)) : 0;
+}
+
+static void write_sysctl(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, value, strlen(value)) < 0)
+			say("cannot write %s: %s", path, strerror(errno));
+		close(fd);
+	}
+}
+
+/* ADDR/PREFIX onto the link (IPv4 or IPv6); "-" is none. */
+static void add_address(int s, int s6, const char *name, char *cidr)
+{
+	if (!strcmp(cidr, "-"))
+		return;
+	char *slash = strchr(cidr, '/');
+	int prefix = slash ? atoi(slash + 1) : -1;
+	if (slash)
+		*slash = 0;
+	struct ifreq ifr = {0};
+	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (prefix >= 0 && prefix <= 32 && inet_pton(AF_INET, cidr, &a4) == 1) {
+		set_addr(&ifr.ifr_addr, cidr);
+		if (ioctl(s, SIOCSIFADDR, &ifr) < 0)
+			fatal("%s: set address %s: %s", name, cidr, strerror(errno));
+		set_prefix(&ifr.ifr_netmask, prefix);
+		if (ioctl(s, SIOCSIFNETMASK, &ifr) < 0)
+			fatal("%s: set prefix /%d: %s", name, prefix, strerror(errno));
+	} else if (prefix >= 0 && prefix <= 128 && inet_pton(AF_INET6, cidr, &a6) == 1) {
+		if (s6 < 0 || ioctl(s, SIOCGIFINDEX, &ifr) < 0)
+			fatal("%s: IPv6 is not available: %s", name, strerror(errno));
+		struct in6_ifreq_ r6 = {.addr = a6, .prefixlen = prefix, .ifindex = ifr.ifr_ifindex};
+		if (ioctl(s6, SIOCSIFADDR, &r6) < 0)
+			fatal("%s: set address %s/%d: %s", name, cidr, prefix, strerror(errno));
+	} else {
+		fatal("NETWORK: malformed address %s", cidr);
+	}
+}
+
+static void default_route(int s, int s6, const char *gw, const char *name)
+{
+	struct in6_addr a6;
+	if (strchr(gw, ':')) {
+		struct in6_rtmsg rt = {0};
+		struct ifreq ifr = {0};
+		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+		if (s6 < 0 || inet_pton(AF_INET6, gw, &a6) != 1 || ioctl(s, SIOCGIFINDEX, &ifr) < 0)
+			fatal("NETWORK: bad IPv6 gateway %s via %s", gw, name);
+		rt.rtmsg_gateway = a6;
+		rt.rtmsg_flags = RTF_UP | RTF_GATEWAY;
+		rt.rtmsg_metric = 1;
+		rt.rtmsg_ifindex = ifr.ifr_ifindex;
+		if (ioctl(s6, SIOCADDRT, &rt) < 0)
+			fatal("IPv6 default route via %s: %s", gw, strerror(errno));
+		return;
+	}
+	struct rtentry rt = {0};
+	set_addr(&rt.rt_dst, "0.0.0.0");
+	set_addr(&rt.rt_genmask, "0.0.0.0");
+	set_addr(&rt.rt_gateway, gw);
+	rt.rt_flags = RTF_UP | RTF_GATEWAY;
+	rt.rt_dev = (char *)name;
+	if (ioctl(s, SIOCADDRT, &rt) < 0)
+		fatal("default route via %s: %s", gw, strerror(errno));
+}
+
+struct nic {
+	char name[IFNAMSIZ], mac[18], tmp[IFNAMSIZ], v4[64], v6[64];
+	int mtu;
+};
+
+/* Each NIC found by its MAC, renamed, its MTU and addresses set, brought up. */
+static void setup_nics(int s, int s6, struct nic *nic, int nics)
+{
+	if (nics == 0)
+		return;
+	load_modules("/lib/modules/net.list");
+	for (int i = 0; i < nics; i++) {
+		char cur[IFNAMSIZ + 8];
+		wanted_mac = nic[i].mac;
+		wait_for(find_mac, cur, sizeof cur, nic[i].mac);
+		/* Two steps: what is to be eth0 may be called eth1 now, and the reverse. */
+		snprintf(nic[i].tmp, IFNAMSIZ, "lamina%u", (unsigned)i % 10u);
+		rename_link(s, cur, nic[i].tmp);
+	}
+	for (int i = 0; i < nics; i++) {
+		struct ifreq ifr = {0};
+		char path[96];
+		rename_link(s, nic[i].tmp, nic[i].name);
+		/* The host's IPAM made the address unique: usable at once, not tentative. */
+		snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%.15s/accept_dad", nic[i].name);
+		write_sysctl(path, "0");
+		snprintf(ifr.ifr_name, IFNAMSIZ, "%.15s", nic[i].name);
+		ifr.ifr_mtu = nic[i].mtu;
+		if (nic[i].mtu > 0 && ioctl(s, SIOCSIFMTU, &ifr) < 0)
+			fatal("%s: set MTU %d: %s", nic[i].name, nic[i].mtu, strerror(errno));
+		add_address(s, s6, nic[i].name, nic[i].v4);
+		if_up(s, nic[i].name);
+		add_address(s, s6, nic[i].name, nic[i].v6);
+	}
+}
+
+/* NETWORK (docs/VM_AGENT.md): lines "nic NAME MAC MTU IPV4/P|- IPV6/P|-", then
+ * "route GATEWAY NAME" (an IPv4 or IPv6 default route), then "file NAME LENGTH" each
+ * followed by LENGTH bytes: the container's /etc/NAME (hostname, hosts, resolv.conf).
+ * A step that fails powers the VM off (the host reports it as a failed start). */
+static void network(unsigned char *p, size_t len)
+{
+	static struct nic nic[MAX_NETWORKS];
+	char *text = malloc(len + 1), *save = NULL;
+	int nics = 0, done = 0, s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int s6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (!text)
+		fatal("NETWORK: out of memory");
+	memcpy(text, p, len);
+	text[len] = 0;
+	for (char *line = text, *end = text + len; line < end;) {
+		char *nl = memchr(line, '\n', end - line);
+		if (!nl)
+			fatal("NETWORK: unterminated line");
+		*nl = 0;
+		char *word = strtok_r(line, " ", &save);
+		if (word && strcmp(word, "nic") && !done) {
+			setup_nics(s, s6, nic, nics);
+			done = 1;
+		}
+		if (!word) {
+		} else if (!strcmp(word, "nic")) {
+			char *f[5];
+			for (int i = 0; i < 5; i++)
+				if (!(f[i] = strtok_r(NULL, " ", &save)))
+					fatal("NETWORK: malformed nic line");
+			if (done || nics == MAX_NETWORKS)
+				fatal("NETWORK: too many or misplaced nic lines");
+			snprintf(nic[nics].name, IFNAMSIZ, "%s", f[0]);
+			snprintf(nic[nics].mac, sizeof nic[nics].mac, "%s", f[1]);
+			nic[nics].mtu = atoi(f[2]);
+			snprintf(nic[nics].v4, sizeof nic[nics].v4, "%s", f[3]);
+			snprintf(nic[nics].v6, sizeof nic[nics].v6, "%s", f[4]);
+			nics++;
+		} else if (!strcmp(word, "route")) {
+			char *gw = strtok_r(NULL, " ", &save), *dev = strtok_r(NULL, " ", &save);
+			if (!gw || !dev)
+				fatal("NETWORK: malformed route line");
+			default_route(s, s6, gw, dev);
+		} else if (!strcmp(word, "file")) {
+			char *name = strtok_r(NULL, " ", &save), *n = strtok_r(NULL, " ", &save);
+			size_t flen = n ? strtoul(n, NULL, 10) : 0;
+			if (!name || !n || flen > (size_t)(end - nl - 1))
+				fatal("NETWORK: malformed file line");
+			if (strcmp(name, "hostname") && strcmp(name, "hosts") && strcmp(name, "resolv.conf"))
+				fatal("NETWORK: %s is not a file the agent writes", name);
+			char path[64], *body = nl + 1, saved = body[flen];
+			body[flen] = 0;
+			snprintf(path, sizeof path, "/newroot/etc/%s", name);
+			if (have_root)
+				write_file(path, body);
+			body[flen] = saved;
+			nl = body + flen - 1;
+		} else {
+			fatal("NETWORK: unknown line %s", word);
+		}
+		line = nl + 1;
+	}
+	if (!done)
+		setup_nics(s, s6, nic, nics);
+	free(text);
+	close(s);
+	if (s6 >= 0)
+		close(s6);
+}
+
 static struct session *find_session(uint32_t id)
 {
 	for (int i = 0; i < MAX_SESSIONS; i++)
@@ -958,6 +1192,9 @@ static void handle(int type, uint32_t id, unsigned char *p, size_t len)
 		break;
 	case T_CONFIGURE:
 		configure(p, len);
+		break;
+	case T_NETWORK:
+		network(p, len);
 		break;
 	case T_RESIZE:
 		if (len >= 4 && (s = find_session(id)) && s->pty >= 0) {
