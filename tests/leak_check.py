@@ -4,13 +4,16 @@ and kill a lamina command at a named point (``lamina._hooks``).
 ``container_traces(root)``: IDs that any container state under the root names
 (bundle and overlay directories, runc state). ``leaks(root, ids)``: every trace of
 those containers that is left (mounts, directories, runc state, cgroups, conmon
-processes, image holds), as readable lines; empty when the root is clean.
+processes, image holds, and of the root's networks: network namespaces, bridges and
+veths, firewall rules, aardvark-dns entries and processes, address leases), as
+readable lines; empty when the root is clean.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -78,6 +81,83 @@ def container_holds(root: Path) -> list[str]:
         local.close()
 
 
+def _networks(root: Path) -> list[tuple[str, str, list[str]]]:
+    """(name, bridge, subnets) of every network the root has a record of."""
+    import json
+
+    db = root / "containers.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT config FROM networks").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    nets = [json.loads(r[0]) for r in rows]
+    return [(n["name"], n["interface"], [s["subnet"] for s in n["subnets"]]) for n in nets]
+
+
+def _leases(root: Path) -> list[str]:
+    db = root / "containers.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [
+            f"{a} ({c[:12]})"
+            for a, c in conn.execute("SELECT address, container_id FROM ip_leases")
+        ]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def aardvarks(root: Path) -> list[int]:
+    """PIDs of aardvark-dns processes serving a config dir under ``root``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if (
+            b"aardvark-dns" in argv[0]
+            and state != b"Z"
+            and any(str(root).encode() in a for a in argv)
+        ):
+            found.append(int(pid))
+    return found
+
+
+def network_leaks(root: Path) -> list[str]:
+    """What the root's networks leave on the host with no container running: network
+    namespaces, bridges (and their veths), iptables rules naming their subnets,
+    aardvark-dns entries and processes, address leases."""
+    out = [f"netns {n}" for n in sorted(_entries(root / "netns"))]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    rules6 = subprocess.run(["ip6tables-save"], capture_output=True, text=True).stdout
+    for name, bridge, subnets in _networks(root):
+        out += [f"link {line.split(':')[1].strip()} (network {name})" for line in links.splitlines()
+                if f" {bridge}:" in line or f"master {bridge} " in line]  # fmt: skip
+        for subnet in subnets:
+            out += [f"rule {line} (network {name})" for line in (rules + rules6).splitlines()
+                    if subnet in line]  # fmt: skip
+    dns_dir = root / "networks" / "netavark" / "aardvark-dns"
+    out += [f"aardvark-dns entries {n}" for n in sorted(_entries(dns_dir)) if n != "aardvark.pid"]
+    out += [f"aardvark-dns process {pid}" for pid in aardvarks(root)]
+    out += [f"lease {lease}" for lease in _leases(root)]
+    return out
+
+
 def leaks(root: Path, ids: set[str]) -> list[str]:
     """Everything left of containers ``ids`` and of any container under ``root``,
     when the root should have none."""
@@ -87,6 +167,7 @@ def leaks(root: Path, ids: set[str]) -> list[str]:
     out += [f"cgroup {d}" for cid in sorted(ids) for d in lamina_cgroups(cid)]
     out += [f"conmon process {pid}" for pid in conmons(root)]
     out += [f"image hold {h}" for h in container_holds(root)]
+    out += network_leaks(root)
     return out
 
 

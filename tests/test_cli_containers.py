@@ -496,7 +496,7 @@ def test_missing_runtime_is_one_clear_error(root: Path, runtime: str) -> None:
         ["run", "-m", "lots", IMAGE],
         ["run", "--ulimit", "nofile=2:1", IMAGE],
         ["run", "-v", "relative:dir", IMAGE],
-        ["run", "--network", "bridge", IMAGE],
+        ["run", "--network", "no-such-net", IMAGE],
         ["run", "--isolation", "hyperv", IMAGE],
         ["run", "--pull", "never", "example.com/not/here:1"],
         ["run", "--rm", "sha256:" + "0" * 64],

@@ -316,10 +316,45 @@ def test_network() -> None:
     assert parse_network("none") == "none"
     assert parse_network("host") == "host"
     assert parse_network("container:abc") == "container:abc"
-    with pytest.raises(InvalidOption, match="bridge networking is not available yet"):
-        parse_network("bridge")
-    with pytest.raises(InvalidOption, match="not found"):
-        parse_network("mynet")
+    # Docker's names of the default bridge are lamina's default network.
+    assert parse_network("bridge") == parse_network("default") == "lamina"
+    assert parse_network("mynet") == "mynet"  # whether it exists is create's question
+    with pytest.raises(InvalidOption, match="not a network name"):
+        parse_network("my net")
+
+
+def test_networks_and_their_options() -> None:
+    cfg = _build(
+        network=["front", "back"], network_aliases=["www"], ip="10.9.0.5",
+        mac_address="92:D0:C6:0A:29:33", add_hosts=["db:10.1.1.1", "gw:host-gateway"],
+        dns=["9.9.9.9"], dns_search=["example.org"], dns_options=["ndots:2"],
+        publish_all=True, expose=["8000-8001/udp"],
+    ).config  # fmt: skip
+    assert cfg.network == "front"
+    assert [(n.name, n.aliases, n.ip, n.mac) for n in cfg.networks] == [
+        ("front", ["www"], "10.9.0.5", "92:d0:c6:0a:29:33"),
+        ("back", [], "", ""),
+    ]
+    assert cfg.extra_hosts == ["db:10.1.1.1", "gw:host-gateway"]
+    assert (cfg.dns, cfg.dns_search, cfg.dns_options) == (["9.9.9.9"], ["example.org"], ["ndots:2"])
+    assert cfg.publish_all and cfg.expose == ["8000/udp", "8001/udp"]
+    # No --network: the default bridge, with the options given.
+    default = _build(ip="10.9.0.5").config
+    assert [(n.name, n.ip) for n in default.networks] == [("lamina", "10.9.0.5")]
+    for kw, why in (
+        ({"network": ["none", "front"]}, "conflicting options"),
+        ({"network": "host", "network_aliases": ["a"]}, "need a bridge network"),
+        ({"ip": "10.1.1"}, "not an IP address"),
+        ({"ip": "fd00::1"}, "not an IPv4 address"),
+        ({"mac_address": "01:00:00:00:00:01"}, "multicast"),
+        ({"add_hosts": ["nohost"]}, "expected NAME:IP"),
+        ({"add_hosts": ["h:1.2.3"]}, "not an IP address"),
+        ({"dns": ["resolver"]}, "not an IP address"),
+        ({"expose": ["80/sctp"]}, "tcp or udp"),
+        ({"network": "none", "publish": ["80"]}, "port publishing"),
+    ):
+        with pytest.raises(InvalidOption, match=why):
+            _build(**kw)
 
 
 def test_isolation() -> None:
@@ -362,7 +397,7 @@ def test_build_config_whole() -> None:
     assert cfg.resources.memory == 64 * 1024**2 and cfg.resources.cpus == 0.5
     assert cfg.security.read_only_rootfs
     assert (cfg.stop_signal, cfg.stop_timeout, cfg.labels) == ("SIGINT", 3, {"a": "b"})
-    assert cfg.network == "none"  # no bridge yet
+    assert cfg.network == "lamina"  # the default bridge, as Docker's ``bridge``
     assert parsed.bind_dirs_to_create == ["/definitely/not/here"]
     assert _build(entrypoint="/bin/sh -c").config.entrypoint == ["/bin/sh -c"]
     assert _build().config.entrypoint is None
@@ -375,7 +410,7 @@ def test_build_config_whole() -> None:
         ({"workdir": "relative"}, "absolute path"),
         ({"volumes": ["/a:/x", "vol:/x"]}, "duplicate mount point: /x"),
         ({"volumes": ["/a:/x"], "tmpfs": ["/x"]}, "duplicate mount point"),
-        ({"publish": ["80:80"]}, "bridge networking"),
+        ({"publish": ["80:80"], "network": "container:abc"}, "port publishing"),
         ({"hostname": "h", "network": "container:abc"}, "conflicting options"),
         ({"stop_timeout": -5}, "--stop-timeout"),
     ],
@@ -423,11 +458,12 @@ def test_network_follows_the_isolation() -> None:
     vm = _build(isolation="vm", publish=["8080:80", "81"]).config
     assert vm.network == "nat" and len(vm.ports) == 2  # VMs: user-mode NAT by default
     assert _build(isolation="vm", network="none").config.network == "none"
-    assert _build().config.network == "none"  # process containers: unchanged
+    assert _build().config.network == "lamina"  # process containers: the default bridge
     for kw, why in (
         ({"isolation": "vm", "network": "host"}, "not supported for VM containers"),
         ({"isolation": "vm", "network": "container:abc"}, "not supported for VM containers"),
         ({"isolation": "vm", "network": "none", "publish": ["80"]}, "--network none"),
+        ({"isolation": "vm", "network": "front"}, "not available for VM containers yet"),
         ({"network": "nat"}, "for VM containers"),
         ({"vm_base": "./bundle"}, "--vm-base needs --isolation vm"),
         ({"isolation": "vm", "publish": ["80:80", "127.0.0.1:80:81"]}, "published twice"),
@@ -439,8 +475,9 @@ def test_network_follows_the_isolation() -> None:
     assert parsed.config.isolation == "auto"
     apply_isolation(parsed, "vm")
     assert (parsed.config.isolation, parsed.config.network) == ("vm", "nat")
-    with pytest.raises(InvalidOption, match="bridge networking"):
-        apply_isolation(_build(isolation="auto", publish=["80"]), "process")
+    process = _build(isolation="auto", publish=["80"])
+    apply_isolation(process, "process")
+    assert process.config.network == "lamina" and process.config.ports
 
 
 # -- times for logs --since/--until

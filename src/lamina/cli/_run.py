@@ -80,18 +80,36 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         "--network",
         "--net",
         "network",
-        default=None,
-        metavar="none|host|container:ID|nat",
-        help="Network mode: process containers none (default), host or container:ID; "
-        "VM containers nat (default: QEMU user-mode NAT) or none.",
+        multiple=True,
+        metavar="NAME|none|host|container:ID|nat",
+        help="Connect to a network (more than once: several bridge networks). Process "
+        "containers: the default bridge 'lamina' unless told otherwise; VM containers: "
+        "nat (QEMU user-mode NAT, the default) or none.",
     ),
+    click.option(
+        "--network-alias", "network_aliases", multiple=True, help="A DNS name on the network."
+    ),
+    click.option("--ip", default=None, help="IPv4 address on the network (e.g. 172.30.100.104)."),
+    click.option("--ip6", default=None, help="IPv6 address on the network."),
+    click.option("--mac-address", default=None, help="MAC address (e.g. 92:d0:c6:0a:29:33)."),
+    click.option(
+        "--add-host", "add_hosts", multiple=True, metavar="HOST:IP",
+        help="Add a line to /etc/hosts (IP may be host-gateway).",
+    ),
+    click.option("--dns", multiple=True, help="A DNS server for the container."),
+    click.option("--dns-search", multiple=True, help="A DNS search domain."),
+    click.option("--dns-option", "dns_options", multiple=True, help="A resolver option."),
     click.option(
         "-p",
         "--publish",
         multiple=True,
         metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
-        help="Publish a container's port on the host (VM containers with nat).",
+        help="Publish a container's port on the host.",
     ),
+    click.option(
+        "-P", "--publish-all", is_flag=True, help="Publish every exposed port on a free host port."
+    ),
+    click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="Expose a port."),
     click.option("--cpus", default=None, help="Number of CPUs (e.g. 1.5)."),
     click.option(
         "-c", "--cpu-shares", type=int, default=None, help="CPU shares (relative weight)."

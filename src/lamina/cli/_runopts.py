@@ -19,6 +19,7 @@ from lamina.errors import LaminaError
 from lamina.runtime._types import (
     ContainerConfig,
     Mount,
+    NetworkRequest,
     PortMapping,
     Resources,
     Security,
@@ -79,8 +80,20 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
-    network: str | None = None  # None: the isolation's default (process: none; VM: nat)
+    # --network, once or more (None/empty: the isolation's default: process containers
+    # the default bridge, VM containers nat)
+    network: str | Sequence[str] | None = None
     publish: Sequence[str] = ()
+    publish_all: bool = False
+    expose: Sequence[str] = ()
+    network_aliases: Sequence[str] = ()
+    ip: str | None = None
+    ip6: str | None = None
+    mac_address: str | None = None
+    add_hosts: Sequence[str] = ()
+    dns: Sequence[str] = ()
+    dns_search: Sequence[str] = ()
+    dns_options: Sequence[str] = ()
     cpus: str | None = None
     cpu_shares: int | None = None
     cpuset_cpus: str | None = None
@@ -516,22 +529,101 @@ def parse_sysctl(value: str, network: str) -> tuple[str, str]:
 
 
 def parse_network(value: str) -> str:
-    """``none``, ``host``, ``container:<id>`` (process containers) or ``nat`` (QEMU's
-    user-mode NAT of VM containers); which fit the isolation is ``apply_isolation``'s."""
+    """``none``, ``host``, ``container:<id>``, ``nat`` (QEMU's user-mode NAT of VM
+    containers) or a bridge network's name (``bridge``/``default``: lamina's default
+    one); which fit the isolation is ``apply_isolation``'s, whether the network
+    exists ``create``'s."""
+    from lamina.network._model import DEFAULT_NETWORK
+
     v = value.strip()
     if v in ("none", "host", "nat"):
         return v
     if v.startswith("container:") and len(v) > len("container:"):
         return v
-    if v in ("bridge", "default"):
+    if v in ("bridge", "default", DEFAULT_NETWORK):
+        return DEFAULT_NETWORK
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", v):
+        raise InvalidOption(f"invalid --network {value!r}: not a network name or mode")
+    return v
+
+
+def parse_networks(opts: RunOptions) -> tuple[str | None, list[NetworkRequest]]:
+    """Every ``--network`` with ``--network-alias``, ``--ip``, ``--ip6`` and
+    ``--mac-address`` (which go with the first): (the network mode, the bridge
+    networks asked for). Docker's rules: none, host and container:ID stand alone."""
+    from lamina.network._model import DEFAULT_NETWORK
+
+    given = [opts.network] if isinstance(opts.network, str) else list(opts.network or ())
+    modes = [parse_network(v) for v in given]
+    if len(modes) > 1 and any(_special_mode(m) for m in modes):
         raise InvalidOption(
-            "bridge networking is not available yet: use --network none, host or container:<id>"
-            " (VM containers: nat or none)"
+            "conflicting options: cannot attach both user-defined and non-user-defined "
+            "network-modes"
         )
-    raise InvalidOption(
-        f"network {v!r} not found: only none, host, container:<id> and (for VM containers) "
-        "nat exist yet"
-    )
+    ip = _address(opts.ip, "--ip", 4) if opts.ip else ""
+    ip6 = _address(opts.ip6, "--ip6", 6) if opts.ip6 else ""
+    mac = ""
+    if opts.mac_address:
+        from lamina.network._ipam import InvalidNetwork, valid_mac
+
+        try:
+            mac = valid_mac(opts.mac_address)
+        except InvalidNetwork as e:
+            raise InvalidOption(str(e)) from None
+    aliases = [a.strip() for a in opts.network_aliases if a.strip()]
+    mode = modes[0] if modes else None
+    special = mode is not None and _special_mode(mode)
+    requests = [] if special else [NetworkRequest(m) for m in dict.fromkeys(modes)]
+    if aliases or ip or ip6 or mac:
+        if special:
+            raise InvalidOption(
+                f"conflicting options: --network-alias, --ip, --ip6 and --mac-address need a "
+                f"bridge network, not --network {mode}"
+            )
+        if not requests:
+            requests = [NetworkRequest(DEFAULT_NETWORK)]
+        first = requests[0]
+        first.aliases, first.ip, first.ip6, first.mac = aliases, ip, ip6, mac
+    return mode, requests
+
+
+def _special_mode(mode: str) -> bool:
+    """none, host, nat, container:ID: the network modes that stand alone."""
+    return mode in ("none", "host", "nat") or mode.startswith("container:")
+
+
+def _address(text: str, flag: str, version: int | None = None) -> str:
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise InvalidOption(f"invalid {flag} {text!r}: not an IP address") from None
+    if version is not None and addr.version != version:
+        raise InvalidOption(f"invalid {flag} {text!r}: not an IPv{version} address")
+    return str(addr)
+
+
+def parse_add_host(value: str) -> str:
+    """Docker's ``--add-host NAME:IP`` (or ``NAME=IP``; IP may be ``host-gateway``)."""
+    sep = "=" if "=" in value else ":"
+    name, found, ip = value.partition(sep)
+    name, ip = name.strip(), ip.strip().strip("[]")
+    if not found or not name or not ip or not re.fullmatch(r"[a-zA-Z0-9_.-]+", name):
+        raise InvalidOption(f"invalid --add-host {value!r}: expected NAME:IP")
+    if ip != "host-gateway":
+        ip = _address(ip, "--add-host")
+    return f"{name}:{ip}"
+
+
+def parse_expose(value: str) -> list[str]:
+    """``--expose PORT[-PORT][/PROTO]``: ``80/tcp`` items."""
+    rest, _, proto = value.strip().partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in ("tcp", "udp"):
+        raise InvalidOption(f"invalid --expose {value!r}: protocol {proto!r} is not tcp or udp")
+    lo, hi = _port_range(rest, value, "port")
+    return [f"{p}/{proto}" for p in range(lo, hi + 1)]
 
 
 def _port_range(text: str, spec: str, what: str) -> tuple[int, int]:
@@ -668,7 +760,7 @@ def build_config(
         raise InvalidOption(
             f"invalid container name {opts.name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed"
         )
-    network = parse_network(opts.network) if opts.network is not None else None
+    network, requests = parse_networks(opts)
     if opts.hostname and network and network.startswith("container:"):
         raise InvalidOption("conflicting options: --hostname and --network container:<id>")
     if opts.workdir is not None and opts.workdir and not opts.workdir.startswith("/"):
@@ -723,7 +815,14 @@ def build_config(
     cfg.tty = opts.tty
     cfg.stdin_open = opts.interactive
     cfg.network = network or "none"
+    cfg.networks = requests
     cfg.ports = ports
+    cfg.publish_all = opts.publish_all
+    cfg.expose = [e for v in opts.expose for e in parse_expose(v)]
+    cfg.extra_hosts = [parse_add_host(h) for h in opts.add_hosts]
+    cfg.dns = [_address(d, "--dns") for d in opts.dns]
+    cfg.dns_search = [d.strip() for d in opts.dns_search if d.strip()]
+    cfg.dns_options = [d.strip() for d in opts.dns_options if d.strip()]
     cfg.mounts = mounts
     cfg.tmpfs = tmpfs
     cfg.sysctls = dict(parse_sysctl(s, network or "none") for s in opts.sysctls)

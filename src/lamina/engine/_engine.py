@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from lamina.builder import BuildOptions, BuildResult, Progress
+    from lamina.engine._networks import Networks
     from lamina.image import ArchiveFormat, ImageRecord, LocalImages, RemoveResult
     from lamina.registry import RegistryConfig
     from lamina.runtime._interface import TaskBackend
@@ -128,6 +129,7 @@ class Engine:
         self._tasks: dict[str, TaskBackend] = {}
         self._local: LocalImages | None = None
         self._volumes: VolumeStore | None = None
+        self._networks: Networks | None = None
         self._ended_vms: builtins.list[str] = []  # --rm VMs a migration found ended
 
     def __enter__(self) -> Engine:
@@ -165,6 +167,15 @@ class Engine:
 
             self._volumes = VolumeStore(self.root / "volumes")
         return self._volumes
+
+    @property
+    def networks(self) -> Networks:
+        """Bridge networks: records, leases, each run's network (``_networks``)."""
+        if self._networks is None:
+            from lamina.engine._networks import Networks
+
+            self._networks = Networks(self)
+        return self._networks
 
     @property
     def store(self) -> ContainerStore:
@@ -262,7 +273,9 @@ class Engine:
         from lamina.engine._inspect import isolation_reason
 
         ports: builtins.list[PortMapping] = []
-        if rec.status in _ACTIVE and rec.config.ports:
+        if rec.status in _ACTIVE and "netrun" in rec.extra:
+            ports = self.networks.ports(rec)
+        elif rec.status in _ACTIVE and rec.config.ports:
             ports = self._task(rec.isolation).ports(rec)
         if "process" not in rec.extra:  # made before the engine: merged once, now
             with contextlib.suppress(LaminaError, OSError):
@@ -684,7 +697,17 @@ class Engine:
                 },
                 task=task_part,
             )
-            self.store.insert(rec)
+            if config.publish_all:
+                exposed = [*(image_config.get("ExposedPorts") or {}), *config.expose]
+                rec.extra["exposed"] = sorted(set(exposed))
+            if config.networks:
+                # The leases go in with the record: none without it, none given twice.
+                with self.store.tx() as db:
+                    endpoints = self.networks.lease_all(db, cid, config)
+                    rec.extra["endpoints"] = [dataclasses.asdict(e) for e in endpoints]
+                    self.store.insert(rec)
+            else:
+                self.store.insert(rec)
         except BaseException:
             with contextlib.suppress(LaminaError, OSError):
                 task.discard(cid)
@@ -745,11 +768,23 @@ class Engine:
         self._complete(rec)
         task = self._task(rec.isolation)
         command = exit_command.command(self.root, rec.id, task.task_dir(rec.id))
+        network = self.networks.setup(rec)  # before the workload: its namespace, ports
         try:
-            started = task.start(rec, exit_command=command, console_size=console_size)
+            started = task.start(
+                rec, exit_command=command, console_size=console_size,
+                network=network[0] if network else None,
+            )  # fmt: skip
         except StartFailed as e:
             self._record_failure(rec, str(e), e.exit_code)
             raise
+        except BaseException:
+            self.networks.teardown(rec)
+            raise
+        finally:
+            if network is not None:
+                from lamina.network._ports import close
+
+                close(network[1])  # the monitor holds the published ports now
         rec.task.update(started.task)
         values: dict[str, Any] = {
             "status": Status.RUNNING,
@@ -784,6 +819,7 @@ class Engine:
             exits=rec.exits + 1,
         )
         self._task(rec.isolation).teardown(rec, force=True)
+        self.networks.teardown(rec)
         if rec.config.auto_remove:
             fresh = self.store.get(rec.id)
             if fresh is not None:
@@ -847,6 +883,7 @@ class Engine:
             self._remove_locked(rec, volumes=True, force=bool(rec.error))
         else:
             task.teardown(rec, force=bool(rec.error))
+            self.networks.teardown(rec)
 
     # -- restart (its marks are read by _after_exit and _reconcile) ----------------------
     def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
@@ -1043,6 +1080,7 @@ class Engine:
         )
         stop_point("remove:removing")
         self._task(rec.isolation).teardown(rec, force=force, files=False)
+        self.networks.teardown(rec)
         self._drop(rec, volumes=volumes)
 
     def _drop(self, rec: Record, *, volumes: bool) -> None:
@@ -1053,6 +1091,8 @@ class Engine:
         _locks.remove_dir(task.task_dir(rec.id))
         stop_point("remove:dropping")
         self.images.images.release(_HOLDER + rec.id)
+        if rec.extra.get("endpoints"):
+            self.networks.release(rec.id)
         anonymous = rec.extra.get("anonymous_volumes") or []
         if volumes and anonymous:
             remove_anonymous(
@@ -1300,7 +1340,10 @@ class Engine:
         rec = self._resolve(ref)
         task = self._task(rec.isolation)
         found = inspect_record(rec, root=self.root, log_path=task.log_path(rec), backend=task.name)
-        return merge(found, task.inspect(rec))
+        found = merge(found, task.inspect(rec))
+        if rec.isolation == "process" or rec.config.networks:
+            found["NetworkSettings"] = self.networks.settings(rec)
+        return found
 
     # -- exec / attach ------------------------------------------------------------------
     def exec(

@@ -73,6 +73,10 @@ def reconcile(engine: Engine, *, sweep: bool = False) -> None:
         if sweep or not task.counts_agree(len(mine)):
             _collect_orphans(engine, isolation, {row.id for row in rows}, thorough=sweep)
     _remove_abandoned_restarts(engine)
+    if os.path.isdir(engine.root / "netns"):
+        # A run's namespace whose container has no record: a removal that died past it.
+        for cid in engine.networks.stray_namespaces({row.id for row in rows}):
+            engine._notice(cid, "left over by an interrupted command: removed its netns")
     # What killed commands registered on their leases (a cp's scratch directory, a
     # save's temp file...) goes with the next container command, not only the next
     # one that writes images.
@@ -90,6 +94,8 @@ def sweep(engine: Engine) -> None:
     no longer exist (a creator or remover killed at the wrong moment: the image must
     not stay pinned)."""
     reconcile(engine, sweep=True)
+    if engine.networks.release_orphans():
+        engine._say("released the network addresses of containers that no longer exist")
     images = engine.images.images
     for record in images.list():
         for holder in images.holders(record.digest):
@@ -151,13 +157,14 @@ def _check_stopped(engine: Engine, row: Summary) -> None:
     """A stopped container with what a run leaves: a start, stop or finish was killed
     halfway. Tear that run down once nobody is at it."""
     task = engine._task(row.isolation)
-    if not task.has_run(row.id):
+    if not task.has_run(row.id) and not engine.networks.has_run(row.id):
         return
     with engine._locked_if_free(row.id, row.isolation) as free:
         rec = engine.store.get(row.id) if free else None
         if rec is None or rec.status in (Status.RUNNING, Status.PAUSED, Status.REMOVING):
             return
         task.teardown(rec, force=True)
+        engine.networks.teardown(rec)
         engine._notice(rec.id, "a start or stop of it was interrupted; cleaned up after it")
 
 

@@ -167,12 +167,19 @@ def apply_isolation(
 ) -> None:
     """The network and ``--vm-base`` rules of ``isolation`` (process or vm): each has
     its own default network (``network`` None), and refuses the modes it cannot give."""
+    from lamina.network._model import DEFAULT_NETWORK
+
     if isolation == "vm":
         mode = network or "nat"
         if mode == "host" or mode.startswith("container:"):
             raise InvalidConfig(
                 f"--network {mode} is not supported for VM containers: use nat (the "
                 "default) or none"
+            )
+        if mode not in ("nat", "none") or config.networks:
+            raise InvalidConfig(
+                "bridge networks are not available for VM containers yet: use --network nat "
+                "(the default) or none"
             )
         if config.ports and mode == "none":
             raise InvalidConfig("publishing ports (-p) needs a network: not --network none")
@@ -182,22 +189,31 @@ def apply_isolation(
                 "reads its output from the log"
             )
     else:
-        mode = network or "none"
+        mode = network or DEFAULT_NETWORK  # Docker's rule: the default bridge
         if mode == "nat":
             raise InvalidConfig(
                 "--network nat is for VM containers (--isolation vm); process containers "
-                "have none, host or container:<id>"
+                "have bridge networks, none, host or container:<id>"
             )
         if config.vm_base:
             raise InvalidConfig("--vm-base needs --isolation vm")
-        if config.ports:
-            if mode != "host":
-                raise InvalidConfig(
-                    "publishing ports (-p) of a process container needs bridge networking, "
-                    "which is not available yet (VM containers publish them: --isolation vm)"
-                )
+        special = mode in ("none", "host") or mode.startswith("container:")
+        if mode == "host" and (config.ports or config.publish_all):
             warnings.append("published ports are discarded when using host network mode")
-            config.ports = []
+            config.ports, config.publish_all = [], False
+        elif special and (config.ports or config.publish_all):
+            raise InvalidConfig(
+                f"conflicting options: port publishing and the container type network mode "
+                f"(--network {mode})"
+            )
+        if special and config.networks:
+            raise InvalidConfig(
+                f"--network-alias, --ip and --mac-address need a bridge network, not {mode}"
+            )
+        if not special and not config.networks:
+            from lamina.runtime._types import NetworkRequest
+
+            config.networks = [NetworkRequest(mode)]
     config.network = mode
     config.isolation = isolation
 

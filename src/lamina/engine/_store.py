@@ -138,7 +138,9 @@ class ContainerStore:
         # One connection per store, usable from any thread (a caller may wait in one
         # thread while it attaches in another); transactions are serialised by _lock.
         self._path = db_path
-        self._db = connect(db_path, _SCHEMA)
+        from lamina.network._db import SCHEMA as NETWORK_SCHEMA
+
+        self._db = connect(db_path, _SCHEMA + NETWORK_SCHEMA)  # networks and their leases
         self._lock = threading.RLock()
         self.upgraded = False  # whether this open did the upgrade
         if self._version() < VERSION:

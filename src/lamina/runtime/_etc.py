@@ -4,12 +4,13 @@ files; a VM's guest agent writes the same text).
 
 - ``--network host``: the host's files (``--add-host`` entries added, ``--dns*``
   laid over its resolv.conf).
+- ``--dns`` given: those servers, whatever the network (as Podman with netavark 1.4,
+  whose aardvark-dns has no per-container upstream servers).
 - a bridge network that resolves names (a user network, aardvark-dns on its gateway):
   resolv.conf names the gateways of those networks; aardvark answers for the
-  containers of each network and forwards other names (to ``--dns`` servers when
-  given, else the host's).
-- the default network, ``none``: ``--dns`` servers when given, else the host's minus
-  loopback ones (unreachable from inside), else Docker's public fallback.
+  containers of each network and forwards other names to the host's resolvers.
+- the default network, ``none``: the host's resolvers minus loopback ones
+  (unreachable from inside), else Docker's public fallback.
 - hosts: localhost lines, ``--add-host`` entries (``host-gateway``: the gateway of the
   container's first network), then the container's own addresses with its hostname.
 """
@@ -94,10 +95,10 @@ def resolv_conf(
         return host
     resolvers = [e.gateway for e in endpoints if e.dns and e.gateway]
     resolvers += [e.gateway6 for e in endpoints if e.dns and e.gateway6]
-    if resolvers and config.network != "host":
-        servers = resolvers
-    elif config.dns:
+    if config.dns:  # as Podman with netavark 1.4 (aardvark has no per-container upstreams)
         servers = list(config.dns)
+    elif resolvers and config.network != "host":
+        servers = resolvers
     elif config.network != "host":
         servers = [s for s in servers if not _loopback(s)] or list(_FALLBACK_DNS)
     search = list(config.dns_search) or search

@@ -66,7 +66,6 @@ from lamina.runtime._types import (
     ExitStatus,
     NetworkRun,
     PathStat,
-    PortMapping,
     ProcessSpec,
     Record,
     Resources,
@@ -437,13 +436,11 @@ class OciTasks(TaskBackend):
             raise
         stop_point("start:created")
         conmon_pid = _conmon.read_pidfile(bundle.conmon_pidfile)
-        ports = [_asdict(p) for p in network.ports] if network is not None else []
         return Started(
             pid=pid,
             pid_start=process_start_time(pid),
             monitor_pid=conmon_pid,
             monitor_start=process_start_time(conmon_pid),
-            task={"ports": ports, "netns": netns},
         )
 
     def release(self, rec: Record) -> None:
@@ -588,9 +585,6 @@ class OciTasks(TaskBackend):
 
     def top(self, rec: Record) -> builtins.list[builtins.list[str]]:
         return [row for pid in cgroup_procs(cgroup_path(rec.id)) if (row := _ps_row(pid))]
-
-    def ports(self, rec: Record) -> builtins.list[PortMapping]:
-        return [PortMapping(**p) for p in rec.task.get("ports") or []]
 
     def update_network(self, rec: Record, endpoints: builtins.list[Endpoint]) -> None:
         """A network was connected or disconnected: its hosts and resolv.conf say so

@@ -1,0 +1,142 @@
+"""netavark (and aardvark-dns through it), driven the way Podman drives them:
+``netavark --config DIR -a AARDVARK setup|teardown NETNS`` with the network options
+as JSON on stdin (netavark 1.4's format: ``aliases``, ``static_ips``, ``static_mac``).
+netavark makes the bridge, the veth into the namespace, the addresses and routes,
+the firewall rules (masquerade, port forwards) and aardvark-dns's entries; teardown
+with the same options undoes them (the bridge with its last container, aardvark-dns
+with its last entry). ``DIR`` is per root (``<root>/networks/netavark``): two roots
+never see each other's aardvark entries."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import LaminaError
+from lamina.network._model import Network
+from lamina.runtime._types import Endpoint, PortMapping
+
+_NETAVARK = ("/usr/lib/podman/netavark", "/usr/libexec/podman/netavark")
+_AARDVARK = ("/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns")
+_NOISE = ("failed to connect to syslog",)  # aardvark-dns's, on every start
+
+
+class NetworkSetupFailed(LaminaError):
+    """netavark refused to set up a container's networks."""
+
+
+def _find(candidates: Sequence[str], name: str) -> str:
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise LaminaError(
+        f"{name} is not installed (looked in {', '.join(candidates)} and PATH): bridge "
+        "networks need netavark and aardvark-dns (Debian: apt-get install netavark aardvark-dns)"
+    )
+
+
+def config_dir(root: Path) -> Path:
+    return Path(root) / "networks" / "netavark"
+
+
+def network_info(net: Network) -> dict[str, Any]:
+    """A network as netavark 1.4 reads it."""
+    # isolate: no traffic between this network and another (Docker's rule; netavark
+    # leaves networks open to each other otherwise).
+    options: dict[str, str] = {"isolate": "true"}
+    if net.mtu:
+        options["mtu"] = str(net.mtu)
+    return {
+        "name": net.name,
+        "id": net.id,
+        "driver": "bridge",
+        "network_interface": net.interface,
+        "created": "1970-01-01T00:00:00Z",
+        "subnets": [{"subnet": s.subnet, "gateway": s.gateway} for s in net.subnets],
+        "ipv6_enabled": net.ipv6,
+        "internal": net.internal,
+        "dns_enabled": net.dns,
+        "options": options,
+        "ipam_options": {"driver": "host-local"},
+    }
+
+
+def options(
+    cid: str,
+    name: str,
+    endpoints: Sequence[Endpoint],
+    networks: dict[str, Network],
+    ports: Sequence[PortMapping] = (),
+) -> dict[str, Any]:
+    """netavark's options for container ``cid`` named ``name``: each endpoint's
+    addresses, MAC and DNS names (the short ID and the aliases; netavark adds the
+    name), the networks' records, the published ports."""
+    nets: dict[str, Any] = {}
+    infos: dict[str, Any] = {}
+    for e in endpoints:
+        net = networks[e.network_id]
+        nets[net.name] = {
+            "static_ips": [a for a in (e.ipv4, e.ipv6) if a],
+            "aliases": [cid[:12], *e.aliases] if net.dns else [],
+            "interface_name": e.interface,
+            "static_mac": e.mac,
+        }
+        infos[net.name] = network_info(net)
+    return {
+        "container_id": cid,
+        "container_name": name,
+        "port_mappings": [
+            {
+                "host_ip": p.host_ip,
+                "container_port": p.container_port,
+                "host_port": p.host_port,
+                "range": 1,
+                "protocol": p.protocol,
+            }
+            for p in ports
+        ],
+        "networks": nets,
+        "network_info": infos,
+    }
+
+
+def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """``netavark setup|teardown NETNS`` with ``opts``; its JSON answer. A refusal is
+    one NetworkSetupFailed line (netavark's own error, or its last line of stderr)."""
+    argv = [
+        _find(_NETAVARK, "netavark"),
+        "--config", str(config_dir(root)),
+        "-a", _find(_AARDVARK, "aardvark-dns"),
+        action, str(netns),
+    ]  # fmt: skip
+    config_dir(root).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        argv, input=json.dumps(opts).encode(), capture_output=True, check=False,
+        env={**os.environ, "RUST_LOG": "error"},
+    )  # fmt: skip
+    out = proc.stdout.decode(errors="replace").strip()
+    answer: dict[str, Any] = {}
+    if out:
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            answer = {}
+    if proc.returncode == 0:
+        return answer
+    error = str(answer.get("error") or "") if isinstance(answer, dict) else ""
+    if not error:
+        lines = [
+            line for line in proc.stderr.decode(errors="replace").splitlines()
+            if line.strip() and not line.startswith(_NOISE)
+        ]  # fmt: skip
+        error = lines[-1] if lines else f"exit status {proc.returncode}"
+    error = "; ".join(part.strip(" \t-") for part in error.splitlines() if part.strip(" \t-"))
+    raise NetworkSetupFailed(f"network {action} failed: {error}")
