@@ -137,6 +137,28 @@ def aardvarks(root: Path) -> list[int]:
     return found
 
 
+def vm_processes(root: Path) -> list[int]:
+    """PIDs of VM supervisors and QEMU processes working for this root (a live QEMU
+    keeps its network namespace, with its taps and their tc redirects, alive even once
+    the namespace's file is gone)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        mine = any(str(root).encode() in a for a in argv)
+        vm = b"qemu-system" in argv[0] or b"lamina.vm._backend" in argv
+        if mine and vm and state != b"Z":
+            found.append(int(pid))
+    return found
+
+
 def network_leaks(root: Path) -> list[str]:
     """What the root's networks leave on the host with no container running: network
     namespaces, bridges (and their veths), iptables rules naming their subnets,
@@ -155,6 +177,7 @@ def network_leaks(root: Path) -> list[str]:
     out += [f"aardvark-dns entries {n}" for n in sorted(_entries(dns_dir)) if n != "aardvark.pid"]
     out += [f"aardvark-dns process {pid}" for pid in aardvarks(root)]
     out += [f"lease {lease}" for lease in _leases(root)]
+    out += [f"VM process {pid}" for pid in vm_processes(root)]
     return out
 
 

@@ -3,21 +3,38 @@ namespace through taps redirected with tc (``lamina.vm._tapnet``), and the agent
 configures its NICs from the links (MAC, addresses, MTU, default routes) and writes the
 container's /etc files.
 
-The namespaces, bridges and veths are the tests' own (``ip``); traffic goes only to
-addresses of those. Each VM boot costs ~2 s under TCG: one boot checks several things.
+First the VM layer alone, on namespaces, bridges and veths the test makes (``ip``);
+then end to end through the CLI with real netavark and aardvark-dns: a VM container and
+process containers reaching each other by name on user networks, a VM on two networks,
+its published port answered from the host, disconnect while it runs, SIGKILL of its
+QEMU or its supervisor followed by cleanup, and the refusals. Traffic goes only to
+loopback and to addresses of namespaces and bridges the tests make. Each VM boot costs
+~2 s under TCG: one boot checks several things.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import until
+from leak_check import network_leaks, zombie
+from runtime_fixtures import (
+    IMAGE_REF,
+    cli_image_root,
+    error_line,
+    lamina_cli,
+    lamina_ok,
+    remove_all_containers,
+    until,
+)
 
 from lamina.image import LocalImages, import_rootfs
 from lamina.testing import make_busybox_rootfs
@@ -200,3 +217,118 @@ def test_netns_attachments_are_checked(namespaces: Namespaces) -> None:
            NetworkAttachment("netns", netns="/proc/1/ns/net", link="eth0"))  # fmt: skip
     with pytest.raises(VmConfigError, match="one namespace"):
         VmConfig(networks=two)
+
+
+# -- through the CLI, with netavark ------------------------------------------------------
+
+needs_netavark = pytest.mark.skipif(
+    not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
+)
+HTTPD = "mkdir -p /www && echo {} > /www/index.html && exec httpd -f -p 80 -h /www"
+VM = ("--isolation", "vm")
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = cli_image_root(tmp_path_factory, "vm-networks")
+    yield root
+    remove_all_containers(root)
+    lamina_cli(root, "network", "prune", "-f")
+
+
+@pytest.fixture
+def root(image_root: Path) -> Iterator[Path]:
+    yield image_root
+    remove_all_containers(image_root)
+    lamina_cli(image_root, "network", "prune", "-f")
+    assert network_leaks(image_root) == []
+
+
+def inspect(root: Path, ref: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(lamina_ok(root, "inspect", ref))[0]
+
+
+def get(root: Path, network: str, url: str) -> str:
+    """What a process container on ``network`` fetches from ``url`` ("" on failure)."""
+    r = lamina_cli(root, "run", "--rm", "--network", network, IMAGE_REF,
+                   "wget", "-q", "-O", "-", url)  # fmt: skip
+    return r.stdout if r.returncode == 0 else ""
+
+
+@needs_netavark
+def test_vm_and_process_containers_share_networks(root: Path) -> None:
+    lamina_ok(root, "network", "create", "front")
+    lamina_ok(root, "network", "create", "back")
+    lamina_ok(root, "run", "-d", "--name", "web", "--network", "front", IMAGE_REF,
+              "sh", "-c", HTTPD.format("from-the-process"))  # fmt: skip
+    lamina_ok(
+        root, "run", "-d", *VM, "--name", "vmweb", "--network", "front", "--network", "back",
+        "--network-alias", "vmalias", "-p", "127.0.0.1::80", IMAGE_REF,
+        "sh", "-c", HTTPD.format("from-the-vm"),
+    )  # fmt: skip
+    nets = inspect(root, "vmweb")["NetworkSettings"]["Networks"]
+    front, back = nets["front"]["IPAddress"], nets["back"]["IPAddress"]
+    assert front and back
+    # The guest owns the addresses netavark's veths had, eth0 and eth1 in order.
+    addrs = lamina_ok(root, "exec", "vmweb", "ip", "-o", "-4", "addr")
+    assert f"eth0    inet {front}/" in addrs and f"eth1    inet {back}/" in addrs, addrs
+    # The VM finds the process container by name (aardvark-dns on front's gateway) ...
+    until(lambda: lamina_cli(root, "exec", "vmweb", "wget", "-q", "-O", "-", "http://web/")
+          .stdout == "from-the-process\n", timeout=30)  # fmt: skip
+    # ... process containers find it by name and alias, on both of its networks ...
+    assert get(root, "front", "http://vmweb/") == "from-the-vm\n"
+    assert get(root, "front", "http://vmalias/") == "from-the-vm\n"
+    assert get(root, "back", "http://vmweb/") == "from-the-vm\n"
+    # ... and the host reaches its published port (netavark's DNAT to its address).
+    host_port = lamina_ok(root, "port", "vmweb", "80").strip().rsplit(":", 1)[1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=30) as r:
+        assert r.read() == b"from-the-vm\n"
+    # A running VM cannot get a NIC more (no hotplug); leaving a network takes its NIC
+    # down and its name out of that network.
+    lamina_ok(root, "network", "create", "third")
+    r = lamina_cli(root, "network", "connect", "third", "vmweb")
+    assert r.returncode != 0 and "running VM" in error_line(r.stderr)
+    lamina_ok(root, "network", "disconnect", "back", "vmweb")
+    assert get(root, "back", "http://vmweb/") == ""
+    links = lamina_ok(root, "exec", "vmweb", "ip", "-o", "link", "show", "up")
+    assert "eth0" in links and "eth1" not in links, links
+    assert get(root, "front", "http://vmweb/") == "from-the-vm\n"
+
+
+def _vm_pids(root: Path, cid: str) -> tuple[int, int]:
+    vmdir = root / "vms" / cid
+    return int((vmdir / "supervisor.pid").read_text()), int((vmdir / "qemu.pid").read_text())
+
+
+@needs_netavark
+@pytest.mark.parametrize("victim", ["qemu", "supervisor"])
+def test_sigkill_of_a_bridged_vm_leaves_nothing(root: Path, victim: str) -> None:
+    cid = lamina_ok(root, "run", "-d", *VM, IMAGE_REF, "sleep", "300").strip()
+    netns = root / "netns" / cid
+    assert netns.exists()
+    supervisor, qemu = _vm_pids(root, cid)
+    os.kill(qemu if victim == "qemu" else supervisor, signal.SIGKILL)
+    # The supervisor sees its QEMU go and ends the run; a killed supervisor is found
+    # dead by the next command, which kills its QEMU. Either way the run's namespace
+    # (its veth, the taps and their redirects) and netavark's part are torn down.
+    until(lambda: "Exited" in lamina_ok(root, "ps", "-a", "--filter", f"id={cid}"), timeout=30)
+    until(lambda: not netns.exists(), timeout=10)
+    for pid in (supervisor, qemu):
+        until(lambda pid=pid: zombie(pid), timeout=10)
+    lamina_ok(root, "rm", cid)
+    assert network_leaks(root) == []
+
+
+@needs_netavark
+def test_vm_network_refusals_are_one_line(root: Path) -> None:
+    for i in range(9):
+        lamina_ok(root, "network", "create", f"n{i}")
+    many = [a for i in range(9) for a in ("--network", f"n{i}")]
+    r = lamina_cli(root, "run", "--rm", *VM, *many, IMAGE_REF, "true")
+    assert r.returncode == 125 and "at most 8 networks" in error_line(r.stderr), r.stderr
+    for mode in ("host", "container:abc"):
+        r = lamina_cli(root, "run", "--rm", *VM, "--network", mode, IMAGE_REF, "true")
+        assert "not supported for VM containers" in error_line(r.stderr), r.stderr
+    r = lamina_cli(root, "run", "--rm", *VM, "--network", "nat", "-P", IMAGE_REF, "true")
+    assert "needs a bridge network" in error_line(r.stderr), r.stderr
+    assert lamina_ok(root, "ps", "-a", "-q") == ""

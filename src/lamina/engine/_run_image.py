@@ -170,24 +170,36 @@ def apply_isolation(
     from lamina.network._model import DEFAULT_NETWORK
 
     if isolation == "vm":
-        mode = network or "nat"
+        from lamina.vm._config import MAX_NETWORKS
+
+        mode = network or DEFAULT_NETWORK  # bridge networks, as process containers
         if mode == "host" or mode.startswith("container:"):
             raise InvalidConfig(
-                f"--network {mode} is not supported for VM containers: use nat (the "
-                "default) or none"
+                f"--network {mode} is not supported for VM containers: use a bridge network "
+                "(the default), nat or none"
             )
-        if mode not in ("nat", "none") or config.networks:
+        if mode in ("nat", "none") and config.networks:
             raise InvalidConfig(
-                "bridge networks are not available for VM containers yet: use --network nat "
-                "(the default) or none"
+                f"--network-alias, --ip and --mac-address need a bridge network, not {mode}"
             )
         if config.ports and mode == "none":
             raise InvalidConfig("publishing ports (-p) needs a network: not --network none")
+        if config.publish_all and mode in ("nat", "none"):
+            raise InvalidConfig(f"-P/--publish-all needs a bridge network, not --network {mode}")
+        if len(config.networks) > MAX_NETWORKS:
+            raise InvalidConfig(
+                f"a VM container joins at most {MAX_NETWORKS} networks, "
+                f"not {len(config.networks)}"
+            )
         if config.log_driver == "none":
             raise InvalidConfig(
                 "--log-driver none is not supported for VM containers: attaching to one "
                 "reads its output from the log"
             )
+        if mode not in ("nat", "none") and not config.networks:
+            from lamina.runtime._types import NetworkRequest
+
+            config.networks = [NetworkRequest(mode)]
     else:
         mode = network or DEFAULT_NETWORK  # Docker's rule: the default bridge
         if mode == "nat":

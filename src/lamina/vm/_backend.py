@@ -27,13 +27,23 @@ Lifecycle and contract:
   while attached and its size follows (SIGWINCH -> RESIZE); ``-i`` keeps its stdin
   open for attached clients; the end of the caller's stdin closes it (a terminal: ^D).
 
-Networking: ``--network nat`` (the default for VMs) is QEMU's user-mode NAT (the guest
-is 10.0.2.15/24, the host 10.0.2.2, DNS 10.0.2.3), ``none`` leaves only loopback.
-Published ports (``-p``) become QEMU hostfwd rules: ``start`` checks each host port is
-free (a free one is chosen for ``-p PORT``) and returns the run's mappings for the
-record before the supervisor boots with them. ``--vm-base`` (``_base``) is resolved at
-``create`` (a registry bundle pulled into the cache, its shape checked); the supervisor
-boots its kernel and stacks its disk under the image.
+Networking: bridge networks (the default, ``lamina``, as for process containers): the
+engine makes the run's network namespace and netavark its veths (addresses, DNS, port
+forwarding, firewall: nothing VM-specific); ``start`` gets them as a ``NetworkRun`` and
+the supervisor, before booting, takes the veths over with a tap each (``_tapnet``: tc
+redirects both ways, the guest NIC gets the veth's MAC, addresses, MTU and default
+route, configured by the agent's NETWORK frame with the container's /etc files from
+``runtime/_etc``). Published ports are netavark's DNAT to the guest's address; the
+supervisor holds their host ports' sockets for the run, as conmon does. The taps die with
+QEMU and the namespace with the engine's teardown, whoever is killed. ``--network nat``
+is QEMU's user-mode NAT (the guest is 10.0.2.15/24, the host 10.0.2.2, DNS 10.0.2.3):
+there ``-p`` becomes QEMU hostfwd rules, ``start`` checks each host port is free (a free
+one is chosen for ``-p PORT``) and returns the run's mappings for the record before the
+supervisor boots with them. ``none`` leaves only loopback. A VM on bridge networks is
+never restored from a snapshot (its NICs are configured at boot); a running one cannot
+be connected to another network (microvm has no hotplug). ``--vm-base`` (``_base``) is
+resolved at ``create`` (a registry bundle pulled into the cache, its shape checked); the
+supervisor boots its kernel and stacks its disk under the image.
 
 ``pause`` stops the whole VM (SIGSTOP to QEMU; the engine continues it for stop, kill
 and rm -f; exec is refused meanwhile). ``top``, ``cp``, ``diff`` and ``commit`` run the
@@ -71,6 +81,7 @@ from lamina.runtime._interface import Attachment, TaskBackend
 from lamina.runtime._types import (
     ChangeEntry,
     ContainerConfig,
+    Endpoint,
     ExecResult,
     ExitStatus,
     NetworkRun,
@@ -119,6 +130,30 @@ def vm_shape(config: ContainerConfig) -> tuple[int, int]:
     return vcpus, memory_mib
 
 
+def _bridge_run(rec: Record, network: NetworkRun) -> dict[str, Any]:
+    """What ``run.json`` says of a run on bridge networks: the namespace, the links the
+    guest takes over (netavark's veths, in order), the container's /etc files (as a
+    process container's: ``runtime/_etc``), the published ports' sockets to hold."""
+    from lamina.runtime import _etc
+    from lamina.vm._config import MAX_NETWORKS
+
+    if len(network.endpoints) > MAX_NETWORKS:
+        raise LaminaError(
+            f"a VM container joins at most {MAX_NETWORKS} networks, "
+            f"not {len(network.endpoints)}"
+        )
+    name = _etc.hostname(rec.config, rec.id, rec.process.hostname)
+    files = {
+        "hostname": name + "\n",
+        "hosts": _etc.hosts(rec.config, network.endpoints, name),
+        "resolv.conf": _etc.resolv_conf(rec.config, network.endpoints),
+    }
+    return {
+        "netns": network.netns, "links": [e.interface for e in network.endpoints],
+        "etc": files, "port_fds": list(network.port_fds),
+    }  # fmt: skip
+
+
 class VmTasks(TaskBackend):
     """Micro-VM workloads on one lamina root."""
 
@@ -165,9 +200,10 @@ class VmTasks(TaskBackend):
                     f"KVM cannot run {arch.platform} guests on this {host_arch()} host"
                 )
             require(arch)
-        if config.network not in ("nat", "none"):
+        bridges = config.network not in ("nat", "none")
+        if bridges and (not config.networks or config.network.startswith("container:")):
             raise LaminaError(f"--network {config.network} is not supported for VM containers")
-        if config.ports and config.network != "nat":
+        if config.ports and config.network == "none":
             raise LaminaError("publishing ports (-p) needs a network: not --network none")
         tmpfs = tmpfs_mounts(config)
         shares = shares_for(config, volumes)
@@ -220,7 +256,7 @@ class VmTasks(TaskBackend):
         *,
         exit_command: builtins.list[str],
         console_size: Any = None,
-        network: NetworkRun | None = None,  # bridge networks: not yet for VMs
+        network: NetworkRun | None = None,
     ) -> Started:
         from lamina.runtime.common import process_start_time
 
@@ -230,9 +266,16 @@ class VmTasks(TaskBackend):
         env = list(process.env)
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={task.get('home') or '/'}")
-        # This run's host ports: checked free now (a taken one fails in one line before
-        # anything boots); "-p PORT" gets a free one. QEMU binds them as it starts.
-        published = [asdict(p) for p in claim_ports(cfg.ports)]
+        published: builtins.list[dict[str, Any]] = []
+        bridges: dict[str, Any] = {}
+        if network is not None:  # netavark's veths, taken over by the supervisor
+            bridges = _bridge_run(rec, network)
+        elif cfg.network == "nat":
+            # This run's host ports: checked free now (a taken one fails in one line
+            # before anything boots); "-p PORT" gets a free one. QEMU binds them.
+            published = [asdict(p) for p in claim_ports(cfg.ports)]
+        elif cfg.network != "none":
+            raise LaminaError(f"container {rec.name} has no network namespace for this run")
         run = {
             **{k: task.get(k) for k in ("uid", "gid", "groups", "vcpus", "memory_mib", "arch",
                                         "accel", "mac", "base", "shares", "tmpfs")},
@@ -241,7 +284,7 @@ class VmTasks(TaskBackend):
             "network": cfg.network, "published": published, "stdin": cfg.stdin_open,
             "tty": cfg.tty, "log_driver": cfg.log_driver, "log_options": cfg.log_options,
             "console_size": list(console_size) if console_size else None,
-            "exit_command": exit_command,
+            "exit_command": exit_command, **bridges,
         }  # fmt: skip
         atomic_write(vmdir / "run.json", json.dumps(run).encode(), sync=False)
         with open(vmdir / "supervisor.log", "ab") as log:
@@ -252,6 +295,7 @@ class VmTasks(TaskBackend):
                 stderr=log,
                 cwd="/",  # pins no directory of the caller's
                 start_new_session=True,  # outlives the CLI and its ^C
+                pass_fds=tuple(bridges.get("port_fds") or ()),  # held for the run
             )
         (vmdir / "supervisor.pid").write_text(str(proc.pid))
         self._launched[rec.id] = proc
@@ -398,6 +442,28 @@ class VmTasks(TaskBackend):
                 conn.poll(0.05)
         finally:
             conn.close()
+
+    def update_network(self, rec: Record, endpoints: builtins.list[Endpoint]) -> None:
+        """A network was disconnected (the engine refuses connecting a running VM:
+        microvm has no hotplug): a running guest takes the NIC of that network down and
+        gets the /etc files of the networks left. A stopped one gets both at its next
+        start."""
+        from lamina.vm._agent import Msg
+        from lamina.vm._tapnet import network_payload
+
+        if rec.status not in _ACTIVE:
+            return
+        try:
+            run = json.loads((self.task_dir(rec.id) / "run.json").read_bytes())
+        except (OSError, ValueError):
+            return
+        if not run.get("links"):
+            return
+        network = NetworkRun(netns=run.get("netns") or "", endpoints=endpoints)
+        files = _bridge_run(rec, network)["etc"]
+        kept = {e.interface for e in endpoints}
+        down = [link for link in run["links"] if link not in kept]
+        self._tell(rec.id, Msg.NETWORK, 0, network_payload([], [], files, down=down))
 
     # -- observing ----------------------------------------------------------------------
     def log_path(self, rec: Record) -> Path:
@@ -1002,10 +1068,12 @@ def _boot(root: Path, vmdir: Path, p: dict[str, Any]) -> Any:
     local = LocalImages.open(root)
     try:
         nat = p.get("network", "none") == "nat"
+        links = tuple(NetworkAttachment("netns", netns=p["netns"], link=name)
+                      for name in p.get("links") or ())  # fmt: skip
         machine = VmConfig(
             vcpus=p["vcpus"],
             memory_mib=p["memory_mib"],
-            networks=(NetworkAttachment("nat"),) if nat else (),
+            networks=(NetworkAttachment("nat"),) if nat else links,
             macs=(p["mac"],) if nat and p.get("mac") else (),
         )
         shares, mount_points = shared_dirs(root, p.get("shares") or [])
@@ -1030,6 +1098,7 @@ def _boot(root: Path, vmdir: Path, p: dict[str, Any]) -> Any:
             base_disk=base_disk,
             forwards=hostfwd_rules(published) if nat else (),
             mount_points=mount_points,
+            guest_files=p.get("etc") or {},
         )
     finally:
         local.close()
@@ -1069,6 +1138,9 @@ def supervise(root: Path, vmdir: Path) -> int:
         exit_status = {"code": code, "signaled": signaled, "error": err,
                        "failed": code == 125 and bool(err)}  # fmt: skip
         atomic_write(vmdir / "exit", json.dumps(exit_status).encode(), sync=False)
+    for fd in p.get("port_fds") or ():  # the run's published ports are free again
+        with contextlib.suppress(OSError):
+            os.close(fd)
     command = p.get("exit_command") or []
     if command:
         sys.stdout.flush()
@@ -1130,6 +1202,8 @@ def _serve(vmdir: Path, vm: Any, p: dict[str, Any]) -> tuple[int, bool, str]:
                         shutdown = True
                     elif f.type == Msg.SIGNAL and f.session in (0, WORKLOAD):
                         vm.conn.send(Msg.SIGNAL, WORKLOAD, f.payload)
+                    elif f.type == Msg.NETWORK and f.session == 0:  # a disconnect
+                        vm.conn.send(Msg.NETWORK, 0, f.payload)
                     elif f.type == Msg.EXEC:
                         s, next_session = next_session, next_session + 1
                         sessions[s] = (client, f.session)

@@ -85,11 +85,18 @@ class GuestNetwork:
 
 
 def network_payload(
-    nics: Sequence[GuestNic], routes: Sequence[tuple[str, str]], files: Mapping[str, str]
+    nics: Sequence[GuestNic],
+    routes: Sequence[tuple[str, str]],
+    files: Mapping[str, str],
+    *,
+    down: Sequence[str] = (),
 ) -> bytes:
+    """NETWORK's payload: ``nics`` to configure, ``down`` ones to take down, default
+    ``routes`` (gateway, link), ``files`` of the container's /etc."""
     lines = [
         f"nic {n.name} {n.mac} {n.mtu} {n.ipv4 or '-'} {n.ipv6 or '-'}\n".encode() for n in nics
     ]
+    lines += [f"down {name}\n".encode() for name in down]
     lines += [f"route {gateway} {link}\n".encode() for gateway, link in routes]
     for name, text in files.items():
         body = text.encode()

@@ -820,7 +820,8 @@ static void setup_nics(int s, int s6, struct nic *nic, int nics)
 }
 
 /* NETWORK (docs/VM_AGENT.md): lines "nic NAME MAC MTU IPV4/P|- IPV6/P|-", then
- * "route GATEWAY NAME" (an IPv4 or IPv6 default route), then "file NAME LENGTH" each
+ * "down NAME" (a NIC whose network was disconnected), "route GATEWAY NAME" (an IPv4
+ * or IPv6 default route), then "file NAME LENGTH" each
  * followed by LENGTH bytes: the container's /etc/NAME (hostname, hosts, resolv.conf).
  * A step that fails powers the VM off (the host reports it as a failed start). */
 static void network(unsigned char *p, size_t len)
@@ -857,6 +858,16 @@ static void network(unsigned char *p, size_t len)
 			snprintf(nic[nics].v4, sizeof nic[nics].v4, "%s", f[3]);
 			snprintf(nic[nics].v6, sizeof nic[nics].v6, "%s", f[4]);
 			nics++;
+		} else if (!strcmp(word, "down")) { /* its network was disconnected */
+			char *dev = strtok_r(NULL, " ", &save);
+			struct ifreq ifr = {0};
+			if (!dev)
+				fatal("NETWORK: malformed down line");
+			snprintf(ifr.ifr_name, IFNAMSIZ, "%s", dev);
+			if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+				ifr.ifr_flags &= ~IFF_UP;
+				ioctl(s, SIOCSIFFLAGS, &ifr);
+			}
 		} else if (!strcmp(word, "route")) {
 			char *gw = strtok_r(NULL, " ", &save), *dev = strtok_r(NULL, " ", &save);
 			if (!gw || !dev)
