@@ -456,14 +456,18 @@ def test_parse_publish() -> None:
 
 def test_network_follows_the_isolation() -> None:
     vm = _build(isolation="vm", publish=["8080:80", "81"]).config
-    assert vm.network == "nat" and len(vm.ports) == 2  # VMs: user-mode NAT by default
+    # VMs: the default bridge too, as process containers; NAT when asked for.
+    assert vm.network == "lamina" and [n.name for n in vm.networks] == ["lamina"]
+    assert len(vm.ports) == 2
+    assert _build(isolation="vm", network="nat").config.networks == []
     assert _build(isolation="vm", network="none").config.network == "none"
+    assert _build(isolation="vm", network="front").config.network == "front"
     assert _build().config.network == "lamina"  # process containers: the default bridge
     for kw, why in (
         ({"isolation": "vm", "network": "host"}, "not supported for VM containers"),
         ({"isolation": "vm", "network": "container:abc"}, "not supported for VM containers"),
         ({"isolation": "vm", "network": "none", "publish": ["80"]}, "--network none"),
-        ({"isolation": "vm", "network": "front"}, "not available for VM containers yet"),
+        ({"isolation": "vm", "network": "nat", "publish_all": True}, "needs a bridge network"),
         ({"network": "nat"}, "for VM containers"),
         ({"vm_base": "./bundle"}, "--vm-base needs --isolation vm"),
         ({"isolation": "vm", "publish": ["80:80", "127.0.0.1:80:81"]}, "published twice"),
@@ -474,7 +478,7 @@ def test_network_follows_the_isolation() -> None:
     parsed = _build(isolation="auto", publish=["80"])
     assert parsed.config.isolation == "auto"
     apply_isolation(parsed, "vm")
-    assert (parsed.config.isolation, parsed.config.network) == ("vm", "nat")
+    assert (parsed.config.isolation, parsed.config.network) == ("vm", "lamina")
     process = _build(isolation="auto", publish=["80"])
     apply_isolation(process, "process")
     assert process.config.network == "lamina" and process.config.ports

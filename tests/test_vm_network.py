@@ -1,5 +1,6 @@
-"""Networking of VM containers through the CLI: QEMU's user-mode NAT by default (the
-guest reaches the host at 10.0.2.2), ``-p`` published through hostfwd rules (shown by
+"""Networking of VM containers through the CLI: QEMU's user-mode NAT with ``--network
+nat`` (the guest reaches the host at 10.0.2.2; bridge networks, the default, are
+tests/test_vm_networks.py's), ``-p`` published through hostfwd rules (shown by
 ``port``, ``ps`` and ``inspect``), ``--network none`` with loopback only, and bad specs,
 refused modes and taken host ports as one error line. Two VM boots under TCG.
 """
@@ -92,8 +93,8 @@ def fetch(url: str, timeout: float = 60) -> bytes:
 
 def test_nat_reaches_the_host_and_published_ports_reach_the_vm(root: Path) -> None:
     host_port = free_port()
-    ok(root, "run", "-d", "--isolation", "vm", "--name", "web", "-p", f"{host_port}:80",
-       "-p", "127.0.0.1::8080/udp", IMAGE, "sh", "-c", HTTPD)  # fmt: skip
+    ok(root, "run", "-d", "--isolation", "vm", "--network", "nat", "--name", "web",
+       "-p", f"{host_port}:80", "-p", "127.0.0.1::8080/udp", IMAGE, "sh", "-c", HTTPD)  # fmt: skip
     # The host's server through the NAT's gateway, from inside the VM.
     with host_server(b"hello-from-the-host\n") as port:
         r = lamina_cli(root, "exec", "web", "wget", "-q", "-O", "-", f"http://10.0.2.2:{port}/")
@@ -125,7 +126,8 @@ def test_nat_reaches_the_host_and_published_ports_reach_the_vm(root: Path) -> No
 
     # The port is taken now: a second container fails in one line naming it, and
     # --rm leaves nothing behind.
-    line = refused(root, "run", "--rm", "--isolation", "vm", "-p", f"{host_port}:80", IMAGE, "true")
+    line = refused(root, "run", "--rm", "--isolation", "vm", "--network", "nat",
+                   "-p", f"{host_port}:80", IMAGE, "true")  # fmt: skip
     assert str(host_port) in line and "already in use" in line
     assert ok(root, "ps", "-a", "--format", "{{.Names}}").split() == ["web"]
 
@@ -158,7 +160,6 @@ def test_bad_specs_and_refused_modes_are_one_line(root: Path) -> None:
     for mode in ("host", "container:abc"):
         line = refused(root, *vm, "--network", mode, IMAGE, "true")
         assert "not supported for VM containers" in line
-    # Process containers keep their rules: no NAT, and -p still needs bridge networking.
+    # Process containers keep their rule: no NAT.
     assert "VM containers" in refused(root, "run", "--rm", "--network", "nat", IMAGE, "true")
-    assert "bridge networking" in refused(root, "run", "--rm", "-p", "80", IMAGE, "true")
     assert ok(root, "ps", "-a", "-q") == ""
