@@ -117,7 +117,7 @@ class BuildOptions:
     pull: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     platform: str | None = None
-    network: str = "default"  # default (= host) | host | none
+    network: str = "default"  # default (the engine's default bridge) | host | none
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
     compression: str = "gzip"
     source_date_epoch: int | None = None
@@ -1060,8 +1060,8 @@ class StageRun:
         network = expand(network, expansion, self.escape, where)
         if network not in ("default", "none", "host"):
             raise BuildError(f"{where}: RUN --network={network}: want default, none or host")
-        if network == "default":
-            network = self.b.opts.network if self.b.opts.network != "default" else "host"
+        if network == "default":  # RUN --network=default: what the build was given
+            network = self.b.opts.network
         security = self.flag(ins, "security") or "sandbox"
         if security not in ("sandbox", "insecure"):
             raise BuildError(f"{where}: RUN --security={security}: want sandbox or insecure")

@@ -15,8 +15,11 @@ dead. Scratch directories and views are registered on that lease too.
 ``--mount`` kinds: ``bind`` (context, stage or image; read-only unless ``rw``,
 whose writes are discarded), ``cache`` (persistent under the cache root;
 ``sharing=shared|private|locked``), ``tmpfs`` and ``secret`` (from ``--secret``;
-a file, or an environment variable with ``env=``). ``ssh`` is refused. The
-network is the host's by default, since lamina has no bridge networks yet.
+a file, or an environment variable with ``env=``). ``ssh`` is refused. The network
+(``lamina build --network``, ``RUN --network``) is Docker's: ``default`` is the
+engine's default bridge network (a namespace of the step's own, NAT to the outside, as
+a ``run`` without ``--network`` gets), ``host`` the host's, ``none`` loopback only; the
+engine settles it (``settle``) as it does a ``run``'s.
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ class RunRequest:
     env: list[str]
     user: str
     workdir: str
-    network: str  # none | host
+    network: str  # default | none | host
     mounts: list[MountSpec] = field(default_factory=list)
     insecure: bool = False
     extra_binds: list[tuple[str, str]] = field(default_factory=list)  # (host file, target)
@@ -370,12 +373,15 @@ class Runner:
                 working_dir=req.workdir or "/",
                 user=req.user or None,
                 hostname="buildkitsandbox",
-                network=req.network,
                 mounts=mounts,
                 security=Security(no_new_privileges=False, privileged=req.insecure),
                 labels={"io.lamina.builder": "1"},
                 owner=self.lease.id,  # disposable: removed by the engine if the build dies
             )
+            # The network as a run's: "default" is the engine's default bridge.
+            network = None if req.network == "default" else req.network
+            rt.settle(config, rt.images.require(req.image_id), requested="process",
+                      network=network)  # fmt: skip
             container = rt.create(config)
             cid = container.id
             with self._lock:

@@ -169,7 +169,7 @@ def _write_atomic(path: Path, text: str) -> None:
     type=click.Choice(["default", "host", "none"]),
     default="default",
     show_default=True,
-    help="Network for RUN (default: the host's).",
+    help="Network for RUN: default (the default bridge network), host or none.",
 )
 @click.option(
     "--secret",
