@@ -9,6 +9,7 @@ never see each other's aardvark entries."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -118,10 +119,17 @@ def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str,
         action, str(netns),
     ]  # fmt: skip
     config_dir(root).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        argv, input=json.dumps(opts).encode(), capture_output=True, check=False,
-        env={**os.environ, "RUST_LOG": "error"},
-    )  # fmt: skip
+    # One netavark at a time per root, as Podman does: two setups on one network at
+    # once race on its firewall chains ("iptables: Chain already exists").
+    lock = os.open(config_dir(root) / "netavark.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            argv, input=json.dumps(opts).encode(), capture_output=True, check=False,
+            env={**os.environ, "RUST_LOG": "error"},
+        )  # fmt: skip
+    finally:
+        os.close(lock)
     out = proc.stdout.decode(errors="replace").strip()
     answer: dict[str, Any] = {}
     if out:
