@@ -1,5 +1,5 @@
-"""Container start benchmark (issue 3): ``lamina run --rm IMAGE true`` against
-``podman run --rm --network none IMAGE true`` and bare ``runc run`` on a prepared
+"""Container start benchmark (issue 3): ``lamina run --rm --network none IMAGE true``
+against ``podman run --rm --network none IMAGE true`` and bare ``runc run`` on a prepared
 bundle, alternating, in one run; then the memory held per running container
 (monitor RSS) with 50 idle containers, for lamina (conmon) and podman (conmon).
 
@@ -110,13 +110,15 @@ def main() -> None:
         runc = ["runc", "--root", str(work / "runc"), "run", "--bundle", str(bundle)]
 
         # warm caches (image unpack, page cache) once for each
-        timed([*lam, "run", "--rm", IMAGE, "true"])
+        timed([*lam, "run", "--rm", "--network", "none", IMAGE, "true"])
         timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
         timed([*runc, "warm"])
 
         results: dict[str, list[float]] = {"lamina": [], "podman": [], "runc": []}
         for i in range(args.rounds):
-            results["lamina"].append(timed([*lam, "run", "--rm", IMAGE, "true"]))
+            results["lamina"].append(
+                timed([*lam, "run", "--rm", "--network", "none", IMAGE, "true"])
+            )
             results["podman"].append(
                 timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
             )

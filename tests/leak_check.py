@@ -107,7 +107,10 @@ def _leases(root: Path) -> list[str]:
     try:
         return [
             f"{a} ({c[:12]})"
-            for a, c in conn.execute("SELECT address, container_id FROM ip_leases")
+            for a, c in conn.execute(
+                "SELECT address, container_id FROM ip_leases "
+                "WHERE container_id NOT IN (SELECT id FROM containers)"
+            )
         ]
     except sqlite3.Error:
         return []

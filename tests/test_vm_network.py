@@ -160,6 +160,8 @@ def test_bad_specs_and_refused_modes_are_one_line(root: Path) -> None:
     for mode in ("host", "container:abc"):
         line = refused(root, *vm, "--network", mode, IMAGE, "true")
         assert "not supported for VM containers" in line
-    # Process containers keep their rule: no NAT.
+    # Process containers keep their rules: no NAT, and -p needs a bridge network.
     assert "VM containers" in refused(root, "run", "--rm", "--network", "nat", IMAGE, "true")
+    line = refused(root, "run", "--rm", "--network", "none", "-p", "80", IMAGE, "true")
+    assert "port publishing" in line
     assert ok(root, "ps", "-a", "-q") == ""

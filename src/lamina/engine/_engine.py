@@ -1343,6 +1343,8 @@ class Engine:
         found = merge(found, task.inspect(rec))
         if rec.isolation == "process" or rec.config.networks:
             found["NetworkSettings"] = self.networks.settings(rec)
+            host_config = found.setdefault("HostConfig", {})
+            host_config.update(self.networks.host_config(rec))
         return found
 
     # -- exec / attach ------------------------------------------------------------------

@@ -433,6 +433,23 @@ class Networks:
             self.engine.store.update(rec.id, extra=rec.extra)
 
     # -- inspect ------------------------------------------------------------------------
+    def host_config(self, rec: Record) -> dict[str, Any]:
+        """Docker's ``HostConfig`` network fields of a container."""
+        bindings: dict[str, Any] = {}
+        for p in rec.config.ports:
+            bindings.setdefault(p.private, []).append(
+                {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""}
+            )
+        cfg = rec.config
+        return {
+            "PortBindings": bindings,
+            "PublishAllPorts": cfg.publish_all,
+            "Dns": list(cfg.dns),
+            "DnsSearch": list(cfg.dns_search),
+            "DnsOptions": list(cfg.dns_options),
+            "ExtraHosts": list(cfg.extra_hosts) or None,
+        }
+
     def settings(self, rec: Record) -> dict[str, Any]:
         """Docker's ``NetworkSettings`` of a container."""
         running = rec.status in _ACTIVE

@@ -5,16 +5,17 @@ netavark makes the bridge, the veth into the namespace, the addresses and routes
 the firewall rules (masquerade, port forwards) and aardvark-dns's entries; teardown
 with the same options undoes them (the bridge with its last container, aardvark-dns
 with its last entry). ``DIR`` is per root (``<root>/networks/netavark``): two roots
-never see each other's aardvark entries."""
+never see each other's aardvark entries. Calls on one root take turns (``_locked``)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,26 @@ def options(
     }
 
 
+def _run(argv: list[str], opts: dict[str, Any]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        argv, input=json.dumps(opts).encode(), capture_output=True, check=False,
+        env={**os.environ, "RUST_LOG": "error"},
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One netavark at a time on a root, as Podman takes its network lock: netavark
+    1.4 makes the firewall chains of a network without locking (two setups racing on
+    a new network fail with "Chain already exists")."""
+    fd = os.open(config_dir(root) / "lamina.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str, Any]:
     """``netavark setup|teardown NETNS`` with ``opts``; its JSON answer. A refusal is
     one NetworkSetupFailed line (netavark's own error, or its last line of stderr)."""
@@ -119,17 +140,12 @@ def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str,
         action, str(netns),
     ]  # fmt: skip
     config_dir(root).mkdir(parents=True, exist_ok=True)
-    # One netavark at a time per root, as Podman does: two setups on one network at
-    # once race on its firewall chains ("iptables: Chain already exists").
-    lock = os.open(config_dir(root) / "netavark.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            argv, input=json.dumps(opts).encode(), capture_output=True, check=False,
-            env={**os.environ, "RUST_LOG": "error"},
-        )  # fmt: skip
-    finally:
-        os.close(lock)
+    with _locked(root):
+        proc = _run(argv, opts)
+        if proc.returncode != 0 and action == "setup" and b"already exists" in proc.stdout:
+            # Another root (or Podman) made a global chain at the same time: once more.
+            _run([*argv[:-2], "teardown", argv[-1]], opts)
+            proc = _run(argv, opts)
     out = proc.stdout.decode(errors="replace").strip()
     answer: dict[str, Any] = {}
     if out:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from lamina._mount import last_errno, libc
 from lamina.errors import LaminaError
 
 _TUNSETIFF = 0x400454CA
@@ -123,8 +124,8 @@ def _in_netns(netns: str, work: Callable[[], T]) -> T:
             error.append(LaminaError(f"cannot open the network namespace {netns}: {e.strerror}"))
             return
         try:
-            if _setns(fd, _CLONE_NEWNET) != 0:
-                err = os.strerror(_errno())
+            if libc().setns(fd, _CLONE_NEWNET) != 0:
+                err = os.strerror(last_errno())
                 error.append(LaminaError(f"cannot enter the network namespace {netns}: {err}"))
                 return
         finally:
@@ -235,17 +236,3 @@ def _default_routes(ipr: Any, names: dict[int, str]) -> list[tuple[str, str]]:
     return routes
 
 
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int, nstype: int) -> int:
-    return int(_libc().setns(fd, nstype))
-
-
-def _errno() -> int:
-    import ctypes
-
-    return ctypes.get_errno()
