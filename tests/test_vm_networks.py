@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,8 +129,8 @@ def run(vm: MicroVm, session: int, script: str, timeout: float = 60) -> tuple[in
     """``sh -c script`` in the guest: its exit code and its stdout and stderr."""
     vm.conn.send(Msg.EXEC, session, exec_payload(["sh", "-c", script], PATH_ENV))
     out = bytearray()
-    end = timeout
-    while not vm.conn.closed and end > 0:
+    deadline = time.monotonic() + timeout
+    while not vm.conn.closed and time.monotonic() < deadline:
         for f in vm.conn.poll(1.0):
             if f.session == 0 and f.type == Msg.ERROR:
                 raise AssertionError(f"the VM failed: {f.payload.decode()}")
@@ -139,7 +140,6 @@ def run(vm: MicroVm, session: int, script: str, timeout: float = 60) -> tuple[in
                 out += f.payload
             elif f.type == Msg.EXIT:
                 return parse_exit(f.payload).exit_code, out.decode()
-        end -= 1
     raise AssertionError(f"no exit from {script!r}: {out.decode()}")
 
 
