@@ -68,9 +68,10 @@ STATE = "state"
 META = "snapshot.json"
 BROKEN = "broken"
 TEMPLATE_HOSTNAME = "lamina"
-# What `lamina run --isolation vm IMAGE` gives a container without --cpus/--memory
-# (``_backend.vm_shape``) and its default network: a template made with the defaults
-# must serve such containers.
+# What `lamina run --isolation vm --network nat IMAGE` gives a container without
+# --cpus/--memory (``_backend.vm_shape``): a template made with the defaults must serve
+# such containers. One on bridge networks (the default) is never restored: its NICs are
+# the taps of its own namespace, configured at boot.
 CONTAINER_VCPUS = 1
 CONTAINER_MEMORY_MIB = 512
 CONTAINER_NETWORK = "nat"
