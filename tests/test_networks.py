@@ -354,10 +354,12 @@ def test_connect_and_disconnect_a_running_container(root: Path) -> None:
     assert r.returncode != 0 and "active endpoints" in error_line(r.stderr)
     lamina_ok(root, "network", "disconnect", "back", "api")
     api_id = inspect(root, "api")["Id"]
-    events = lamina_ok(root, "events", "--since", "0", "--until", str(int(time.time()) + 1),
-                       "--filter", "type=network", "--filter", f"container={api_id}",
-                       "--format", "{{.Action}} {{.Actor.Attributes.name}}")  # fmt: skip
-    assert events.split("\n")[-3:] == ["connect back", "disconnect back", ""]
+    fmt = "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.container}}"
+    until_now = str(int(time.time()) + 1)
+    events = lamina_ok(root, "events", "--since", "0", "--until", until_now,
+                       "--filter", "type=network", "--format", fmt)  # fmt: skip
+    lines = events.splitlines()
+    assert f"connect back {api_id}" in lines and f"disconnect back {api_id}" in lines
     assert "eth1" not in lamina_ok(root, "exec", "api", "ip", "-o", "link")
     assert (
         lamina_cli(

@@ -130,6 +130,23 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _isolation_first(tool: str) -> None:
+    """netavark 1.4 adds its isolation jump to FORWARD only when it makes the chain,
+    and deletes the jump (not the chain) with the last isolated bridge: the next
+    setup would isolate nothing, and a jump made again after NETAVARK_FORWARD (which
+    accepts everything from a network's subnet) neither. Put it first, once."""
+    rules = subprocess.run([tool, "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    lines = rules.splitlines()
+    jump = "-A FORWARD -j NETAVARK_ISOLATION_1"
+    if lines[1:2] == [jump]:
+        return
+    if jump in lines:
+        subprocess.run([tool, "-w", "-D", "FORWARD", "-j", "NETAVARK_ISOLATION_1"],
+                       capture_output=True)  # fmt: skip
+    subprocess.run([tool, "-w", "-I", "FORWARD", "1", "-j", "NETAVARK_ISOLATION_1"],
+                   capture_output=True)  # fmt: skip
+
+
 def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str, Any]:
     """``netavark setup|teardown NETNS`` with ``opts``; its JSON answer. A refusal is
     one NetworkSetupFailed line (netavark's own error, or its last line of stderr)."""
@@ -146,6 +163,10 @@ def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str,
             # Another root (or Podman) made a global chain at the same time: once more.
             _run([*argv[:-2], "teardown", argv[-1]], opts)
             proc = _run(argv, opts)
+        if proc.returncode == 0 and action == "setup":
+            v6 = any(":" in ip for n in opts["networks"].values() for ip in n["static_ips"])
+            for tool in ("iptables", "ip6tables") if v6 else ("iptables",):
+                _isolation_first(tool)
     out = proc.stdout.decode(errors="replace").strip()
     answer: dict[str, Any] = {}
     if out:
