@@ -703,6 +703,8 @@ class Engine:
                 },
                 task=task_part,
             )
+            if (reset := _restart.reset_override()) is not None:  # tests only
+                rec.extra[_restart.RESET_KEY] = reset
             self.store.insert(rec)
         except BaseException:
             with contextlib.suppress(LaminaError, OSError):
@@ -805,6 +807,8 @@ class Engine:
         for k, v in values.items():
             setattr(rec, k, v)
         self._container_event("start", rec)
+        if restart_lease is not None:  # a policy's restart: die, start, restart (_restart)
+            self._container_event("restart", rec)
         self._volume_events("mount", rec)
         return rec
 
@@ -864,7 +868,15 @@ class Engine:
                 "finished_at": time.time(),
                 "exits": rec.exits + 1,
             }
-            self.store.update(cid, **values)
+            # The policy decides before the exit is written: the record goes from
+            # running to restarting at once (no exited in between for ps to see).
+            restarter = self._policy_decides(rec, values)
+            try:
+                self.store.update(cid, **values)
+            except BaseException:
+                if restarter is not None:
+                    restarter.release()
+                raise
             for k, v in values.items():
                 setattr(rec, k, v)
             if reason == ExitReason.OOM_KILLED:
@@ -872,57 +884,82 @@ class Engine:
             ran = int(max(0.0, values["finished_at"] - (rec.started_at or values["finished_at"])))
             self._container_event("die", rec, exitCode=str(status.code), execDuration=str(ran))
             self._volume_events("unmount", rec)
-            self._after_exit(rec, task)
+            self._after_exit(rec, task, restarter)
         return rec
 
-    def _after_exit(self, rec: Record, task: TaskBackend) -> None:
+    def _after_exit(
+        self, rec: Record, task: TaskBackend, restarter: _leases.Lease | None = None
+    ) -> None:
         """What follows a recorded exit, under the container's lock, in whichever
         process finishes it (the exit command with no other lamina process alive, or a
         waiting one): ``--rm`` removes the container, anything else has its run torn
-        down, and its restart policy decides whether it starts again."""
+        down; a restart its policy decided (``restarter``: the lease of the process
+        that will start it) is handed to that process."""
         if rec.config.auto_remove and not self._restarting(rec):
             self._remove_locked(rec, volumes=True, force=bool(rec.error))
             return
         task.teardown(rec, force=bool(rec.error))
-        if rec.config.restart.name != "no":
-            self._apply_policy(rec)
+        if restarter is not None:
+            self._spawn_restarter(rec, restarter)
 
     # -- restart policies (_restart) ------------------------------------------------------
-    def _apply_policy(self, rec: Record) -> None:
-        """After an exit, under the lock: the policy's decision and its new backoff;
-        a restart is armed (``restarting``) when it decides so. A run that never
-        started properly (``failed``) is not restarted, as Docker does not restart a
-        container whose start failed."""
+    def _policy_decides(self, rec: Record, values: dict[str, Any]) -> _leases.Lease | None:
+        """The restart policy's decision on the exit ``values`` are about to record,
+        put into them (its bookkeeping; ``restarting`` when it restarts). Returns the
+        lease of the restart, None when there is none. A run that never started
+        properly (``failed``) is not restarted: Docker restarts no failed start."""
+        policy = rec.config.restart
+        if policy.name == "no":
+            return None
         state = _restart.RestartState.of(rec)
-        ended = rec.finished_at or time.time()
+        ended = values["finished_at"]
         ran_for = ended - (rec.started_at or ended)
-        policy, code = rec.config.restart, rec.exit_code or 0
-        if not (rec.status == Status.EXITED and _restart.decide(policy, state, code, ran_for)):
-            self.store.update(rec.id, extra=state.into(rec.extra))
-            return
-        state.due = time.time() + state.delay
-        self._arm_restart(rec, state)
+        restarts = values["status"] == Status.EXITED and _restart.decide(
+            policy, state, values["exit_code"], ran_for, _restart.reset_after(rec)
+        )
+        lease = None
+        if restarts:
+            lease = _leases.take(self.root, "restart")
+            state.lease, state.due = lease.id, time.time() + state.delay
+            values["status"] = Status.RESTARTING
+        values["extra"] = state.into(rec.extra)
+        return lease
 
     def _arm_restart(self, rec: Record, state: _restart.RestartState) -> bool:
-        """Make ``rec`` wait for the restart ``state`` says (due at ``state.due``): a
-        restarter is started, given a lease that the record names, and the container is
-        ``restarting``. Under the lock (also when reconciling takes over a restart whose
-        restarter died). False when no restarter could be started (said in a line)."""
+        """Under the lock, when reconciling finds the restarter of a ``restarting``
+        container dead: another takes its restart over (due at ``state.due``). False
+        when none could be started (said in a line; the container is then exited)."""
         lease = _leases.take(self.root, "restart")
         try:
+            # Recorded before the restarter exists: killed in between, this process
+            # leaves a dead lease in the record, which reconciling takes over again.
             state.lease = lease.id
+            self.store.update(rec.id, status=Status.RESTARTING, extra=state.into(rec.extra))
+        except BaseException:
+            lease.release()
+            raise
+        rec.status = Status.RESTARTING
+        return self._spawn_restarter(rec, lease)
+
+    def _spawn_restarter(self, rec: Record, lease: _leases.Lease) -> bool:
+        """Start the restarter of ``rec`` (restarting, its record naming ``lease``) and
+        hand ``lease`` over to it. False when it could not be started: the container is
+        exited then, its restart given up (said in a line)."""
+        try:
             log = self._task_dir(rec.id, rec.isolation) / "restart.log"
             _restart.spawn(self.root, rec.id, lease, log)
-            self.store.update(rec.id, status=Status.RESTARTING, extra=state.into(rec.extra))
         except OSError as e:
             lease.release()
+            state = _restart.RestartState.of(rec)
+            state.lease, state.due = "", 0.0
+            rec.status = Status.EXITED
+            self.store.update(rec.id, status=rec.status, extra=state.into(rec.extra))
             self._notice(rec.id, f"could not start the process that restarts it: {e}")
             return False
         except BaseException:
             lease.release()
             raise
         lease.hand_over()
-        rec.status = Status.RESTARTING
         return True
 
     def restart_when_due(self, cid: str, lease_id: str) -> None:

@@ -16,16 +16,23 @@ once a run lasted 10 s. The container is then ``restarting`` and a restarter (``
 so that conmon is never kept waiting) sleeps the delay, checks under the lock that the
 restart still stands (no ``stop``/``kill``/``rm``/``update`` meanwhile), and starts the
 container through the engine. The restarter holds a lease (``lamina._leases``, handed
-over by the process that decided) named in the record: a restarter that was killed
-leaves a dead lease, and the next command's reconcile starts another one (the
-restart goes ahead, at its due time).
+over by the process that decided) named in the record (see below for its death).
 
 A user's ``stop``, or ``kill`` with SIGKILL or the container's stop signal (any
 signal, when it has none configured), or ``rm -f`` ends the policy until the next
 ``start``/``restart`` (``canceled``), and any ``stop``/``kill`` sets
 ``stopped_by_user`` (Docker's HasBeenManuallyStopped). A start by a user resets
-``RestartCount`` and the backoff. Events are Docker's: a policy restart is ``die``
-then ``start`` (``restart`` is the ``restart`` command's event).
+``RestartCount`` and the backoff.
+
+Events: the exit is ``die`` (with ``exitCode``), as any exit; the policy's start is
+``start`` then ``restart``. Docker's daemon emits only ``die`` and ``start`` for a
+policy restart (``restart`` is its ``restart`` command's event); Podman emits
+``restart`` for policy restarts too, and users grep for it, so lamina does.
+
+A restarter killed (SIGKILL) while it waits leaves the container ``restarting`` with
+a dead lease: the next lamina command's reconcile starts another restarter, so the
+restart the policy decided goes ahead (at its due time, or at once if that passed);
+it does not mark the container exited, which would lose a restart the policy owes.
 """
 
 from __future__ import annotations
@@ -49,10 +56,12 @@ POLICIES = ("no", "always", "on-failure", "unless-stopped")
 FIRST_DELAY = 0.1  # seconds: the first restart's delay (moby's defaultTimeout)
 MAX_DELAY = 60.0  # the delay doubles up to this
 RESET_AFTER = 10.0  # a run at least this long sets the delay back to FIRST_DELAY
-# Tests only: a shorter RESET_AFTER, so that a reset or many quick restarts take
-# seconds, not minutes. Read where the decision is made (the exit command inherits
-# it from the command that started the container, through conmon).
+# Tests only: a shorter RESET_AFTER (seconds), so that a reset or many quick restarts
+# take seconds, not minutes. Read by ``create`` and kept in the record (``RESET_KEY``):
+# whichever process decides a restart (an exit command, any command that finishes a
+# run) uses the container's value, whatever its own environment.
 RESET_ENV = "LAMINA_TEST_RESTART_RESET"
+RESET_KEY = "restart_reset"  # the record's extra key of that value
 _KEY = "restart"  # the record's extra key of RestartState
 
 
@@ -140,23 +149,32 @@ def check_update(config: ContainerConfig, policy: RestartPolicy) -> None:
 # -- deciding -----------------------------------------------------------------------------
 
 
-def _reset_after() -> float:
-    value = os.environ.get(RESET_ENV)
-    if value:
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return RESET_AFTER
+def reset_override() -> float | None:
+    """The tests' RESET_AFTER (``RESET_ENV``), None when unset or not a number."""
+    try:
+        return float(os.environ[RESET_ENV])
+    except (KeyError, ValueError):
+        return None
 
 
-def decide(policy: RestartPolicy, state: RestartState, exit_code: int, ran_for: float) -> bool:
+def reset_after(rec: Record) -> float:
+    """How long a run of ``rec`` must last for its backoff to start anew."""
+    return float(rec.extra.get(RESET_KEY, RESET_AFTER))
+
+
+def decide(
+    policy: RestartPolicy,
+    state: RestartState,
+    exit_code: int,
+    ran_for: float,
+    reset_after: float = RESET_AFTER,
+) -> bool:
     """Whether a run that ended with ``exit_code`` after ``ran_for`` seconds starts
     again; ``state`` takes the new backoff (whatever the answer, as moby's does) and,
     when it does, the new count."""
     if policy.name == "no":
         return False
-    if ran_for >= _reset_after():
+    if ran_for >= reset_after:
         state.delay = 0.0
     state.delay = FIRST_DELAY if state.delay <= 0 else min(state.delay * 2, MAX_DELAY)
     if not allows(policy, state, exit_code, state.count):
