@@ -1116,10 +1116,14 @@ class Engine:
         task = self._task(rec.isolation)
         sent: builtins.list[Signalled] = []
         try:
+            # Docker's stop reports its signals as kill events; said before they are
+            # sent, so that they come before the die their exit causes.
+            self._container_event("kill", rec, signal=str(sig))
             sent.append(task.signal(rec, sig))
             if rec.status == Status.PAUSED:
                 self._resume(rec)
             if not self._wait_exit(rec, grace):
+                self._container_event("kill", rec, signal=str(int(SIGKILL)))
                 sent.append(task.force_stop(rec))
                 if not self._wait_exit(rec, _STOP_KILL_WAIT):
                     raise LaminaError(f"container {rec.id[:12]} did not stop after SIGKILL")
