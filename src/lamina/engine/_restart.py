@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lamina.engine._run_image import InvalidConfig
 from lamina.runtime._types import RestartPolicy
 
 if TYPE_CHECKING:
@@ -95,18 +93,26 @@ def has_state(rec: Record) -> bool:
 # -- the policy as given ----------------------------------------------------------------
 
 
+def _invalid(message: str) -> Exception:
+    """The engine's InvalidConfig (imported only when a policy is refused: every
+    command imports this module, few refuse one)."""
+    from lamina.engine._run_image import InvalidConfig
+
+    return InvalidConfig(message)
+
+
 def parse_policy(text: str) -> RestartPolicy:
     """``--restart``: ``no``, ``always``, ``on-failure[:N]``, ``unless-stopped``, with
     Docker's messages (the CLI's for the format, the daemon's for the rest)."""
     name, sep, count = text.partition(":")
     if sep and not name:
-        raise InvalidConfig("invalid restart policy format: no policy provided before colon")
+        raise _invalid("invalid restart policy format: no policy provided before colon")
     retries = 0
     if count:
         try:
             retries = int(count, 10)
         except ValueError:
-            raise InvalidConfig(
+            raise _invalid(
                 "invalid restart policy format: maximum retry count must be an integer"
             ) from None
     policy = RestartPolicy(name or "no", retries)
@@ -117,7 +123,7 @@ def parse_policy(text: str) -> RestartPolicy:
 def check_policy(policy: RestartPolicy) -> None:
     """Docker's ValidateRestartPolicy."""
     if policy.name not in POLICIES:
-        raise InvalidConfig(
+        raise _invalid(
             f"invalid restart policy: unknown policy '{policy.name}'; use one of "
             "'no', 'always', 'on-failure', or 'unless-stopped'"
         )
@@ -125,23 +131,23 @@ def check_policy(policy: RestartPolicy) -> None:
         message = "invalid restart policy: maximum retry count can only be used with 'on-failure'"
         if policy.max_retries < 0:
             message += " and cannot be negative"
-        raise InvalidConfig(message)
+        raise _invalid(message)
     if policy.max_retries < 0:
-        raise InvalidConfig("invalid restart policy: maximum retry count cannot be negative")
+        raise _invalid("invalid restart policy: maximum retry count cannot be negative")
 
 
 def check_config(config: ContainerConfig) -> None:
     """A new container's policy, as Docker's daemon checks it (``--rm`` excludes one)."""
     check_policy(config.restart)
     if config.auto_remove and config.restart.name != "no":
-        raise InvalidConfig("can't create 'AutoRemove' container with restart policy")
+        raise _invalid("can't create 'AutoRemove' container with restart policy")
 
 
 def check_update(config: ContainerConfig, policy: RestartPolicy) -> None:
     """``update --restart``, as Docker's daemon checks it."""
     check_policy(policy)
     if config.auto_remove and policy.name != "no":
-        raise InvalidConfig(
+        raise _invalid(
             "Restart policy cannot be updated because AutoRemove is enabled for the container"
         )
 
@@ -228,6 +234,8 @@ def spawn(root: Path, cid: str, lease: _leases.Lease, log: Path) -> None:
     """Start the restarter of container ``cid``, given ``lease`` (the caller then
     ``hand_over``s it: from then on it lives as long as the restarter does); the
     restarter's errors go to ``log``."""
+    import subprocess  # here: every command imports this module, few start a restarter
+
     fd = lease.fileno()
     argv = [sys.executable, "-m", "lamina.engine.restarter", str(root), cid, lease.id, str(fd)]
     proc = subprocess.Popen(
