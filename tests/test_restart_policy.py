@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from leak_check import assert_clean
+from leak_check import assert_clean, pid_stopped, restarters
 from runtime_fixtures import (
     IMAGE_REF,
     cli_image_root,
@@ -78,26 +78,6 @@ def events(root: Path, ref: str) -> list[dict[str, Any]]:
 
 def actions(root: Path, ref: str) -> list[str]:
     return [e["Action"] for e in events(root, ref)]
-
-
-def restarters(root: Path, cid: str = "") -> list[int]:
-    """PIDs of the restarter processes of containers of ``root`` (of ``cid``)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if (
-            b"lamina.engine.restarter" in argv
-            and str(root).encode() in argv
-            and (not cid or cid.encode() in argv)
-        ):
-            found.append(int(pid))
-    return found
 
 
 def leases(root: Path) -> list[str]:
@@ -322,7 +302,7 @@ def test_a_killed_restarter_is_taken_over(root: Path) -> None:
     restarter, and the restart the policy owed goes ahead."""
     env = {"LAMINA_TEST_STOP_AT": "restart:waiting"}
     cid = run_d(root, "--restart", "on-failure:1", IMAGE_REF, "sh", "-c", "exit 1", env=env)
-    until(lambda: len(restarters(root)) == 1 and _stopped(restarters(root)[0]), 20)
+    until(lambda: len(restarters(root)) == 1 and pid_stopped(restarters(root)[0]), 20)
     [pid] = restarters(root)
     os.kill(pid, signal.SIGKILL)
     until(lambda: pid not in restarters(root), 10)
@@ -333,14 +313,6 @@ def test_a_killed_restarter_is_taken_over(root: Path) -> None:
     assert actions(root, cid) == ["create", "start", "die", "start", "restart", "die"]
     until(lambda: restarters(root) == [], 10)
     assert leases(root) == []
-
-
-def _stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"T"
-    except OSError:
-        return False
 
 
 def test_a_foreground_run_returns_its_exit_and_the_restarts_go_on(root: Path) -> None:
