@@ -15,6 +15,7 @@ uses it.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -69,6 +70,13 @@ def state(root: Path, ref: str) -> tuple[str, int]:
     return info["State"]["Status"], info["RestartCount"]
 
 
+def epoch(stamp: str) -> float:
+    """Seconds since the epoch of an inspect time (RFC 3339, nanoseconds, UTC)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    when = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC)
+    return when.timestamp() + float("0." + (fraction or "0"))
+
+
 def events(root: Path, ref: str) -> list[dict[str, Any]]:
     """The container events of ``ref`` so far, Docker's JSON."""
     out = lamina_ok(root, "events", "--since", "10m", "--until", "0s", "--format", "json",
@@ -91,6 +99,21 @@ def run_d(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     r = lamina_cli(root, "run", "-d", *args, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
+
+
+def waiting(root: Path, ref: str, seen: list[dict[str, Any]] | None = None) -> bool:
+    """Restarting, with a second at least before its restart is due (the backoff is
+    1.6 s from the 5th restart on): time to look and act before it. ``seen`` takes
+    the inspect of that moment."""
+    info = inspect(root, ref)
+    if info["State"]["Status"] != "restarting" or info["RestartCount"] < 5:
+        return False
+    due = epoch(info["State"]["FinishedAt"]) + 0.1 * 2 ** (info["RestartCount"] - 1)
+    if due - time.time() < 1.0:
+        return False
+    if seen is not None:
+        seen.append(info)
+    return True
 
 
 def settled(root: Path, ref: str, count: int) -> bool:
@@ -172,18 +195,10 @@ def test_backoff_doubles_between_restarts_and_on_failure_counts(root: Path) -> N
 def test_always_restarts_after_exit_0_and_shows_restarting(root: Path) -> None:
     """``always`` restarts a container whose command succeeds; while it waits for its
     restart it is ``restarting``: ``Restarting (0) ... ago`` in ps, State.Restarting,
-    Running, no Pid; ``ps`` lists it (as running) and ``wait`` returns at its exit."""
+    Running, no Pid; ``ps`` lists it (as running)."""
     cid = run_d(root, "--restart", "always", IMAGE_REF, "true")
     seen: list[dict[str, Any]] = []
-
-    def restarting() -> bool:
-        info = inspect(root, cid)
-        if info["State"]["Status"] == "restarting" and info["RestartCount"] >= 4:
-            seen.append(info)  # the next backoff is 1.6 s: time to look
-            return True
-        return False
-
-    until(restarting, 30)
+    until(lambda: waiting(root, cid, seen), 30)
     st = seen[0]["State"]
     assert (st["Running"], st["Restarting"], st["Paused"], st["Pid"]) == (True, True, False, 0)
     assert st["ExitCode"] == 0
@@ -203,13 +218,9 @@ def test_stop_and_kill_during_the_backoff_wait_win(root: Path) -> None:
     for name in names:
         run_d(root, "--name", name, "--restart", "always", IMAGE_REF, "sh", "-c", "exit 3")
 
-    def waiting(name: str) -> bool:  # the next backoff is 1.6 s at least
-        status, count = state(root, name)
-        return status == "restarting" and count >= 5
-
     for name, command in names.items():
         cid = inspect(root, name)["Id"]
-        until(lambda: waiting(name), 30)  # noqa: B023
+        until(lambda: waiting(root, name), 30)  # noqa: B023
         starts = actions(root, name).count("start")
         began = time.monotonic()
         if command == "update":
