@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime_fixtures import CLI, lamina_cgroups, overlay_mounts, until
@@ -45,9 +46,8 @@ def container_traces(root: Path) -> set[str]:
     return {n for n in names if len(n) == 64}
 
 
-def conmons(root: Path) -> list[int]:
-    """PIDs of conmon processes working for containers of this root."""
-    found = []
+def _live_processes() -> Iterator[tuple[int, list[bytes]]]:
+    """(PID, argv) of every process that is not a zombie."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -58,13 +58,30 @@ def conmons(root: Path) -> list[int]:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if (
-            os.path.basename(argv[0]) == b"conmon"
-            and state != b"Z"
-            and any(str(root).encode() in a for a in argv)
-        ):
-            found.append(int(pid))
-    return found
+        if state != b"Z":
+            yield int(pid), argv
+
+
+def conmons(root: Path) -> list[int]:
+    """PIDs of conmon processes working for containers of this root."""
+    mark = str(root).encode()
+    return [
+        pid
+        for pid, argv in _live_processes()
+        if os.path.basename(argv[0]) == b"conmon" and any(mark in a for a in argv)
+    ]
+
+
+def restarters(root: Path, cid: str = "") -> list[int]:
+    """PIDs of the restart policy's restarters (``lamina.engine.restarter``) working
+    for containers of this root (for container ``cid``)."""
+    return [
+        pid
+        for pid, argv in _live_processes()
+        if b"lamina.engine.restarter" in argv
+        and str(root).encode() in argv
+        and (not cid or cid.encode() in argv)
+    ]
 
 
 def container_holds(root: Path) -> list[str]:
@@ -192,6 +209,7 @@ def leaks(root: Path, ids: set[str]) -> list[str]:
         out += [f"{sub}/{n}" for n in sorted(_entries(root / sub))]
     out += [f"cgroup {d}" for cid in sorted(ids) for d in lamina_cgroups(cid)]
     out += [f"conmon process {pid}" for pid in conmons(root)]
+    out += [f"restarter process {pid}" for pid in restarters(root)]
     out += [f"image hold {h}" for h in container_holds(root)]
     out += network_leaks(root)
     return out
@@ -227,8 +245,13 @@ def _stopped(proc: subprocess.Popen[bytes]) -> bool:
     if proc.poll() is not None:
         _out, err = proc.communicate()
         raise AssertionError(f"exited before the stop point: {proc.returncode} {err!r}")
+    return pid_stopped(proc.pid)
+
+
+def pid_stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP: at a stop point)."""
     try:
-        with open(f"/proc/{proc.pid}/stat", "rb") as f:
+        with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] == b"T"
     except OSError:
         return False

@@ -390,13 +390,14 @@ def test_every_operation_reports_what_it_did_in_one_place(
         ("volume", "mount"), ("container", "pause"), ("container", "unpause"),
         ("container", "exec_create: sh -c exit 4"), ("container", "exec_start: sh -c exit 4"),
         ("container", "exec_die"), ("container", "kill"), ("container", "rename"),
-        ("container", "die"),
+        ("container", "kill"), ("container", "die"),
         ("volume", "unmount"), ("container", "stop"), ("container", "destroy"),
         ("image", "tag"), ("image", "untag"), ("volume", "destroy"),
     ]  # fmt: skip
     by_action = {a: (actor, attrs) for _t, a, actor, attrs in seen}
     assert by_action["die"] == (cid, {**by_action["die"][1], "exitCode": "3", "name": "ev2"})
-    assert by_action["kill"][1]["signal"] == "10"
+    kills = [attrs["signal"] for _t, a, _actor, attrs in seen if a == "kill"]
+    assert kills == ["10", "15"]  # kill -s USR1, then stop's SIGTERM (Docker's kill event)
     assert by_action["exec_die"][1]["exitCode"] == "4"
     assert by_action["mount"][0] == "evdata" and by_action["mount"][1]["container"] == cid
 

@@ -16,9 +16,12 @@ Lifecycle of a lease, the one way every layer tells a live owner from a dead one
    protecting blobs, a build's step containers); whoever finds ``alive()`` false may
    undo that work.
 4. ``release()``: normal end; the owner has committed or cleaned what it registered,
-   and the lease files go. ``reap(root)``: any lamina command may call it; for each
-   lease whose lock it can take (its owner is gone), it unmounts what was registered
-   (deepest first), removes the paths, then the lease files.
+   and the lease files go. An owner may hand a lease over to a child process it
+   starts (``fileno`` passed to the child, ``Lease.adopt`` there, ``hand_over``
+   here): the lock is then held, without a gap, by whichever of the two lives.
+   ``reap(root)``: any lamina command may call it; for each lease whose lock it can
+   take (its owner is gone), it unmounts what was registered (deepest first), removes
+   the paths, then the lease files.
 
 Standard library only: this module sits below every package.
 """
@@ -107,6 +110,44 @@ class Lease:
                 changed = True
         if changed:
             self._write()
+
+    def fileno(self) -> int:
+        """The lock's descriptor: a child process given it (``pass_fds``) can ``adopt``
+        the lease and hold it on once this process has handed it over."""
+        return self._fd
+
+    def hand_over(self) -> None:
+        """Stop holding the lease here without ending it: the child that ``adopt``ed
+        it holds it on (the kernel's lock lives while any process has the descriptor
+        open) and releases it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @classmethod
+    def adopt(cls, root: Path, lease_id: str, fd: int) -> Lease:
+        """The lease ``lease_id`` that this process's parent handed over, whose lock
+        descriptor it inherited as ``fd``; the lease file names this process from now
+        on. ValueError when ``fd`` is not that lease's lock."""
+        lease = cls.__new__(cls)
+        lease.root = Path(root)
+        lease.id = lease_id
+        lease._lock_path = _dir(lease.root) / f"{lease_id}.lock"
+        lease._json_path = _dir(lease.root) / f"{lease_id}.json"
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lease._lock_path))
+        except OSError:
+            same = False
+        if "/" in lease_id or not same:
+            raise ValueError(f"descriptor {fd} is not the lock of lease {lease_id}")
+        os.set_inheritable(fd, False)  # what this process starts must not hold it
+        info = _read(lease._json_path) or LeaseInfo(lease_id, "", 0, time.time())
+        info.pid = os.getpid()
+        lease.kind = info.kind
+        lease._info = info
+        lease._fd = fd
+        lease._write()
+        return lease
 
     def release(self) -> None:
         """The work is over (committed, or cleaned up by the owner): drop the lease."""

@@ -156,6 +156,9 @@ def status_text(c: Container, now: float | None = None) -> str:
         return up + " (Paused)" if status == "paused" else up
     if status == "removing":
         return "Removal In Progress"
+    if status == "restarting":  # Docker's: the last exit code, and since when
+        ago = human_duration(now - (st.finished_at or now))
+        return f"Restarting ({st.exit_code or 0}) {ago} ago"
     if status == "failed" and st.started_at is None:
         return "Created"  # Docker: a first start that failed leaves it created
     if status in ("exited", "failed") and st.exit_code is not None:

@@ -169,15 +169,24 @@ def prune_selector(filters: Sequence[str], command: str) -> Any:
 @click.option("-m", "--memory", default=None, help="Memory limit (b, k, m, g).")
 @click.option("--memory-swap", default=None, help="Memory plus swap limit; -1 for unlimited.")
 @click.option("--pids-limit", type=int, default=None, help="Process limit (-1 for unlimited).")
-def update(containers: tuple[str, ...], **flags: Any) -> None:
-    """Update the resource limits of one or more containers."""
-    from lamina.cli._runopts import InvalidOption, parse_resources
+@click.option(
+    "--restart",
+    default=None,
+    metavar="POLICY",
+    help="Restart policy: no, always, on-failure[:N], unless-stopped.",
+)
+def update(containers: tuple[str, ...], restart: str | None, **flags: Any) -> None:
+    """Update the resource limits or restart policy of one or more containers."""
+    from lamina.cli._runopts import InvalidOption, parse_resources, parse_restart
 
-    if all(v is None for v in flags.values()):
+    if restart is None and all(v is None for v in flags.values()):
         raise FlagError("you must provide one or more flags when using this command", "update")
     try:
-        resources = parse_resources(**flags, cpu_count=os.cpu_count(), for_update=True)
+        resources = None
+        if any(v is not None for v in flags.values()):
+            resources = parse_resources(**flags, cpu_count=os.cpu_count(), for_update=True)
+        policy = parse_restart(restart) if restart is not None else None
     except InvalidOption as e:
         raise FlagError(str(e), "update") from None
     engine = open_engine()
-    _each(containers, lambda ref: engine.update(ref, resources))
+    _each(containers, lambda ref: engine.update(ref, resources, restart=policy))

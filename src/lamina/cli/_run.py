@@ -199,6 +199,13 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         metavar="KEY=VALUE",
         help="Log option: max-size=10m (rotate at that size), max-file=3 (files kept).",
     ),
+    click.option(
+        "--restart",
+        default=None,
+        metavar="POLICY",
+        help="Restart policy when the container exits: no (default), always, "
+        "on-failure[:N], unless-stopped.",
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from lamina.runtime._types import (
     NetworkRequest,
     PortMapping,
     Resources,
+    RestartPolicy,
     Security,
     Ulimit,
 )
@@ -119,6 +120,7 @@ class RunOptions:
     vm_base: str | None = None
     log_driver: str | None = None  # None: lamina's file log (k8s-file)
     log_opts: Sequence[str] = ()
+    restart: str | None = None  # --restart: no, always, on-failure[:N], unless-stopped
 
 
 @dataclass
@@ -723,6 +725,17 @@ def parse_log_options(driver: str | None, values: Sequence[str]) -> tuple[str, d
     return name, options
 
 
+def parse_restart(value: str) -> RestartPolicy:
+    """``--restart``, with Docker's messages (the engine checks the policy)."""
+    from lamina.engine._restart import parse_policy
+    from lamina.engine._run_image import InvalidConfig
+
+    try:
+        return parse_policy(value)
+    except InvalidConfig as e:
+        raise InvalidOption(str(e)) from None
+
+
 def parse_isolation(value: str | None) -> str:
     """``process``, ``vm`` or ``auto`` (resolved against the image by the caller)."""
     v = (value or "").strip().lower()
@@ -843,6 +856,10 @@ def build_config(
     cfg.init = opts.init
     cfg.labels = parse_labels(opts.labels, opts.label_files)
     cfg.auto_remove = opts.auto_remove
+    if opts.restart:
+        cfg.restart = parse_restart(opts.restart)
+        if opts.auto_remove and cfg.restart.name != "no":
+            raise InvalidOption("conflicting options: cannot specify both --restart and --rm")
     cfg.isolation = parse_isolation(opts.isolation)
     cfg.log_driver, cfg.log_options = parse_log_options(opts.log_driver, opts.log_opts)
     if opts.vm_base is not None:

@@ -10,7 +10,10 @@ only the journal (``_events``), pays for nothing else)::
     Engine.resolve_image(image, pull=, platform=) / Engine.settle(config, image, ...)
     Engine.create(config) / start / stop / restart / kill / pause / unpause / remove /
         rename / get / list / wait / logs / stats / top / ports / inspect / exec /
-        attach / resize / stat_path / copy_out / copy_in / diff / commit / update
+        attach / resize / stat_path / copy_out / copy_in / diff / commit /
+        update(ref, resources, restart=RestartPolicy(...))
+    RestartState.of(record): what a container's restart policy has done (RestartCount,
+        stopped_by_user: what starts it after a host reboot reads)
     Selector, prune_containers(engine), prune_system(engine, ...), disk_usage(engine)
 
 and the plain data containers are described and reported with (``ContainerConfig``,
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lamina.engine._engine import Engine, WaitTimeout, open_engine
     from lamina.engine._filters import InvalidFilter
+    from lamina.engine._restart import RestartState
     from lamina.engine._run_image import InvalidConfig
     from lamina.engine._system import (
         ContainerPrune,
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
         PathStat,
         PortMapping,
         Resources,
+        RestartPolicy,
         Security,
         Stats,
         Status,
@@ -61,6 +66,7 @@ _LAZY = {
     "open_engine": "lamina.engine._engine",
     "InvalidConfig": "lamina.engine._run_image",
     "InvalidFilter": "lamina.engine._filters",
+    "RestartState": "lamina.engine._restart",
     "ContainerPrune": "lamina.engine._system",
     "DiskUsage": "lamina.engine._system",
     "Selector": "lamina.engine._system",
@@ -79,6 +85,7 @@ _LAZY = {
     "PathStat": "lamina.runtime._types",
     "PortMapping": "lamina.runtime._types",
     "Resources": "lamina.runtime._types",
+    "RestartPolicy": "lamina.runtime._types",
     "Security": "lamina.runtime._types",
     "Stats": "lamina.runtime._types",
     "Status": "lamina.runtime._types",
@@ -114,6 +121,8 @@ __all__ = [
     "PathStat",
     "PortMapping",
     "Resources",
+    "RestartPolicy",
+    "RestartState",
     "Security",
     "Selector",
     "Stats",

@@ -15,7 +15,10 @@ workload under its monitor and lets it run) -> ``pause``/``unpause`` -> the work
 exits, or ``stop``/``kill`` -> the monitor writes the exit file and runs the exit
 command (``python -m lamina.engine.exit``), or a waiting lamina process does that work
 itself -> ``finish`` (exited, with a ``WaitOutcome``) -> ``start`` again or
-``remove``. A container that could not be started is ``failed`` with a reason.
+``remove``. A container that could not be started is ``failed`` with a reason. One
+whose restart policy (``_restart``) starts it again is ``restarting`` after its exit
+until its restarter starts it (running again), or a ``stop``, ``kill`` or ``rm -f``
+ends the wait.
 
 Stores are opened when first needed, so a command that uses none of them (an image
 listing) pays for none.
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina import _leases
 from lamina._hooks import stop_point
-from lamina.engine import _locks
+from lamina.engine import _locks, _restart
 from lamina.engine._store import ContainerStore, name_conflict
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.runtime._types import (
@@ -52,6 +55,7 @@ from lamina.runtime._types import (
     PortMapping,
     Record,
     Resources,
+    RestartPolicy,
     Signalled,
     Stats,
     Status,
@@ -71,6 +75,9 @@ if TYPE_CHECKING:
     from lamina.runtime._volumes import Volume, VolumeStore
 
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
+# What Docker counts as running (a container waiting for its restart policy is).
+_UP = (Status.RUNNING, Status.PAUSED, Status.RESTARTING)
+_RESTART_POLL = 0.05  # how often a restarter looks whether its restart still stands
 _STOP_KILL_WAIT = 10.0  # after the final kill, how long a container may take to be gone
 # extra key: the lease of a ``restart`` that keeps a --rm container across its stop.
 _RESTARTING = "restarting"
@@ -254,13 +261,18 @@ class Engine:
             self._say(f"could not record the {type_} {action} event: {e}")
 
     def _volume_events(self, action: str, rec: Record) -> None:
-        """``mount``/``unmount`` of each volume of ``rec`` (at its start, its exit)."""
+        """``mount``/``unmount`` of each volume of ``rec`` (at its start, its exit),
+        with Docker's attributes."""
         if not rec.extra.get("volumes"):
             return
-        read_only = {m.target: m.read_only for m in rec.config.mounts}
+        mounts = {m.target: m for m in rec.config.mounts}
         for target, name in (rec.extra.get("volumes") or {}).items():
-            attributes = {"container": rec.id, "destination": target, "driver": "local",
-                          "read/write": str(not read_only.get(target, False)).lower()}  # fmt: skip
+            attributes = {"container": rec.id, "driver": "local"}
+            if action == "mount":
+                m = mounts.get(target)
+                propagation = [o for o in m.options if o != "nocopy"] if m else []
+                attributes.update({"destination": target, "propagation": "".join(propagation),
+                                   "read/write": str(not (m and m.read_only)).lower()})  # fmt: skip
             self._event("volume", action, name, attributes)
 
     def _container_event(self, action: str, rec: Record, **more: str) -> None:
@@ -315,6 +327,11 @@ class Engine:
         self.store.update(rec.id, extra=rec.extra)
 
     def _require_running(self, rec: Record, action: str) -> None:
+        if rec.status == Status.RESTARTING:
+            raise LaminaError(
+                f"cannot {action} container {rec.id[:12]}: it is restarting, wait until it "
+                "is running"
+            )
         if rec.status == Status.PAUSED:
             raise LaminaError(
                 f"cannot {action} container {rec.id[:12]}: it is paused; unpause it first"
@@ -638,6 +655,8 @@ class Engine:
         in the local store)."""
         from lamina.engine._names import random_name, validate_name
 
+        if config.restart != RestartPolicy():
+            _restart.check_config(config)
         task = self._task(config.isolation)
         if config.isolation == "process" and self._oci_runtime is None:
             raise LaminaError("no OCI runtime was chosen to create containers with")
@@ -697,6 +716,8 @@ class Engine:
                 },
                 task=task_part,
             )
+            if (reset := _restart.reset_override()) is not None:  # tests only
+                rec.extra[_restart.RESET_KEY] = reset
             if config.publish_all:
                 exposed = [*(image_config.get("ExposedPorts") or {}), *config.expose]
                 rec.extra["exposed"] = sorted(set(exposed))
@@ -749,17 +770,28 @@ class Engine:
     def _starting(self, rec: Record, *, console_size: Any = None) -> Iterator[Record | None]:
         """Launch the container under its monitor, holding its lock until the caller
         has let it run (``release``): its record inside when launched, None if it was
-        running already. A starter killed in between leaves the workload waiting and
-        the lock free; reconciling then lets it run."""
+        running already (or waits for its restart policy: as Docker, that counts as
+        running). A starter killed in between leaves the workload waiting and the lock
+        free; reconciling then lets it run."""
         with self._locked(rec.id, rec.isolation):
             yield self._launch_locked(rec, console_size)
 
-    def _launch_locked(self, rec: Record, console_size: Any) -> Record | None:
+    def _launch_locked(
+        self, rec: Record, console_size: Any, *, restart_lease: str | None = None
+    ) -> Record | None:
+        """The start, under the lock. ``restart_lease``: the start of a restart policy,
+        by the restarter holding that lease (None when the restart no longer stands);
+        any other start is a user's, which resets what the policy has done."""
         from lamina.engine import exit as exit_command
         from lamina.runtime.common import StartFailed
 
         rec = self._fresh(rec.id)
-        if rec.status == Status.RUNNING:
+        if restart_lease is not None:
+            if rec.status != Status.RESTARTING or (
+                _restart.RestartState.of(rec).lease != restart_lease
+            ):
+                return None
+        elif rec.status in (Status.RUNNING, Status.RESTARTING):
             return None
         if rec.status == Status.PAUSED:
             raise NotStartable(f"container {rec.id[:12]} is paused; unpause it instead")
@@ -800,10 +832,18 @@ class Engine:
             "error": "",
             "oom_killed": False,
         }
+        if restart_lease is not None:
+            state = _restart.RestartState.of(rec)
+            state.lease, state.due = "", 0.0
+            values["extra"] = state.into(rec.extra)
+        elif _restart.has_state(rec):  # a user's start: RestartCount and backoff anew
+            values["extra"] = _restart.RestartState().into(rec.extra)
         self.store.update(rec.id, **values)
         for k, v in values.items():
             setattr(rec, k, v)
         self._container_event("start", rec)
+        if restart_lease is not None:  # a policy's restart: die, start, restart (_restart)
+            self._container_event("restart", rec)
         self._volume_events("mount", rec)
         return rec
 
@@ -864,26 +904,171 @@ class Engine:
                 "finished_at": time.time(),
                 "exits": rec.exits + 1,
             }
-            self.store.update(cid, **values)
+            # The policy decides before the exit is written: the record goes from
+            # running to restarting at once (no exited in between for ps to see).
+            restarter = self._policy_decides(rec, values)
+            try:
+                self.store.update(cid, **values)
+            except BaseException:
+                if restarter is not None:
+                    restarter.release()
+                raise
             for k, v in values.items():
                 setattr(rec, k, v)
             if reason == ExitReason.OOM_KILLED:
                 self._container_event("oom", rec)
-            self._container_event("die", rec, exitCode=str(status.code))
+            ran = int(max(0.0, values["finished_at"] - (rec.started_at or values["finished_at"])))
+            self._container_event("die", rec, exitCode=str(status.code), execDuration=str(ran))
             self._volume_events("unmount", rec)
-            self._after_exit(rec, task)
+            self._after_exit(rec, task, restarter)
         return rec
 
-    def _after_exit(self, rec: Record, task: TaskBackend) -> None:
+    def _after_exit(
+        self, rec: Record, task: TaskBackend, restarter: _leases.Lease | None = None
+    ) -> None:
         """What follows a recorded exit, under the container's lock, in whichever
         process finishes it (the exit command with no other lamina process alive, or a
         waiting one): ``--rm`` removes the container, anything else has its run torn
-        down. A restart policy decides here whether the container starts again."""
+        down; a restart its policy decided (``restarter``: the lease of the process
+        that will start it) is handed to that process."""
         if rec.config.auto_remove and not self._restarting(rec):
             self._remove_locked(rec, volumes=True, force=bool(rec.error))
-        else:
-            task.teardown(rec, force=bool(rec.error))
-            self.networks.teardown(rec)
+            return
+        task.teardown(rec, force=bool(rec.error))
+        self.networks.teardown(rec)
+        if restarter is not None:
+            self._spawn_restarter(rec, restarter)
+
+    # -- restart policies (_restart) ------------------------------------------------------
+    def _policy_decides(self, rec: Record, values: dict[str, Any]) -> _leases.Lease | None:
+        """The restart policy's decision on the exit ``values`` are about to record,
+        put into them (its bookkeeping; ``restarting`` when it restarts). Returns the
+        lease of the restart, None when there is none. A run that never started
+        properly (``failed``) is not restarted: Docker restarts no failed start."""
+        policy = rec.config.restart
+        if policy.name == "no":
+            return None
+        state = _restart.RestartState.of(rec)
+        ended = values["finished_at"]
+        ran_for = ended - (rec.started_at or ended)
+        restarts = values["status"] == Status.EXITED and _restart.decide(
+            policy, state, values["exit_code"], ran_for, _restart.reset_after(rec)
+        )
+        lease = None
+        if restarts:
+            lease = _leases.take(self.root, "restart")
+            state.lease, state.due = lease.id, time.time() + state.delay
+            values["status"] = Status.RESTARTING
+        values["extra"] = state.into(rec.extra)
+        return lease
+
+    def _arm_restart(self, rec: Record, state: _restart.RestartState) -> bool:
+        """Under the lock, when reconciling finds the restarter of a ``restarting``
+        container dead: another takes its restart over (due at ``state.due``). False
+        when none could be started (said in a line; the container is then exited)."""
+        lease = _leases.take(self.root, "restart")
+        try:
+            # Recorded before the restarter exists: killed in between, this process
+            # leaves a dead lease in the record, which reconciling takes over again.
+            state.lease = lease.id
+            self.store.update(rec.id, status=Status.RESTARTING, extra=state.into(rec.extra))
+        except BaseException:
+            lease.release()
+            raise
+        rec.status = Status.RESTARTING
+        return self._spawn_restarter(rec, lease)
+
+    def _spawn_restarter(self, rec: Record, lease: _leases.Lease) -> bool:
+        """Start the restarter of ``rec`` (restarting, its record naming ``lease``) and
+        hand ``lease`` over to it. False when it could not be started: the container is
+        exited then, its restart given up (said in a line)."""
+        try:
+            log = self._task_dir(rec.id, rec.isolation) / "restart.log"
+            _restart.spawn(self.root, rec.id, lease, log)
+        except OSError as e:
+            lease.release()
+            state = _restart.RestartState.of(rec)
+            state.lease, state.due = "", 0.0
+            rec.status = Status.EXITED
+            self.store.update(rec.id, status=rec.status, extra=state.into(rec.extra))
+            self._notice(rec.id, f"could not start the process that restarts it: {e}")
+            return False
+        except BaseException:
+            lease.release()
+            raise
+        lease.hand_over()
+        return True
+
+    def restart_when_due(self, cid: str, lease_id: str) -> None:
+        """The restarter's work (``python -m lamina.engine.restarter``): wait until the
+        restart of ``cid`` that ``lease_id`` stands for is due, then start the container,
+        unless a ``stop``, ``kill``, ``rm`` or ``update`` came first. A start that fails
+        ends the policy until a user starts the container (Docker retries none)."""
+        while True:
+            rec = self.store.get(cid)
+            if rec is None or rec.status != Status.RESTARTING:
+                return
+            state = _restart.RestartState.of(rec)
+            if state.lease != lease_id:
+                return
+            left = state.due - time.time()
+            if left <= 0:
+                break
+            time.sleep(min(left, _RESTART_POLL))
+        try:
+            with self._locked(cid, rec.isolation):
+                rec = self._fresh(cid)
+                if rec.status != Status.RESTARTING:
+                    return
+                if not _restart.still_stands(rec):  # an update changed the policy
+                    self._end_restart(rec, _restart.RestartState.of(rec))
+                    return
+                task = self._task(rec.isolation)
+                with contextlib.suppress(OSError):  # the last run's waiter, if it is late
+                    (task.task_dir(cid) / "waiter").unlink()
+                try:
+                    launched = self._launch_locked(rec, None, restart_lease=lease_id)
+                    if launched is not None:
+                        task.release(launched)
+                except LaminaError:
+                    fresh = self._fresh(cid)
+                    state = _restart.RestartState.of(fresh)
+                    state.canceled, state.lease, state.due = True, "", 0.0
+                    self.store.update(cid, extra=state.into(fresh.extra))
+                    raise
+        except NotFound:
+            return
+        except LaminaError:
+            self._start_failed(rec)
+            raise
+
+    def _end_restart(self, rec: Record, state: _restart.RestartState) -> None:
+        """Under the lock: a ``restarting`` container is stopped where it is (exited,
+        its last exit kept); its restarter finds so and starts nothing."""
+        state.lease, state.due = "", 0.0
+        rec.status = Status.EXITED
+        self.store.update(rec.id, status=Status.EXITED, extra=state.into(rec.extra))
+
+    def _user_stops(self, rec: Record, *, cancel: bool) -> tuple[Record, bool]:
+        """Before a user's ``stop``, ``kill`` or ``rm -f`` acts on a running or
+        restarting container: it is stopped by the user (Docker's
+        HasBeenManuallyStopped: no ``unless-stopped`` restart), and with ``cancel`` its
+        policy is off until the next start by a user (a pending restart ends here).
+        Returns the record as it is now, and whether a pending restart was ended."""
+        if rec.status not in _UP:
+            return rec, False
+        with self._locked(rec.id, rec.isolation):
+            fresh = self._fresh(rec.id)
+            if fresh.status not in _UP:
+                return fresh, False
+            state = _restart.RestartState.of(fresh)
+            state.stopped_by_user = True
+            state.canceled = state.canceled or cancel
+            if fresh.status == Status.RESTARTING and cancel:
+                self._end_restart(fresh, state)
+                return fresh, True
+            self.store.update(fresh.id, extra=state.into(fresh.extra))
+            return fresh, False
 
     # -- restart (its marks are read by _after_exit and _reconcile) ----------------------
     def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
@@ -894,7 +1079,7 @@ class Engine:
         rec = self._resolve(ref)
         if signal is not None:
             parse_signal(signal)  # a bad one is refused before anything stops
-        if rec.status not in _ACTIVE:
+        if rec.status not in _UP:
             self.start(rec.id)
             self._container_event("restart", rec)
             return
@@ -953,10 +1138,14 @@ class Engine:
 
     def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
         """Send the stop signal, wait ``timeout`` seconds (the container's stop timeout
-        when None; -1 forever), then end it at once."""
+        when None; -1 forever), then end it at once. Its restart policy is off until it
+        is started again; a restarting one is stopped at once."""
         rec = self._resolve(ref)
         sig = self._stop_signal(rec, signal)
+        rec, ended = self._user_stops(rec, cancel=True)  # before the signal: no restart
         if rec.status not in _ACTIVE:
+            if ended:  # it was waiting for its restart policy: stopped right here
+                self._container_event("stop", rec)
             return
         grace = rec.config.stop_timeout if timeout is None else timeout
         if grace < 0:  # Docker: -1 waits forever
@@ -964,10 +1153,14 @@ class Engine:
         task = self._task(rec.isolation)
         sent: builtins.list[Signalled] = []
         try:
+            # Docker's stop reports its signals as kill events; said before they are
+            # sent, so that they come before the die their exit causes.
+            self._container_event("kill", rec, signal=str(sig))
             sent.append(task.signal(rec, sig))
             if rec.status == Status.PAUSED:
                 self._resume(rec)
             if not self._wait_exit(rec, grace):
+                self._container_event("kill", rec, signal=str(int(SIGKILL)))
                 sent.append(task.force_stop(rec))
                 if not self._wait_exit(rec, _STOP_KILL_WAIT):
                     raise LaminaError(f"container {rec.id[:12]} did not stop after SIGKILL")
@@ -1001,12 +1194,20 @@ class Engine:
     def kill(self, ref: str, signal: str = "SIGKILL") -> None:
         """``signal``: a name with or without SIG, or a number; invalid ones are refused.
         A paused container is thawed for SIGKILL and its stop signal (Docker's rule);
-        other signals stay pending until it is unpaused."""
+        other signals stay pending until it is unpaused. The restart policy ends as
+        Docker's does (``_restart.kill_ends_policy``); a restarting container is not
+        signalled (there is nothing to signal), its pending restart ends with it."""
         from lamina.runtime._signals import parse_signal
 
         sig = parse_signal(signal)
         rec = self._resolve(ref)
+        if rec.status not in _UP:
+            raise LaminaError(f"cannot kill container {rec.id[:12]}: it is not running")
+        configured = rec.config.stop_signal or str(rec.extra.get("stop_signal") or "")
+        rec, ended = self._user_stops(rec, cancel=_restart.kill_ends_policy(configured, sig))
         if rec.status not in _ACTIVE:
+            if ended or rec.status == Status.RESTARTING:
+                return  # as Docker: a restarting container has nothing to signal
             raise LaminaError(f"cannot kill container {rec.id[:12]}: it is not running")
         sent = self._task(rec.isolation).signal(rec, sig)
         self._say_direct(rec, [sent])
@@ -1047,12 +1248,14 @@ class Engine:
         self._remove(self._resolve(ref), force=force, volumes=volumes)
 
     def _remove(self, rec: Record, *, force: bool, volumes: bool) -> None:
+        if rec.status in _UP and not force:
+            raise InUse(
+                f"cannot remove container {rec.name}: container is {rec.status.value}: "
+                f"stop the container before removing or force remove"
+            )
+        if rec.status in _UP and rec.config.restart.name != "no":
+            rec, _ = self._user_stops(rec, cancel=True)  # no restart after this kill
         if rec.status in _ACTIVE:
-            if not force:
-                raise InUse(
-                    f"cannot remove container {rec.name}: container is {rec.status.value}: "
-                    f"stop the container before removing or force remove"
-                )
             task = self._task(rec.isolation)
             if rec.status == Status.PAUSED:
                 self._resume(rec)
@@ -1134,7 +1337,8 @@ class Engine:
     def list(
         self, *, all: bool = False, filters: Mapping[str, Sequence[str]] | None = None
     ) -> builtins.list[Container]:
-        """Running containers (``all``: every one), newest first, that ``filters``
+        """Running containers (restarting ones too, as Docker's; ``all``: every one),
+        newest first, that ``filters``
         keep (Docker's ps filters: ``{"status": ["exited"], "label": ["a=b"]}``;
         InvalidFilter for one Docker would refuse)."""
         from lamina.engine import _filters
@@ -1143,7 +1347,7 @@ class Engine:
             _filters.check(filters)
             all = all or _filters.needs_all(filters)
         self._reconcile()
-        found = [self._container(r) for r in self.store.list() if all or r.status in _ACTIVE]
+        found = [self._container(r) for r in self.store.list() if all or r.status in _UP]
         if filters:
             found = _filters.select(found, filters, self._image_id)
         return found
@@ -1183,11 +1387,17 @@ class Engine:
                 raise
             return _outcome(gone)
         if condition == WaitCondition.NOT_RUNNING:
-            if rec.status not in _ACTIVE:
-                return _outcome(rec)
+            # Restarting counts as running (Docker's): the wait ends at an exit after
+            # the one that made it restart, or when it is stopped.
+            ran = before.exits
 
             def done(r: Record | None) -> bool:
-                return r is None or r.status not in _ACTIVE
+                return r is None or (
+                    r.status not in _ACTIVE and (r.status != Status.RESTARTING or r.exits > ran)
+                )
+
+            if done(rec):
+                return _outcome(rec)
 
         elif condition == WaitCondition.NEXT_EXIT:
             exits = before.exits
@@ -1405,6 +1615,11 @@ class Engine:
                 return self.attach(rec.id, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
         elif rec.status == Status.PAUSED:
             raise LaminaError(f"cannot attach to container {rec.id[:12]}: it is paused")
+        elif rec.status == Status.RESTARTING:
+            raise LaminaError(
+                f"cannot attach to container {rec.id[:12]}: it is restarting, wait until it "
+                "is running"
+            )
         elif rec.status != Status.RUNNING:
             raise LaminaError(f"cannot attach to a stopped container {rec.id[:12]}; start it first")
         else:
@@ -1528,22 +1743,37 @@ class Engine:
         self._container_event("commit", rec)
         return image_id
 
-    def update(self, ref: str, resources: Resources) -> None:
-        """New limits (None: unchanged), applied to a running container and kept."""
+    def update(
+        self,
+        ref: str,
+        resources: Resources | None = None,
+        *,
+        restart: RestartPolicy | None = None,
+    ) -> None:
+        """New limits (None: unchanged), applied to a running container and kept; a
+        new restart policy (``restart``), which a restart the container waits for must
+        meet still (else it stays exited)."""
         rec = self._resolve(ref)
+        if restart is not None:
+            _restart.check_update(rec.config, restart)
         with self._locked(rec.id, rec.isolation):
             rec = self._fresh(rec.id)
-            self._complete(rec)
-            old = rec.config.resources
-            rec.config.resources = Resources(
-                **{
-                    f.name: getattr(resources, f.name)
-                    if getattr(resources, f.name) is not None
-                    else getattr(old, f.name)
-                    for f in dataclasses.fields(Resources)
-                }
-            )
-            self._task(rec.isolation).update(rec, resources)
+            if resources is not None:
+                self._complete(rec)
+                old = rec.config.resources
+                rec.config.resources = Resources(
+                    **{
+                        f.name: getattr(resources, f.name)
+                        if getattr(resources, f.name) is not None
+                        else getattr(old, f.name)
+                        for f in dataclasses.fields(Resources)
+                    }
+                )
+                self._task(rec.isolation).update(rec, resources)
+            if restart is not None:
+                rec.config.restart = restart
+                if rec.status == Status.RESTARTING and not _restart.still_stands(rec):
+                    self._end_restart(rec, _restart.RestartState.of(rec))
             self.store.update(rec.id, config=rec.config)
         self._container_event("update", rec)
 

@@ -34,8 +34,22 @@ def pull(
     record = registry_pull(
         local, reference, policy=policy, platform=platform, progress=progress, config=config
     )
-    emit("pull", reference, {"name": reference})
+    actor, name = _event_names(reference)
+    emit("pull", actor, {"name": name})
     return record
+
+
+def _event_names(reference: str) -> tuple[str, str]:
+    """Docker's actor and ``name`` of a pull or push of ``reference``: its familiar
+    form with the tag (``busybox:latest``) and its familiar name (``busybox``)."""
+    from lamina.errors import InvalidReference
+    from lamina.image import parse_reference
+
+    try:
+        ref = parse_reference(reference)
+    except InvalidReference:
+        return reference, reference
+    return ref.familiar(), ref.familiar_name()
 
 
 def push(
@@ -56,15 +70,15 @@ def push(
         digest = registry_push(
             local, source, destination, progress=progress, config=config, chunk_size=chunk_size
         )
-    name = destination or source
-    emit("push", name, {"name": name})
+    actor, name = _event_names(destination or source)
+    emit("push", actor, {"name": name})
     return digest
 
 
 def tag(local: LocalImages, source: str, target: str, *, emit: Emit) -> None:
     record = local.images.resolve(source)
     local.images.tag(source, target)
-    emit("tag", record.id, {"name": target})
+    emit("tag", record.id, {"name": _event_names(target)[0]})  # Docker's: busybox:latest
 
 
 def remove(local: LocalImages, name: str, *, force: bool, emit: Emit) -> RemoveResult:
@@ -94,7 +108,7 @@ def prune(
 
 def _report(result: RemoveResult, ids: set[str], image_id: str, emit: Emit) -> None:
     for name in result.untagged:
-        emit("untag", image_id or name, {"name": name})
+        emit("untag", image_id or name, {"name": _event_names(name)[0]})
     for deleted in result.deleted:
         if deleted in ids:  # an image (the rest are blobs and snapshots)
             emit("delete", deleted, {"name": deleted})
@@ -127,7 +141,9 @@ def import_(
     record = import_rootfs(
         local, source, reference=reference, changes=changes, message=message, platform=platform
     )
-    emit("import", record.id, {"name": reference or record.id})
+    if reference:  # Docker's import tags first, then reports the import by ID
+        emit("tag", record.id, {"name": _event_names(reference)[0]})
+    emit("import", record.id, {"name": record.id})
     return record
 
 

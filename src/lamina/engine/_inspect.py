@@ -11,7 +11,8 @@ from typing import Any
 from lamina.runtime._signals import signal_name, stop_signal
 from lamina.runtime._types import ContainerConfig, Record, Status
 
-_ACTIVE = (Status.RUNNING, Status.PAUSED)
+# What Docker calls running: a container waiting for its restart policy is.
+_UP = (Status.RUNNING, Status.PAUSED, Status.RESTARTING)
 # Where containers made before the engine kept why a process container got its isolation.
 REASON_LABEL = "lamina.isolation.reason"
 
@@ -28,9 +29,9 @@ def inspect_record(rec: Record, *, root: Path, log_path: Path, backend: str) -> 
         "Args": process.args[1:],
         "State": {
             "Status": rec.status.value,
-            "Running": rec.status in _ACTIVE,
+            "Running": rec.status in _UP,
             "Paused": rec.status == Status.PAUSED,
-            "Restarting": False,
+            "Restarting": rec.status == Status.RESTARTING,
             "OOMKilled": st.oom_killed,
             "Dead": False,
             "Pid": st.pid,
@@ -41,6 +42,7 @@ def inspect_record(rec: Record, *, root: Path, log_path: Path, backend: str) -> 
         },
         "Image": rec.extra.get("image_id", ""),
         "ImageDigest": rec.image_digest,
+        "RestartCount": restart_count(rec),
         "LogPath": str(log_path) if cfg.log_driver != "none" else "",
         "Platform": "linux",
         "Config": {
@@ -59,6 +61,10 @@ def inspect_record(rec: Record, *, root: Path, log_path: Path, backend: str) -> 
         },
         "HostConfig": {
             "AutoRemove": cfg.auto_remove,
+            "RestartPolicy": {
+                "Name": cfg.restart.name,
+                "MaximumRetryCount": cfg.restart.max_retries,
+            },
             "NetworkMode": cfg.network,
             "Privileged": cfg.security.privileged,
             "ReadonlyRootfs": cfg.security.read_only_rootfs,
@@ -88,6 +94,13 @@ def inspect_record(rec: Record, *, root: Path, log_path: Path, backend: str) -> 
         "IsolationReason": isolation_reason(rec),
         "Backend": backend,
     }
+
+
+def restart_count(rec: Record) -> int:
+    """Restarts by the restart policy since the last start by a user (RestartCount)."""
+    from lamina.engine._restart import RestartState
+
+    return RestartState.of(rec).count
 
 
 def isolation_reason(rec: Record) -> str:

@@ -15,7 +15,10 @@ lamina process was killed at any point:
   killed removal): it is freed once its lock is free, image hold included. (Scanned
   for only when a backend's directories are not as many as its records.)
 - ``--rm`` containers a killed ``restart`` stopped and never started again are
-  removed; what killed commands registered on their leases is undone.
+  removed; what killed commands registered on their leases is undone;
+- a ``restarting`` container whose restarter is gone (its lease is not alive: it was
+  killed) gets a new restarter: the restart its policy decided goes ahead, due when
+  it was (``_restart``).
 
 Each finding is said in one line (``Engine._notice``). ``sweep`` (``container
 prune``, ``system prune``) adds the slow checks: every directory scanned, runtime
@@ -60,6 +63,8 @@ def reconcile(engine: Engine, *, sweep: bool = False) -> None:
                         _resume_removal(engine, row)
                     else:
                         _check_stopped(engine, row)
+                    if row.status == Status.RESTARTING.value:
+                        _check_restarting(engine, row)
             if row.owner and not _leases.alive(engine.root, row.owner):
                 with _recovering(engine, row.id):
                     _dispose(engine, row)
@@ -166,6 +171,25 @@ def _check_stopped(engine: Engine, row: Summary) -> None:
         task.teardown(rec, force=True)
         engine.networks.teardown(rec)
         engine._notice(rec.id, "a start or stop of it was interrupted; cleaned up after it")
+
+
+def _check_restarting(engine: Engine, row: Summary) -> None:
+    """A container waiting for its restart policy whose restarter died (SIGKILL):
+    another takes the restart over, due when it was. (Starting it here instead would
+    make any command, ``ps`` included, wait for a start, and a VM's boot.)"""
+    from lamina.engine._restart import RestartState
+
+    rec = engine.store.get(row.id)
+    if rec is None or _leases.alive(engine.root, RestartState.of(rec).lease):
+        return
+    with engine._locked_if_free(row.id, row.isolation) as free:
+        rec = engine.store.get(row.id) if free else None
+        if rec is None or rec.status != Status.RESTARTING:
+            return
+        state = RestartState.of(rec)
+        if _leases.alive(engine.root, state.lease) or not engine._arm_restart(rec, state):
+            return
+    engine._notice(row.id, "the process that was to restart it is gone; started another")
 
 
 def _resume_removal(engine: Engine, row: Summary) -> None:

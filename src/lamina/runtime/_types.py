@@ -23,6 +23,9 @@ class Status(StrEnum):
     EXITED = "exited"
     FAILED = "failed"  # never ran properly: runtime or monitor error, with a reason
     REMOVING = "removing"
+    # Exited, and waiting for its restart policy to start it again (Docker's state of
+    # that name: ``ps`` lists it, ``stop``/``kill``/``rm -f`` end the wait).
+    RESTARTING = "restarting"
 
 
 class WaitCondition(StrEnum):
@@ -160,6 +163,16 @@ class NetworkRun:
 
 
 @dataclass
+class RestartPolicy:
+    """Docker's ``HostConfig.RestartPolicy`` (``--restart``): ``name`` no, always,
+    on-failure or unless-stopped; ``max_retries`` (on-failure only) the most restarts
+    of one start, 0 for no limit."""
+
+    name: str = "no"
+    max_retries: int = 0
+
+
+@dataclass
 class ContainerConfig:
     """Everything needed to create a container, independent of the backend."""
 
@@ -208,13 +221,14 @@ class ContainerConfig:
     # none; --log-opt KEY=VALUE (max-size, max-file). Checked by runtime._logs.
     log_driver: str = "k8s-file"
     log_options: dict[str, str] = field(default_factory=dict)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)  # --restart
 
     def __post_init__(self) -> None:
         # Configs read back from JSON hold plain dicts.
         self.ports = [PortMapping(**p) if isinstance(p, dict) else p for p in self.ports]
-        self.networks = [
-            NetworkRequest(**n) if isinstance(n, dict) else n for n in self.networks
-        ]
+        self.networks = [NetworkRequest(**n) if isinstance(n, dict) else n for n in self.networks]
+        if isinstance(self.restart, dict):
+            self.restart = RestartPolicy(**self.restart)
 
 
 @dataclass
