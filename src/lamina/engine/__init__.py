@@ -12,6 +12,7 @@ only the journal (``_events``), pays for nothing else)::
         rename / get / list / wait / logs / stats / top / ports / inspect / exec /
         attach / resize / stat_path / copy_out / copy_in / diff / commit / update
     Selector, prune_containers(engine), prune_system(engine, ...), disk_usage(engine)
+    version_info(), system_info(root, oci_runtime): what ``version``/``info`` report
 
 and the plain data containers are described and reported with (``ContainerConfig``,
 ``Container``, ``WaitOutcome``, ...), shared with the runtime layer below.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lamina.engine._engine import Engine, WaitTimeout, open_engine
     from lamina.engine._filters import InvalidFilter
+    from lamina.engine._info import system_info, version_info
     from lamina.engine._run_image import InvalidConfig
     from lamina.engine._system import (
         ContainerPrune,
@@ -61,6 +63,8 @@ _LAZY = {
     "open_engine": "lamina.engine._engine",
     "InvalidConfig": "lamina.engine._run_image",
     "InvalidFilter": "lamina.engine._filters",
+    "system_info": "lamina.engine._info",
+    "version_info": "lamina.engine._info",
     "ContainerPrune": "lamina.engine._system",
     "DiskUsage": "lamina.engine._system",
     "Selector": "lamina.engine._system",
@@ -127,4 +131,6 @@ __all__ = [
     "open_engine",
     "prune_containers",
     "prune_system",
+    "system_info",
+    "version_info",
 ]
