@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lamina.errors import LaminaError
 from lamina.runtime._types import (
@@ -795,3 +796,36 @@ def parse_time(value: str, now: float, flag: str = "--since") -> float:
             f"invalid {flag} {value!r}: expected an RFC 3339 time, a Unix timestamp "
             "or a duration like 10m"
         )
+
+
+def prepare_run(
+    engine: Any,
+    opts: RunOptions,
+    *,
+    image: str,
+    command: Sequence[str] | None,
+    pull: str = "missing",
+    platform: str | None = None,
+    progress: Callable[[], Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ContainerConfig, list[str]]:
+    """What ``run``/``create`` do before the engine creates the container, for every
+    front end (the CLI, the daemon's create): flags checked before the image is
+    touched (a typo should not cost a pull), the image resolved per ``pull``, the
+    config built for it and settled by the engine (isolation, network, ``-v`` sources
+    made). Returns the config and the warnings for the user."""
+    isolation = parse_isolation(opts.isolation)
+    build_config(opts, image="", image_ref=image, command=command, environ=environ,
+                 cpu_count=os.cpu_count())  # fmt: skip
+    record = engine.resolve_image(image, pull=pull, platform=platform, progress=progress)
+    parsed = build_config(opts, image=record.id, image_ref=image, command=command,
+                          environ=environ, cpu_count=os.cpu_count())  # fmt: skip
+    warnings = parsed.warnings + engine.settle(
+        parsed.config,
+        record,
+        requested=isolation,
+        network=parsed.network,
+        make_bind_sources=parsed.bind_dirs_to_create,
+        progress=progress,
+    )
+    return parsed.config, warnings
