@@ -487,6 +487,12 @@ class Engine:
             emit=self._image_event,
         )  # fmt: skip
 
+    def inspect_image(self, name: str) -> dict[str, Any]:
+        """``image inspect`` of one name or ID; NotFound when there is none."""
+        from lamina.engine import _images
+
+        return _images.inspect(self.images, self.images.images.resolve(name))
+
     def tag_image(self, source: str, target: str) -> None:
         from lamina.engine import _images
 
@@ -1250,7 +1256,10 @@ class Engine:
         until: float | None = None,
         stdout: bool = True,
         stderr: bool = True,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[LogEntry]:
+        """The container's log entries; ``follow`` goes on while it runs, until
+        ``stop()`` says to (a daemon's client went away)."""
         from lamina.runtime import _logs
 
         rec = self._resolve(ref)
@@ -1263,6 +1272,8 @@ class Engine:
         cid = rec.id
 
         def running() -> bool:
+            if stop is not None and stop():
+                return False
             self._reconcile()
             r = self.store.get(cid)
             return r is not None and r.status in _ACTIVE
