@@ -168,6 +168,43 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="VM containers: boot this VM base bundle's kernel, its disk under the image.",
     ),
     click.option(
+        "--health-cmd", default=None, metavar="COMMAND", help="Command to run to check health."
+    ),
+    click.option(
+        "--health-interval",
+        default=None,
+        metavar="DURATION",
+        help="Time between running the check (ms|s|m|h) (default 30s).",
+    ),
+    click.option(
+        "--health-timeout",
+        default=None,
+        metavar="DURATION",
+        help="Maximum time to allow one check to run (ms|s|m|h) (default 30s).",
+    ),
+    click.option(
+        "--health-retries",
+        type=int,
+        default=None,
+        help="Consecutive failures needed to report unhealthy (default 3).",
+    ),
+    click.option(
+        "--health-start-period",
+        default=None,
+        metavar="DURATION",
+        help="Start period for the container to initialize before starting health-retries "
+        "countdown (ms|s|m|h) (default 0s).",
+    ),
+    click.option(
+        "--health-start-interval",
+        default=None,
+        metavar="DURATION",
+        help="Time between running the check during the start period (ms|s|m|h) (default 5s).",
+    ),
+    click.option(
+        "--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK."
+    ),
+    click.option(
         "--log-driver",
         "log_driver",
         default=None,

@@ -107,6 +107,13 @@ class RunOptions:
     vm_base: str | None = None
     log_driver: str | None = None  # None: lamina's file log (k8s-file)
     log_opts: Sequence[str] = ()
+    health_cmd: str | None = None
+    health_interval: str | None = None  # Go durations, as typed
+    health_timeout: str | None = None
+    health_retries: int | None = None
+    health_start_period: str | None = None
+    health_start_interval: str | None = None
+    no_healthcheck: bool = False
 
 
 @dataclass
@@ -632,6 +639,28 @@ def parse_log_options(driver: str | None, values: Sequence[str]) -> tuple[str, d
     return name, options
 
 
+def parse_healthcheck(opts: RunOptions) -> dict[str, Any] | None:
+    """The ``--health-*`` and ``--no-healthcheck`` flags as Docker's HealthConfig (the
+    engine merges it with the image's HEALTHCHECK at create); None: the image's."""
+    from lamina.engine._health import HealthFlags, from_flags
+
+    flags = HealthFlags(
+        cmd=opts.health_cmd,
+        interval=opts.health_interval,
+        timeout=opts.health_timeout,
+        retries=opts.health_retries,
+        start_period=opts.health_start_period,
+        start_interval=opts.health_start_interval,
+        disabled=opts.no_healthcheck,
+    )
+    if flags == HealthFlags():
+        return None
+    try:
+        return from_flags(flags)
+    except LaminaError as e:
+        raise InvalidOption(str(e)) from None
+
+
 def parse_isolation(value: str | None) -> str:
     """``process``, ``vm`` or ``auto`` (resolved against the image by the caller)."""
     v = (value or "").strip().lower()
@@ -747,6 +776,7 @@ def build_config(
     cfg.auto_remove = opts.auto_remove
     cfg.isolation = parse_isolation(opts.isolation)
     cfg.log_driver, cfg.log_options = parse_log_options(opts.log_driver, opts.log_opts)
+    cfg.healthcheck = parse_healthcheck(opts)
     if opts.vm_base is not None:
         if not opts.vm_base.strip():
             raise InvalidOption("--vm-base needs a bundle directory or reference")

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from lamina import _leases
-from lamina.engine import _locks
+from lamina.engine import _health, _locks
 from lamina.errors import LaminaError, NotFound
 from lamina.runtime._types import Status
 
@@ -73,6 +73,7 @@ def reconcile(engine: Engine, *, sweep: bool = False) -> None:
         if sweep or not task.counts_agree(len(mine)):
             _collect_orphans(engine, isolation, {row.id for row in rows}, thorough=sweep)
     _remove_abandoned_restarts(engine)
+    _health.ensure_for_running(engine)  # a killed health runner is started again
     # What killed commands registered on their leases (a cp's scratch directory, a
     # save's temp file...) goes with the next container command, not only the next
     # one that writes images.

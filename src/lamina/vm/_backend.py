@@ -476,6 +476,8 @@ class VmTasks(TaskBackend):
         stdin: BinaryIO | None,
         detach: bool,
         stream: bool,
+        timeout: float | None = None,
+        output_limit: int | None = None,
     ) -> ExecResult:
         from lamina.runtime._term import window_size
         from lamina.runtime.common import merge_env
@@ -519,6 +521,8 @@ class VmTasks(TaskBackend):
             if interactive and in_fd is None:  # a stream without a descriptor: all at once
                 assert stdin is not None
                 conn.send_stdin(WORKLOAD, stdin.read())
+            if timeout is not None or output_limit is not None:
+                return _collect_bounded(conn, timeout, output_limit)
             return _collect_exec(conn, stream, in_fd=in_fd, term=term)
         finally:
             conn.close()
@@ -883,6 +887,42 @@ def _collect_exec(
                     return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
             if conn.closed:
                 raise LaminaError("the container stopped before the exec finished")
+
+
+def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | None) -> ExecResult:
+    """An exec session for a check: stdout and stderr together, the first ``limit``
+    bytes kept; after ``timeout`` seconds its process is sent SIGKILL."""
+    import signal
+
+    from lamina.runtime.common import exec_failed
+    from lamina.vm._agent import Msg, parse_exit
+
+    kept = bytearray()
+    truncated = timed_out = False
+    error: str | None = None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not conn.closed:
+        wait = 1.0 if deadline is None else min(max(deadline - time.monotonic(), 0.0), 1.0)
+        if deadline is not None and wait <= 0:
+            if timed_out:  # killed, and no EXIT came: give up on it
+                return ExecResult(-1, bytes(kept), b"", timed_out=True, truncated=truncated)
+            timed_out, deadline = True, time.monotonic() + 10  # then its EXIT, briefly
+            conn.send(Msg.SIGNAL, WORKLOAD, int(signal.SIGKILL).to_bytes(4, "big"))
+            continue
+        for f in conn.poll(wait):
+            if f.type in (Msg.STDOUT, Msg.STDERR):
+                room = len(f.payload) if limit is None else max(limit - len(kept), 0)
+                kept += f.payload[:room]
+                truncated = truncated or len(f.payload) > room
+            elif f.type == Msg.ERROR:
+                error = f.payload.decode(errors="replace")
+            elif f.type == Msg.EXIT:
+                if error is not None and not timed_out:
+                    raise exec_failed(error)
+                code = -1 if timed_out else parse_exit(f.payload).exit_code
+                return ExecResult(code, bytes(kept), b"", timed_out=timed_out,
+                                  truncated=truncated)  # fmt: skip
+    raise LaminaError("the container stopped before the exec finished")
 
 
 @contextlib.contextmanager
