@@ -75,9 +75,9 @@ def health_runners(root: Path) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"lamina.engine.health_runner" in argv and str(root).encode() in argv:
-            if not zombie(int(pid)):
-                found.append(int(pid))
+        runner = b"lamina.engine.health_runner" in argv and str(root).encode() in argv
+        if runner and not zombie(int(pid)):
+            found.append(int(pid))
     return found
 
 

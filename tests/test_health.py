@@ -83,9 +83,10 @@ def runner_pids(root: Path) -> list[int]:
 
 
 def test_flags_checked_as_docker_does(root: Path) -> None:
+    conflict = "--no-healthcheck conflicts with --health-* options"
     cases = {
-        ("--no-healthcheck", "--health-cmd", "true"): "--no-healthcheck conflicts with --health-* options",
-        ("--no-healthcheck", "--health-interval", "-1s"): "--no-healthcheck conflicts with --health-* options",
+        ("--no-healthcheck", "--health-cmd", "true"): conflict,
+        ("--no-healthcheck", "--health-interval", "-1s"): conflict,
         ("--health-interval", "-1s"): "--health-interval cannot be negative",
         ("--health-timeout", "-5ms"): "--health-timeout cannot be negative",
         ("--health-retries", "-1"): "--health-retries cannot be negative",
