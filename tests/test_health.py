@@ -261,3 +261,22 @@ def test_runner_killed_is_replaced_and_none_without_checks(root: Path) -> None:
     assert count >= 1
     lamina_ok(root, "rm", "-f", "watched")
     until(lambda: not runner_pids(root), 10)  # no container needs checks: it exits
+
+
+def test_checks_of_a_daemon_created_container_outlive_the_daemon(root: Path) -> None:
+    from daemon_fixtures import running_daemon
+
+    with running_daemon(root) as daemon, daemon.client() as api:
+        body = {"image": IMAGE_REF, "command": ["sleep", "300"], "name": "served",
+                "health_cmd": "true", "health_interval": "200ms"}  # fmt: skip
+        r = api.post("/v1/containers", json=body)
+        assert r.status_code == 201, r.text
+        assert api.post("/v1/containers/served/start").status_code == 204
+        until(lambda: api.get("/v1/containers/served").json()["State"]["Health"]["Status"]
+              == "healthy", 20)  # fmt: skip
+        listed = api.get("/v1/containers", params={"filters": '{"health": ["healthy"]}'})
+        assert [c["name"] for c in listed.json()] == ["served"]
+        daemon.kill()  # SIGKILL: the checks go on without it
+    ends = {e["End"] for e in (health(root, "served") or {})["Log"]}
+    until(lambda: {e["End"] for e in (health(root, "served") or {})["Log"]} - ends, 10)
+    assert status(root, "served") == "healthy"
