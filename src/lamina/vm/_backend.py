@@ -96,6 +96,7 @@ if TYPE_CHECKING:
 # is talked to: reconciling records, as every command does, needs none of it.
 
 WORKLOAD = 1  # the agent session of the container's main process
+_CHECK = 2  # a client's session of a bounded exec (a health check)
 MIN_MEMORY_MIB = 128
 DEFAULT_MEMORY_MIB = 512
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
@@ -514,14 +515,17 @@ class VmTasks(TaskBackend):
             stdin=interactive, tty=tty, size=window_size(term) if term is not None else None,
         )  # fmt: skip
         conn = self._control(rec.id)
+        bounded = timeout is not None or output_limit is not None
         try:
-            conn.send(Msg.EXEC, WORKLOAD, payload)
+            # A bounded exec (a check) may be signalled: its own session, since SIGNAL
+            # for session 1 goes to the workload.
+            conn.send(Msg.EXEC, _CHECK if bounded else WORKLOAD, payload)
             if detach:
                 return _started(conn)
             if interactive and in_fd is None:  # a stream without a descriptor: all at once
                 assert stdin is not None
                 conn.send_stdin(WORKLOAD, stdin.read())
-            if timeout is not None or output_limit is not None:
+            if bounded:
                 return _collect_bounded(conn, timeout, output_limit)
             return _collect_exec(conn, stream, in_fd=in_fd, term=term)
         finally:
@@ -907,7 +911,7 @@ def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | 
             if timed_out:  # killed, and no EXIT came: give up on it
                 return ExecResult(-1, bytes(kept), b"", timed_out=True, truncated=truncated)
             timed_out, deadline = True, time.monotonic() + 10  # then its EXIT, briefly
-            conn.send(Msg.SIGNAL, WORKLOAD, int(signal.SIGKILL).to_bytes(4, "big"))
+            conn.send(Msg.SIGNAL, _CHECK, int(signal.SIGKILL).to_bytes(4, "big"))
             continue
         for f in conn.poll(wait):
             if f.type in (Msg.STDOUT, Msg.STDERR):
