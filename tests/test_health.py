@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -280,3 +281,22 @@ def test_checks_of_a_daemon_created_container_outlive_the_daemon(root: Path) -> 
     ends = {e["End"] for e in (health(root, "served") or {})["Log"]}
     until(lambda: {e["End"] for e in (health(root, "served") or {})["Log"]} - ends, 10)
     assert status(root, "served") == "healthy"
+
+
+@pytest.mark.skipif(
+    shutil.which("mkfs.erofs") is None or shutil.which("qemu-system-x86_64") is None,
+    reason="VM containers need erofs-utils and QEMU",
+)
+def test_vm_container_checks_and_their_timeout(root: Path) -> None:
+    lamina_ok(root, "run", "-d", "--isolation", "vm", "--name", "vm", "--health-cmd",
+              "echo vm; sleep 31", "--health-timeout", "1s", "--health-interval", "300ms",
+              "--health-retries", "2", IMAGE_REF, "sleep", "300")  # fmt: skip
+    until(lambda: status(root, "vm") == "unhealthy", 60)
+    h = health(root, "vm")
+    assert h is not None
+    assert h["Log"][-1] == {**h["Log"][-1], "ExitCode": -1,
+                            "Output": "Health check exceeded timeout (1s): vm\n"}  # fmt: skip
+    # The check was killed, in the guest, not the container.
+    assert lamina_ok(root, "inspect", "-f", "{{.State.Status}}", "vm").strip() == "running"
+    procs = lamina_ok(root, "exec", "vm", "ps", "-o", "args")
+    assert procs.count("sleep 31") <= 1, procs

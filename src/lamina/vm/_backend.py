@@ -97,6 +97,7 @@ if TYPE_CHECKING:
 
 WORKLOAD = 1  # the agent session of the container's main process
 _CHECK = 2  # a client's session of a bounded exec (a health check)
+_START_TIMEOUT = 30.0  # seconds a bounded exec may take to start (Docker's)
 MIN_MEMORY_MIB = 128
 DEFAULT_MEMORY_MIB = 512
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
@@ -895,7 +896,8 @@ def _collect_exec(
 
 def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | None) -> ExecResult:
     """An exec session for a check: stdout and stderr together, the first ``limit``
-    bytes kept; after ``timeout`` seconds its process is sent SIGKILL."""
+    bytes kept; ``timeout`` seconds after its process started (as Docker counts: not
+    the time a booting guest takes to start it) the process is sent SIGKILL."""
     import signal
 
     from lamina.runtime.common import exec_failed
@@ -904,17 +906,19 @@ def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | 
     kept = bytearray()
     truncated = timed_out = False
     error: str | None = None
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = time.monotonic() + _START_TIMEOUT  # until STARTED: Docker's 30 s to start
     while not conn.closed:
-        wait = 1.0 if deadline is None else min(max(deadline - time.monotonic(), 0.0), 1.0)
-        if deadline is not None and wait <= 0:
+        wait = min(max(deadline - time.monotonic(), 0.0), 1.0)
+        if wait <= 0:
             if timed_out:  # killed, and no EXIT came: give up on it
                 return ExecResult(-1, bytes(kept), b"", timed_out=True, truncated=truncated)
             timed_out, deadline = True, time.monotonic() + 10  # then its EXIT, briefly
             conn.send(Msg.SIGNAL, _CHECK, int(signal.SIGKILL).to_bytes(4, "big"))
             continue
         for f in conn.poll(wait):
-            if f.type in (Msg.STDOUT, Msg.STDERR):
+            if f.type == Msg.STARTED and timeout is not None and not timed_out:
+                deadline = time.monotonic() + timeout
+            elif f.type in (Msg.STDOUT, Msg.STDERR):
                 room = len(f.payload) if limit is None else max(limit - len(kept), 0)
                 kept += f.payload[:room]
                 truncated = truncated or len(f.payload) > room
@@ -926,6 +930,8 @@ def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | 
                 code = -1 if timed_out else parse_exit(f.payload).exit_code
                 return ExecResult(code, bytes(kept), b"", timed_out=timed_out,
                                   truncated=truncated)  # fmt: skip
+            elif f.type == Msg.STARTED:
+                deadline = time.monotonic() + 10**9  # no timeout: until its EXIT
     raise LaminaError("the container stopped before the exec finished")
 
 
