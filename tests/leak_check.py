@@ -84,6 +84,23 @@ def restarters(root: Path, cid: str = "") -> list[int]:
     ]
 
 
+def health_runners(root: Path) -> list[int]:
+    """PIDs of the root's health runner (``lamina.engine.health_runner``), zombies aside."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        runner = b"lamina.engine.health_runner" in argv and str(root).encode() in argv
+        if runner and not zombie(int(pid)):
+            found.append(int(pid))
+    return found
+
+
 def container_holds(root: Path) -> list[str]:
     """Image holds of containers ("container:<id>")."""
     local = LocalImages.open(root)
@@ -210,6 +227,7 @@ def leaks(root: Path, ids: set[str]) -> list[str]:
     out += [f"cgroup {d}" for cid in sorted(ids) for d in lamina_cgroups(cid)]
     out += [f"conmon process {pid}" for pid in conmons(root)]
     out += [f"restarter process {pid}" for pid in restarters(root)]
+    out += [f"health runner {pid}" for pid in health_runners(root)]
     out += [f"image hold {h}" for h in container_holds(root)]
     out += network_leaks(root)
     return out

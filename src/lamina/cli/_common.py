@@ -153,7 +153,11 @@ def status_text(c: Container, now: float | None = None) -> str:
     status = str(st.status)
     if status in ("running", "paused"):
         up = f"Up {human_duration(now - (st.started_at or c.created))}"
-        return up + " (Paused)" if status == "paused" else up
+        if status == "paused":
+            return up + " (Paused)"
+        if c.health:  # Docker's: (healthy), (unhealthy), (health: starting)
+            return f"{up} ({'health: starting' if c.health == 'starting' else c.health})"
+        return up
     if status == "removing":
         return "Removal In Progress"
     if status == "restarting":  # Docker's: the last exit code, and since when

@@ -353,25 +353,9 @@ def tag(source: str, target: str) -> None:
 
 
 def inspect_image(local: LocalImages, rec: ImageRecord) -> dict[str, Any]:
-    cfg = local.config(rec)
-    return {
-        "Id": rec.id,
-        "Digest": rec.digest,
-        "MediaType": rec.media_type,
-        "ManifestDigest": rec.manifest_digest,
-        "RepoTags": [_familiar(t) for t in rec.tags],
-        "RepoDigests": [_familiar(d) for d in rec.repo_digests],
-        "Created": rec.created,
-        "Author": cfg.get("author", ""),
-        "Architecture": cfg.get("architecture", ""),
-        "Variant": cfg.get("variant", ""),
-        "Os": cfg.get("os", ""),
-        "Size": rec.image_size,
-        "Config": cfg.get("config", {}),
-        "RootFS": cfg.get("rootfs", {}),
-        "History": cfg.get("history", []),
-        "Unpacked": local.is_unpacked(rec),
-    }
+    from lamina.engine._images import inspect
+
+    return inspect(local, rec)
 
 
 def _familiar(name: str) -> str:

@@ -186,6 +186,43 @@ _RUN_OPTIONS: list[Callable[[Any], Any]] = [
         help="VM containers: boot this VM base bundle's kernel, its disk under the image.",
     ),
     click.option(
+        "--health-cmd", default=None, metavar="COMMAND", help="Command to run to check health."
+    ),
+    click.option(
+        "--health-interval",
+        default=None,
+        metavar="DURATION",
+        help="Time between running the check (ms|s|m|h) (default 30s).",
+    ),
+    click.option(
+        "--health-timeout",
+        default=None,
+        metavar="DURATION",
+        help="Maximum time to allow one check to run (ms|s|m|h) (default 30s).",
+    ),
+    click.option(
+        "--health-retries",
+        type=int,
+        default=None,
+        help="Consecutive failures needed to report unhealthy (default 3).",
+    ),
+    click.option(
+        "--health-start-period",
+        default=None,
+        metavar="DURATION",
+        help="Start period for the container to initialize before starting health-retries "
+        "countdown (ms|s|m|h) (default 0s).",
+    ),
+    click.option(
+        "--health-start-interval",
+        default=None,
+        metavar="DURATION",
+        help="Time between running the check during the start period (ms|s|m|h) (default 5s).",
+    ),
+    click.option(
+        "--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK."
+    ),
+    click.option(
         "--log-driver",
         "log_driver",
         default=None,
@@ -221,31 +258,20 @@ def _prepare(
     """Flags -> ContainerConfig, the image resolved (pulled per --pull) and the config
     settled by the engine. Every failure here is Docker's 125: the container never
     existed."""
-    from lamina.cli._runopts import RunOptions, build_config, parse_isolation
+    from lamina.cli._runopts import RunOptions, prepare_run
     from lamina.errors import LaminaError
 
     pull = flags.pop("pull")
     platform = flags.pop("platform")
     try:
-        isolation = parse_isolation(flags["isolation"])
         opts = RunOptions(**flags, auto_remove=auto_remove)
-        # Parse flags before touching the image: a typo should not cost a pull.
-        build_config(opts, image="", image_ref=image, command=command, cpu_count=os.cpu_count())
-        record = engine.resolve_image(image, pull=pull, platform=platform, progress=_progress)
-        parsed = build_config(
-            opts, image=record.id, image_ref=image, command=command, cpu_count=os.cpu_count()
-        )
-        warnings = parsed.warnings + engine.settle(
-            parsed.config,
-            record,
-            requested=isolation,
-            network=parsed.network,
-            make_bind_sources=parsed.bind_dirs_to_create,
+        config, warnings = prepare_run(
+            engine, opts, image=image, command=command, pull=pull, platform=platform,
             progress=_progress,
-        )
+        )  # fmt: skip
         for w in warnings:
             print(f"WARNING: {w}", file=sys.stderr)
-        return parsed.config
+        return config
     except LaminaError as e:
         e.exit_code = 125
         raise

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lamina.errors import LaminaError
 from lamina.runtime._types import (
@@ -121,6 +122,13 @@ class RunOptions:
     log_driver: str | None = None  # None: lamina's file log (k8s-file)
     log_opts: Sequence[str] = ()
     restart: str | None = None  # --restart: no, always, on-failure[:N], unless-stopped
+    health_cmd: str | None = None
+    health_interval: str | None = None  # Go durations, as typed
+    health_timeout: str | None = None
+    health_retries: int | None = None
+    health_start_period: str | None = None
+    health_start_interval: str | None = None
+    no_healthcheck: bool = False
 
 
 @dataclass
@@ -736,6 +744,28 @@ def parse_restart(value: str) -> RestartPolicy:
         raise InvalidOption(str(e)) from None
 
 
+def parse_healthcheck(opts: RunOptions) -> dict[str, Any] | None:
+    """The ``--health-*`` and ``--no-healthcheck`` flags as Docker's HealthConfig (the
+    engine merges it with the image's HEALTHCHECK at create); None: the image's."""
+    from lamina.engine._health import HealthFlags, from_flags
+
+    flags = HealthFlags(
+        cmd=opts.health_cmd,
+        interval=opts.health_interval,
+        timeout=opts.health_timeout,
+        retries=opts.health_retries,
+        start_period=opts.health_start_period,
+        start_interval=opts.health_start_interval,
+        disabled=opts.no_healthcheck,
+    )
+    if flags == HealthFlags():
+        return None
+    try:
+        return from_flags(flags)
+    except LaminaError as e:
+        raise InvalidOption(str(e)) from None
+
+
 def parse_isolation(value: str | None) -> str:
     """``process``, ``vm`` or ``auto`` (resolved against the image by the caller)."""
     v = (value or "").strip().lower()
@@ -862,6 +892,7 @@ def build_config(
             raise InvalidOption("conflicting options: cannot specify both --restart and --rm")
     cfg.isolation = parse_isolation(opts.isolation)
     cfg.log_driver, cfg.log_options = parse_log_options(opts.log_driver, opts.log_opts)
+    cfg.healthcheck = parse_healthcheck(opts)
     if opts.vm_base is not None:
         if not opts.vm_base.strip():
             raise InvalidOption("--vm-base needs a bundle directory or reference")
@@ -911,3 +942,36 @@ def parse_time(value: str, now: float, flag: str = "--since") -> float:
             f"invalid {flag} {value!r}: expected an RFC 3339 time, a Unix timestamp "
             "or a duration like 10m"
         )
+
+
+def prepare_run(
+    engine: Any,
+    opts: RunOptions,
+    *,
+    image: str,
+    command: Sequence[str] | None,
+    pull: str = "missing",
+    platform: str | None = None,
+    progress: Callable[[], Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ContainerConfig, list[str]]:
+    """What ``run``/``create`` do before the engine creates the container, for every
+    front end (the CLI, the daemon's create): flags checked before the image is
+    touched (a typo should not cost a pull), the image resolved per ``pull``, the
+    config built for it and settled by the engine (isolation, network, ``-v`` sources
+    made). Returns the config and the warnings for the user."""
+    isolation = parse_isolation(opts.isolation)
+    build_config(opts, image="", image_ref=image, command=command, environ=environ,
+                 cpu_count=os.cpu_count())  # fmt: skip
+    record = engine.resolve_image(image, pull=pull, platform=platform, progress=progress)
+    parsed = build_config(opts, image=record.id, image_ref=image, command=command,
+                          environ=environ, cpu_count=os.cpu_count())  # fmt: skip
+    warnings = parsed.warnings + engine.settle(
+        parsed.config,
+        record,
+        requested=isolation,
+        network=parsed.network,
+        make_bind_sources=parsed.bind_dirs_to_create,
+        progress=progress,
+    )
+    return parsed.config, warnings

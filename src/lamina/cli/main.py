@@ -60,6 +60,7 @@ _COMMANDS: dict[str, str] = {
     "info": "_info:info",
     "system": "_system:system",
     "events": "_events:events",
+    "daemon": "_daemon:daemon",
 }
 _ALIASES = {"ls": "images"}
 
@@ -108,6 +109,7 @@ _SUMMARIES = {
     "info": "Show system-wide information",
     "system": "Manage lamina (df: disk usage, prune: remove unused data)",
     "events": "Get real time events from lamina's commands",
+    "daemon": "Serve this root's engine over HTTP (the REST API)",
 }
 
 

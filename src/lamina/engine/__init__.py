@@ -15,6 +15,7 @@ only the journal (``_events``), pays for nothing else)::
     RestartState.of(record): what a container's restart policy has done (RestartCount,
         stopped_by_user: what starts it after a host reboot reads)
     Selector, prune_containers(engine), prune_system(engine, ...), disk_usage(engine)
+    version_info(), system_info(root, oci_runtime): what ``version``/``info`` report
 
 and the plain data containers are described and reported with (``ContainerConfig``,
 ``Container``, ``WaitOutcome``, ...), shared with the runtime layer below.
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lamina.engine._engine import Engine, WaitTimeout, open_engine
     from lamina.engine._filters import InvalidFilter
+    from lamina.engine._info import system_info, version_info
     from lamina.engine._restart import RestartState
     from lamina.engine._run_image import InvalidConfig
     from lamina.engine._system import (
@@ -67,6 +69,8 @@ _LAZY = {
     "InvalidConfig": "lamina.engine._run_image",
     "InvalidFilter": "lamina.engine._filters",
     "RestartState": "lamina.engine._restart",
+    "system_info": "lamina.engine._info",
+    "version_info": "lamina.engine._info",
     "ContainerPrune": "lamina.engine._system",
     "DiskUsage": "lamina.engine._system",
     "Selector": "lamina.engine._system",
@@ -136,4 +140,6 @@ __all__ = [
     "open_engine",
     "prune_containers",
     "prune_system",
+    "system_info",
+    "version_info",
 ]

@@ -292,6 +292,11 @@ class Engine:
         if "process" not in rec.extra:  # made before the engine: merged once, now
             with contextlib.suppress(LaminaError, OSError):
                 self._complete(rec)
+        health = ""
+        if rec.config.healthcheck:
+            from lamina.engine._health import status_of
+
+            health = status_of(rec)
         return Container(
             id=rec.id,
             name=rec.name,
@@ -302,6 +307,7 @@ class Engine:
             isolation_reason=isolation_reason(rec),
             ports=ports,
             command=list(rec.process.args),
+            health=health,
         )
 
     def _resolve(self, ref: str) -> Record:
@@ -517,6 +523,12 @@ class Engine:
             emit=self._image_event,
         )  # fmt: skip
 
+    def inspect_image(self, name: str) -> dict[str, Any]:
+        """``image inspect`` of one name or ID; NotFound when there is none."""
+        from lamina.engine import _images
+
+        return _images.inspect(self.images, self.images.images.resolve(name))
+
     def tag_image(self, source: str, target: str) -> None:
         from lamina.engine import _images
 
@@ -653,10 +665,12 @@ class Engine:
     def create(self, config: ContainerConfig) -> Container:
         """A new container of ``config.isolation`` from image ``config.image`` (an ID
         in the local store)."""
+        from lamina.engine._health import validate
         from lamina.engine._names import random_name, validate_name
 
         if config.restart != RestartPolicy():
             _restart.check_config(config)
+        validate(config.healthcheck)
         task = self._task(config.isolation)
         if config.isolation == "process" and self._oci_runtime is None:
             raise LaminaError("no OCI runtime was chosen to create containers with")
@@ -693,6 +707,11 @@ class Engine:
             stop_point("create:held")
             image_config = local.config(image).get("config") or {}
             config = with_image_volumes(config, image_config.get("Volumes") or {})
+            if config.healthcheck or image_config.get("Healthcheck"):
+                from lamina.engine._health import merge
+
+                healthcheck = merge(config.healthcheck, image_config.get("Healthcheck"))
+                config = dataclasses.replace(config, healthcheck=healthcheck)
             process = merge_process(config, image_config, cid)
             volumes = (
                 prepare_volumes(self.volumes, local, image, config, created_volumes)
@@ -845,6 +864,11 @@ class Engine:
         if restart_lease is not None:  # a policy's restart: die, start, restart (_restart)
             self._container_event("restart", rec)
         self._volume_events("mount", rec)
+        if rec.config.healthcheck:
+            from lamina.engine import _health
+
+            if _health.probe_argv(rec.config.healthcheck) is not None:
+                _health.ensure_runner(self.root)  # its checks run from now on
         return rec
 
     def _record_failure(self, rec: Record, message: str, code: int) -> None:
@@ -1500,7 +1524,10 @@ class Engine:
         until: float | None = None,
         stdout: bool = True,
         stderr: bool = True,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[LogEntry]:
+        """The container's log entries; ``follow`` goes on while it runs, until
+        ``stop()`` says to (a daemon's client went away)."""
         from lamina.runtime import _logs
 
         rec = self._resolve(ref)
@@ -1513,6 +1540,8 @@ class Engine:
         cid = rec.id
 
         def running() -> bool:
+            if stop is not None and stop():
+                return False
             self._reconcile()
             r = self.store.get(cid)
             return r is not None and r.status in _ACTIVE
@@ -1570,10 +1599,15 @@ class Engine:
         stdin: BinaryIO | None = None,
         detach: bool = False,
         stream: bool = False,
+        timeout: float | None = None,
+        output_limit: int | None = None,
     ) -> ExecResult:
         """Run a process in a running container. ``stream=True`` passes the caller's
         stdio through (exit code returned, outputs empty); ``tty=True`` allocates a
-        pseudo-terminal and follows the caller's window size."""
+        pseudo-terminal and follows the caller's window size. Captured (a health
+        check): ``timeout`` seconds, then the process is killed (``timed_out``, exit
+        code -1); ``output_limit``: stdout and stderr together, in the order written,
+        in ``stdout``, its first ``output_limit`` bytes kept (``truncated``)."""
         if not argv:
             raise LaminaError("exec needs a command")
         rec = self._resolve(ref)
@@ -1586,7 +1620,7 @@ class Engine:
         self._container_event("exec_start: " + command, rec, execID=exec_id)
         result = self._task(rec.isolation).exec(
             rec, argv, env=env, user=user, workdir=workdir, tty=tty, stdin=stdin,
-            detach=detach, stream=stream,
+            detach=detach, stream=stream, timeout=timeout, output_limit=output_limit,
         )  # fmt: skip
         if not detach:
             self._container_event("exec_die", rec, execID=exec_id, exitCode=str(result.exit_code))

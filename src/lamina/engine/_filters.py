@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from lamina.errors import LaminaError
 from lamina.runtime._types import Container
 
-KEYS = ("status", "name", "id", "label", "exited", "ancestor", "isolation")
+KEYS = ("status", "name", "id", "label", "exited", "ancestor", "isolation", "health")
+HEALTH = ("starting", "healthy", "unhealthy", "none")
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 
 
@@ -37,6 +38,8 @@ def check(filters: Mapping[str, Sequence[str]]) -> None:
         for value in values:
             if key == "status" and value not in STATUSES:
                 raise InvalidFilter(f"invalid filter 'status={value}' ({', '.join(STATUSES)})")
+            if key == "health" and value not in HEALTH:
+                raise InvalidFilter(f"Unrecognised filter value for health: {value}")
             if key == "name":
                 try:
                     re.compile(value)
@@ -71,6 +74,8 @@ def select(
             return state_word(c) == "exited" and code is not None and str(code) in values
         if key == "ancestor":
             return any(_is_ancestor(c, v, image_id) for v in values)
+        if key == "health":
+            return (c.health or "none") in values
         return c.config.isolation in values  # isolation
 
     out = list(containers)

@@ -114,6 +114,31 @@ def _report(result: RemoveResult, ids: set[str], image_id: str, emit: Emit) -> N
             emit("delete", deleted, {"name": deleted})
 
 
+def inspect(local: LocalImages, rec: ImageRecord) -> dict[str, Any]:
+    """``image inspect``'s data (Docker's fields where lamina has them)."""
+    from lamina.image import parse_reference
+
+    cfg = local.config(rec)
+    return {
+        "Id": rec.id,
+        "Digest": rec.digest,
+        "MediaType": rec.media_type,
+        "ManifestDigest": rec.manifest_digest,
+        "RepoTags": [parse_reference(t).familiar() for t in rec.tags],
+        "RepoDigests": [parse_reference(d).familiar() for d in rec.repo_digests],
+        "Created": rec.created,
+        "Author": cfg.get("author", ""),
+        "Architecture": cfg.get("architecture", ""),
+        "Variant": cfg.get("variant", ""),
+        "Os": cfg.get("os", ""),
+        "Size": rec.image_size,
+        "Config": cfg.get("config", {}),
+        "RootFS": cfg.get("rootfs", {}),
+        "History": cfg.get("history", []),
+        "Unpacked": local.is_unpacked(rec),
+    }
+
+
 def collect_vm_disks(local: LocalImages) -> None:
     """Removed images take their cached micro-VM root disks with them, and the VM
     snapshots made from those disks, which no VM can match any more."""

@@ -21,7 +21,7 @@ def inspect_record(rec: Record, *, root: Path, log_path: Path, backend: str) -> 
     cfg = rec.config
     st = rec.state
     process = rec.process
-    return {
+    found = {
         "Id": rec.id,
         "Name": "/" + rec.name,
         "Created": iso_time(rec.created),
@@ -94,6 +94,14 @@ def inspect_record(rec: Record, *, root: Path, log_path: Path, backend: str) -> 
         "IsolationReason": isolation_reason(rec),
         "Backend": backend,
     }
+    if cfg.healthcheck:  # Docker's: the merged check in Config, its state in State
+        from lamina.engine._health import inspect_health
+
+        found["Config"]["Healthcheck"] = dict(cfg.healthcheck)
+        health = inspect_health(rec)
+        if health is not None:
+            found["State"]["Health"] = health
+    return found
 
 
 def restart_count(rec: Record) -> int:

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from lamina import _leases
-from lamina.engine import _locks
+from lamina.engine import _health, _locks
 from lamina.errors import LaminaError, NotFound
 from lamina.runtime._types import Status
 
@@ -82,6 +82,7 @@ def reconcile(engine: Engine, *, sweep: bool = False) -> None:
         # A run's namespace whose container has no record: a removal that died past it.
         for cid in engine.networks.stray_namespaces({row.id for row in rows}):
             engine._notice(cid, "left over by an interrupted command: removed its netns")
+    _health.ensure_for_running(engine)  # a killed health runner is started again
     # What killed commands registered on their leases (a cp's scratch directory, a
     # save's temp file...) goes with the next container command, not only the next
     # one that writes images.

@@ -329,6 +329,17 @@ class ContainerStore:
         )
         return [rec for rec in map(self._from_row, rows) if key in rec.extra]
 
+    def health_checked(self) -> builtins.list[str]:
+        """IDs of running containers with a health check to run (``engine._health``): a
+        CMD or CMD-SHELL test with a command."""
+        rows = self._all(
+            "SELECT id FROM containers WHERE status=? AND "
+            "json_extract(config, '$.healthcheck.Test[0]') IN ('CMD', 'CMD-SHELL') AND "
+            "json_extract(config, '$.healthcheck.Test[1]') IS NOT NULL",
+            (Status.RUNNING.value,),
+        )
+        return [r[0] for r in rows]
+
     def name_taken(self, name: str) -> bool:
         return self._one("SELECT 1 FROM containers WHERE name=?", (name,)) is not None
 

@@ -84,6 +84,7 @@ class _Exec:
         tag = os.urandom(6).hex()
         self.process_file = bundle / f"exec-{tag}.json"
         self.log_file = bundle / f"exec-{tag}.log"
+        self.pid_file = bundle / f"exec-{tag}.pid"  # a bounded exec's process
         with open(self.process_file, "w") as f:
             json.dump(process, f)
 
@@ -116,7 +117,7 @@ class _Exec:
         return exec_failed(text, self.command)
 
     def close(self) -> None:
-        for p in (self.process_file, self.log_file):
+        for p in (self.process_file, self.log_file, self.pid_file):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
@@ -157,10 +158,14 @@ def run_exec(
     detach: bool = False,
     stream: bool = False,
     name: str = "",
+    timeout: float | None = None,
+    output_limit: int | None = None,
 ) -> ExecResult:
     """Run the process; see the module docstring for the modes."""
     ex = _Exec(runtime, cid, bundle, process)
     try:
+        if (timeout is not None or output_limit is not None) and not (detach or stream):
+            return _run_bounded(ex, timeout, output_limit)
         if process.get("terminal") and not detach:
             return _run_tty(ex, stdin=stdin, stream=stream)
         if detach:
@@ -184,6 +189,101 @@ def run_exec(
         return ExecResult(proc3.returncode, proc3.stdout, proc3.stderr)
     finally:
         ex.close()
+
+
+def _run_bounded(ex: _Exec, timeout: float | None, limit: int | None) -> ExecResult:
+    """Captured, for checks: stdout and stderr on one pipe (in the order written), the
+    first ``limit`` bytes kept; after ``timeout`` seconds the process and what it
+    started are killed. It ends when runc does (the process's exit): a child left in
+    the background holding the pipe does not hold the caller."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = subprocess.Popen(
+            ex.argv("--pid-file", str(ex.pid_file)),
+            stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    kept = bytearray()
+    truncated = timed_out = False
+
+    def keep(data: bytes) -> None:
+        nonlocal truncated
+        room = len(data) if limit is None else max(limit - len(kept), 0)
+        kept.extend(data[:room])
+        truncated = truncated or len(data) > room
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    exited = os.pidfd_open(proc.pid)
+    watched = [read_end, exited]
+    try:
+        while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, _, _ = select.select(watched, [], [], wait)
+            if not ready:
+                timed_out, deadline = True, None
+                _kill_exec(ex.pid_file, proc)
+                continue
+            if exited in ready:
+                os.set_blocking(read_end, False)
+                with contextlib.suppress(BlockingIOError):
+                    while data := os.read(read_end, 65536):
+                        keep(data)
+                break
+            data = os.read(read_end, 65536)
+            if data:
+                keep(data)
+            else:  # closed by the process: wait for its end alone
+                watched = [exited]
+    finally:
+        os.close(read_end)
+        os.close(exited)
+        code = proc.wait()
+    failed = ex.failure()
+    if failed is not None and not timed_out:
+        raise failed
+    return ExecResult(-1 if timed_out else code, bytes(kept), b"", timed_out=timed_out,
+                      truncated=truncated)  # fmt: skip
+
+
+def _kill_exec(pid_file: Path, runc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the exec's process (runc's child: checked, so that no reused pid is hit)
+    and every process under it, all stopped first so that none forks away meanwhile."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    tree = _tree(pid) if pid and _parent(pid) == runc.pid else []
+    if not tree:  # not started yet (or runc is stuck): runc itself
+        with contextlib.suppress(OSError):
+            runc.kill()
+        return
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for p in tree if sig == signal.SIGSTOP else _tree(pid) or tree:
+            with contextlib.suppress(OSError):
+                os.kill(p, sig)
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            children.setdefault(_parent(int(name)), []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
 
 
 def _run_streamed(ex: _Exec, stdin: BinaryIO | None) -> int:

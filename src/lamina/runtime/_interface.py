@@ -262,6 +262,8 @@ class TaskBackend(abc.ABC):
         stdin: BinaryIO | None,
         detach: bool,
         stream: bool,
+        timeout: float | None = None,
+        output_limit: int | None = None,
     ) -> ExecResult: ...
 
     @abc.abstractmethod

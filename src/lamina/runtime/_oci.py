@@ -639,6 +639,8 @@ class OciTasks(TaskBackend):
         stdin: BinaryIO | None,
         detach: bool,
         stream: bool,
+        timeout: float | None = None,
+        output_limit: int | None = None,
     ) -> ExecResult:
         from lamina.runtime import _exec
 
@@ -672,6 +674,8 @@ class OciTasks(TaskBackend):
             detach=detach,
             stream=stream,
             name=rec.name,
+            timeout=timeout,
+            output_limit=output_limit,
         )
 
     def attach(self, rec: Record) -> Attachment:

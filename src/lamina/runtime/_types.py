@@ -222,6 +222,10 @@ class ContainerConfig:
     log_driver: str = "k8s-file"
     log_options: dict[str, str] = field(default_factory=dict)
     restart: RestartPolicy = field(default_factory=RestartPolicy)  # --restart
+    # Docker's HealthConfig with Docker's keys (Test, Interval, Timeout, StartPeriod,
+    # StartInterval in ns, Retries): the run flags' before ``create``, merged with the
+    # image's HEALTHCHECK by it (``engine._health``). None: the image's, or none.
+    healthcheck: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Configs read back from JSON hold plain dicts.
@@ -262,6 +266,8 @@ class ExecResult:
     exit_code: int
     stdout: bytes
     stderr: bytes
+    timed_out: bool = False  # killed after the exec's ``timeout`` (exit_code is then -1)
+    truncated: bool = False  # more output came than the exec's ``output_limit`` kept
 
 
 @dataclass
@@ -295,6 +301,7 @@ class Container:
     ip_address: str = ""
     ports: list[PortMapping] = field(default_factory=list)  # published now (resolved)
     command: list[str] = field(default_factory=list)  # what it runs: entrypoint + command
+    health: str = ""  # its health check's status: starting, healthy, unhealthy; "" none
 
 
 @dataclass

@@ -108,6 +108,8 @@ if TYPE_CHECKING:
 # is talked to: reconciling records, as every command does, needs none of it.
 
 WORKLOAD = 1  # the agent session of the container's main process
+_CHECK = 2  # a client's session of a bounded exec (a health check)
+_START_TIMEOUT = 30.0  # seconds a bounded exec may take to start (Docker's)
 MIN_MEMORY_MIB = 128
 DEFAULT_MEMORY_MIB = 512
 _ACTIVE = (Status.RUNNING, Status.PAUSED)
@@ -548,6 +550,8 @@ class VmTasks(TaskBackend):
         stdin: BinaryIO | None,
         detach: bool,
         stream: bool,
+        timeout: float | None = None,
+        output_limit: int | None = None,
     ) -> ExecResult:
         from lamina.runtime._term import window_size
         from lamina.runtime.common import merge_env
@@ -584,13 +588,18 @@ class VmTasks(TaskBackend):
             stdin=interactive, tty=tty, size=window_size(term) if term is not None else None,
         )  # fmt: skip
         conn = self._control(rec.id)
+        bounded = timeout is not None or output_limit is not None
         try:
-            conn.send(Msg.EXEC, WORKLOAD, payload)
+            # A bounded exec (a check) may be signalled: its own session, since SIGNAL
+            # for session 1 goes to the workload.
+            conn.send(Msg.EXEC, _CHECK if bounded else WORKLOAD, payload)
             if detach:
                 return _started(conn)
             if interactive and in_fd is None:  # a stream without a descriptor: all at once
                 assert stdin is not None
                 conn.send_stdin(WORKLOAD, stdin.read())
+            if bounded:
+                return _collect_bounded(conn, timeout, output_limit)
             return _collect_exec(conn, stream, in_fd=in_fd, term=term)
         finally:
             conn.close()
@@ -955,6 +964,47 @@ def _collect_exec(
                     return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
             if conn.closed:
                 raise LaminaError("the container stopped before the exec finished")
+
+
+def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | None) -> ExecResult:
+    """An exec session for a check: stdout and stderr together, the first ``limit``
+    bytes kept; ``timeout`` seconds after its process started (as Docker counts: not
+    the time a booting guest takes to start it) the process is sent SIGKILL."""
+    import signal
+
+    from lamina.runtime.common import exec_failed
+    from lamina.vm._agent import Msg, parse_exit
+
+    kept = bytearray()
+    truncated = timed_out = False
+    error: str | None = None
+    deadline = time.monotonic() + _START_TIMEOUT  # until STARTED: Docker's 30 s to start
+    while not conn.closed:
+        wait = min(max(deadline - time.monotonic(), 0.0), 1.0)
+        if wait <= 0:
+            if timed_out:  # killed, and no EXIT came: give up on it
+                return ExecResult(-1, bytes(kept), b"", timed_out=True, truncated=truncated)
+            timed_out, deadline = True, time.monotonic() + 10  # then its EXIT, briefly
+            conn.send(Msg.SIGNAL, _CHECK, int(signal.SIGKILL).to_bytes(4, "big"))
+            continue
+        for f in conn.poll(wait):
+            if f.type == Msg.STARTED and timeout is not None and not timed_out:
+                deadline = time.monotonic() + timeout
+            elif f.type in (Msg.STDOUT, Msg.STDERR):
+                room = len(f.payload) if limit is None else max(limit - len(kept), 0)
+                kept += f.payload[:room]
+                truncated = truncated or len(f.payload) > room
+            elif f.type == Msg.ERROR:
+                error = f.payload.decode(errors="replace")
+            elif f.type == Msg.EXIT:
+                if error is not None and not timed_out:
+                    raise exec_failed(error)
+                code = -1 if timed_out else parse_exit(f.payload).exit_code
+                return ExecResult(code, bytes(kept), b"", timed_out=timed_out,
+                                  truncated=truncated)  # fmt: skip
+            elif f.type == Msg.STARTED:
+                deadline = time.monotonic() + 10**9  # no timeout: until its EXIT
+    raise LaminaError("the container stopped before the exec finished")
 
 
 @contextlib.contextmanager

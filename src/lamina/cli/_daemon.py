@@ -1,0 +1,68 @@
+"""``lamina daemon``: parse the flags, then ``lamina.daemon.serve`` (imported only
+here: no other command loads the daemon)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lamina.cli._click import command
+
+SYSTEM_ROOT = "/var/lib/lamina"  # its daemon listens on /run/lamina/lamina.sock
+
+
+@command("daemon")
+@click.option(
+    "-H",
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="unix:///PATH|tcp://ADDR:PORT",
+    help="Where to listen (repeatable). Default: unix:///run/lamina/lamina.sock for the "
+    "system root, unix://ROOT/lamina.sock for a --root of your own.",
+)
+@click.option("--tlscert", default=None, metavar="FILE", help="TLS certificate (tcp hosts).")
+@click.option("--tlskey", default=None, metavar="FILE", help="TLS key (tcp hosts).")
+@click.option(
+    "--tlscacert",
+    default=None,
+    metavar="FILE",
+    help="CA whose client certificates are accepted (tcp hosts: clients must have one).",
+)
+@click.option(
+    "--token-file",
+    default=None,
+    metavar="FILE",
+    help="A bearer token clients of tcp hosts must send (Authorization: Bearer ...).",
+)
+@click.option(
+    "--group", default=None, metavar="GROUP", help="Group owning unix sockets (mode 0660)."
+)
+def daemon(
+    hosts: tuple[str, ...],
+    tlscert: str | None,
+    tlskey: str | None,
+    tlscacert: str | None,
+    token_file: str | None,
+    group: str | None,
+) -> None:
+    """Serve the engine of this root over HTTP until SIGTERM or SIGINT."""
+    from lamina.daemon import DaemonOptions, serve
+
+    settings = click.get_current_context().find_root().obj
+    root = Path(settings.root)
+    options = DaemonOptions(
+        root=root,
+        hosts=list(hosts),
+        tlscert=tlscert,
+        tlskey=tlskey,
+        tlscacert=tlscacert,
+        token_file=token_file,
+        group=group,
+        oci_runtime=settings.oci_runtime,
+        insecure_registries=tuple(settings.insecure_registries),
+        registries_config=settings.registries_config,
+        default_root=root.absolute() == Path(SYSTEM_ROOT),
+    )
+    serve(options)

@@ -1,0 +1,924 @@
+"""The ``/v1`` API: each handler translates one request into engine calls and the
+engine's answer into JSON (or a stream). Nothing is decided here that the engine
+or the CLI's shared parsing (``_runopts``) does not decide for the CLI too.
+
+Errors: NotFound is 404, a conflict with an object's state 409, bad input 400, a
+registry's failure 502, a full disk 507; anything else is a bug, 500. Each answer
+is one JSON object ``{"message": "<one line>"}``.
+
+Streams: logs and exec output are Docker's multiplexed frames (an 8-byte header:
+stream 1 stdout / 2 stderr, three zero bytes, the big-endian length); events,
+stats and pull/push progress are JSON lines; cp, save and export are tar streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import queue
+import select
+import struct
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lamina.daemon import _models as m
+from lamina.daemon._http import HttpError, Request, Response, error_response, json_response
+from lamina.daemon._routes import MULTIPLEXED, NDJSON, TAR, Param, Router
+from lamina.errors import (
+    AlreadyExists,
+    InUse,
+    LaminaError,
+    NotFound,
+    RegistryError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from lamina.engine import Engine
+
+router = Router()
+route = router.add
+
+_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+_JSON_LIST: dict[str, Any] = {"type": "array", "items": {"type": "object"}}
+_PROGRESS = "progress events, then {status: complete, result} or {error, code}"
+
+
+# -- engines ---------------------------------------------------------------------------
+
+
+class Engines:
+    """Engines on the daemon's root, one per request at a time (an Engine keeps
+    connections and caches that are not shared between threads), reused."""
+
+    def __init__(self, root: Path, oci_runtime: str, *, insecure_registries: tuple[str, ...] = (),
+                 registries_config: str | None = None, say: Any = None) -> None:  # fmt: skip
+        self.root = root
+        self.oci_runtime = oci_runtime
+        self._insecure = insecure_registries
+        self._registries_config = registries_config
+        self._say = say
+        self._free: list[Engine] = []
+        self._lock = threading.Lock()
+
+    def registry_config(self) -> Any:
+        from lamina.registry import RegistryConfig
+
+        return RegistryConfig.load(self._registries_config, insecure_registries=self._insecure)
+
+    def open(self) -> Engine:
+        from lamina.engine import open_engine
+
+        return open_engine(self.root, oci_runtime=self.oci_runtime, report=self._say,
+                           registry_config=self.registry_config)  # fmt: skip
+
+    @contextlib.contextmanager
+    def engine(self) -> Iterator[Engine]:
+        with self._lock:
+            engine = self._free.pop() if self._free else None
+        if engine is None:
+            engine = self.open()
+        try:
+            yield engine
+        finally:
+            engine.notices.clear()
+            with self._lock:
+                if len(self._free) < 32:
+                    self._free.append(engine)
+                    engine = None
+            if engine is not None:
+                engine.close()
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for engine in free:
+            engine.close()
+
+
+class Api:
+    """What the handlers share: the engines, execs made and not yet inspected."""
+
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+        self.execs: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+
+API: Api | None = None  # set by the daemon before it serves
+
+
+def _api() -> Api:
+    assert API is not None, "the daemon sets lamina.daemon._api.API before serving"
+    return API
+
+
+def engine() -> contextlib.AbstractContextManager[Engine]:
+    return _api().engines.engine()
+
+
+# -- dispatch ----------------------------------------------------------------------------
+
+
+def dispatch(request: Request) -> Response:
+    try:
+        found, params = router.find(request.method, request.path)
+        request.params = params
+        return found.handler(request)
+    except HttpError as e:
+        return error_response(e.status, e.message)
+    except LaminaError as e:
+        return error_response(status_of(e), str(e))
+    except OSError as e:
+        from lamina.errors import describe_os_error
+
+        return error_response(500, describe_os_error(e))
+
+
+def status_of(e: LaminaError) -> int:
+    """The HTTP status of an engine error (see the module docstring)."""
+    if isinstance(e, NotFound):
+        return 404
+    if isinstance(e, AlreadyExists | InUse):
+        return 409
+    if isinstance(e, ValueError):
+        return 400
+    if isinstance(e, RegistryError):
+        return 502
+    if isinstance(e, StorageError):
+        return 507
+    if isinstance(e, TimeoutError):
+        return 408
+    return 409  # the engine refused for the object's state (not running, paused...)
+
+
+def plain(value: Any) -> Any:
+    """Engine data as JSON values: dataclasses as objects, enums as their values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def filters_arg(request: Request) -> dict[str, list[str]] | None:
+    """``filters``: Docker's JSON map of key to values (``{"status": ["exited"]}``)."""
+    raw = request.arg("filters")
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise HttpError(400, "query parameter filters: expected a JSON object of lists")
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in data.values()
+    ):
+        raise HttpError(400, "query parameter filters: expected a JSON object of lists")
+    return data
+
+
+def _time_arg(request: Request, name: str) -> float | None:
+    """A time: Unix seconds, RFC 3339, or a duration ago (10m), as the CLI takes it."""
+    raw = request.arg(name)
+    if raw is None or raw == "":
+        return None
+    return _time_arg_value(raw, name)
+
+
+def _time_arg_value(raw: str, name: str) -> float:
+    from lamina.cli._runopts import parse_time
+
+    try:
+        return parse_time(raw, time.time(), name)
+    except LaminaError as e:
+        raise HttpError(400, f"query parameter {name}: {e}")
+
+
+_FILTERS = Param("filters", "string", 'JSON map of filter to values: {"status": ["exited"]}')
+
+
+# -- system ----------------------------------------------------------------------------------
+
+
+@route("GET", "/v1/_ping", "Is the daemon up (answers OK)", "system",
+       answer="OK", answer_type="text/plain")  # fmt: skip
+def ping(_request: Request) -> Response:
+    return Response(body=b"OK", content_type="text/plain")
+
+
+@route("GET", "/health", "Health of the daemon and its root", "system", answer=_JSON_OBJECT)
+def health(_request: Request) -> Response:
+    api = _api()
+    with api.engines.engine() as e:
+        e.store  # noqa: B018 - the store opens: the root is usable
+    return json_response({"Status": "healthy", "Root": str(api.engines.root)})
+
+
+@route("GET", "/v1/version", "Version of the daemon", "system", answer=_JSON_OBJECT)
+def version(_request: Request) -> Response:
+    from lamina.engine import version_info
+
+    return json_response(version_info(context="daemon")["Server"])
+
+
+@route("GET", "/v1/info", "System-wide information", "system", answer=_JSON_OBJECT)
+def info(_request: Request) -> Response:
+    from lamina.engine import system_info
+
+    engines = _api().engines
+    return json_response(system_info(engines.root, engines.oci_runtime, probe_vm=False))
+
+
+@route("GET", "/v1/system/df", "Disk usage of images, containers, volumes", "system",
+       answer=_JSON_OBJECT)  # fmt: skip
+def system_df(_request: Request) -> Response:
+    from lamina.engine import disk_usage
+
+    with engine() as e:
+        return json_response(plain(disk_usage(e)))
+
+
+@route("GET", "/v1/events", "Events: the journal's from since, then new ones (a stream)",
+       "system", query=(
+           Param("since", "string", "Unix seconds, RFC 3339 or a duration ago"),
+           Param("until", "string", "end of the stream (same forms)"), _FILTERS),
+       answer="one event (Docker's JSON) a line", answer_type=NDJSON)  # fmt: skip
+def events(request: Request) -> Response:
+    from lamina.engine._events import EventFilter, Follower
+
+    since = _time_arg(request, "since")
+    until = _time_arg(request, "until")
+    if since is not None and until is not None and until < since:
+        raise HttpError(400, "query parameter since: after until")
+    try:
+        selected = EventFilter(filters_arg(request) or {})
+    except ValueError as e:
+        raise HttpError(400, f"query parameter filters: {e}")
+    since_ns = int(since * 1e9) if since is not None else None
+    until_ns = int(until * 1e9) if until is not None else None
+    if until_ns is not None and since_ns is None:
+        since_ns = 0  # Docker: an end alone shows the journal's events up to it
+    root = _api().engines.root
+    follower = Follower(root, from_start=since_ns is not None, since_ns=since_ns,
+                        until_ns=until_ns, filters=selected)  # fmt: skip
+
+    def stream() -> Iterator[bytes]:
+        try:
+            while True:
+                over = until_ns is not None and time.time_ns() > until_ns
+                batch = [json.dumps(ev.message()).encode() + b"\n" for ev in follower.events()]
+                if batch:
+                    yield b"".join(batch)
+                if over:
+                    return
+                timeout = 1.0
+                if until_ns is not None:
+                    timeout = min(timeout, max(0.0, (until_ns - time.time_ns()) / 1e9) + 0.001)
+                if _wait(request, follower.fileno(), timeout):
+                    return  # the client went away
+                follower.wait(0)
+        finally:
+            follower.close()
+
+    return Response(body=stream(), content_type=NDJSON)
+
+
+def _wait(request: Request, fd: int | None, timeout: float) -> bool:
+    """Sleep until ``fd`` is readable or ``timeout``; True when the client went away."""
+    if fd is None:
+        return request.gone(timeout)
+    sock = request._sock
+    watched: list[Any] = [fd] if sock is None else [fd, sock]
+    r, _, _ = select.select(watched, [], [], timeout)
+    return sock is not None and sock in r and request.gone()
+
+
+@route("GET", "/openapi.json", "This API's OpenAPI 3 document", "system", answer=_JSON_OBJECT)
+def openapi_document(_request: Request) -> Response:
+    return json_response(document())
+
+
+def document() -> dict[str, Any]:
+    from lamina import __version__
+    from lamina.daemon._routes import openapi
+
+    return openapi(router, __version__)
+
+
+# -- containers ------------------------------------------------------------------------------
+
+_ID = "id"
+
+
+@route("GET", "/v1/containers", "List containers", "containers",
+       query=(Param("all", "boolean", "every container, not only running ones"), _FILTERS),
+       answer=_JSON_LIST)  # fmt: skip
+def containers_list(request: Request) -> Response:
+    with engine() as e:
+        found = e.list(all=request.flag("all"), filters=filters_arg(request))
+        return json_response([plain(c) for c in found])
+
+
+@route("POST", "/v1/containers", "Create a container (lamina create's flags)", "containers",
+       body=m.ContainerCreate, status=201, answer=m.ContainerCreated)  # fmt: skip
+def containers_create(request: Request) -> Response:
+    from lamina.cli._runopts import RunOptions, prepare_run
+
+    body = m.parse(m.ContainerCreate, request.json())
+    fields = body.model_dump()
+    image, command = fields.pop("image"), fields.pop("command")
+    pull, platform = fields.pop("pull"), fields.pop("platform")
+    opts = RunOptions(**fields)
+    with engine() as e:
+        config, warnings = prepare_run(e, opts, image=image, command=command, pull=pull,
+                                       platform=platform, environ={})  # fmt: skip
+        created = e.create(config)
+    return json_response({"Id": created.id, "Warnings": warnings}, 201)
+
+
+@route("GET", "/v1/containers/{id}", "Inspect a container (Docker's inspect)", "containers",
+       answer=_JSON_OBJECT)  # fmt: skip
+def containers_inspect(request: Request) -> Response:
+    with engine() as e:
+        return json_response(plain(e.inspect(request.params[_ID])))
+
+
+def _simple(action: str) -> Any:
+    def handler(request: Request) -> Response:
+        with engine() as e:
+            getattr(e, action)(request.params[_ID])
+        return Response(status=204)
+
+    handler.__name__ = f"containers_{action}"
+    return handler
+
+
+route("POST", "/v1/containers/{id}/start", "Start a container", "containers", status=204)(
+    _simple("start"))  # fmt: skip
+route("POST", "/v1/containers/{id}/pause", "Pause a container", "containers", status=204)(
+    _simple("pause"))  # fmt: skip
+route("POST", "/v1/containers/{id}/unpause", "Unpause a container", "containers", status=204)(
+    _simple("unpause"))  # fmt: skip
+
+_STOP_QUERY = (
+    Param("t", "integer", "seconds to wait before the kill (default: the container's)"),
+    Param("signal", "string", "signal to stop with (default: the container's)"),
+)
+
+
+@route("POST", "/v1/containers/{id}/stop", "Stop a container", "containers",
+       query=_STOP_QUERY, status=204)  # fmt: skip
+def containers_stop(request: Request) -> Response:
+    with engine() as e:
+        e.stop(request.params[_ID], timeout=request.integer("t"), signal=request.arg("signal"))
+    return Response(status=204)
+
+
+@route("POST", "/v1/containers/{id}/restart", "Restart a container", "containers",
+       query=_STOP_QUERY, status=204)  # fmt: skip
+def containers_restart(request: Request) -> Response:
+    with engine() as e:
+        e.restart(request.params[_ID], timeout=request.integer("t"),
+                  signal=request.arg("signal"))  # fmt: skip
+    return Response(status=204)
+
+
+@route("POST", "/v1/containers/{id}/kill", "Send a signal to a container", "containers",
+       query=(Param("signal", "string", "default SIGKILL"),), status=204)  # fmt: skip
+def containers_kill(request: Request) -> Response:
+    with engine() as e:
+        e.kill(request.params[_ID], request.arg("signal") or "SIGKILL")
+    return Response(status=204)
+
+
+@route("POST", "/v1/containers/{id}/rename", "Rename a container", "containers",
+       query=(Param("name", "string", "the new name", required=True),), status=204)  # fmt: skip
+def containers_rename(request: Request) -> Response:
+    name = request.arg("name")
+    if not name:
+        raise HttpError(400, "query parameter name: required")
+    with engine() as e:
+        e.rename(request.params[_ID], name)
+    return Response(status=204)
+
+
+@route("DELETE", "/v1/containers/{id}", "Remove a container", "containers", query=(
+    Param("force", "boolean", "kill it first if it runs"),
+    Param("volumes", "boolean", "remove its anonymous volumes")), status=204)  # fmt: skip
+def containers_remove(request: Request) -> Response:
+    with engine() as e:
+        e.remove(request.params[_ID], force=request.flag("force"), volumes=request.flag("volumes"))
+    return Response(status=204)
+
+
+@route("POST", "/v1/containers/prune", "Remove stopped containers", "containers",
+       query=(_FILTERS,), answer=_JSON_OBJECT)  # fmt: skip
+def containers_prune(request: Request) -> Response:
+    from lamina.engine import Selector, prune_containers
+
+    selector = Selector()
+    for key, values in (filters_arg(request) or {}).items():
+        for value in values:
+            if key == "until":
+                selector.until = _time_arg_value(value, "filters.until")
+            elif key == "label":
+                selector.labels.append(value)
+            elif key == "label!":
+                selector.not_labels.append(value)
+            else:
+                raise HttpError(400, f"query parameter filters: invalid filter {key!r} "
+                                "(supported: label, label!, until)")  # fmt: skip
+    with engine() as e:
+        result = prune_containers(e, selector)
+    return json_response(plain(result))
+
+
+@route("POST", "/v1/containers/{id}/wait", "Wait for a container to stop", "containers",
+       query=(Param("condition", "string", "not-running (default), next-exit or removed"),),
+       answer=m.WaitResponse)  # fmt: skip
+def containers_wait(request: Request) -> Response:
+    from lamina.engine import WaitCondition, WaitTimeout
+
+    try:
+        condition = WaitCondition(request.arg("condition") or "not-running")
+    except ValueError:
+        raise HttpError(400, "query parameter condition: expected not-running, next-exit or "
+                        "removed")  # fmt: skip
+    ref = request.params[_ID]
+    with engine() as e:
+        # In slices, so that a client that went away ends the wait (next-exit waits in
+        # one piece: a slice would count from its own start).
+        slice_s = None if condition == WaitCondition.NEXT_EXIT else 1.0
+        while True:
+            try:
+                outcome = e.wait(ref, condition, timeout=slice_s)
+                break
+            except WaitTimeout:
+                if request.gone():
+                    return Response(status=499)
+    return json_response({"StatusCode": outcome.exit_code, "Reason": str(outcome.reason),
+                          "Signal": outcome.signal, "Error": outcome.error})  # fmt: skip
+
+
+def frame(stream: str, data: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream."""
+    return struct.pack(">BxxxI", 2 if stream == "stderr" else 1, len(data)) + data
+
+
+@route("GET", "/v1/containers/{id}/logs", "The container's logs (a stream)", "containers",
+       query=(Param("follow", "boolean", "go on while it runs"),
+              Param("since", "string", "Unix seconds, RFC 3339 or a duration ago"),
+              Param("until", "string", "same forms"),
+              Param("tail", "string", "lines from the end (a number or all)"),
+              Param("timestamps", "boolean", "prefix each line with its RFC 3339 time"),
+              Param("stdout", "boolean", "default true"),
+              Param("stderr", "boolean", "default true")),
+       answer="Docker's multiplexed frames", answer_type=MULTIPLEXED)  # fmt: skip
+def containers_logs(request: Request) -> Response:
+    tail_arg = request.arg("tail")
+    tail = None
+    if tail_arg not in (None, "", "all"):
+        tail = request.integer("tail")
+    follow = request.flag("follow")
+    timestamps = request.flag("timestamps")
+    since, until = _time_arg(request, "since"), _time_arg(request, "until")
+    held = contextlib.ExitStack()
+    e = held.enter_context(engine())
+    try:
+        entries = e.logs(request.params[_ID], follow=follow, tail=tail, since=since, until=until,
+                         stdout=request.flag("stdout", True), stderr=request.flag("stderr", True),
+                         stop=request.gone)  # fmt: skip
+    except BaseException:
+        held.close()
+        raise
+
+    def stream() -> Iterator[bytes]:
+        with held:
+            for entry in entries:
+                data = entry.data
+                if timestamps:
+                    data = _rfc3339(entry.timestamp).encode() + b" " + data
+                yield frame(entry.stream, data)
+
+    return Response(body=stream(), content_type=MULTIPLEXED)
+
+
+def _rfc3339(ts: float) -> str:
+    whole = int(ts)
+    fraction = int((ts - whole) * 1e9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:09d}Z"
+
+
+@route("GET", "/v1/containers/{id}/top", "Processes in the container", "containers",
+       answer=_JSON_OBJECT)  # fmt: skip
+def containers_top(request: Request) -> Response:
+    with engine() as e:
+        titles, rows = e.top(request.params[_ID])
+    return json_response({"Titles": titles, "Processes": rows})
+
+
+@route("GET", "/v1/containers/{id}/stats", "Resource usage: one sample or a stream",
+       "containers", query=(Param("stream", "boolean", "a sample a second (default true)"),),
+       answer="one Stats object a line", answer_type=NDJSON)  # fmt: skip
+def containers_stats(request: Request) -> Response:
+    ref = request.params[_ID]
+    if not request.flag("stream", True):
+        with engine() as e:
+            return json_response(plain(e.stats(ref)))
+    held = contextlib.ExitStack()
+    e = held.enter_context(engine())
+    try:
+        first = e.stats(ref)  # a missing container is a 404, not an empty stream
+    except BaseException:
+        held.close()
+        raise
+
+    def stream() -> Iterator[bytes]:
+        sample = first
+        with held:
+            while True:
+                yield json.dumps(plain(sample)).encode() + b"\n"
+                if request.gone(1.0):
+                    return
+                try:
+                    sample = e.stats(ref)
+                except LaminaError:
+                    return  # removed meanwhile: the stream ends
+
+    return Response(body=stream(), content_type=NDJSON)
+
+
+@route("GET", "/v1/containers/{id}/changes", "Filesystem changes (diff)", "containers",
+       answer=_JSON_LIST)  # fmt: skip
+def containers_changes(request: Request) -> Response:
+    with engine() as e:
+        return json_response([plain(c) for c in e.diff(request.params[_ID])])
+
+
+@route("POST", "/v1/containers/{id}/update", "New resource limits", "containers",
+       body=m.ContainerUpdate, status=204)  # fmt: skip
+def containers_update(request: Request) -> Response:
+    from lamina.cli._runopts import parse_resources
+
+    body = m.parse(m.ContainerUpdate, request.json())
+    resources = parse_resources(**body.model_dump(), cpu_count=os.cpu_count(), for_update=True)
+    with engine() as e:
+        e.update(request.params[_ID], resources)
+    return Response(status=204)
+
+
+# -- cp: the archive API -----------------------------------------------------------------------
+
+_PATH = Param("path", "string", "a path in the container", required=True)
+_STAT_HEADER = "X-Lamina-Path-Stat"
+
+
+def _path_arg(request: Request) -> str:
+    path = request.arg("path")
+    if not path:
+        raise HttpError(400, "query parameter path: required")
+    return path
+
+
+@route("GET", "/v1/containers/{id}/archive", "A tar stream of a path in the container",
+       "containers", query=(_PATH, Param("follow_link", "boolean", "archive a symlink's target")),
+       answer="a tar stream", answer_type=TAR)  # fmt: skip
+def containers_archive_get(request: Request) -> Response:
+    ref, path = request.params[_ID], _path_arg(request)
+    held = contextlib.ExitStack()
+    e = held.enter_context(engine())
+    try:
+        stat = e.stat_path(ref, path)
+        header = base64.b64encode(json.dumps(plain(stat)).encode()).decode()
+        if request.method == "HEAD":
+            held.close()
+            return Response(status=200, content_type=TAR, headers=[(_STAT_HEADER, header)])
+        chunks = e.copy_out(ref, path, follow_link=request.flag("follow_link"))
+    except BaseException:
+        held.close()
+        raise
+
+    def stream() -> Iterator[bytes]:
+        with held:
+            try:
+                yield from chunks
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+
+    return Response(body=stream(), content_type=TAR, headers=[(_STAT_HEADER, header)])
+
+
+@route("PUT", "/v1/containers/{id}/archive", "Extract a tar stream into a directory",
+       "containers", query=(_PATH,), body=TAR, status=204)  # fmt: skip
+def containers_archive_put(request: Request) -> Response:
+    with engine() as e:
+        e.copy_in(request.params[_ID], _path_arg(request), request.stream())
+    return Response(status=204)
+
+
+# -- exec ---------------------------------------------------------------------------------------
+
+
+@route("POST", "/v1/containers/{id}/exec", "Make an exec (run it with /v1/exec/{id}/start)",
+       "exec", body=m.ExecCreate, status=201, answer=m.IdResponse)  # fmt: skip
+def exec_create(request: Request) -> Response:
+    body = m.parse(m.ExecCreate, request.json())
+    with engine() as e:
+        ctr = e.get(request.params[_ID])
+    exec_id = os.urandom(32).hex()
+    api = _api()
+    with api.lock:
+        api.execs[exec_id] = {"container": ctr.id, "spec": body, "running": False,
+                              "exit_code": None, "made": time.monotonic()}  # fmt: skip
+        _forget_old_execs(api)
+    return json_response({"Id": exec_id}, 201)
+
+
+def _forget_old_execs(api: Api) -> None:
+    """Execs ended an hour ago or more are forgotten (the daemon keeps no other state)."""
+    old = time.monotonic() - 3600
+    for key in [k for k, v in api.execs.items() if not v["running"] and v["made"] < old]:
+        del api.execs[key]
+
+
+def _exec_entry(exec_id: str) -> dict[str, Any]:
+    with _api().lock:
+        entry = _api().execs.get(exec_id)
+    if entry is None:
+        raise HttpError(404, f"no such exec: {exec_id}")
+    return entry
+
+
+@route("POST", "/v1/exec/{id}/start", "Run an exec: its output as multiplexed frames", "exec",
+       answer="Docker's multiplexed frames", answer_type=MULTIPLEXED)  # fmt: skip
+def exec_start(request: Request) -> Response:
+    entry = _exec_entry(request.params[_ID])
+    with _api().lock:
+        if entry["running"] or entry["exit_code"] is not None:
+            raise HttpError(409, f"exec {request.params[_ID]} has been started already")
+        entry["running"] = True
+    spec: m.ExecCreate = entry["spec"]
+    try:
+        with engine() as e:
+            result = e.exec(entry["container"], spec.cmd, env=spec.env, user=spec.user,
+                            workdir=spec.workdir, tty=spec.tty)  # fmt: skip
+    finally:
+        entry["running"] = False
+    entry["exit_code"] = result.exit_code
+    body = b""
+    if result.stdout:
+        body += frame("stdout", result.stdout)
+    if result.stderr:
+        body += frame("stderr", result.stderr)
+    return Response(body=body, content_type=MULTIPLEXED)
+
+
+@route("GET", "/v1/exec/{id}/json", "An exec's state and exit code", "exec",
+       answer=m.ExecInspect)  # fmt: skip
+def exec_inspect(request: Request) -> Response:
+    entry = _exec_entry(request.params[_ID])
+    return json_response({"Id": request.params[_ID], "ContainerId": entry["container"],
+                          "Running": entry["running"], "ExitCode": entry["exit_code"]})  # fmt: skip
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+@route("GET", "/v1/images", "List images", "images", answer=_JSON_LIST)
+def images_list(_request: Request) -> Response:
+    with engine() as e:
+        records = e.images.images.list()
+    return json_response([{**plain(r), "id": r.id, "tags": r.tags} for r in records])
+
+
+@route("GET", "/v1/images/{name}", "Inspect an image", "images", answer=_JSON_OBJECT)
+def images_inspect(request: Request) -> Response:
+    with engine() as e:
+        return json_response(e.inspect_image(request.params["name"]))
+
+
+@route("POST", "/v1/images/{name}/tag", "Tag an image", "images", body=m.ImageTag, status=201)
+def images_tag(request: Request) -> Response:
+    body = m.parse(m.ImageTag, request.json())
+    with engine() as e:
+        e.tag_image(request.params["name"], body.target)
+    return Response(status=201)
+
+
+@route("DELETE", "/v1/images/{name}", "Remove an image (rmi)", "images",
+       query=(Param("force", "boolean", "untag and remove even if tagged twice"),),
+       answer=_JSON_OBJECT)  # fmt: skip
+def images_remove(request: Request) -> Response:
+    with engine() as e:
+        result = e.remove_image(request.params["name"], force=request.flag("force"))
+    return json_response(plain(result))
+
+
+@route("POST", "/v1/images/prune", "Remove dangling (or all unused) images", "images",
+       query=(Param("all", "boolean", "every unused image"),), answer=_JSON_OBJECT)  # fmt: skip
+def images_prune(request: Request) -> Response:
+    with engine() as e:
+        result = e.prune_images(all_unused=request.flag("all"))
+    return json_response(plain(result))
+
+
+class _QueueProgress:
+    """A registry progress sink that hands events to the response stream."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def event(self, ev: Any) -> None:
+        if ev.kind != "advance":
+            self.events.put({"status": ev.kind, "id": ev.digest, "what": ev.what,
+                             "size": ev.size, "message": ev.message})  # fmt: skip
+
+
+def _transfer(request: Request, work: Any) -> Response:
+    """Run ``work(progress)`` (a pull or push) in a thread of its own; its progress
+    events, then its result or error line, as JSON lines. A client that goes away stops
+    reading; the transfer finishes (its leases keep the store consistent either way)."""
+    sink = _QueueProgress()
+
+    def run() -> None:
+        try:
+            result = work(sink)
+            sink.events.put({"status": "complete", "result": result})
+        except LaminaError as e:
+            sink.events.put({"error": " ".join(str(e).split()), "code": status_of(e)})
+        except Exception as e:  # a bug: said, not hidden
+            sink.events.put({"error": f"internal error: {type(e).__name__}: {e}", "code": 500})
+        finally:
+            sink.events.put(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+
+    def stream() -> Iterator[bytes]:
+        while True:
+            try:
+                item = sink.events.get(timeout=1.0)
+            except queue.Empty:
+                if request.gone():
+                    return
+                continue
+            if item is None:
+                return
+            yield json.dumps(item).encode() + b"\n"
+
+    return Response(body=stream(), content_type=NDJSON)
+
+
+@route("POST", "/v1/images/pull", "Pull an image (progress as JSON lines)", "images",
+       query=(Param("reference", "string", "what to pull", required=True),
+              Param("platform", "string", "OS/ARCH[/VARIANT]")),
+       answer=_PROGRESS, answer_type=NDJSON)  # fmt: skip
+def images_pull(request: Request) -> Response:
+    reference = request.arg("reference")
+    if not reference:
+        raise HttpError(400, "query parameter reference: required")
+    from lamina.image import parse_reference
+
+    try:
+        parse_reference(reference)
+    except ValueError as e:
+        raise HttpError(400, f"query parameter reference: {e}")
+    platform = request.arg("platform")
+
+    def work(progress: Any) -> Any:
+        with engine() as e:
+            rec = e.pull_image(reference, platform=platform, progress=progress)
+            return {"id": rec.id, "digest": rec.digest}
+
+    return _transfer(request, work)
+
+
+@route("POST", "/v1/images/{name}/push", "Push an image (progress as JSON lines)", "images",
+       query=(Param("destination", "string", "push under this name"),),
+       answer=_PROGRESS, answer_type=NDJSON)  # fmt: skip
+def images_push(request: Request) -> Response:
+    name, destination = request.params["name"], request.arg("destination")
+    with engine() as e:
+        e.images.images.resolve(name)  # 404 before the stream starts
+
+    def work(progress: Any) -> Any:
+        with engine() as e:
+            return {"digest": e.push_image(name, destination, progress=progress)}
+
+    return _transfer(request, work)
+
+
+@route("GET", "/v1/images/save", "Images as one archive (a tar stream)", "images",
+       query=(Param("names", "string", "an image; repeat for more", required=True),
+              Param("format", "string", "oci-archive (default) or docker-archive")),
+       answer="a tar stream", answer_type=TAR)  # fmt: skip
+def images_save(request: Request) -> Response:
+    names = request.query.get("names") or []
+    if not names:
+        raise HttpError(400, "query parameter names: required")
+    fmt = request.arg("format") or "oci-archive"
+    if fmt not in ("oci-archive", "docker-archive"):
+        raise HttpError(400, f"query parameter format: expected oci-archive or docker-archive, "
+                        f"not {fmt!r}")  # fmt: skip
+    reader, writer = os.pipe()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with os.fdopen(writer, "wb") as out, engine() as e:
+                e.save_images(names, out, format=fmt)  # type: ignore[arg-type]
+        except BaseException as ex:  # the stream ends short: the client sees a cut tar
+            failure.append(ex)
+
+    with engine() as e:
+        for n in names:
+            e.images.images.resolve(n)  # 404 before the stream starts
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+
+    def stream() -> Iterator[bytes]:
+        with os.fdopen(reader, "rb") as f:
+            while chunk := f.read(65536):
+                yield chunk
+
+    return Response(body=stream(), content_type=TAR)
+
+
+@route("POST", "/v1/images/load", "Load images from an archive (the body)", "images",
+       body=TAR, answer=_JSON_LIST)  # fmt: skip
+def images_load(request: Request) -> Response:
+    with engine() as e:
+        records = e.load_images(request.stream())
+    return json_response([{"id": r.id, "tags": r.tags} for r in records])
+
+
+@route("POST", "/v1/images/import", "An image from a root filesystem tarball (the body)",
+       "images", query=(Param("reference", "string", "name it"),
+                        Param("message", "string", "commit message"),
+                        Param("platform", "string", "OS/ARCH")),
+       body=TAR, status=201, answer=_JSON_OBJECT)  # fmt: skip
+def images_import(request: Request) -> Response:
+    changes = request.query.get("changes") or []
+    with engine() as e:
+        rec = e.import_image(
+            request.stream(), reference=request.arg("reference"), changes=changes,
+            message=request.arg("message"), platform=request.arg("platform"),
+        )  # fmt: skip
+    return json_response({"id": rec.id, "tags": rec.tags}, 201)
+
+
+# -- volumes -------------------------------------------------------------------------------------
+
+
+@route("GET", "/v1/volumes", "List volumes", "volumes", query=(_FILTERS,), answer=_JSON_LIST)
+def volumes_list(request: Request) -> Response:
+    with engine() as e:
+        return json_response([plain(v) for v in e.list_volumes(filters=filters_arg(request))])
+
+
+@route("POST", "/v1/volumes", "Create a volume", "volumes", body=m.VolumeCreate, status=201,
+       answer=_JSON_OBJECT)  # fmt: skip
+def volumes_create(request: Request) -> Response:
+    body = m.parse(m.VolumeCreate, request.json())
+    with engine() as e:
+        return json_response(plain(e.create_volume(body.name, body.labels)), 201)
+
+
+@route("GET", "/v1/volumes/{name}", "Inspect a volume", "volumes", answer=_JSON_OBJECT)
+def volumes_inspect(request: Request) -> Response:
+    with engine() as e:
+        return json_response(plain(e.volume(request.params["name"])))
+
+
+@route("DELETE", "/v1/volumes/{name}", "Remove a volume", "volumes",
+       query=(Param("force", "boolean", "no error if it is missing"),), status=204)  # fmt: skip
+def volumes_remove(request: Request) -> Response:
+    with engine() as e:
+        e.remove_volume(request.params["name"], force=request.flag("force"))
+    return Response(status=204)
+
+
+@route("POST", "/v1/volumes/prune", "Remove unused volumes", "volumes",
+       query=(Param("all", "boolean", "named ones too"), _FILTERS),
+       answer=_JSON_OBJECT)  # fmt: skip
+def volumes_prune(request: Request) -> Response:
+    with engine() as e:
+        result = e.prune_volumes(all=request.flag("all"), filters=filters_arg(request))
+    return json_response(plain(result))
