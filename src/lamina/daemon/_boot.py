@@ -11,7 +11,7 @@ Then the containers whose restart policy asks to run after a reboot are started:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lamina.errors import LaminaError
 from lamina.runtime._types import Status
@@ -47,15 +47,8 @@ def starts_after_boot(rec: Record) -> bool:
 
 
 def _policy(rec: Record) -> tuple[str, bool]:
-    """(policy name, stopped by the user) as the restart policies store them:
-    ``ContainerConfig.restart`` (a RestartPolicy with ``name``) and the record's
-    RestartState in ``extra["restart"]`` (``stopped_by_user``). A root without
-    restart policies has neither: "no"."""
-    policy: Any = getattr(rec.config, "restart", None)
-    if isinstance(policy, dict):
-        name = str(policy.get("name") or "no")
-    else:
-        name = str(getattr(policy, "name", None) or "no")
-    state = rec.extra.get("restart") or {}
-    stopped = bool(state.get("stopped_by_user")) if isinstance(state, dict) else False
-    return name, stopped
+    """(policy name, stopped by the user): ``ContainerConfig.restart`` and the record's
+    RestartState (``engine._restart``)."""
+    from lamina.engine._restart import RestartState
+
+    return rec.config.restart.name, RestartState.of(rec).stopped_by_user
