@@ -461,3 +461,44 @@ def test_openapi_served_equals_docs_and_is_valid(daemon: Daemon) -> None:
     assert "post" in paths["/v1/containers"] and "get" in paths["/v1/events"]
     create_schema = served["components"]["schemas"]["ContainerCreate"]
     assert {"image", "name", "env", "memory", "publish"} <= set(create_schema["properties"])
+
+
+def test_a_handler_takes_the_connection_over(tmp_path: Path) -> None:
+    """The seam the Docker API's attach and exec need: after a 101 the handler owns the
+    socket, raw bytes both ways, the bytes the client sent early included."""
+    from lamina.daemon._http import Listener, Request, Response, Server
+
+    def echo(sock: socket.socket, early: bytes) -> None:
+        data = early
+        while b"\n" not in data:
+            data += sock.recv(100)
+        sock.sendall(data.upper())
+
+    def dispatch(_request: Request) -> Response:
+        return Response(status=101, headers=[("Upgrade", "tcp"), ("Connection", "Upgrade")],
+                        takeover=echo)  # fmt: skip
+
+    path = tmp_path / "s.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    server = Server([Listener(listener, f"unix://{path}")], dispatch, lambda _r, _l: True)
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(path))
+            c.sendall(b"POST /attach HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                      b"Upgrade: tcp\r\nContent-Length: 0\r\n\r\nearly ")  # fmt: skip
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += c.recv(100)
+            assert head.startswith(b"HTTP/1.1 101")
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            c.sendall(b"raw\x00bytes\n")
+            while not rest.endswith(b"\n"):
+                rest += c.recv(100)
+            assert rest == b"EARLY RAW\x00BYTES\n"
+    finally:
+        server.stop()
+        thread.join(10)

@@ -206,7 +206,12 @@ class Server:
         for s in socks:
             s.setblocking(False)
         while not self._stopping.is_set():
-            r, _, _ = select.select([*socks, self._wake_r], [], [])
+            try:
+                r, _, _ = select.select([*socks, self._wake_r], [], [])
+            except (OSError, ValueError):  # a listener closed by ``stop``
+                if self._stopping.is_set():
+                    return
+                raise
             for s in r:
                 if s is self._wake_r:
                     continue
