@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_fixtures import Daemon, frames, running_daemon, tar_files, tar_of
+from daemon_fixtures import Daemon, frames, make_tls, running_daemon, tar_files, tar_of
 from leak_check import assert_clean
 from registry_server import free_port
 from runtime_fixtures import CLI, IMAGE_REF, cli_image_root, until
@@ -260,8 +260,10 @@ def test_client_gone_mid_stream_leaves_nothing(api: httpx.Client, daemon: Daemon
             time.sleep(0.2)
         s.close()
 
+    idle = daemon.threads()  # the accept loop and the api client's connection
+
     def settled() -> tuple[int, list[str]]:
-        until(lambda: daemon.threads() == 2, 10)  # the main thread and its pool's
+        until(lambda: daemon.threads() == idle, 10)
         return daemon.threads(), daemon.open_files()
 
     for path in streams:  # once: the engine pool grows to what the streams use
@@ -369,24 +371,27 @@ def test_tcp_token_401_then_ok(tmp_path: Path) -> None:
 
 
 def test_tls_needs_a_client_certificate(tmp_path: Path) -> None:
-    from registry_server import TestCA
-
-    ca = TestCA.create(tmp_path / "ca")
+    tls = make_tls(tmp_path / "tls")
     port = free_port()
+    server = ["--tlscert", str(tls["server.crt"]), "--tlskey", str(tls["server.key"])]
     r = subprocess.run([*CLI, "--root", str(tmp_path / "r0"), "daemon", "--host",
-                        f"tcp://127.0.0.1:{port}", "--tlscert", str(ca.cert), "--tlskey",
-                        str(ca.key)], capture_output=True, text=True, timeout=60)  # fmt: skip
+                        f"tcp://127.0.0.1:{port}", *server], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
     assert "refusing to listen on TCP without authentication" in r.stderr  # no --tlscacert
-    tls = ["--tlscert", str(ca.cert), "--tlskey", str(ca.key), "--tlscacert", str(ca.ca_cert)]
-    with running_daemon(tmp_path / "root", "--host", f"tcp://127.0.0.1:{port}", *tls):
-        ctx = ssl.create_default_context(cafile=str(ca.ca_cert))
-        with pytest.raises((ssl.SSLError, OSError)), socket.create_connection(
-            ("127.0.0.1", port)
-        ) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-            # No client certificate: the handshake (TLS 1.3: the first read) fails.
-            s.sendall(b"GET /v1/_ping HTTP/1.1\r\nHost: x\r\n\r\n")
-            if not s.recv(100):
-                raise OSError("closed without an answer")
+    with running_daemon(tmp_path / "root", "--host", f"tcp://127.0.0.1:{port}", *server,
+                        "--tlscacert", str(tls["ca.crt"])) as daemon:  # fmt: skip
+        idle = daemon.threads()
+        url = f"https://127.0.0.1:{port}/v1/_ping"
+        anonymous = ssl.create_default_context(cafile=str(tls["ca.crt"]))
+        with pytest.raises(httpx.HTTPError):  # no client certificate: the handshake fails
+            httpx.get(url, verify=anonymous)
+        known = ssl.create_default_context(cafile=str(tls["ca.crt"]))
+        known.load_cert_chain(str(tls["client.crt"]), str(tls["client.key"]))
+        with httpx.Client(verify=known) as client:
+            assert client.get(url).text == "OK"
+            with client.stream("GET", f"https://127.0.0.1:{port}/v1/events") as events:
+                assert events.status_code == 200 and daemon.threads() > idle
+        until(lambda: daemon.threads() == idle, 10)  # the stream ended with its client
 
 
 # -- load, shutdown, the document -----------------------------------------------------------------

@@ -140,6 +140,11 @@ def dispatch(request: Request) -> Response:
         from lamina.errors import describe_os_error
 
         return error_response(500, describe_os_error(e))
+    except Exception as e:  # a bug: answered, and its traceback in the daemon's log
+        import traceback
+
+        traceback.print_exc()
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
 
 
 def status_of(e: LaminaError) -> int:
@@ -305,7 +310,13 @@ def _wait(request: Request, fd: int | None, timeout: float) -> bool:
     sock = request._sock
     watched: list[Any] = [fd] if sock is None else [fd, sock]
     r, _, _ = select.select(watched, [], [], timeout)
-    return sock is not None and sock in r and request.gone()
+    if sock is None or sock not in r:
+        return False
+    if request.gone():
+        return True
+    if fd not in r:  # the client sent more (pipelined): wait on the journal alone
+        select.select([fd], [], [], timeout)
+    return False
 
 
 @route("GET", "/openapi.json", "This API's OpenAPI 3 document", "system", answer=_JSON_OBJECT)
