@@ -352,6 +352,26 @@ def test_tcp_without_authentication_is_refused_at_start(tmp_path: Path) -> None:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--host", "ftp://x"], "--host ftp://x: expected unix:///PATH or tcp://ADDRESS:PORT"),
+        (["--host", "unix://relative.sock"], "the socket path must be absolute"),
+        (["--host", "tcp://127.0.0.1:0", "--token-file", "/nonexistent"],
+         "cannot read --token-file /nonexistent"),
+        (["--group", "no-such-group-here"], "--group no-such-group-here: no such group"),
+    ],
+)  # fmt: skip
+def test_bad_daemon_flags_are_one_line(tmp_path: Path, args: list[str], error: str) -> None:
+    r = subprocess.run([*CLI, "--root", str(tmp_path / "root"), "daemon", *args],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lamina: error: ") and error in lines[0], lines
+    assert not (tmp_path / "root" / "lamina.sock").exists()
+    assert not (tmp_path / "root" / "daemon.json").exists()
+
+
 def test_tcp_token_401_then_ok(tmp_path: Path) -> None:
     token = "s3cret-token-" + os.urandom(8).hex()
     token_file = tmp_path / "token"
