@@ -164,20 +164,34 @@ def status_of(e: LaminaError) -> int:
     return 409  # the engine refused for the object's state (not running, paused...)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def plain(value: Any) -> Any:
-    """Engine data as JSON values: dataclasses as objects, enums as their values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """Engine data as JSON values: dataclasses as objects, enums as their values.
+    (Hot: a 100-container list is ~6,000 values; scalars are tested first, each
+    dataclass's field names looked up once.)"""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [plain(v) for v in value]
+    if kind is dict or isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {n: plain(getattr(value, n)) for n in names}
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
     return value
 
 
