@@ -44,7 +44,8 @@ def api(daemon: Daemon) -> Iterator[httpx.Client]:
 
 
 def create(api: httpx.Client, *command: str, **flags: Any) -> str:
-    r = api.post("/v1/containers", json={"image": IMAGE_REF, "command": list(command), **flags})
+    body = {"image": IMAGE_REF, "command": list(command), **flags}
+    r = api.post("/v1/containers", json=body)
     assert r.status_code == 201, r.text
     return str(r.json()["Id"])
 
@@ -324,6 +325,29 @@ def test_images_push_pull_tag_rm(api: httpx.Client, registry: Any) -> None:
     assert "error" in json.loads(failed.text.splitlines()[-1])
     one_line_error(api.post("/v1/images/pull", params={"reference": "UPPER/case"}), 400)
     api.delete(f"/v1/images/{target.replace('/', '%2F')}")
+
+
+def test_images_save_load_import_df(api: httpx.Client) -> None:
+    saved = api.get("/v1/images/save", params={"names": IMAGE_REF})
+    assert saved.status_code == 200
+    names = set(tar_files(saved.content))
+    assert "index.json" in names and "oci-layout" in names
+    imported = api.post("/v1/images/import", params={"reference": "daemon/imported:1"},
+                        content=tar_of({"hello": b"from a tarball"}))  # fmt: skip
+    assert imported.status_code == 201, imported.text
+    image_id = imported.json()["id"]
+    cid = create(api, "true", image="daemon/imported:1")
+    assert api.post(f"/v1/containers/{cid}/start").status_code == 409  # no /bin/true in it
+    api.delete(f"/v1/containers/{cid}", params={"force": "1"})
+    moved = api.get("/v1/images/save", params={"names": "daemon/imported:1"}).content
+    assert api.delete("/v1/images/daemon%2Fimported:1").status_code == 200
+    loaded = api.post("/v1/images/load", content=moved)
+    assert [i["id"] for i in loaded.json()] == [image_id]
+    df = api.get("/v1/system/df").json()
+    assert isinstance(df, dict) and df
+    api.delete("/v1/images/daemon%2Fimported:1")
+    one_line_error(api.get("/v1/images/save", params={"names": "no/such:image"}), 404)
+    one_line_error(api.post("/v1/images/load", content=b"not a tar at all"), 400)
 
 
 def test_volumes(api: httpx.Client) -> None:

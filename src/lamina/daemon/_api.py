@@ -33,7 +33,10 @@ from lamina.daemon._http import HttpError, Request, Response, error_response, js
 from lamina.daemon._routes import MULTIPLEXED, NDJSON, TAR, Param, Router
 from lamina.errors import (
     AlreadyExists,
+    DigestMismatch,
     InUse,
+    InvalidLayer,
+    InvalidManifest,
     LaminaError,
     NotFound,
     RegistryError,
@@ -153,8 +156,8 @@ def status_of(e: LaminaError) -> int:
         return 404
     if isinstance(e, AlreadyExists | InUse):
         return 409
-    if isinstance(e, ValueError):
-        return 400
+    if isinstance(e, ValueError | InvalidManifest | InvalidLayer | DigestMismatch):
+        return 400  # bad input: a parameter, a body, an archive sent
     if isinstance(e, RegistryError):
         return 502
     if isinstance(e, StorageError):

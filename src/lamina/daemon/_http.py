@@ -17,6 +17,7 @@ it held).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import select
 import socket
@@ -92,6 +93,12 @@ class Body:
 
     def readable(self) -> bool:
         return True
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a request body has no file descriptor")
+
+    def seekable(self) -> bool:
+        return False
 
     @property
     def finished(self) -> bool:
