@@ -189,6 +189,10 @@ def test_exec(api: httpx.Client) -> None:
     assert api.get(f"/v1/exec/{exec_id}/json").json()["ExitCode"] == 3
     one_line_error(api.post(f"/v1/exec/{exec_id}/start"), 409)
     assert "cmd" in one_line_error(api.post(f"/v1/containers/{cid}/exec", json={"cmd": []}), 400)
+    missing = api.post(f"/v1/containers/{cid}/exec", json={"cmd": ["/no/such/tool"]}).json()["Id"]
+    out = api.post(f"/v1/exec/{missing}/start")
+    assert out.status_code == 200 and [k for k, _ in frames(out.content)] == [2]
+    assert api.get(f"/v1/exec/{missing}/json").json()["ExitCode"] == 127
 
 
 # -- streams ---------------------------------------------------------------------------------

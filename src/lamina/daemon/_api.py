@@ -707,6 +707,14 @@ def exec_start(request: Request) -> Response:
         with engine() as e:
             result = e.exec(entry["container"], spec.cmd, env=spec.env, user=spec.user,
                             workdir=spec.workdir, tty=spec.tty)  # fmt: skip
+    except LaminaError as err:
+        if err.exit_code not in (126, 127):
+            raise
+        # The command could not be run (not found, not executable): as Docker, the
+        # exec ends with 126/127 and the reason on its stderr.
+        entry["exit_code"] = err.exit_code
+        message = " ".join(str(err).split()) + "\n"
+        return Response(body=frame("stderr", message.encode()), content_type=MULTIPLEXED)
     finally:
         entry["running"] = False
     entry["exit_code"] = result.exit_code
