@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -252,14 +253,17 @@ def test_client_gone_mid_stream_leaves_nothing(api: httpx.Client, daemon: Daemon
     cid = create(api, "sleep", "60")
     api.post(f"/v1/containers/{cid}/start")
     streams = [f"/v1/containers/{cid}/logs?follow=1", "/v1/events", f"/v1/containers/{cid}/stats",
-               f"/v1/containers/{cid}/wait"]  # fmt: skip
+               f"/v1/containers/{cid}/wait", f"/v1/containers/{cid}/archive?path=/bin",
+               f"/v1/images/save?names={IMAGE_REF}"]  # fmt: skip
 
-    def go_away(path: str) -> None:
+    def go_away(path: str, *, at_once: bool = False) -> None:
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(daemon.socket))
         method = "POST" if path.endswith("/wait") else "GET"
         s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        if method == "GET":
+        if at_once:  # before the status line: the response never starts
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif method == "GET":
             assert s.recv(12).startswith(b"HTTP/1.1 200")
         else:
             time.sleep(0.2)
@@ -277,6 +281,7 @@ def test_client_gone_mid_stream_leaves_nothing(api: httpx.Client, daemon: Daemon
     for _ in range(3):
         for path in streams:
             go_away(path)
+            go_away(path, at_once=True)
     assert settled() == before
     # The wait really ended: the container's waiter file is gone.
     assert not list(daemon.root.glob(f"containers/{cid}/waiter"))

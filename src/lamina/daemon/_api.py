@@ -299,25 +299,25 @@ def events(request: Request) -> Response:
     follower = Follower(root, from_start=since_ns is not None, since_ns=since_ns,
                         until_ns=until_ns, filters=selected)  # fmt: skip
 
-    def stream() -> Iterator[bytes]:
-        try:
-            while True:
-                over = until_ns is not None and time.time_ns() > until_ns
-                batch = [json.dumps(ev.message()).encode() + b"\n" for ev in follower.events()]
-                if batch:
-                    yield b"".join(batch)
-                if over:
-                    return
-                timeout = 1.0
-                if until_ns is not None:
-                    timeout = min(timeout, max(0.0, (until_ns - time.time_ns()) / 1e9) + 0.001)
-                if _wait(request, follower.fileno(), timeout):
-                    return  # the client went away
-                follower.wait(0)
-        finally:
-            follower.close()
+    held = contextlib.ExitStack()
+    held.callback(follower.close)
 
-    return Response(body=stream(), content_type=NDJSON)
+    def stream() -> Iterator[bytes]:
+        while True:
+            over = until_ns is not None and time.time_ns() > until_ns
+            batch = [json.dumps(ev.message()).encode() + b"\n" for ev in follower.events()]
+            if batch:
+                yield b"".join(batch)
+            if over:
+                return
+            timeout = 1.0
+            if until_ns is not None:
+                timeout = min(timeout, max(0.0, (until_ns - time.time_ns()) / 1e9) + 0.001)
+            if _wait(request, follower.fileno(), timeout):
+                return  # the client went away
+            follower.wait(0)
+
+    return Response(body=Held(stream(), held), content_type=NDJSON)
 
 
 def _wait(request: Request, fd: int | None, timeout: float) -> bool:
@@ -503,6 +503,30 @@ def containers_wait(request: Request) -> Response:
                           "Signal": outcome.signal, "Error": outcome.error})  # fmt: skip
 
 
+class Held:
+    """A response stream and what it holds (an engine, a stopped container's lock):
+    freed when the stream is closed, also when it never started (a client gone
+    before the status line was sent)."""
+
+    def __init__(self, chunks: Iterator[bytes], held: contextlib.ExitStack) -> None:
+        self._chunks = chunks
+        self._held = held
+
+    def __iter__(self) -> Held:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._held.close()
+
+
 def frame(stream: str, data: bytes) -> bytes:
     """One frame of Docker's multiplexed stream."""
     return struct.pack(">BxxxI", 2 if stream == "stderr" else 1, len(data)) + data
@@ -536,14 +560,18 @@ def containers_logs(request: Request) -> Response:
         raise
 
     def stream() -> Iterator[bytes]:
-        with held:
+        try:
             for entry in entries:
                 data = entry.data
                 if timestamps:
                     data = _rfc3339(entry.timestamp).encode() + b" " + data
                 yield frame(entry.stream, data)
+        finally:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()  # the log reader's files
 
-    return Response(body=stream(), content_type=MULTIPLEXED)
+    return Response(body=Held(stream(), held), content_type=MULTIPLEXED)
 
 
 def _rfc3339(ts: float) -> str:
@@ -578,17 +606,16 @@ def containers_stats(request: Request) -> Response:
 
     def stream() -> Iterator[bytes]:
         sample = first
-        with held:
-            while True:
-                yield json.dumps(plain(sample)).encode() + b"\n"
-                if request.gone(1.0):
-                    return
-                try:
-                    sample = e.stats(ref)
-                except LaminaError:
-                    return  # removed meanwhile: the stream ends
+        while True:
+            yield json.dumps(plain(sample)).encode() + b"\n"
+            if request.gone(1.0):
+                return
+            try:
+                sample = e.stats(ref)
+            except LaminaError:
+                return  # removed meanwhile: the stream ends
 
-    return Response(body=stream(), content_type=NDJSON)
+    return Response(body=Held(stream(), held), content_type=NDJSON)
 
 
 @route("GET", "/v1/containers/{id}/changes", "Filesystem changes (diff)", "containers",
@@ -641,16 +668,7 @@ def containers_archive_get(request: Request) -> Response:
         held.close()
         raise
 
-    def stream() -> Iterator[bytes]:
-        with held:
-            try:
-                yield from chunks
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
-
-    return Response(body=stream(), content_type=TAR, headers=[(_STAT_HEADER, header)])
+    return Response(body=Held(chunks, held), content_type=TAR, headers=[(_STAT_HEADER, header)])
 
 
 @route("PUT", "/v1/containers/{id}/archive", "Extract a tar stream into a directory",
@@ -888,13 +906,15 @@ def images_save(request: Request) -> Response:
             e.images.images.resolve(n)  # 404 before the stream starts
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
+    out = os.fdopen(reader, "rb")  # closed with the stream: the save's writes fail, it ends
+    held = contextlib.ExitStack()
+    held.callback(out.close)
 
     def stream() -> Iterator[bytes]:
-        with os.fdopen(reader, "rb") as f:
-            while chunk := f.read(65536):
-                yield chunk
+        while chunk := out.read(65536):
+            yield chunk
 
-    return Response(body=stream(), content_type=TAR)
+    return Response(body=Held(stream(), held), content_type=TAR)
 
 
 @route("POST", "/v1/images/load", "Load images from an archive (the body)", "images",
