@@ -196,6 +196,59 @@ def test_exec(api: httpx.Client) -> None:
     assert api.get(f"/v1/exec/{missing}/json").json()["ExitCode"] == 127
 
 
+def _attach(daemon: Daemon, cid: str, query: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket))
+    s.settimeout(30)
+    s.sendall(f"POST /v1/containers/{cid}/attach?{query} HTTP/1.1\r\nHost: x\r\n"
+              "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+              "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+    return s
+
+
+def _read_all(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def test_attach_start_with_stdin(api: httpx.Client, daemon: Daemon) -> None:
+    cid = create(api, "sh", "-c", "cat; echo done >&2", interactive=True)
+    with _attach(daemon, cid, "stdin=1&start=1") as s:
+        s.sendall(b"hello\n")  # sent early, with the request: kept for the container
+        s.shutdown(socket.SHUT_WR)  # the container's stdin ends
+        data = _read_all(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames(body) == [(1, b"hello\n"), (2, b"done\n")]
+    assert api.post(f"/v1/containers/{cid}/wait").json()["StatusCode"] == 0
+
+
+def test_attach_with_a_terminal_is_raw(api: httpx.Client, daemon: Daemon) -> None:
+    cid = create(api, "sh", "-c", "echo on-a-tty; [ -t 1 ] && echo yes", tty=True)
+    with _attach(daemon, cid, "start=1") as s:
+        _, _, body = _read_all(s).partition(b"\r\n\r\n")
+    assert body == b"on-a-tty\r\nyes\r\n"  # no frames: one stream, the terminal's
+    size = {"h": "30", "w": "100"}
+    assert "not running" in one_line_error(api.post(f"/v1/containers/{cid}/resize", params=size),
+                                           409)  # fmt: skip
+    running = create(api, "sleep", "60", tty=True)
+    api.post(f"/v1/containers/{running}/start")
+    assert api.post(f"/v1/containers/{running}/resize", params=size).status_code == 204
+
+
+def test_attach_refusals(api: httpx.Client, daemon: Daemon) -> None:
+    one_line_error(api.post("/v1/containers/nope/attach",
+                            headers={"Connection": "Upgrade", "Upgrade": "tcp"}), 404)  # fmt: skip
+    cid = create(api, "true")
+    assert "upgrade" in one_line_error(api.post(f"/v1/containers/{cid}/attach"), 400)
+    with _attach(daemon, cid, "") as s:  # not running, not started: the reason, then the end
+        _, _, body = _read_all(s).partition(b"\r\n\r\n")
+    assert frames(body)[0][0] == 2 and b"start it first" in frames(body)[0][1]
+    one_line_error(api.post(f"/v1/containers/{cid}/resize", params={"h": "0", "w": "80"}), 400)
+
+
 # -- streams ---------------------------------------------------------------------------------
 
 

@@ -637,6 +637,92 @@ def containers_update(request: Request) -> Response:
     return Response(status=204)
 
 
+# -- attach: the connection taken over ---------------------------------------------------
+
+
+class _FrameWriter:
+    """A container's output stream to the client: Docker's frames, or raw bytes for a
+    container with a terminal (one stream, as Docker's)."""
+
+    def __init__(self, sock: Any, stream: int, raw: bool) -> None:
+        self._sock = sock
+        self._header = struct.pack(">B", stream) + b"\0\0\0"
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        if data:
+            payload = data if self._raw else self._header + struct.pack(">I", len(data)) + data
+            self._sock.sendall(payload)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _SocketReader:
+    """The client's bytes after its request (what it sent early first) as the
+    container's stdin; its half-close is the container's EOF."""
+
+    def __init__(self, sock: Any, early: bytes) -> None:
+        self._sock = sock
+        self._early = early
+
+    def read(self, size: int = 8192) -> bytes:
+        if self._early:
+            out, self._early = self._early[:size], self._early[size:]
+            return out
+        try:
+            return bytes(self._sock.recv(size))
+        except OSError:
+            return b""
+
+
+@route("POST", "/v1/containers/{id}/attach",
+       "Attach to the container's stdio (HTTP upgrade, then raw bytes both ways)",
+       "containers", query=(
+           Param("stdin", "boolean", "the client's bytes to the container's stdin"),
+           Param("start", "boolean", "start it once attached (run, start -a): no output lost")),
+       status=101, answer="Docker's multiplexed frames (raw bytes with a TTY)",
+       answer_type=MULTIPLEXED)  # fmt: skip
+def containers_attach(request: Request) -> Response:
+    ref = request.params[_ID]
+    if "upgrade" not in request.headers.get("connection", "").lower() or not request.headers.get(
+        "upgrade"
+    ):
+        raise HttpError(400, "attach needs an upgrade: Connection: Upgrade and Upgrade: tcp")
+    with_stdin, start = request.flag("stdin"), request.flag("start")
+    with engine() as e:
+        ctr = e.get(ref)  # 404 before the upgrade
+    raw = ctr.config.tty
+
+    def takeover(sock: Any, early: bytes) -> None:
+        stdin = _SocketReader(sock, early) if with_stdin else None
+        with engine() as e:
+            try:
+                e.attach(ctr.id, stdin=stdin, stdout=_FrameWriter(sock, 1, raw),  # type: ignore[arg-type]
+                         stderr=_FrameWriter(sock, 2, raw), tty=raw, start=start)  # type: ignore[arg-type]  # fmt: skip
+            except LaminaError as err:
+                with contextlib.suppress(OSError):
+                    _FrameWriter(sock, 2, raw).write(f"lamina: error: {err}\n".encode())
+            except OSError:
+                return  # the client went away: the container goes on (detached)
+
+    return Response(status=101, content_type=MULTIPLEXED, takeover=takeover,
+                    headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
+
+
+@route("POST", "/v1/containers/{id}/resize", "Resize the container's terminal", "containers",
+       query=(Param("h", "integer", "rows", required=True),
+              Param("w", "integer", "columns", required=True)), status=204)  # fmt: skip
+def containers_resize(request: Request) -> Response:
+    rows, cols = request.integer("h"), request.integer("w")
+    if rows is None or cols is None or rows <= 0 or cols <= 0:
+        raise HttpError(400, "query parameters h and w: positive integers required")
+    with engine() as e:
+        e.resize(request.params[_ID], rows, cols)
+    return Response(status=204)
+
+
 # -- cp: the archive API -----------------------------------------------------------------------
 
 _PATH = Param("path", "string", "a path in the container", required=True)
