@@ -40,7 +40,11 @@ CANDIDATES = ["aiohttp", "h11-asyncio", "h11-threads"]
 
 
 def serve_aiohttp(path: str) -> None:
+    import logging
+
     from aiohttp import web
+
+    logging.disable(logging.CRITICAL)  # the refused upgrade's traceback is expected
 
     async def ps(_request: web.Request) -> web.Response:
         return web.Response(text=BODY, content_type="application/json")
@@ -267,7 +271,9 @@ def measure(name: str, workdir: str) -> dict[str, object]:
         "p99_us": round(q[98] * 1e6, 1),
         "requests_per_s": round(rps),
         "server_rss_kib": rss,
-        "upgrade_takeover": hijack if name == "aiohttp" else "by hand (h11 hands back raw bytes)",
+        # h11 hands the bytes after a 101 back (lamina.daemon._http.Response.takeover,
+        # tested in tests/test_daemon.py); only aiohttp's own support is probed here.
+        "upgrade_takeover": hijack if name == "aiohttp" else "yes (h11: trailing_data)",
     }
 
 

@@ -13,6 +13,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from runtime_fixtures import CLI
@@ -113,4 +114,59 @@ def tar_files(data: bytes) -> dict[str, bytes]:
             f = tar.extractfile(member)
             if f is not None:
                 out[member.name] = f.read()
+    return out
+
+
+def make_tls(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed,
+    as PEM files: ca.crt, server.crt/key, client.crt/key."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject: str, key: Any, issuer_key: Any, *, ca: bool = False,
+             usage: Any = None, ip: bool = False) -> x509.Certificate:  # fmt: skip
+        b = (x509.CertificateBuilder().subject_name(name(subject))
+             .issuer_name(name("lamina daemon test CA")).public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                            critical=True))  # fmt: skip
+        if usage is not None:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if ip:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            b = b.add_extension(san, critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    out: dict[str, Path] = {}
+
+    def write(stem: str, certificate: x509.Certificate, key: Any = None) -> None:
+        out[f"{stem}.crt"] = directory / f"{stem}.crt"
+        out[f"{stem}.crt"].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            out[f"{stem}.key"] = directory / f"{stem}.key"
+            out[f"{stem}.key"].write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))  # fmt: skip
+
+    write("ca", cert("lamina daemon test CA", ca_key, ca_key, ca=True))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    write("server", cert("127.0.0.1", server_key, ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+                         ip=True), server_key)  # fmt: skip
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    write("client", cert("client", client_key, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH),
+          client_key)  # fmt: skip
     return out

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_fixtures import Daemon, frames, running_daemon, tar_files, tar_of
+from daemon_fixtures import Daemon, frames, make_tls, running_daemon, tar_files, tar_of
 from leak_check import assert_clean
 from registry_server import free_port
 from runtime_fixtures import CLI, IMAGE_REF, cli_image_root, until
@@ -44,7 +45,8 @@ def api(daemon: Daemon) -> Iterator[httpx.Client]:
 
 
 def create(api: httpx.Client, *command: str, **flags: Any) -> str:
-    r = api.post("/v1/containers", json={"image": IMAGE_REF, "command": list(command), **flags})
+    body = {"image": IMAGE_REF, "command": list(command), **flags}
+    r = api.post("/v1/containers", json=body)
     assert r.status_code == 201, r.text
     return str(r.json()["Id"])
 
@@ -188,6 +190,63 @@ def test_exec(api: httpx.Client) -> None:
     assert api.get(f"/v1/exec/{exec_id}/json").json()["ExitCode"] == 3
     one_line_error(api.post(f"/v1/exec/{exec_id}/start"), 409)
     assert "cmd" in one_line_error(api.post(f"/v1/containers/{cid}/exec", json={"cmd": []}), 400)
+    missing = api.post(f"/v1/containers/{cid}/exec", json={"cmd": ["/no/such/tool"]}).json()["Id"]
+    out = api.post(f"/v1/exec/{missing}/start")
+    assert out.status_code == 200 and [k for k, _ in frames(out.content)] == [2]
+    assert api.get(f"/v1/exec/{missing}/json").json()["ExitCode"] == 127
+
+
+def _attach(daemon: Daemon, cid: str, query: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.socket))
+    s.settimeout(30)
+    s.sendall(f"POST /v1/containers/{cid}/attach?{query} HTTP/1.1\r\nHost: x\r\n"
+              "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+              "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+    return s
+
+
+def _read_all(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def test_attach_start_with_stdin(api: httpx.Client, daemon: Daemon) -> None:
+    cid = create(api, "sh", "-c", "cat; echo done >&2", interactive=True)
+    with _attach(daemon, cid, "stdin=1&start=1") as s:
+        s.sendall(b"hello\n")  # sent early, with the request: kept for the container
+        s.shutdown(socket.SHUT_WR)  # the container's stdin ends
+        data = _read_all(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames(body) == [(1, b"hello\n"), (2, b"done\n")]
+    assert api.post(f"/v1/containers/{cid}/wait").json()["StatusCode"] == 0
+
+
+def test_attach_with_a_terminal_is_raw(api: httpx.Client, daemon: Daemon) -> None:
+    cid = create(api, "sh", "-c", "echo on-a-tty; [ -t 1 ] && echo yes", tty=True)
+    with _attach(daemon, cid, "start=1") as s:
+        _, _, body = _read_all(s).partition(b"\r\n\r\n")
+    assert body == b"on-a-tty\r\nyes\r\n"  # no frames: one stream, the terminal's
+    size = {"h": "30", "w": "100"}
+    assert "not running" in one_line_error(api.post(f"/v1/containers/{cid}/resize", params=size),
+                                           409)  # fmt: skip
+    running = create(api, "sleep", "60", tty=True)
+    api.post(f"/v1/containers/{running}/start")
+    assert api.post(f"/v1/containers/{running}/resize", params=size).status_code == 204
+
+
+def test_attach_refusals(api: httpx.Client, daemon: Daemon) -> None:
+    one_line_error(api.post("/v1/containers/nope/attach",
+                            headers={"Connection": "Upgrade", "Upgrade": "tcp"}), 404)  # fmt: skip
+    cid = create(api, "true")
+    assert "upgrade" in one_line_error(api.post(f"/v1/containers/{cid}/attach"), 400)
+    with _attach(daemon, cid, "") as s:  # not running, not started: the reason, then the end
+        _, _, body = _read_all(s).partition(b"\r\n\r\n")
+    assert frames(body)[0][0] == 2 and b"start it first" in frames(body)[0][1]
+    one_line_error(api.post(f"/v1/containers/{cid}/resize", params={"h": "0", "w": "80"}), 400)
 
 
 # -- streams ---------------------------------------------------------------------------------
@@ -210,12 +269,9 @@ def test_events_stream_and_die_event(api: httpx.Client, daemon: Daemon) -> None:
     seen: list[dict[str, Any]] = []
 
     def read() -> None:
-        with (
-            daemon.client() as c,
-            c.stream(
-                "GET", "/v1/events", params={"filters": json.dumps({"container": [cid]})}
-            ) as r,
-        ):
+        with daemon.client() as c, c.stream(
+            "GET", "/v1/events", params={"filters": json.dumps({"container": [cid]})}
+        ) as r:
             for line in r.iter_lines():
                 seen.append(json.loads(line))
                 if seen[-1]["Action"] == "die":
@@ -250,21 +306,26 @@ def test_client_gone_mid_stream_leaves_nothing(api: httpx.Client, daemon: Daemon
     cid = create(api, "sleep", "60")
     api.post(f"/v1/containers/{cid}/start")
     streams = [f"/v1/containers/{cid}/logs?follow=1", "/v1/events", f"/v1/containers/{cid}/stats",
-               f"/v1/containers/{cid}/wait"]  # fmt: skip
+               f"/v1/containers/{cid}/wait", f"/v1/containers/{cid}/archive?path=/bin",
+               f"/v1/images/save?names={IMAGE_REF}"]  # fmt: skip
 
-    def go_away(path: str) -> None:
+    def go_away(path: str, *, at_once: bool = False) -> None:
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(daemon.socket))
         method = "POST" if path.endswith("/wait") else "GET"
         s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        if method == "GET":
+        if at_once:  # before the status line: the response never starts
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif method == "GET":
             assert s.recv(12).startswith(b"HTTP/1.1 200")
         else:
             time.sleep(0.2)
         s.close()
 
+    idle = daemon.threads()  # the accept loop and the api client's connection
+
     def settled() -> tuple[int, list[str]]:
-        until(lambda: daemon.threads() == 2, 10)  # the main thread and its pool's
+        until(lambda: daemon.threads() == idle, 10)
         return daemon.threads(), daemon.open_files()
 
     for path in streams:  # once: the engine pool grows to what the streams use
@@ -273,6 +334,7 @@ def test_client_gone_mid_stream_leaves_nothing(api: httpx.Client, daemon: Daemon
     for _ in range(3):
         for path in streams:
             go_away(path)
+            go_away(path, at_once=True)
     assert settled() == before
     # The wait really ended: the container's waiter file is gone.
     assert not list(daemon.root.glob(f"containers/{cid}/waiter"))
@@ -327,6 +389,29 @@ def test_images_push_pull_tag_rm(api: httpx.Client, registry: Any) -> None:
     api.delete(f"/v1/images/{target.replace('/', '%2F')}")
 
 
+def test_images_save_load_import_df(api: httpx.Client) -> None:
+    saved = api.get("/v1/images/save", params={"names": IMAGE_REF})
+    assert saved.status_code == 200
+    names = set(tar_files(saved.content))
+    assert "index.json" in names and "oci-layout" in names
+    imported = api.post("/v1/images/import", params={"reference": "daemon/imported:1"},
+                        content=tar_of({"hello": b"from a tarball"}))  # fmt: skip
+    assert imported.status_code == 201, imported.text
+    image_id = imported.json()["id"]
+    cid = create(api, "true", image="daemon/imported:1")
+    assert api.post(f"/v1/containers/{cid}/start").status_code == 409  # no /bin/true in it
+    api.delete(f"/v1/containers/{cid}", params={"force": "1"})
+    moved = api.get("/v1/images/save", params={"names": "daemon/imported:1"}).content
+    assert api.delete("/v1/images/daemon%2Fimported:1").status_code == 200
+    loaded = api.post("/v1/images/load", content=moved)
+    assert [i["id"] for i in loaded.json()] == [image_id]
+    df = api.get("/v1/system/df").json()
+    assert isinstance(df, dict) and df
+    api.delete("/v1/images/daemon%2Fimported:1")
+    one_line_error(api.get("/v1/images/save", params={"names": "no/such:image"}), 404)
+    one_line_error(api.post("/v1/images/load", content=b"not a tar at all"), 400)
+
+
 def test_volumes(api: httpx.Client) -> None:
     made = api.post("/v1/volumes", json={"name": "data1", "labels": {"k": "v"}})
     assert made.status_code == 201 and made.json()["name"] == "data1"
@@ -344,17 +429,33 @@ def test_volumes(api: httpx.Client) -> None:
 
 def test_tcp_without_authentication_is_refused_at_start(tmp_path: Path) -> None:
     port = free_port()
-    r = subprocess.run(
-        [*CLI, "--root", str(tmp_path / "root"), "daemon", "--host", f"tcp://127.0.0.1:{port}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    argv = [*CLI, "--root", str(tmp_path / "root"), "daemon", "--host", f"tcp://127.0.0.1:{port}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert r.stderr.startswith("lamina: error: refusing to listen on TCP without authentication")
     assert len(r.stderr.strip().splitlines()) == 1
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--host", "ftp://x"], "--host ftp://x: expected unix:///PATH or tcp://ADDRESS:PORT"),
+        (["--host", "unix://relative.sock"], "the socket path must be absolute"),
+        (["--host", "tcp://127.0.0.1:0", "--token-file", "/nonexistent"],
+         "cannot read --token-file /nonexistent"),
+        (["--group", "no-such-group-here"], "--group no-such-group-here: no such group"),
+    ],
+)  # fmt: skip
+def test_bad_daemon_flags_are_one_line(tmp_path: Path, args: list[str], error: str) -> None:
+    r = subprocess.run([*CLI, "--root", str(tmp_path / "root"), "daemon", *args],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lamina: error: ") and error in lines[0], lines
+    assert not (tmp_path / "root" / "lamina.sock").exists()
+    assert not (tmp_path / "root" / "daemon.json").exists()
 
 
 def test_tcp_token_401_then_ok(tmp_path: Path) -> None:
@@ -369,40 +470,34 @@ def test_tcp_token_401_then_ok(tmp_path: Path) -> None:
                         {"Authorization": f"Basic {token}"}):  # fmt: skip
             r = httpx.get(f"{base}/v1/containers", headers=headers)
             assert r.status_code == 401 and r.json() == {
-                "message": "unauthorized: credentials missing or wrong"
-            }
+                "message": "unauthorized: credentials missing or wrong"}
             assert httpx.get(f"{base}/openapi.json", headers=headers).status_code == 401
         ok = httpx.get(f"{base}/v1/containers", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and ok.json() == []
 
 
 def test_tls_needs_a_client_certificate(tmp_path: Path) -> None:
-    from registry_server import TestCA
-
-    ca = TestCA.create(tmp_path / "ca")
+    tls = make_tls(tmp_path / "tls")
     port = free_port()
+    server = ["--tlscert", str(tls["server.crt"]), "--tlskey", str(tls["server.key"])]
     r = subprocess.run([*CLI, "--root", str(tmp_path / "r0"), "daemon", "--host",
-                        f"tcp://127.0.0.1:{port}", "--tlscert", str(ca.cert), "--tlskey",
-                        str(ca.key)], capture_output=True, text=True, timeout=60)  # fmt: skip
+                        f"tcp://127.0.0.1:{port}", *server], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
     assert "refusing to listen on TCP without authentication" in r.stderr  # no --tlscacert
-    with running_daemon(
-        tmp_path / "root",
-        "--host",
-        f"tcp://127.0.0.1:{port}",
-        "--tlscert",
-        str(ca.cert),
-        "--tlskey",
-        str(ca.key),
-        "--tlscacert",
-        str(ca.ca_cert),
-    ):
-        ctx = ssl.create_default_context(cafile=str(ca.ca_cert))
-        with pytest.raises((ssl.SSLError, OSError, httpx.HTTPError)):  # noqa: SIM117
-            with socket.create_connection(("127.0.0.1", port)) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:  # fmt: skip
-                s.sendall(b"GET /v1/_ping HTTP/1.1\r\nHost: x\r\n\r\n")
-                if not s.recv(100):
-                    raise OSError("closed")
+    with running_daemon(tmp_path / "root", "--host", f"tcp://127.0.0.1:{port}", *server,
+                        "--tlscacert", str(tls["ca.crt"])) as daemon:  # fmt: skip
+        idle = daemon.threads()
+        url = f"https://127.0.0.1:{port}/v1/_ping"
+        anonymous = ssl.create_default_context(cafile=str(tls["ca.crt"]))
+        with pytest.raises(httpx.HTTPError):  # no client certificate: the handshake fails
+            httpx.get(url, verify=anonymous)
+        known = ssl.create_default_context(cafile=str(tls["ca.crt"]))
+        known.load_cert_chain(str(tls["client.crt"]), str(tls["client.key"]))
+        with httpx.Client(verify=known) as client:
+            assert client.get(url).text == "OK"
+            with client.stream("GET", f"https://127.0.0.1:{port}/v1/events") as events:
+                assert events.status_code == 200 and daemon.threads() > idle
+        until(lambda: daemon.threads() == idle, 10)  # the stream ended with its client
 
 
 # -- load, shutdown, the document -----------------------------------------------------------------
@@ -472,8 +567,49 @@ def test_openapi_served_equals_docs_and_is_valid(daemon: Daemon) -> None:
     with daemon.client() as client:
         served = client.get("/openapi.json").json()
     validate(served)
-    assert served == json.loads(DOCS.read_text()), "stale: run scripts/openapi"
+    assert served == json.loads(DOCS.read_text()), "scripts/openapi refreshes docs/openapi.json"
     paths = served["paths"]
     assert "post" in paths["/v1/containers"] and "get" in paths["/v1/events"]
     create_schema = served["components"]["schemas"]["ContainerCreate"]
     assert {"image", "name", "env", "memory", "publish"} <= set(create_schema["properties"])
+
+
+def test_a_handler_takes_the_connection_over(tmp_path: Path) -> None:
+    """The seam the Docker API's attach and exec need: after a 101 the handler owns the
+    socket, raw bytes both ways, the bytes the client sent early included."""
+    from lamina.daemon._http import Listener, Request, Response, Server
+
+    def echo(sock: socket.socket, early: bytes) -> None:
+        data = early
+        while b"\n" not in data:
+            data += sock.recv(100)
+        sock.sendall(data.upper())
+
+    def dispatch(_request: Request) -> Response:
+        return Response(status=101, headers=[("Upgrade", "tcp"), ("Connection", "Upgrade")],
+                        takeover=echo)  # fmt: skip
+
+    path = tmp_path / "s.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+    server = Server([Listener(listener, f"unix://{path}")], dispatch, lambda _r, _l: True)
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(path))
+            c.sendall(b"POST /attach HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                      b"Upgrade: tcp\r\nContent-Length: 0\r\n\r\nearly ")  # fmt: skip
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += c.recv(100)
+            assert head.startswith(b"HTTP/1.1 101")
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            c.sendall(b"raw\x00bytes\n")
+            while not rest.endswith(b"\n"):
+                rest += c.recv(100)
+            assert rest == b"EARLY RAW\x00BYTES\n"
+    finally:
+        server.stop()
+        thread.join(10)

@@ -33,7 +33,10 @@ from lamina.daemon._http import HttpError, Request, Response, error_response, js
 from lamina.daemon._routes import MULTIPLEXED, NDJSON, TAR, Param, Router
 from lamina.errors import (
     AlreadyExists,
+    DigestMismatch,
     InUse,
+    InvalidLayer,
+    InvalidManifest,
     LaminaError,
     NotFound,
     RegistryError,
@@ -140,6 +143,11 @@ def dispatch(request: Request) -> Response:
         from lamina.errors import describe_os_error
 
         return error_response(500, describe_os_error(e))
+    except Exception as e:  # a bug: answered, and its traceback in the daemon's log
+        import traceback
+
+        traceback.print_exc()
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
 
 
 def status_of(e: LaminaError) -> int:
@@ -148,8 +156,8 @@ def status_of(e: LaminaError) -> int:
         return 404
     if isinstance(e, AlreadyExists | InUse):
         return 409
-    if isinstance(e, ValueError):
-        return 400
+    if isinstance(e, ValueError | InvalidManifest | InvalidLayer | DigestMismatch):
+        return 400  # bad input: a parameter, a body, an archive sent
     if isinstance(e, RegistryError):
         return 502
     if isinstance(e, StorageError):
@@ -159,20 +167,34 @@ def status_of(e: LaminaError) -> int:
     return 409  # the engine refused for the object's state (not running, paused...)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def plain(value: Any) -> Any:
-    """Engine data as JSON values: dataclasses as objects, enums as their values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """Engine data as JSON values: dataclasses as objects, enums as their values.
+    (Hot: a 100-container list is ~6,000 values; scalars are tested first, each
+    dataclass's field names looked up once.)"""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [plain(v) for v in value]
+    if kind is dict or isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {n: plain(getattr(value, n)) for n in names}
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
     return value
 
 
@@ -277,25 +299,25 @@ def events(request: Request) -> Response:
     follower = Follower(root, from_start=since_ns is not None, since_ns=since_ns,
                         until_ns=until_ns, filters=selected)  # fmt: skip
 
-    def stream() -> Iterator[bytes]:
-        try:
-            while True:
-                over = until_ns is not None and time.time_ns() > until_ns
-                batch = [json.dumps(ev.message()).encode() + b"\n" for ev in follower.events()]
-                if batch:
-                    yield b"".join(batch)
-                if over:
-                    return
-                timeout = 1.0
-                if until_ns is not None:
-                    timeout = min(timeout, max(0.0, (until_ns - time.time_ns()) / 1e9) + 0.001)
-                if _wait(request, follower.fileno(), timeout):
-                    return  # the client went away
-                follower.wait(0)
-        finally:
-            follower.close()
+    held = contextlib.ExitStack()
+    held.callback(follower.close)
 
-    return Response(body=stream(), content_type=NDJSON)
+    def stream() -> Iterator[bytes]:
+        while True:
+            over = until_ns is not None and time.time_ns() > until_ns
+            batch = [json.dumps(ev.message()).encode() + b"\n" for ev in follower.events()]
+            if batch:
+                yield b"".join(batch)
+            if over:
+                return
+            timeout = 1.0
+            if until_ns is not None:
+                timeout = min(timeout, max(0.0, (until_ns - time.time_ns()) / 1e9) + 0.001)
+            if _wait(request, follower.fileno(), timeout):
+                return  # the client went away
+            follower.wait(0)
+
+    return Response(body=Held(stream(), held), content_type=NDJSON)
 
 
 def _wait(request: Request, fd: int | None, timeout: float) -> bool:
@@ -305,7 +327,13 @@ def _wait(request: Request, fd: int | None, timeout: float) -> bool:
     sock = request._sock
     watched: list[Any] = [fd] if sock is None else [fd, sock]
     r, _, _ = select.select(watched, [], [], timeout)
-    return sock is not None and sock in r and request.gone()
+    if sock is None or sock not in r:
+        return False
+    if request.gone():
+        return True
+    if fd not in r:  # the client sent more (pipelined): wait on the journal alone
+        select.select([fd], [], [], timeout)
+    return False
 
 
 @route("GET", "/openapi.json", "This API's OpenAPI 3 document", "system", answer=_JSON_OBJECT)
@@ -475,6 +503,30 @@ def containers_wait(request: Request) -> Response:
                           "Signal": outcome.signal, "Error": outcome.error})  # fmt: skip
 
 
+class Held:
+    """A response stream and what it holds (an engine, a stopped container's lock):
+    freed when the stream is closed, also when it never started (a client gone
+    before the status line was sent)."""
+
+    def __init__(self, chunks: Iterator[bytes], held: contextlib.ExitStack) -> None:
+        self._chunks = chunks
+        self._held = held
+
+    def __iter__(self) -> Held:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._held.close()
+
+
 def frame(stream: str, data: bytes) -> bytes:
     """One frame of Docker's multiplexed stream."""
     return struct.pack(">BxxxI", 2 if stream == "stderr" else 1, len(data)) + data
@@ -508,14 +560,18 @@ def containers_logs(request: Request) -> Response:
         raise
 
     def stream() -> Iterator[bytes]:
-        with held:
+        try:
             for entry in entries:
                 data = entry.data
                 if timestamps:
                     data = _rfc3339(entry.timestamp).encode() + b" " + data
                 yield frame(entry.stream, data)
+        finally:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                close()  # the log reader's files
 
-    return Response(body=stream(), content_type=MULTIPLEXED)
+    return Response(body=Held(stream(), held), content_type=MULTIPLEXED)
 
 
 def _rfc3339(ts: float) -> str:
@@ -550,17 +606,16 @@ def containers_stats(request: Request) -> Response:
 
     def stream() -> Iterator[bytes]:
         sample = first
-        with held:
-            while True:
-                yield json.dumps(plain(sample)).encode() + b"\n"
-                if request.gone(1.0):
-                    return
-                try:
-                    sample = e.stats(ref)
-                except LaminaError:
-                    return  # removed meanwhile: the stream ends
+        while True:
+            yield json.dumps(plain(sample)).encode() + b"\n"
+            if request.gone(1.0):
+                return
+            try:
+                sample = e.stats(ref)
+            except LaminaError:
+                return  # removed meanwhile: the stream ends
 
-    return Response(body=stream(), content_type=NDJSON)
+    return Response(body=Held(stream(), held), content_type=NDJSON)
 
 
 @route("GET", "/v1/containers/{id}/changes", "Filesystem changes (diff)", "containers",
@@ -579,6 +634,92 @@ def containers_update(request: Request) -> Response:
     resources = parse_resources(**body.model_dump(), cpu_count=os.cpu_count(), for_update=True)
     with engine() as e:
         e.update(request.params[_ID], resources)
+    return Response(status=204)
+
+
+# -- attach: the connection taken over ---------------------------------------------------
+
+
+class _FrameWriter:
+    """A container's output stream to the client: Docker's frames, or raw bytes for a
+    container with a terminal (one stream, as Docker's)."""
+
+    def __init__(self, sock: Any, stream: int, raw: bool) -> None:
+        self._sock = sock
+        self._header = struct.pack(">B", stream) + b"\0\0\0"
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        if data:
+            payload = data if self._raw else self._header + struct.pack(">I", len(data)) + data
+            self._sock.sendall(payload)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _SocketReader:
+    """The client's bytes after its request (what it sent early first) as the
+    container's stdin; its half-close is the container's EOF."""
+
+    def __init__(self, sock: Any, early: bytes) -> None:
+        self._sock = sock
+        self._early = early
+
+    def read(self, size: int = 8192) -> bytes:
+        if self._early:
+            out, self._early = self._early[:size], self._early[size:]
+            return out
+        try:
+            return bytes(self._sock.recv(size))
+        except OSError:
+            return b""
+
+
+@route("POST", "/v1/containers/{id}/attach",
+       "Attach to the container's stdio (HTTP upgrade, then raw bytes both ways)",
+       "containers", query=(
+           Param("stdin", "boolean", "the client's bytes to the container's stdin"),
+           Param("start", "boolean", "start it once attached (run, start -a): no output lost")),
+       status=101, answer="Docker's multiplexed frames (raw bytes with a TTY)",
+       answer_type=MULTIPLEXED)  # fmt: skip
+def containers_attach(request: Request) -> Response:
+    ref = request.params[_ID]
+    if "upgrade" not in request.headers.get("connection", "").lower() or not request.headers.get(
+        "upgrade"
+    ):
+        raise HttpError(400, "attach needs an upgrade: Connection: Upgrade and Upgrade: tcp")
+    with_stdin, start = request.flag("stdin"), request.flag("start")
+    with engine() as e:
+        ctr = e.get(ref)  # 404 before the upgrade
+    raw = ctr.config.tty
+
+    def takeover(sock: Any, early: bytes) -> None:
+        stdin = _SocketReader(sock, early) if with_stdin else None
+        with engine() as e:
+            try:
+                e.attach(ctr.id, stdin=stdin, stdout=_FrameWriter(sock, 1, raw),  # type: ignore[arg-type]
+                         stderr=_FrameWriter(sock, 2, raw), tty=raw, start=start)  # type: ignore[arg-type]  # fmt: skip
+            except LaminaError as err:
+                with contextlib.suppress(OSError):
+                    _FrameWriter(sock, 2, raw).write(f"lamina: error: {err}\n".encode())
+            except OSError:
+                return  # the client went away: the container goes on (detached)
+
+    return Response(status=101, content_type=MULTIPLEXED, takeover=takeover,
+                    headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
+
+
+@route("POST", "/v1/containers/{id}/resize", "Resize the container's terminal", "containers",
+       query=(Param("h", "integer", "rows", required=True),
+              Param("w", "integer", "columns", required=True)), status=204)  # fmt: skip
+def containers_resize(request: Request) -> Response:
+    rows, cols = request.integer("h"), request.integer("w")
+    if rows is None or cols is None or rows <= 0 or cols <= 0:
+        raise HttpError(400, "query parameters h and w: positive integers required")
+    with engine() as e:
+        e.resize(request.params[_ID], rows, cols)
     return Response(status=204)
 
 
@@ -613,16 +754,7 @@ def containers_archive_get(request: Request) -> Response:
         held.close()
         raise
 
-    def stream() -> Iterator[bytes]:
-        with held:
-            try:
-                yield from chunks
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
-
-    return Response(body=stream(), content_type=TAR, headers=[(_STAT_HEADER, header)])
+    return Response(body=Held(chunks, held), content_type=TAR, headers=[(_STAT_HEADER, header)])
 
 
 @route("PUT", "/v1/containers/{id}/archive", "Extract a tar stream into a directory",
@@ -679,6 +811,14 @@ def exec_start(request: Request) -> Response:
         with engine() as e:
             result = e.exec(entry["container"], spec.cmd, env=spec.env, user=spec.user,
                             workdir=spec.workdir, tty=spec.tty)  # fmt: skip
+    except LaminaError as err:
+        if err.exit_code not in (126, 127):
+            raise
+        # The command could not be run (not found, not executable): as Docker, the
+        # exec ends with 126/127 and the reason on its stderr.
+        entry["exit_code"] = err.exit_code
+        message = " ".join(str(err).split()) + "\n"
+        return Response(body=frame("stderr", message.encode()), content_type=MULTIPLEXED)
     finally:
         entry["running"] = False
     entry["exit_code"] = result.exit_code
@@ -852,13 +992,15 @@ def images_save(request: Request) -> Response:
             e.images.images.resolve(n)  # 404 before the stream starts
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
+    out = os.fdopen(reader, "rb")  # closed with the stream: the save's writes fail, it ends
+    held = contextlib.ExitStack()
+    held.callback(out.close)
 
     def stream() -> Iterator[bytes]:
-        with os.fdopen(reader, "rb") as f:
-            while chunk := f.read(65536):
-                yield chunk
+        while chunk := out.read(65536):
+            yield chunk
 
-    return Response(body=stream(), content_type=TAR)
+    return Response(body=Held(stream(), held), content_type=TAR)
 
 
 @route("POST", "/v1/images/load", "Load images from an archive (the body)", "images",

@@ -95,7 +95,7 @@ def plan(opts: DaemonOptions) -> _Plan:
             unix.append(path)
         elif host.startswith("tcp://"):
             address, sep, port = host.removeprefix("tcp://").rpartition(":")
-            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free
                 raise LaminaError(f"--host {host}: expected tcp://ADDRESS:PORT")
             tcp.append((address.strip("[]") or "127.0.0.1", int(port)))
         else:

@@ -17,6 +17,7 @@ it held).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import select
 import socket
@@ -93,6 +94,12 @@ class Body:
     def readable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a request body has no file descriptor")
+
+    def seekable(self) -> bool:
+        return False
+
     @property
     def finished(self) -> bool:
         return self._done and not self._buf
@@ -154,17 +161,24 @@ class Request:
             r, _, _ = select.select([sock], [], [], timeout)
             if not r:
                 return False
-            if isinstance(sock, ssl.SSLSocket):
-                return sock.pending() == 0 and _peek_closed(sock)
             return _peek_closed(sock)
         except (OSError, ValueError):
             return True
 
 
 def _peek_closed(sock: socket.socket) -> bool:
+    """Whether a readable socket was closed by its peer. TLS cannot peek: a byte is
+    read, and a client that sends while its stream runs counts as gone too."""
     try:
         if isinstance(sock, ssl.SSLSocket):
-            return False  # TLS cannot peek: readable means more of the stream, or close
+            sock.setblocking(False)
+            try:
+                sock.recv(1)
+            except ssl.SSLWantReadError:
+                return False  # a record not complete yet (or a key update)
+            finally:
+                sock.setblocking(True)
+            return True
         return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
@@ -206,7 +220,12 @@ class Server:
         for s in socks:
             s.setblocking(False)
         while not self._stopping.is_set():
-            r, _, _ = select.select([*socks, self._wake_r], [], [])
+            try:
+                r, _, _ = select.select([*socks, self._wake_r], [], [])
+            except (OSError, ValueError):  # a listener closed by ``stop``
+                if self._stopping.is_set():
+                    return
+                raise
             for s in r:
                 if s is self._wake_r:
                     continue
@@ -243,7 +262,11 @@ class Server:
                     self._conns.add(conn)
             _Connection(conn, listener, self._dispatch, self._authorize).run()
         except (OSError, ssl.SSLError, h11.ProtocolError):
-            pass
+            pass  # the client went away, or spoke no HTTP
+        except Exception:  # a stream's bug after its status was sent: logged, closed
+            import traceback
+
+            traceback.print_exc()
         finally:
             with self._lock:
                 self._conns.discard(conn)
