@@ -386,6 +386,14 @@ def containers_inspect(request: Request) -> Response:
         return json_response(plain(e.inspect(request.params[_ID])))
 
 
+@route("GET", "/v1/containers/{id}/record", "A container as the engine describes it "
+       "(lamina's Container: config, state, ports), for lamina's own clients", "containers",
+       answer=_JSON_OBJECT)  # fmt: skip
+def containers_record(request: Request) -> Response:
+    with engine() as e:
+        return json_response(plain(e.get(request.params[_ID])))
+
+
 def _simple(action: str) -> Any:
     def handler(request: Request) -> Response:
         with engine() as e:
@@ -817,7 +825,7 @@ def exec_start(request: Request) -> Response:
         # The command could not be run (not found, not executable): as Docker, the
         # exec ends with 126/127 and the reason on its stderr.
         entry["exit_code"] = err.exit_code
-        message = " ".join(str(err).split()) + "\n"
+        message = "lamina: error: " + " ".join(str(err).split()) + "\n"
         return Response(body=frame("stderr", message.encode()), content_type=MULTIPLEXED)
     finally:
         entry["running"] = False
