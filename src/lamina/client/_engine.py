@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         Container,
         ExecResult,
         LogEntry,
+        PathStat,
         Resources,
         Stats,
         WaitOutcome,
@@ -266,6 +267,9 @@ class RemoteEngine:
 
         if not argv:
             raise LaminaError("exec needs a command")
+        if tty or (stdin is not None and _is_our_stdin(stdin)):
+            raise NotServed("exec -i/-t is not served by the lamina daemon yet (its exec "
+                            "takes no stdin): run it without --host")  # fmt: skip
         body = {"cmd": list(argv), "env": list(env or []), "user": user, "workdir": workdir,
                 "tty": tty}  # fmt: skip
         exec_id = self._json("POST", f"/containers/{segment(ref)}/exec", json_body=body)["Id"]
@@ -343,6 +347,27 @@ class RemoteEngine:
     def resize(self, ref: str, height: int, width: int) -> None:
         self._done("POST", f"/containers/{segment(ref)}/resize", {"h": height, "w": width})
 
+    # -- cp: the archive API (tar streams both ways)
+
+    def stat_path(self, ref: str, path: str) -> PathStat:
+        import base64
+
+        from lamina.runtime._types import PathStat
+
+        answer = self._call("HEAD", f"/containers/{segment(ref)}/archive", {"path": path})
+        answer.close()
+        header = answer.header("X-Lamina-Path-Stat") or ""
+        return decode(PathStat, json.loads(base64.b64decode(header)))
+
+    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+        query = {"path": path, "follow_link": follow_link}
+        return self._call("GET", f"/containers/{segment(ref)}/archive", query).chunks()
+
+    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
+        chunks = iter(lambda: tar_stream.read(65536), b"")
+        self._done("PUT", f"/containers/{segment(ref)}/archive", {"path": path}, body=chunks,
+                   headers={"Content-Type": "application/x-tar"})  # fmt: skip
+
     # -- images
 
     def pull_image(self, reference: str, *, policy: str = "always", platform: str | None = None,
@@ -417,6 +442,21 @@ def _invalid_filter() -> type[LaminaError]:
     from lamina.engine._filters import InvalidFilter
 
     return InvalidFilter
+
+
+def _is_our_stdin(stream: BinaryIO) -> bool:
+    """``exec -i``: the CLI hands our stdin over (else /dev/null, which has nothing)."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.fstat(0)) and not _is_devnull(0)
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
+    except OSError:
+        return False
 
 
 def _pump_stdin(stdin: BinaryIO, sock: socket.socket) -> None:
