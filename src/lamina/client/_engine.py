@@ -392,6 +392,11 @@ class RemoteEngine:
                 return event["result"]
         raise LaminaError("the lamina daemon ended the transfer without a result")
 
+    @property
+    def images(self) -> _RemoteImages:
+        """What ``images``/``rmi`` read of the image store (``engine.images.images``)."""
+        return _RemoteImages(self)
+
     def tag_image(self, source: str, target: str) -> None:
         self._done("POST", f"/images/{segment(source)}/tag", json_body={"target": target})
 
@@ -435,6 +440,26 @@ class RemoteEngine:
         query = {"all": all, "filters": json.dumps(dict(filters)) if filters else None}
         return decode(PruneResult, self._json("POST", "/volumes/prune", query,
                                               bad_input=_invalid_filter()))  # fmt: skip
+
+
+class _RemoteImages:
+    """The image store's listing as the daemon serves it: records with the fields the
+    CLI prints (``ImageRecord``'s), holders unknown (the daemon lists no build cache)."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.images = self
+        self._engine = engine
+
+    def list(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(**r) for r in self._engine._json("GET", "/images")]
+
+    def holders(self, digest: str) -> list[str]:
+        return []
+
+    def reap(self) -> None:
+        """The daemon's own store reaps dead leases."""
 
 
 def _invalid_filter() -> type[LaminaError]:

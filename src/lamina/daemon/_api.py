@@ -853,7 +853,8 @@ def exec_inspect(request: Request) -> Response:
 def images_list(_request: Request) -> Response:
     with engine() as e:
         records = e.images.images.list()
-    return json_response([{**plain(r), "id": r.id, "tags": r.tags} for r in records])
+    return json_response([{**plain(r), "id": r.id, "tags": r.tags, "repo_digests": r.repo_digests}
+                          for r in records])  # fmt: skip
 
 
 @route("GET", "/v1/images/{name}", "Inspect an image", "images", answer=_JSON_OBJECT)
