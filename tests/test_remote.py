@@ -67,7 +67,8 @@ def test_bad_client_flags_are_one_line(flags: list[str], error: str) -> None:
 
 
 def test_a_remote_start_imports_no_engine_image_plane_or_builder(image_root: Path) -> None:
-    heavy = re.compile(r"\| +(lamina\.(engine\._engine|engine\._store|image|builder|registry|daemon)\b\S*)")
+    modules = r"engine\._engine|engine\._store|image|builder|registry|daemon"
+    heavy = re.compile(rf"\| +(lamina\.({modules})\b\S*)")
     with running_daemon(image_root) as daemon:
         host = f"unix://{daemon.socket}"
         for args in (["ps", "-a"], ["run", "--rm", IMAGE_REF, "true"], ["--help"]):
@@ -107,8 +108,8 @@ def test_tls_with_a_client_certificate(image_root: Path, tmp_path: Path) -> None
               "--tlscacert", str(tls["ca.crt"])]  # fmt: skip
     client = ["--host", host, "--tlsverify", "--tlscacert", str(tls["ca.crt"])]
     with running_daemon(image_root, "--host", host, *server):
-        r = lamina(*client, "--tlscert", str(tls["client.crt"]), "--tlskey",
-                   str(tls["client.key"]), "run", "--rm", IMAGE_REF, "echo", "over tls")  # fmt: skip
+        cert = ["--tlscert", str(tls["client.crt"]), "--tlskey", str(tls["client.key"])]
+        r = lamina(*client, *cert, "run", "--rm", IMAGE_REF, "echo", "over tls")
         assert (r.returncode, r.stdout) == (0, "over tls\n"), r.stderr
         anonymous = lamina(*client, "ps")  # the handshake refuses a client without one
         assert anonymous.returncode == 1
