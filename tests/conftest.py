@@ -109,3 +109,32 @@ def local_images(tmp_path: Path) -> Iterator[Any]:
     local = LocalImages.open(tmp_path / "lamina")
     yield local
     local.close()
+
+
+# -- the CLI in both modes ----------------------------------------------------------------
+# A test module marked ``pytestmark = pytest.mark.both_modes`` runs each test twice:
+# ``[local]`` (the CLI in-process) and ``[remote]`` (every ``lamina_cli`` command
+# through a daemon serving the test's root, ``lamina --host``). LAMINA_TEST_MODES=local
+# or =remote runs one of them.
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cli_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_modes"
+    ):
+        import os
+
+        wanted = os.environ.get("LAMINA_TEST_MODES", "local,remote").split(",")
+        modes = [m for m in ("local", "remote") if m in wanted]
+        metafunc.parametrize("cli_mode", modes, indirect=True, scope="module")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cli_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    from runtime_fixtures import RemoteMode
+
+    mode = getattr(request, "param", "local")
+    RemoteMode.on = mode == "remote"
+    yield mode
+    RemoteMode.on = False
+    RemoteMode.stop_all()

@@ -105,6 +105,37 @@ def cli_image_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return root
 
 
+class RemoteMode:
+    """Both modes of the CLI (tests marked ``both_modes``, see conftest): when ``on``,
+    ``lamina_cli`` sends each command to a daemon serving its root (started on first
+    use, one per root, stopped at the session's end) through ``LAMINA_HOST``."""
+
+    on = False
+    daemons: dict[Path, Any] = {}
+
+    @classmethod
+    def host(cls, root: Path) -> str:
+        from daemon_fixtures import Daemon
+
+        daemon = cls.daemons.get(root)
+        if daemon is None or daemon.proc.poll() is not None:
+            daemon = cls.daemons[root] = Daemon(root)
+        return f"unix://{daemon.socket}"
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for daemon in cls.daemons.values():
+            if daemon.proc.poll() is None:
+                daemon.stop()
+        cls.daemons.clear()
+
+
+def local_only(reason: str) -> None:
+    """Skip the ``[remote]`` run of a test of what the daemon does not serve (said why)."""
+    if RemoteMode.on:
+        pytest.skip(f"in-process only: {reason}")
+
+
 def lamina_cli(
     root: Path,
     *args: str,
@@ -114,7 +145,10 @@ def lamina_cli(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``lamina --root ROOT ARGS...``; stdin is ``input`` or /dev/null; ``env`` is
-    added to this process's environment."""
+    added to this process's environment (in remote mode, with LAMINA_HOST: the
+    command goes to the root's daemon)."""
+    if RemoteMode.on and args and args[0] != "daemon":
+        env = {"LAMINA_HOST": RemoteMode.host(root), **(env or {})}
     return subprocess.run(
         [*CLI, "--root", str(root), *args],
         input=input.decode() if input is not None else None,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from runtime_fixtures import CLI, IMAGE_REF, cli_image_root, lamina_cli, remove_all_containers
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_modes]
 
 IMAGE = IMAGE_REF
 OTHER = "example.com/test/other:2"  # a second name of the image

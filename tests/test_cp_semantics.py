@@ -33,7 +33,7 @@ from runtime_fixtures import (
 from runtime_fixtures import lamina_ok as ok
 from test_cp_race import assert_clean_failure, cp_processes
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.both_modes]
 
 
 @pytest.fixture(scope="module")

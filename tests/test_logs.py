@@ -30,7 +30,7 @@ from runtime_fixtures import (
 )
 from runtime_fixtures import lamina_ok as ok
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.both_modes]
 
 IMAGE = IMAGE_REF
 # Numbered lines of ~110 bytes in the log, paced (20 lines, then 10 ms) so that the

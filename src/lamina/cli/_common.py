@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -40,11 +40,17 @@ def _settings() -> Any:
 def open_engine(*, containers: bool = True) -> Engine:
     """The engine on ``--root`` with ``--runtime``; a runtime that is missing or
     cannot work on this host fails here, before anything is done (exit 125).
-    ``containers=False``: for image and volume commands, which create none."""
-    from lamina.engine import open_engine as _open
+    ``containers=False``: for image and volume commands, which create none.
+    With ``--host`` (LAMINA_HOST): the daemon's client, which offers the same."""
     from lamina.errors import LaminaError
 
     settings = _settings()
+    if settings.remote is not None:
+        from lamina.cli._remote import connect_daemon
+
+        return cast("Engine", connect_daemon(settings.remote))
+    from lamina.engine import open_engine as _open
+
     try:
         return _open(
             settings.root,

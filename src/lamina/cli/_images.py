@@ -352,12 +352,6 @@ def tag(source: str, target: str) -> None:
     _engine().tag_image(source, target)
 
 
-def inspect_image(local: LocalImages, rec: ImageRecord) -> dict[str, Any]:
-    from lamina.engine._images import inspect
-
-    return inspect(local, rec)
-
-
 def _familiar(name: str) -> str:
     from lamina.image import parse_reference
 
@@ -372,12 +366,12 @@ def inspect(names: tuple[str, ...], fmt: str | None) -> None:
     from lamina.cli._output import print_inspect
     from lamina.errors import NotFound
 
-    local = open_local()
+    engine = _engine()
     out = []
     missing = []
     for name in names:
         try:
-            out.append(inspect_image(local, local.images.resolve(name)))
+            out.append(engine.inspect_image(name))
         except NotFound:
             missing.append(name)
     print_inspect(fmt, out, [f"no such object: {name}" for name in missing])

@@ -294,7 +294,7 @@ def _inspect(names: Sequence[str], kind: str | None, fmt: str | None) -> None:
     from lamina.errors import LaminaError, NotFound
 
     engine = open_engine() if kind in (None, "container") else None
-    local = None
+    images = None
     out: list[dict[str, Any]] = []
     missing: list[str] = []
     for name in names:
@@ -305,11 +305,9 @@ def _inspect(names: Sequence[str], kind: str | None, fmt: str | None) -> None:
             except NotFound:
                 found = None
         if found is None and kind in (None, "image"):
-            from lamina.cli._images import inspect_image, open_local
-
-            local = local or open_local()
+            images = images or open_engine(containers=False)
             try:
-                found = inspect_image(local, local.images.resolve(name))
+                found = images.inspect_image(name)
             except LaminaError:
                 found = None
         if found is None:

@@ -252,40 +252,31 @@ def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _prepare(
+def _create(
     engine: Engine, image: str, command: Sequence[str], flags: dict[str, Any], *, auto_remove: bool
-) -> Any:
-    """Flags -> ContainerConfig, the image resolved (pulled per --pull) and the config
-    settled by the engine. Every failure here is Docker's 125: the container never
-    existed."""
-    from lamina.cli._runopts import RunOptions, prepare_run
+) -> Container:
+    """Flags -> a created container: checked, the image resolved (pulled per --pull),
+    the config settled and created by the engine (``create_from_options``, the same
+    in-process and through a daemon). Every failure is Docker's 125 (the container
+    never existed), but 126/127 for a command that cannot run."""
+    from lamina.cli._runopts import RunOptions
     from lamina.errors import LaminaError
 
     pull = flags.pop("pull")
     platform = flags.pop("platform")
     try:
         opts = RunOptions(**flags, auto_remove=auto_remove)
-        config, warnings = prepare_run(
-            engine, opts, image=image, command=command, pull=pull, platform=platform,
+        ctr, warnings = engine.create_from_options(
+            opts, image=image, command=command, pull=pull, platform=platform,
             progress=_progress,
         )  # fmt: skip
-        for w in warnings:
-            print(f"WARNING: {w}", file=sys.stderr)
-        return config
-    except LaminaError as e:
-        e.exit_code = 125
-        raise
-
-
-def _create(engine: Engine, config: Any) -> Container:
-    from lamina.errors import LaminaError
-
-    try:
-        return engine.create(config)
     except LaminaError as e:
         if e.exit_code not in (126, 127):
             e.exit_code = 125
         raise
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
+    return ctr
 
 
 @_args_command("run")
@@ -313,8 +304,7 @@ def run(
     if not detach:
         _require_tty(flags["interactive"], flags["tty"])
     engine = open_engine()  # a bad --runtime fails before any pull
-    config = _prepare(engine, image, command, flags, auto_remove=auto_remove)
-    ctr = _create(engine, config)
+    ctr = _create(engine, image, command, flags, auto_remove=auto_remove)
     if detach:
         try:
             engine.start(ctr.id)  # a --rm one that fails to start is removed by it
@@ -327,8 +317,8 @@ def run(
     code = run_attached(
         engine,
         ctr.id,
-        stdin=config.stdin_open,
-        tty=config.tty,
+        stdin=ctr.config.stdin_open,
+        tty=ctr.config.tty,
         sig_proxy=sig_proxy,
         start=True,
     )
@@ -343,8 +333,7 @@ def run(
 def create(image: str, command: tuple[str, ...], auto_remove: bool, **flags: Any) -> None:
     """Create a new container (without starting it); prints its ID."""
     engine = open_engine()
-    config = _prepare(engine, image, command, flags, auto_remove=auto_remove)
-    click.echo(_create(engine, config).id)
+    click.echo(_create(engine, image, command, flags, auto_remove=auto_remove).id)
 
 
 def _exit(engine: Engine, code: int) -> NoReturn:

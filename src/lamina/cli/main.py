@@ -124,8 +124,10 @@ class Settings:
         insecure_registries: tuple[str, ...],
         registries_config: str | None,
         oci_runtime: str = "runc",
+        remote: dict[str, object] | None = None,
     ) -> None:
         self.root = root
+        self.remote = remote  # --host and its TLS/token flags: the daemon's client
         self.debug = debug
         self.insecure_registries = insecure_registries
         self.registries_config = registries_config
@@ -167,6 +169,26 @@ class Settings:
     metavar="runc|crun|PATH",
     help="OCI runtime for process-isolated containers [env LAMINA_RUNTIME].",
 )
+@click.option(
+    "-H",
+    "--host",
+    default=None,
+    envvar="LAMINA_HOST",
+    metavar="unix:///PATH|tcp://HOST:PORT",
+    help="Send the command to this lamina daemon [env LAMINA_HOST].",
+)
+@click.option("--tls", is_flag=True, help="Use TLS to a tcp:// daemon (implied by --tlsverify).")
+@click.option("--tlsverify", is_flag=True, help="Use TLS and verify the daemon's certificate.")
+@click.option("--tlscacert", default=None, metavar="FILE", help="Trust certs signed by this CA.")
+@click.option("--tlscert", default=None, metavar="FILE", help="TLS client certificate.")
+@click.option("--tlskey", default=None, metavar="FILE", help="TLS client key.")
+@click.option(
+    "--token-file",
+    default=None,
+    envvar="LAMINA_TOKEN_FILE",
+    metavar="FILE",
+    help="Bearer token for a tcp:// daemon [env LAMINA_TOKEN_FILE].",
+)
 @click.version_option(package_name="lamina", prog_name="lamina")
 @click.pass_context
 def cli(
@@ -176,13 +198,15 @@ def cli(
     insecure_registries: tuple[str, ...],
     registries_config: str | None,
     oci_runtime: str,
+    **remote: object,
 ) -> None:
     """lamina: run, build and ship OCI containers."""
     if root is None:
         from lamina.config import default_root
 
         root = default_root()
-    ctx.obj = Settings(root, debug, insecure_registries, registries_config, oci_runtime)
+    ctx.obj = Settings(root, debug, insecure_registries, registries_config, oci_runtime,
+                       remote if remote["host"] else None)  # fmt: skip
 
 
 for _alias, _target in _ALIASES.items():

@@ -386,6 +386,14 @@ def containers_inspect(request: Request) -> Response:
         return json_response(plain(e.inspect(request.params[_ID])))
 
 
+@route("GET", "/v1/containers/{id}/record", "A container as the engine describes it "
+       "(lamina's Container: config, state, ports), for lamina's own clients", "containers",
+       answer=_JSON_OBJECT)  # fmt: skip
+def containers_record(request: Request) -> Response:
+    with engine() as e:
+        return json_response(plain(e.get(request.params[_ID])))
+
+
 def _simple(action: str) -> Any:
     def handler(request: Request) -> Response:
         with engine() as e:
@@ -817,7 +825,7 @@ def exec_start(request: Request) -> Response:
         # The command could not be run (not found, not executable): as Docker, the
         # exec ends with 126/127 and the reason on its stderr.
         entry["exit_code"] = err.exit_code
-        message = " ".join(str(err).split()) + "\n"
+        message = "lamina: error: " + " ".join(str(err).split()) + "\n"
         return Response(body=frame("stderr", message.encode()), content_type=MULTIPLEXED)
     finally:
         entry["running"] = False
@@ -845,7 +853,8 @@ def exec_inspect(request: Request) -> Response:
 def images_list(_request: Request) -> Response:
     with engine() as e:
         records = e.images.images.list()
-    return json_response([{**plain(r), "id": r.id, "tags": r.tags} for r in records])
+    return json_response([{**plain(r), "id": r.id, "tags": r.tags, "repo_digests": r.repo_digests}
+                          for r in records])  # fmt: skip
 
 
 @route("GET", "/v1/images/{name}", "Inspect an image", "images", answer=_JSON_OBJECT)

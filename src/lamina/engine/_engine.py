@@ -662,6 +662,26 @@ class Engine:
         return build(self.root, options, progress)
 
     # -- create -----------------------------------------------------------------------
+    def create_from_options(
+        self,
+        opts: Any,
+        *,
+        image: str,
+        command: Sequence[str] | None,
+        pull: str = "missing",
+        platform: str | None = None,
+        progress: Callable[[], Any] | None = None,
+    ) -> tuple[Container, builtins.list[str]]:
+        """``run``/``create``'s flags (``lamina.cli._runopts.RunOptions``) checked,
+        the image resolved, the config settled, the container created: what every
+        front end does (the CLI in-process; through a daemon, its client sends the
+        flags). Returns the container and the warnings for the user."""
+        from lamina.cli._runopts import prepare_run
+
+        config, warnings = prepare_run(self, opts, image=image, command=command, pull=pull,
+                                       platform=platform, progress=progress)  # fmt: skip
+        return self.create(config), warnings
+
     def create(self, config: ContainerConfig) -> Container:
         """A new container of ``config.isolation`` from image ``config.image`` (an ID
         in the local store)."""

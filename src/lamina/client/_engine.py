@@ -1,0 +1,509 @@
+"""``RemoteEngine``: what the CLI takes from ``lamina.engine.Engine``, served by a
+lamina daemon. The same method names and arguments, the same data back (the
+engine's dataclasses, rebuilt from the daemon's JSON), the same errors (the
+daemon's status as the exception class, its one-line message as the message), so
+that the CLI does not know which of the two it has.
+
+A method the daemon does not serve yet raises one line naming the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from lamina.client._decode import decode
+from lamina.client._transport import Answer, Transport, segment
+from lamina.errors import (
+    AlreadyExists,
+    LaminaError,
+    NotFound,
+    RegistryError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from lamina.cli._runopts import RunOptions
+    from lamina.runtime._types import (
+        ChangeEntry,
+        Container,
+        ExecResult,
+        LogEntry,
+        PathStat,
+        Resources,
+        Stats,
+        WaitOutcome,
+    )
+    from lamina.runtime._volumes import Volume
+
+
+class BadRequest(LaminaError, ValueError):
+    """The daemon refused a parameter or body (400)."""
+
+
+class NotServed(LaminaError):
+    """What the daemon does not serve yet (run the command without --host)."""
+
+    exit_code = 125
+
+
+def error_of(
+    status: int, message: str, *, bad_input: type[LaminaError] = BadRequest
+) -> LaminaError:
+    """The engine's exception for a daemon's status (see lamina.daemon._api.status_of)."""
+    if status == 404:
+        return NotFound(message)
+    if status == 400:
+        return bad_input(message)
+    if status == 409 and ("already" in message or "in use" in message):
+        return AlreadyExists(message)
+    if status == 502:
+        return RegistryError(message)
+    if status == 507:
+        return StorageError(message)
+    return LaminaError(message)
+
+
+def _checked(answer: Answer, *, bad_input: type[LaminaError] = BadRequest) -> Answer:
+    if answer.status < 400:
+        return answer
+    data = answer.read()
+    try:
+        message = str(json.loads(data)["message"])
+    except (ValueError, KeyError, TypeError):
+        message = data.decode("utf-8", "replace").strip() or f"HTTP {answer.status}"
+    raise error_of(answer.status, message, bad_input=bad_input)
+
+
+def _frames(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Docker's multiplexed stream as (stream, payload) pairs, as they arrive."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= 8:
+            kind, size = struct.unpack(">BxxxI", buf[:8])
+            if len(buf) < 8 + size:
+                break
+            yield kind, buf[8 : 8 + size]
+            buf = buf[8 + size :]
+
+
+# How the daemon says, in a stream, that the command could not run (attach, exec).
+_ERROR_LINE = b"lamina: error: "
+
+
+def _start_failure(message: str) -> LaminaError:
+    """A container that could not start, as attach reports it: Docker's CLI reads the
+    exit code from the message (127 not found, 126 not executable), as we do."""
+    from lamina.runtime.common import error_exit_code
+
+    error = LaminaError(message.strip())
+    error.exit_code = error_exit_code(message)
+    return error
+
+
+class RemoteEngine:
+    """The engine of the root a daemon serves, over its API (``/v1``)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    # -- plumbing
+
+    def _call(self, method: str, path: str, query: Mapping[str, Any] | None = None, *,
+              bad_input: type[LaminaError] = BadRequest, **kw: Any) -> Answer:  # fmt: skip
+        return _checked(self._t.request(method, "/v1" + path, query, **kw), bad_input=bad_input)
+
+    def _json(self, method: str, path: str, query: Mapping[str, Any] | None = None,
+              **kw: Any) -> Any:  # fmt: skip
+        return self._call(method, path, query, **kw).json()
+
+    def _done(self, method: str, path: str, query: Mapping[str, Any] | None = None,
+              **kw: Any) -> None:  # fmt: skip
+        self._call(method, path, query, **kw).read()
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise NotServed(f"{name.replace('_', ' ')} is not served by the lamina daemon yet: "
+                        "run it without --host")  # fmt: skip
+
+    # -- containers
+
+    def create_from_options(
+        self,
+        opts: RunOptions,
+        *,
+        image: str,
+        command: Sequence[str] | None,
+        pull: str = "missing",
+        platform: str | None = None,
+        progress: Any = None,
+    ) -> tuple[Container, list[str]]:
+        """``run``/``create``: the flags to the daemon, which decides as the CLI does
+        in-process (``prepare_run``). What only this side can read (``--env-file``,
+        ``--label-file``, ``-e KEY`` from our environment) is resolved here first."""
+        from lamina.cli._runopts import parse_env, parse_env_file, parse_labels
+
+        environ = os.environ
+        fields = asdict(opts)
+        env = [e for f in opts.env_files for e in parse_env_file(f, environ)]
+        fields["env"] = env + parse_env(opts.env, environ)
+        if opts.label_files:
+            labels = parse_labels(opts.labels, opts.label_files)
+            fields["labels"] = [f"{k}={v}" for k, v in labels.items()]
+        del fields["env_files"], fields["label_files"]
+        body = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+        body.update(image=image, command=list(command) if command else None, pull=pull,
+                    platform=platform)  # fmt: skip
+        created = self._json("POST", "/containers", json_body=body)
+        return self.get(created["Id"]), list(created.get("Warnings") or [])
+
+    def get(self, ref: str) -> Container:
+        from lamina.runtime._types import Container
+
+        return decode(Container, self._json("GET", f"/containers/{segment(ref)}/record"))
+
+    def list(self, *, all: bool = False,
+             filters: Mapping[str, Sequence[str]] | None = None) -> list[Container]:  # fmt: skip
+        from lamina.runtime._types import Container
+
+        query = {"all": all, "filters": json.dumps(dict(filters)) if filters else None}
+        found = self._json("GET", "/containers", query, bad_input=_invalid_filter())
+        return [decode(Container, c) for c in found]
+
+    def inspect(self, ref: str) -> dict[str, object]:
+        return dict(self._json("GET", f"/containers/{segment(ref)}"))
+
+    def start(self, ref: str) -> None:
+        self._done("POST", f"/containers/{segment(ref)}/start")
+
+    def stop(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        self._done("POST", f"/containers/{segment(ref)}/stop", {"t": timeout, "signal": signal})
+
+    def restart(self, ref: str, *, timeout: int | None = None, signal: str | None = None) -> None:
+        query = {"t": timeout, "signal": signal}
+        self._done("POST", f"/containers/{segment(ref)}/restart", query)
+
+    def kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        self._done("POST", f"/containers/{segment(ref)}/kill", {"signal": signal})
+
+    def pause(self, ref: str) -> None:
+        self._done("POST", f"/containers/{segment(ref)}/pause")
+
+    def unpause(self, ref: str) -> None:
+        self._done("POST", f"/containers/{segment(ref)}/unpause")
+
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        self._done("DELETE", f"/containers/{segment(ref)}", {"force": force, "volumes": volumes})
+
+    def rename(self, ref: str, new_name: str) -> None:
+        self._done("POST", f"/containers/{segment(ref)}/rename", {"name": new_name})
+
+    def wait(self, ref: str, condition: Any = "not-running",
+             timeout: float | None = None) -> WaitOutcome:  # fmt: skip
+        from lamina.runtime._types import ExitReason, WaitOutcome
+
+        data = self._json("POST", f"/containers/{segment(ref)}/wait",
+                          {"condition": str(condition)})  # fmt: skip
+        return WaitOutcome(exit_code=data["StatusCode"], reason=ExitReason(data["Reason"]),
+                           signal=data.get("Signal"), error=data.get("Error") or "")  # fmt: skip
+
+    def logs(
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[LogEntry]:
+        from lamina.runtime._types import LogEntry
+
+        query = {"follow": follow, "tail": tail, "since": since, "until": until,
+                 "timestamps": True}  # fmt: skip
+        answer = self._call("GET", f"/containers/{segment(ref)}/logs", query)
+        for kind, payload in _frames(answer.chunks()):
+            stamp, _, data = payload.partition(b" ")
+            yield LogEntry(timestamp=_parse_rfc3339(stamp.decode()),
+                           stream="stderr" if kind == 2 else "stdout", data=data)  # fmt: skip
+
+    def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
+        data = self._json("GET", f"/containers/{segment(ref)}/top")
+        return data["Titles"], data["Processes"]
+
+    def stats(self, ref: str) -> Stats:
+        from lamina.runtime._types import Stats
+
+        return decode(Stats, self._json("GET", f"/containers/{segment(ref)}/stats",
+                                        {"stream": False}))  # fmt: skip
+
+    def diff(self, ref: str) -> list[ChangeEntry]:
+        from lamina.runtime._types import ChangeEntry
+
+        found = self._json("GET", f"/containers/{segment(ref)}/changes")
+        return [decode(ChangeEntry, c) for c in found]
+
+    def update(self, ref: str, resources: Resources) -> None:
+        raise NotServed("update is not served to the CLI by the lamina daemon yet: run it "
+                        "without --host")  # fmt: skip
+
+    def exec(self, ref: str, argv: list[str], *, env: list[str] | None = None,
+             user: str | None = None, workdir: str | None = None, tty: bool = False,
+             stdin: BinaryIO | None = None, detach: bool = False,
+             stream: bool = False) -> ExecResult:  # fmt: skip
+        from lamina.runtime._types import ExecResult
+
+        if not argv:
+            raise LaminaError("exec needs a command")
+        if tty or (stdin is not None and _is_our_stdin(stdin)):
+            raise NotServed("exec -i/-t is not served by the lamina daemon yet (its exec "
+                            "takes no stdin): run it without --host")  # fmt: skip
+        body = {"cmd": list(argv), "env": list(env or []), "user": user, "workdir": workdir,
+                "tty": tty}  # fmt: skip
+        exec_id = self._json("POST", f"/containers/{segment(ref)}/exec", json_body=body)["Id"]
+        answer = self._call("POST", f"/exec/{exec_id}/start")
+        out, err = bytearray(), bytearray()
+        failure = b""  # the daemon's line for a command that could not run
+        for kind, payload in _frames(answer.chunks()):
+            if kind == 2 and payload.startswith(_ERROR_LINE):
+                failure += payload
+            elif stream and not detach:
+                target = sys.stderr.buffer if kind == 2 else sys.stdout.buffer
+                target.write(payload)
+                target.flush()
+            else:
+                (err if kind == 2 else out).extend(payload)
+        code = self._json("GET", f"/exec/{exec_id}/json")["ExitCode"]
+        if failure and code in (126, 127):
+            error = LaminaError(failure[len(_ERROR_LINE) :].decode(errors="replace").strip())
+            error.exit_code = code
+            raise error
+        if failure:
+            (sys.stderr.buffer.write(failure) if stream else err.extend(failure))
+        return ExecResult(exit_code=code if code is not None else 0, stdout=bytes(out),
+                          stderr=bytes(err))  # fmt: skip
+
+    def attach(self, ref: str, *, stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO,
+               tty: bool = False, start: bool = False) -> None:  # fmt: skip
+        """The daemon's attach upgrade: its output here as it comes, our stdin there
+        (its end a half-close), until the container's output closes."""
+        answer = self._t.request(
+            "POST", f"/v1/containers/{segment(ref)}/attach",
+            {"stdin": stdin is not None, "start": start},
+            headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        )  # fmt: skip
+        if answer.status != 101:
+            _checked(answer)
+            answer.close()
+            raise LaminaError(f"the lamina daemon did not attach (HTTP {answer.status})")
+        sock = answer.conn.sock
+        reader = answer.resp.fp  # buffered: may hold the first bytes after the 101
+        try:
+            if stdin is not None:
+                threading.Thread(target=_pump_stdin, args=(stdin, sock), daemon=True).start()
+            if tty:
+                self._follow_terminal(ref)
+                while data := reader.read1(65536):
+                    stdout.write(data)
+                    stdout.flush()
+                return
+            chunks = iter(lambda: reader.read1(65536), b"")
+            for kind, payload in _frames(chunks):
+                if kind == 2 and payload.startswith(_ERROR_LINE):
+                    raise _start_failure(payload[len(_ERROR_LINE) :].decode(errors="replace"))
+                target = stderr if kind == 2 else stdout
+                target.write(payload)
+                target.flush()
+        finally:
+            answer.close()
+
+    def _follow_terminal(self, ref: str) -> None:
+        """Our terminal's size to the container's, now and on SIGWINCH."""
+        import signal
+
+        def resize(*_: object) -> None:
+            with contextlib.suppress(OSError, LaminaError):
+                cols, rows = os.get_terminal_size(sys.stdin.fileno())
+                self.resize(ref, rows, cols)
+
+        if not sys.stdin.isatty():
+            return
+        resize()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGWINCH, resize)
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        self._done("POST", f"/containers/{segment(ref)}/resize", {"h": height, "w": width})
+
+    # -- cp: the archive API (tar streams both ways)
+
+    def stat_path(self, ref: str, path: str) -> PathStat:
+        import base64
+
+        from lamina.runtime._types import PathStat
+
+        answer = self._call("HEAD", f"/containers/{segment(ref)}/archive", {"path": path})
+        answer.close()
+        header = answer.header("X-Lamina-Path-Stat") or ""
+        return decode(PathStat, json.loads(base64.b64decode(header)))
+
+    def copy_out(self, ref: str, path: str, *, follow_link: bool = False) -> Iterator[bytes]:
+        query = {"path": path, "follow_link": follow_link}
+        return self._call("GET", f"/containers/{segment(ref)}/archive", query).chunks()
+
+    def copy_in(self, ref: str, path: str, tar_stream: BinaryIO) -> None:
+        chunks = iter(lambda: tar_stream.read(65536), b"")
+        self._done("PUT", f"/containers/{segment(ref)}/archive", {"path": path}, body=chunks,
+                   headers={"Content-Type": "application/x-tar"})  # fmt: skip
+
+    # -- images
+
+    def pull_image(self, reference: str, *, policy: str = "always", platform: str | None = None,
+                   progress: Any = None, registry_config: Any = None) -> Any:  # fmt: skip
+        from types import SimpleNamespace
+
+        result = self._transfer("/images/pull", {"reference": reference, "platform": platform})
+        return SimpleNamespace(id=result["id"], digest=result["digest"])
+
+    def push_image(self, source: str, destination: str | None = None, *, progress: Any = None,
+                   registry_config: Any = None, chunk_size: int | None = None) -> str:  # fmt: skip
+        result = self._transfer(f"/images/{segment(source)}/push", {"destination": destination})
+        return str(result["digest"])
+
+    def _transfer(self, path: str, query: Mapping[str, Any]) -> Any:
+        answer = self._call("POST", path, query)
+        for line in answer.lines():
+            event = json.loads(line)
+            if "error" in event:
+                raise error_of(int(event.get("code") or 500), str(event["error"]))
+            if event.get("status") == "complete":
+                return event["result"]
+        raise LaminaError("the lamina daemon ended the transfer without a result")
+
+    @property
+    def images(self) -> _RemoteImages:
+        """What ``images``/``rmi`` read of the image store (``engine.images.images``)."""
+        return _RemoteImages(self)
+
+    def tag_image(self, source: str, target: str) -> None:
+        self._done("POST", f"/images/{segment(source)}/tag", json_body={"target": target})
+
+    def inspect_image(self, name: str) -> dict[str, Any]:
+        return dict(self._json("GET", f"/images/{segment(name)}"))
+
+    def remove_image(self, name: str, *, force: bool = False) -> Any:
+        from types import SimpleNamespace
+
+        data = self._json("DELETE", f"/images/{segment(name)}", {"force": force})
+        return SimpleNamespace(**data)
+
+    # -- volumes
+
+    def create_volume(self, name: str | None = None,
+                      labels: Mapping[str, str] | None = None) -> Volume:  # fmt: skip
+        from lamina.runtime._volumes import Volume
+
+        body = {"name": name, "labels": dict(labels or {})}
+        return decode(Volume, self._json("POST", "/volumes", json_body=body))
+
+    def volume(self, name: str) -> Volume:
+        from lamina.runtime._volumes import Volume
+
+        return decode(Volume, self._json("GET", f"/volumes/{segment(name)}"))
+
+    def list_volumes(self, *, filters: Mapping[str, Sequence[str]] | None = None) -> list[Volume]:
+        from lamina.runtime._volumes import Volume
+
+        query = {"filters": json.dumps(dict(filters)) if filters else None}
+        found = self._json("GET", "/volumes", query, bad_input=_invalid_filter())
+        return [decode(Volume, v) for v in found]
+
+    def remove_volume(self, name: str, *, force: bool = False) -> None:
+        self._done("DELETE", f"/volumes/{segment(name)}", {"force": force})
+
+    def prune_volumes(self, *, all: bool = False,
+                      filters: Mapping[str, Sequence[str]] | None = None) -> Any:  # fmt: skip
+        from lamina.runtime._volumes import PruneResult
+
+        query = {"all": all, "filters": json.dumps(dict(filters)) if filters else None}
+        return decode(PruneResult, self._json("POST", "/volumes/prune", query,
+                                              bad_input=_invalid_filter()))  # fmt: skip
+
+
+class _RemoteImages:
+    """The image store's listing as the daemon serves it: records with the fields the
+    CLI prints (``ImageRecord``'s), holders unknown (the daemon lists no build cache)."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.images = self
+        self._engine = engine
+
+    def list(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(**r) for r in self._engine._json("GET", "/images")]
+
+    def holders(self, digest: str) -> list[str]:
+        return []
+
+    def reap(self) -> None:
+        """The daemon's own store reaps dead leases."""
+
+
+def _invalid_filter() -> type[LaminaError]:
+    """A refused filter is the engine's InvalidFilter (the CLI says it as a flag error)."""
+    from lamina.engine._filters import InvalidFilter
+
+    return InvalidFilter
+
+
+def _is_our_stdin(stream: BinaryIO) -> bool:
+    """``exec -i``: the CLI hands our stdin over (else /dev/null, which has nothing)."""
+    try:
+        return os.path.samestat(os.fstat(stream.fileno()), os.fstat(0)) and not _is_devnull(0)
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
+    except OSError:
+        return False
+
+
+def _pump_stdin(stdin: BinaryIO, sock: socket.socket) -> None:
+    """Our stdin to the container's; its end is a half-close (the container's EOF)."""
+    with contextlib.suppress(OSError, ValueError):
+        try:
+            fd = stdin.fileno()
+        except (OSError, AttributeError):
+            fd = None  # a Python stream (tests, an embedding program)
+        while data := (os.read(fd, 65536) if fd is not None else stdin.read(65536)):
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+def _parse_rfc3339(text: str) -> float:
+    """The daemon's log timestamps: ``2024-01-02T15:04:05.123456789Z``."""
+    import calendar
+    import time
+
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0.0
+    return seconds + (int(fraction) / 10 ** len(fraction) if fraction.isdigit() else 0.0)
