@@ -1,4 +1,4 @@
-"""Unit tests of run/create flag parsing (lamina.cli._runopts): Docker's rules."""
+"""Unit tests of run/create flag parsing (lamina.engine._options): Docker's rules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.cli._runopts import (
+from lamina.engine._options import (
     InvalidOption,
     ParsedRun,
     RunOptions,

@@ -87,7 +87,7 @@ def _time_ns(value: str, now_ns: int, flag: str) -> int:
     unix = re.fullmatch(r"(\d+)(?:\.(\d{1,9}))?", v)
     if unix:
         return int(unix[1]) * 10**9 + int((unix[2] or "").ljust(9, "0"))
-    from lamina.cli._runopts import parse_time
+    from lamina.engine._options import parse_time
 
     fraction = re.fullmatch(r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d)\.(\d+)(.*)", v)
     if fraction:

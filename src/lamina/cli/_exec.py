@@ -47,7 +47,7 @@ def exec_(
     workdir: str | None,
 ) -> None:
     """Run a command in a running container; exits with its exit code."""
-    from lamina.cli._runopts import InvalidOption, parse_env, parse_env_file
+    from lamina.engine._options import InvalidOption, parse_env, parse_env_file
 
     environ = os.environ
     try:

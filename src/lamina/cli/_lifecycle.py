@@ -149,7 +149,7 @@ def prune_selector(filters: Sequence[str], command: str) -> Any:
     for f in filters:
         key, _, value = f.partition("=")
         if key == "until":
-            from lamina.cli._runopts import parse_time
+            from lamina.engine._options import parse_time
 
             select.until = parse_time(value, time.time(), "--filter until")
         elif key == "label":
@@ -177,7 +177,7 @@ def prune_selector(filters: Sequence[str], command: str) -> Any:
 )
 def update(containers: tuple[str, ...], restart: str | None, **flags: Any) -> None:
     """Update the resource limits or restart policy of one or more containers."""
-    from lamina.cli._runopts import InvalidOption, parse_resources, parse_restart
+    from lamina.engine._options import InvalidOption, parse_resources, parse_restart
 
     if restart is None and all(v is None for v in flags.values()):
         raise FlagError("you must provide one or more flags when using this command", "update")

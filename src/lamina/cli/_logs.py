@@ -37,7 +37,7 @@ def logs(
     container: str, follow: bool, tail: str, since: str | None, until: str | None, timestamps: bool
 ) -> None:
     """Fetch the logs of a container (its stdout and stderr, on ours)."""
-    from lamina.cli._runopts import parse_time
+    from lamina.engine._options import parse_time
 
     now = time.time()
     try:

@@ -1,5 +1,5 @@
 """``run``, ``create`` and ``start``: flags parsed into a ``ContainerConfig``
-(``_runopts``), settled and created by the engine, then started and attached.
+(``engine._options``), settled and created by the engine, then started and attached.
 
 Flag and pre-run failures exit 125 with one line on stderr (Docker's code); ``run``
 and ``start -a`` exit with the container's code, 126/127 when its command could not
@@ -259,7 +259,7 @@ def _create(
     the config settled and created by the engine (``create_from_options``, the same
     in-process and through a daemon). Every failure is Docker's 125 (the container
     never existed), but 126/127 for a command that cannot run."""
-    from lamina.cli._runopts import RunOptions
+    from lamina.engine._options import RunOptions
     from lamina.errors import LaminaError
 
     pull = flags.pop("pull")

@@ -31,7 +31,7 @@ from lamina.errors import (
 )
 
 if TYPE_CHECKING:
-    from lamina.cli._runopts import RunOptions
+    from lamina.engine._options import RunOptions
     from lamina.runtime._types import (
         ChangeEntry,
         Container,
@@ -154,7 +154,7 @@ class RemoteEngine:
         """``run``/``create``: the flags to the daemon, which decides as the CLI does
         in-process (``prepare_run``). What only this side can read (``--env-file``,
         ``--label-file``, ``-e KEY`` from our environment) is resolved here first."""
-        from lamina.cli._runopts import parse_env, parse_env_file, parse_labels
+        from lamina.engine._options import parse_env, parse_env_file, parse_labels
 
         environ = os.environ
         fields = asdict(opts)

@@ -1,6 +1,6 @@
 """The ``/v1`` API: each handler translates one request into engine calls and the
 engine's answer into JSON (or a stream). Nothing is decided here that the engine
-or the CLI's shared parsing (``_runopts``) does not decide for the CLI too.
+or the run options (``engine._options``, shared with the CLI) do not decide.
 
 Errors: NotFound is 404, a conflict with an object's state 409, bad input 400, a
 registry's failure 502, a full disk 507; anything else is a bug, 500. Each answer
@@ -223,7 +223,7 @@ def _time_arg(request: Request, name: str) -> float | None:
 
 
 def _time_arg_value(raw: str, name: str) -> float:
-    from lamina.cli._runopts import parse_time
+    from lamina.engine._options import parse_time
 
     try:
         return parse_time(raw, time.time(), name)
@@ -365,7 +365,7 @@ def containers_list(request: Request) -> Response:
 @route("POST", "/v1/containers", "Create a container (lamina create's flags)", "containers",
        body=m.ContainerCreate, status=201, answer=m.ContainerCreated)  # fmt: skip
 def containers_create(request: Request) -> Response:
-    from lamina.cli._runopts import RunOptions, prepare_run
+    from lamina.engine._options import RunOptions, prepare_run
 
     body = m.parse(m.ContainerCreate, request.json())
     fields = body.model_dump()
@@ -636,7 +636,7 @@ def containers_changes(request: Request) -> Response:
 @route("POST", "/v1/containers/{id}/update", "New resource limits", "containers",
        body=m.ContainerUpdate, status=204)  # fmt: skip
 def containers_update(request: Request) -> Response:
-    from lamina.cli._runopts import parse_resources
+    from lamina.engine._options import parse_resources
 
     body = m.parse(m.ContainerUpdate, request.json())
     resources = parse_resources(**body.model_dump(), cpu_count=os.cpu_count(), for_update=True)

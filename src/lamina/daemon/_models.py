@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from lamina.cli._runopts import RunOptions
 from lamina.daemon._http import HttpError
+from lamina.engine._options import RunOptions
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 # Flags that name the client's files: resolved by the client (see the docstring).

@@ -672,11 +672,11 @@ class Engine:
         platform: str | None = None,
         progress: Callable[[], Any] | None = None,
     ) -> tuple[Container, builtins.list[str]]:
-        """``run``/``create``'s flags (``lamina.cli._runopts.RunOptions``) checked,
+        """``run``/``create``'s flags (``lamina.engine._options.RunOptions``) checked,
         the image resolved, the config settled, the container created: what every
         front end does (the CLI in-process; through a daemon, its client sends the
         flags). Returns the container and the warnings for the user."""
-        from lamina.cli._runopts import prepare_run
+        from lamina.engine._options import prepare_run
 
         config, warnings = prepare_run(self, opts, image=image, command=command, pull=pull,
                                        platform=platform, progress=progress)  # fmt: skip
