@@ -768,11 +768,13 @@ class Engine:
         self._complete(rec)
         task = self._task(rec.isolation)
         command = exit_command.command(self.root, rec.id, task.task_dir(rec.id))
-        network = self.networks.setup(rec)  # before the workload: its namespace, ports
+        # Before the workload: its namespace and ports; netavark's part overlaps a
+        # process container's launch (a VM's supervisor needs the veths at once).
+        network = self.networks.setup(rec, overlap=rec.isolation == "process")
         try:
             started = task.start(
                 rec, exit_command=command, console_size=console_size,
-                network=network[0] if network else None,
+                network=network.run if network else None,
             )  # fmt: skip
         except StartFailed as e:
             self._record_failure(rec, str(e), e.exit_code)
@@ -784,7 +786,14 @@ class Engine:
             if network is not None:
                 from lamina.network._ports import close
 
-                close(network[1])  # the monitor holds the published ports now
+                close(network.sockets)  # the monitor holds the published ports now
+        if network is not None:
+            try:
+                self.networks.joined(rec, network)
+            except BaseException:
+                task.teardown(rec, force=True)  # launched, never let run
+                self.networks.teardown(rec)
+                raise
         rec.task.update(started.task)
         values: dict[str, Any] = {
             "status": Status.RUNNING,

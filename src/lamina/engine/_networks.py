@@ -26,7 +26,8 @@ import dataclasses
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,15 @@ class Networks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.root = engine.root
+        self._in_flight: dict[str, RunSetup] = {}  # container -> its overlapped setup
+
+    def joined(self, rec: Record, setup: RunSetup) -> None:
+        """Wait for an overlapped setup of ``rec``'s run; its failure is raised."""
+        self._in_flight.pop(rec.id, None)
+        setup.wait()
+        if setup.error is not None:
+            raise setup.error
+        stop_point("network:setup")
 
     # -- records ----------------------------------------------------------------------
     def _event(self, action: str, net: Network, **more: str) -> None:
@@ -278,10 +288,12 @@ class Networks:
         return {k: v for k, v in found.items() if v is not None}
 
     # -- a run ------------------------------------------------------------------------
-    def setup(self, rec: Record) -> tuple[NetworkRun, builtins.list[socket.socket]] | None:
+    def setup(self, rec: Record, *, overlap: bool = False) -> RunSetup | None:
         """The run's network (see the module docstring), None for a container not on
         bridge networks. The sockets hold the published host ports: the caller closes
-        them once the monitor has them."""
+        them once the monitor has them. ``overlap``: netavark's part runs in a thread
+        while the caller launches the workload (runc needs only the namespace), and
+        ``RunSetup.join`` waits for it before the workload may run."""
         if not bridge_mode(rec.config):
             return None
         path = _netns.path_of(self.root, rec.id)
@@ -290,6 +302,9 @@ class Networks:
         )
         ports, sockets = _ports.reserve(wanted)
         endpoints = rec.endpoints
+        run = NetworkRun(netns=str(path), endpoints=endpoints, ports=ports,
+                         port_fds=[s.fileno() for s in sockets])  # fmt: skip
+        done = RunSetup(run, sockets)
         try:
             rec.extra[NETRUN] = {
                 "netns": str(path),
@@ -303,20 +318,26 @@ class Networks:
                 opts = _netavark.options(
                     rec.id, rec.name, endpoints, self._networks_of(endpoints), ports
                 )
-                _netavark.run(self.root, "setup", path, opts)
-            stop_point("network:setup")
+                if overlap:
+                    done.start(lambda: _netavark.run(self.root, "setup", path, opts))
+                    self._in_flight[rec.id] = done
+                else:
+                    _netavark.run(self.root, "setup", path, opts)
+            if not overlap:
+                stop_point("network:setup")
         except BaseException:
             _ports.close(sockets)
             with contextlib.suppress(LaminaError, OSError):
                 self.teardown(rec)
             raise
-        run = NetworkRun(netns=str(path), endpoints=endpoints, ports=ports,
-                         port_fds=[s.fileno() for s in sockets])  # fmt: skip
-        return run, sockets
+        return done
 
     def teardown(self, rec: Record) -> None:
         """Undo a run's network (nothing when it has none): netavark's part, the
         namespace, the record's mark."""
+        in_flight = self._in_flight.pop(rec.id, None)
+        if in_flight is not None:  # a setup still at work: undone once it is over
+            in_flight.wait()
         path = _netns.path_of(self.root, rec.id)
         mark = rec.extra.get(NETRUN)
         if mark is None and not _netns.exists(path):
@@ -498,6 +519,33 @@ class Networks:
             "GlobalIPv6Address": first.ipv6 if first else "",
             "Networks": networks,
         }
+
+
+class RunSetup:
+    """A run's network as ``Networks.setup`` made it: what the task backend is given
+    (``run``), the sockets holding the published ports, and netavark's setup when it
+    runs in a thread beside the workload's launch."""
+
+    def __init__(self, run: NetworkRun, sockets: builtins.list[socket.socket]) -> None:
+        self.run = run
+        self.sockets = sockets
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, work: Callable[[], object]) -> None:
+        def target() -> None:
+            try:
+                work()
+            except BaseException as e:  # raised in the joining thread
+                self.error = e
+
+        self._thread = threading.Thread(target=target, name="netavark-setup", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def _new(name: str, subnets: builtins.list[Any]) -> Network:
