@@ -701,6 +701,7 @@ class Engine:
                 exposed = [*(image_config.get("ExposedPorts") or {}), *config.expose]
                 rec.extra["exposed"] = sorted(set(exposed))
             if config.networks:
+                self.networks.before_lease(config.networks)
                 # The leases go in with the record: none without it, none given twice.
                 with self.store.tx() as db:
                     endpoints = self.networks.lease_all(db, cid, config)
@@ -889,7 +890,7 @@ class Engine:
         waiting one): ``--rm`` removes the container, anything else has its run torn
         down. A restart policy decides here whether the container starts again."""
         if rec.config.auto_remove and not self._restarting(rec):
-            self._remove_locked(rec, volumes=True, force=bool(rec.error))
+            self._remove_locked(rec, volumes=True, force=bool(rec.error), network_later=True)
         else:
             task.teardown(rec, force=bool(rec.error))
             self.networks.teardown(rec)
@@ -1082,14 +1083,20 @@ class Engine:
             # The directory is gone already: a removal was interrupted. Drop the record.
             self._drop(rec, volumes=volumes)
 
-    def _remove_locked(self, rec: Record, *, volumes: bool, force: bool = True) -> None:
+    def _remove_locked(
+        self, rec: Record, *, volumes: bool, force: bool = True, network_later: bool = False
+    ) -> None:
         # ``remove_volumes``: what a removal resumed after its remover died must do.
+        # ``network_later``: netavark's teardown finishes after the caller goes on.
         self.store.update(
             rec.id, status=Status.REMOVING, extra={**rec.extra, "remove_volumes": volumes}
         )
         stop_point("remove:removing")
         self._task(rec.isolation).teardown(rec, force=force, files=False)
-        self.networks.teardown(rec)
+        if network_later:
+            self.networks.teardown_later(rec)
+        else:
+            self.networks.teardown(rec)
         self._drop(rec, volumes=volumes)
 
     def _drop(self, rec: Record, *, volumes: bool) -> None:
