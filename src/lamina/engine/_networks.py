@@ -37,6 +37,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -425,7 +426,10 @@ class Networks:
                 stop_point("network:down")
                 _finish_down(self.root, pending, work, locked=True, lock=lock)
                 lease.release()
-                status = 0
+                done = str(pending.with_suffix(".done"))
+                db = str(self.root / "containers.db")
+                argv = [sys.executable, "-m", "lamina.network._db", db, rec.id, done]
+                os.execv(sys.executable, argv)
             finally:
                 os._exit(status)
         os.close(lock)
@@ -675,9 +679,10 @@ def _finish_down(
     root: Path, pending: Path, work: dict[str, Any], *, locked: bool, lock: int = -1
 ) -> None:
     """A pending teardown's work (idempotent): netavark's teardown, the namespace; then
-    its file is renamed ``<id>.done``: the container's leases go with the next
-    command's reconcile (``Networks._release_done``; a forked child cannot use SQLite,
-    whose locks are per process), before anything leases an address."""
+    its file is renamed ``<id>.done``: the container's leases are released by a fresh
+    process the worker becomes (``_db.release_done``: a forked child cannot use SQLite,
+    whose locks are per process), or else by the next command's reconcile
+    (``Networks._release_done``), before anything leases an address."""
     netns = Path(str(work["netns"]))
     try:
         if _netns.exists(netns):
