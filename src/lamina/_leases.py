@@ -160,6 +160,13 @@ class Lease:
         os.close(self._fd)
         self._fd = -1
 
+    def detach(self) -> None:
+        """Let go of this process's hold without ending the lease: a child forked
+        while it was held (sharing the lock) finishes the work and releases it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def __enter__(self) -> Lease:
         return self
 

@@ -761,6 +761,7 @@ class Engine:
                 exposed = [*(image_config.get("ExposedPorts") or {}), *config.expose]
                 rec.extra["exposed"] = sorted(set(exposed))
             if config.networks:
+                self.networks.before_lease(config.networks)
                 # The leases go in with the record: none without it, none given twice.
                 with self.store.tx() as db:
                     endpoints = self.networks.lease_all(db, cid, config)
@@ -839,11 +840,13 @@ class Engine:
         self._complete(rec)
         task = self._task(rec.isolation)
         command = exit_command.command(self.root, rec.id, task.task_dir(rec.id))
-        network = self.networks.setup(rec)  # before the workload: its namespace, ports
+        # Before the workload: its namespace and ports; netavark's part overlaps a
+        # process container's launch (a VM's supervisor needs the veths at once).
+        network = self.networks.setup(rec, overlap=rec.isolation == "process")
         try:
             started = task.start(
                 rec, exit_command=command, console_size=console_size,
-                network=network[0] if network else None,
+                network=network.run if network else None,
             )  # fmt: skip
         except StartFailed as e:
             self._record_failure(rec, str(e), e.exit_code)
@@ -855,7 +858,14 @@ class Engine:
             if network is not None:
                 from lamina.network._ports import close
 
-                close(network[1])  # the monitor holds the published ports now
+                close(network.sockets)  # the monitor holds the published ports now
+        if network is not None:
+            try:
+                self.networks.joined(rec, network)
+            except BaseException:
+                task.teardown(rec, force=True)  # launched, never let run
+                self.networks.teardown(rec)
+                raise
         rec.task.update(started.task)
         values: dict[str, Any] = {
             "status": Status.RUNNING,
@@ -976,7 +986,7 @@ class Engine:
         down; a restart its policy decided (``restarter``: the lease of the process
         that will start it) is handed to that process."""
         if rec.config.auto_remove and not self._restarting(rec):
-            self._remove_locked(rec, volumes=True, force=bool(rec.error))
+            self._remove_locked(rec, volumes=True, force=bool(rec.error), network_later=True)
             return
         task.teardown(rec, force=bool(rec.error))
         self.networks.teardown(rec)
@@ -1320,14 +1330,20 @@ class Engine:
             # The directory is gone already: a removal was interrupted. Drop the record.
             self._drop(rec, volumes=volumes)
 
-    def _remove_locked(self, rec: Record, *, volumes: bool, force: bool = True) -> None:
+    def _remove_locked(
+        self, rec: Record, *, volumes: bool, force: bool = True, network_later: bool = False
+    ) -> None:
         # ``remove_volumes``: what a removal resumed after its remover died must do.
+        # ``network_later``: netavark's teardown finishes after the caller goes on.
         self.store.update(
             rec.id, status=Status.REMOVING, extra={**rec.extra, "remove_volumes": volumes}
         )
         stop_point("remove:removing")
         self._task(rec.isolation).teardown(rec, force=force, files=False)
-        self.networks.teardown(rec)
+        if network_later:
+            self.networks.teardown_later(rec)
+        else:
+            self.networks.teardown(rec)
         self._drop(rec, volumes=volumes)
 
     def _drop(self, rec: Record, *, volumes: bool) -> None:

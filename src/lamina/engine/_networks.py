@@ -16,6 +16,16 @@ Lifecycle of an attachment (an ``Endpoint``: network + addresses + MAC + aliases
    teardown with the same options, the namespace unmounted and removed, the mark
    cleared.
 4. ``rm``/``disconnect``: leases released.
+
+A ``--rm`` container's end (``teardown_later``) does not make its waiting ``run``
+wait for netavark's teardown: the record goes at once, the teardown is finished by a
+child forked under a ``netdown`` lease (``<root>/networks/down/<id>.json`` says what
+to undo), which holds the root's netavark lock from before the fork, so every later
+netavark call comes after it; the container's addresses stay leased until it is
+done, so none is given again before its teardown freed it. A child that dies leaves
+a dead lease: the next command's reconcile finishes its work (``stray_namespaces``).
+``network rm``, prune's release of orphan leases and a create asking for a static
+address wait for pending teardowns first (``settle``).
 """
 
 from __future__ import annotations
@@ -23,13 +33,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lamina import _leases
+from lamina._fsutil import atomic_write
 from lamina._hooks import stop_point
 from lamina.errors import InUse, LaminaError, NotFound
 from lamina.network import _db, _ipam, _netavark, _netns, _ports
@@ -75,6 +91,15 @@ class Networks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.root = engine.root
+        self._in_flight: dict[str, RunSetup] = {}  # container -> its overlapped setup
+
+    def joined(self, rec: Record, setup: RunSetup) -> None:
+        """Wait for an overlapped setup of ``rec``'s run; its failure is raised."""
+        self._in_flight.pop(rec.id, None)
+        setup.wait()
+        if setup.error is not None:
+            raise setup.error
+        stop_point("network:setup")
 
     # -- records ----------------------------------------------------------------------
     def _event(self, action: str, net: Network, **more: str) -> None:
@@ -177,6 +202,7 @@ class Networks:
     def remove(self, ref: str) -> Network:
         """Refused while containers use it, and for the default network."""
         self.engine._reconcile()
+        self.settle()  # removed containers' teardowns still at work
         with self.engine.store.tx() as db:
             net = _db.get(db, ref)
             if net.name == DEFAULT_NETWORK:
@@ -215,6 +241,12 @@ class Networks:
             os.unlink(_netavark.config_dir(self.root) / "aardvark-dns" / net.name)
 
     # -- attachments ------------------------------------------------------------------
+    def before_lease(self, requests: Sequence[NetworkRequest]) -> None:
+        """Before a transaction leases addresses: a static one asked for may still be
+        held by a removed container's pending teardown (see the module docstring)."""
+        if any(r.ip or r.ip6 for r in requests):
+            self.settle()
+
     def lease_all(
         self, db: sqlite3.Connection, cid: str, config: ContainerConfig
     ) -> builtins.list[Endpoint]:
@@ -263,12 +295,16 @@ class Networks:
         )
         return ep
 
-    def release(self, cid: str) -> None:
-        """Every lease of container ``cid`` (it is being removed)."""
+    def release(self, cid: str, *, pending: bool = True) -> None:
+        """Every lease of container ``cid`` (it is being removed); kept while its
+        teardown is pending (``pending``: check), the teardown's worker releases them."""
+        if pending and (self._down_dir() / f"{cid}.json").exists():
+            return
         with self.engine.store.tx() as db:
             _db.release(db, cid)
 
     def release_orphans(self) -> int:
+        self.settle()  # a pending teardown's leases are not orphans yet
         with self.engine.store.tx() as db:
             return _db.release_orphans(db)
 
@@ -278,10 +314,12 @@ class Networks:
         return {k: v for k, v in found.items() if v is not None}
 
     # -- a run ------------------------------------------------------------------------
-    def setup(self, rec: Record) -> tuple[NetworkRun, builtins.list[socket.socket]] | None:
+    def setup(self, rec: Record, *, overlap: bool = False) -> RunSetup | None:
         """The run's network (see the module docstring), None for a container not on
         bridge networks. The sockets hold the published host ports: the caller closes
-        them once the monitor has them."""
+        them once the monitor has them. ``overlap``: netavark's part runs in a thread
+        while the caller launches the workload (runc needs only the namespace), and
+        ``RunSetup.join`` waits for it before the workload may run."""
         if not bridge_mode(rec.config):
             return None
         path = _netns.path_of(self.root, rec.id)
@@ -290,6 +328,9 @@ class Networks:
         )
         ports, sockets = _ports.reserve(wanted)
         endpoints = rec.endpoints
+        run = NetworkRun(netns=str(path), endpoints=endpoints, ports=ports,
+                         port_fds=[s.fileno() for s in sockets])  # fmt: skip
+        done = RunSetup(run, sockets)
         try:
             rec.extra[NETRUN] = {
                 "netns": str(path),
@@ -303,20 +344,26 @@ class Networks:
                 opts = _netavark.options(
                     rec.id, rec.name, endpoints, self._networks_of(endpoints), ports
                 )
-                _netavark.run(self.root, "setup", path, opts)
-            stop_point("network:setup")
+                if overlap:
+                    done.start(lambda: _netavark.run(self.root, "setup", path, opts))
+                    self._in_flight[rec.id] = done
+                else:
+                    _netavark.run(self.root, "setup", path, opts)
+            if not overlap:
+                stop_point("network:setup")
         except BaseException:
             _ports.close(sockets)
             with contextlib.suppress(LaminaError, OSError):
                 self.teardown(rec)
             raise
-        run = NetworkRun(netns=str(path), endpoints=endpoints, ports=ports,
-                         port_fds=[s.fileno() for s in sockets])  # fmt: skip
-        return run, sockets
+        return done
 
     def teardown(self, rec: Record) -> None:
         """Undo a run's network (nothing when it has none): netavark's part, the
         namespace, the record's mark."""
+        in_flight = self._in_flight.pop(rec.id, None)
+        if in_flight is not None:  # a setup still at work: undone once it is over
+            in_flight.wait()
         path = _netns.path_of(self.root, rec.id)
         mark = rec.extra.get(NETRUN)
         if mark is None and not _netns.exists(path):
@@ -338,6 +385,113 @@ class Networks:
             fresh.extra.pop(NETRUN)
             self.engine.store.update(rec.id, extra=fresh.extra)
 
+    # -- teardown after the caller has gone on (see the module docstring) ------------------
+    def _down_dir(self) -> Path:
+        return self.root / "networks" / "down"
+
+    def teardown_later(self, rec: Record) -> None:
+        """``teardown`` of a run whose container is being removed, finished by a
+        forked child: the caller goes on (drops the record) without waiting for
+        netavark. Anything without netavark's part is torn down at once."""
+        in_flight = self._in_flight.pop(rec.id, None)
+        if in_flight is not None:
+            in_flight.wait()
+        path = _netns.path_of(self.root, rec.id)
+        endpoints = rec.endpoints
+        if not endpoints or not _netns.exists(path):
+            self.teardown(rec)
+            return
+        mark = rec.extra.get(NETRUN) or {}
+        ports = [PortMapping(**p) for p in mark.get("ports") or []]
+        opts = _netavark.options(rec.id, rec.name, endpoints, self._networks_of(endpoints), ports)
+        lease = _leases.take(self.root, "netdown")
+        try:
+            pending = self._down_dir() / f"{rec.id}.json"
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            work = {"lease": lease.id, "netns": str(path), "opts": opts}
+            atomic_write(pending, json.dumps(work).encode(), mode=0o600, sync=False)
+            lock = _netavark.take_lock(self.root)  # before the fork: later calls wait
+        except BaseException:
+            lease.release()
+            raise
+        try:
+            child = os.fork()
+        except OSError:
+            child = -1
+        if child == 0:  # the child: finish, never return into the caller's code
+            status = 1
+            try:
+                os.setsid()
+                _keep_only(lock, self.root / "leases" / f"{lease.id}.lock")
+                stop_point("network:down")
+                _finish_down(self.root, pending, work, locked=True, lock=lock)
+                lease.release()
+                done = str(pending.with_suffix(".done"))
+                db = str(self.root / "containers.db")
+                argv = [sys.executable, "-m", "lamina.network._db", db, rec.id, done]
+                os.execv(sys.executable, argv)
+            finally:
+                os._exit(status)
+        os.close(lock)
+        if child < 0:  # no fork: do it here
+            _finish_down(self.root, pending, work, locked=False)
+            lease.release()
+            return
+        lease.detach()
+        rec.extra.pop(NETRUN, None)
+
+    def _pending(self) -> dict[str, Path]:
+        """Pending teardowns: container ID -> its file."""
+        with contextlib.suppress(FileNotFoundError):
+            return {
+                f.name[: -len(".json")]: f
+                for f in self._down_dir().iterdir()
+                if f.name.endswith(".json")
+            }
+        return {}
+
+    def _release_done(self) -> None:
+        """The leases of containers whose pending teardown is over."""
+        with contextlib.suppress(FileNotFoundError):
+            for f in self._down_dir().iterdir():
+                if f.name.endswith(".done"):
+                    self.release(f.name[: -len(".done")], pending=False)
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
+
+    def _finish_dead(self) -> builtins.list[str]:
+        """Finish the pending teardowns whose workers died (their container IDs), and
+        release the leases of every finished one."""
+        done = []
+        for cid, pending in self._pending().items():
+            try:
+                work = json.loads(pending.read_text())
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                work = {}
+            if _leases.alive(self.root, str(work.get("lease") or "")):
+                continue
+            if work.get("opts"):
+                _finish_down(self.root, pending, work, locked=False)
+            else:  # torn by a crash while it was written: what the namespace holds goes
+                with contextlib.suppress(LaminaError, OSError):
+                    _netns.remove(_netns.path_of(self.root, cid))
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(pending, pending.with_suffix(".done"))
+            done.append(cid)
+        self._release_done()
+        return done
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait for pending teardowns (their workers' or our own)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._finish_dead()
+            if not self._pending() or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
     def ports(self, rec: Record) -> builtins.list[PortMapping]:
         """The ports the current run publishes (resolved host ports)."""
         return [PortMapping(**p) for p in (rec.extra.get(NETRUN) or {}).get("ports") or []]
@@ -347,9 +501,12 @@ class Networks:
 
     def stray_namespaces(self, known: set[str]) -> builtins.list[str]:
         """Namespaces under the root of containers without a record: removed."""
-        found = []
+        found = self._finish_dead()
+        pending = self._pending()
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.root / "netns"):
+                if name in pending or name in found:
+                    continue
                 if name not in known and self.engine.store.get(name) is None:
                     with contextlib.suppress(LaminaError, OSError):
                         _netns.remove(self.root / "netns" / name)
@@ -381,6 +538,7 @@ class Networks:
             if running and rec.isolation != "process":
                 raise LaminaError("connecting a running VM container is not supported yet")
             endpoints = rec.endpoints
+            self.before_lease([NetworkRequest(net_ref, [], ip, ip6)])
             with engine.store.tx() as db:
                 net = self.default(db) if net_ref == DEFAULT_NETWORK else _db.get(db, net_ref)
                 if any(e.network_id == net.id for e in endpoints):
@@ -498,6 +656,72 @@ class Networks:
             "GlobalIPv6Address": first.ipv6 if first else "",
             "Networks": networks,
         }
+
+
+def _keep_only(lock: int, lease_file: Path) -> None:
+    """In the forked child: stdio on /dev/null (the caller's pipes must see their end
+    when the caller exits), every other descriptor closed (a container's lock, the
+    caller's sockets) but the netavark lock and the lease's."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd == lock:
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == str(lease_file):
+                continue
+            os.close(fd)
+
+
+def _finish_down(
+    root: Path, pending: Path, work: dict[str, Any], *, locked: bool, lock: int = -1
+) -> None:
+    """A pending teardown's work (idempotent): netavark's teardown, the namespace; then
+    its file is renamed ``<id>.done``: the container's leases are released by a fresh
+    process the worker becomes (``_db.release_done``: a forked child cannot use SQLite,
+    whose locks are per process), or else by the next command's reconcile
+    (``Networks._release_done``), before anything leases an address."""
+    netns = Path(str(work["netns"]))
+    try:
+        if _netns.exists(netns):
+            with contextlib.suppress(LaminaError, OSError):
+                _netavark.run(root, "teardown", netns, work["opts"], locked=locked)
+    finally:
+        if lock >= 0:
+            os.close(lock)
+    with contextlib.suppress(LaminaError, OSError):
+        _netns.remove(netns)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(pending, pending.with_suffix(".done"))
+
+
+class RunSetup:
+    """A run's network as ``Networks.setup`` made it: what the task backend is given
+    (``run``), the sockets holding the published ports, and netavark's setup when it
+    runs in a thread beside the workload's launch."""
+
+    def __init__(self, run: NetworkRun, sockets: builtins.list[socket.socket]) -> None:
+        self.run = run
+        self.sockets = sockets
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, work: Callable[[], object]) -> None:
+        def target() -> None:
+            try:
+                work()
+            except BaseException as e:  # raised in the joining thread
+                self.error = e
+
+        self._thread = threading.Thread(target=target, name="netavark-setup", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def _new(name: str, subnets: builtins.list[Any]) -> Network:

@@ -115,3 +115,28 @@ def users(db: sqlite3.Connection, net_id: str) -> list[str]:
         "SELECT DISTINCT container_id FROM ip_leases WHERE network_id=?", (net_id,)
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def release_done(db_path: str, cid: str, done: str) -> None:
+    """``python -m lamina.network._db DB CID DONE``: a finished pending teardown's
+    leases released (run by its worker, a fresh process: SQLite does not survive a
+    fork), then its ``.done`` file removed. Killed first, reconcile does it."""
+    import contextlib
+    import os
+
+    from lamina._sqlite import transaction
+
+    db = sqlite3.connect(db_path, timeout=60, isolation_level=None)
+    try:
+        with transaction(db):
+            release(db, cid)
+    finally:
+        db.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(done)
+
+
+if __name__ == "__main__":
+    import sys
+
+    release_done(*sys.argv[1:4])

@@ -117,14 +117,29 @@ def _run(argv: list[str], opts: dict[str, Any]) -> subprocess.CompletedProcess[b
     )  # fmt: skip
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One netavark at a time on a root, as Podman takes its network lock: netavark
-    1.4 makes the firewall chains of a network without locking (two setups racing on
-    a new network fail with "Chain already exists")."""
+def take_lock(root: Path) -> int:
+    """The root's netavark lock, held on the returned fd until it is closed (by every
+    process that has it: a forked child may finish the work)."""
+    config_dir(root).mkdir(parents=True, exist_ok=True)
     fd = os.open(config_dir(root) / "lamina.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(root: Path, held: bool) -> Iterator[None]:
+    """One netavark at a time on a root, as Podman takes its network lock: netavark
+    1.4 makes the firewall chains of a network without locking (two setups racing on
+    a new network fail with "Chain already exists"). ``held``: the caller has it."""
+    if held:
+        yield
+        return
+    fd = take_lock(root)
+    try:
         yield
     finally:
         os.close(fd)
@@ -147,9 +162,12 @@ def _isolation_first(tool: str) -> None:
                    capture_output=True)  # fmt: skip
 
 
-def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str, Any]:
+def run(
+    root: Path, action: str, netns: Path, opts: dict[str, Any], *, locked: bool = False
+) -> dict[str, Any]:
     """``netavark setup|teardown NETNS`` with ``opts``; its JSON answer. A refusal is
-    one NetworkSetupFailed line (netavark's own error, or its last line of stderr)."""
+    one NetworkSetupFailed line (netavark's own error, or its last line of stderr).
+    ``locked``: the caller holds the root's lock (``take_lock``)."""
     argv = [
         _find(_NETAVARK, "netavark"),
         "--config", str(config_dir(root)),
@@ -157,7 +175,7 @@ def run(root: Path, action: str, netns: Path, opts: dict[str, Any]) -> dict[str,
         action, str(netns),
     ]  # fmt: skip
     config_dir(root).mkdir(parents=True, exist_ok=True)
-    with _locked(root):
+    with _locked(root, locked):
         proc = _run(argv, opts)
         if proc.returncode != 0 and action == "setup" and b"already exists" in proc.stdout:
             # Another root (or Podman) made a global chain at the same time: once more.
