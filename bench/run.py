@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["pull", "run_container", "network", "build", "vm", "daemon_http", "daemon"]
+BENCHES = ["pull", "run_container", "network", "build", "vm", "daemon_http", "daemon", "remote"]
 
 
 def main() -> None:

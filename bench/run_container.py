@@ -9,12 +9,15 @@ Goals: lamina/podman <= 0.7, lamina/runc <= 2.0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,15 +60,23 @@ def conmon_pids(marker: str) -> list[int]:
     return pids
 
 
-def main() -> None:
+@dataclass
+class Peers:
+    """A work dir with the image in a lamina root and in podman's, and a bare runc
+    bundle that runs ``true``: the commands to compare, and podman's environment."""
+
+    lamina: list[str]
+    podman: list[str]
+    podman_env: dict[str, str]
+    runc: list[str]  # add a container name
+    lamina_root: Path
+
+
+@contextlib.contextmanager
+def prepared_peers(work: Path) -> Iterator[Peers]:
+    """The peers set up in ``work`` (made anew); everything removed at the end."""
     from lamina.testing import make_busybox_rootfs
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--idle", type=int, default=50)
-    parser.add_argument("--work", type=Path, default=HERE / ".work" / "run")
-    args = parser.parse_args()
-    work: Path = args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     lroot = work / "lamina"
@@ -108,82 +119,8 @@ def main() -> None:
         spec["process"]["args"] = ["true"]
         (bundle / "config.json").write_text(json.dumps(spec))
         runc = ["runc", "--root", str(work / "runc"), "run", "--bundle", str(bundle)]
-
-        # warm caches (image unpack, page cache) once for each
-        timed([*lam, "run", "--rm", "--network", "none", IMAGE, "true"])
-        timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
-        timed([*runc, "warm"])
-
-        results: dict[str, list[float]] = {"lamina": [], "podman": [], "runc": []}
-        for i in range(args.rounds):
-            results["lamina"].append(
-                timed([*lam, "run", "--rm", "--network", "none", IMAGE, "true"])
-            )
-            results["podman"].append(
-                timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
-            )
-            results["runc"].append(timed([*runc, f"b{i}"]))
-        py = [timed([sys.executable, "-c", "pass"]) for _ in range(5)]
-        med = {k: statistics.median(v) for k, v in results.items()}
-        for k, v in med.items():
-            print(f"{k:7s} median {v * 1000:.1f} ms")
-        print(f"python  median {statistics.median(py) * 1000:.1f} ms (interpreter floor)")
-
-        # memory per idle container: conmon RSS
-        ids = []
-        for i in range(args.idle):
-            out = subprocess.run(
-                [*lam, "run", "-d", "--name", f"idle{i}", IMAGE, "sleep", "600"],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            ids.append(out.stdout.strip())
-        lamina_rss = rss_kib(conmon_pids(str(lroot)))
-        for i in range(args.idle):
-            subprocess.run(
-                [
-                    *podman,
-                    "run",
-                    "-d",
-                    "--network",
-                    "none",
-                    "--name",
-                    f"idle{i}",
-                    IMAGE,
-                    "sleep",
-                    "600",
-                ],
-                check=True,
-                env=penv,
-                stdout=subprocess.DEVNULL,
-            )
-        podman_rss = rss_kib(conmon_pids(str(work / "pr")))
-        summary = {
-            "median_ms": {k: v * 1000 for k, v in med.items()},
-            "python_floor_ms": statistics.median(py) * 1000,
-            "lamina/podman": med["lamina"] / med["podman"],
-            "lamina/runc": med["lamina"] / med["runc"],
-            "idle_containers": args.idle,
-            "monitor_rss_kib_mean": {
-                "lamina": statistics.mean(lamina_rss) if lamina_rss else None,
-                "podman": statistics.mean(podman_rss) if podman_rss else None,
-            },
-            "monitors_found": {"lamina": len(lamina_rss), "podman": len(podman_rss)},
-            "rounds": args.rounds,
-        }
-        report(
-            "run",
-            summary,
-            f"run: lamina/podman = {summary['lamina/podman']:.2f} (goal <= 0.7); "
-            f"lamina/runc = {summary['lamina/runc']:.2f} (goal <= 2.0)",
-        )
+        yield Peers(lam, podman, penv, runc, lroot)
     finally:
-        subprocess.run(
-            [*lam, "rm", "-f", *[f"idle{i}" for i in range(args.idle)]],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         subprocess.run(
             [*podman, "rm", "-f", "-a", "-t", "0"],
             env=penv,
@@ -198,6 +135,104 @@ def main() -> None:
         )
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--idle", type=int, default=50)
+    parser.add_argument("--work", type=Path, default=HERE / ".work" / "run")
+    args = parser.parse_args()
+    work: Path = args.work
+    with prepared_peers(work) as peers:
+        lam, podman, penv, runc = peers.lamina, peers.podman, peers.podman_env, peers.runc
+        lroot = peers.lamina_root
+        try:
+            _compare(args, work, lam, podman, penv, runc, lroot)
+        finally:
+            subprocess.run(
+                [*lam, "rm", "-f", *[f"idle{i}" for i in range(args.idle)]],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+
+def _compare(
+    args: argparse.Namespace,
+    work: Path,
+    lam: list[str],
+    podman: list[str],
+    penv: dict[str, str],
+    runc: list[str],
+    lroot: Path,
+) -> None:
+    # warm caches (image unpack, page cache) once for each
+    timed([*lam, "run", "--rm", "--network", "none", IMAGE, "true"])
+    timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
+    timed([*runc, "warm"])
+
+    results: dict[str, list[float]] = {"lamina": [], "podman": [], "runc": []}
+    for i in range(args.rounds):
+        results["lamina"].append(timed([*lam, "run", "--rm", "--network", "none", IMAGE, "true"]))
+        results["podman"].append(
+            timed([*podman, "run", "--rm", "--network", "none", IMAGE, "true"], penv)
+        )
+        results["runc"].append(timed([*runc, f"b{i}"]))
+    py = [timed([sys.executable, "-c", "pass"]) for _ in range(5)]
+    med = {k: statistics.median(v) for k, v in results.items()}
+    for k, v in med.items():
+        print(f"{k:7s} median {v * 1000:.1f} ms")
+    print(f"python  median {statistics.median(py) * 1000:.1f} ms (interpreter floor)")
+
+    # memory per idle container: conmon RSS
+    ids = []
+    for i in range(args.idle):
+        out = subprocess.run(
+            [*lam, "run", "-d", "--name", f"idle{i}", IMAGE, "sleep", "600"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        ids.append(out.stdout.strip())
+    lamina_rss = rss_kib(conmon_pids(str(lroot)))
+    for i in range(args.idle):
+        subprocess.run(
+            [
+                *podman,
+                "run",
+                "-d",
+                "--network",
+                "none",
+                "--name",
+                f"idle{i}",
+                IMAGE,
+                "sleep",
+                "600",
+            ],
+            check=True,
+            env=penv,
+            stdout=subprocess.DEVNULL,
+        )
+    podman_rss = rss_kib(conmon_pids(str(work / "pr")))
+    summary = {
+        "median_ms": {k: v * 1000 for k, v in med.items()},
+        "python_floor_ms": statistics.median(py) * 1000,
+        "lamina/podman": med["lamina"] / med["podman"],
+        "lamina/runc": med["lamina"] / med["runc"],
+        "idle_containers": args.idle,
+        "monitor_rss_kib_mean": {
+            "lamina": statistics.mean(lamina_rss) if lamina_rss else None,
+            "podman": statistics.mean(podman_rss) if podman_rss else None,
+        },
+        "monitors_found": {"lamina": len(lamina_rss), "podman": len(podman_rss)},
+        "rounds": args.rounds,
+    }
+    report(
+        "run",
+        summary,
+        f"run: lamina/podman = {summary['lamina/podman']:.2f} (goal <= 0.7); "
+        f"lamina/runc = {summary['lamina/runc']:.2f} (goal <= 2.0)",
+    )
 
 
 if __name__ == "__main__":

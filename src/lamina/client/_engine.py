@@ -10,6 +10,7 @@ A method the daemon does not serve yet raises one line naming the command.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -263,26 +264,25 @@ class RemoteEngine:
              user: str | None = None, workdir: str | None = None, tty: bool = False,
              stdin: BinaryIO | None = None, detach: bool = False,
              stream: bool = False) -> ExecResult:  # fmt: skip
+        """``stream``: through the daemon's upgrade, as it comes (``_exec_streamed``);
+        else captured, the output sent at its end."""
         from lamina.runtime._types import ExecResult
 
         if not argv:
             raise LaminaError("exec needs a command")
-        if tty or (stdin is not None and _is_our_stdin(stdin)):
-            raise NotServed("exec -i/-t is not served by the lamina daemon yet (its exec "
-                            "takes no stdin): run it without --host")  # fmt: skip
         body = {"cmd": list(argv), "env": list(env or []), "user": user, "workdir": workdir,
                 "tty": tty}  # fmt: skip
         exec_id = self._json("POST", f"/containers/{segment(ref)}/exec", json_body=body)["Id"]
+        if stream and not detach:
+            interactive = stdin is not None and _is_our_stdin(stdin)
+            return ExecResult(self._exec_streamed(exec_id, tty, stdin if interactive else None),
+                              b"", b"")  # fmt: skip
         answer = self._call("POST", f"/exec/{exec_id}/start")
         out, err = bytearray(), bytearray()
         failure = b""  # the daemon's line for a command that could not run
         for kind, payload in _frames(answer.chunks()):
             if kind == 2 and payload.startswith(_ERROR_LINE):
                 failure += payload
-            elif stream and not detach:
-                target = sys.stderr.buffer if kind == 2 else sys.stdout.buffer
-                target.write(payload)
-                target.flush()
             else:
                 (err if kind == 2 else out).extend(payload)
         code = self._json("GET", f"/exec/{exec_id}/json")["ExitCode"]
@@ -290,10 +290,60 @@ class RemoteEngine:
             error = LaminaError(failure[len(_ERROR_LINE) :].decode(errors="replace").strip())
             error.exit_code = code
             raise error
-        if failure:
-            (sys.stderr.buffer.write(failure) if stream else err.extend(failure))
+        err.extend(failure)
         return ExecResult(exit_code=code if code is not None else 0, stdout=bytes(out),
                           stderr=bytes(err))  # fmt: skip
+
+    def _exec_streamed(self, exec_id: str, tty: bool, stdin: BinaryIO | None) -> int:
+        """The exec's output here as it comes (raw with a TTY), ``stdin`` there (its end
+        a half-close), our terminal raw and its size followed (``-it``); its exit code,
+        or the error that kept it from running, read once the daemon ends the stream."""
+        term = 0 if tty and stdin is not None and os.isatty(0) else None
+        query: dict[str, Any] = {"stdin": stdin is not None}
+        if term is not None:
+            from lamina.runtime._term import window_size
+
+            size = window_size(term)  # None for a terminal of no size yet
+            if size is not None:
+                query["h"], query["w"] = size
+        answer = self._t.request("POST", f"/v1/exec/{exec_id}/start", query,
+                                 headers={"Connection": "Upgrade", "Upgrade": "tcp"})  # fmt: skip
+        if answer.status != 101:
+            _checked(answer)
+            answer.close()
+            raise LaminaError(f"the lamina daemon did not start the exec (HTTP {answer.status})")
+        reader = answer.resp.fp  # buffered: may hold the first bytes after the 101
+        with contextlib.ExitStack() as stack:
+            stack.callback(answer.close)
+            if term is not None:
+                from lamina.runtime._term import follow_window_size, raw_terminal
+
+                stack.enter_context(raw_terminal(term))
+                stack.enter_context(follow_window_size(term, functools.partial(
+                    self._resize_exec, exec_id)))  # fmt: skip
+            if stdin is not None:
+                threading.Thread(target=_pump_stdin, args=(stdin, answer.conn.sock),
+                                 daemon=True).start()  # fmt: skip
+            chunks = iter(lambda: reader.read1(65536), b"")
+            if tty:
+                for data in chunks:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+            else:
+                for kind, payload in _frames(chunks):
+                    target = sys.stderr.buffer if kind == 2 else sys.stdout.buffer
+                    target.write(payload)
+                    target.flush()
+        info = self._json("GET", f"/exec/{exec_id}/json")
+        if info.get("Error"):
+            error = LaminaError(str(info["Error"]))
+            error.exit_code = int(info["ExitCode"] or 1)
+            raise error
+        return int(info["ExitCode"] if info["ExitCode"] is not None else 0)
+
+    def _resize_exec(self, exec_id: str, rows: int, cols: int) -> None:
+        with contextlib.suppress(OSError, LaminaError):
+            self._done("POST", f"/exec/{exec_id}/resize", {"h": rows, "w": cols})
 
     def attach(self, ref: str, *, stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO,
                tty: bool = False, start: bool = False) -> None:  # fmt: skip

@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import select
+import socket
 import struct
 import threading
 import time
@@ -806,14 +807,29 @@ def _exec_entry(exec_id: str) -> dict[str, Any]:
     return entry
 
 
-@route("POST", "/v1/exec/{id}/start", "Run an exec: its output as multiplexed frames", "exec",
-       answer="Docker's multiplexed frames", answer_type=MULTIPLEXED)  # fmt: skip
+@route("POST", "/v1/exec/{id}/start",
+       "Run an exec: its output as multiplexed frames (raw bytes with a TTY); with an "
+       "upgrade (Connection: Upgrade, Upgrade: tcp) as it comes, and the client's bytes "
+       "as its stdin (a half-close is its EOF)", "exec",
+       query=(Param("stdin", "boolean", "the client's bytes to the exec's stdin (upgrade)"),
+              Param("h", "integer", "the terminal's first rows"),
+              Param("w", "integer", "the terminal's first columns")),
+       answer="Docker's multiplexed frames (raw bytes with a TTY)",
+       answer_type=MULTIPLEXED)  # fmt: skip
 def exec_start(request: Request) -> Response:
-    entry = _exec_entry(request.params[_ID])
+    exec_id = request.params[_ID]
+    entry = _exec_entry(exec_id)
+    upgrade = _wants_upgrade(request)
+    size = _terminal_size(request)
     with _api().lock:
         if entry["running"] or entry["exit_code"] is not None:
-            raise HttpError(409, f"exec {request.params[_ID]} has been started already")
+            raise HttpError(409, f"exec {exec_id} has been started already")
         entry["running"] = True
+    if upgrade:
+        return Response(status=101, content_type=MULTIPLEXED,
+                        takeover=lambda sock, early: _exec_relayed(
+                            entry, sock, early, with_stdin=request.flag("stdin"), size=size),
+                        headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
     spec: m.ExecCreate = entry["spec"]
     try:
         with engine() as e:
@@ -822,11 +838,8 @@ def exec_start(request: Request) -> Response:
     except LaminaError as err:
         if err.exit_code not in (126, 127):
             raise
-        # The command could not be run (not found, not executable): as Docker, the
-        # exec ends with 126/127 and the reason on its stderr.
         entry["exit_code"] = err.exit_code
-        message = "lamina: error: " + " ".join(str(err).split()) + "\n"
-        return Response(body=frame("stderr", message.encode()), content_type=MULTIPLEXED)
+        return Response(body=frame("stderr", _exec_error_line(err)), content_type=MULTIPLEXED)
     finally:
         entry["running"] = False
     entry["exit_code"] = result.exit_code
@@ -838,12 +851,125 @@ def exec_start(request: Request) -> Response:
     return Response(body=body, content_type=MULTIPLEXED)
 
 
+def _wants_upgrade(request: Request) -> bool:
+    connection = request.headers.get("connection", "").lower()
+    return "upgrade" in connection and bool(request.headers.get("upgrade"))
+
+
+def _terminal_size(request: Request) -> tuple[int, int] | None:
+    rows, cols = request.integer("h"), request.integer("w")
+    if rows is None and cols is None:
+        return None
+    if rows is None or cols is None or rows <= 0 or cols <= 0:
+        raise HttpError(400, "query parameters h and w: positive integers required")
+    return rows, cols
+
+
+def _exec_error_line(err: LaminaError) -> bytes:
+    """The command could not be run (not found, not executable): as Docker, the exec
+    ends with 126/127 and the reason on its stderr."""
+    return ("lamina: error: " + " ".join(str(err).split()) + "\n").encode()
+
+
+def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin: bool,
+                  size: tuple[int, int] | None) -> None:  # fmt: skip
+    """An exec over the taken-over connection: its output to the client as it comes
+    (frames, raw with a TTY), the client's bytes to its stdin through a pipe (TLS
+    sockets cannot be handed to a process). A client gone kills the exec's process
+    (``ExecSink``); the connection is shut down once the exit code (or the error
+    that kept it from running) is recorded, so the client's ``/json`` after the end
+    of the stream finds it."""
+    from lamina.runtime._types import ExecSink
+
+    spec: m.ExecCreate = entry["spec"]
+    stdin_fd = feeder = None
+    if with_stdin:
+        stdin_fd, write_end = os.pipe2(os.O_CLOEXEC)
+        feeder = threading.Thread(target=_feed_stdin, args=(sock, early, write_end), daemon=True)
+        feeder.start()
+    writers = {1: _FrameWriter(sock, 1, spec.tty), 2: _FrameWriter(sock, 2, spec.tty)}
+
+    def write(stream: int, data: bytes) -> None:
+        writers[stream].write(data)
+
+    sink = ExecSink(write=write, gone=lambda: _hung_up(sock, peek=not with_stdin),
+                    stdin_fd=stdin_fd, size=size)  # fmt: skip
+    entry["sink"] = sink
+    try:
+        with engine() as e:
+            result = e.exec(entry["container"], spec.cmd, env=spec.env, user=spec.user,
+                            workdir=spec.workdir, tty=spec.tty, sink=sink)  # fmt: skip
+        entry["exit_code"] = result.exit_code
+    except LaminaError as err:  # it could not run (or the container is not running)
+        entry["exit_code"], entry["error"] = err.exit_code, " ".join(str(err).split())
+    finally:
+        entry["running"] = False
+        entry.pop("sink", None)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes the feeder; the client sees the end
+        if feeder is not None:
+            feeder.join()
+        if stdin_fd is not None:
+            os.close(stdin_fd)
+
+
+def _feed_stdin(sock: Any, early: bytes, write_end: int) -> None:
+    """The client's bytes (those sent with its request first) into the exec's stdin
+    pipe, until the client's half-close or the end of the exec."""
+    reader = _SocketReader(sock, early)
+    try:
+        while data := reader.read(65536):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_end, view) :]
+    except OSError:
+        pass  # the exec has ended (its stdin closed)
+    finally:
+        os.close(write_end)
+
+
+def _hung_up(sock: Any, *, peek: bool) -> bool:
+    """Whether the client has gone: a hang-up (a unix socket closed whole), or, when it
+    sends no stdin, any end of its side. (Over TCP, a client that half-closed its stdin
+    and then went away is noticed at the exec's next output.)"""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+        events = dict(poller.poll(0)).get(sock.fileno(), 0)
+    except (OSError, ValueError):
+        return True
+    if events & (select.POLLHUP | select.POLLERR):
+        return True
+    if peek and events & select.POLLIN:
+        from lamina.daemon._http import _peek_closed
+
+        return _peek_closed(sock)
+    return False
+
+
+@route("POST", "/v1/exec/{id}/resize", "Resize a running exec's terminal", "exec",
+       query=(Param("h", "integer", "rows", required=True),
+              Param("w", "integer", "columns", required=True)), status=204)  # fmt: skip
+def exec_resize(request: Request) -> Response:
+    entry = _exec_entry(request.params[_ID])
+    size = _terminal_size(request)
+    if size is None:
+        raise HttpError(400, "query parameters h and w: positive integers required")
+    sink = entry.get("sink")
+    resize = sink.resize if sink is not None else None
+    if resize is None:
+        raise HttpError(409, f"exec {request.params[_ID]} has no running terminal to resize")
+    resize(*size)
+    return Response(status=204)
+
+
 @route("GET", "/v1/exec/{id}/json", "An exec's state and exit code", "exec",
        answer=m.ExecInspect)  # fmt: skip
 def exec_inspect(request: Request) -> Response:
     entry = _exec_entry(request.params[_ID])
     return json_response({"Id": request.params[_ID], "ContainerId": entry["container"],
-                          "Running": entry["running"], "ExitCode": entry["exit_code"]})  # fmt: skip
+                          "Running": entry["running"], "ExitCode": entry["exit_code"],
+                          "Error": entry.get("error")})  # fmt: skip
 
 
 # -- images --------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class ExecInspect(BaseModel):
     ContainerId: str
     Running: bool
     ExitCode: int | None
+    Error: str | None = None  # why it could not run (then ExitCode is 126, 127 or 1)
 
 
 class WaitResponse(BaseModel):

@@ -48,6 +48,7 @@ from lamina.runtime._types import (
     Container,
     ContainerConfig,
     ExecResult,
+    ExecSink,
     ExitReason,
     ExitStatus,
     LogEntry,
@@ -1637,13 +1638,15 @@ class Engine:
         stream: bool = False,
         timeout: float | None = None,
         output_limit: int | None = None,
+        sink: ExecSink | None = None,
     ) -> ExecResult:
         """Run a process in a running container. ``stream=True`` passes the caller's
         stdio through (exit code returned, outputs empty); ``tty=True`` allocates a
         pseudo-terminal and follows the caller's window size. Captured (a health
         check): ``timeout`` seconds, then the process is killed (``timed_out``, exit
         code -1); ``output_limit``: stdout and stderr together, in the order written,
-        in ``stdout``, its first ``output_limit`` bytes kept (``truncated``)."""
+        in ``stdout``, its first ``output_limit`` bytes kept (``truncated``). ``sink``:
+        streamed through it rather than our stdio (the daemon's client)."""
         if not argv:
             raise LaminaError("exec needs a command")
         rec = self._resolve(ref)
@@ -1656,7 +1659,7 @@ class Engine:
         self._container_event("exec_start: " + command, rec, execID=exec_id)
         result = self._task(rec.isolation).exec(
             rec, argv, env=env, user=user, workdir=workdir, tty=tty, stdin=stdin,
-            detach=detach, stream=stream, timeout=timeout, output_limit=output_limit,
+            detach=detach, stream=stream, timeout=timeout, output_limit=output_limit, sink=sink,
         )  # fmt: skip
         if not detach:
             self._container_event("exec_die", rec, execID=exec_id, exitCode=str(result.exit_code))

@@ -8,7 +8,9 @@ arguments, extra environment, user and working directory. Four modes:
 - captured: stdout and stderr are collected and returned (``lamina exec`` in
   scripts, healthchecks, tests);
 - stream: the caller's stdio (fds 0, 1, 2 or the given stdin) are handed to the
-  process as they are;
+  process as they are; or, with an ``ExecSink`` (the daemon's client), its output
+  is read from pipes and handed to the sink as it comes, its stdin is the sink's,
+  and a sink whose reader has gone gets the process killed;
 - tty: runc makes the container's pseudo-terminal and proxies it to its own stdio,
   a pty lamina opens; lamina pumps that to the caller's terminal (in raw mode) or
   collects it, and forwards window size changes (SIGWINCH -> TIOCSWINSZ on its
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import select
@@ -42,12 +45,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina.runtime._conmon import OciBinary, launch_exec, runc_error_text
 from lamina.runtime._term import follow_window_size, raw_terminal, set_window_size, window_size
-from lamina.runtime._types import ExecResult
+from lamina.runtime._types import ExecResult, ExecSink
 from lamina.runtime.common import StartFailed, exec_failed, merge_env
 
 
@@ -160,14 +164,17 @@ def run_exec(
     name: str = "",
     timeout: float | None = None,
     output_limit: int | None = None,
+    sink: ExecSink | None = None,
 ) -> ExecResult:
     """Run the process; see the module docstring for the modes."""
     ex = _Exec(runtime, cid, bundle, process)
     try:
-        if (timeout is not None or output_limit is not None) and not (detach or stream):
+        if (timeout is not None or output_limit is not None) and not (detach or stream or sink):
             return _run_bounded(ex, timeout, output_limit)
         if process.get("terminal") and not detach:
-            return _run_tty(ex, stdin=stdin, stream=stream)
+            return _run_tty(ex, stdin=stdin, stream=stream, sink=sink)
+        if sink is not None and not detach:
+            return ExecResult(_run_relayed(ex, sink), b"", b"")
         if detach:
             try:
                 launch_exec(
@@ -321,6 +328,82 @@ def _run_streamed(ex: _Exec, stdin: BinaryIO | None) -> int:
     return code
 
 
+def _run_relayed(ex: _Exec, sink: ExecSink) -> int:
+    """The exec with the sink's stdin, its stdout and stderr read from pipes and handed
+    to the sink as they come (runc's own error line held back, as in stream mode).
+    A sink that has gone (a write fails, or ``gone()`` while silent) gets the process
+    killed; the relay ends when every holder of the pipes has closed them."""
+    pipes: dict[int, int] = {}  # read end -> stream
+    writers = []
+    for stream in (1, 2):
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pipes[read_end] = stream
+        writers.append(write_end)
+    try:
+        proc = subprocess.Popen(
+            ex.argv("--pid-file", str(ex.pid_file)),
+            stdin=sink.stdin_fd if sink.stdin_fd is not None else subprocess.DEVNULL,
+            stdout=writers[0], stderr=writers[1],
+        )  # fmt: skip
+    except BaseException:
+        for fd in pipes:
+            os.close(fd)
+        raise
+    finally:
+        for fd in writers:
+            os.close(fd)
+    hold = HoldRuntimeError()
+    relay = _SinkRelay(sink, lambda: _kill_exec(ex.pid_file, proc))
+    try:
+        while pipes:
+            ready, _, _ = select.select(list(pipes), [], [], 1.0)
+            if not ready:
+                relay.check()
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    del pipes[fd]
+                    os.close(fd)
+                elif pipes[fd] == 2:
+                    relay.write(2, hold.feed(data))
+                else:
+                    relay.write(1, data)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        for fd in pipes:
+            os.close(fd)
+        code = proc.wait()
+    failed = ex.failure()
+    relay.write(2, hold.end(failed is not None))
+    if failed is not None:
+        raise failed
+    return code
+
+
+class _SinkRelay:
+    """Writes to an ``ExecSink`` until its reader has gone, then ``kill`` (once)."""
+
+    def __init__(self, sink: ExecSink, kill: Callable[[], None]) -> None:
+        self.sink, self._kill, self.gone = sink, kill, False
+
+    def write(self, stream: int, data: bytes) -> None:
+        if data and not self.gone:
+            try:
+                self.sink.write(stream, data)
+            except OSError:
+                self._end()
+
+    def check(self) -> None:
+        if not self.gone and self.sink.gone():
+            self._end()
+
+    def _end(self) -> None:
+        self.gone = True
+        self._kill()
+
+
 def _feed(pipe: Any, data: bytes) -> None:
     with contextlib.suppress(OSError):
         pipe.write(data)
@@ -349,7 +432,9 @@ def _has_fileno(f: object) -> bool:
 # -- tty ---------------------------------------------------------------------------
 
 
-def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
+def _run_tty(
+    ex: _Exec, *, stdin: BinaryIO | None, stream: bool, sink: ExecSink | None = None
+) -> ExecResult:
     # runc 1.1 hands out the pty master (--console-socket) only with --detach, which
     # would lose the exit status. Without it, runc proxies between the container's pty
     # and its own stdio when that is a terminal: give it one of ours and pump our side.
@@ -358,7 +443,9 @@ def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
     proc: subprocess.Popen[bytes] | None = None
     try:
         in_fd: int | None
-        if stdin is not None and _has_fileno(stdin):
+        if sink is not None:
+            in_fd = sink.stdin_fd
+        elif stdin is not None and _has_fileno(stdin):
             in_fd = stdin.fileno()
         elif stream and stdin is None and _has_fileno(sys.stdin):
             in_fd = sys.stdin.fileno()
@@ -366,11 +453,12 @@ def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
             in_fd = None
         term_fd = in_fd if in_fd is not None and os.isatty(in_fd) else None
         size = window_size(term_fd) if term_fd is not None else None
-        rows, cols = size or (24, 80)
+        rows, cols = size or (sink.size if sink is not None else None) or (24, 80)
         set_window_size(slave, rows, cols)
         proc = subprocess.Popen(
-            ex.argv(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True
-        )
+            ex.argv("--pid-file", str(ex.pid_file)),
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        )  # fmt: skip
         os.close(slave)
         slave = -1
         runc = proc
@@ -380,21 +468,28 @@ def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
             with contextlib.suppress(OSError):
                 runc.send_signal(signal.SIGWINCH)
 
-        out_fd = sys.stdout.fileno() if stream else None
         captured = bytearray()
+        relay = None
+        write: Callable[[bytes], Any]
+        if sink is not None:
+            relay = _SinkRelay(sink, lambda: _kill_exec(ex.pid_file, runc))
+            sink.resize = on_resize
+            write = functools.partial(relay.write, 1)
+        elif stream:
+            write = functools.partial(_write_all, sys.stdout.fileno())
+        else:
+            write = captured.extend
         hold = HoldRuntimeError()  # runc's error comes through the terminal too
         with contextlib.ExitStack() as stack:
             if term_fd is not None:
                 stack.enter_context(raw_terminal(term_fd))
                 stack.enter_context(follow_window_size(term_fd, on_resize))
-            pump_pty(master, in_fd, out_fd, captured, hold)
+            pump_pty(master, in_fd, write, hold, idle=relay.check if relay else None)
             code = proc.wait()
+            if sink is not None:
+                sink.resize = None
             failed = ex.failure()
-            tail = hold.end(failed is not None)  # still raw: written as it came
-            if out_fd is None:
-                captured += tail
-            else:
-                _write_all(out_fd, tail)
+            write(hold.end(failed is not None))  # still raw: written as it came
         if failed is not None:
             raise failed
         return ExecResult(code, bytes(captured), b"")
@@ -410,20 +505,23 @@ def _run_tty(ex: _Exec, *, stdin: BinaryIO | None, stream: bool) -> ExecResult:
 def pump_pty(
     master: int,
     in_fd: int | None,
-    out_fd: int | None,
-    captured: bytearray,
+    write: Callable[[bytes], Any],
     hold: HoldRuntimeError | None = None,
+    *,
+    idle: Callable[[], None] | None = None,
 ) -> None:
-    """Copy ``in_fd`` -> master and master -> ``out_fd`` (or ``captured``), through
-    ``hold`` when given, until the pty closes (EIO once every process holding the
-    slave has exited)."""
+    """Copy ``in_fd`` -> master and master -> ``write``, through ``hold`` when given,
+    until the pty closes (EIO once every process holding the slave has exited);
+    ``idle`` is called after each second without traffic."""
     reading_in = in_fd is not None
     while True:
         fds = [master] + ([in_fd] if reading_in and in_fd is not None else [])
         try:
-            ready, _, _ = select.select(fds, [], [])
+            ready, _, _ = select.select(fds, [], [], None if idle is None else 1.0)
         except InterruptedError:
             continue
+        if not ready and idle is not None:
+            idle()
         if master in ready:
             try:
                 data = os.read(master, 65536)
@@ -435,10 +533,8 @@ def pump_pty(
                 return
             if hold is not None:
                 data = hold.feed(data)
-            if out_fd is None:
-                captured += data
-            else:
-                _write_all(out_fd, data)
+            if data:
+                write(data)
         if in_fd is not None and in_fd in ready:
             data = os.read(in_fd, 65536)
             if not data:

@@ -29,6 +29,7 @@ from lamina.runtime._types import (
     ContainerConfig,
     Endpoint,
     ExecResult,
+    ExecSink,
     ExitStatus,
     NetworkRun,
     PathStat,
@@ -264,7 +265,10 @@ class TaskBackend(abc.ABC):
         stream: bool,
         timeout: float | None = None,
         output_limit: int | None = None,
-    ) -> ExecResult: ...
+        sink: ExecSink | None = None,
+    ) -> ExecResult:
+        """``stream``: the caller's stdio passed through (``stdin`` or ours); with a
+        ``sink``, through it instead (see ``ExecSink``)."""
 
     @abc.abstractmethod
     def attach(self, rec: Record) -> Attachment:

@@ -63,6 +63,7 @@ from lamina.runtime._types import (
     ContainerConfig,
     Endpoint,
     ExecResult,
+    ExecSink,
     ExitStatus,
     NetworkRun,
     PathStat,
@@ -641,6 +642,7 @@ class OciTasks(TaskBackend):
         stream: bool,
         timeout: float | None = None,
         output_limit: int | None = None,
+        sink: ExecSink | None = None,
     ) -> ExecResult:
         from lamina.runtime import _exec
 
@@ -676,6 +678,7 @@ class OciTasks(TaskBackend):
             name=rec.name,
             timeout=timeout,
             output_limit=output_limit,
+            sink=sink,
         )
 
     def attach(self, rec: Record) -> Attachment:

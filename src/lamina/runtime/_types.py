@@ -11,6 +11,7 @@ config and run options. The other dataclasses are what operations return.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -268,6 +269,23 @@ class ExecResult:
     stderr: bytes
     timed_out: bool = False  # killed after the exec's ``timeout`` (exit_code is then -1)
     truncated: bool = False  # more output came than the exec's ``output_limit`` kept
+
+
+@dataclass
+class ExecSink:
+    """A streamed exec's stdio when it is not the caller's own (the daemon relays it to
+    its client). ``write(stream, data)`` takes the output as it comes (1 stdout, 2
+    stderr; 1 alone with a terminal) and raises OSError once its reader has gone;
+    ``stdin_fd`` is read to its end (None: no input); ``gone()`` is polled while the
+    exec is silent. A reader gone ends the exec: its process is killed, the
+    container is not touched. ``size`` is the terminal's first (rows, cols); while a
+    terminal exec runs, the backend sets ``resize`` to follow later sizes."""
+
+    write: Callable[[int, bytes], None]
+    gone: Callable[[], bool]
+    stdin_fd: int | None = None
+    size: tuple[int, int] | None = None
+    resize: Callable[[int, int], None] | None = None
 
 
 @dataclass

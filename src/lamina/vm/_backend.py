@@ -83,6 +83,7 @@ from lamina.runtime._types import (
     ContainerConfig,
     Endpoint,
     ExecResult,
+    ExecSink,
     ExitStatus,
     NetworkRun,
     PathStat,
@@ -552,6 +553,7 @@ class VmTasks(TaskBackend):
         stream: bool,
         timeout: float | None = None,
         output_limit: int | None = None,
+        sink: ExecSink | None = None,
     ) -> ExecResult:
         from lamina.runtime._term import window_size
         from lamina.runtime.common import merge_env
@@ -577,22 +579,31 @@ class VmTasks(TaskBackend):
             environ = merge_env(environ, [f"HOME={home or '/'}", *(env or [])])
         if tty and not any(e.startswith("TERM=") for e in environ):
             environ.append("TERM=xterm")
-        interactive = (
-            not detach and stdin is not None and getattr(stdin, "name", None) != os.devnull
-        )
         tty = tty and not detach  # nobody would read its terminal
-        in_fd = _fileno(stdin) if interactive else None
-        term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
+        term = size = None
+        if sink is not None and not detach:
+            in_fd = sink.stdin_fd
+            interactive = in_fd is not None
+            size = sink.size if tty else None
+        else:
+            sink = None
+            interactive = (
+                not detach and stdin is not None and getattr(stdin, "name", None) != os.devnull
+            )
+            in_fd = _fileno(stdin) if interactive else None
+            term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
+            size = window_size(term) if term is not None else None
         payload = exec_payload(
             argv, environ, cwd=workdir or rec.process.cwd, uid=uid, gid=gid, groups=groups,
-            stdin=interactive, tty=tty, size=window_size(term) if term is not None else None,
+            stdin=interactive, tty=tty, size=size,
         )  # fmt: skip
         conn = self._control(rec.id)
         bounded = timeout is not None or output_limit is not None
+        # An exec that may be signalled (a check's timeout, a relay's reader gone) has
+        # a session of its own, since SIGNAL for session 1 goes to the workload.
+        session = _CHECK if bounded or sink is not None else WORKLOAD
         try:
-            # A bounded exec (a check) may be signalled: its own session, since SIGNAL
-            # for session 1 goes to the workload.
-            conn.send(Msg.EXEC, _CHECK if bounded else WORKLOAD, payload)
+            conn.send(Msg.EXEC, session, payload)
             if detach:
                 return _started(conn)
             if interactive and in_fd is None:  # a stream without a descriptor: all at once
@@ -600,7 +611,8 @@ class VmTasks(TaskBackend):
                 conn.send_stdin(WORKLOAD, stdin.read())
             if bounded:
                 return _collect_bounded(conn, timeout, output_limit)
-            return _collect_exec(conn, stream, in_fd=in_fd, term=term)
+            return _collect_exec(conn, stream, in_fd=in_fd, term=term, session=session,
+                                 sink=sink)  # fmt: skip
         finally:
             conn.close()
 
@@ -872,7 +884,7 @@ class _InputForwarder:
 
         if self.term is not None:
             self._stack.enter_context(raw_terminal(self.term))
-            self._stack.enter_context(follow_window_size(self.term, self._on_size))
+            self._stack.enter_context(follow_window_size(self.term, self.on_size))
             self._send_size()
         return self
 
@@ -882,7 +894,8 @@ class _InputForwarder:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
-    def _on_size(self, rows: int, cols: int) -> None:
+    def on_size(self, rows: int, cols: int) -> None:
+        """A new terminal size, sent from the loop (safe from a signal or a thread)."""
         self._size = (rows, cols)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
@@ -936,34 +949,65 @@ def _started(conn: AgentConnection) -> ExecResult:
 
 
 def _collect_exec(
-    conn: AgentConnection, stream: bool, *, in_fd: int | None = None, term: int | None = None
+    conn: AgentConnection,
+    stream: bool,
+    *,
+    in_fd: int | None = None,
+    term: int | None = None,
+    session: int = WORKLOAD,
+    sink: ExecSink | None = None,
 ) -> ExecResult:
-    """Run an exec session to its EXIT: output passed through (``stream``) or collected,
-    the caller's stdin and terminal size forwarded (``_InputForwarder``)."""
+    """Run an exec session to its EXIT: output passed through (``stream``), handed
+    to ``sink`` or collected, the caller's stdin and terminal size forwarded
+    (``_InputForwarder``). A sink whose reader has gone gets the process SIGKILL."""
+    import signal
+
     from lamina.vm._agent import Msg, parse_exit
 
     out, err = bytearray(), bytearray()
     error: str | None = None
-    with _InputForwarder(conn, WORKLOAD, in_fd, term) as fwd:
-        while True:
-            for f in fwd.wait(1.0):
-                if f.type in (Msg.STDOUT, Msg.STDERR):
-                    if stream:
-                        sink = sys.stdout if f.type == Msg.STDOUT else sys.stderr
-                        sink.buffer.write(f.payload)
-                        sink.buffer.flush()
-                    else:
-                        (out if f.type == Msg.STDOUT else err).extend(f.payload)
-                elif f.type == Msg.ERROR:
-                    error = f.payload.decode(errors="replace")
-                elif f.type == Msg.EXIT:
-                    if error is not None:
-                        from lamina.runtime.common import exec_failed
+    sink_gone = False
 
-                        raise exec_failed(error)
-                    return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
-            if conn.closed:
-                raise LaminaError("the container stopped before the exec finished")
+    def end_for_gone_reader() -> None:
+        nonlocal sink_gone
+        sink_gone = True
+        conn.send(Msg.SIGNAL, session, int(signal.SIGKILL).to_bytes(4, "big"))
+
+    with _InputForwarder(conn, session, in_fd, term) as fwd:
+        if sink is not None:
+            sink.resize = fwd.on_size
+        try:
+            while True:
+                frames = fwd.wait(1.0)
+                if sink is not None and not frames and not sink_gone and sink.gone():
+                    end_for_gone_reader()
+                for f in frames:
+                    if f.type in (Msg.STDOUT, Msg.STDERR):
+                        if sink is not None:
+                            if not sink_gone:
+                                try:
+                                    sink.write(1 if f.type == Msg.STDOUT else 2, f.payload)
+                                except OSError:
+                                    end_for_gone_reader()
+                        elif stream:
+                            ours = sys.stdout if f.type == Msg.STDOUT else sys.stderr
+                            ours.buffer.write(f.payload)
+                            ours.buffer.flush()
+                        else:
+                            (out if f.type == Msg.STDOUT else err).extend(f.payload)
+                    elif f.type == Msg.ERROR:
+                        error = f.payload.decode(errors="replace")
+                    elif f.type == Msg.EXIT:
+                        if error is not None:
+                            from lamina.runtime.common import exec_failed
+
+                            raise exec_failed(error)
+                        return ExecResult(parse_exit(f.payload).exit_code, bytes(out), bytes(err))
+                if conn.closed:
+                    raise LaminaError("the container stopped before the exec finished")
+        finally:
+            if sink is not None:
+                sink.resize = None
 
 
 def _collect_bounded(conn: AgentConnection, timeout: float | None, limit: int | None) -> ExecResult:
