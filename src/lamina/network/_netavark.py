@@ -26,6 +26,7 @@ from lamina.runtime._types import Endpoint, PortMapping
 _NETAVARK = ("/usr/lib/podman/netavark", "/usr/libexec/podman/netavark")
 _AARDVARK = ("/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns")
 _NOISE = ("failed to connect to syslog",)  # aardvark-dns's, on every start
+_HOST_LOCK = Path("/run/lamina/netavark.lock")  # shared by every root (_host_locked)
 
 
 class NetworkSetupFailed(LaminaError):
@@ -110,6 +111,11 @@ def options(
     }
 
 
+def _raced(proc: subprocess.CompletedProcess[bytes]) -> bool:
+    out = proc.stdout + proc.stderr
+    return b"already exists" in out or b"No chain/target/match" in out
+
+
 def _run(argv: list[str], opts: dict[str, Any]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         argv, input=json.dumps(opts).encode(), capture_output=True, check=False,
@@ -162,6 +168,30 @@ def _isolation_first(tool: str) -> None:
                    capture_output=True)  # fmt: skip
 
 
+def _isolation_in_use(tool: str) -> bool:
+    """Whether some bridge (of any root, or Podman's) is still isolated: its rules in
+    NETAVARK_ISOLATION_1 besides the chain and its RETURN."""
+    rules = subprocess.run([tool, "-w", "-S", "NETAVARK_ISOLATION_1"], capture_output=True,
+                           text=True).stdout.splitlines()  # fmt: skip
+    return any(r.startswith("-A ") and not r.endswith("-j RETURN") for r in rules)
+
+
+@contextlib.contextmanager
+def _host_locked() -> Iterator[None]:
+    """One netavark at a time on the host: roots have their own config dirs but share
+    netavark's global chains (NETAVARK_FORWARD, the isolation chains, the host-port
+    chains), which netavark 1.4 adds and deletes without locking: one root's teardown
+    racing another's setup fails with "No chain/target/match" or "Chain already
+    exists". Taken inside the root's lock, never around it."""
+    _HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(_HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(
     root: Path, action: str, netns: Path, opts: dict[str, Any], *, locked: bool = False
 ) -> dict[str, Any]:
@@ -175,16 +205,19 @@ def run(
         action, str(netns),
     ]  # fmt: skip
     config_dir(root).mkdir(parents=True, exist_ok=True)
-    with _locked(root, locked):
+    with _locked(root, locked), _host_locked():
         proc = _run(argv, opts)
-        if proc.returncode != 0 and action == "setup" and b"already exists" in proc.stdout:
-            # Another root (or Podman) made a global chain at the same time: once more.
+        if proc.returncode != 0 and action == "setup" and _raced(proc):
+            # Podman changed a global chain at the same time: once more.
             _run([*argv[:-2], "teardown", argv[-1]], opts)
             proc = _run(argv, opts)
-        if proc.returncode == 0 and action == "setup":
+        if proc.returncode == 0:
             v6 = any(":" in ip for n in opts["networks"].values() for ip in n["static_ips"])
             for tool in ("iptables", "ip6tables") if v6 else ("iptables",):
-                _isolation_first(tool)
+                # A teardown that removed the last isolated bridge of this root took
+                # the host's jump with it, whatever other roots still isolate.
+                if action == "setup" or _isolation_in_use(tool):
+                    _isolation_first(tool)
     out = proc.stdout.decode(errors="replace").strip()
     answer: dict[str, Any] = {}
     if out:
