@@ -37,6 +37,14 @@ SYSTEM_ROOT = "/var/lib/lamina"  # its daemon listens on /run/lamina/lamina.sock
     help="A bearer token clients of tcp hosts must send (Authorization: Bearer ...).",
 )
 @click.option(
+    "--docker-host",
+    "docker_hosts",
+    multiple=True,
+    metavar="unix:///PATH|tcp://ADDR:PORT",
+    help="Where to serve Docker's Engine API too (repeatable; tcp as --host: TLS client "
+    "certificates or a token), e.g. unix:///run/lamina/docker.sock for DOCKER_HOST.",
+)
+@click.option(
     "--group", default=None, metavar="GROUP", help="Group owning unix sockets (mode 0660)."
 )
 def daemon(
@@ -46,6 +54,7 @@ def daemon(
     tlscacert: str | None,
     token_file: str | None,
     group: str | None,
+    docker_hosts: tuple[str, ...],
 ) -> None:
     """Serve the engine of this root over HTTP until SIGTERM or SIGINT."""
     from lamina.daemon import DaemonOptions, serve
@@ -55,6 +64,7 @@ def daemon(
     options = DaemonOptions(
         root=root,
         hosts=list(hosts),
+        docker_hosts=list(docker_hosts),
         tlscert=tlscert,
         tlskey=tlskey,
         tlscacert=tlscacert,

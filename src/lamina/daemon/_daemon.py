@@ -46,6 +46,7 @@ STATE_FILE = "daemon.json"
 class DaemonOptions:
     root: Path
     hosts: list[str] = field(default_factory=list)  # empty: the root's default socket
+    docker_hosts: list[str] = field(default_factory=list)  # Docker's Engine API (dockerapi)
     tlscert: str | None = None
     tlskey: str | None = None
     tlscacert: str | None = None
@@ -76,6 +77,8 @@ class _Plan:
 
     unix: list[Path]
     tcp: list[tuple[str, int]]
+    docker_unix: list[Path]
+    docker_tcp: list[tuple[str, int]]
     tls: ssl.SSLContext | None
     token: bytes | None
     gid: int
@@ -83,33 +86,40 @@ class _Plan:
 
 def plan(opts: DaemonOptions) -> _Plan:
     hosts = opts.hosts or [default_host(opts.root, system_root=opts.default_root)]
+    unix, tcp = _parse_hosts(hosts, "--host")
+    docker_unix, docker_tcp = _parse_hosts(opts.docker_hosts, "--docker-host")
+    tls = _tls(opts) if (opts.tlscert or opts.tlskey or opts.tlscacert) else None
+    token = _token(opts.token_file) if opts.token_file else None
+    has_tcp = bool(tcp or docker_tcp)
+    if has_tcp and token is None and (tls is None or tls.verify_mode != ssl.CERT_REQUIRED):
+        raise LaminaError(
+            "refusing to listen on TCP without authentication: give --tlscert, --tlskey and "
+            "--tlscacert (clients need certificates signed by that CA) or --token-file"
+        )
+    if tls is not None and not has_tcp:
+        raise LaminaError("--tlscert/--tlskey/--tlscacert are for a tcp:// --host")
+    return _Plan(unix, tcp, docker_unix, docker_tcp, tls, token, _gid(opts.group))
+
+
+def _parse_hosts(hosts: list[str], flag: str) -> tuple[list[Path], list[tuple[str, int]]]:
     unix: list[Path] = []
     tcp: list[tuple[str, int]] = []
     for host in hosts:
         if host.startswith("unix://"):
             path = Path(host.removeprefix("unix://"))
             if not path.is_absolute():
-                raise LaminaError(f"--host {host}: the socket path must be absolute")
+                raise LaminaError(f"{flag} {host}: the socket path must be absolute")
             if len(os.fsencode(str(path))) > 107:
-                raise LaminaError(f"--host {host}: a unix socket path is limited to 107 bytes")
+                raise LaminaError(f"{flag} {host}: a unix socket path is limited to 107 bytes")
             unix.append(path)
         elif host.startswith("tcp://"):
             address, sep, port = host.removeprefix("tcp://").rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free
-                raise LaminaError(f"--host {host}: expected tcp://ADDRESS:PORT")
+                raise LaminaError(f"{flag} {host}: expected tcp://ADDRESS:PORT")
             tcp.append((address.strip("[]") or "127.0.0.1", int(port)))
         else:
-            raise LaminaError(f"--host {host}: expected unix:///PATH or tcp://ADDRESS:PORT")
-    tls = _tls(opts) if (opts.tlscert or opts.tlskey or opts.tlscacert) else None
-    token = _token(opts.token_file) if opts.token_file else None
-    if tcp and token is None and (tls is None or tls.verify_mode != ssl.CERT_REQUIRED):
-        raise LaminaError(
-            "refusing to listen on TCP without authentication: give --tlscert, --tlskey and "
-            "--tlscacert (clients need certificates signed by that CA) or --token-file"
-        )
-    if tls is not None and not tcp:
-        raise LaminaError("--tlscert/--tlskey/--tlscacert are for a tcp:// --host")
-    return _Plan(unix, tcp, tls, token, _gid(opts.group))
+            raise LaminaError(f"{flag} {host}: expected unix:///PATH or tcp://ADDRESS:PORT")
+    return unix, tcp
 
 
 def _tls(opts: DaemonOptions) -> ssl.SSLContext:
@@ -228,17 +238,29 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
     listeners: list[Listener] = []
     made: list[Path] = []
     try:
-        for path in checked.unix:
-            listeners.append(Listener(_unix_listener(path, checked.gid), f"unix://{path}"))
-            made.append(path)
-        for address, port in checked.tcp:
-            sock = _tcp_listener(address, port)
-            bound = sock.getsockname()[1]
-            listeners.append(Listener(sock, f"tcp://{address}:{bound}", tls=checked.tls,
-                                      token=checked.token))  # fmt: skip
+        docker = None
+        if checked.docker_unix or checked.docker_tcp:
+            from lamina import dockerapi
+
+            docker = dockerapi.dispatch
+        for paths, dispatch in ((checked.unix, None), (checked.docker_unix, docker)):
+            for path in paths:
+                sock = _unix_listener(path, checked.gid)
+                listeners.append(Listener(sock, f"unix://{path}", dispatch=dispatch))
+                made.append(path)
+        for addresses, dispatch in ((checked.tcp, None), (checked.docker_tcp, docker)):
+            for address, port in addresses:
+                sock = _tcp_listener(address, port)
+                bound = sock.getsockname()[1]
+                listeners.append(Listener(sock, f"tcp://{address}:{bound}", tls=checked.tls,
+                                          token=checked.token, dispatch=dispatch))  # fmt: skip
         server = Server(listeners, _api.dispatch, authorize)
         hosts = [lst.address for lst in listeners]
-        state = {"pid": os.getpid(), "hosts": hosts}
+        state = {
+            "pid": os.getpid(),
+            "hosts": [lst.address for lst in listeners if lst.dispatch is None],
+            "docker_hosts": [lst.address for lst in listeners if lst.dispatch is not None],
+        }
         (root / STATE_FILE).write_text(json.dumps(state) + "\n")
         stop = threading.Event()
 

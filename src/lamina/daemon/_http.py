@@ -196,6 +196,8 @@ class Listener:
     address: str  # as given: unix:///path or tcp://host:port
     tls: ssl.SSLContext | None = None
     token: bytes | None = None  # a bearer token every request must carry
+    # The API served here, when not the server's (Docker's Engine API: lamina.dockerapi).
+    dispatch: Handler | None = None
 
 
 class Server:
@@ -260,7 +262,8 @@ class Server:
                 with self._lock:
                     self._conns.discard(raw)
                     self._conns.add(conn)
-            _Connection(conn, listener, self._dispatch, self._authorize).run()
+            dispatch = listener.dispatch or self._dispatch
+            _Connection(conn, listener, dispatch, self._authorize).run()
         except (OSError, ssl.SSLError, h11.ProtocolError):
             pass  # the client went away, or spoke no HTTP
         except Exception:  # a stream's bug after its status was sent: logged, closed

@@ -1,0 +1,112 @@
+"""Dispatch of Docker Engine API requests: the version prefix (``/v1.24`` ...
+``/v1.50``, or none), the route, Docker's response headers and errors.
+
+A route is registered on ``router`` without the version prefix (``/containers/json``);
+its handler gets the daemon's ``Request`` (``request.params``: path parameters;
+``request.version``-like needs: ``api_version(request)``) and returns a ``Response``.
+Errors: raise ``HttpError(status, message)`` or let a LaminaError out; either becomes
+Docker's ``{"message": "..."}`` with Docker's status (``status_of``)."""
+
+from __future__ import annotations
+
+import re
+
+from lamina.daemon._http import HttpError, Request, Response, error_response
+from lamina.daemon._routes import Router
+from lamina.errors import LaminaError
+
+API_VERSION = "1.44"  # what lamina reports (``version``, the Api-Version header)
+MIN_API_VERSION = "1.24"
+MAX_API_VERSION = "1.50"  # the newest accepted in a path (the docker CLI 28 speaks it)
+
+router = Router()
+route = router.add
+
+_MODULES = ("_system", "_containers", "_streams", "_images", "_build", "_networks", "_volumes")
+_VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+_loaded = False
+
+
+def _load() -> None:
+    """Import the route modules once (each registers its routes on ``router``)."""
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+
+    for name in _MODULES:
+        importlib.import_module(f"lamina.dockerapi.{name}")
+    _loaded = True
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+def api_version(request: Request) -> str:
+    """The API version the client asked for in its path, else the one lamina reports."""
+    return request.headers.get("x-lamina-api-version", API_VERSION)
+
+
+def headers() -> list[tuple[str, str]]:
+    """What dockerd sends on every answer."""
+    from lamina import __version__
+
+    return [
+        ("Api-Version", API_VERSION),
+        ("Docker-Experimental", "false"),
+        ("Ostype", "linux"),
+        ("Server", f"lamina/{__version__} (linux)"),
+    ]
+
+
+def dispatch(request: Request) -> Response:
+    _load()
+    response = _dispatch(request)
+    response.headers = [*headers(), *response.headers]
+    return response
+
+
+def _dispatch(request: Request) -> Response:
+    path = request.path.split("?", 1)[0]
+    m = _VERSIONED.match(path)
+    if m:
+        asked = f"{m.group(1)}.{m.group(2)}"
+        if _version_tuple(asked) < _version_tuple(MIN_API_VERSION):
+            return error_response(
+                400,
+                f"client version {asked} is too old. Minimum supported API version is "
+                f"{MIN_API_VERSION}, please upgrade your client to a newer version",
+            )
+        if _version_tuple(asked) > _version_tuple(MAX_API_VERSION):
+            return error_response(
+                400,
+                f"client version {asked} is too new. Maximum supported API version is "
+                f"{MAX_API_VERSION}",
+            )
+        request.headers["x-lamina-api-version"] = asked
+        path = m.group(3)
+    try:
+        found, params = router.find(request.method, path)
+        request.params = params
+        return found.handler(request)
+    except HttpError as e:
+        return error_response(e.status, e.message)
+    except LaminaError as e:
+        return error_response(status_of(e), str(e))
+    except OSError as e:
+        from lamina.errors import describe_os_error
+
+        return error_response(500, describe_os_error(e))
+    except Exception as e:  # a bug: answered, and its traceback in the daemon's log
+        import traceback
+
+        traceback.print_exc()
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def status_of(e: LaminaError) -> int:
+    """Docker's status for an engine error (the same mapping as lamina's API)."""
+    from lamina.daemon._api import status_of as lamina_status
+
+    return lamina_status(e)
