@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime_fixtures import CLI, lamina_cgroups, overlay_mounts, until
+from runtime_fixtures import CLI, lamina_cgroups, overlay_mounts, settle_network, until
 
 from lamina.image import LocalImages
 
@@ -221,6 +221,7 @@ def network_leaks(root: Path) -> list[str]:
 def leaks(root: Path, ids: set[str]) -> list[str]:
     """Everything left of containers ``ids`` and of any container under ``root``,
     when the root should have none."""
+    settle_network(root)
     out = [f"mount {m}" for m in overlay_mounts(root)]
     for sub in ("containers", "overlay", "runc"):
         out += [f"{sub}/{n}" for n in sorted(_entries(root / sub))]

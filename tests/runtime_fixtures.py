@@ -54,6 +54,21 @@ def config(image: str, *cmd: str, **kwargs: Any) -> ContainerConfig:
     return ContainerConfig(image=image, command=list(cmd) if cmd else None, **kwargs)
 
 
+def settle_network(root: Path, timeout: float = 30.0) -> None:
+    """Wait for the network teardowns a removed ``--rm`` container left to a worker
+    (``engine._networks``: ``run --rm`` returns before netavark's teardown; its netns
+    and ``netdown`` lease go a moment later)."""
+    down, leases = root / "networks" / "down", root / "leases"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = (down.is_dir() and any(down.glob("*.json"))) or (
+            leases.is_dir() and any(leases.glob("netdown-*"))
+        )
+        if not busy:
+            return
+        time.sleep(0.02)
+
+
 def overlay_mounts(root: Path) -> list[str]:
     """Mount points under ``root`` (from /proc/self/mountinfo)."""
     prefix = str(root.resolve())

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from registry_server import Fault, FaultProxy
-from runtime_fixtures import CLI, overlay_mounts
+from runtime_fixtures import CLI, overlay_mounts, settle_network
 
 
 def ingests(root: Path) -> list[str]:
@@ -37,6 +37,7 @@ def leftovers(root: Path, *beside: Path) -> dict[str, list[str]]:
     """Everything interrupted work on ``root`` may leave: ingests, unpack and removal
     scratch dirs, leases, build scratch dirs, mounts under the root, and temp files
     beside the given paths (a ``save -o`` output)."""
+    settle_network(root)
     snaps = root / "snapshots"
     leases = root / "leases"
     build_tmp = root / "build-tmp"

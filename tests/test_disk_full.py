@@ -28,6 +28,7 @@ from runtime_fixtures import (
     lamina_ok,
     overlay_mounts,
     remove_all_containers,
+    settle_network,
     store_leftovers,
 )
 
@@ -52,6 +53,9 @@ class Disk:
 
     def fill(self) -> None:
         """Take every free byte of the tmpfs."""
+        # A removed --rm container's network teardown finishes after its command: not
+        # what these tests fill the disk under.
+        settle_network(self.root)
         fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             st = os.statvfs(self.mount)

@@ -40,6 +40,7 @@ from runtime_fixtures import (
     lamina_cli,
     overlay_mounts,
     remove_all_containers,
+    settle_network,
     until,
 )
 from runtime_fixtures import lamina_ok as ok
@@ -146,6 +147,7 @@ def test_restart_keeps_an_rm_container_until_it_exits_or_is_stopped(root: Path) 
     ok(root, "restart", "rs")
     ok(root, "stop", "rs")
     assert containers(root) == []
+    settle_network(root)  # its network's teardown finishes after stop returns
     assert overlay_mounts(root) == []
 
 
@@ -178,6 +180,7 @@ def test_a_killed_restart_leaves_no_rm_container_behind(root: Path, killed_in: s
         assert state(root, cid)["Running"] is True  # never stopped: it runs on
         ok(root, "stop", cid)
     assert containers(root) == []  # `ps` reconciled: gone, as its exit would have made it
+    settle_network(root)
     assert overlay_mounts(root) == []
     assert not (root / "containers" / cid).exists()
 

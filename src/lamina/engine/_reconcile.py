@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from lamina import _leases
 from lamina.engine import _health, _locks
-from lamina.errors import LaminaError, NotFound
+from lamina.errors import LaminaError, NotFound, StorageError
 from lamina.runtime._types import Status
 
 if TYPE_CHECKING:
@@ -80,8 +80,10 @@ def reconcile(engine: Engine, *, sweep: bool = False) -> None:
     _remove_abandoned_restarts(engine)
     if os.path.isdir(engine.root / "netns"):
         # A run's namespace whose container has no record: a removal that died past it.
-        for cid in engine.networks.stray_namespaces({row.id for row in rows}):
-            engine._notice(cid, "left over by an interrupted command: removed its netns")
+        # On a full disk (the store read-only) it waits for a command with space.
+        with contextlib.suppress(StorageError):
+            for cid in engine.networks.stray_namespaces({row.id for row in rows}):
+                engine._notice(cid, "left over by an interrupted command: removed its netns")
     _health.ensure_for_running(engine)  # a killed health runner is started again
     # What killed commands registered on their leases (a cp's scratch directory, a
     # save's temp file...) goes with the next container command, not only the next
