@@ -167,10 +167,20 @@ class RemoteEngine:
             fields["labels"] = [f"{k}={v}" for k, v in labels.items()]
         del fields["env_files"], fields["label_files"]
         body = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-        pull = self._pull_for_run(image, pull, platform, progress)
-        body.update(image=image, command=list(command) if command else None, pull=pull,
-                    platform=platform)  # fmt: skip
-        created = self._json("POST", "/containers", json_body=body)
+        here = self._pulls_here(image, pull, platform, progress)
+        if here and pull == "always":
+            self.pull_image(image, progress=progress())
+        body.update(image=image, command=list(command) if command else None,
+                    pull="never" if here else pull, platform=platform)  # fmt: skip
+        try:  # a present image costs no request more than the create
+            created = self._json("POST", "/containers", json_body=body)
+        except NotFound as e:
+            if not here or pull != "missing" or not str(e).startswith(f"no such image: {image} "):
+                raise
+            print(f"Unable to find image '{image}' locally", file=sys.stderr)
+            self.pull_image(image, progress=progress())
+            body["pull"] = "missing"
+            created = self._json("POST", "/containers", json_body=body)
         return self.get(created["Id"]), list(created.get("Warnings") or [])
 
     def get(self, ref: str) -> Container:
@@ -474,24 +484,15 @@ class RemoteEngine:
                     what=event.get("what") or "layer"))  # fmt: skip
         raise LaminaError("the lamina daemon ended the transfer without a result")
 
-    def _pull_for_run(self, image: str, pull: str, platform: str | None,
-                      progress: Any) -> str:  # fmt: skip
-        """``run``/``create``'s pull with its progress here, as in-process: "always", or
-        "missing" and the daemon has no such image ("Unable to find image" first).
-        Returns the policy the daemon then applies (the image is there now). With
+    def _pulls_here(self, image: str, pull: str, platform: str | None,
+                    progress: Any) -> bool:  # fmt: skip
+        """Whether ``run``/``create``'s pull is done from here, its progress shown as
+        in-process ("always", or "missing" and the daemon has no such image). With
         ``--platform`` or an image ID the daemon decides alone."""
         hexpart = image.removeprefix("sha256:")
-        if progress is None or platform is not None or pull not in ("always", "missing") or (
-                len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)):  # fmt: skip
-            return pull
-        if pull == "missing":
-            try:
-                self._json("GET", f"/images/{segment(image)}")
-                return pull
-            except NotFound:
-                print(f"Unable to find image '{image}' locally", file=sys.stderr)
-        self.pull_image(image, progress=progress())
-        return "missing"
+        is_id = len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)
+        return not (progress is None or platform is not None or is_id
+                    or pull not in ("always", "missing"))  # fmt: skip
 
     def save_images(self, names: Sequence[str], dest: Any, *, format: str) -> None:
         """The daemon's archive to ``dest`` (a path: written whole or not at all, as
