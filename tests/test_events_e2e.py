@@ -23,12 +23,13 @@ from registry_server import RegistryServer
 from runtime_fixtures import (
     CLI,
     IMAGE_REF,
+    RemoteMode,
     cli_image_root,
     lamina_ok,
     remove_all_containers,
 )
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.both_modes]
 
 Event = dict[str, Any]
 
@@ -50,8 +51,11 @@ class Follower:
 
     def __init__(self, root: Path, *args: str) -> None:
         since = f"{time.time_ns() // 10**9}.{time.time_ns() % 10**9:09d}"
+        # In remote mode through the root's daemon (its journal's stream), as lamina_cli.
+        host = ["--host", RemoteMode.host(root)] if RemoteMode.on else []
         self.proc = subprocess.Popen(
-            [*CLI, "--root", str(root), "events", "--since", since, "--format", "json", *args],
+            [*CLI, "--root", str(root), *host, "events", "--since", since, "--format", "json",
+             *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

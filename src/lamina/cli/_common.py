@@ -37,6 +37,12 @@ def _settings() -> Any:
     return click.get_current_context().find_root().obj
 
 
+def is_remote() -> bool:
+    """``--host`` (LAMINA_HOST): commands go to a daemon (what ``lamina.engine``'s module
+    functions do in-process, ``RemoteEngine`` offers as methods of the same name)."""
+    return bool(_settings().remote is not None)
+
+
 def open_engine(*, containers: bool = True) -> Engine:
     """The engine on ``--root`` with ``--runtime``; a runtime that is missing or
     cannot work on this host fails here, before anything is done (exit 125).

@@ -67,13 +67,22 @@ def events(since: str | None, until: str | None, filters: tuple[str, ...], fmt: 
     line_of = _formatter(fmt)
     if until_ns is not None and since_ns is None:
         since_ns = 0  # Docker: an end alone shows the journal's events up to it
+    remote = click.get_current_context().find_root().obj.remote is not None
     try:
-        if until_ns is not None and until_ns <= now:
+        if remote:  # the daemon's journal, each event written out as it comes
+            from lamina.cli._common import open_engine
+
+            engine: Any = open_engine()
+            wanted = {key: sorted(values) for key, values in selected.values.items()}
+            stream = engine.events(since_ns, until_ns, wanted)
+        elif until_ns is not None and until_ns <= now:
             stream = read(root, since_ns, until_ns, selected)
         else:
             stream = follow(root, since_ns, until_ns, selected, idle=sys.stdout.flush)
         for event in stream:
             sys.stdout.write(line_of(event) + "\n")
+            if remote:
+                sys.stdout.flush()
         sys.stdout.flush()
     except KeyboardInterrupt:  # Ctrl-C is how following ends
         sys.stdout.flush()

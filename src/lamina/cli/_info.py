@@ -16,9 +16,12 @@ from lamina.cli._output import INSPECT_FORMAT_OPTION, print_object, tabwrite
 @INSPECT_FORMAT_OPTION
 def version(fmt: str | None) -> None:
     """Show the lamina version information."""
+    from lamina.cli._common import is_remote, open_engine
     from lamina.engine._info import version_info
 
     data = version_info()
+    if is_remote():  # the client is this program, the server the daemon's
+        data["Server"] = open_engine().server_version()  # type: ignore[attr-defined]
 
     def text() -> None:
         client: dict[str, Any] = data["Client"]
@@ -49,10 +52,15 @@ _DOCKER_ALIASES = ("ServerVersion", "DockerRootDir", "KernelVersion")
 @INSPECT_FORMAT_OPTION
 def info(fmt: str | None) -> None:
     """Show system-wide information."""
-    from lamina.engine._info import system_info
+    from lamina.cli._common import is_remote, open_engine
 
     settings = click.get_current_context().find_root().obj
-    data = system_info(settings.root, settings.oci_runtime)
+    if is_remote():
+        data = open_engine().server_info()  # type: ignore[attr-defined]
+    else:
+        from lamina.engine._info import system_info
+
+        data = system_info(settings.root, settings.oci_runtime)
     print_object(
         fmt, data, lambda: _echo_tree({k: v for k, v in data.items() if k not in _DOCKER_ALIASES})
     )

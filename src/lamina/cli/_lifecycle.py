@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from lamina.cli._click import FlagError
-from lamina.cli._common import _command, _each, _error, open_engine
+from lamina.cli._common import _command, _each, _error, is_remote, open_engine
 
 _STOP_TIME = click.option(
     "-t",
@@ -129,7 +129,9 @@ def prune(force: bool, filters: tuple[str, ...]) -> None:
     )
     if not force and sys.stdin.isatty() and not click.confirm(question):
         return
-    result = prune_containers(open_engine(), select)
+    engine = open_engine()
+    result = (engine.prune_containers(select) if is_remote()  # type: ignore[attr-defined]
+              else prune_containers(engine, select))  # fmt: skip
     for message in result.errors:
         _error(message)
     if result.deleted:

@@ -3,6 +3,7 @@ printed as Docker prints them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lamina.cli._click import FlagError, group
-from lamina.cli._common import human_duration, open_engine
+from lamina.cli._common import human_duration, is_remote, open_engine
 from lamina.cli._lifecycle import prune_selector
 from lamina.cli._output import FORMAT_OPTION
 
@@ -42,7 +43,9 @@ def prune(all_: bool, volumes: bool, force: bool, filters: tuple[str, ...]) -> N
     select = prune_selector(filters, "system prune")
     if not force and sys.stdin.isatty() and not click.confirm(_warning(all_, volumes, filters)):
         return
-    report = prune_system(open_engine(), all_images=all_, volumes=volumes, select=select)
+    engine: Any = open_engine()
+    prune = engine.prune_system if is_remote() else functools.partial(prune_system, engine)
+    report = prune(all_images=all_, volumes=volumes, select=select)
     for message in report.containers.errors:
         print(f"lamina: error: {message}", file=sys.stderr)
     sections = [
@@ -87,7 +90,8 @@ def df(verbose: bool, fmt: str) -> None:
     """Show disk usage: images, containers, local volumes and build cache."""
     from lamina.engine import disk_usage
 
-    usage = disk_usage(open_engine())
+    engine: Any = open_engine()
+    usage = engine.system_df() if is_remote() else disk_usage(engine)
     if verbose:
         if fmt not in ("table", "json"):
             raise FlagError("--verbose takes no template (use table or json)", "system df")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         LogEntry,
         PathStat,
         Resources,
+        RestartPolicy,
         Stats,
         WaitOutcome,
     )
@@ -166,9 +167,20 @@ class RemoteEngine:
             fields["labels"] = [f"{k}={v}" for k, v in labels.items()]
         del fields["env_files"], fields["label_files"]
         body = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-        body.update(image=image, command=list(command) if command else None, pull=pull,
-                    platform=platform)  # fmt: skip
-        created = self._json("POST", "/containers", json_body=body)
+        here = self._pulls_here(image, pull, platform, progress)
+        if here and pull == "always":
+            self.pull_image(image, progress=progress())
+        body.update(image=image, command=list(command) if command else None,
+                    pull="never" if here else pull, platform=platform)  # fmt: skip
+        try:  # a present image costs no request more than the create
+            created = self._json("POST", "/containers", json_body=body)
+        except NotFound as e:
+            if not here or pull != "missing" or not str(e).startswith(f"no such image: {image} "):
+                raise
+            print(f"Unable to find image '{image}' locally", file=sys.stderr)
+            self.pull_image(image, progress=progress())
+            body["pull"] = "missing"
+            created = self._json("POST", "/containers", json_body=body)
         return self.get(created["Id"]), list(created.get("Warnings") or [])
 
     def get(self, ref: str) -> Container:
@@ -256,9 +268,26 @@ class RemoteEngine:
         found = self._json("GET", f"/containers/{segment(ref)}/changes")
         return [decode(ChangeEntry, c) for c in found]
 
-    def update(self, ref: str, resources: Resources) -> None:
-        raise NotServed("update is not served to the CLI by the lamina daemon yet: run it "
-                        "without --host")  # fmt: skip
+    def update(self, ref: str, resources: Resources | None = None, *,
+               restart: RestartPolicy | None = None) -> None:  # fmt: skip
+        """The limits as ``update``'s flags (the daemon parses them as the CLI does)."""
+        body: dict[str, Any] = {}
+        if resources is not None:
+            for name, value in asdict(resources).items():
+                if value is not None:
+                    body[name] = value if isinstance(value, int) and not isinstance(
+                        value, bool) and name in ("cpu_shares", "pids_limit") else str(value)
+        if restart is not None:
+            body["restart"] = restart.name + (
+                f":{restart.max_retries}" if restart.max_retries else "")
+        self._done("POST", f"/containers/{segment(ref)}/update", json_body=body)
+
+    def commit(self, ref: str, reference: str | None = None, *,
+               changes: Sequence[str] | None = None, message: str | None = None,
+               author: str | None = None, pause: bool = True) -> str:  # fmt: skip
+        body = {"reference": reference, "changes": list(changes or []), "message": message,
+                "author": author, "pause": pause}  # fmt: skip
+        return str(self._json("POST", f"/containers/{segment(ref)}/commit", json_body=body)["Id"])
 
     def exec(self, ref: str, argv: list[str], *, env: list[str] | None = None,
              user: str | None = None, workdir: str | None = None, tty: bool = False,
@@ -422,25 +451,159 @@ class RemoteEngine:
 
     def pull_image(self, reference: str, *, policy: str = "always", platform: str | None = None,
                    progress: Any = None, registry_config: Any = None) -> Any:  # fmt: skip
+        """The daemon pulls; its progress events go to ``progress`` as they come."""
         from types import SimpleNamespace
 
-        result = self._transfer("/images/pull", {"reference": reference, "platform": platform})
+        query = {"reference": reference, "platform": platform}
+        result = self._transfer("/images/pull", query, progress)
         return SimpleNamespace(id=result["id"], digest=result["digest"])
 
     def push_image(self, source: str, destination: str | None = None, *, progress: Any = None,
                    registry_config: Any = None, chunk_size: int | None = None) -> str:  # fmt: skip
-        result = self._transfer(f"/images/{segment(source)}/push", {"destination": destination})
+        result = self._transfer(f"/images/{segment(source)}/push", {"destination": destination},
+                                progress)  # fmt: skip
         return str(result["digest"])
 
-    def _transfer(self, path: str, query: Mapping[str, Any]) -> Any:
+    def _transfer(self, path: str, query: Mapping[str, Any], progress: Any = None) -> Any:
         answer = self._call("POST", path, query)
+        event_class = None
+        if progress is not None:
+            from lamina.registry._progress import ProgressEvent as event_class
         for line in answer.lines():
             event = json.loads(line)
             if "error" in event:
+                if event_class is not None:  # a live display stops as in-process
+                    progress.event(event_class("failed", message=str(event["error"])))
                 raise error_of(int(event.get("code") or 500), str(event["error"]))
             if event.get("status") == "complete":
                 return event["result"]
+            if event_class is not None:
+                progress.event(event_class(
+                    event["status"], digest=event.get("id") or "", size=event.get("size") or 0,
+                    advance=event.get("advance") or 0, message=event.get("message") or "",
+                    what=event.get("what") or "layer"))  # fmt: skip
         raise LaminaError("the lamina daemon ended the transfer without a result")
+
+    def _pulls_here(self, image: str, pull: str, platform: str | None,
+                    progress: Any) -> bool:  # fmt: skip
+        """Whether ``run``/``create``'s pull is done from here, its progress shown as
+        in-process ("always", or "missing" and the daemon has no such image). With
+        ``--platform`` or an image ID the daemon decides alone."""
+        hexpart = image.removeprefix("sha256:")
+        is_id = len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)
+        return not (progress is None or platform is not None or is_id
+                    or pull not in ("always", "missing"))  # fmt: skip
+
+    def save_images(self, names: Sequence[str], dest: Any, *, format: str) -> None:
+        """The daemon's archive to ``dest`` (a path: written whole or not at all, as
+        in-process; a stream: as it comes)."""
+        import tempfile
+        from pathlib import Path
+
+        if format not in ("oci-archive", "docker-archive"):
+            raise BadRequest(f"--format {format} is not served by the lamina daemon: save to "
+                             "an archive (oci-archive, docker-archive)")  # fmt: skip
+        answer = self._call("GET", "/images/save", {"names": list(names), "format": format})
+        if not isinstance(dest, Path):
+            for chunk in answer.chunks():
+                dest.write(chunk)
+            return
+        fd, partial = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.absolute().parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in answer.chunks():
+                    out.write(chunk)
+            _check_tar_end(partial)
+            os.replace(partial, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+
+    def load_images(self, source: Any) -> list[Any]:
+        from types import SimpleNamespace
+
+        with _tar_source(source) as chunks:
+            found = self._json("POST", "/images/load", body=chunks,
+                               headers={"Content-Type": "application/x-tar"})  # fmt: skip
+        return [SimpleNamespace(**r) for r in found]
+
+    def import_image(self, source: Any, *, reference: str | None = None,
+                     changes: Sequence[str] = (), message: str | None = None,
+                     platform: str | None = None) -> Any:  # fmt: skip
+        from types import SimpleNamespace
+
+        query = {"reference": reference, "changes": list(changes), "message": message,
+                 "platform": platform}  # fmt: skip
+        with _tar_source(source) as chunks:
+            rec = self._json("POST", "/images/import", query, body=chunks,
+                             headers={"Content-Type": "application/x-tar"})  # fmt: skip
+        return SimpleNamespace(**rec)
+
+    def prune_images(self, *, all_unused: bool = False) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**self._json("POST", "/images/prune", {"all": all_unused}))
+
+    # -- housekeeping: what lamina.engine's module functions do in-process
+
+    def server_version(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/version"))
+
+    def server_info(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/info"))
+
+    def prune_containers(self, select: Any = None) -> Any:
+        from lamina.engine._system import ContainerPrune
+
+        query = {"filters": _selector_filters(select)}
+        return decode(ContainerPrune, self._json("POST", "/containers/prune", query))
+
+    def prune_system(self, *, all_images: bool = False, volumes: bool = False,
+                     select: Any = None) -> Any:  # fmt: skip
+        from lamina.engine._system import SystemPrune
+
+        query = {"all": all_images, "volumes": volumes, "filters": _selector_filters(select)}
+        return decode(SystemPrune, self._json("POST", "/system/prune", query))
+
+    def system_df(self) -> Any:
+        """``system df``'s data (``lamina.engine.DiskUsage``), image records as the
+        fields it prints."""
+        from types import SimpleNamespace
+
+        from lamina.engine import _system as s
+        from lamina.runtime._types import Container
+
+        data = self._json("GET", "/system/df")
+        images = [s.ImageUsage(SimpleNamespace(**u["record"]), u["size"], u["shared"],
+                               u["containers"]) for u in data["images"]]  # fmt: skip
+        containers = [s.ContainerUsage(decode(Container, u["container"]), u["size"],
+                                       u["volumes"]) for u in data["containers"]]  # fmt: skip
+        return s.DiskUsage(
+            rows=[decode(s.UsageRow, r) for r in data["rows"]],
+            images=images,  # type: ignore[arg-type]
+            containers=containers,
+            volumes=[decode(s.VolumeUsage, v) for v in data["volumes"]],
+            build_cache=[decode(s.CacheUsage, c) for c in data["build_cache"]],
+        )
+
+    def events(self, since_ns: int | None, until_ns: int | None,
+               filters: Mapping[str, Sequence[str]]) -> Iterator[Any]:  # fmt: skip
+        """The daemon's journal (``lamina.engine._events.Event``s) from ``since_ns`` to
+        ``until_ns`` (Unix nanoseconds), as they come."""
+        from lamina.engine._events import Event
+
+        def stamp(ns: int | None) -> str | None:
+            return None if ns is None else f"{ns // 10**9}.{ns % 10**9:09d}"
+
+        query = {"since": stamp(since_ns), "until": stamp(until_ns),
+                 "filters": json.dumps(dict(filters)) if filters else None}  # fmt: skip
+        for line in self._call("GET", "/events", query).lines():
+            m = json.loads(line)
+            actor = m.get("Actor") or {}
+            yield Event(m["Type"], m["Action"], actor.get("ID", ""),
+                        dict(actor.get("Attributes") or {}), m.get("scope", "local"),
+                        int(m.get("timeNano", 0)))  # fmt: skip
 
     @property
     def images(self) -> _RemoteImages:
@@ -510,6 +673,58 @@ class _RemoteImages:
 
     def reap(self) -> None:
         """The daemon's own store reaps dead leases."""
+
+
+def _selector_filters(select: Any) -> str | None:
+    """A ``lamina.engine.Selector`` as the prune endpoints' filters (JSON)."""
+    if not select:
+        return None
+    filters: dict[str, list[str]] = {}
+    if select.until is not None:
+        filters["until"] = [repr(select.until)]
+    if select.labels:
+        filters["label"] = list(select.labels)
+    if select.not_labels:
+        filters["label!"] = list(select.not_labels)
+    return json.dumps(filters)
+
+
+@contextlib.contextmanager
+def _tar_source(source: Any) -> Iterator[Iterator[bytes]]:
+    """What load and import read, as a body: a stream or a file as it is, a directory
+    (an OCI layout, a root filesystem) as a tar of its contents."""
+    from pathlib import Path
+
+    if not isinstance(source, Path):
+        yield iter(lambda: source.read(65536), b"")
+        return
+    if not source.is_dir():
+        try:
+            f = open(source, "rb")  # noqa: SIM115 - closed below, after the request
+        except OSError as e:
+            from lamina.errors import NotFound, describe_os_error
+
+            raise NotFound(f"cannot read {source}: {describe_os_error(e)}") from None
+        with f:
+            yield iter(lambda: f.read(65536), b"")
+        return
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryFile() as spool:
+        with tarfile.open(fileobj=spool, mode="w") as tar:
+            tar.add(str(source), arcname=".")
+        spool.seek(0)
+        yield iter(lambda: spool.read(65536), b"")
+
+
+def _check_tar_end(path: str) -> None:
+    """A tar cut short (the daemon failed in the middle) is not written out."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 1024))
+        if size < 1024 or f.read(1024) != bytes(1024):
+            raise LaminaError("the lamina daemon ended the archive short")
 
 
 def _invalid_filter() -> type[LaminaError]:

@@ -170,6 +170,9 @@ def _query(query: Mapping[str, Any] | None) -> str:
             continue
         if isinstance(value, bool):
             value = "1" if value else "0"
+        if isinstance(value, list):  # repeated: names=a&names=b
+            pairs.extend((key, str(v)) for v in value)
+            continue
         pairs.append((key, str(value)))
     return "?" + urlencode(pairs) if pairs else ""
 

@@ -273,7 +273,26 @@ def system_df(_request: Request) -> Response:
     from lamina.engine import disk_usage
 
     with engine() as e:
-        return json_response(plain(disk_usage(e)))
+        usage = disk_usage(e)
+    data = plain(usage)
+    for image, record in zip(data["images"], (u.record for u in usage.images), strict=True):
+        image["record"]["id"] = record.id  # a property: not among the fields
+    return json_response(data)
+
+
+@route("POST", "/v1/system/prune", "Remove stopped containers, unused images, the build "
+       "cache and (with volumes) anonymous volumes: lamina system prune", "system",
+       query=(Param("all", "boolean", "every unused image, not only dangling ones"),
+              Param("volumes", "boolean", "anonymous volumes no container uses"),
+              _FILTERS), answer=_JSON_OBJECT)  # fmt: skip
+def system_prune(request: Request) -> Response:
+    from lamina.engine import prune_system
+
+    selector = _prune_selector(request)
+    with engine() as e:
+        report = prune_system(e, all_images=request.flag("all"),
+                              volumes=request.flag("volumes"), select=selector)  # fmt: skip
+    return json_response(plain(report))
 
 
 @route("GET", "/v1/events", "Events: the journal's from since, then new ones (a stream)",
@@ -284,16 +303,13 @@ def system_df(_request: Request) -> Response:
 def events(request: Request) -> Response:
     from lamina.engine._events import EventFilter, Follower
 
-    since = _time_arg(request, "since")
-    until = _time_arg(request, "until")
-    if since is not None and until is not None and until < since:
+    since_ns, until_ns = _time_ns_arg(request, "since"), _time_ns_arg(request, "until")
+    if since_ns is not None and until_ns is not None and until_ns < since_ns:
         raise HttpError(400, "query parameter since: after until")
     try:
         selected = EventFilter(filters_arg(request) or {})
     except ValueError as e:
         raise HttpError(400, f"query parameter filters: {e}")
-    since_ns = int(since * 1e9) if since is not None else None
-    until_ns = int(until * 1e9) if until is not None else None
     if until_ns is not None and since_ns is None:
         since_ns = 0  # Docker: an end alone shows the journal's events up to it
     root = _api().engines.root
@@ -319,6 +335,18 @@ def events(request: Request) -> Response:
             follower.wait(0)
 
     return Response(body=Held(stream(), held), content_type=NDJSON)
+
+
+def _time_ns_arg(request: Request, name: str) -> int | None:
+    """A time in Unix nanoseconds: Unix seconds kept to the nanosecond (an event's own
+    time must select that event, as in-process), else the forms of ``_time_arg``."""
+    raw = request.arg(name)
+    if raw is None or raw == "":
+        return None
+    whole, dot, fraction = raw.strip().partition(".")
+    if whole.isdigit() and (not dot or (fraction.isdigit() and len(fraction) <= 9)):
+        return int(whole) * 10**9 + int(fraction.ljust(9, "0") if dot else 0)
+    return round(_time_arg_value(raw, name) * 1e9)
 
 
 def _wait(request: Request, fd: int | None, timeout: float) -> bool:
@@ -466,7 +494,17 @@ def containers_remove(request: Request) -> Response:
 @route("POST", "/v1/containers/prune", "Remove stopped containers", "containers",
        query=(_FILTERS,), answer=_JSON_OBJECT)  # fmt: skip
 def containers_prune(request: Request) -> Response:
-    from lamina.engine import Selector, prune_containers
+    from lamina.engine import prune_containers
+
+    selector = _prune_selector(request)
+    with engine() as e:
+        result = prune_containers(e, selector)
+    return json_response(plain(result))
+
+
+def _prune_selector(request: Request) -> Any:
+    """The prune filters (label, label!, until) as a ``lamina.engine.Selector``."""
+    from lamina.engine import Selector
 
     selector = Selector()
     for key, values in (filters_arg(request) or {}).items():
@@ -480,9 +518,7 @@ def containers_prune(request: Request) -> Response:
             else:
                 raise HttpError(400, f"query parameter filters: invalid filter {key!r} "
                                 "(supported: label, label!, until)")  # fmt: skip
-    with engine() as e:
-        result = prune_containers(e, selector)
-    return json_response(plain(result))
+    return selector
 
 
 @route("POST", "/v1/containers/{id}/wait", "Wait for a container to stop", "containers",
@@ -634,15 +670,29 @@ def containers_changes(request: Request) -> Response:
         return json_response([plain(c) for c in e.diff(request.params[_ID])])
 
 
+@route("POST", "/v1/containers/{id}/commit", "An image of the container's changes",
+       "containers", body=m.ContainerCommit, status=201, answer=_JSON_OBJECT)  # fmt: skip
+def containers_commit(request: Request) -> Response:
+    body = m.parse(m.ContainerCommit, request.json())
+    with engine() as e:
+        image_id = e.commit(request.params[_ID], body.reference, changes=body.changes,
+                            message=body.message, author=body.author, pause=body.pause)  # fmt: skip
+    return json_response({"Id": image_id}, 201)
+
+
 @route("POST", "/v1/containers/{id}/update", "New resource limits", "containers",
        body=m.ContainerUpdate, status=204)  # fmt: skip
 def containers_update(request: Request) -> Response:
-    from lamina.engine._options import parse_resources
+    from lamina.engine._options import parse_resources, parse_restart
 
     body = m.parse(m.ContainerUpdate, request.json())
-    resources = parse_resources(**body.model_dump(), cpu_count=os.cpu_count(), for_update=True)
+    limits = body.model_dump(exclude={"restart"})
+    resources = None
+    if any(v is not None for v in limits.values()) or body.restart is None:
+        resources = parse_resources(**limits, cpu_count=os.cpu_count(), for_update=True)
+    policy = parse_restart(body.restart) if body.restart is not None else None
     with engine() as e:
-        e.update(request.params[_ID], resources)
+        e.update(request.params[_ID], resources, restart=policy)
     return Response(status=204)
 
 
@@ -1021,9 +1071,9 @@ class _QueueProgress:
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
     def event(self, ev: Any) -> None:
-        if ev.kind != "advance":
-            self.events.put({"status": ev.kind, "id": ev.digest, "what": ev.what,
-                             "size": ev.size, "message": ev.message})  # fmt: skip
+        # advance too (about once per MiB): a client's bars move as in-process
+        self.events.put({"status": ev.kind, "id": ev.digest, "what": ev.what, "size": ev.size,
+                         "advance": ev.advance, "message": ev.message})  # fmt: skip
 
 
 def _transfer(request: Request, work: Any) -> Response:

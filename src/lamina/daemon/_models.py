@@ -72,6 +72,18 @@ class ContainerUpdate(BaseModel):
     memory: str | None = None
     memory_swap: str | None = None
     pids_limit: int | None = None
+    restart: str | None = None  # --restart's policy: no, always, on-failure[:N], ...
+
+
+class ContainerCommit(BaseModel):
+    """``lamina commit``'s arguments and flags."""
+
+    model_config = _STRICT
+    reference: str | None = None
+    changes: list[str] = []
+    message: str | None = None
+    author: str | None = None
+    pause: bool = True
 
 
 class ExecCreate(BaseModel):
