@@ -67,8 +67,8 @@ def test_commit(image_root: Path) -> None:
             ep.docker_ok("commit", "-m", "the message", "-a", "someone", "-c", "ENV MADE=1",
                          cid, "dockerb/committed:v1")  # fmt: skip
             fmt = "{{.Author}}|{{.Comment}}|{{json .Config.Env}}"
-            author, comment, env = ep.docker_ok(
-                "image", "inspect", "-f", fmt, "dockerb/committed:v1").strip().split("|")  # fmt: skip
+            shown = ep.docker_ok("image", "inspect", "-f", fmt, "dockerb/committed:v1")
+            author, comment, env = shown.strip().split("|")
             assert (author, comment) == ("someone", "the message") and "MADE=1" in env
             out = lamina_ok(image_root, "run", "--rm", "dockerb/committed:v1", "cat", "/made")
             assert out == "made\n"
