@@ -73,3 +73,26 @@ def test_exec_with_docker_py(running: tuple[DockerEndpoint, str]) -> None:
         assert client.exec_inspect(made["Id"])["ExitCode"] == 0
     finally:
         client.close()
+
+
+def test_attach_to_a_running_container_with_docker_py(running: tuple[DockerEndpoint, str]) -> None:
+    docker = pytest.importorskip("docker")
+    ep, _ = running
+    script = "while read line; do echo got $line; echo err $line >&2; done"
+    cid = lamina_ok(ep.daemon.root, "run", "-d", "-i", IMAGE_REF, "sh", "-c", script).strip()
+    client = docker.APIClient(base_url=ep.host, version="1.44")
+    try:
+        sock = client.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                 "stream": 1})  # fmt: skip
+        sock._sock.sendall(b"one\n")
+        data = b""
+        while data.count(b"one") < 2:
+            chunk = sock._sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert b"\x01\x00\x00\x00\x00\x00\x00\x08got one\n" in data
+        assert b"\x02\x00\x00\x00\x00\x00\x00\x08err one\n" in data
+        sock._sock.close()
+    finally:
+        client.close()
+        lamina_ok(ep.daemon.root, "rm", "-f", cid)
