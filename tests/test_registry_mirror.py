@@ -71,3 +71,20 @@ def test_daemon_registry_mirror_flag(tmp_path: Path, mirror: RegistryServer) -> 
         assert r.returncode == 0, r.stderr
         shown = json.loads(lamina_ok(root, "image", "inspect", "busybox"))[0]
         assert shown["RepoTags"] == ["busybox:latest"]
+
+
+def test_docker_pull_through_the_mirror(tmp_path: Path, mirror: RegistryServer) -> None:
+    """``docker pull busybox`` against ``lamina daemon --docker-host ... --registry-mirror``."""
+    from dockerapi_fixtures import docker_endpoint
+
+    root = tmp_path / "root"
+    with docker_endpoint(root, "--registry-mirror", f"http://{mirror.host}") as ep:
+        before = mirror.requests_logged("GET", "/v2/library/busybox/manifests/latest")
+        out = ep.docker_ok("pull", "busybox")
+        assert "docker.io/library/busybox:latest" in out
+        assert mirror.requests_logged("GET", "/v2/library/busybox/manifests/latest") > before
+        assert ep.docker_ok("images", "--format", "{{.Repository}}:{{.Tag}}").split() == [
+            "busybox:latest"
+        ]
+        r = ep.docker("pull", "alpine:3.19")
+        assert r.returncode != 0 and f"registry mirror {mirror.host}" in r.stderr
