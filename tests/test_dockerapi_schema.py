@@ -46,9 +46,12 @@ def problems(spec: dict[str, Any], template: str, answer: Any) -> list[str]:
             for e in validator.iter_errors(answer)]  # fmt: skip
 
 
-def test_network_and_volume_answers_match_dockers_schema(
+def test_read_answers_match_dockers_schema(
     tmp_path: Path, spec: dict[str, Any]
 ) -> None:
+    from runtime_fixtures import IMAGE_REF, import_busybox
+
+    import_busybox(tmp_path / "root", tmp_path)
     with docker_endpoint(tmp_path / "root") as ep:
         ep.docker_ok("network", "create", "--label", "a=b", "--subnet", "10.236.0.0/24", "sn")
         ep.docker_ok("volume", "create", "--label", "a=b", "sv")
@@ -68,5 +71,8 @@ def test_network_and_volume_answers_match_dockers_schema(
                 *problems(spec, "/volumes", get("/volumes")),
                 *problems(spec, "/volumes/{name}", get("/volumes/sv")),
                 *problems(spec, "/volumes/{name}", get("/volumes/plain")),
+                *problems(spec, "/images/json", get("/images/json")),
+                *problems(spec, "/images/{name}/json", get(f"/images/{IMAGE_REF}/json")),
+                *problems(spec, "/images/{name}/history", get(f"/images/{IMAGE_REF}/history")),
             ]
     assert found == []
