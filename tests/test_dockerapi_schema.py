@@ -46,9 +46,7 @@ def problems(spec: dict[str, Any], template: str, answer: Any) -> list[str]:
             for e in validator.iter_errors(answer)]  # fmt: skip
 
 
-def test_read_answers_match_dockers_schema(
-    tmp_path: Path, spec: dict[str, Any]
-) -> None:
+def test_read_answers_match_dockers_schema(tmp_path: Path, spec: dict[str, Any]) -> None:
     from runtime_fixtures import IMAGE_REF, import_busybox
 
     import_busybox(tmp_path / "root", tmp_path)
