@@ -8,7 +8,7 @@ merged with command-line flags, then asked per registry host:
 - ``plain_http_allowed(host)``: loopback hosts and hosts listed as insecure may fall
   back to plain HTTP when they do not speak TLS (Docker's behaviour); every other
   host is HTTPS only;
-- ``mirrors(domain)``: the registry mirrors a pull of a ``docker.io`` name tries
+- ``mirror_hosts(domain)``: the registry mirrors a pull of a ``docker.io`` name tries
   first, in order (dockerd's ``registry-mirrors``), as registry hosts; none for
   any other domain. A mirror given as ``http://`` may be spoken to in plain HTTP;
 - ``tls_verify(host)``: insecure hosts skip certificate verification; the others
@@ -134,7 +134,12 @@ class RegistryConfig:
     def api_host(self, host: str) -> str:
         return "registry-1.docker.io" if host in DOCKER_HUB_HOSTS else host
 
-    def mirrors(self, domain: str) -> tuple[str, ...]:
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        """The mirrors' URLs (what ``docker info`` shows as RegistryConfig.Mirrors)."""
+        return self.registry_mirrors
+
+    def mirror_hosts(self, domain: str) -> tuple[str, ...]:
         """The mirror hosts a pull from ``domain`` tries first (Docker Hub's only)."""
         if domain not in DOCKER_HUB_HOSTS:
             return ()

@@ -147,7 +147,7 @@ def _pull(
 
     config = config or RegistryConfig.load()
     missed: list[str] = []
-    for mirror in config.mirrors(reference.domain) if client is None else ():
+    for mirror in config.mirror_hosts(reference.domain) if client is None else ():
         try:
             with client_session(mirror, config, None, _MirrorProgress(sink)) as c:
                 return from_registry(c, _MirrorProgress(sink))
