@@ -75,3 +75,31 @@ def test_commit(image_root: Path) -> None:
         finally:
             lamina_ok(image_root, "rm", "-f", cid)
             ep.docker("rmi", "dockerb/committed:v1")
+
+
+def test_build_args_target_quiet_and_a_failing_run(image_root: Path, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {IMAGE_REF} AS first\n"
+        "ARG GREETING=hello\n"
+        "COPY data.txt /data.txt\n"
+        'RUN echo "$GREETING from run" > /greeting && cat /greeting\n'
+        "FROM first AS second\n"
+        "RUN exit 3\n"
+    )  # fmt: skip
+    (context / "data.txt").write_text("data\n")
+    with docker_endpoint(image_root) as ep:
+        out = ep.docker_ok("build", "-t", "dockerb/built:v1", "--build-arg", "GREETING=hi",
+                           "--target", "first", str(context))  # fmt: skip
+        assert "Step 1/3 : FROM example.com/test/busybox:latest" in out
+        assert "hi from run" in out and "Successfully tagged dockerb/built:v1" in out
+        quiet = ep.docker_ok("build", "-q", "--target", "first", str(context))
+        assert quiet.strip().startswith("sha256:") and "Step" not in quiet
+        assert lamina_ok(image_root, "run", "--rm", "dockerb/built:v1", "cat", "/greeting",
+                         "/data.txt") == "hi from run\ndata\n"  # fmt: skip
+        failed = ep.docker("build", "-t", "dockerb/built:v2", str(context))
+        assert failed.returncode == 3, failed.stderr
+        assert "RUN exit code 3" in failed.stderr
+        assert not list((image_root / "tmp").glob("build-context-*"))
+        ep.docker("rmi", "dockerb/built:v1")

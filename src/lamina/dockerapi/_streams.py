@@ -212,7 +212,7 @@ def resize(request: Request) -> Response:
 # -- exec ---------------------------------------------------------------------------------------
 
 _EXEC_FIELDS = {"AttachStdin", "AttachStdout", "AttachStderr", "Tty", "Cmd", "Env", "WorkingDir",
-                "User", "Privileged", "DetachKeys", "ConsoleSize"}  # fmt: skip
+                "User", "Privileged", "DetachKeys", "ConsoleSize", "Container"}  # fmt: skip
 
 
 def _body(request: Request) -> dict[str, Any]:
