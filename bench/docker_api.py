@@ -43,6 +43,20 @@ def serving(argv: list[str], sock: Path, env: dict[str, str] | None = None) -> I
         proc.wait(30)
 
 
+FAILED: list[str] = []  # docker runs that failed (and were timed again): reported
+
+
+def timed_run(argv: list[str], env: dict[str, str]) -> float:
+    """``timed``, but a failed ``docker run`` is noted and run once more (a --rm race
+    of the daemon shows as 'no such container'; the summary counts them)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode == 0:
+        return time.perf_counter() - t0
+    FAILED.append(proc.stderr.decode(errors="replace").strip().splitlines()[0])
+    return timed(argv, env)
+
+
 def docker(sock: Path, config: Path) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=str(config))
     return ["docker"], env
@@ -71,6 +85,7 @@ def main() -> None:
         "run/podman": med["docker_run_lamina"] / med["podman_run"],
         "run_none/podman_none": med["docker_run_none_lamina"] / med["podman_run_none"],
         "ps/podman_service": med["docker_ps_lamina"] / med["docker_ps_podman"],
+        "docker_run_failures": FAILED,
         "containers": args.containers,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
@@ -97,15 +112,15 @@ def _compare(
     prun = [*podman, "run", "--rm", IMAGE, "true"]
     prun_none = [*podman, "run", "--rm", "--network", "none", IMAGE, "true"]
     for argv, env in ((run, lenv), (run_none, lenv), (prun, penv), (prun_none, penv)):
-        timed(argv, env)  # warm caches once each
+        timed_run(argv, env)  # warm caches once each
     results: dict[str, list[float]] = {
         "docker_run_lamina": [], "podman_run": [], "docker_run_none_lamina": [],
         "podman_run_none": [], "docker_ps_lamina": [], "docker_ps_podman": [],
     }  # fmt: skip
     for _ in range(args.rounds):
-        results["docker_run_lamina"].append(timed(run, lenv))
+        results["docker_run_lamina"].append(timed_run(run, lenv))
         results["podman_run"].append(timed(prun, penv))
-        results["docker_run_none_lamina"].append(timed(run_none, lenv))
+        results["docker_run_none_lamina"].append(timed_run(run_none, lenv))
         results["podman_run_none"].append(timed(prun_none, penv))
     for i in range(args.containers):
         subprocess.run([*peers.lamina, "create", "--name", f"c{i}", IMAGE, "true"],
