@@ -128,6 +128,17 @@ def test_run_detached_logs_wait_inspect(ep: DockerEndpoint) -> None:
     assert r.returncode != 0 and "no such" in r.stderr.lower()
 
 
+def test_run_attached(ep: DockerEndpoint) -> None:
+    r = ep.docker("run", "--name", "attached", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 4")
+    assert (r.returncode, r.stdout, r.stderr) == (4, "out\n", "err\n")
+    assert status(ep, "attached") == "exited"
+    r = ep.docker("run", "--rm", "-i", IMAGE, "sh", "-c", "cat; exit 2", input="piped\n")
+    assert (r.returncode, r.stdout) == (2, "piped\n")
+    assert ep.docker_ok("ps", "-a", "-q", "--filter", "ancestor=" + IMAGE, "--filter",
+                        "exited=2").strip() == ""  # --rm: gone when run returns  # fmt: skip
+    ep.docker_ok("rm", "attached")
+
+
 def test_run_with_tty_logs_raw(ep: DockerEndpoint) -> None:
     cid = run_d(ep, "-t", IMAGE, "sh", "-c", "echo tty-out; echo tty-err >&2")
     ep.docker_ok("wait", cid)
