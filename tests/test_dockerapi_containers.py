@@ -340,6 +340,13 @@ def test_docker_py_low_level_and_errors(ep: DockerEndpoint) -> None:
     assert api.wait(made["Id"])["StatusCode"] == 5
     assert api.logs(made["Id"], stdout=True, stderr=False) == b"b\n"
     api.remove_container(made["Id"], v=True)
+    # As Compose sends a named volume: its path in Config.Volumes and in Binds.
+    named = api.create_host_config(binds=["pyvol:/data:rw"])
+    both = api.create_container(IMAGE, ["true"], volumes=["/data"], host_config=named)
+    mounts = api.inspect_container(both["Id"])["Mounts"]
+    assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [
+        ("volume", "pyvol", "/data")]  # fmt: skip
+    api.remove_container(both["Id"], v=True)
     with pytest.raises(docker.errors.ImageNotFound):
         api.create_container("example.com/no/such:image", ["true"])
     api.create_container(IMAGE, ["true"], name="py-dup")

@@ -132,8 +132,14 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
         b.host["NetworkMode"] = "none"
     healthcheck = _healthcheck(b.take("Healthcheck", dict))
 
-    opts.volumes = [*opts.volumes, *b.strings("Binds", host=True)]
-    opts.mounts = [_mount(m) for m in b.take("Mounts", list, [], host=True)]
+    binds = b.strings("Binds", host=True)
+    mounts = b.take("Mounts", list, [], host=True)
+    opts.mounts = [_mount(m) for m in mounts]
+    tmpfs = b.take("Tmpfs", dict, {}, host=True)
+    opts.tmpfs = [f"{path}:{o}" if o else path for path, o in tmpfs.items()]
+    # Config.Volumes lists every volume path, those a bind or mount fills too (Compose).
+    covered = {_bind_target(v) for v in binds} | {m.get("Target") for m in mounts} | set(tmpfs)
+    opts.volumes = [v for v in opts.volumes if v not in covered] + binds
     opts.publish = _port_bindings(b.take("PortBindings", dict, {}, host=True))
     opts.publish_all = b.take("PublishAllPorts", bool, False, host=True)
     mode = b.take("NetworkMode", str, "", host=True)
@@ -158,8 +164,6 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
     opts.privileged = b.take("Privileged", bool, False, host=True)
     opts.read_only = b.take("ReadonlyRootfs", bool, False, host=True)
     opts.security_opt = b.strings("SecurityOpt", host=True)
-    tmpfs = b.take("Tmpfs", dict, {}, host=True)
-    opts.tmpfs = [f"{path}:{o}" if o else path for path, o in tmpfs.items()]
     sysctls = b.take("Sysctls", dict, {}, host=True)
     opts.sysctls = [f"{k}={v}" for k, v in sysctls.items()]
     opts.ulimits = [_ulimit(u) for u in b.take("Ulimits", list, [], host=True)]
@@ -196,6 +200,12 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
     later = {n: e for n, e in endpoints.items() if n != (networks or [""])[0]}
     return {"options": opts, "image": image, "command": command, "entrypoint": entrypoint,
             "healthcheck": healthcheck, "endpoints": later}  # fmt: skip
+
+
+def _bind_target(spec: str) -> str:
+    """The container path of a ``Binds`` entry (``SRC:DEST[:MODE]``, or ``DEST``)."""
+    parts = spec.split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def _healthcheck(check: dict[str, Any] | None) -> dict[str, Any] | None:
