@@ -360,6 +360,19 @@ def test_docker_py_low_level_and_errors(ep: DockerEndpoint) -> None:
     assert "OomScoreAdj" in str(unsupported.value.explanation)
     with pytest.raises(docker.errors.NotFound):
         api.inspect_container("py-nothing")
+    for bad in (
+        {"Image": IMAGE, "Cmd": 5},
+        {"Image": IMAGE, "Labels": {"a": 1}},
+        {"Image": IMAGE, "HostConfig": {"PortBindings": {"80/tcp": {"x": 1}}}},
+        {"Image": IMAGE, "HostConfig": {"Memory": "lots"}},
+        {"Image": IMAGE, "NetworkingConfig": {"EndpointsConfig": {"n": 3}}},
+        {"Image": IMAGE, "HostConfig": {"Mounts": ["/x"]}},
+        {"Cmd": ["true"]},
+        [],
+    ):
+        answer = api._post_json(api._url("/containers/create"), data=bad)
+        assert answer.status_code == 400, (bad, answer.text)
+        assert set(answer.json()) == {"message"}
     api.remove_container("py-dup", force=True)
     api.close()
 

@@ -120,6 +120,8 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
         entrypoint = [entrypoint]
     opts.workdir = b.take("WorkingDir", str) or None
     labels = b.take("Labels", dict, {})
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise HttpError(400, "Labels: expected an object of strings")
     opts.labels = [f"{k}={v}" for k, v in labels.items()]
     opts.tty = b.take("Tty", bool, False)
     opts.interactive = b.take("OpenStdin", bool, False)
@@ -180,8 +182,10 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
     opts.isolation = "process" if isolation in ("", "default") else isolation
 
     endpoints = b.networking.pop("EndpointsConfig", None) or {}
-    if not isinstance(endpoints, dict):
-        raise HttpError(400, "NetworkingConfig.EndpointsConfig: expected an object")
+    if not isinstance(endpoints, dict) or not all(
+        isinstance(v, dict | None) for v in endpoints.values()
+    ):
+        raise HttpError(400, "NetworkingConfig.EndpointsConfig: expected an object of objects")
     networks = [mode] if mode and mode != "default" else []
     networks += [n for n in endpoints if n not in networks and n != mode]
     if mode == "default" and endpoints:
@@ -260,8 +264,10 @@ def _port_bindings(bindings: dict[str, Any]) -> list[str]:
     """``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`` as ``-p`` specs."""
     out = []
     for private, hosts in bindings.items():
+        if not isinstance(hosts, list | None) or not all(isinstance(h, dict) for h in hosts or []):
+            raise HttpError(400, f"HostConfig.PortBindings.{private}: expected a list of objects")
         for h in hosts or [{}]:
-            ip, port = (h or {}).get("HostIp") or "", (h or {}).get("HostPort") or ""
+            ip, port = str(h.get("HostIp") or ""), str(h.get("HostPort") or "")
             if ip:
                 out.append(f"{ip}:{port}:{private}")
             elif port:
