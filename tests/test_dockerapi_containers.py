@@ -128,6 +128,17 @@ def test_run_detached_logs_wait_inspect(ep: DockerEndpoint) -> None:
     assert r.returncode != 0 and "no such" in r.stderr.lower()
 
 
+def test_run_attached(ep: DockerEndpoint) -> None:
+    r = ep.docker("run", "--name", "attached", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 4")
+    assert (r.returncode, r.stdout, r.stderr) == (4, "out\n", "err\n")
+    assert status(ep, "attached") == "exited"
+    r = ep.docker("run", "--rm", "-i", IMAGE, "sh", "-c", "cat; exit 2", input="piped\n")
+    assert (r.returncode, r.stdout) == (2, "piped\n")
+    assert ep.docker_ok("ps", "-a", "-q", "--filter", "ancestor=" + IMAGE, "--filter",
+                        "exited=2").strip() == ""  # --rm: gone when run returns  # fmt: skip
+    ep.docker_ok("rm", "attached")
+
+
 def test_run_with_tty_logs_raw(ep: DockerEndpoint) -> None:
     cid = run_d(ep, "-t", IMAGE, "sh", "-c", "echo tty-out; echo tty-err >&2")
     ep.docker_ok("wait", cid)
@@ -329,6 +340,13 @@ def test_docker_py_low_level_and_errors(ep: DockerEndpoint) -> None:
     assert api.wait(made["Id"])["StatusCode"] == 5
     assert api.logs(made["Id"], stdout=True, stderr=False) == b"b\n"
     api.remove_container(made["Id"], v=True)
+    # As Compose sends a named volume: its path in Config.Volumes and in Binds.
+    named = api.create_host_config(binds=["pyvol:/data:rw"])
+    both = api.create_container(IMAGE, ["true"], volumes=["/data"], host_config=named)
+    mounts = api.inspect_container(both["Id"])["Mounts"]
+    assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [
+        ("volume", "pyvol", "/data")]  # fmt: skip
+    api.remove_container(both["Id"], v=True)
     with pytest.raises(docker.errors.ImageNotFound):
         api.create_container("example.com/no/such:image", ["true"])
     api.create_container(IMAGE, ["true"], name="py-dup")
@@ -342,6 +360,19 @@ def test_docker_py_low_level_and_errors(ep: DockerEndpoint) -> None:
     assert "OomScoreAdj" in str(unsupported.value.explanation)
     with pytest.raises(docker.errors.NotFound):
         api.inspect_container("py-nothing")
+    for bad in (
+        {"Image": IMAGE, "Cmd": 5},
+        {"Image": IMAGE, "Labels": {"a": 1}},
+        {"Image": IMAGE, "HostConfig": {"PortBindings": {"80/tcp": {"x": 1}}}},
+        {"Image": IMAGE, "HostConfig": {"Memory": "lots"}},
+        {"Image": IMAGE, "NetworkingConfig": {"EndpointsConfig": {"n": 3}}},
+        {"Image": IMAGE, "HostConfig": {"Mounts": ["/x"]}},
+        {"Cmd": ["true"]},
+        [],
+    ):
+        answer = api._post_json(api._url("/containers/create"), data=bad)
+        assert answer.status_code == 400, (bad, answer.text)
+        assert set(answer.json()) == {"message"}
     api.remove_container("py-dup", force=True)
     api.close()
 
@@ -361,3 +392,37 @@ def test_wait_answers_its_headers_before_it_waits(ep: DockerEndpoint) -> None:
         assert json.loads(response.raw.read())["StatusCode"] == 0
         api.remove_container(cid)
     api.close()
+
+
+def test_container_and_system_answers_match_dockers_schema(ep: DockerEndpoint) -> None:
+    """version, info, system df, container list, inspect, top and changes against
+    Docker's own definition (engineer C's validator)."""
+    import httpx
+    import yaml
+    from test_dockerapi_schema import SPEC, _nullable, problems
+
+    if not SPEC.is_file():
+        pytest.skip(f"{SPEC} is not on this machine")
+    spec = _nullable(yaml.safe_load(SPEC.read_text()))
+    cid = run_d(ep, "-l", "schema=1", "-p", "127.0.0.1::80", IMAGE, "sh", "-c",
+                "touch /made; sleep 300")  # fmt: skip
+    until(lambda: ep.docker_ok("diff", cid).strip())
+    transport = httpx.HTTPTransport(uds=str(ep.socket))
+    with httpx.Client(transport=transport, base_url="http://docker/v1.44") as http:
+
+        def get(path: str) -> Any:
+            r = http.get(path)
+            assert r.status_code == 200, (path, r.text)
+            return r.json()
+
+        found = [
+            *problems(spec, "/version", get("/version")),
+            *problems(spec, "/info", get("/info")),
+            *problems(spec, "/system/df", get("/system/df")),
+            *problems(spec, "/containers/json", get("/containers/json?all=1&size=1")),
+            *problems(spec, "/containers/{id}/json", get(f"/containers/{cid}/json")),
+            *problems(spec, "/containers/{id}/top", get(f"/containers/{cid}/top")),
+            *problems(spec, "/containers/{id}/changes", get(f"/containers/{cid}/changes")),
+        ]
+    ep.docker_ok("rm", "-f", cid)
+    assert found == [], "\n".join(found)

@@ -120,6 +120,8 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
         entrypoint = [entrypoint]
     opts.workdir = b.take("WorkingDir", str) or None
     labels = b.take("Labels", dict, {})
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise HttpError(400, "Labels: expected an object of strings")
     opts.labels = [f"{k}={v}" for k, v in labels.items()]
     opts.tty = b.take("Tty", bool, False)
     opts.interactive = b.take("OpenStdin", bool, False)
@@ -132,8 +134,14 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
         b.host["NetworkMode"] = "none"
     healthcheck = _healthcheck(b.take("Healthcheck", dict))
 
-    opts.volumes = [*opts.volumes, *b.strings("Binds", host=True)]
-    opts.mounts = [_mount(m) for m in b.take("Mounts", list, [], host=True)]
+    binds = b.strings("Binds", host=True)
+    mounts = b.take("Mounts", list, [], host=True)
+    opts.mounts = [_mount(m) for m in mounts]
+    tmpfs = b.take("Tmpfs", dict, {}, host=True)
+    opts.tmpfs = [f"{path}:{o}" if o else path for path, o in tmpfs.items()]
+    # Config.Volumes lists every volume path, those a bind or mount fills too (Compose).
+    covered = {_bind_target(v) for v in binds} | {m.get("Target") for m in mounts} | set(tmpfs)
+    opts.volumes = [v for v in opts.volumes if v not in covered] + binds
     opts.publish = _port_bindings(b.take("PortBindings", dict, {}, host=True))
     opts.publish_all = b.take("PublishAllPorts", bool, False, host=True)
     mode = b.take("NetworkMode", str, "", host=True)
@@ -158,8 +166,6 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
     opts.privileged = b.take("Privileged", bool, False, host=True)
     opts.read_only = b.take("ReadonlyRootfs", bool, False, host=True)
     opts.security_opt = b.strings("SecurityOpt", host=True)
-    tmpfs = b.take("Tmpfs", dict, {}, host=True)
-    opts.tmpfs = [f"{path}:{o}" if o else path for path, o in tmpfs.items()]
     sysctls = b.take("Sysctls", dict, {}, host=True)
     opts.sysctls = [f"{k}={v}" for k, v in sysctls.items()]
     opts.ulimits = [_ulimit(u) for u in b.take("Ulimits", list, [], host=True)]
@@ -176,8 +182,10 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
     opts.isolation = "process" if isolation in ("", "default") else isolation
 
     endpoints = b.networking.pop("EndpointsConfig", None) or {}
-    if not isinstance(endpoints, dict):
-        raise HttpError(400, "NetworkingConfig.EndpointsConfig: expected an object")
+    if not isinstance(endpoints, dict) or not all(
+        isinstance(v, dict | None) for v in endpoints.values()
+    ):
+        raise HttpError(400, "NetworkingConfig.EndpointsConfig: expected an object of objects")
     networks = [mode] if mode and mode != "default" else []
     networks += [n for n in endpoints if n not in networks and n != mode]
     if mode == "default" and endpoints:
@@ -196,6 +204,12 @@ def create_options(data: Mapping[str, Any]) -> dict[str, Any]:
     later = {n: e for n, e in endpoints.items() if n != (networks or [""])[0]}
     return {"options": opts, "image": image, "command": command, "entrypoint": entrypoint,
             "healthcheck": healthcheck, "endpoints": later}  # fmt: skip
+
+
+def _bind_target(spec: str) -> str:
+    """The container path of a ``Binds`` entry (``SRC:DEST[:MODE]``, or ``DEST``)."""
+    parts = spec.split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def _healthcheck(check: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -250,8 +264,10 @@ def _port_bindings(bindings: dict[str, Any]) -> list[str]:
     """``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`` as ``-p`` specs."""
     out = []
     for private, hosts in bindings.items():
+        if not isinstance(hosts, list | None) or not all(isinstance(h, dict) for h in hosts or []):
+            raise HttpError(400, f"HostConfig.PortBindings.{private}: expected a list of objects")
         for h in hosts or [{}]:
-            ip, port = (h or {}).get("HostIp") or "", (h or {}).get("HostPort") or ""
+            ip, port = str(h.get("HostIp") or ""), str(h.get("HostPort") or "")
             if ip:
                 out.append(f"{ip}:{port}:{private}")
             elif port:

@@ -33,7 +33,7 @@ def list_entry(c: Container, now: float, *, size: int | None = None) -> dict[str
     ports = [{"IP": p.host_ip or "0.0.0.0", "PrivatePort": p.container_port,
               "PublicPort": p.host_port, "Type": p.protocol} for p in c.ports]  # fmt: skip
     networks = {
-        name: {"NetworkID": "", "IPAddress": c.ip_address if i == 0 else "", "Aliases": None}
+        name: {"NetworkID": "", "IPAddress": c.ip_address if i == 0 else "", "Aliases": []}
         for i, name in enumerate(network_names(c))
     }
     entry: dict[str, Any] = {
@@ -74,11 +74,21 @@ def inspect(found: dict[str, Any]) -> dict[str, Any]:
     mounts = found.get("Mounts", [])
     volumes: dict[str, Any] = {m["Destination"]: {} for m in mounts if m.get("Type") == "volume"}
     for key, value in (("Domainname", ""), ("AttachStdin", False), ("AttachStdout", False),
-                       ("AttachStderr", False), ("StdinOnce", False),
-                       ("ExposedPorts", exposed or None), ("Volumes", volumes or None),
-                       ("OnBuild", None)):  # fmt: skip
+                       ("AttachStderr", False), ("StdinOnce", False), ("ExposedPorts", exposed),
+                       ("Volumes", volumes)):  # fmt: skip
         config.setdefault(key, value)
+    if config.get("Entrypoint") is None:
+        config["Entrypoint"] = []
     host = found.setdefault("HostConfig", {})
+    if host.get("ExtraHosts") is None:
+        host["ExtraHosts"] = []
+    log = host.get("LogConfig") or {}
+    if log.get("Type") in ("k8s-file", "local"):  # lamina's file log: Docker's json-file
+        log["Type"] = "json-file"
+    for network in (found.get("NetworkSettings") or {}).get("Networks", {}).values():
+        for key in ("Links", "Aliases", "DNSNames"):
+            if key in network and network[key] is None:
+                network[key] = []
     host["Isolation"] = "vm" if found.get("Isolation") == "vm" else ""
     host.setdefault("Mounts", [])
     found.setdefault("Driver", "overlay")

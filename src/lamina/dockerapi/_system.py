@@ -69,7 +69,7 @@ def info(_request: Request) -> Response:
         "Driver": data["Driver"],
         "DriverStatus": [["Backing Filesystem", "overlayfs"]],
         "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "none"],
-                    "Authorization": None, "Log": ["json-file", "k8s-file", "local", "none"]},
+                    "Authorization": [], "Log": ["json-file", "k8s-file", "local", "none"]},
         "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True,
         "CPUShares": True, "CPUSet": True, "PidsLimit": True, "IPv4Forwarding": True,
         "OomKillDisable": False, "Debug": False, "NFd": 0, "NGoroutines": 0,
@@ -99,7 +99,7 @@ def info(_request: Request) -> Response:
         "Isolation": "process",
         "InitBinary": "",
         "SecurityOptions": ["name=seccomp,profile=builtin"],
-        "Warnings": None,
+        "Warnings": [],
         "MicroVM": data.get("MicroVM"),
     })  # fmt: skip
 
@@ -122,8 +122,8 @@ def _engine_id(root: Any) -> str:
 def _registry_config(registry: Any) -> dict[str, Any]:
     insecure = list(getattr(registry, "insecure_registries", None) or ())
     mirrors = list(getattr(registry, "mirrors", None) or ())
-    return {"AllowNondistributableArtifactsCIDRs": None,
-            "AllowNondistributableArtifactsHostnames": None,
+    return {"AllowNondistributableArtifactsCIDRs": [],
+            "AllowNondistributableArtifactsHostnames": [],
             "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {
                 name: {"Name": name, "Mirrors": [], "Secure": False, "Official": False}
                 for name in insecure}, "Mirrors": mirrors}  # fmt: skip
