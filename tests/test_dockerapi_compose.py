@@ -67,10 +67,9 @@ def compose_ok(ep: DockerEndpoint, project: Path, *args: str) -> str:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="waits for two fixes in the others' modules: _containers.py must drop a "
-    "Config.Volumes path a Bind covers (Compose sends both: 'duplicate mount point'), "
-    "_streams.py's exec create must take Docker's Detach field (docker-py sends it). "
-    "With both it passes: remove this mark",
+    reason="waits for one fix in engineer B's module: _streams.py's exec create must "
+    "take Docker's Detach field (Compose's docker-py sends it: 'invalid field Detach'). "
+    "With it the test passes (checked on a scratch copy): remove this mark",
 )
 def test_compose_up_ps_logs_exec_down(tmp_path: Path) -> None:
     root = tmp_path / "root"
