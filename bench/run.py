@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["pull", "run_container", "network", "build", "vm", "daemon_http", "daemon", "remote"]
+BENCHES = [
+    "pull", "run_container", "network", "build", "vm", "daemon_http", "daemon", "remote",
+    "docker_api",
+]  # fmt: skip
 
 
 def main() -> None:

@@ -45,6 +45,14 @@ SYSTEM_ROOT = "/var/lib/lamina"  # its daemon listens on /run/lamina/lamina.sock
     "certificates or a token), e.g. unix:///run/lamina/docker.sock for DOCKER_HOST.",
 )
 @click.option(
+    "--registry-mirror",
+    "registry_mirrors",
+    multiple=True,
+    metavar="URL",
+    help="A mirror pulls of docker.io names try first (repeatable; dockerd's flag), "
+    "before the registries config's registry_mirrors.",
+)
+@click.option(
     "--group", default=None, metavar="GROUP", help="Group owning unix sockets (mode 0660)."
 )
 def daemon(
@@ -55,9 +63,11 @@ def daemon(
     token_file: str | None,
     group: str | None,
     docker_hosts: tuple[str, ...],
+    registry_mirrors: tuple[str, ...],
 ) -> None:
     """Serve the engine of this root over HTTP until SIGTERM or SIGINT."""
     from lamina.daemon import DaemonOptions, serve
+    from lamina.registry._config import mirror_url
 
     settings = click.get_current_context().find_root().obj
     root = Path(settings.root)
@@ -73,6 +83,7 @@ def daemon(
         oci_runtime=settings.oci_runtime,
         insecure_registries=tuple(settings.insecure_registries),
         registries_config=settings.registries_config,
+        registry_mirrors=tuple(mirror_url(u) for u in registry_mirrors),
         default_root=root.absolute() == Path(SYSTEM_ROOT),
     )
     serve(options)

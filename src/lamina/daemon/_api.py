@@ -63,11 +63,13 @@ class Engines:
     connections and caches that are not shared between threads), reused."""
 
     def __init__(self, root: Path, oci_runtime: str, *, insecure_registries: tuple[str, ...] = (),
-                 registries_config: str | None = None, say: Any = None) -> None:  # fmt: skip
+                 registries_config: str | None = None, registry_mirrors: tuple[str, ...] = (),
+                 say: Any = None) -> None:  # fmt: skip
         self.root = root
         self.oci_runtime = oci_runtime
         self._insecure = insecure_registries
         self._registries_config = registries_config
+        self._mirrors = registry_mirrors
         self._say = say
         self._free: list[Engine] = []
         self._lock = threading.Lock()
@@ -75,7 +77,8 @@ class Engines:
     def registry_config(self) -> Any:
         from lamina.registry import RegistryConfig
 
-        return RegistryConfig.load(self._registries_config, insecure_registries=self._insecure)
+        return RegistryConfig.load(self._registries_config, insecure_registries=self._insecure,
+                                   registry_mirrors=self._mirrors)  # fmt: skip
 
     def open(self) -> Engine:
         from lamina.engine import open_engine

@@ -55,6 +55,7 @@ class DaemonOptions:
     oci_runtime: str = "runc"
     insecure_registries: tuple[str, ...] = ()
     registries_config: str | None = None
+    registry_mirrors: tuple[str, ...] = ()  # tried first by pulls of docker.io names
     default_root: bool = False  # the root is the system's: /run/lamina/lamina.sock
 
 
@@ -231,7 +232,8 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
     from lamina.daemon import _api, _boot
 
     engines = _api.Engines(root, opts.oci_runtime, insecure_registries=opts.insecure_registries,
-                           registries_config=opts.registries_config, say=say)  # fmt: skip
+                           registries_config=opts.registries_config,
+                           registry_mirrors=opts.registry_mirrors, say=say)  # fmt: skip
     with engines.engine() as engine:
         _boot.take_over(engine, say)
     _api.API = _api.Api(engines)

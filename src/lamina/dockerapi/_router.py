@@ -110,3 +110,27 @@ def status_of(e: LaminaError) -> int:
     from lamina.daemon._api import status_of as lamina_status
 
     return lamina_status(e)
+
+
+def filters_arg(request: Request) -> dict[str, list[str]] | None:
+    """``filters`` in either of Docker's encodings: ``{"label": ["a=b"]}`` (docker-py,
+    Compose) or ``{"label": {"a=b": true}}`` (the docker CLI); as key -> values."""
+    import json
+
+    raw = request.arg("filters")
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise HttpError(400, "invalid filter: filters is not a JSON object") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "invalid filter: filters is not a JSON object")
+    out: dict[str, list[str]] = {}
+    for key, values in data.items():
+        if isinstance(values, dict) and all(v is True for v in values.values()):
+            values = list(values)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise HttpError(400, f"invalid filter {key!r}: expected a list of strings")
+        out[str(key)] = values
+    return out

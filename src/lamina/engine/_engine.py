@@ -1434,7 +1434,12 @@ class Engine:
         ref: str,
         condition: WaitCondition = WaitCondition.NOT_RUNNING,
         timeout: float | None = None,
+        *,
+        exits_seen: int | None = None,
     ) -> WaitOutcome:
+        """Wait for ``condition``. ``exits_seen`` (next-exit): the run count the caller
+        saw (``Record.exits``) when it asked, so an exit between its asking and this
+        call counts (the Docker API answers a wait's headers before it waits)."""
         condition = WaitCondition(condition)
         try:
             # The record as it was before reconciling: an exit that happened before this
@@ -1461,7 +1466,7 @@ class Engine:
                 return _outcome(rec)
 
         elif condition == WaitCondition.NEXT_EXIT:
-            exits = before.exits
+            exits = before.exits if exits_seen is None else exits_seen
 
             def done(r: Record | None) -> bool:
                 return r is None or r.exits > exits

@@ -8,6 +8,9 @@ merged with command-line flags, then asked per registry host:
 - ``plain_http_allowed(host)``: loopback hosts and hosts listed as insecure may fall
   back to plain HTTP when they do not speak TLS (Docker's behaviour); every other
   host is HTTPS only;
+- ``mirror_hosts(domain)``: the registry mirrors a pull of a ``docker.io`` name tries
+  first, in order (dockerd's ``registry-mirrors``), as registry hosts; none for
+  any other domain. A mirror given as ``http://`` may be spoken to in plain HTTP;
 - ``tls_verify(host)``: insecure hosts skip certificate verification; the others
   verify against the system roots plus a registry CA found, first match wins, in
   the explicit ``ca_files`` map, ``<config dir>/certs.d/<host>/ca.crt``,
@@ -15,7 +18,8 @@ merged with command-line flags, then asked per registry host:
 
 File format (every key optional)::
 
-    {"insecure_registries": ["myreg:5000"], "ca_files": {"myreg:5443": "/path/ca.crt"}}
+    {"insecure_registries": ["myreg:5000"], "ca_files": {"myreg:5443": "/path/ca.crt"},
+     "registry_mirrors": ["https://mirror.example:5000"]}
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lamina.errors import RegistryError
 
@@ -67,6 +72,7 @@ class RegistryConfig:
     # lamina's own certs.d lives next to the config file.
     config_dir: Path | None = None
     certs_dirs: tuple[Path, ...] = _SYSTEM_CERTS_DIRS
+    registry_mirrors: tuple[str, ...] = ()  # URLs, in the order they are tried
 
     @classmethod
     def load(
@@ -75,9 +81,10 @@ class RegistryConfig:
         *,
         insecure_registries: Iterable[str] = (),
         ca_files: Mapping[str, str] | None = None,
+        registry_mirrors: Iterable[str] = (),
     ) -> RegistryConfig:
         """Read the config file (absent is fine) and merge the command-line flags,
-        which win over the file."""
+        which win over the file (their mirrors are tried before the file's)."""
         file = Path(path) if path is not None else config_path_from_env()
         data: dict[str, object] = {}
         if file.is_file():
@@ -94,12 +101,17 @@ class RegistryConfig:
             raise RegistryError(f"registries config {file}: insecure_registries must be a list")
         if not isinstance(cas, dict) or not all(isinstance(v, str) for v in cas.values()):
             raise RegistryError(f"registries config {file}: ca_files must map host to path")
+        mirrors = data.get("registry_mirrors", [])
+        if not isinstance(mirrors, list) or not all(isinstance(u, str) for u in mirrors):
+            raise RegistryError(f"registries config {file}: registry_mirrors must be a list")
         merged_cas = {str(k): str(v) for k, v in cas.items()}
         merged_cas.update(ca_files or {})
+        urls = [mirror_url(u) for u in [*registry_mirrors, *mirrors]]
         return cls(
             insecure_registries=frozenset(insecure) | frozenset(insecure_registries),
             ca_files=merged_cas,
             config_dir=file.parent,
+            registry_mirrors=tuple(dict.fromkeys(urls)),
         )
 
     def with_options(
@@ -115,15 +127,30 @@ class RegistryConfig:
             ca_files=cas,
             config_dir=self.config_dir,
             certs_dirs=self.certs_dirs,
+            registry_mirrors=self.registry_mirrors,
         )
 
     # -- questions asked per host
     def api_host(self, host: str) -> str:
         return "registry-1.docker.io" if host in DOCKER_HUB_HOSTS else host
 
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        """The mirrors' URLs (what ``docker info`` shows as RegistryConfig.Mirrors)."""
+        return self.registry_mirrors
+
+    def mirror_hosts(self, domain: str) -> tuple[str, ...]:
+        """The mirror hosts a pull from ``domain`` tries first (Docker Hub's only)."""
+        if domain not in DOCKER_HUB_HOSTS:
+            return ()
+        return tuple(urlsplit(u).netloc for u in self.registry_mirrors)
+
     def is_insecure(self, host: str) -> bool:
-        """Listed as insecure: TLS unverified, plain HTTP allowed."""
-        return host in self.insecure_registries or _strip_port(host) in self.insecure_registries
+        """Listed as insecure (TLS unverified, plain HTTP allowed), or a mirror given
+        as an ``http://`` URL."""
+        if host in self.insecure_registries or _strip_port(host) in self.insecure_registries:
+            return True
+        return any(u == f"http://{host}" for u in self.registry_mirrors)
 
     def plain_http_allowed(self, host: str) -> bool:
         return is_loopback(host) or self.is_insecure(host)
@@ -148,6 +175,17 @@ class RegistryConfig:
             return _ssl_context(str(ca) if ca else None)
         except (OSError, ssl.SSLError) as e:
             raise RegistryError(f"cannot load CA file {ca} for registry {host}: {e}") from None
+
+
+def mirror_url(text: str) -> str:
+    """A registry mirror as dockerd takes it: ``http(s)://host[:port]`` (a path is
+    refused: the mirror serves the v2 API at its root); normalised without a slash."""
+    url = urlsplit(text.strip())
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise RegistryError(f"invalid registry mirror {text!r}: expected http(s)://HOST[:PORT]")
+    if url.path not in ("", "/") or url.query or url.fragment or "@" in url.netloc:
+        raise RegistryError(f"invalid registry mirror {text!r}: only a scheme and a host")
+    return f"{url.scheme}://{url.netloc}"
 
 
 @functools.lru_cache(maxsize=32)

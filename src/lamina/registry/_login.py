@@ -27,6 +27,15 @@ def login(
     path: Path | None = None,
 ) -> Path:
     """Verify and store credentials for ``host``; returns the file written."""
+    verify_login(host, username, password, config=config)
+    return save_credentials(host, username, password, path)
+
+
+def verify_login(
+    host: str, username: str, password: str, *, config: RegistryConfig | None = None
+) -> None:
+    """Check credentials against ``host`` (AuthenticationRequired when it refuses
+    them), storing nothing: the Docker API's ``/auth``."""
     if not username or not password:
         raise AuthenticationRequired(f"login to {host}: username and password are required")
     creds = Credentials(username, password)
@@ -41,7 +50,6 @@ def login(
                 ) from None
             if resp.status_code != 200:
                 raise AuthenticationRequired(f"login to {host} failed: HTTP {resp.status_code}")
-    return save_credentials(host, username, password, path)
 
 
 def logout(host: str, *, path: Path | None = None) -> bool:

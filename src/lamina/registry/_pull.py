@@ -131,7 +131,8 @@ def _pull(
         return _ensure_unpacked(local, existing, lease) if unpack else existing
     if policy == "if-not-present" and existing is not None:
         return _ensure_unpacked(local, existing, lease) if unpack else existing
-    with client_session(reference.domain, config, client, sink) as c:
+
+    def from_registry(c: RegistryClient, sink: ProgressSink) -> ImageRecord:
         if policy == "newer" and existing is not None:
             tag = reference.digest or reference.tag or "latest"
             if c.head_manifest(reference.path, tag) in (
@@ -143,6 +144,34 @@ def _pull(
                 return _ensure_unpacked(local, existing, lease) if unpack else existing
         puller = _Pull(local, c, reference, platform, sink, max(1, max_concurrent), unpack, lease)
         return puller.run()
+
+    config = config or RegistryConfig.load()
+    missed: list[str] = []
+    for mirror in config.mirror_hosts(reference.domain) if client is None else ():
+        try:
+            with client_session(mirror, config, None, _MirrorProgress(sink)) as c:
+                return from_registry(c, _MirrorProgress(sink))
+        except LaminaError as e:  # dockerd's rule: the next mirror, then the registry
+            missed.append(f"registry mirror {mirror}: {e}")
+    try:
+        with client_session(reference.domain, config, client, sink) as c:
+            return from_registry(c, sink)
+    except LaminaError as e:
+        if missed:
+            e.args = (f"{e} (tried first: {'; '.join(missed)})",)
+        raise
+
+
+class _MirrorProgress:
+    """Progress of a pull from a mirror: its failure is not the pull's (the registry
+    is tried next), so a "failed" event is not passed on."""
+
+    def __init__(self, sink: ProgressSink) -> None:
+        self.sink = sink
+
+    def event(self, ev: ProgressEvent) -> None:
+        if ev.kind != "failed":
+            self.sink.event(ev)
 
 
 def _local_image(
