@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from dockerapi_fixtures import DockerEndpoint, docker_endpoint
-from runtime_fixtures import IMAGE_REF, cli_image_root, until
+from runtime_fixtures import IMAGE_REF, cli_image_root, overlay_mounts, until
 
 IMAGE = IMAGE_REF.removesuffix(":latest")
 
@@ -22,6 +22,10 @@ def ep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEndpoint]:
     root = cli_image_root(tmp_path_factory, "dockerapi-containers")
     with docker_endpoint(root) as endpoint:
         yield endpoint
+        left = endpoint.docker_ok("ps", "-a", "-q", "--no-trunc").split()
+        if left:
+            endpoint.docker_ok("rm", "-f", "-v", *left)
+    assert overlay_mounts(root) == []  # nothing the containers mounted is left
 
 
 def docker_py(ep: DockerEndpoint) -> Any:
