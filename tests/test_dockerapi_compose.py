@@ -65,12 +65,6 @@ def compose_ok(ep: DockerEndpoint, project: Path, *args: str) -> str:
     return r.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="waits for one fix in engineer B's module: _streams.py's exec create must "
-    "take Docker's Detach field (Compose's docker-py sends it: 'invalid field Detach'). "
-    "With it the test passes (checked on a scratch copy): remove this mark",
-)
 def test_compose_up_ps_logs_exec_down(tmp_path: Path) -> None:
     root = tmp_path / "root"
     import_busybox(root, tmp_path)

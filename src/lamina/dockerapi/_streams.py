@@ -212,7 +212,8 @@ def resize(request: Request) -> Response:
 # -- exec ---------------------------------------------------------------------------------------
 
 _EXEC_FIELDS = {"AttachStdin", "AttachStdout", "AttachStderr", "Tty", "Cmd", "Env", "WorkingDir",
-                "User", "Privileged", "DetachKeys", "ConsoleSize", "Container"}  # fmt: skip
+                "User", "Privileged", "DetachKeys", "ConsoleSize", "Container",
+                "Detach"}  # fmt: skip  # Detach: docker-py sends it at create; start decides
 
 
 def _body(request: Request) -> dict[str, Any]:
