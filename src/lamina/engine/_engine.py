@@ -1441,14 +1441,22 @@ class Engine:
         saw (``Record.exits``) when it asked, so an exit between its asking and this
         call counts (the Docker API answers a wait's headers before it waits)."""
         condition = WaitCondition(condition)
+        seen: Record | None = None
         try:
             # The record as it was before reconciling: an exit that happened before this
             # call but was not recorded yet still counts as the "next" one.
-            before = self.store.resolve(ref)
+            before = seen = self.store.resolve(ref)
             rec = self._resolve(before.id)
         except NotFound:
-            # A --rm container that ended before the caller waited: its tombstone.
+            # A --rm container that ended before the caller waited: its tombstone, once
+            # the process removing it (its exit command, say) has written it.
             gone = self.store.tombstone(ref)
+            deadline = time.monotonic() + 30
+            while gone is None and seen is not None and time.monotonic() < deadline:
+                if self.store.get(seen.id) is None:
+                    gone = self.store.tombstone(seen.id)
+                    break
+                time.sleep(0.005)
             if gone is None:
                 raise
             return _outcome(gone)
