@@ -337,7 +337,9 @@ def containers_list(request: Request) -> Response:
     unknown = [k for k in filters if k not in (*_ENGINE_FILTERS, "network")]
     if unknown:
         raise HttpError(400, f"invalid filter '{unknown[0]}'")
-    networks = filters.pop("network", [])
+    from lamina.dockerapi._networks import lamina_name
+
+    networks = [lamina_name(n) for n in filters.pop("network", [])]  # bridge: lamina's default
     limit = request.integer("limit")
     with_size = request.flag("size")
     everything = request.flag("all") or (limit is not None and limit > 0)

@@ -32,10 +32,13 @@ def list_entry(c: Container, now: float, *, size: int | None = None) -> dict[str
     cfg = c.config
     ports = [{"IP": p.host_ip or "0.0.0.0", "PrivatePort": p.container_port,
               "PublicPort": p.host_port, "Type": p.protocol} for p in c.ports]  # fmt: skip
+    from lamina.dockerapi._networks import docker_name
+
     networks = {
-        name: {"NetworkID": "", "IPAddress": c.ip_address if i == 0 else "", "Aliases": []}
+        docker_name(name): {"NetworkID": "", "IPAddress": c.ip_address if i == 0 else "",
+                            "Aliases": []}
         for i, name in enumerate(network_names(c))
-    }
+    }  # fmt: skip
     entry: dict[str, Any] = {
         "Id": c.id,
         "Names": ["/" + c.name],
@@ -47,7 +50,7 @@ def list_entry(c: Container, now: float, *, size: int | None = None) -> dict[str
         "Labels": dict(cfg.labels),
         "State": ps_state(c),
         "Status": status_text(c, now),
-        "HostConfig": {"NetworkMode": cfg.network},
+        "HostConfig": {"NetworkMode": docker_name(cfg.network)},
         "NetworkSettings": {"Networks": networks},
         "Mounts": [_mount(m.type, m.source, m.target, not m.read_only) for m in cfg.mounts],
     }
@@ -79,13 +82,24 @@ def inspect(found: dict[str, Any]) -> dict[str, Any]:
         config.setdefault(key, value)
     if config.get("Entrypoint") is None:
         config["Entrypoint"] = []
+    if config.get("Cmd") is None:  # the image's, as Docker shows it: what runs, less the entrypoint
+        ran = [found.get("Path") or "", *(found.get("Args") or [])] if found.get("Path") else []
+        entry = config["Entrypoint"]
+        config["Cmd"] = ran[len(entry) :] if ran[: len(entry)] == entry else ran
     host = found.setdefault("HostConfig", {})
     if host.get("ExtraHosts") is None:
         host["ExtraHosts"] = []
     log = host.get("LogConfig") or {}
     if log.get("Type") in ("k8s-file", "local"):  # lamina's file log: Docker's json-file
         log["Type"] = "json-file"
-    for network in (found.get("NetworkSettings") or {}).get("Networks", {}).values():
+    from lamina.dockerapi._networks import docker_name
+
+    settings = found.get("NetworkSettings") or {}
+    if isinstance(settings.get("Networks"), dict):  # lamina's default network is Docker's bridge
+        settings["Networks"] = {docker_name(k): v for k, v in settings["Networks"].items()}
+    if isinstance(found.get("HostConfig", {}).get("NetworkMode"), str):
+        found["HostConfig"]["NetworkMode"] = docker_name(found["HostConfig"]["NetworkMode"])
+    for network in settings.get("Networks", {}).values():
         for key in ("Links", "Aliases", "DNSNames"):
             if key in network and network[key] is None:
                 network[key] = []
