@@ -127,6 +127,9 @@ class BuildOptions:
     # container operations: create, attach, wait, inspect, remove, kill, close), called
     # once per thread that runs a step; ``Engine.build`` gives its own.
     containers: Any = None
+    # Set by the caller to stop the build (a daemon's client went away): the steps
+    # running are killed, no new one starts, the build fails as a cancelled one.
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -1325,10 +1328,24 @@ def _duration(text: str, flag: str, where: str) -> int:
 def build(root: Path, options: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build ``options`` on the lamina root ``root``; see the module docstring."""
     builder = Builder(root, options, progress)
+    finished = threading.Event()
+    if options.cancel is not None:
+        threading.Thread(target=_watch_cancel, args=(builder, options.cancel, finished),
+                         name="lamina-build-cancel", daemon=True).start()  # fmt: skip
     try:
         return builder.build()
     finally:
+        finished.set()
         builder.close()
+
+
+def _watch_cancel(builder: Builder, cancel: threading.Event, finished: threading.Event) -> None:
+    """Stop ``builder`` once ``cancel`` is set, until it has finished; the kill is
+    repeated, for a step container that was starting at the first one."""
+    while not finished.wait(0.2):
+        if cancel.is_set():
+            builder.cancelled.set()
+            builder.runner_kill_all()
 
 
 def prune(root: Path) -> tuple[int, list[str]]:

@@ -236,8 +236,9 @@ def build(
     elif dockerfile is not None:
         opts.dockerfile = Path(dockerfile)
     reporter = _progress("quiet" if quiet else progress)
+    engine = open_engine()
     try:
-        result = open_engine().build(opts, reporter)
+        result = engine.build(opts, reporter)
     except BuildError as e:
         reporter.close()
         if e.output_tail and not reporter.shows_output:
@@ -254,10 +255,11 @@ def build(
     reporter.close()
     if iidfile is not None:
         _write_atomic(iidfile, result.image_id)
+    remote = _settings().remote is not None  # the image is the daemon's
     if out is not None:
-        _export(result, out, quiet)
+        _export(result, out, quiet, engine if remote else None)
     if push:
-        _push(result.tags, quiet)
+        _push(result.tags, quiet, engine if remote else None)
     if quiet:
         click.echo(result.image_id)
         return
@@ -285,25 +287,34 @@ def _progress(mode: str) -> Any:
     return PlainProgress(sys.stderr)
 
 
-def _export(result: Any, out: tuple[str, Path], quiet: bool) -> None:
-    from lamina.cli._images import open_local
-    from lamina.image import save
-
+def _export(result: Any, out: tuple[str, Path], quiet: bool, remote: Any) -> None:
     fmt, dest = out
-    local = open_local()
-    try:
-        name = result.tags[0] if result.tags else result.image_id
-        save(local, [name], dest, format=fmt)  # type: ignore[arg-type]
-    finally:
-        local.close()
+    name = result.tags[0] if result.tags else result.image_id
+    if remote is not None:
+        remote.save_images([name], dest, format=fmt)
+    else:
+        from lamina.cli._images import open_local
+        from lamina.image import save
+
+        local = open_local()
+        try:
+            save(local, [name], dest, format=fmt)  # type: ignore[arg-type]
+        finally:
+            local.close()
     if not quiet:
         click.echo(f"Exported {fmt} to {dest}", err=True)
 
 
-def _push(tags: list[str], quiet: bool) -> None:
+def _push(tags: list[str], quiet: bool, remote: Any) -> None:
     from lamina.cli._images import open_local, progress_sink, registry_config
     from lamina.registry import push
 
+    if remote is not None:
+        for tag in tags:
+            digest = remote.push_image(tag, progress=progress_sink(quiet))
+            if not quiet:
+                click.echo(f"Pushed {tag}@{digest}", err=True)
+        return
     local = open_local()
     try:
         for tag in tags:

@@ -545,6 +545,42 @@ class RemoteEngine:
 
         return SimpleNamespace(**self._json("POST", "/images/prune", {"all": all_unused}))
 
+    def build(self, options: Any, progress: Any) -> Any:
+        """``lamina build`` by the daemon (``POST /v1/build``): the context sent as the
+        local build sees it, the daemon's progress replayed into ``progress``."""
+        import tempfile
+        from types import SimpleNamespace
+
+        from lamina.builder._upload import pack_context
+
+        if options.secrets:
+            raise NotServed("build --secret is not served by the lamina daemon yet: "
+                            "run it without --host")  # fmt: skip
+        query = {"t": list(options.tags), "target": options.target,
+                 "no_cache": options.no_cache, "pull": options.pull,
+                 "build_arg": [f"{k}={v}" for k, v in options.build_args.items()],
+                 "label": [f"{k}={v}" for k, v in options.labels.items()],
+                 "platform": options.platform, "network": options.network,
+                 "compression": options.compression,
+                 "source_date_epoch": options.source_date_epoch}  # fmt: skip
+        with tempfile.TemporaryFile() as spool:
+            query["dockerfile"] = pack_context(options.context, options.dockerfile,
+                                               options.dockerfile_text, spool)  # fmt: skip
+            query["dockerfile_stdin"] = options.dockerfile_text is not None
+            spool.seek(0)
+            answer = self._call("POST", "/build", query, body=iter(lambda: spool.read(65536), b""),
+                                headers={"Content-Type": "application/x-tar"})  # fmt: skip
+        steps: dict[int, Any] = {}
+        for line in answer.lines():
+            event = json.loads(line)
+            if "progress" in event:
+                _replay(progress, steps, event)
+            elif "result" in event:
+                return SimpleNamespace(**event["result"])
+            elif "error" in event:
+                raise _build_error(event)
+        raise LaminaError("the lamina daemon ended the build without a result")
+
     # -- housekeeping: what lamina.engine's module functions do in-process
 
     def server_version(self) -> dict[str, Any]:
@@ -687,6 +723,38 @@ def _selector_filters(select: Any) -> str | None:
     if select.not_labels:
         filters["label!"] = list(select.not_labels)
     return json.dumps(filters)
+
+
+def _replay(progress: Any, steps: dict[int, Any], event: dict[str, Any]) -> None:
+    """One of the daemon builder's progress calls, made on the local display."""
+    kind = event["progress"]
+    if kind == "add":
+        step = progress.add(event["name"])
+        steps[step.number] = step
+    elif kind == "warn":
+        progress.warn(event["message"])
+    elif kind == "output":
+        progress.output(steps[event["step"]], event["data"].encode("utf-8", "surrogateescape"))
+    elif kind == "fail":
+        progress.fail(steps[event["step"]], event["message"])
+    elif kind in ("start", "cached", "done"):
+        getattr(progress, kind)(steps[event["step"]])
+
+
+def _build_error(event: dict[str, Any]) -> LaminaError:
+    """The build's failure as in-process: a ``BuildError`` (its step and last output
+    lines) for what the builder raised, else the status's exception."""
+    from lamina.builder._dockerfile import BuildError
+
+    error: LaminaError
+    failed = event.get("build")
+    if isinstance(failed, dict):
+        error = BuildError(str(event["error"]), list(failed.get("tail") or []),
+                           str(failed.get("step") or ""))  # fmt: skip
+    else:
+        error = error_of(int(event.get("code") or 500), str(event["error"]))
+    error.exit_code = int(event.get("exit_code") or 1)
+    return error
 
 
 @contextlib.contextmanager

@@ -1252,3 +1252,7 @@ def volumes_prune(request: Request) -> Response:
     with engine() as e:
         result = e.prune_volumes(all=request.flag("all"), filters=filters_arg(request))
     return json_response(plain(result))
+
+
+# ``POST /v1/build`` lives in its own module; importing it registers its route.
+from lamina.daemon import _build as _build  # noqa: E402

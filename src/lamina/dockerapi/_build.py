@@ -9,9 +9,7 @@ failure, ``{"errorDetail": {"message", "code"}, "error"}``."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +116,15 @@ def _options(request: Request, context: Path) -> dict[str, Any]:
 
 @route("POST", "/build", "Build an image (the classic builder protocol)", "images")
 def build(request: Request) -> Response:
-    from lamina import _leases
-    from lamina.runtime import _fsops
+    from lamina.builder._upload import receive_context
 
     quiet = request.flag("q")
-    root = lapi._api().engines.root
-    lease = _leases.take(root, "docker-build-context")
-    scratch = root / "tmp" / f"build-context-{os.urandom(8).hex()}"
+    upload = receive_context(lapi._api().engines.root, request.stream(), "docker-build-context",
+                             "context")  # fmt: skip
     try:
-        lease.add_path(scratch)
-        context = scratch / "context"
-        context.mkdir(parents=True)
-        _fsops.copy_in(context, "/", request.stream())
-        options = _options(request, context)
+        options = _options(request, upload.scratch / "context")
     except BaseException:
-        _drop(scratch, lease)
+        upload.drop()
         raise
 
     def work(put: Put) -> None:
@@ -154,12 +146,7 @@ def build(request: Request) -> Response:
             code = progress.failed_code or err.exit_code or 1
             put({"errorDetail": {"message": text, "code": code}, "error": text})
         finally:
-            _drop(scratch, lease)
+            upload.drop()
 
     return json_lines(request, work)
 
-
-def _drop(scratch: Path, lease: Any) -> None:
-    shutil.rmtree(scratch, ignore_errors=True)
-    lease.discard(scratch)
-    lease.release()

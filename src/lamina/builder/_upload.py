@@ -1,0 +1,106 @@
+"""A build context sent to a daemon: the client's tar of what the build sees, the
+daemon's scratch copy of it under a lease.
+
+- ``pack_context`` (the client): the context as the local build would see it
+  (``.dockerignore`` applied by ``iter_context``, the same walk the builder uses)
+  under ``context/``, and the Dockerfile with its own ``<name>.dockerignore``, if
+  there is one, under ``dockerfile/``: wherever ``-f`` points (inside the context,
+  outside it, or ``-`` for stdin), the daemon finds it there and looks up the ignore
+  file as the local build does. Applying the same patterns again on the daemon
+  keeps the same entries (matching is by path), so the build sees what it sees
+  in-process.
+- ``receive_context`` (both daemon APIs, ``/v1/build`` and Docker's ``/build``):
+  the body (plain, gzip or zstd) extracted into a scratch directory registered on a
+  lease, so that a daemon killed mid-build leaves nothing the next sweep does not
+  remove; ``Upload.drop`` removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+CONTEXT_DIR = "context"
+DOCKERFILE_DIR = "dockerfile"
+
+
+@dataclass
+class Upload:
+    """An uploaded context: ``scratch`` holds what the tar held, ``lease`` answers
+    for it."""
+
+    scratch: Path
+    lease: Any
+
+    def drop(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.lease.discard(self.scratch)
+        self.lease.release()
+
+
+def receive_context(root: Path, body: BinaryIO, kind: str, into: str = "") -> Upload:
+    """Extract ``body`` (a tar) into ``<scratch>/<into>``, confined to it, under a
+    lease of ``kind``; nothing is left behind when it fails."""
+    from lamina import _leases
+    from lamina.runtime import _fsops
+
+    lease = _leases.take(root, kind)
+    upload = Upload(root / "tmp" / f"build-context-{os.urandom(8).hex()}", lease)
+    try:
+        lease.add_path(upload.scratch)
+        target = upload.scratch / into if into else upload.scratch
+        target.mkdir(parents=True)
+        _fsops.copy_in(target, "/", body)
+    except BaseException:
+        upload.drop()
+        raise
+    return upload
+
+
+def pack_context(context: Path, dockerfile: Path | None, dockerfile_text: str | None,
+                 out: IO[bytes]) -> str:  # fmt: skip
+    """Write the tar ``receive_context`` takes to ``out``; returns the Dockerfile's
+    name under ``dockerfile/``. Raises the local build's errors for a context that is
+    not a directory or a Dockerfile that cannot be read."""
+    from lamina.builder._dockerfile import BuildError
+    from lamina.builder._dockerignore import PatternMatcher, iter_context, read_dockerignore
+
+    if not context.is_dir():
+        raise BuildError(f"the build context {context} is not a directory")
+    path = dockerfile or (context / "Dockerfile")
+    name = "Dockerfile" if dockerfile_text is not None else path.name
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        if dockerfile_text is not None:
+            text = dockerfile_text.encode("utf-8", "surrogateescape")
+            _add_bytes(tar, f"{DOCKERFILE_DIR}/{name}", text)
+            patterns = read_dockerignore(context, None)
+        else:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise BuildError(f"cannot read the Dockerfile: {path} does not exist") from None
+            except OSError as e:
+                raise BuildError(f"cannot read the Dockerfile {path}: {e.strerror}") from None
+            _add_bytes(tar, f"{DOCKERFILE_DIR}/{name}", data)
+            specific = path.parent / (name + ".dockerignore")
+            if specific.is_file():
+                tar.add(str(specific), f"{DOCKERFILE_DIR}/{specific.name}", recursive=False)
+            patterns = read_dockerignore(context, path)
+        tar.add(str(context), CONTEXT_DIR, recursive=False)
+        matcher = PatternMatcher(patterns) if patterns else None
+        for item in iter_context(context, matcher):
+            tar.add(item.entry.path, f"{CONTEXT_DIR}/{item.path}", recursive=False)
+    return name
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
