@@ -47,8 +47,10 @@ def test_the_context_is_what_dockerignore_leaves(root: Path, tmp_path: Path) -> 
     lamina_ok(root, "build", "-q", "-t", "ctx/outside", "-f", str(other / "App.dockerfile"),
               str(ctx))  # fmt: skip
     listed = lamina_ok(root, "run", "--rm", "ctx/outside", "find", "/src", "-type", "f")
-    assert sorted(listed.split()) == ["/src/.dockerignore", "/src/Dockerfile", "/src/app.txt",
-                                      "/src/logs/a.log", "/src/secret-key", "/src/secret-ok"]  # fmt: skip
+    assert sorted(listed.split()) == [
+        "/src/.dockerignore", "/src/Dockerfile", "/src/app.txt", "/src/logs/a.log",
+        "/src/secret-key", "/src/secret-ok",
+    ]  # fmt: skip
 
 
 def test_options_reach_the_build(root: Path, tmp_path: Path) -> None:
