@@ -99,3 +99,29 @@ def test_a_client_gone_cancels_the_build(root: Path, tmp_path: Path) -> None:
         assert lamina_cli(root, "ps", "-a", "-q", env={"LAMINA_HOST": env["LAMINA_HOST"]}
                           ).stdout == ""  # fmt: skip
         assert daemon.proc.poll() is None
+
+
+def test_bad_uploads_are_one_line_and_leave_nothing(root: Path) -> None:
+    from daemon_fixtures import tar_of
+
+    from lamina.client._transport import Address, Transport
+
+    context = tar_of({"dockerfile/Dockerfile": f"FROM {IMAGE_REF}\n".encode(), "context/a": b"a"})
+    cases = [
+        ({}, b"not a tar" * 100, "layer archive is malformed: invalid header"),
+        ({"network": "bogus"}, context,
+         "query parameter network: expected one of default, host, none, not 'bogus'"),
+        ({}, tar_of({"../../../escape": b"x", "dockerfile/Dockerfile": b"FROM x\n"}),
+         "layer entry '../../../escape': path escapes the layer root"),
+        ({"dockerfile": "../../etc/passwd"}, context,
+         "query parameter dockerfile: a file name, not '../../etc/passwd'"),
+        ({"dockerfile": "Other"}, context,
+         "the build context sent has no dockerfile/Other (the Dockerfile)"),
+    ]  # fmt: skip
+    with running_daemon(root) as daemon:
+        transport = Transport(Address.parse(f"unix://{daemon.socket}"))
+        for query, body, message in cases:
+            answer = transport.request("POST", "/v1/build", query, body=body)
+            assert (answer.status, answer.json()) == (400, {"message": message})
+        assert _scratch(root) == [] and not _leases.live(root)
+        assert not list(root.parent.rglob("escape"))

@@ -146,6 +146,10 @@ def build(request: Request) -> Response:
 
     options = _options(request)
     upload = receive_context(api._api().engines.root, request.stream(), "build-context")
+    if not (upload.scratch / DOCKERFILE_DIR / options["dockerfile"]).is_file():
+        upload.drop()
+        raise HttpError(400, f"the build context sent has no {DOCKERFILE_DIR}/"
+                        f"{options['dockerfile']} (the Dockerfile)")  # fmt: skip
     events: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancel = threading.Event()
 
