@@ -125,3 +125,16 @@ def test_bad_uploads_are_one_line_and_leave_nothing(root: Path) -> None:
             assert (answer.status, answer.json()) == (400, {"message": message})
         assert _scratch(root) == [] and not _leases.live(root)
         assert not list(root.parent.rglob("escape"))
+
+
+def test_a_remote_build_imports_no_engine_nor_image_plane(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE_REF}\nLABEL light=yes\n")
+    heavy = re.compile(r"\| +(lamina\.(engine|image|registry|daemon|runtime|builder\._executor)"
+                       r"\b\S*)")  # fmt: skip
+    with running_daemon(root) as daemon:
+        command = [CLI[0], "-X", "importtime", *CLI[1:], "--host", f"unix://{daemon.socket}",
+                   "build", "-q", str(tmp_path)]  # fmt: skip
+        r = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("sha256:"), r.stderr[-2000:]
+    assert "lamina.builder._upload" in r.stderr  # the check sees builder modules
+    assert heavy.findall(r.stderr) == []

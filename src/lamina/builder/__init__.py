@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lamina.builder._dockerfile import BuildError, Dockerfile, Instruction, Stage, parse
-    from lamina.builder._executor import BuildOptions, BuildResult, build, prune
+    from lamina.builder._executor import BuildResult, build, prune
+    from lamina.builder._options import BuildOptions
     from lamina.builder._progress import PlainProgress, Progress, RichProgress
 
 _LAZY: dict[str, str] = {
     "BuildError": "lamina.builder._dockerfile",
-    "BuildOptions": "lamina.builder._executor",
+    "BuildOptions": "lamina.builder._options",
     "BuildResult": "lamina.builder._executor",
     "Dockerfile": "lamina.builder._dockerfile",
     "Instruction": "lamina.builder._dockerfile",

@@ -62,6 +62,7 @@ from lamina.builder._dockerfile import (
 )
 from lamina.builder._dockerignore import PatternMatcher, read_dockerignore
 from lamina.builder._mounts import MountSpec, parse_mount
+from lamina.builder._options import BuildOptions
 from lamina.builder._progress import Progress, Step
 from lamina.builder._run import MountSources, RunFailed, RunRequest
 from lamina.builder._stages import (
@@ -100,36 +101,6 @@ _FS_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})
 _CONFIG_ORDER = (*CONFIG_ORDER, "Shell", "ArgsEscaped")
 _IMAGE_KEYS = ("created", "author", "architecture", "os", "os.version", "os.features", "variant")
 _HEREDOC_ONLY = re.compile(r"<<-?\s*([\"']?)([^\s\"']+)\1")
-
-
-@dataclass
-class BuildOptions:
-    """What ``lamina build`` takes. ``secrets`` maps an id to ("file", path) or
-    ("env", value)."""
-
-    context: Path
-    dockerfile: Path | None = None  # default: <context>/Dockerfile
-    dockerfile_text: str | None = None  # the Dockerfile itself (``-f -``)
-    tags: list[str] = field(default_factory=list)
-    build_args: dict[str, str] = field(default_factory=dict)
-    target: str | None = None
-    no_cache: bool = False
-    pull: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
-    platform: str | None = None
-    network: str = "default"  # default (the engine's default bridge) | host | none
-    secrets: dict[str, tuple[str, str]] = field(default_factory=dict)
-    compression: str = "gzip"
-    source_date_epoch: int | None = None
-    registry_config: Any = None  # a RegistryConfig, or a function returning one
-    max_parallel: int = 4  # stages working at once
-    # A function returning what RUN steps make their containers with (the engine's
-    # container operations: create, attach, wait, inspect, remove, kill, close), called
-    # once per thread that runs a step; ``Engine.build`` gives its own.
-    containers: Any = None
-    # Set by the caller to stop the build (a daemon's client went away): the steps
-    # running are killed, no new one starts, the build fails as a cancelled one.
-    cancel: threading.Event | None = None
 
 
 @dataclass
