@@ -730,7 +730,7 @@ def _replay(progress: Any, steps: dict[int, Any], event: dict[str, Any]) -> None
     kind = event["progress"]
     if kind == "add":
         step = progress.add(event["name"])
-        steps[step.number] = step
+        steps[int(event.get("step") or step.number)] = step  # the daemon's number
     elif kind == "warn":
         progress.warn(event["message"])
     elif kind == "output":

@@ -41,7 +41,7 @@ class _RelayProgress(Progress):
     def add(self, name: str) -> Step:
         with self.lock:
             step = super().add(name)
-            self._put({"progress": "add", "name": name})
+            self._put({"progress": "add", "step": step.number, "name": name})
             return step
 
     def start(self, step: Step) -> None:
