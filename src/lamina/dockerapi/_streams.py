@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -141,8 +142,14 @@ def attach(request: Request) -> Response:
 
         def takeover(sock: Any, early: bytes) -> None:
             frames = {n: lapi._FrameWriter(sock, n, tty) for n in (1, 2)}
-            relay(lapi._SocketReader(sock, early), lambda n, d: frames[n].write(d),
-                  lambda: lapi._hung_up(sock, peek=not with_stdin))  # fmt: skip
+            try:
+                relay(lapi._SocketReader(sock, early), lambda n, d: frames[n].write(d),
+                      lambda: lapi._hung_up(sock, peek=not with_stdin))  # fmt: skip
+            finally:
+                # Wakes the stdin reader still blocked in recv (it holds the socket:
+                # closing alone would not end the connection) and tells the client.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
         return Response(status=101, content_type=media, takeover=takeover,
                         headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
