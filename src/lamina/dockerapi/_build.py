@@ -18,7 +18,7 @@ from typing import Any
 from lamina.builder._progress import Progress, Step
 from lamina.daemon import _api as lapi
 from lamina.daemon._http import HttpError, Request, Response
-from lamina.dockerapi._images import Put, json_lines
+from lamina.dockerapi._images import Put, build_credentials, json_lines
 from lamina.dockerapi._router import route
 from lamina.errors import LaminaError
 
@@ -131,6 +131,7 @@ def build(request: Request) -> Response:
         context.mkdir(parents=True)
         _fsops.copy_in(context, "/", request.stream())
         options = _options(request, context)
+        credentials = build_credentials(request)  # its FROM pulls' (X-Registry-Config)
     except BaseException:
         _drop(scratch, lease)
         raise
@@ -141,7 +142,8 @@ def build(request: Request) -> Response:
         progress = _StreamProgress(put, quiet)
         try:
             with lapi.engine() as e:
-                result = e.build(BuildOptions(**options), progress)
+                config = e.registry_config().with_credentials(credentials)
+                result = e.build(BuildOptions(**options, registry_config=config), progress)
             put({"aux": {"ID": result.image_id}})
             if quiet:
                 put({"stream": result.image_id + "\n"})
