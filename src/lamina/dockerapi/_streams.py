@@ -68,11 +68,22 @@ def start_attached(container_id: str) -> bool:
     pending.start.set()
     with lapi.engine() as e:
         while not pending.launched.wait(0.01):
-            if pending.error is None and e.get(container_id).state.status.value != "created":
+            if pending.error is None and not _still_created(e, container_id):
                 break
     if pending.error is not None:
         raise pending.error
     return True
+
+
+def _still_created(e: Any, container_id: str) -> bool:
+    """Whether the container has not been launched yet; one that ran and is gone
+    already (``--rm`` of a short command) has been."""
+    from lamina.errors import NotFound
+
+    try:
+        return bool(e.get(container_id).state.status.value == "created")
+    except NotFound:
+        return False
 
 
 _Handler = Callable[[Request], Response]
