@@ -11,7 +11,7 @@ from typing import IO
 
 import pytest
 from dockerapi_fixtures import DockerEndpoint, docker_endpoint
-from runtime_fixtures import IMAGE_REF, cli_image_root
+from runtime_fixtures import IMAGE_REF, cli_image_root, until
 
 
 @pytest.fixture(scope="module")
@@ -81,4 +81,28 @@ def test_stats_streams_updates(ep: DockerEndpoint) -> None:
         assert stats.proc.poll() is None  # still following
     finally:
         stats.stop()
+        ep.docker("rm", "-f", name)
+
+
+def test_top_with_ps_arguments(ep: DockerEndpoint) -> None:
+    name = "top-aux"
+    script = "sleep 301 & sleep 302; true"  # sh stays (it does not exec its last command)
+    ep.docker_ok("run", "-d", "--name", name, IMAGE_REF, "sh", "-c", script)
+    try:
+        def commands() -> list[str]:
+            lines = ep.docker_ok("top", name, "aux").splitlines()
+            titles = lines[0].split()
+            assert titles[:3] == ["USER", "PID", "%CPU"] and titles[-1] == "COMMAND"
+            return sorted(line.split(None, len(titles) - 1)[-1] for line in lines[1:])
+
+        until(lambda: len(commands()) == 3)  # once sh has started both
+        shell, *sleeps = commands()
+        assert shell.startswith("sh -c sleep 301")  # ps cuts it to its width, as on dockerd
+        assert sleeps == ["sleep 301", "sleep 302"]
+        picked = ep.docker_ok("top", name, "-o", "pid,comm").splitlines()
+        assert picked[0].split() == ["PID", "COMMAND"]
+        assert sorted(line.split()[1] for line in picked[1:]) == ["sh", "sleep", "sleep"]
+        bad = ep.docker("top", name, "-o", "comm")  # no PID column to find its processes by
+        assert bad.returncode != 0 and "PID" in bad.stderr
+    finally:
         ep.docker("rm", "-f", name)
