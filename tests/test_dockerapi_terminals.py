@@ -96,6 +96,7 @@ def _size_shown(term: Terminal, rows: int, cols: int) -> None:
 
 def test_run_it_detach_and_attach(ep: DockerEndpoint) -> None:
     name = "term-run"
+    threads = ep.daemon.threads()
     term = Terminal(ep, "run", "-it", "--name", name, IMAGE_REF, "sh")
     again: Terminal | None = None
     try:
@@ -108,6 +109,7 @@ def test_run_it_detach_and_attach(ep: DockerEndpoint) -> None:
         term.type(b"\x10\x11")  # Ctrl-P Ctrl-Q: detach; the container goes on
         assert term.wait() == 0
         assert ep.docker_ok("inspect", "-f", "{{.State.Status}}", name).strip() == "running"
+        until(lambda: ep.daemon.threads() <= threads)  # its relay ended with the client
 
         again = Terminal(ep, "attach", name, rows=25, cols=90)
         _size_shown(again, 25, 90)  # typing reaches it: its stdin stayed open
