@@ -16,7 +16,7 @@ from typing import Any
 from lamina.builder._progress import Progress, Step
 from lamina.daemon import _api as lapi
 from lamina.daemon._http import HttpError, Request, Response
-from lamina.dockerapi._images import Put, json_lines
+from lamina.dockerapi._images import Put, build_credentials, json_lines
 from lamina.dockerapi._router import route
 from lamina.errors import LaminaError
 
@@ -123,6 +123,7 @@ def build(request: Request) -> Response:
                              "context")  # fmt: skip
     try:
         options = _options(request, upload.scratch / "context")
+        credentials = build_credentials(request)  # its FROM pulls' (X-Registry-Config)
     except BaseException:
         upload.drop()
         raise
@@ -133,7 +134,8 @@ def build(request: Request) -> Response:
         progress = _StreamProgress(put, quiet)
         try:
             with lapi.engine() as e:
-                result = e.build(BuildOptions(**options), progress)
+                config = e.registry_config().with_credentials(credentials)
+                result = e.build(BuildOptions(**options, registry_config=config), progress)
             put({"aux": {"ID": result.image_id}})
             if quiet:
                 put({"stream": result.image_id + "\n"})

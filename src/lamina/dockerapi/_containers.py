@@ -607,11 +607,42 @@ def containers_stats(request: Request) -> Response:
 @route("GET", "/containers/{id}/top", "Processes in a container", "containers")
 def containers_top(request: Request) -> Response:
     ps_args = request.arg("ps_args") or ""
-    if ps_args and ps_args != "-ef":
-        raise HttpError(400, f"query parameter ps_args: only -ef is supported, not {ps_args!r}")
     with engine() as e:
         titles, rows = e.top(request.params[_ID])
+        backend = e.get(request.params[_ID]).backend
+    if ps_args and ps_args != "-ef":
+        if backend != "oci":
+            raise HttpError(400, "query parameter ps_args: a micro-VM's processes are shown "
+                            "as ps -ef only")  # fmt: skip
+        titles, rows = _host_ps(ps_args, {row[titles.index("PID")] for row in rows})
     return json_response({"Titles": titles, "Processes": rows})
+
+
+def _host_ps(ps_args: str, pids: set[str]) -> tuple[list[str], list[list[str]]]:
+    """dockerd's ``top`` with ps arguments: the host's ``ps`` with them (no shell),
+    its rows of the container's processes, split into its columns (the last takes
+    the rest of the line)."""
+    import shlex
+    import subprocess
+
+    try:
+        argv = ["ps", *shlex.split(ps_args)]
+    except ValueError as err:
+        raise HttpError(400, f"query parameter ps_args: {err}")
+    ran = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if ran.returncode != 0:
+        raise HttpError(500, f"ps {ps_args}: {' '.join(ran.stderr.split()) or 'failed'}")
+    lines = ran.stdout.splitlines()
+    titles = lines[0].split() if lines else []
+    if "PID" not in titles:
+        raise HttpError(500, "Couldn't find PID field in ps output")
+    at = titles.index("PID")
+    rows = []
+    for line in lines[1:]:
+        fields = line.split(None, len(titles) - 1)
+        if len(fields) > at and fields[at] in pids:
+            rows.append(fields)
+    return titles, rows
 
 
 _KINDS = {"C": 0, "A": 1, "D": 2}

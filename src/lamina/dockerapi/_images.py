@@ -168,13 +168,17 @@ def images_create(request: Request) -> Response:
         ref = parse_reference(reference)
     except ValueError as e:
         raise HttpError(400, f"invalid reference format: {e}")
-    _registry_auth(request)
+    credentials = request_credentials(request, ref.domain)
 
     def work(put: Callable[[dict[str, Any]], None]) -> None:
         put({"status": f"Pulling from {ref.familiar_name()}", "id": ref.tag or ref.digest or ""})
         progress = _DockerProgress(put, push=False)
         with lapi.engine() as e:
-            rec = e.pull_image(reference, platform=platform, progress=progress)
+            try:
+                rec = e.pull_image(reference, platform=platform, progress=progress,
+                                   credentials=credentials)  # fmt: skip
+            except LaminaError as err:
+                raise docker_auth_error(err, credentials) from None
         put({"status": f"Digest: {rec.manifest_digest}"})
         said = "Downloaded newer image" if progress.fetched else "Image is up to date"
         put({"status": f"Status: {said} for {ref.familiar()}"})
@@ -183,23 +187,74 @@ def images_create(request: Request) -> Response:
 
 
 def _registry_auth(request: Request) -> dict[str, Any] | None:
-    """``X-Registry-Auth``: base64 (URL-safe or not) JSON credentials; checked here.
-    The pull or push itself authenticates with the daemon's own credential files (the
-    engine takes no per-call credentials)."""
-    import base64
-    import binascii
-
+    """``X-Registry-Auth``: base64 (URL-safe or not) JSON of Docker's AuthConfig."""
     raw = request.headers.get("x-registry-auth")
     if not raw:
         return None
-    padded = raw + "=" * (-len(raw) % 4)
-    try:
-        data = json.loads(base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_")))
-    except (binascii.Error, ValueError):
-        raise HttpError(400, "X-Registry-Auth: expected base64 of a JSON object")
+    data = _base64_json(raw, "X-Registry-Auth")
     if not isinstance(data, dict):
         raise HttpError(400, "X-Registry-Auth: expected base64 of a JSON object")
     return data
+
+
+def _base64_json(raw: str, header: str) -> Any:
+    import base64
+    import binascii
+
+    padded = raw + "=" * (-len(raw) % 4)
+    try:
+        return json.loads(base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_")))
+    except (binascii.Error, ValueError):
+        raise HttpError(400, f"{header}: expected base64 of a JSON object")
+
+
+def request_credentials(request: Request, domain: str) -> dict[str, Any]:
+    """The pull or push's own credentials (``X-Registry-Auth``) for the registry of
+    its reference, as the engine takes them: ``{domain: Credentials}``, or nothing
+    when the client sent none (then the daemon's own credential files apply)."""
+    from lamina.errors import RegistryError
+    from lamina.registry import auth_config_credentials
+
+    config = _registry_auth(request)
+    try:
+        creds = auth_config_credentials(config, "X-Registry-Auth") if config else None
+    except RegistryError as e:
+        raise HttpError(400, str(e))
+    return {domain: creds} if creds is not None else {}
+
+
+def build_credentials(request: Request) -> dict[str, Any]:
+    """``X-Registry-Config`` of a build: base64 JSON mapping registry addresses to
+    AuthConfigs, the credentials of its ``FROM`` pulls, as ``{host: Credentials}``."""
+    from lamina.errors import RegistryError
+    from lamina.registry import auth_config_credentials
+
+    raw = request.headers.get("x-registry-config")
+    if not raw:
+        return {}
+    data = _base64_json(raw, "X-Registry-Config")
+    if not isinstance(data, dict):
+        raise HttpError(400, "X-Registry-Config: expected base64 of a JSON object")
+    found = {}
+    for address, entry in data.items():
+        try:
+            creds = auth_config_credentials(entry, f"X-Registry-Config: {address}")
+        except RegistryError as e:
+            raise HttpError(400, str(e))
+        if creds is not None:
+            found[str(address)] = creds
+    return found
+
+
+def docker_auth_error(err: LaminaError, credentials: dict[str, Any]) -> LaminaError:
+    """A registry's refusal in Docker's words (not ``run lamina login``): what
+    dockerd's registry client says without credentials, and with refused ones."""
+    from lamina.errors import AuthenticationRequired
+
+    if not isinstance(err, AuthenticationRequired):
+        return err
+    said = "unauthorized: authentication required" if credentials else "no basic auth credentials"
+    return AuthenticationRequired(said)
 
 
 def _import(request: Request, source: str, tag: str | None) -> Response:
@@ -225,15 +280,19 @@ def images_push(request: Request) -> Response:
 
     name, tag = request.params["name"], request.arg("tag")
     reference = _reference(name, tag)
-    _registry_auth(request)
     with lapi.engine() as e:
         rec = e.images.images.resolve(reference)  # 404 before the stream starts
     ref = parse_reference(reference)
+    credentials = request_credentials(request, ref.domain)
 
     def work(put: Callable[[dict[str, Any]], None]) -> None:
         put({"status": f"The push refers to repository [{ref.domain}/{ref.path}]"})
         with lapi.engine() as e:
-            digest = e.push_image(reference, progress=_DockerProgress(put, push=True))
+            try:
+                digest = e.push_image(reference, progress=_DockerProgress(put, push=True),
+                                      credentials=credentials)  # fmt: skip
+            except LaminaError as err:
+                raise docker_auth_error(err, credentials) from None
         shown = ref.tag or "latest"
         put({"status": f"{shown}: digest: {digest} size: {rec.size}"})
         put({"progressDetail": {}, "aux": {"Tag": shown, "Digest": digest, "Size": rec.size}})

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,11 +68,22 @@ def start_attached(container_id: str) -> bool:
     pending.start.set()
     with lapi.engine() as e:
         while not pending.launched.wait(0.01):
-            if pending.error is None and e.get(container_id).state.status.value != "created":
+            if pending.error is None and not _still_created(e, container_id):
                 break
     if pending.error is not None:
         raise pending.error
     return True
+
+
+def _still_created(e: Any, container_id: str) -> bool:
+    """Whether the container has not been launched yet; one that ran and is gone
+    already (``--rm`` of a short command) has been."""
+    from lamina.errors import NotFound
+
+    try:
+        return bool(e.get(container_id).state.status.value == "created")
+    except NotFound:
+        return False
 
 
 _Handler = Callable[[Request], Response]
@@ -141,8 +153,14 @@ def attach(request: Request) -> Response:
 
         def takeover(sock: Any, early: bytes) -> None:
             frames = {n: lapi._FrameWriter(sock, n, tty) for n in (1, 2)}
-            relay(lapi._SocketReader(sock, early), lambda n, d: frames[n].write(d),
-                  lambda: lapi._hung_up(sock, peek=not with_stdin))  # fmt: skip
+            try:
+                relay(lapi._SocketReader(sock, early), lambda n, d: frames[n].write(d),
+                      lambda: lapi._hung_up(sock, peek=not with_stdin))  # fmt: skip
+            finally:
+                # Wakes the stdin reader still blocked in recv (it holds the socket:
+                # closing alone would not end the connection) and tells the client.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
         return Response(status=101, content_type=media, takeover=takeover,
                         headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from lamina.builder import BuildOptions, BuildResult, Progress
     from lamina.engine._networks import Networks
     from lamina.image import ArchiveFormat, ImageRecord, LocalImages, RemoveResult
-    from lamina.registry import RegistryConfig
+    from lamina.registry import Credentials, RegistryConfig
     from lamina.runtime._interface import TaskBackend
     from lamina.runtime._volumes import PruneResult as VolumePrune
     from lamina.runtime._volumes import Volume, VolumeStore
@@ -494,15 +494,19 @@ class Engine:
         platform: str | None = None,
         progress: Any = None,
         registry_config: RegistryConfig | None = None,
+        credentials: Mapping[str, Credentials] | None = None,
     ) -> ImageRecord:
-        """Pull ``reference`` (``policy``: always, missing, never, newer)."""
+        """Pull ``reference`` (``policy``: always, missing, never, newer).
+        ``credentials``: this call's own, by registry host, used instead of the
+        credential files (the Engine API's ``X-Registry-Auth``)."""
         from lamina.engine import _images
         from lamina.image import parse_platform
 
+        config = (registry_config or self.registry_config()).with_credentials(credentials or {})
         return _images.pull(
             self.images, reference, policy=policy,
             platform=parse_platform(platform) if platform else None, progress=progress,
-            config=registry_config or self.registry_config(), emit=self._image_event,
+            config=config, emit=self._image_event,
         )  # fmt: skip
 
     def push_image(
@@ -513,15 +517,16 @@ class Engine:
         progress: Any = None,
         registry_config: RegistryConfig | None = None,
         chunk_size: int | None = None,
+        credentials: Mapping[str, Credentials] | None = None,
     ) -> str:
         """Push ``source`` (a local name or ID), as ``destination`` when given;
-        returns the digest pushed."""
+        returns the digest pushed. ``credentials`` as for ``pull_image``."""
         from lamina.engine import _images
 
+        config = (registry_config or self.registry_config()).with_credentials(credentials or {})
         return _images.push(
             self.images, source, destination, progress=progress,
-            config=registry_config or self.registry_config(), chunk_size=chunk_size,
-            emit=self._image_event,
+            config=config, chunk_size=chunk_size, emit=self._image_event,
         )  # fmt: skip
 
     def inspect_image(self, name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from lamina.registry._client import FetchedManifest, RegistryClient
 from lamina.registry._config import RegistryConfig
 from lamina.registry._credentials import (
     Credentials,
+    auth_config_credentials,
     docker_config_path,
     lookup_credentials,
     remove_credentials,
@@ -49,6 +50,7 @@ __all__ = [
     "RegistryClient",
     "RegistryConfig",
     "RichProgress",
+    "auth_config_credentials",
     "docker_config_path",
     "login",
     "logout",

@@ -111,7 +111,7 @@ class RegistryClient:
         self.config = cfg
         self.api_host = cfg.api_host(host)
         if credentials is _lookup_default:
-            credentials = lookup_credentials(host)
+            credentials = cfg.credentials_for(host) or lookup_credentials(host)
         assert credentials is None or isinstance(credentials, Credentials)
         self._http = httpx.Client(
             verify=cfg.tls_verify(host),

@@ -11,6 +11,9 @@ merged with command-line flags, then asked per registry host:
 - ``mirror_hosts(domain)``: the registry mirrors a pull of a ``docker.io`` name tries
   first, in order (dockerd's ``registry-mirrors``), as registry hosts; none for
   any other domain. A mirror given as ``http://`` may be spoken to in plain HTTP;
+- ``credentials_for(host)``: one call's own credentials (``with_credentials``: the
+  Engine API's ``X-Registry-Auth``), which the registry client uses instead of the
+  credential files for that host;
 - ``tls_verify(host)``: insecure hosts skip certificate verification; the others
   verify against the system roots plus a registry CA found, first match wins, in
   the explicit ``ca_files`` map, ``<config dir>/certs.d/<host>/ca.crt``,
@@ -24,6 +27,7 @@ File format (every key optional)::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -35,6 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lamina.errors import RegistryError
+from lamina.registry._credentials import Credentials, registry_host_key
 
 DEFAULT_CONFIG_PATH = Path("/etc/lamina/registries.json")
 DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -73,6 +78,9 @@ class RegistryConfig:
     config_dir: Path | None = None
     certs_dirs: tuple[Path, ...] = _SYSTEM_CERTS_DIRS
     registry_mirrors: tuple[str, ...] = ()  # URLs, in the order they are tried
+    # One call's own credentials by registry host (the Engine API's X-Registry-Auth):
+    # used instead of the credential files for that host, never saved.
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -128,7 +136,19 @@ class RegistryConfig:
             config_dir=self.config_dir,
             certs_dirs=self.certs_dirs,
             registry_mirrors=self.registry_mirrors,
+            credentials=self.credentials,
         )
+
+    def with_credentials(self, by_host: Mapping[str, Credentials]) -> RegistryConfig:
+        """This config with one call's credentials for the given registry hosts
+        (Docker Hub's names are one host)."""
+        merged = dict(self.credentials)
+        merged.update({registry_host_key(h): c for h, c in by_host.items()})
+        return dataclasses.replace(self, credentials=merged)
+
+    def credentials_for(self, host: str) -> Credentials | None:
+        """The call's own credentials for ``host``, None when it brought none."""
+        return self.credentials.get(registry_host_key(host))
 
     # -- questions asked per host
     def api_host(self, host: str) -> str:

@@ -116,6 +116,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _entry_credentials(entry: Any, path: Path, key: str) -> Credentials | None:
+    return auth_config_credentials(entry, f"credentials file {path}: the auth of {key}")
+
+
+def auth_config_credentials(entry: Any, where: str) -> Credentials | None:
+    """The credentials of one of Docker's AuthConfig objects (a config.json entry, the
+    Engine API's ``X-Registry-Auth``): ``username`` and ``password``, ``auth`` (base64
+    of user:password) or ``identitytoken``; None when it holds none. ``where`` names
+    it in errors."""
     if not isinstance(entry, dict):
         return None
     username = str(entry.get("username") or "")
@@ -125,15 +133,21 @@ def _entry_credentials(entry: Any, path: Path, key: str) -> Credentials | None:
         try:
             decoded = base64.b64decode(str(auth), validate=False).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise RegistryError(f"credentials file {path}: bad base64 auth for {key}") from None
+            raise RegistryError(f"{where}: bad base64") from None
         user, sep, pw = decoded.partition(":")
         if not sep:
-            raise RegistryError(f"credentials file {path}: auth for {key} lacks ':'")
+            raise RegistryError(f"{where} lacks ':'")
         username, password = user, pw
     token = str(entry.get("identitytoken") or "")
     if not (username or password or token):
         return None
     return Credentials(username, password, token)
+
+
+def registry_host_key(address: str) -> str:
+    """The registry host a credential key or server address names: ``https://host/v1/``
+    -> ``host``; Docker Hub's names -> ``docker.io``."""
+    return _normalize_key(address)
 
 
 def _from_helper(helper: str, host: str) -> Credentials | None:

@@ -228,6 +228,8 @@ def launch(
         argv.append("-t")
     if stdin:
         argv.append("-i")
+        if tty:  # Docker's rule: a terminal's client leaving (a detach) keeps its stdin open
+            argv.append("--leave-stdin-open")
     if log.enabled and log.max_size is not None and not log.keeps_rotated:
         argv += ["--log-size-max", str(log.max_size)]
         with contextlib.suppress(FileNotFoundError):

@@ -455,6 +455,11 @@ def _run_tty(
         size = window_size(term_fd) if term_fd is not None else None
         rows, cols = size or (sink.size if sink is not None else None) or (24, 80)
         set_window_size(slave, rows, cols)
+        # Raw from the start: runc's own raw mode comes late or not at all, and this
+        # terminal's output processing would turn the container's \r\n into \r\r\n.
+        import tty as ttymod
+
+        ttymod.setraw(slave)
         proc = subprocess.Popen(
             ex.argv("--pid-file", str(ex.pid_file)),
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,

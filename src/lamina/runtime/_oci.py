@@ -981,7 +981,10 @@ def _pump_attach(
         except OSError:
             return
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
+            # A terminal's client leaving is a detach (conmon keeps the container's stdin
+            # open): the attachment ends. Without one, EOF closes the stdin and the
+            # output goes on to the end.
+            sock.shutdown(socket.SHUT_RDWR if tty else socket.SHUT_WR)
 
     try:
         with contextlib.ExitStack() as stack:
