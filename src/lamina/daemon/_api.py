@@ -135,8 +135,14 @@ def engine() -> contextlib.AbstractContextManager[Engine]:
 
 
 def dispatch(request: Request) -> Response:
+    return route_request(router, request, request.path)
+
+
+def route_request(routes: Router, request: Request, path: str) -> Response:
+    """``request`` answered by the handler ``routes`` has for ``path``; errors as one
+    line with their status (the Docker API's dispatch too)."""
     try:
-        found, params = router.find(request.method, request.path)
+        found, params = routes.find(request.method, path)
         request.params = params
         return found.handler(request)
     except HttpError as e:

@@ -5,7 +5,7 @@ A route is registered on ``router`` without the version prefix (``/containers/js
 its handler gets the daemon's ``Request`` (``request.params``: path parameters;
 ``request.version``-like needs: ``api_version(request)``) and returns a ``Response``.
 Errors: raise ``HttpError(status, message)`` or let a LaminaError out; either becomes
-Docker's ``{"message": "..."}`` with Docker's status (``status_of``)."""
+Docker's ``{"message": "..."}`` with the status lamina's API gives it (``route_request``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import re
 
 from lamina.daemon._http import HttpError, Request, Response, error_response
 from lamina.daemon._routes import Router
-from lamina.errors import LaminaError
 
 API_VERSION = "1.44"  # what lamina reports (``version``, the Api-Version header)
 MIN_API_VERSION = "1.24"
@@ -86,30 +85,9 @@ def _dispatch(request: Request) -> Response:
             )
         request.headers["x-lamina-api-version"] = asked
         path = m.group(3)
-    try:
-        found, params = router.find(request.method, path)
-        request.params = params
-        return found.handler(request)
-    except HttpError as e:
-        return error_response(e.status, e.message)
-    except LaminaError as e:
-        return error_response(status_of(e), str(e))
-    except OSError as e:
-        from lamina.errors import describe_os_error
+    from lamina.daemon._api import route_request
 
-        return error_response(500, describe_os_error(e))
-    except Exception as e:  # a bug: answered, and its traceback in the daemon's log
-        import traceback
-
-        traceback.print_exc()
-        return error_response(500, f"internal error: {type(e).__name__}: {e}")
-
-
-def status_of(e: LaminaError) -> int:
-    """Docker's status for an engine error (the same mapping as lamina's API)."""
-    from lamina.daemon._api import status_of as lamina_status
-
-    return lamina_status(e)
+    return route_request(router, request, path)
 
 
 def filters_arg(request: Request) -> dict[str, list[str]] | None:
