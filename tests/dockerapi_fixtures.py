@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon_fixtures import Daemon, running_daemon
+from runtime_fixtures import lamina_cli, remove_all_containers, settle_network
 
 
 @dataclass
@@ -54,5 +55,10 @@ def docker_endpoint(root: Path, *args: str) -> Iterator[DockerEndpoint]:
     """A daemon on ``root`` serving lamina's API on its default socket and Docker's on
     ``ROOT/docker.sock``."""
     sock = root / "docker.sock"
-    with running_daemon(root, "--docker-host", f"unix://{sock}", *args) as daemon:
-        yield DockerEndpoint(daemon, sock)
+    try:
+        with running_daemon(root, "--docker-host", f"unix://{sock}", *args) as daemon:
+            yield DockerEndpoint(daemon, sock)
+    finally:  # containers outlive the daemon: what a test left goes with its root
+        remove_all_containers(root)
+        lamina_cli(root, "network", "prune", "-f")
+        settle_network(root)
