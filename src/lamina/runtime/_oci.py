@@ -981,10 +981,10 @@ def _pump_attach(
         except OSError:
             return
         with contextlib.suppress(OSError):
-            # A terminal's client leaving is a detach (conmon keeps the container's stdin
-            # open): the attachment ends. Without one, EOF closes the stdin and the
-            # output goes on to the end.
-            sock.shutdown(socket.SHUT_RDWR if tty else socket.SHUT_WR)
+            # The output goes on to the end, as Docker's client waits for it after its
+            # input ended. Without a terminal the EOF closes the container's stdin; with
+            # one conmon keeps it open (a terminal's client leaving is a detach).
+            sock.shutdown(socket.SHUT_WR)
 
     try:
         with contextlib.ExitStack() as stack:
