@@ -86,19 +86,11 @@ def restarters(root: Path, cid: str = "") -> list[int]:
 
 def health_runners(root: Path) -> list[int]:
     """PIDs of the root's health runner (``lamina.engine.health_runner``), zombies aside."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        runner = b"lamina.engine.health_runner" in argv and str(root).encode() in argv
-        if runner and not zombie(int(pid)):
-            found.append(int(pid))
-    return found
+    return [
+        pid
+        for pid, argv in _live_processes()
+        if b"lamina.engine.health_runner" in argv and str(root).encode() in argv
+    ]
 
 
 def container_holds(root: Path) -> list[str]:
@@ -154,46 +146,25 @@ def _leases(root: Path) -> list[str]:
 
 def aardvarks(root: Path) -> list[int]:
     """PIDs of aardvark-dns processes serving a config dir under ``root``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if (
-            b"aardvark-dns" in argv[0]
-            and state != b"Z"
-            and any(str(root).encode() in a for a in argv)
-        ):
-            found.append(int(pid))
-    return found
+    mark = str(root).encode()
+    return [
+        pid
+        for pid, argv in _live_processes()
+        if b"aardvark-dns" in argv[0] and any(mark in a for a in argv)
+    ]
 
 
 def vm_processes(root: Path) -> list[int]:
     """PIDs of VM supervisors and QEMU processes working for this root (a live QEMU
     keeps its network namespace, with its taps and their tc redirects, alive even once
     the namespace's file is gone)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        mine = any(str(root).encode() in a for a in argv)
-        vm = b"qemu-system" in argv[0] or b"lamina.vm._backend" in argv
-        if mine and vm and state != b"Z":
-            found.append(int(pid))
-    return found
+    mark = str(root).encode()
+    return [
+        pid
+        for pid, argv in _live_processes()
+        if any(mark in a for a in argv)
+        and (b"qemu-system" in argv[0] or b"lamina.vm._backend" in argv)
+    ]
 
 
 def network_leaks(root: Path) -> list[str]:
