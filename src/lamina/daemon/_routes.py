@@ -43,8 +43,11 @@ class Route:
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = tuple(re.findall(r"{(\w+)}", self.path))
-        regex = re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", self.path)
+        # {name}: one path segment; {name:path}: the rest, slashes included (an image
+        # name as Docker's clients send it).
+        self.names = tuple(re.findall(r"{(\w+)(?::path)?}", self.path))
+        regex = re.sub(r"{(\w+):path}", r"(?P<\1>.+)", self.path)
+        regex = re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", regex)
         self.pattern = re.compile(f"^{regex}$")
 
 

@@ -375,7 +375,13 @@ def _not_modified(e: Any, ref: str, running: bool) -> bool:
 
 @route("POST", "/containers/{id}/start", "Start a container", "containers")
 def containers_start(request: Request) -> Response:
+    from lamina.dockerapi._streams import start_attached
+
     ref = request.params[_ID]
+    with engine() as e:
+        cid = e.get(ref).id
+    if start_attached(cid):  # ``docker run``'s attach is waiting: it starts and relays
+        return Response(status=204)
     with engine() as e:
         if _not_modified(e, ref, running=True):
             return Response(status=304)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -17,7 +16,7 @@ from typing import Any
 
 from lamina.daemon import _api as lapi
 from lamina.daemon._http import HttpError, Request, Response, json_response
-from lamina.dockerapi._router import api_version, route, router
+from lamina.dockerapi._router import api_version, route
 from lamina.errors import LaminaError
 
 JSON_LINES = "application/json"  # what dockerd calls its JSON-lines streams
@@ -25,15 +24,7 @@ JSON_LINES = "application/json"  # what dockerd calls its JSON-lines streams
 
 def _greedy(method: str, path: str, summary: str) -> Callable[[Any], Any]:
     """A route whose ``{name}`` may hold slashes (an image name as Docker sends it)."""
-
-    def register(handler: Any) -> Any:
-        route(method, path, summary, "images")(handler)
-        registered = router.routes[-1]
-        regex = re.sub(r"{(\w+)}", r"(?P<\1>.+)", path)
-        registered.pattern = re.compile(f"^{regex}$")
-        return handler
-
-    return register
+    return route(method, path.replace("{name}", "{name:path}"), summary, "images")
 
 
 def _api_version(request: Request) -> tuple[int, ...]:

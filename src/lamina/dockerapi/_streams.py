@@ -17,14 +17,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.daemon import _api as lapi
 from lamina.daemon._http import HttpError, Request, Response, json_response
 from lamina.daemon._routes import MULTIPLEXED, TAR
-from lamina.dockerapi._router import api_version, route, router
+from lamina.dockerapi._router import api_version, route
 from lamina.errors import LaminaError
 
 RAW_STREAM = "application/vnd.docker.raw-stream"
@@ -84,26 +84,6 @@ def _still_created(e: Any, container_id: str) -> bool:
         return bool(e.get(container_id).state.status.value == "created")
     except NotFound:
         return False
-
-
-_Handler = Callable[[Request], Response]
-
-
-def _wrap_start() -> None:
-    """The start route (``_containers``') hands over to a waiting attach first."""
-    for r in router.routes:
-        if r.method == "POST" and r.path == "/containers/{id}/start":
-            original = r.handler
-
-            def start(request: Request, original: _Handler = original) -> Response:
-                with lapi.engine() as e:
-                    cid = e.get(request.params["id"]).id
-                if start_attached(cid):
-                    return Response(status=204)
-                return original(request)
-
-            r.handler = start
-            return
 
 
 @route("POST", "/containers/{id}/attach", "Attach to a container's stdio", "containers")
@@ -437,4 +417,3 @@ def export(request: Request) -> Response:
     return Response(body=lapi.Held(chunks, held), content_type=TAR)
 
 
-_wrap_start()
