@@ -205,6 +205,15 @@ def leaks(root: Path, ids: set[str]) -> list[str]:
     return out
 
 
+def clear_networks(root: Path) -> None:
+    """After a network test: its containers and networks removed, nothing of them left."""
+    from runtime_fixtures import lamina_cli, remove_all_containers
+
+    remove_all_containers(root)
+    lamina_cli(root, "network", "prune", "-f")
+    assert network_leaks(root) == []
+
+
 def assert_clean(root: Path, ids: set[str]) -> None:
     """No trace of any container is left (waits briefly for exiting monitors)."""
     deadline = time.monotonic() + 20

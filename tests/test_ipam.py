@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from leak_check import kill, network_leaks, start_stopped
+from leak_check import clear_networks, kill, start_stopped
 from runtime_fixtures import (
     CLI,
     IMAGE_REF,
@@ -42,9 +42,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 def root(image_root: Path) -> Iterator[Path]:
     yield image_root
-    remove_all_containers(image_root)
-    lamina_cli(image_root, "network", "prune", "-f")
-    assert network_leaks(image_root) == []
+    clear_networks(image_root)
 
 
 def test_fifty_racing_runs_get_unique_addresses(root: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from leak_check import conmons, network_leaks
+from leak_check import clear_networks, conmons, network_leaks
 from runtime_fixtures import (
     CLI,
     IMAGE_REF,
@@ -44,9 +44,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 def root(image_root: Path) -> Iterator[Path]:
     yield image_root
-    remove_all_containers(image_root)
-    lamina_cli(image_root, "network", "prune", "-f")
-    assert network_leaks(image_root) == []
+    clear_networks(image_root)
 
 
 @pytest.fixture
