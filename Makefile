@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev docker-registry skopeo umoci busybox-static \
 	qemu-system-x86 linux-image-cloud-amd64 erofs-utils e2fsprogs cpio zstd lz4 gcc libc6-dev debootstrap \
 	runc conmon catatonit podman buildah netavark aardvark-dns iperf3 apache2-utils openssl ca-certificates curl docker-compose \
+	haproxy pebble podman-compose wrk \
 	qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 # Guest kernels for micro-VMs of foreign architectures (arm64 images on this amd64 host).
 GUEST_ARCHES := arm64
