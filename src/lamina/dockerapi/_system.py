@@ -180,13 +180,15 @@ def _created(created: str | None) -> int:
 @route("POST", "/auth", "Check credentials against a registry", "system")
 def auth(request: Request) -> Response:
     from lamina.errors import AuthenticationRequired, LaminaError
+    from lamina.registry._credentials import registry_host_key
     from lamina.registry._login import verify_login
 
     body = request.json()
     if not isinstance(body, dict):
         raise HttpError(400, "request body: expected a JSON object")
     username, password = body.get("username") or "", body.get("password") or ""
-    server = _registry_host(str(body.get("serveraddress") or ""))
+    # Docker's CLI sends an address (``https://index.docker.io/v1/``); none is Docker Hub.
+    server = registry_host_key(str(body.get("serveraddress") or "")) or "docker.io"
     engines = lamina_api._api().engines
     try:
         verify_login(server, username, password, config=engines.registry_config())
@@ -195,14 +197,6 @@ def auth(request: Request) -> Response:
     except LaminaError as e:
         raise HttpError(500, str(e)) from None
     return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
-
-
-def _registry_host(address: str) -> str:
-    """``https://host:port/v1/`` -> ``host:port`` (the CLI sends an address)."""
-    host = address.split("://", 1)[-1].split("/", 1)[0]
-    if not host or host in ("index.docker.io", "registry-1.docker.io"):
-        return "docker.io"
-    return host
 
 
 # -- refusals: what a dockerd without swarm (or without plugins) answers -----------------
