@@ -98,7 +98,7 @@ def parse_compose(
     base_dir: Path,
     profiles: tuple[str, ...] = (),
 ) -> DeploymentSpec:
-    problems = Problems()
+    problems = Problems(rename=_compose_path)
     dotenv = _read_dotenv(base_dir, environ, problems)
     lookup = chain(environ, dotenv)
     errors: list[tuple[str, str]] = []
@@ -135,6 +135,40 @@ def parse_compose(
     problems.raise_if_any()
     assert spec is not None
     return spec
+
+
+# the model's keys of a service -> Compose's, for the errors found after conversion
+_MODEL_TO_COMPOSE = [
+    (re.compile(r"^health\.start_grace"), "healthcheck.start_period"),
+    (re.compile(r"^health\.check(\.command)?"), "healthcheck.test"),
+    (re.compile(r"^health\b"), "healthcheck"),
+    (re.compile(r"^port_mappings\b"), "ports"),
+    (re.compile(r"^depends(\[\d+\])?(\.\w+)?$"), "depends_on"),
+    (re.compile(r"^storage(\[\d+\])?"), "volumes"),
+    (re.compile(r"^scale\.replicas$"), "deploy.replicas"),
+    (re.compile(r"^resources\.cpu$"), "deploy.resources.limits.cpus"),
+    (re.compile(r"^resources\.memory$"), "deploy.resources.limits.memory"),
+    (re.compile(r"^resources\.pids_limit$"), "deploy.resources.limits.pids"),
+    (re.compile(r"^command\.args\b"), "command"),
+    (re.compile(r"^command\.entrypoint\b"), "entrypoint"),
+    (re.compile(r"^command\.workdir$"), "working_dir"),
+    (re.compile(r"^env\b"), "environment"),
+    (re.compile(r"^restart_policy\b.*"), "restart"),
+    (re.compile(r"^image\.name$"), "image"),
+    (re.compile(r"^image\.pull_policy$"), "pull_policy"),
+]
+_SERVICE_PATH = re.compile(r"^(services\.[^.\[]+)\.(.+)$")
+
+
+def _compose_path(path: str) -> str:
+    m = _SERVICE_PATH.match(path)
+    if m is None:
+        return path
+    for pattern, compose_key in _MODEL_TO_COMPOSE:
+        rest, n = pattern.subn(compose_key, m.group(2), count=1)
+        if n:
+            return f"{m.group(1)}.{rest}"
+    return path
 
 
 def _read_dotenv(

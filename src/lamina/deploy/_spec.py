@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from lamina.errors import LaminaError
 
 MAX_FILE_BYTES = 4 << 20  # no deployment file comes near; a bigger one is a mistake or hostile
 MAX_NODES = 200_000  # values of the document with aliases expanded
+MAX_DEPTH = 64  # levels of nesting; the model's deepest path has 8
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -57,8 +58,12 @@ class Problems:
     """Every problem found in one file, collected so that all are reported at once."""
 
     items: list[str] = field(default_factory=list)
+    # the file's path of a path of the model (Compose's keys are not the model's)
+    rename: Callable[[str], str] | None = None
 
     def add(self, path: str, message: str) -> None:
+        if self.rename is not None:
+            path = self.rename(path)
         line = f"{path}: {message}" if path else message
         if line not in self.items:
             self.items.append(line)
@@ -156,25 +161,23 @@ def load_yaml(text: str | bytes, filename: str) -> Any:
 
 
 def _count_nodes(data: Any, filename: str) -> None:
-    """Walk the document as a reader would, aliases expanded, and stop at MAX_NODES:
-    a few anchors can stand for billions of values (or a cycle)."""
+    """Walk the document as a reader would, aliases expanded, and stop at MAX_NODES
+    values or MAX_DEPTH levels: a few anchors can stand for billions of values (or a
+    cycle), and deep nesting would exhaust the stack of what reads it next."""
     budget = MAX_NODES
-    stack = [data]
+    stack: list[tuple[Any, int]] = [(data, 0)]
     while stack:
+        value, depth = stack.pop()
         budget -= 1
-        if budget < 0:
+        if budget < 0 or depth > MAX_DEPTH:
+            limit = f"more than {MAX_NODES} values" if budget < 0 else f"deeper than {MAX_DEPTH}"
             raise InvalidSpec(
-                [
-                    f"{filename}: document too large: more than {MAX_NODES} values once "
-                    "its aliases are expanded"
-                ]
+                [f"{filename}: document too large: {limit} once its aliases are expanded"]
             )
-        value = stack.pop()
         if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
         elif isinstance(value, list):
-            stack.extend(value)
+            stack.extend((item, depth + 1) for item in value)
 
 
 # -- pydantic errors by path
@@ -202,14 +205,10 @@ def _error_message(err: Mapping[str, Any]) -> str:
     }
     if kind in simple:
         return simple[kind]
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if kind == "less_than":
-        return f"must be < {ctx['lt']}"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}
+    if kind in bounds or kind == "less_than":
+        bound = next(iter(ctx.values()))
+        return f"must be {bounds.get(kind, '<')} {bound:g}"
     if kind == "literal_error":
         expected = str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
         return f"must be one of {expected} (not {err['input']!r})"
@@ -293,7 +292,6 @@ def build_spec(top: dict[str, Any], raw_services: Any, problems: Problems) -> De
             checked[str(name)] = _partial_service(raw)
     spec = validate_model(DeploymentSpec, {**top, "services": {}}, "", problems)
     if spec is not None:
-        check_deployment_name(spec.deployment, "deployment", problems)
         spec.services = services
     check_services(checked, set(map(str, raw_services)), problems)
     return spec
@@ -390,8 +388,8 @@ def _check_init(path: str, service: ServiceSpec, problems: Problems) -> None:
 
 
 def _check_env_value(path: str, key: str, value: str, problems: Problems) -> None:
-    if not _ENV_NAME.fullmatch(key):
-        problems.add(path, "not a valid variable name")
+    if not key or "=" in key or "\0" in key:
+        problems.add(path, "not a valid variable name (empty, or with '=')")
     if value.startswith(SECRET_PREFIX):
         ref = value[len(SECRET_PREFIX) :]
         service, slash, name = ref[1:].partition("/") if ref.startswith("@") else ("", "/", ref)
@@ -446,12 +444,11 @@ def parse_zlayer(data: dict[Any, Any], environ: Mapping[str, str]) -> Deployment
             problems.add(str(key), "unknown key")
         elif key != "services":
             top[key] = value
-    if top.get("version") not in ("v1", None):
+    if "version" not in top:
+        problems.add("version", "required (version: v1)")
+    elif top["version"] != "v1":
         problems.add("version", f"must be v1 (not {top['version']!r})")
-        top.pop("version")
-    if "deployment" not in top:
-        problems.add("deployment", "required")
-        top["deployment"] = "invalid"
+        del top["version"]
     raw_services = data.get("services")
     services: Any = raw_services
     if isinstance(raw_services, dict):
@@ -459,6 +456,8 @@ def parse_zlayer(data: dict[Any, Any], environ: Mapping[str, str]) -> Deployment
             name: _zlayer_service(join("services", str(name)), raw, environ, problems)
             for name, raw in raw_services.items()
         }
+    if "deployment" in top:
+        check_deployment_name(top["deployment"], "deployment", problems)
     spec = build_spec(top, services, problems)
     problems.raise_if_any()
     assert spec is not None
