@@ -723,3 +723,38 @@ def test_docker_compose_reads_the_same_file_the_same_way(tmp_path: Path) -> None
     assert db.health is not None
     assert db.health.check == CommandCheck(command=oracle["db"]["healthcheck"]["test"][1])
     assert (db.health.interval, db.health.retries) == (5.0, oracle["db"]["healthcheck"]["retries"])
+
+
+# -- hostile input
+
+
+def test_hostile_env_files_are_contained(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    # each line doubles the value: 2**40 characters if nothing stopped it
+    write(shop, "A=x\n" + "A=$A$A\n" * 40, ".env")
+    (shop / "zero.env").symlink_to("/dev/zero")
+    lines = problems(tmp_path, "services:\n  web: {image: x, env_file: zero.env}\n")
+    assert lines[0] == f"{shop / '.env'}:22: the value exceeds 1048576 characters"
+    assert (
+        lines[-1] == f"services.web.env_file: {shop / 'zero.env'}: cannot read: not a regular file"
+    )
+
+
+def test_hostile_interpolation_is_contained(tmp_path: Path) -> None:
+    nested = "${A:-" * 5000 + "x" + "}" * 5000
+    (line,) = problems(tmp_path, f"services:\n  web: {{image: '{nested}'}}\n")
+    assert line == "services.web.image: invalid interpolation format: nested too deeply"
+    big = "x" * 1_000_000
+    refs = ", ".join(["$BIG"] * 20)
+    (line,) = problems(
+        tmp_path, f"services:\n  web: {{image: x, command: [{refs}]}}\n", {"BIG": big}
+    )
+    assert (
+        line
+        == "services.web.command[16]: the file's values exceed 16777216 characters interpolated"
+    )
+
+
+def test_a_huge_port_range_is_refused(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "services:\n  web: {image: x, expose: ['1-65535']}\n")
+    assert line == "services.web.expose[0]: port range '1-65535' too large: at most 4096 ports"

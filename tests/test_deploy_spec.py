@@ -7,6 +7,7 @@ them at once. Also the units, the YAML reader's limits and load_spec's file hand
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from datetime import UTC, datetime
@@ -685,8 +686,38 @@ def test_recursive_alias_is_refused() -> None:
 def test_huge_file_is_refused_unread(tmp_path: Path) -> None:
     big = tmp_path / "spec.yaml"
     big.write_text("version: v1\ndeployment: shop\n" + "# padding\n" * 500_000)
-    with pytest.raises(InvalidSpec, match=r"spec.yaml: too large \(\d+ bytes; at most"):
+    with pytest.raises(InvalidSpec, match=r"spec.yaml: too large \(more than 4194304 bytes\)$"):
         load_spec(big, {})
+    big.unlink()
+    big.symlink_to("/dev/zero")  # a device is not read at all
+    with pytest.raises(InvalidSpec, match=r"spec.yaml: cannot read: not a regular file$"):
+        load_spec(big, {})
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "compose.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidSpec, match=r"compose.yaml: cannot read: not a regular file$"):
+        load_spec(fifo, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"services: \xff", "compose.yaml: invalid YAML: invalid leading UTF-8 octet (byte 10)"),
+        (b"", "compose.yaml: not a deployment file: it is empty"),
+        (
+            b"a: !!python/object:os.system {}",
+            "compose.yaml:1: invalid YAML: could not determine "
+            "a constructor for the tag 'tag:yaml.org,2002:python/object:os.system'",
+        ),
+        (b"---\na: 1\n---\nb: 2\n", "compose.yaml:3: invalid YAML: but found another document"),
+    ],
+)
+def test_bad_yaml_is_one_line(text: bytes, message: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(text, "compose.yaml", {}, "/")
+    assert str(info.value) == message
 
 
 def test_load_spec_reads_the_file_and_picks_the_format(tmp_path: Path) -> None:

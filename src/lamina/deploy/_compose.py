@@ -21,7 +21,14 @@ from typing import Any
 
 from lamina.deploy._interpolate import chain, interpolate_tree, parse_env_file
 from lamina.deploy._model import DeploymentSpec
-from lamina.deploy._spec import Problems, build_spec, check_deployment_name, join
+from lamina.deploy._spec import (
+    InvalidSpec,
+    Problems,
+    build_spec,
+    check_deployment_name,
+    join,
+    read_capped,
+)
 from lamina.errors import LaminaError
 
 # service keys and the function converting each (into ``out``, the model's shape)
@@ -40,6 +47,8 @@ _CONDITIONS = {
     "service_healthy": "healthy",
     "service_completed_successfully": "completed",
 }
+MAX_ENV_FILE_BYTES = 1 << 20
+MAX_PORT_RANGE = 4096  # ports of one range; each becomes a mapping of its own
 _PORT = re.compile(r"(\d+)(?:-(\d+))?")
 _TMPFS_OPTION = re.compile(r"(size|mode)=(.+)")
 
@@ -176,11 +185,11 @@ def _read_dotenv(
 ) -> dict[str, str | None]:
     path = base_dir / ".env"
     try:
-        text = path.read_text()
-    except FileNotFoundError:
+        text = _read_env_text(path)
+    except _Bad as exc:
+        problems.add("", exc.message)
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.add(str(path), f"cannot read: {exc}")
+    if text is None:
         return {}
     values, errors = parse_env_file(text, chain(environ))
     for line, message in errors:
@@ -372,10 +381,10 @@ class _Bad(Exception):
 def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
     out = service.out
     if "image" not in out:
-        if "build" not in out:
+        if "build" not in raw and "image" not in raw:
             service.problem("", "needs image or build")
             out["image"] = {"name": "invalid"}
-        else:  # Compose's name for a built image
+        else:  # Compose's name for a built image (or a placeholder: image had an error)
             out["image"] = {"name": f"{_project(service)}-{service.name}"}
     if "pull_policy" in out:
         out["image"]["pull_policy"] = out.pop("pull_policy")
@@ -580,18 +589,18 @@ def _env_file(s: _Service, value: Any) -> None:
         if isinstance(entry, dict):
             fields = _known_keys(s.sub(key), entry, {"path", "required", "format"}, s.ctx.problems)
             required = fields.get("required", True) is not False
-            if fields.get("format") not in (None, "raw", "dotenv"):
-                s.problem(f"{key}.format", "must be dotenv or raw")
+            if fields.get("format") not in (None, "dotenv"):
+                s.problem(f"{key}.format", "only dotenv is supported")
             entry = fields.get("path")
         path = Path(s.ctx.host_path(_string(entry)))
         try:
-            text = path.read_text()
-        except FileNotFoundError:
+            text = _read_env_text(path)
+        except _Bad as exc:
+            s.problem(key, exc.message)
+            continue
+        if text is None:
             if required:
                 s.problem(key, f"{path}: no such file")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            s.problem(key, f"{path}: cannot read: {exc}")
             continue
         values, errors = parse_env_file(text, s.ctx.lookup)
         for line, message in errors:
@@ -602,6 +611,22 @@ def _env_file(s: _Service, value: Any) -> None:
                 merged[name] = found
     env = s.out.setdefault("env", {})
     s.out["env"] = {**merged, **env}
+
+
+def _read_env_text(path: Path) -> str | None:
+    """An env file's text; None if there is no such file."""
+    if not path.exists():
+        return None
+    try:
+        data = read_capped(path, MAX_ENV_FILE_BYTES)
+    except InvalidSpec as exc:
+        raise _Bad(str(exc)) from None
+    if data is None:
+        raise _Bad(f"{path}: too large (more than {MAX_ENV_FILE_BYTES} bytes)")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise _Bad(f"{path}: not UTF-8 text") from None
 
 
 def _labels_key(s: _Service, value: Any) -> None:
@@ -627,6 +652,8 @@ def _port_range(text: str) -> list[int]:
     low, high = int(m.group(1)), int(m.group(2) or m.group(1))
     if not (1 <= low <= high <= 65535):
         raise _Bad(f"invalid port range {text!r}: ports are 1-65535, low to high")
+    if high - low >= MAX_PORT_RANGE:
+        raise _Bad(f"port range {text!r} too large: at most {MAX_PORT_RANGE} ports")
     return list(range(low, high + 1))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,8 +155,12 @@ def load_yaml(text: str | bytes, filename: str) -> Any:
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename
         what = exc.problem or exc.context or "invalid YAML"
         raise InvalidSpec([f"{where}: invalid YAML: {what}"]) from None
+    except yaml.reader.ReaderError as exc:  # bytes that are not text
+        raise InvalidSpec(
+            [f"{filename}: invalid YAML: {exc.reason} (byte {exc.position})"]
+        ) from None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise InvalidSpec([f"{filename}: invalid YAML: {exc}"]) from None
+        raise InvalidSpec([f"{filename}: invalid YAML: {' '.join(str(exc).split())}"]) from None
     _count_nodes(data, filename)
     return data
 
@@ -540,6 +545,8 @@ def parse_spec(
     a Compose file name or a ``services:`` document without them is Compose);
     ``base_dir`` is what Compose's relative paths are relative to."""
     data = load_yaml(text, filename)
+    if data is None:
+        raise InvalidSpec([f"{filename}: not a deployment file: it is empty"])
     if not isinstance(data, dict):
         raise InvalidSpec([f"{filename}: not a deployment file: the document is not a mapping"])
     if "deployment" in data:
@@ -554,6 +561,23 @@ def parse_spec(
             "(services:)"
         ]
     )
+
+
+def read_capped(path: Path, limit: int) -> bytes | None:
+    """The bytes of the regular file ``path``, None if it has more than ``limit``.
+    Never blocks on a FIFO or reads a device endlessly; InvalidSpec if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidSpec([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidSpec([f"{path}: cannot read: not a regular file"])
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise InvalidSpec([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    return data if len(data) <= limit else None
 
 
 def find_spec_file(path: Path) -> Path:
@@ -573,9 +597,7 @@ def load_spec(
     ``$E:`` and Compose's variables resolved from ``environ``. The secrets of the
     store it names are ``spec.secret_refs()``. InvalidSpec lists what is wrong."""
     file = find_spec_file(Path(path))
-    try:
-        with open(file, "rb") as f:
-            text = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise InvalidSpec([f"{file}: cannot read: {exc.strerror or exc}"]) from None
+    text = read_capped(file, MAX_FILE_BYTES)
+    if text is None:
+        raise InvalidSpec([f"{file}: too large (more than {MAX_FILE_BYTES} bytes)"])
     return parse_spec(text, str(file), environ, file.resolve().parent, profiles)
