@@ -328,6 +328,10 @@ SERVICE_ERRORS = [
     ),
     ('image: {name: ""}', "services.web.image.name: must not be empty"),
     (
+        "image: {name: Busybox}",
+        'services.web.image.name: invalid reference "Busybox": repository name must be lowercase',
+    ),
+    (
         "resources: {memory: 12 parsecs}",
         "services.web.resources.memory: invalid size "
         "'12 parsecs': expected e.g. 512Mi, 1Gi, 100M or 1k",

@@ -114,6 +114,7 @@ def parse_compose(
     doc = interpolate_tree(data, "", lookup, errors)
     for path, message in errors:
         problems.add(path, message)
+    problems.raise_if_any()  # what follows would read the templates left unexpanded
     for key in doc:
         if not _is_extension(key) and key not in _TOP_KEYS:
             problems.add(str(key), "unknown key" + _unsupported_hint(key))

@@ -331,7 +331,14 @@ def _check_service(
     from datetime import UTC, datetime
 
     from lamina.deploy._units import cron_schedule
+    from lamina.image._reference import parse_reference
 
+    image = getattr(service, "image", None)  # absent from a partial service
+    try:
+        if image is not None:
+            parse_reference(image.name)
+    except LaminaError as exc:
+        problems.add(join(path, "image.name"), str(exc))
     if service.rtype == "cron" and service.schedule is None:
         problems.add(join(path, "schedule"), "required when rtype is cron")
     elif service.rtype != "cron" and service.schedule is not None:
