@@ -79,7 +79,7 @@ def test_a_compose_file_becomes_the_model(tmp_path: Path) -> None:
             working_dir: /srv
             env_file: web.env
             environment: [B=override, C=3]
-            ports: ["8080:8080"]
+            ports: ["8080"]
             expose: ["9000"]
             depends_on:
               db: {condition: service_healthy}
@@ -132,7 +132,7 @@ def test_a_compose_file_becomes_the_model(tmp_path: Path) -> None:
     assert web.command.entrypoint == ["/bin/sh", "-c"] and web.command.workdir == "/srv"
     assert web.env == {"A": "1", "B": "override", "C": "3"}  # environment wins over env_file
     assert [(p.host_port, p.container_port, p.protocol) for p in web.port_mappings] == [
-        (8080, 8080, "tcp")
+        (None, 8080, "tcp")
     ]
     assert [(e.port, e.protocol) for e in web.expose] == [(9000, "tcp")]
     assert [(d.service, d.condition) for d in web.depends] == [("db", "healthy")]
@@ -759,3 +759,24 @@ def test_hostile_interpolation_is_contained(tmp_path: Path) -> None:
 def test_a_huge_port_range_is_refused(tmp_path: Path) -> None:
     (line,) = problems(tmp_path, "services:\n  web: {image: x, expose: ['1-65535']}\n")
     assert line == "services.web.expose[0]: port range '1-65535' too large: at most 4096 ports"
+
+
+def test_a_host_port_is_published_once(tmp_path: Path) -> None:
+    lines = problems(
+        tmp_path,
+        """\
+        services:
+          web: {image: x, ports: ["8080:80"], deploy: {replicas: 2}}
+          api: {image: x, ports: ["8080:8080", "127.0.0.1:9000:9000", "9000:9000/udp"]}
+          one: {image: x, ports: ["127.0.0.1:9000:80", "127.0.0.2:9000:81", "9001:80"]}
+          two: {image: x, ports: ["127.0.0.3:9001:80", "127.0.0.3:9002:80", "9002:80/udp"]}
+          many: {image: x, ports: ["80"], deploy: {replicas: 3}}
+        """,
+    )
+    assert lines == [
+        "services.web.ports[0]: host port 8080 can be published by one replica only, and "
+        "the service starts 2",
+        "services.api.ports[0]: host port 8080/tcp is published by service web too",
+        "services.one.ports[0]: host port 9000/tcp is published by service api too",
+        "services.two.ports[0]: host port 9001/tcp is published by service one too",
+    ]

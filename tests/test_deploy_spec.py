@@ -46,7 +46,7 @@ services:
       DB_PASS: $S:db-pass
       CROSS: $S:@auth/jwt_key
     resources: {cpu: 0.5, memory: 512Mi, pids_limit: 200}
-    scale: {mode: adaptive, min: 2, max: 6, cooldown: 1m30s, targets: {cpu: 70, memory: 80}}
+    scale: {mode: adaptive, min: 1, max: 6, cooldown: 1m30s, targets: {cpu: 70, memory: 80}}
     endpoints:
       - {name: http, protocol: http, port: 80, target_port: 8080, path: /api, host: shop.test,
          expose: public}
@@ -145,7 +145,7 @@ def test_every_field_of_a_full_spec_reaches_the_model() -> None:
         200,
     )
     assert api.scale == AdaptiveScale(
-        min=2, max=6, cooldown=90.0, targets={"cpu": 70, "memory": 80}
+        min=1, max=6, cooldown=90.0, targets={"cpu": 70, "memory": 80}
     )
     http, admin = api.endpoints
     assert (http.port, http.container_port(), http.path, http.host, http.expose) == (

@@ -323,6 +323,37 @@ def check_services(
     cycle = dependency_cycle({n: [d.service for d in s.depends] for n, s in services.items()})
     if cycle:
         problems.add("services", "dependency cycle: " + " -> ".join(cycle))
+    _check_host_ports(services, problems)
+
+
+def _check_host_ports(services: Mapping[str, ServiceSpec], problems: Problems) -> None:
+    """A host port is bound by one container: not by two services (on the same
+    address, or one of them on all), nor by a service starting more than one replica."""
+    bound: list[tuple[str, int, str, str]] = []  # address ("" all), port, protocol, service
+    for name, service in services.items():
+        scale = service.scale
+        starts = {"fixed": getattr(scale, "replicas", 1), "adaptive": getattr(scale, "min", 1)}
+        replicas = starts.get(scale.mode, 1)
+        for i, mapping in enumerate(service.port_mappings):
+            if mapping.host_port is None:
+                continue
+            path = f"services.{name}.port_mappings[{i}]"
+            port, protocol = mapping.host_port, mapping.protocol
+            address = "" if mapping.host_ip in (None, "0.0.0.0", "::") else mapping.host_ip
+            if replicas > 1:
+                problems.add(
+                    path,
+                    f"host port {port} can be published by one replica only, and the "
+                    f"service starts {replicas}",
+                )
+            for other_address, other_port, other_protocol, owner in bound:
+                if (other_port, other_protocol) == (port, protocol) and (
+                    not address or not other_address or address == other_address
+                ):
+                    whom = "this service" if owner == name else f"service {owner}"
+                    problems.add(path, f"host port {port}/{protocol} is published by {whom} too")
+                    break
+            bound.append((address or "", port, protocol, name))
 
 
 def _check_service(
