@@ -744,3 +744,70 @@ def test_load_spec_reads_the_file_and_picks_the_format(tmp_path: Path) -> None:
         load_spec(tmp_path / "missing.yaml", {})
     with pytest.raises(InvalidSpec, match=r"no compose.yaml, .* in this directory"):
         load_spec(tmp_path / "shop2" / "..", {})
+
+
+# -- no traceback, whatever the values
+
+FUZZ_COMPOSE = """\
+services:
+  web:
+    build: {context: ., args: {V: 1}}
+    command: [httpd, -f]
+    environment: [A=1]
+    env_file: [{path: web.env, required: false}]
+    ports: ["8080:80", {target: 443, published: 8443}]
+    expose: ["9000"]
+    volumes: [data:/data, ./conf:/conf:ro, {type: tmpfs, target: /t, tmpfs: {size: 1m}}]
+    networks: {front: {aliases: [www]}}
+    depends_on: {db: {condition: service_healthy}}
+    healthcheck: {test: [CMD, "true"], interval: 1s}
+    restart: on-failure:3
+    deploy: {replicas: 1, resources: {limits: {cpus: "1", memory: 64m}}}
+    secrets: [{source: token, target: t}]
+    labels: [a=b]
+    extra_hosts: ["h:1.2.3.4"]
+    tmpfs: [/run]
+  db: {image: busybox, profiles: [all]}
+networks: {front: {ipam: {config: [{subnet: 10.1.0.0/24}]}}}
+volumes: {data: {external: true}}
+secrets: {token: {file: ./token}}
+"""
+
+
+def _paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _paths(value, (*prefix, i))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "filename"), [(FULL, "spec.yaml"), (FUZZ_COMPOSE, "compose.yaml")]
+)
+def test_any_value_anywhere_is_an_error_line_never_a_traceback(
+    tmp_path: Path, text: str, filename: str
+) -> None:
+    """Each value of a valid file replaced in turn by values of other types and
+    shapes: the reader answers InvalidSpec or a model, nothing else."""
+    import copy
+
+    import yaml
+
+    document = yaml.safe_load(text)
+    replacements: list[object] = [None, -1, "${", [1], {"a": 1}, "", 1.5]
+    for path in _paths(document)[1:]:
+        for replacement in replacements:
+            mutated = copy.deepcopy(document)
+            node = mutated
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = replacement
+            try:
+                dumped = yaml.dump(mutated, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
+                parse_spec(dumped, filename, {"API_TOKEN": "t"}, tmp_path)
+            except InvalidSpec as exc:
+                assert str(exc).strip(), (path, replacement)

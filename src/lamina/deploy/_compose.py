@@ -248,11 +248,14 @@ def _top_section(
     }
 
 
-def _known_keys(
-    path: str, raw: dict[Any, Any], known: set[str], problems: Problems
-) -> dict[str, Any]:
+def _known_keys(path: str, raw: Any, known: set[str], problems: Problems) -> dict[str, Any]:
     """``raw`` without its ``x-`` keys; every other key not in ``known`` an error."""
-    out = {}
+    out: dict[str, Any] = {}
+    if raw is None:  # "key:" with nothing after it
+        return out
+    if not isinstance(raw, dict):
+        problems.add(path, "must be a mapping")
+        return out
     for key, value in raw.items():
         if _is_extension(key):
             continue
@@ -287,7 +290,7 @@ def _network_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
         ipam_path = join(path, "ipam")
         ipam = _known_keys(
             ipam_path,
-            _mapping(ipam_path, ipam, ctx.problems) or {},
+            ipam,
             {"driver", "config"},
             ctx.problems,
         )
@@ -300,7 +303,7 @@ def _network_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
             cfg_path = join(join(ipam_path, "config"), 0)
             cfg = _known_keys(
                 cfg_path,
-                _mapping(cfg_path, configs[0], ctx.problems) or {},
+                configs[0],
                 {"subnet", "gateway"},
                 ctx.problems,
             )
@@ -399,7 +402,7 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
         ]
     top = service.ctx.top
     for i, net in enumerate(out.get("networks", [])):
-        if net["name"] != "default" and net["name"] not in (top.get("networks") or {}):
+        if net["name"] != "default" and net["name"] not in _defined(top, "networks"):
             service.problem(
                 f"networks[{i}]"
                 if isinstance(raw.get("networks"), list)
@@ -407,11 +410,17 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
                 f"undefined network {net['name']!r}",
             )
     for i, volume in enumerate(out.get("storage", [])):
-        if volume.get("type") == "named" and volume["name"] not in (top.get("volumes") or {}):
+        if volume.get("type") == "named" and volume["name"] not in _defined(top, "volumes"):
             service.problem(f"volumes[{i}]", f"undefined volume {volume['name']!r}")
     for i, secret in enumerate(out.get("secrets", [])):
-        if secret["source"] not in (top.get("secrets") or {}):
+        if secret["source"] not in _defined(top, "secrets"):
             service.problem(f"secrets[{i}]", f"undefined secret {secret['source']!r}")
+
+
+def _defined(top: dict[Any, Any], section: str) -> set[str]:
+    """The names a top-level section defines (none if it is not a mapping)."""
+    entries = top.get(section)
+    return set(map(str, entries)) if isinstance(entries, dict) else set()
 
 
 def _project(service: _Service) -> str:
@@ -860,7 +869,7 @@ def _networks(s: _Service, value: Any) -> None:
             path = s.sub("networks", str(name))
             fields = _known_keys(
                 path,
-                _mapping(path, opts or {}, s.ctx.problems) or {},
+                opts,
                 {"aliases", "ipv4_address"},
                 s.ctx.problems,
             )
@@ -891,7 +900,7 @@ def _depends_on(s: _Service, value: Any) -> None:
             path = s.sub("depends_on", str(name))
             fields = _known_keys(
                 path,
-                _mapping(path, opts or {}, s.ctx.problems) or {},
+                opts,
                 {"condition", "required", "restart"},
                 s.ctx.problems,
             )
@@ -984,14 +993,14 @@ def _deploy(s: _Service, value: Any) -> None:
         res_path = join(path, "resources")
         res = _known_keys(
             res_path,
-            _mapping(res_path, fields["resources"], s.ctx.problems) or {},
+            fields["resources"],
             {"limits"},
             s.ctx.problems,
         )
         limits_path = join(res_path, "limits")
         limits = _known_keys(
             limits_path,
-            _mapping(limits_path, res.get("limits") or {}, s.ctx.problems) or {},
+            res.get("limits"),
             {"cpus", "memory", "pids"},
             s.ctx.problems,
         )
@@ -1029,7 +1038,7 @@ def _deploy_restart(s: _Service, value: Any) -> None:
     path = s.sub("deploy", "restart_policy")
     fields = _known_keys(
         path,
-        _mapping(path, value, s.ctx.problems) or {},
+        value,
         {"condition", "max_attempts", "delay"},
         s.ctx.problems,
     )
@@ -1087,7 +1096,7 @@ def _secrets(s: _Service, value: Any) -> None:
             if isinstance(item, str)
             else _known_keys(
                 s.sub("secrets", i),
-                _mapping(s.sub("secrets", i), item, s.ctx.problems) or {},
+                item,
                 {"source", "target", "mode"},
                 s.ctx.problems,
             )

@@ -608,9 +608,10 @@ def read_capped(path: Path, limit: int) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise InvalidSpec([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidSpec([f"{path}: cannot read: not a regular file"])
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidSpec([f"{path}: cannot read: not a regular file"])
         try:
             data = f.read(limit + 1)
         except OSError as exc:
