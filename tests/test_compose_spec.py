@@ -780,3 +780,12 @@ def test_a_host_port_is_published_once(tmp_path: Path) -> None:
         "services.one.ports[0]: host port 9000/tcp is published by service api too",
         "services.two.ports[0]: host port 9001/tcp is published by service one too",
     ]
+
+
+def test_depends_on_restart_is_refused(tmp_path: Path) -> None:
+    text = "services:\n  db: {image: x}\n  web: {image: x, depends_on: {db: {restart: %s}}}\n"
+    assert load(tmp_path, text % "false").services["web"].depends[0].service == "db"
+    assert problems(tmp_path, text % "true") == [
+        "services.web.depends_on.db.restart: restarting a service with its dependency is not "
+        "supported"
+    ]

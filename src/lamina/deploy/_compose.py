@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from lamina.deploy._spec import (
 )
 from lamina.errors import LaminaError
 
-# service keys and the function converting each (into ``out``, the model's shape)
+# converts the value of one Compose key of a service into the model's shape (``out``)
 _Converter = Callable[["_Service", Any], None]
 
 _TOP_KEYS = {"version", "name", "services", "networks", "volumes", "secrets"}
@@ -77,20 +78,14 @@ class _Service:
         return path
 
 
+@dataclass
 class _Context:
-    def __init__(
-        self,
-        base_dir: Path,
-        environ: Mapping[str, str],
-        lookup: Callable[[str], str | None],
-        problems: Problems,
-        top: dict[str, Any],
-    ) -> None:
-        self.base_dir = base_dir
-        self.environ = environ
-        self.lookup = lookup
-        self.problems = problems
-        self.top = top  # interpolated document
+    base_dir: Path
+    environ: Mapping[str, str]
+    lookup: Callable[[str], str | None]
+    problems: Problems
+    top: dict[Any, Any]  # the interpolated document
+    project: str  # the deployment's name
 
     def host_path(self, path: str) -> str:
         """A bind source or build context made absolute against the file's directory."""
@@ -118,8 +113,8 @@ def parse_compose(
     for key in doc:
         if not _is_extension(key) and key not in _TOP_KEYS:
             problems.add(str(key), "unknown key" + _unsupported_hint(key))
-    ctx = _Context(base_dir, environ, lookup, problems, doc)
     project = _project_name(doc, base_dir, lookup, problems)
+    ctx = _Context(base_dir, environ, lookup, problems, doc, project)
     active = set(profiles) | {p for p in (lookup("COMPOSE_PROFILES") or "").split(",") if p}
     top: dict[str, Any] = {
         "deployment": project,
@@ -288,12 +283,7 @@ def _network_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
     ipam = fields.pop("ipam", None)
     if ipam is not None:
         ipam_path = join(path, "ipam")
-        ipam = _known_keys(
-            ipam_path,
-            ipam,
-            {"driver", "config"},
-            ctx.problems,
-        )
+        ipam = _known_keys(ipam_path, ipam, {"driver", "config"}, ctx.problems)
         if ipam.get("driver") not in (None, "default"):
             ctx.problems.add(join(ipam_path, "driver"), "only the default IPAM driver is supported")
         configs = ipam.get("config") or []
@@ -301,12 +291,7 @@ def _network_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
             ctx.problems.add(join(ipam_path, "config"), "must be a list of at most one subnet")
         elif configs:
             cfg_path = join(join(ipam_path, "config"), 0)
-            cfg = _known_keys(
-                cfg_path,
-                configs[0],
-                {"subnet", "gateway"},
-                ctx.problems,
-            )
+            cfg = _known_keys(cfg_path, configs[0], {"subnet", "gateway"}, ctx.problems)
             fields.update(cfg)
     return fields
 
@@ -389,7 +374,7 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
             service.problem("", "needs image or build")
             out["image"] = {"name": "invalid"}
         else:  # Compose's name for a built image (or a placeholder: image had an error)
-            out["image"] = {"name": f"{_project(service)}-{service.name}"}
+            out["image"] = {"name": f"{service.ctx.project}-{service.name}"}
     if "pull_policy" in out:
         out["image"]["pull_policy"] = out.pop("pull_policy")
     if "network_mode" in out and out.get("networks"):
@@ -421,14 +406,6 @@ def _defined(top: dict[Any, Any], section: str) -> set[str]:
     """The names a top-level section defines (none if it is not a mapping)."""
     entries = top.get(section)
     return set(map(str, entries)) if isinstance(entries, dict) else set()
-
-
-def _project(service: _Service) -> str:
-    name = service.ctx.lookup("COMPOSE_PROJECT_NAME") or service.ctx.top.get("name")
-    if isinstance(name, str):
-        return name
-    base = service.ctx.base_dir.resolve().name.lower()
-    return "".join(re.findall(r"[a-z0-9_-]", base)).lstrip("_-")
 
 
 def _scalar_text(value: Any) -> str:
@@ -867,12 +844,7 @@ def _networks(s: _Service, value: Any) -> None:
     elif isinstance(value, dict):
         for name, opts in value.items():
             path = s.sub("networks", str(name))
-            fields = _known_keys(
-                path,
-                opts,
-                {"aliases", "ipv4_address"},
-                s.ctx.problems,
-            )
+            fields = _known_keys(path, opts, {"aliases", "ipv4_address"}, s.ctx.problems)
             net: dict[str, Any] = {"name": str(name)}
             if "aliases" in fields:
                 net["aliases"] = _strings(fields["aliases"])
@@ -898,18 +870,18 @@ def _depends_on(s: _Service, value: Any) -> None:
     elif isinstance(value, dict):
         for name, opts in value.items():
             path = s.sub("depends_on", str(name))
-            fields = _known_keys(
-                path,
-                opts,
-                {"condition", "required", "restart"},
-                s.ctx.problems,
-            )
+            fields = _known_keys(path, opts, {"condition", "required", "restart"}, s.ctx.problems)
             condition = _CONDITIONS.get(str(fields.get("condition", "service_started")))
             if condition is None:
                 s.problem(
                     f"depends_on.{name}.condition", f"must be one of {', '.join(_CONDITIONS)}"
                 )
                 condition = "started"
+            if fields.get("restart", False) is not False:
+                s.problem(
+                    f"depends_on.{name}.restart",
+                    "restarting a service with its dependency is not supported",
+                )
             dep: dict[str, Any] = {"service": str(name), "condition": condition}
             if fields.get("required") is False:
                 dep["required"] = False
@@ -991,13 +963,9 @@ def _deploy(s: _Service, value: Any) -> None:
         s.out["scale"] = {"mode": "fixed", "replicas": fields["replicas"]}
     if "resources" in fields:
         res_path = join(path, "resources")
-        res = _known_keys(
-            res_path,
-            fields["resources"],
-            {"limits"},
-            s.ctx.problems,
-        )
+        res = _known_keys(res_path, fields["resources"], {"limits"}, s.ctx.problems)
         limits_path = join(res_path, "limits")
+
         limits = _known_keys(
             limits_path,
             res.get("limits"),
@@ -1036,12 +1004,7 @@ def _limits(s: _Service, key: str, limits: dict[str, Any]) -> None:
 
 def _deploy_restart(s: _Service, value: Any) -> None:
     path = s.sub("deploy", "restart_policy")
-    fields = _known_keys(
-        path,
-        value,
-        {"condition", "max_attempts", "delay"},
-        s.ctx.problems,
-    )
+    fields = _known_keys(path, value, {"condition", "max_attempts", "delay"}, s.ctx.problems)
     kinds = {"none": "no", "on-failure": "on_failure", "any": "always"}
     condition = str(fields.get("condition", "any"))
     if condition not in kinds:
