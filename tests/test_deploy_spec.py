@@ -416,6 +416,11 @@ SERVICE_ERRORS = [
         "services.web.init.steps[0].on_failure: must be one of fail, warn, continue (not 'retry')",
     ),
     (
+        "init: {steps: [{id: a, uses: init.run, with: {command: !!binary /w==}}]}",
+        "services.web.init.steps[0].with.command: must be plain YAML: text, numbers, lists "
+        "and mappings",
+    ),
+    (
         "restart_policy: {kind: sometimes}",
         "services.web.restart_policy.kind: must be one of no, always, unless_stopped, "
         "on_failure (not 'sometimes')",

@@ -12,9 +12,9 @@ to the daemon as JSON). Cross-field checks (dependencies, cycles, cron) are
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from lamina.deploy._units import parse_duration, parse_size
 
@@ -187,7 +187,7 @@ class InitStep(_Model):
     uses: Literal["init.wait_tcp", "init.wait_http", "init.run"]
     # wait_tcp: {host, port}; wait_http: {url, expect_status}; run: {command}; checked
     # by deploy._init, which runs them
-    with_: dict[str, Any] = Field(default={}, alias="with")
+    with_: dict[str, JsonValue] = Field(default={}, alias="with")  # JSON: the daemon gets it
     retry: int | None = Field(default=None, ge=0)
     timeout: Duration | None = None
     on_failure: Literal["fail", "warn", "continue"] = "fail"

@@ -207,6 +207,7 @@ def _error_message(err: Mapping[str, Any]) -> str:
         "list_type": "must be a list",
         "string_too_short": "must not be empty",
         "union_tag_not_found": "required",
+        "invalid-json-value": "must be plain YAML: text, numbers, lists and mappings",
     }
     if kind in simple:
         return simple[kind]
