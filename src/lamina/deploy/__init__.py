@@ -1,1 +1,1 @@
-"""lamina.deploy: deployments (ZLayer v1 specs and Compose files) kept converged by the daemon."""
+"""lamina.deploy: deployments (a placeholder; the public API is ctrl's)."""
