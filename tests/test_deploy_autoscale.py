@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from leak_check import assert_clean
 from runtime_fixtures import IMAGE_REF, cli_image_root, config, remove_all_containers, until
 
 from lamina.deploy._autoscale import Sampler, Usage, decide, sample
@@ -76,6 +77,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     with open_engine(root) as eng:
         yield eng
     remove_all_containers(root)
+    assert_clean(root, set())
 
 
 def start(engine: Engine, *cmd: str, resources: Resources | None = None) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from leak_check import network_leaks
+from leak_check import assert_clean
 from runtime_fixtures import IMAGE_REF, cli_image_root, remove_all_containers
 
 from lamina.deploy._jobs import (
@@ -45,7 +45,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for net in engine.networks.list():
             if net.name == NETWORK:
                 engine.networks.remove(net.id)
-    assert network_leaks(r) == []
+    assert_clean(r, set())  # network leaks included
 
 
 @pytest.fixture
