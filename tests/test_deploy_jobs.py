@@ -21,6 +21,7 @@ from lamina.deploy._jobs import (
     HISTORY,
     JobRun,
     cron_due,
+    is_one_off,
     job_runs,
     next_run,
     prune_history,
@@ -62,7 +63,7 @@ def template(engine: Engine, *cmd: str, network: str | None = None) -> Container
         network=network or "none",
         network_aliases=["task"] if network else (),
         env=["GREETING=hello"],
-        labels=["tier=batch"],
+        labels=["tier=batch", "lamina.replica=0", "lamina.spec-hash=abc"],  # the controller's
     )
     config, _warnings = prepare_run(engine, opts, image=IMAGE_REF, command=list(cmd))
     return config
@@ -92,12 +93,17 @@ def test_a_run_is_a_labelled_container_on_the_network(engine: Engine) -> None:
     labels = c.config.labels
     assert labels["lamina.deployment"] == "shop" and labels["lamina.service"] == "task"
     assert labels["lamina.job"] == "1" and labels["tier"] == "batch"
-    assert [n.aliases for n in c.config.networks] == [[]]  # not the service's address
+    assert "lamina.replica" not in labels and "lamina.spec-hash" not in labels
+    assert is_one_off(labels)
+    assert [(n.name, n.aliases) for n in c.config.networks] == [(NETWORK, [])]  # no alias
     assert c.config.restart.name == "no" and c.config.ports == []
 
     bad = template(engine, "sh", "-c", "echo oops >&2; exit 3", network=NETWORK)
-    second = wait_job(engine, run_job(engine, DEPLOYMENT, "task", bad, NETWORK), timeout=60)
+    # No network named: the template's, without its aliases.
+    second = wait_job(engine, run_job(engine, DEPLOYMENT, "task", bad, None), timeout=60)
     assert (second.id, second.status, second.exit_code) == (2, "failed", 3)
+    networks = engine.get(second.container).config.networks
+    assert [(n.name, n.aliases) for n in networks] == [(NETWORK, [])]
     assert logs(engine, second.container) == b"oops\n"
     runs = job_runs(engine, DEPLOYMENT)
     assert [(r.id, r.status) for r in runs] == [(1, "succeeded"), (2, "failed")]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
 HISTORY = 10  # runs kept per service
 DEPLOYMENT_LABEL = "lamina.deployment"
 SERVICE_LABEL = "lamina.service"
-JOB_LABEL = "lamina.job"
+JOB_LABEL = "lamina.job"  # a job's run: its number
+INIT_LABEL = "lamina.init"  # an init step's init.run: the step's id
+# A replica's own labels (the controller's): a one-off container made from a
+# replica's config must not pass for one.
+_REPLICA_LABELS = ("lamina.replica", "lamina.spec-hash")
 _NO_HEALTHCHECK = {"Test": ["NONE"]}  # Docker's HealthConfig that turns the image's off
 
 JobStatus = Literal["running", "succeeded", "failed"]
@@ -51,6 +56,12 @@ class JobRun:
     finished: float | None
 
 
+def is_one_off(labels: Mapping[str, str]) -> bool:
+    """Whether a container with ``labels`` is a job's run or an init step's, not a
+    replica (the deployment's label is on all three)."""
+    return JOB_LABEL in labels or INIT_LABEL in labels
+
+
 def one_off_config(
     template: ContainerConfig,
     *,
@@ -61,15 +72,19 @@ def one_off_config(
     entrypoint: list[str] | None = None,
 ) -> ContainerConfig:
     """A container of a service's config that is not one of its replicas (a job's run,
-    an init step's ``init.run``): on ``network_name`` without the service's aliases, no
-    published port, no restart policy, no health check. ``command``/``entrypoint``
+    an init step's ``init.run``): on ``network_name`` (None: the template's networks)
+    with none of the service's aliases or static addresses, no published port, no
+    restart policy, no health check, no replica label. ``command``/``entrypoint``
     replace the template's when given."""
     from lamina.engine import RestartPolicy
     from lamina.runtime._types import NetworkRequest
 
+    kept = {k: v for k, v in template.labels.items() if k not in _REPLICA_LABELS}
+    names = [network_name] if network_name is not None else [n.name for n in template.networks]
     changes: dict[str, object] = {
         "name": name,
-        "labels": {**template.labels, **labels},
+        "labels": {**kept, **labels},
+        "networks": [NetworkRequest(name=n) for n in names],
         "ports": [],
         "publish_all": False,
         "restart": RestartPolicy(),
@@ -80,7 +95,6 @@ def one_off_config(
     }
     if network_name is not None:
         changes["network"] = network_name
-        changes["networks"] = [NetworkRequest(name=network_name)]
     if command is not None:
         changes["command"] = command
     if entrypoint is not None:
