@@ -18,6 +18,7 @@ Cron: ``next_run``/``cron_due`` on the schedule as ``_units.cron_schedule`` read
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
+from lamina._hooks import stop_point
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class JobRun:
     exit_code: int | None  # None while running
     started: float | None
     finished: float | None
+    created: float = 0.0  # when the run was made (a cron service's last run counts from it)
 
 
 def is_one_off(labels: Mapping[str, str]) -> bool:
@@ -134,9 +137,22 @@ def run_job(
             break
         except AlreadyExists:  # another run took the number first
             number += 1
+    stop_point("job:created")
     engine.start(container.id)
     prune_history(engine, deployment, service_name)
     return _run_of(engine, container.id)
+
+
+def start_pending(engine: Engine, deployment: str, service: str | None = None) -> list[str]:
+    """Start the runs that were made but never started (their starter died between
+    the two): they were asked for. Returns their containers."""
+    started = []
+    for c in engine.list(all=True, filters=_service_filter(deployment, service)):
+        if c.state.status == "created" and _job_run(c) is not None:
+            with contextlib.suppress(LaminaError):  # started by someone else meanwhile
+                engine.start(c.id)
+                started.append(c.name)
+    return started
 
 
 def wait_job(engine: Engine, run: JobRun, timeout: float | None = None) -> JobRun:
@@ -199,6 +215,7 @@ def _job_run(c: Container) -> JobRun | None:
         exit_code=None if status == "running" else state.exit_code,
         started=state.started_at,
         finished=None if status == "running" else state.finished_at,
+        created=c.created,
     )
 
 
@@ -212,6 +229,28 @@ def next_run(schedule: str, after: float) -> float:
 
     start = datetime.fromtimestamp(after).astimezone()
     return float(cron_schedule(schedule, start).get_next(float))
+
+
+def cron_tick(
+    engine: Engine,
+    deployment: str,
+    service_name: str,
+    schedule: str,
+    template: ContainerConfig,
+    network_name: str | None,
+    since: float,
+    now: float | None = None,
+) -> JobRun | None:
+    """One look at a cron service (the converge loop's, each pass): its next run
+    started if the schedule fired since its last run was made (or since ``since``,
+    when the service was deployed, before the first). The runs are the memory: a
+    restarted daemon neither repeats nor skips one. Runs may overlap, as ZLayer's."""
+    start_pending(engine, deployment, service_name)
+    runs = job_runs(engine, deployment, service_name)
+    last = max([since, *(r.created for r in runs)])
+    if not cron_due(schedule, last, now):
+        return None
+    return run_job(engine, deployment, service_name, template, network_name)
 
 
 def cron_due(schedule: str, last_run: float, now: float | None = None) -> bool:
