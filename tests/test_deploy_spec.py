@@ -404,7 +404,11 @@ SERVICE_ERRORS = [
     ),
     (
         "init: {steps: [{id: a, uses: init.wait_tcp, with: {host: db}}]}",
-        "services.web.init.steps[0].with.port: required by init.wait_tcp",
+        "services.web.init.steps[0].with.port: required for init.wait_tcp: a port 1-65535",
+    ),
+    (
+        "init: {steps: [{id: a, uses: init.run, with: {command: x, cmd: x}}]}",
+        "services.web.init.steps[0].with.cmd: unknown key",
     ),
     (
         "init: {steps: [{id: a, uses: init.run, with: {command: x}},"

@@ -412,23 +412,17 @@ def _check_health(path: str, health: HealthSpec, problems: Problems) -> None:
         problems.add(join(path, "check.command"), "must not be empty")
 
 
-_INIT_NEEDS = {
-    "init.wait_tcp": ("host", "port"),
-    "init.wait_http": ("url",),
-    "init.run": ("command",),
-}
-
-
 def _check_init(path: str, service: ServiceSpec, problems: Problems) -> None:
+    from lamina.deploy._init import step_errors  # what the runner of the steps needs
+
     ids: set[str] = set()
     for i, step in enumerate(service.init.steps):
         step_path = join(path, i)
         if step.id in ids:
             problems.add(join(step_path, "id"), f"step id {step.id!r} used twice")
         ids.add(step.id)
-        for key in _INIT_NEEDS[step.uses]:
-            if key not in step.with_:
-                problems.add(join(step_path, f"with.{key}"), f"required by {step.uses}")
+        for key, message in step_errors(step):
+            problems.add(join(step_path, key), message)
 
 
 def _check_env_value(path: str, key: str, value: str, problems: Problems) -> None:
