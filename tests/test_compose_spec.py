@@ -789,3 +789,44 @@ def test_depends_on_restart_is_refused(tmp_path: Path) -> None:
         "services.web.depends_on.db.restart: restarting a service with its dependency is not "
         "supported"
     ]
+
+
+ORACLE_TEMPLATES = [
+    "$SET",
+    "${SET}",
+    "pre-${SET}-post",
+    "$UNSET",
+    "${UNSET:-default}",
+    "${EMPTY:-default}",
+    "${UNSET-default}",
+    "${EMPTY-default}",
+    "${SET:-default}",
+    "$$SET",
+    "x$${SET}y",
+    "${SET?required}",
+    "${EMPTY?only when unset}",
+]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose 1.29 absent")
+def test_docker_compose_interpolates_the_same(tmp_path: Path) -> None:
+    """The rules docker-compose 1.29 has (it lacks ${VAR:+x} and nesting, which
+    Compose 2 added and test_interpolation covers)."""
+    environment = {f"V{i}": template for i, template in enumerate(ORACLE_TEMPLATES)}
+    compose = write(
+        tmp_path / "oracle",
+        yaml.safe_dump({"services": {"web": {"image": "busybox", "environment": environment}}}),
+    )
+    environ = {"SET": "value", "EMPTY": ""}
+    out = subprocess.run(
+        ["docker-compose", "-f", str(compose), "config"],
+        env={"PATH": os.environ["PATH"], "COMPOSE_API_VERSION": "1.38", **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    oracle = yaml.safe_load(out)["services"]["web"]["environment"]
+    ours = load_spec(compose, environ).services["web"].env
+    # 1.29 writes a '$' of the result as '$$' again
+    assert ours == {name: str(value).replace("$$", "$") for name, value in oracle.items()}
