@@ -284,6 +284,14 @@ def test_host_environment_comes_from_the_given_environ_only(
 
 SERVICE_ERRORS = [
     ("bogus: 1", "services.web.bogus: unknown key"),
+    (
+        "node_mode: dedicated",
+        "services.web.node_mode: unknown key (a ZLayer key lamina does not support)",
+    ),
+    (
+        "resources: {gpu: {count: 1}}",
+        "services.web.resources.gpu: unknown key (a ZLayer key lamina does not support)",
+    ),
     ("scale: {mode: fixed, replicas: -1}", "services.web.scale.replicas: must be >= 0"),
     ("scale: {mode: fixed}", "services.web.scale.replicas: required"),
     ("scale: {mode: fixed, replicas: 2, max: 3}", "services.web.scale.max: unknown key"),
@@ -488,7 +496,11 @@ def test_each_validation_error_names_its_path(service_yaml: str, expected: str) 
             f"deployment: {'a' * 64!r} is not a valid deployment name: 3-63 characters, "
             "lowercase letters, digits and '-', starting with a letter or digit",
         ),
-        ("version: v1\ndeployment: shop\ntunnels: {}", "tunnels: unknown key"),
+        (
+            "version: v1\ndeployment: shop\ntunnels: {}",
+            "tunnels: unknown key (a ZLayer key lamina does not support)",
+        ),
+        ("version: v1\ndeployment: shop\ncolour: blue", "colour: unknown key"),
     ],
 )
 def test_top_level_errors(top: str, expected: str) -> None:

@@ -245,9 +245,10 @@ def _error_path(prefix: str, loc: tuple[Any, ...], data: Any) -> str:
 def add_validation_errors(problems: Problems, exc: ValidationError, prefix: str, data: Any) -> None:
     for err in exc.errors():
         path = _error_path(prefix, tuple(err["loc"]), data)
+        hint = _zlayer_hint(err["loc"][-1]) if err["type"] == "extra_forbidden" else ""
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # at the tag's key
             path = join(path, str(err["ctx"]["discriminator"]).strip("'"))
-        problems.add(path, _error_message(err))
+        problems.add(path, _error_message(err) + hint)
 
 
 def validate_model(
@@ -470,6 +471,12 @@ def dependency_cycle(graph: Mapping[str, list[str]]) -> list[str]:
 # -- ZLayer v1
 
 _ZLAYER_TOP = {"version", "deployment", "services"}
+# ZLayer's keys lamina does not implement (cluster placement, overlays, WASM, GPUs):
+# refused like unknown ones, but said to be ZLayer's
+_ZLAYER_UNSUPPORTED = {
+    "tunnels", "api", "network", "errors", "devices", "capabilities", "node_mode",
+    "node_selector", "service_type", "wasm_http", "gpu", "stream", "tunnel",
+}  # fmt: skip
 # Compose-only fields of the model: not keys of a ZLayer file
 _COMPOSE_ONLY = {"build", "networks", "secrets", "expose"}
 
@@ -479,7 +486,7 @@ def parse_zlayer(data: dict[Any, Any], environ: Mapping[str, str]) -> Deployment
     top: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _ZLAYER_TOP:
-            problems.add(str(key), "unknown key")
+            problems.add(str(key), "unknown key" + _zlayer_hint(key))
         elif key != "services":
             top[key] = value
     if "version" not in top:
@@ -500,6 +507,10 @@ def parse_zlayer(data: dict[Any, Any], environ: Mapping[str, str]) -> Deployment
     problems.raise_if_any()
     assert spec is not None
     return spec.model_copy(update={"source": "zlayer"})
+
+
+def _zlayer_hint(key: Any) -> str:
+    return " (a ZLayer key lamina does not support)" if key in _ZLAYER_UNSUPPORTED else ""
 
 
 def _zlayer_service(path: str, raw: Any, environ: Mapping[str, str], problems: Problems) -> Any:
