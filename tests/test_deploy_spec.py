@@ -395,6 +395,10 @@ SERVICE_ERRORS = [
         "services.web.health.check.command: must not be empty",
     ),
     (
+        "health: {check: {type: command, command: {sh: x}}}",
+        "services.web.health.check.command: must be a string or a list",
+    ),
+    (
         "health: {interval: -1s, check: {type: tcp, port: 1}}",
         "services.web.health.interval: invalid duration '-1s': expected e.g. 10s, 1m30s, "
         "500ms or 1h",

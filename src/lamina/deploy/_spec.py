@@ -236,19 +236,30 @@ def _error_path(prefix: str, loc: tuple[Any, ...], data: Any) -> str:
             path, node = join(path, key), node[key] if key < len(node) else None
         elif isinstance(node, dict) and key in node:
             path, node = join(path, key), node[key]
-        elif last or not isinstance(key, str):
+        elif (last or not isinstance(key, str)) and not _UNION_MEMBER.fullmatch(str(key)):
             path, node = join(path, key), None
-        # else: a union's tag, not a key of the file
+        # else: a union's tag or member type, not a key of the file
     return path
 
 
+# how pydantic names the member of a union (str | list[str]) an error is about
+_UNION_MEMBER = re.compile(r"str|int|float|bool|list\[.*\]|dict\[.*\]|[a-z-]+\[.*\]")
+
+
 def add_validation_errors(problems: Problems, exc: ValidationError, prefix: str, data: Any) -> None:
+    by_path: dict[str, list[str]] = {}
     for err in exc.errors():
         path = _error_path(prefix, tuple(err["loc"]), data)
         hint = _zlayer_hint(err["loc"][-1]) if err["type"] == "extra_forbidden" else ""
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # at the tag's key
             path = join(path, str(err["ctx"]["discriminator"]).strip("'"))
-        problems.add(path, _error_message(err) + hint)
+        by_path.setdefault(path, []).append(_error_message(err) + hint)
+    for path, messages in by_path.items():
+        if len(messages) > 1 and all(m.startswith("must be a") for m in messages):
+            # each member of a union failed: "must be a string or a list"
+            messages = ["must be " + " or ".join(m.removeprefix("must be ") for m in messages)]
+        for message in messages:
+            problems.add(path, message)
 
 
 def validate_model(
