@@ -817,15 +817,17 @@ def test_any_value_anywhere_is_an_error_line_never_a_traceback(
     tmp_path: Path, text: str, filename: str
 ) -> None:
     """Each value of a valid file replaced in turn by values of other types and
-    shapes: the reader answers InvalidSpec or a model, nothing else."""
+    shapes: the reader answers InvalidSpec or a model, nothing else.
+    (Found: a top-level section that is not a mapping, a directory as env_file.)"""
     import copy
 
     import yaml
 
     document = yaml.safe_load(text)
-    replacements: list[object] = [None, -1, "${", [1], {"a": 1}, "", 1.5]
-    for path in _paths(document)[1:]:
-        for replacement in replacements:
+    kinds: list[object] = [None, -1, "${", [1], {"a": 1}, "", 1.5]
+    for i, path in enumerate(_paths(document)[1:]):
+        # three kinds a path, rotating: every kind at every depth, in a second or two
+        for replacement in (kinds[i % 7], kinds[(i + 2) % 7], kinds[(i + 5) % 7]):
             mutated = copy.deepcopy(document)
             node = mutated
             for key in path[:-1]:
