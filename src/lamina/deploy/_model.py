@@ -6,8 +6,8 @@ Compose-only things are fields too (``build``, service ``networks`` and ``secret
 seconds and sizes int bytes: the unit strings of the files are parsed on the way in,
 and plain numbers pass unchanged, so ``model_dump(mode="json")`` ->
 ``DeploymentSpec.model_validate(...)`` round-trips (the client sends the parsed model
-to the daemon as JSON). Cross-field checks (dependencies, cycles, cron) are
-``_spec.validate_spec``'s, which both formats run.
+to the daemon as JSON). Checks across fields (dependencies, cycles, cron, host
+ports) are ``_spec.check_services``', which both formats pass.
 """
 
 from __future__ import annotations
