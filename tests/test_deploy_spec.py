@@ -27,7 +27,13 @@ from lamina.deploy._model import (
     TcpCheck,
     TmpfsStorage,
 )
-from lamina.deploy._spec import InvalidSpec, dependency_cycle, load_spec, parse_spec
+from lamina.deploy._spec import (
+    InvalidSpec,
+    check_spec,
+    dependency_cycle,
+    load_spec,
+    parse_spec,
+)
 from lamina.deploy._units import cron_schedule, parse_duration, parse_size
 from lamina.errors import LaminaError
 
@@ -225,6 +231,22 @@ def test_the_json_form_round_trips() -> None:
     assert "with" in step and "with_" not in step  # ZLayer's key, as the user wrote it
     assert dumped["services"]["api"]["health"]["interval"] == 0.5  # seconds
     assert dumped["services"]["api"]["resources"]["memory"] == 512 * 1024**2  # bytes
+
+
+def test_a_model_received_as_json_passes_the_same_checks() -> None:
+    """The daemon validates the client's JSON with the model, then check_spec: what a
+    client could send without load_spec (a cycle, a missing dependency) is refused."""
+    dumped = parse(FULL, {"API_TOKEN": "t"}).model_dump(mode="json")
+    check_spec(DeploymentSpec.model_validate(dumped))  # a file's model passes
+    dumped["services"]["db"]["depends"] = [{"service": "api"}, {"service": "ghost"}]
+    dumped["services"]["db"]["endpoints"] = [{"name": "a", "protocol": "tcp", "port": 1}] * 2
+    with pytest.raises(InvalidSpec) as info:
+        check_spec(DeploymentSpec.model_validate(dumped))
+    assert info.value.problems == [
+        "services.db.depends[1].service: no service named 'ghost'",
+        "services.db.endpoints[1]: endpoint name 'a' used twice",
+        "services: dependency cycle: api -> db -> api",
+    ]
 
 
 def test_zlayer_defaults() -> None:

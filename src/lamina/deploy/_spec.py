@@ -3,7 +3,8 @@ become ``DeploymentSpec`` and pass the same checks.
 
 Public: ``load_spec(path, environ, profiles=())``, ``parse_spec(text, filename, environ,
 base_dir, profiles=())`` and ``InvalidSpec``, whose message lists every problem of
-the file, one a line, each by its path (``services.web.scale.replicas: must be >= 0``).
+the file, one a line, each by its path (``services.web.scale.replicas: must be >= 0``);
+``check_spec(spec)`` runs the checks across fields on a model received as JSON.
 
 YAML is read as YAML 1.2 reads it (``no``, ``on`` and ``22:22`` stay strings, as
 Compose's Go reader has them), with a size cap, duplicate keys refused, and the
@@ -313,6 +314,15 @@ def build_spec(top: dict[str, Any], raw_services: Any, problems: Problems) -> De
         spec.services = services
     check_services(checked, set(map(str, raw_services)), problems)
     return spec
+
+
+def check_spec(spec: DeploymentSpec) -> None:
+    """The checks across fields, on a model that did not come from ``load_spec`` (the
+    daemon's, from a client's JSON): InvalidSpec as the file's reader would raise."""
+    problems = Problems()
+    check_deployment_name(spec.deployment, "deployment", problems)
+    check_services(spec.services, set(spec.services), problems)
+    problems.raise_if_any()
 
 
 def _partial_service(raw: dict[Any, Any]) -> ServiceSpec:
