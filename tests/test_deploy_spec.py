@@ -556,6 +556,22 @@ def test_a_dependency_cycle_is_named() -> None:
     )
     assert lines == ["services: dependency cycle: a -> b -> c -> a"]
     assert dependency_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
+    assert dependency_cycle({"a": ["a"]}) == ["a", "a"]
+    assert dependency_cycle({"a": ["b", "c"], "b": ["c"], "c": ["d"], "d": ["b"]}) == [
+        "b",
+        "c",
+        "d",
+        "b",
+    ]
+
+
+def test_a_long_dependency_chain_is_no_recursion() -> None:
+    services = "".join(
+        f"  s{i}: {{image: {{name: x}}, depends: [{{service: s{i + 1}}}]}}\n" for i in range(3000)
+    )
+    last = "  s3000: {image: {name: x}, depends: [{service: s0}]}\n"
+    lines = problems(f"version: v1\ndeployment: shop\nservices:\n{services}{last}")
+    assert len(lines) == 1 and lines[0].startswith("services: dependency cycle: s0 -> s1 -> ")
 
 
 def test_all_errors_are_reported_at_once() -> None:

@@ -465,27 +465,27 @@ def _check_env_value(path: str, key: str, value: str, problems: Problems) -> Non
 
 def dependency_cycle(graph: Mapping[str, list[str]]) -> list[str]:
     """The first dependency cycle found, as ``[a, b, a]``; empty if there is none.
-    Services are visited in name order so that the same file names the same cycle."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        path.append(node)
-        for dep in sorted(set(graph.get(node, ()))):
-            if dep not in graph:
-                continue
-            if state.get(dep) == 1:
+    Services are visited in name order so that the same file names the same cycle;
+    depth first without recursion (a chain of thousands of services is a file too)."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path: list[str] = [start]  # the services being visited, each waiting for its deps
+        on_path = {start}
+        pending = [iter(sorted(set(graph[start])))]
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:  # all of path[-1]'s dependencies visited
+                pending.pop()
+                done.add(path[-1])
+                on_path.discard(path.pop())
+            elif dep in on_path:
                 return [*path[path.index(dep) :], dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        path.pop()
-        state[node] = 2
-        return []
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node)):
-            return found
+            elif dep in graph and dep not in done:
+                path.append(dep)
+                on_path.add(dep)
+                pending.append(iter(sorted(set(graph[dep]))))
     return []
 
 
