@@ -830,3 +830,12 @@ def test_docker_compose_interpolates_the_same(tmp_path: Path) -> None:
     ours = load_spec(compose, environ).services["web"].env
     # 1.29 writes a '$' of the result as '$$' again
     assert ours == {name: str(value).replace("$$", "$") for name, value in oracle.items()}
+
+
+def test_ports_of_a_file_are_bounded(tmp_path: Path) -> None:
+    ranges = ", ".join(f"'{1 + 4000 * i}-{4000 * (i + 1)}'" for i in range(16))
+    services = "".join(f"  s{n}: {{image: x, expose: [{ranges}]}}\n" for n in range(2))
+    lines = problems(tmp_path, "services:\n" + services)
+    assert lines == [
+        "services.s1.expose: too many ports: more than 65536 in the file, ranges expanded"
+    ]

@@ -50,6 +50,7 @@ _CONDITIONS = {
 }
 MAX_ENV_FILE_BYTES = 1 << 20
 MAX_PORT_RANGE = 4096  # ports of one range; each becomes a mapping of its own
+MAX_PORTS = 65536  # of a file
 _PORT = re.compile(r"(\d+)(?:-(\d+))?")
 _TMPFS_OPTION = re.compile(r"(size|mode)=(.+)")
 
@@ -86,6 +87,12 @@ class _Context:
     problems: Problems
     top: dict[Any, Any]  # the interpolated document
     project: str  # the deployment's name
+    ports_left: int = MAX_PORTS  # ports and exposed ports of the file, ranges expanded
+
+    def spend_ports(self, count: int) -> None:
+        self.ports_left -= count
+        if self.ports_left < 0:
+            raise _Bad(f"too many ports: more than {MAX_PORTS} in the file, ranges expanded")
 
     def host_path(self, path: str) -> str:
         """A bind source or build context made absolute against the file's directory."""
@@ -629,6 +636,7 @@ def _ports(s: _Service, value: Any) -> None:
             mappings += _port_long(s, i, item) if isinstance(item, dict) else _port_short(item)
         except _Bad as exc:
             s.problem(f"ports[{i}]", exc.message)
+    s.ctx.spend_ports(len(mappings))
     s.out["port_mappings"] = mappings
 
 
@@ -721,6 +729,7 @@ def _expose(s: _Service, value: Any) -> None:
             exposed += [{"port": p, "protocol": protocol or "tcp"} for p in _port_range(port)]
         except _Bad as exc:
             s.problem(f"expose[{i}]", exc.message)
+    s.ctx.spend_ports(len(exposed))
     s.out["expose"] = exposed
 
 

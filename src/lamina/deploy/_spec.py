@@ -352,7 +352,7 @@ def check_services(
 def _check_host_ports(services: Mapping[str, ServiceSpec], problems: Problems) -> None:
     """A host port is bound by one container: not by two services (on the same
     address, or one of them on all), nor by a service starting more than one replica."""
-    bound: list[tuple[str, int, str, str]] = []  # address ("" all), port, protocol, service
+    bound: dict[tuple[int, str], list[tuple[str, str]]] = {}  # -> (address, service)
     for name, service in services.items():
         scale = service.scale
         starts = {"fixed": getattr(scale, "replicas", 1), "adaptive": getattr(scale, "min", 1)}
@@ -369,14 +369,12 @@ def _check_host_ports(services: Mapping[str, ServiceSpec], problems: Problems) -
                     f"host port {port} can be published by one replica only, and the "
                     f"service starts {replicas}",
                 )
-            for other_address, other_port, other_protocol, owner in bound:
-                if (other_port, other_protocol) == (port, protocol) and (
-                    not address or not other_address or address == other_address
-                ):
-                    whom = "this service" if owner == name else f"service {owner}"
-                    problems.add(path, f"host port {port}/{protocol} is published by {whom} too")
-                    break
-            bound.append((address or "", port, protocol, name))
+            others = bound.setdefault((port, protocol), [])
+            owner = next((o for a, o in others if not a or not address or a == address), None)
+            if owner is not None:
+                whom = "this service" if owner == name else f"service {owner}"
+                problems.add(path, f"host port {port}/{protocol} is published by {whom} too")
+            others.append((address or "", name))
 
 
 def _check_service(
