@@ -607,6 +607,16 @@ def test_all_errors_are_reported_at_once() -> None:
     )
 
 
+def test_errors_past_the_first_500_are_counted() -> None:
+    services = "".join(f"  s{i}: {{image: {{name: x}}, bad: 1}}\n" for i in range(1500))
+    with pytest.raises(InvalidSpec) as info:
+        parse("version: v1\ndeployment: shop\nservices:\n" + services)
+    assert len(info.value.problems) == 1500
+    lines = str(info.value).splitlines()
+    assert len(lines) == 501 and lines[-1] == "(1000 more problems)"
+    assert lines[0] == "services.s0.bad: unknown key"
+
+
 def test_invalid_spec_is_a_lamina_error_with_its_problems() -> None:
     with pytest.raises(LaminaError) as info:
         parse("version: v1\ndeployment: x\nservices: {a: {image: {name: y}, b: 1}}\n")

@@ -47,12 +47,19 @@ _SECRET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+MAX_PROBLEMS = 500  # lines of a message; a file with more has one mistake repeated
+
+
 class InvalidSpec(LaminaError, ValueError):
-    """A deployment file that cannot be deployed; one problem a line, each by its path."""
+    """A deployment file that cannot be deployed; one problem a line, each by its path
+    (``problems``; the message shows the first MAX_PROBLEMS and counts the rest)."""
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+        lines = self.problems[:MAX_PROBLEMS]
+        if len(self.problems) > MAX_PROBLEMS:
+            lines.append(f"({len(self.problems) - MAX_PROBLEMS} more problems)")
+        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -62,12 +69,14 @@ class Problems:
     items: list[str] = field(default_factory=list)
     # the file's path of a path of the model (Compose's keys are not the model's)
     rename: Callable[[str], str] | None = None
+    _seen: set[str] = field(default_factory=set)
 
     def add(self, path: str, message: str) -> None:
         if self.rename is not None:
             path = self.rename(path)
         line = f"{path}: {message}" if path else message
-        if line not in self.items:
+        if line not in self._seen:
+            self._seen.add(line)
             self.items.append(line)
 
     def raise_if_any(self) -> None:
