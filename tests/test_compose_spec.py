@@ -149,10 +149,12 @@ def test_a_compose_file_becomes_the_model(tmp_path: Path) -> None:
     assert web.platform is not None
     assert (web.platform.os, web.platform.arch, web.platform.variant) == ("linux", "arm64", "v8")
     assert [(n.name, n.aliases) for n in web.networks] == [("front", ["www"]), ("back", [])]
+    # the store's name of the file's secret, under which the client stores it
     assert [(s.source, s.target, s.mode) for s in web.secrets] == [
-        ("token", "/run/secrets/token", None),
-        ("token", "/run/secrets/token2", 0o400),
+        ("shop_token", "/run/secrets/token", None),
+        ("shop_token", "/run/secrets/token2", 0o400),
     ]
+    assert spec.secret_refs() == {"shop_token"}  # the daemon checks it exists
     assert web.storage == [TmpfsStorage(target="/run")]
     assert spec.networks["back"].internal and spec.networks["back"].subnet == "10.9.0.0/24"
     assert spec.volumes["data"].labels == {"keep": "yes"}

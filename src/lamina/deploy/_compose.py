@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.deploy._interpolate import chain, interpolate_tree, parse_env_file
-from lamina.deploy._model import DeploymentSpec
+from lamina.deploy._model import DeploymentSpec, file_secret_name
 from lamina.deploy._spec import (
     InvalidSpec,
     Problems,
@@ -404,9 +404,6 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
     for i, volume in enumerate(out.get("storage", [])):
         if volume.get("type") == "named" and volume["name"] not in _defined(top, "volumes"):
             service.problem(f"volumes[{i}]", f"undefined volume {volume['name']!r}")
-    for i, secret in enumerate(out.get("secrets", [])):
-        if secret["source"] not in _defined(top, "secrets"):
-            service.problem(f"secrets[{i}]", f"undefined secret {secret['source']!r}")
 
 
 def _defined(top: dict[Any, Any], section: str) -> set[str]:
@@ -1076,10 +1073,12 @@ def _secrets(s: _Service, value: Any) -> None:
         if "source" not in fields:
             s.problem(f"secrets[{i}].source", "required")
             continue
-        source = _string(fields["source"])
-        target = _string(fields.get("target", source))
+        key = _string(fields["source"])
+        if key not in _defined(s.ctx.top, "secrets"):
+            s.problem(f"secrets[{i}]", f"undefined secret {key!r}")
+        target = _string(fields.get("target", key))
         entry: dict[str, Any] = {
-            "source": source,
+            "source": file_secret_name(s.ctx.project, key),
             "target": target if target.startswith("/") else f"/run/secrets/{target}",
         }
         if "mode" in fields:
