@@ -243,7 +243,7 @@ def test_a_model_received_as_json_passes_the_same_checks() -> None:
     with pytest.raises(InvalidSpec) as info:
         check_spec(DeploymentSpec.model_validate(dumped))
     assert info.value.problems == [
-        "services.db.depends[1].service: no service named 'ghost'",
+        "services.db.depends[1]: no service named 'ghost'",
         "services.db.endpoints[1]: endpoint name 'a' used twice",
         "services: dependency cycle: api -> db -> api",
     ]
@@ -425,7 +425,7 @@ SERVICE_ERRORS = [
         "services.web.health.interval: invalid duration '-1s': expected e.g. 10s, 1m30s, "
         "500ms or 1h",
     ),
-    ("depends: [{service: ghost}]", "services.web.depends[0].service: no service named 'ghost'"),
+    ("depends: [{service: ghost}]", "services.web.depends[0]: no service named 'ghost'"),
     (
         "depends: [{service: web, condition: ready, on_timeout: panic}]",
         "services.web.depends[0].on_timeout: must be one of fail, warn, continue (not 'panic')",
@@ -598,7 +598,7 @@ def test_all_errors_are_reported_at_once() -> None:
     assert sorted(lines) == sorted(
         [
             "services.web.scale.replicas: must be >= 0",
-            "services.web.depends[0].service: no service named 'ghost'",
+            "services.web.depends[0]: no service named 'ghost'",
             "services.web.endpoints[1]: endpoint name 'http' used twice",
             "services.api.colour: unknown key",
             "services.api.health.interval: invalid duration '10x': expected e.g. 10s, 1m30s, "

@@ -411,7 +411,7 @@ def _check_service(
             problems.add(join(path, "schedule"), str(exc))
     for i, dep in enumerate(service.depends):
         if dep.service not in service_names:
-            problems.add(f"{path}.depends[{i}].service", f"no service named {dep.service!r}")
+            problems.add(f"{path}.depends[{i}]", f"no service named {dep.service!r}")
     seen: set[str] = set()
     for i, endpoint in enumerate(service.endpoints):
         if endpoint.name in seen:
