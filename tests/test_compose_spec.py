@@ -394,6 +394,16 @@ def test_profiles_select_services(tmp_path: Path) -> None:
     assert set(both.services) == {"web", "debug", "seed"}
 
 
+def test_paths_are_relative_to_the_directory_named_not_a_links_target(tmp_path: Path) -> None:
+    write(tmp_path / "real", "services: {web: {image: x, volumes: [./data:/data]}}\n")
+    (tmp_path / "shop").symlink_to(tmp_path / "real")
+    spec = load_spec(tmp_path / "shop" / "compose.yaml", {})
+    assert spec.deployment == "shop"
+    assert spec.services["web"].storage[0] == BindStorage(
+        source=str(tmp_path / "shop" / "data"), target="/data"
+    )
+
+
 def test_project_name(tmp_path: Path) -> None:
     text = "services: {web: {image: x}}\n"
     assert load_spec(write(tmp_path / "My.Shop", text), {}).deployment == "myshop"

@@ -208,8 +208,9 @@ def _project_name(
     name = lookup("COMPOSE_PROJECT_NAME") or doc.get("name")
     path = "name"
     if name is None:
-        name = "".join(re.findall(r"[a-z0-9_-]", base_dir.resolve().name.lower())).lstrip("_-")
-        path = f"name (from the directory {base_dir.resolve().name!r})"
+        directory = Path(os.path.abspath(base_dir)).name
+        name = "".join(re.findall(r"[a-z0-9_-]", directory.lower())).lstrip("_-")
+        path = f"name (from the directory {directory!r})"
     if not isinstance(name, str):
         problems.add("name", "must be a string")
         return "invalid-name"

@@ -673,4 +673,5 @@ def load_spec(
     text = read_capped(file, MAX_FILE_BYTES)
     if text is None:
         raise InvalidSpec([f"{file}: too large (more than {MAX_FILE_BYTES} bytes)"])
-    return parse_spec(text, str(file), environ, file.resolve().parent, profiles)
+    # the file's directory as given, links not followed, as Compose has it
+    return parse_spec(text, str(file), environ, os.path.abspath(file.parent), profiles)
