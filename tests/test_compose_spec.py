@@ -481,12 +481,15 @@ def test_a_service_needs_image_or_build_and_defined_references(tmp_path: Path) -
             networks: [default]
         secrets:
           other: {environment: TOKEN}
+          "bad key": {file: ./x}
         """,
     )
     assert sorted(lines) == sorted(
         [
             "secrets.other.environment: unknown key (lamina does not support 'environment')",
             "secrets.other.file: required: lamina's Compose secrets come from files",
+            "secrets.bad key: the store cannot hold it: invalid secret name 'shop_bad key': it "
+            "must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)",
             "services.api.network_mode: cannot be combined with networks",
             "services.web: needs image or build",
             "services.web.networks[0]: undefined network 'front'",

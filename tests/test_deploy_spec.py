@@ -477,6 +477,7 @@ SERVICE_ERRORS = [
         "services.web.isolation: must be one of process, vm, auto (not 'hyperv')",
     ),
     ("privileged: maybe", "services.web.privileged: must be true or false"),
+    ('env: {A: "a\\0b"}', "services.web.env.A: a value cannot hold a NUL byte"),
     ("env: {A: $E:MISSING}", "services.web.env.A: $E:MISSING: the variable MISSING is not set"),
     (
         "env: {A: $S:9lives}",

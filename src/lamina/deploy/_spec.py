@@ -457,6 +457,8 @@ def _check_init(path: str, service: ServiceSpec, problems: Problems) -> None:
 def _check_env_value(path: str, key: str, value: str, problems: Problems) -> None:
     if not key or "=" in key or "\0" in key:
         problems.add(path, "not a valid variable name (empty, or with '=')")
+    if "\0" in value:
+        problems.add(path, "a value cannot hold a NUL byte")
     if value.startswith(SECRET_PREFIX):
         ref = value[len(SECRET_PREFIX) :]
         service, slash, name = ref[1:].partition("/") if ref.startswith("@") else ("", "/", ref)
