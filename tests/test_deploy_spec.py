@@ -640,6 +640,10 @@ def test_invalid_spec_is_a_lamina_error_with_its_problems() -> None:
         ("1.5h", 5400.0),
         ("2d", 172800.0),
         ("250us", 0.00025),
+        ("5min", 300.0),  # humantime's spellings, as ZLayer reads them
+        ("30 sec", 30.0),
+        ("2 hours 3 minutes", 7380.0),
+        ("1w", 604800.0),
         ("15", 15.0),
         ("0", 0.0),
         (12, 12.0),
@@ -650,7 +654,9 @@ def test_durations(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "s", "10", "10x", "1m30", "-5s", "ten seconds", True])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10", "10x", "1m30", "-5s", "ten seconds", "5 mo", "1sx", True]
+)
 def test_bad_durations(text: object) -> None:
     if text == "10":
         assert parse_duration(text) == 10.0  # a bare number is seconds
