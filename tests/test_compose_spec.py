@@ -860,3 +860,15 @@ def test_ports_of_a_file_are_bounded(tmp_path: Path) -> None:
     assert lines == [
         "services.s1.expose: too many ports: more than 65536 in the file, ranges expanded"
     ]
+
+
+def test_an_unterminated_quote_in_a_large_env_file_is_quick(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    write(shop, 'A="never closed\n' + "x" * 10 + "\n" * 100_000, ".env")
+    started = time.monotonic()
+    assert problems(tmp_path, "services:\n  web: {image: x}\n") == [
+        f'{shop / ".env"}:1: unterminated " quote'
+    ]
+    assert time.monotonic() - started < 10
+    values, bad = parse_env_file('A="one\\"\ntwo" B\nC=3\n', chain({}))
+    assert values == {"A": 'one"\ntwo', "C": "3"} and bad == []

@@ -190,11 +190,15 @@ def parse_env_file(
         raw = raw.strip()
         if raw[:1] in ("'", '"'):
             quote = raw[0]
-            end = _closing_quote(raw, quote)
+            end, parts, scanned = _closing_quote(raw, quote, 1), [raw], len(raw)
             while end < 0 and i < len(lines):  # a quoted value may span lines
-                raw += "\n" + lines[i]
+                chunk = "\n" + lines[i]  # scanned alone: a long value stays linear
                 i += 1
-                end = _closing_quote(raw, quote)
+                found = _closing_quote(chunk, quote, 0)
+                end = scanned + found if found >= 0 else -1
+                parts.append(chunk)
+                scanned += len(chunk)
+            raw = "".join(parts)
             if end < 0:
                 problems.append((number, f"unterminated {quote} quote"))
                 continue
@@ -215,8 +219,10 @@ def parse_env_file(
     return values, problems
 
 
-def _closing_quote(raw: str, quote: str) -> int:
-    i = 1
+def _closing_quote(raw: str, quote: str, start: int) -> int:
+    """The index of the quote closing a value from ``start`` (a double-quoted value's
+    backslash escapes the next character); -1 if there is none."""
+    i = start
     while i < len(raw):
         if quote == '"' and raw[i] == "\\":
             i += 2
