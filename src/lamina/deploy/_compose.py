@@ -147,9 +147,10 @@ def parse_compose(
             for name, raw in raw_services.items()
             if not _is_extension(name) and _profile_active(raw, active)
         }
-        services = {}
-        for name, raw in selected.items():
-            services[name] = _convert_service(str(name), raw, ctx, set(map(str, selected)))
+        names = set(map(str, selected))
+        services = {
+            name: _convert_service(str(name), raw, ctx, names) for name, raw in selected.items()
+        }
     elif raw_services is None:
         problems.add("services", "required: a Compose file has at least one service")
     spec = build_spec(top, services, problems)
