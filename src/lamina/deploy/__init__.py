@@ -1,0 +1,1 @@
+"""lamina.deploy: deployments (a placeholder; the public API is ctrl's)."""
