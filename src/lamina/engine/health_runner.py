@@ -114,10 +114,8 @@ def _probe_site(engine: Engine, rec: Record) -> tuple[str | None, str, str]:
     if rec.isolation == "vm":
         address = next((e.ipv4 or e.ipv6 for e in rec.endpoints if e.ipv4 or e.ipv6), "")
         if not (bridge_mode(rec.config) and address):
-            return None, "", (
-                f"a VM container's TCP and HTTP checks need a bridge network, not "
-                f"--network {rec.config.network}"
-            )
+            why = "a VM container's TCP and HTTP checks need a bridge network, not --network"
+            return None, "", f"{why} {rec.config.network}"
         return None, address, ""
     if bridge_mode(rec.config):
         return str(netns_path(engine.root, rec.id)), "", ""
