@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from leak_check import clear_networks
+from leak_check import clear_networks, pid_stopped
 from runtime_fixtures import (
     IMAGE_REF,
     cli_image_root,
@@ -148,6 +150,50 @@ def test_aliases_of_a_created_container_apply_at_its_start(root: Path) -> None:
     lamina_ok(root, "start", "late")
     resolves(root, "new", {address(root, "late")})
     assert resolve(root, "old") == set()
+
+
+def set_aliases_killed_at(root: Path, point: str, container: str, aliases: list[str]) -> None:
+    """``set_aliases`` in a process of its own, SIGKILLed at ``point``."""
+    script = (
+        "import sys; from pathlib import Path; from lamina.engine import open_engine\n"
+        "with open_engine(Path(sys.argv[1])) as e:\n"
+        "    e.networks.set_aliases(sys.argv[2], sys.argv[3], sys.argv[4:])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(root), container, NET, *aliases],
+        env={**os.environ, "LAMINA_TEST_STOP_AT": point},
+    )
+    try:
+        until(lambda: pid_stopped(proc.pid), 30)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_change_killed_halfway_is_finished_by_the_next(root: Path) -> None:
+    """Killed between the record and aardvark-dns, or with its scratch file written:
+    nothing is held (the container, the netavark lock), aardvark-dns's directory has
+    no stray file, and the same call again finishes the change."""
+    ip = run(root, "replica-1")
+    set_aliases_killed_at(root, "network:aliases", "replica-1", ["web"])
+    settings = json.loads(lamina_ok(root, "inspect", "replica-1"))[0]["NetworkSettings"]
+    assert settings["Networks"][NET]["Aliases"] == ["web"]  # the record has it ...
+    assert resolve(root, "web") == set()  # ... aardvark-dns not yet
+    set_aliases(root, "replica-1", ["web"])
+    resolves(root, "web", {ip})
+
+    set_aliases_killed_at(root, "network:aardvark", "replica-1", ["api"])
+    scratch = root / "networks" / "netavark" / "aardvark-edit.tmp"
+    assert scratch.exists()
+    assert sorted(os.listdir(root / "networks" / "netavark" / "aardvark-dns")) == [
+        "aardvark.pid", NET
+    ]  # fmt: skip
+    other = run(root, "replica-2", "web")  # netavark's lock is free
+    resolves(root, "web", {ip, other})
+    set_aliases(root, "replica-1", ["api"])
+    resolves(root, "api", {ip})
+    resolves(root, "web", {other})
+    assert not scratch.exists()
 
 
 def test_bad_aliases_are_refused_with_nothing_changed(root: Path) -> None:

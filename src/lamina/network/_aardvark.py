@@ -26,6 +26,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from lamina._hooks import stop_point
 from lamina.network import _netavark
 
 _PID_FILE = "aardvark.pid"
@@ -116,6 +117,7 @@ def _replace(root: Path, path: Path, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+    stop_point("network:aardvark")
     try:
         os.replace(scratch, path)
     except BaseException:
