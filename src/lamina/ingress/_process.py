@@ -1,0 +1,173 @@
+"""The one HAProxy of a root: started detached in master-worker mode so that it
+outlives the lamina process that started it, found again from its pid file by the
+next one (adopted), reloaded without dropping a connection, stopped.
+
+Liveness is the master's: its pid file names a process that is not a zombie, runs
+``haproxy`` with this root's configuration and answers on the master socket. When the
+master is gone its workers exit too (HAProxy's master-worker pipe); what is left
+(sockets, pid file) is removed before a new one starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from lamina.ingress import _runtime
+from lamina.ingress._config import Paths
+from lamina.ingress._model import IngressError
+
+HAPROXY = "/usr/sbin/haproxy"
+_START_TIMEOUT = 10.0
+
+
+def _binary() -> str:
+    return os.environ.get("LAMINA_HAPROXY", HAPROXY)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _runs_config(pid: int, paths: Paths) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and b"haproxy" in argv[0] and str(paths.cfg).encode() in argv
+
+
+def master_pid(paths: Paths) -> int | None:
+    """The pid of this root's running master, or None when there is none."""
+    try:
+        pid = int(paths.pid.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if _alive(pid) and _runs_config(pid, paths) and _runtime.answers(paths.master_sock):
+        return pid
+    return None
+
+
+def clean_leftovers(paths: Paths) -> None:
+    """Remove what a killed HAProxy left; only when ``master_pid`` is None."""
+    for path in (paths.pid, paths.master_sock, paths.admin_sock):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def check_config(paths: Paths, cfg: Path) -> None:
+    """HAProxy's own verdict on a configuration file (``-c``)."""
+    proc = subprocess.run(
+        [_binary(), "-c", "-q", "-f", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.splitlines()
+        alerts = [ln for ln in lines if "ALERT" in ln] or lines
+        raise IngressError(f"HAProxy rejects the ingress configuration: {_tail(alerts)}")
+
+
+def _tail(lines: list[str]) -> str:
+    return lines[0].strip() if lines else "no reason given"
+
+
+def start(paths: Paths) -> int:
+    """Start the master (which forks its worker) and wait until both answer."""
+    clean_leftovers(paths)
+    with open(paths.log, "ab") as log:
+        proc = subprocess.run(
+            [
+                _binary(),
+                "-W",
+                "-D",
+                "-S",
+                f"{paths.master_sock},mode,600",
+                "-f",
+                str(paths.cfg),
+                "-p",
+                str(paths.pid),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            check=False,
+            timeout=60,
+            start_new_session=True,
+        )
+    if proc.returncode != 0:
+        raise IngressError(f"HAProxy did not start: {_log_alert(paths)}")
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        pid = master_pid(paths)
+        if pid is not None and _runtime.answers(paths.admin_sock):
+            return pid
+        time.sleep(0.02)
+    raise IngressError(f"HAProxy did not come up: {_log_alert(paths)}")
+
+
+def _log_alert(paths: Paths) -> str:
+    try:
+        lines = paths.log.read_text(errors="replace").splitlines()[-20:]
+    except OSError:
+        lines = []
+    alerts = [ln for ln in lines if "ALERT" in ln]
+    return _tail(alerts[-1:] or lines[-1:])
+
+
+def reload(paths: Paths) -> None:
+    """A hitless reload: the master starts a new worker on the new configuration,
+    which takes the listening sockets over from the old one (``expose-fd
+    listeners``); the old worker finishes its connections and exits."""
+    before = _runtime.show_proc(paths.master_sock)
+    _runtime.command(paths.master_sock, "reload")
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            now = _runtime.show_proc(paths.master_sock)
+        except IngressError:
+            time.sleep(0.02)  # the master re-executes itself: its socket comes back
+            continue
+        if now.failed > before.failed:
+            raise IngressError(f"HAProxy's reload failed: {_log_alert(paths)}")
+        worker = now.current_worker
+        new_worker = now.reloads > before.reloads and worker != before.current_worker
+        if new_worker and worker and _worker_answers(paths, worker):
+            return
+        time.sleep(0.02)
+    raise IngressError("HAProxy's reload did not finish in time")
+
+
+def _worker_answers(paths: Paths, worker: int) -> bool:
+    """Whether the admin socket is served by ``worker`` (the new one) yet."""
+    try:
+        info = _runtime.command(paths.admin_sock, "show info", timeout=2.0)
+    except IngressError:
+        return False
+    return f"\nPid: {worker}\n" in f"\n{info}"
+
+
+def stop(paths: Paths, timeout: float = 10.0) -> None:
+    """Stop the master and its workers (hard stop: connections are cut)."""
+    pid = master_pid(paths)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    clean_leftovers(paths)
