@@ -1,0 +1,275 @@
+"""The ingress (lamina.ingress) against a real HAProxy 2.6 and backends that are real
+processes on loopback: routing, websockets, TCP, servers changed live under load,
+failover, hitless reloads, adoption by a new Ingress and cleanup after a killed one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ingress_backend import frame, read_frame
+from ingress_fixtures import (
+    Backends,
+    Load,
+    backends,  # noqa: F401 (fixture)
+    free_port,
+    get,
+    haproxy_processes,
+    ingress_root,  # noqa: F401 (fixture)
+    served_by,
+)
+from runtime_fixtures import until
+
+from lamina.ingress import Backend, Ingress, InvalidIngress, Route
+from lamina.ingress._runtime import show_proc
+
+
+def test_host_and_path_routing_forwarded_headers_and_404(
+    ingress_root: Path,  # noqa: F811
+    backends: Backends,  # noqa: F811
+) -> None:
+    port = free_port()
+    a, a_api, wild, api, any_host = (
+        backends.start("http", n) for n in ("a", "a-api", "wild", "api", "any")
+    )
+    routes = [
+        Route(port, "http", "a", host="a.test"),
+        Route(port, "http", "a-api", host="a.test", path="/api/v2"),
+        Route(port, "http", "wild", host="*.wild.test"),
+        Route(port, "http", "api", path="/api"),
+        Route(port, "http", "any", host="catch.test"),
+    ]
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    assert ing.apply(routes, [Backend(b.name, [b.server()]) for b in (a, a_api, wild, api, any_host)]) == "started"
+
+    assert served_by(port, "a.test") == "a"
+    assert served_by(port, "A.TEST:80", "/x") == "a"  # case and port do not matter
+    assert served_by(port, "a.test", "/api/v2") == "a-api"  # longest prefix first
+    assert served_by(port, "a.test", "/api/v2/users") == "a-api"
+    assert served_by(port, "a.test", "/api/v20") == "a"  # a prefix is whole segments
+    assert served_by(port, "a.test", "/api") == "a"  # the host's routes come first
+    assert served_by(port, "x.wild.test") == "wild"
+    assert served_by(port, "deep.x.wild.test") == "wild"
+    assert served_by(port, "other.test", "/api/things") == "api"
+    assert served_by(port, "catch.test") == "any"
+    status, body = get(port, "wild.test")  # the bare domain is not *.wild.test
+    assert status == 404 and "no route" in str(body)
+    assert get(port, "nobody.test")[0] == 404
+
+    status, body = get(port, "a.test", "/")
+    assert isinstance(body, dict)
+    headers = {k.lower(): v for k, v in body["headers"].items()}
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+
+
+def _ws_connect(port: int, host: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        (
+            f"GET /chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    return sock
+
+
+def _ws_echo(sock: socket.socket, text: str) -> bytes | None:
+    sock.sendall(frame(text.encode(), mask=True))
+    return read_frame(sock.makefile("rb"))
+
+
+def test_websocket_echo(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+    port = free_port()
+    ws = backends.start("http", "ws")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply([Route(port, "websocket", "ws", host="ws.test")], [Backend("ws", [ws.server()])])
+    sock = _ws_connect(port, "ws.test")
+    try:
+        assert _ws_echo(sock, "hello") == b"ws:hello"
+        assert _ws_echo(sock, "again") == b"ws:again"
+    finally:
+        sock.close()
+
+
+def test_tcp_echo(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+    port = free_port()
+    one, two = backends.start("tcp", "one"), backends.start("tcp", "two")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply([Route(port, "tcp", "echo")], [Backend("echo", [one.server(), two.server()])])
+    seen = set()
+    for _ in range(4):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"ping\n")
+            answer = sock.makefile("rb").readline()
+            name, _, rest = answer.partition(b":")
+            assert rest == b"ping\n"
+            seen.add(name)
+    assert seen == {b"one", b"two"}  # round robin
+
+
+def _worker(ing: Ingress) -> int | None:
+    return show_proc(ing.paths.master_sock).current_worker
+
+
+def test_servers_added_drained_and_removed_live_without_failed_requests(
+    ingress_root: Path,  # noqa: F811
+    backends: Backends,  # noqa: F811
+) -> None:
+    port = free_port()
+    s1, s2, s3 = (backends.start("http", n) for n in ("s1", "s2", "s3"))
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    route = [Route(port, "http", "web")]
+    ing.apply(route, [Backend("web", [s1.server()])])
+    worker = _worker(ing)
+    with Load(port) as load:
+        until(lambda: load.ok.get("s1", 0) > 20, timeout=20)
+        # Added: traffic reaches them with no reload.
+        assert ing.apply(route, [Backend("web", [s1.server(), s2.server(), s3.server()])]) == "runtime"
+        until(lambda: load.ok.get("s2", 0) > 10 and load.ok.get("s3", 0) > 10, timeout=20)
+        # Not ready: no more traffic.
+        assert ing.apply(route, [Backend("web", [s1.server(False), s2.server(), s3.server()])]) == "runtime"
+        mark = load.ok.get("s1", 0)
+        count = load.total()
+        until(lambda: load.since(count) > 50, timeout=20)
+        assert load.ok.get("s1", 0) <= mark + 2  # requests already in flight
+        # Removed, another re-addressed onto the first's process: all live.
+        moved = s3.server()
+        assert ing.apply(route, [Backend("web", [s2.server(), type(moved)("s3", "127.0.0.1", s1.port)])]) == "runtime"
+        count = load.total()
+        until(lambda: load.since(count) > 50, timeout=20)
+    assert load.failures == []
+    assert _worker(ing) == worker  # never reloaded
+    state = {s["name"]: s for s in ing.inspect()["backends"][0]["servers"]}
+    assert set(state) == {"s2", "s3"} and state["s3"]["port"] == s1.port
+    assert served_by(port) in {"s1", "s2"}  # s3's name now serves from s1's process
+
+
+def test_failover_when_a_replica_is_killed(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+    port = free_port()
+    s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply([Route(port, "http", "web")], [Backend("web", [s1.server(), s2.server()])])
+    with Load(port, threads=3) as load:
+        until(lambda: load.ok.get("s1", 0) > 20 and load.ok.get("s2", 0) > 20, timeout=20)
+        s1.kill()
+        count = load.total()
+        until(lambda: load.since(count) > 300, timeout=30)
+    assert load.failures == []
+    assert ing.inspect()["backends"][0]["servers"][0]["health"] == "down"  # HAProxy's check
+
+
+def test_structural_changes_reload_hitlessly_under_load(
+    ingress_root: Path,  # noqa: F811
+    backends: Backends,  # noqa: F811
+) -> None:
+    port, tcp_port = free_port(), free_port()
+    web, echo = backends.start("http", "web"), backends.start("tcp", "echo")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    base = [Backend("web", [web.server()]), Backend("echo", [echo.server()])]
+    routes = [Route(port, "http", "web"), Route(tcp_port, "tcp", "echo")]
+    ing.apply(routes, base)
+    held = socket.create_connection(("127.0.0.1", tcp_port), timeout=10)
+    held_reader = held.makefile("rb")
+    with Load(port, threads=3) as load:
+        until(lambda: load.total() > 50, timeout=20)
+        for i in range(6):
+            routes.append(Route(port, "http", "web", host=f"h{i}.test"))
+            worker = _worker(ing)
+            assert ing.apply(routes, base) == "reloaded"
+            assert _worker(ing) != worker
+            assert served_by(port, f"h{i}.test") == "web"
+            count = load.total()
+            until(lambda: load.since(count) > 30, timeout=20)
+    assert load.failures == []
+    held.sendall(b"still here\n")  # a connection of the old worker lives on
+    assert held_reader.readline() == b"echo:still here\n"
+    held.close()
+
+
+def test_a_new_ingress_adopts_the_running_haproxy(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+    port = free_port()
+    s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
+    routes = [Route(port, "http", "web")]
+    # Applied by a process that then exits, as a daemon that stops.
+    code = (
+        "import sys; from lamina.ingress import Backend, Ingress, Route, Server; "
+        f"Ingress(sys.argv[1], address='127.0.0.1').apply({routes!r}, "
+        f"[Backend('web', [Server('s1', '127.0.0.1', {s1.port})])])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(ingress_root)], check=True)
+    assert served_by(port) == "s1"
+    again = Ingress(ingress_root, address="127.0.0.1")
+    master = again.running()
+    assert master is not None
+    with Load(port) as load:
+        until(lambda: load.total() > 20, timeout=20)
+        assert again.apply(routes, [Backend("web", [s1.server()])]) == "unchanged"
+        assert again.apply(routes, [Backend("web", [s1.server(), s2.server()])]) == "runtime"
+        until(lambda: load.ok.get("s2", 0) > 5, timeout=20)
+    assert load.failures == []
+    assert again.running() == master
+
+
+def test_a_killed_haproxy_is_cleaned_up_and_replaced(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+    port = free_port()
+    s1 = backends.start("http", "s1")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply([Route(port, "http", "web")], [Backend("web", [s1.server()])])
+    master = ing.running()
+    assert master is not None
+    os.kill(master, signal.SIGKILL)
+    until(lambda: haproxy_processes(ingress_root) == [], timeout=10)  # its worker follows
+    assert ing.running() is None
+    assert (ingress_root / "ingress" / "admin.sock").exists()  # left behind
+    fresh = Ingress(ingress_root, address="127.0.0.1")
+    assert fresh.apply([Route(port, "http", "web")], [Backend("web", [s1.server()])]) == "started"
+    assert fresh.running() not in (None, master)
+    assert served_by(port) == "s1"
+
+
+@pytest.mark.parametrize(
+    ("routes", "backends_", "message"),
+    [
+        ([Route(80, "http", "web", host="bad host")], ["web"], "invalid host name: 'bad host'"),
+        ([Route(80, "http", "web", path="/x y")], ["web"], "invalid path"),
+        ([Route(80, "http", "nope")], ["web"], "unknown backend 'nope'"),
+        ([Route(80, "http", "web"), Route(80, "tcp", "web")], ["web"], "used by both tcp and http"),
+        ([Route(80, "http", "web"), Route(80, "https", "web")], ["web"], "cannot mix"),
+        ([Route(0, "http", "web")], ["web"], "invalid port 0"),
+        ([Route(80, "http", "web")], ["web\nbind :1"], "invalid backend key"),
+    ],
+)
+def test_bad_routes_are_refused_with_nothing_written(
+    tmp_path: Path, routes: list[Route], backends_: list[str], message: str
+) -> None:
+    ing = Ingress(tmp_path / "root", address="127.0.0.1")
+    with pytest.raises(InvalidIngress, match=message.replace("(", r"\(")) as e:
+        ing.apply(routes, [Backend(k) for k in backends_])
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "root" / "ingress").exists()
+
+
+def test_close_stops_haproxy_and_removes_its_files(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+    port = free_port()
+    s1 = backends.start("http", "s1")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply([Route(port, "http", "web")], [Backend("web", [s1.server()])])
+    assert haproxy_processes(ingress_root)
+    ing.close()
+    assert haproxy_processes(ingress_root) == []
+    with pytest.raises(OSError):
+        get(port, timeout=2)
