@@ -113,6 +113,7 @@ def main() -> None:
     mode, name = sys.argv[1], sys.argv[2]
     server = _serve_tcp(name) if mode == "tcp" else _serve_http(name)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     print(server.server_address[1], flush=True)
     server.serve_forever()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runtime_fixtures import until
 
 from lamina.ingress import Ingress, Server
 
@@ -66,8 +67,8 @@ class Backends:
             p.kill()
 
 
-@pytest.fixture
-def backends() -> Iterator[Backends]:
+def backend_procs() -> Iterator[Backends]:
+    """The ``backends`` fixture of the ingress tests: processes killed at the end."""
     b = Backends()
     yield b
     b.stop()
@@ -90,10 +91,10 @@ def haproxy_processes(root: Path) -> list[int]:
     return out
 
 
-@pytest.fixture
-def ingress_root(tmp_path: Path) -> Iterator[Path]:
-    """A root whose ingress is closed after the test, which must leave no HAProxy,
-    socket, pid file or temporary file behind."""
+def checked_ingress_root(tmp_path: Path) -> Iterator[Path]:
+    """The ``ingress_root`` fixture of the ingress tests: a root whose ingress is
+    closed after the test, which must leave no HAProxy, socket, pid file or
+    temporary file behind."""
     if not shutil.which("haproxy") and not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("needs HAProxy")
     root = tmp_path / "root"
@@ -158,8 +159,10 @@ class Load:
         with self._lock:
             return sum(self.ok.values()) + len(self.failures)
 
-    def since(self, count: int) -> int:
-        return self.total() - count
+    def more(self, count: int, timeout: float = 20) -> None:
+        """Wait until ``count`` more requests have been answered or failed."""
+        start = self.total()
+        until(lambda: self.total() - start >= count, timeout=timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():

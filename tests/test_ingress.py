@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +17,32 @@ from ingress_backend import frame, read_frame
 from ingress_fixtures import (
     Backends,
     Load,
-    backends,  # noqa: F401 (fixture)
+    backend_procs,
+    checked_ingress_root,
     free_port,
     get,
     haproxy_processes,
-    ingress_root,  # noqa: F401 (fixture)
     served_by,
 )
 from runtime_fixtures import until
 
-from lamina.ingress import Backend, Ingress, InvalidIngress, Route
+from lamina.ingress import Backend, Ingress, InvalidIngress, Route, Server
 from lamina.ingress._runtime import show_proc
 
 
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    yield from backend_procs()
+
+
+@pytest.fixture
+def ingress_root(tmp_path: Path) -> Iterator[Path]:
+    yield from checked_ingress_root(tmp_path)
+
+
 def test_host_and_path_routing_forwarded_headers_and_404(
-    ingress_root: Path,  # noqa: F811
-    backends: Backends,  # noqa: F811
+    ingress_root: Path,
+    backends: Backends,
 ) -> None:
     port = free_port()
     a, a_api, wild, api, any_host = (
@@ -46,7 +56,10 @@ def test_host_and_path_routing_forwarded_headers_and_404(
         Route(port, "http", "any", host="catch.test"),
     ]
     ing = Ingress(ingress_root, address="127.0.0.1")
-    assert ing.apply(routes, [Backend(b.name, [b.server()]) for b in (a, a_api, wild, api, any_host)]) == "started"
+    assert (
+        ing.apply(routes, [Backend(b.name, [b.server()]) for b in (a, a_api, wild, api, any_host)])
+        == "started"
+    )
 
     assert served_by(port, "a.test") == "a"
     assert served_by(port, "A.TEST:80", "/x") == "a"  # case and port do not matter
@@ -92,7 +105,7 @@ def _ws_echo(sock: socket.socket, text: str) -> bytes | None:
     return read_frame(sock.makefile("rb"))
 
 
-def test_websocket_echo(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+def test_websocket_echo(ingress_root: Path, backends: Backends) -> None:
     port = free_port()
     ws = backends.start("http", "ws")
     ing = Ingress(ingress_root, address="127.0.0.1")
@@ -105,7 +118,7 @@ def test_websocket_echo(ingress_root: Path, backends: Backends) -> None:  # noqa
         sock.close()
 
 
-def test_tcp_echo(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+def test_tcp_echo(ingress_root: Path, backends: Backends) -> None:
     port = free_port()
     one, two = backends.start("tcp", "one"), backends.start("tcp", "two")
     ing = Ingress(ingress_root, address="127.0.0.1")
@@ -126,8 +139,8 @@ def _worker(ing: Ingress) -> int | None:
 
 
 def test_servers_added_drained_and_removed_live_without_failed_requests(
-    ingress_root: Path,  # noqa: F811
-    backends: Backends,  # noqa: F811
+    ingress_root: Path,
+    backends: Backends,
 ) -> None:
     port = free_port()
     s1, s2, s3 = (backends.start("http", n) for n in ("s1", "s2", "s3"))
@@ -138,19 +151,22 @@ def test_servers_added_drained_and_removed_live_without_failed_requests(
     with Load(port) as load:
         until(lambda: load.ok.get("s1", 0) > 20, timeout=20)
         # Added: traffic reaches them with no reload.
-        assert ing.apply(route, [Backend("web", [s1.server(), s2.server(), s3.server()])]) == "runtime"
+        assert (
+            ing.apply(route, [Backend("web", [s1.server(), s2.server(), s3.server()])]) == "runtime"
+        )
         until(lambda: load.ok.get("s2", 0) > 10 and load.ok.get("s3", 0) > 10, timeout=20)
         # Not ready: no more traffic.
-        assert ing.apply(route, [Backend("web", [s1.server(False), s2.server(), s3.server()])]) == "runtime"
+        assert (
+            ing.apply(route, [Backend("web", [s1.server(False), s2.server(), s3.server()])])
+            == "runtime"
+        )
         mark = load.ok.get("s1", 0)
-        count = load.total()
-        until(lambda: load.since(count) > 50, timeout=20)
+        load.more(50)
         assert load.ok.get("s1", 0) <= mark + 2  # requests already in flight
         # Removed, another re-addressed onto the first's process: all live.
-        moved = s3.server()
-        assert ing.apply(route, [Backend("web", [s2.server(), type(moved)("s3", "127.0.0.1", s1.port)])]) == "runtime"
-        count = load.total()
-        until(lambda: load.since(count) > 50, timeout=20)
+        moved = Server("s3", "127.0.0.1", s1.port)
+        assert ing.apply(route, [Backend("web", [s2.server(), moved])]) == "runtime"
+        load.more(50)
     assert load.failures == []
     assert _worker(ing) == worker  # never reloaded
     state = {s["name"]: s for s in ing.inspect()["backends"][0]["servers"]}
@@ -158,7 +174,7 @@ def test_servers_added_drained_and_removed_live_without_failed_requests(
     assert served_by(port) in {"s1", "s2"}  # s3's name now serves from s1's process
 
 
-def test_failover_when_a_replica_is_killed(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+def test_failover_when_a_replica_is_killed(ingress_root: Path, backends: Backends) -> None:
     port = free_port()
     s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
     ing = Ingress(ingress_root, address="127.0.0.1")
@@ -166,15 +182,14 @@ def test_failover_when_a_replica_is_killed(ingress_root: Path, backends: Backend
     with Load(port, threads=3) as load:
         until(lambda: load.ok.get("s1", 0) > 20 and load.ok.get("s2", 0) > 20, timeout=20)
         s1.kill()
-        count = load.total()
-        until(lambda: load.since(count) > 300, timeout=30)
+        load.more(300)
     assert load.failures == []
     assert ing.inspect()["backends"][0]["servers"][0]["health"] == "down"  # HAProxy's check
 
 
 def test_structural_changes_reload_hitlessly_under_load(
-    ingress_root: Path,  # noqa: F811
-    backends: Backends,  # noqa: F811
+    ingress_root: Path,
+    backends: Backends,
 ) -> None:
     port, tcp_port = free_port(), free_port()
     web, echo = backends.start("http", "web"), backends.start("tcp", "echo")
@@ -192,15 +207,14 @@ def test_structural_changes_reload_hitlessly_under_load(
             assert ing.apply(routes, base) == "reloaded"
             assert _worker(ing) != worker
             assert served_by(port, f"h{i}.test") == "web"
-            count = load.total()
-            until(lambda: load.since(count) > 30, timeout=20)
+            load.more(30)
     assert load.failures == []
     held.sendall(b"still here\n")  # a connection of the old worker lives on
     assert held_reader.readline() == b"echo:still here\n"
     held.close()
 
 
-def test_a_new_ingress_adopts_the_running_haproxy(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+def test_a_new_ingress_adopts_the_running_haproxy(ingress_root: Path, backends: Backends) -> None:
     port = free_port()
     s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
     routes = [Route(port, "http", "web")]
@@ -224,7 +238,9 @@ def test_a_new_ingress_adopts_the_running_haproxy(ingress_root: Path, backends: 
     assert again.running() == master
 
 
-def test_a_killed_haproxy_is_cleaned_up_and_replaced(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+def test_a_killed_haproxy_is_cleaned_up_and_replaced(
+    ingress_root: Path, backends: Backends
+) -> None:
     port = free_port()
     s1 = backends.start("http", "s1")
     ing = Ingress(ingress_root, address="127.0.0.1")
@@ -263,7 +279,7 @@ def test_bad_routes_are_refused_with_nothing_written(
     assert not (tmp_path / "root" / "ingress").exists()
 
 
-def test_close_stops_haproxy_and_removes_its_files(ingress_root: Path, backends: Backends) -> None:  # noqa: F811
+def test_close_stops_haproxy_and_removes_its_files(ingress_root: Path, backends: Backends) -> None:
     port = free_port()
     s1 = backends.start("http", "s1")
     ing = Ingress(ingress_root, address="127.0.0.1")

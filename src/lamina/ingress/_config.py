@@ -81,7 +81,7 @@ def backend_name(key: str) -> str:
 def server_options(backend: Backend) -> str:
     """Options of every server of ``backend``, in the config and in ``add server``."""
     del backend  # the same for all today; kept per backend for the health check's needs
-    return "check inter 1s fall 2 rise 2"
+    return "check inter 1s fall 2 rise 2 pool-purge-delay 500ms"
 
 
 def server_line(backend: Backend, server: Server) -> str:

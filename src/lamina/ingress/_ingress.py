@@ -106,12 +106,12 @@ class Ingress:
     def add_cert(self, host: str, cert_pem: bytes, key_pem: bytes) -> CertInfo:
         """Store a certificate for ``host`` and serve it (a reload when running)."""
         info = self.certs.add(host, cert_pem, key_pem)
-        self._refresh()
+        self.refresh()
         return info
 
     def remove_cert(self, host: str) -> None:
         self.certs.remove(host)
-        self._refresh()
+        self.refresh()
 
     # -- ACME HTTP-01 answers ------------------------------------------------------------
 
@@ -164,8 +164,8 @@ class Ingress:
             finally:
                 os.close(fd)
 
-    def _refresh(self) -> None:
-        """Re-apply what was applied (certificates changed)."""
+    def refresh(self) -> None:
+        """Re-apply what was applied (after a change of certificates)."""
         applied = self._read_applied()
         if not applied or self.running() is None:
             return
