@@ -106,6 +106,8 @@ class Acme:
         try:
             order = acme.new_order(crypto_util.make_csr(key_pem, [host]))
             for authz in order.authorizations:
+                if authz.body.status == messages.STATUS_VALID:
+                    continue  # validated lately (a renewal): the CA reuses it
                 chall = next(
                     (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
                     None,
