@@ -39,10 +39,10 @@ class Acme:
         self.dir = ingress.paths.dir / "acme"
 
     def _client(self) -> Any:
-        import josepy as jose
         from acme import client, errors, messages
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
+        from josepy.jwk import JWKRSA
 
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_file, account_file = self.dir / "account.pem", self.dir / "account.json"
@@ -57,9 +57,9 @@ class Acme:
             )
             atomic_write(key_file, pem, mode=0o600)
         assert isinstance(key, rsa.RSAPrivateKey)
-        net = client.ClientNetwork(
-            jose.JWKRSA(key=key), user_agent="lamina", verify_ssl=self.ca_bundle or True
-        )
+        # verify_ssl goes to requests' ``verify``, which also takes a CA file.
+        verify: Any = self.ca_bundle or True
+        net = client.ClientNetwork(JWKRSA(key=key), user_agent="lamina", verify_ssl=verify)
         try:
             directory = client.ClientV2.get_directory(self.directory, net)
             acme = client.ClientV2(directory, net=net)
