@@ -289,3 +289,76 @@ def test_close_stops_haproxy_and_removes_its_files(ingress_root: Path, backends:
     assert haproxy_processes(ingress_root) == []
     with pytest.raises(OSError):
         get(port, timeout=2)
+
+
+def _apply_in_child(
+    root: Path, port: int, server_port: int, stop_at: str
+) -> subprocess.Popen[bytes]:
+    """A process applying one route that stops itself at ``stop_at`` (lamina._hooks)."""
+    code = (
+        "import sys; from lamina.ingress import Backend, Ingress, Route, Server; "
+        f"Ingress(sys.argv[1], address='127.0.0.1').apply([Route({port}, 'http', 'web')], "
+        f"[Backend('web', [Server('s1', '127.0.0.1', {server_port})])])"
+    )
+    env = {**os.environ, "LAMINA_TEST_STOP_AT": stop_at}
+    return subprocess.Popen([sys.executable, "-c", code, str(root)], env=env)
+
+
+def _stopped(pid: int) -> bool:
+    state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    return state == b"T"
+
+
+def test_sigkill_while_writing_the_config_leaves_nothing(
+    ingress_root: Path, backends: Backends
+) -> None:
+    port = free_port()
+    s1 = backends.start("http", "s1")
+    child = _apply_in_child(ingress_root, port, s1.port, "ingress:config-written")
+    until(lambda: _stopped(child.pid), timeout=20)
+    written = list((ingress_root / "ingress").glob(".haproxy.cfg.*.new"))
+    assert written  # half-done work, leased
+    child.kill()
+    child.wait()
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    assert ing.apply([Route(port, "http", "web")], [Backend("web", [s1.server()])]) == "started"
+    assert not any(p.exists() for p in written)
+    assert served_by(port) == "s1"
+
+
+def test_haproxy_outlives_a_sigkilled_starter_and_is_adopted(
+    ingress_root: Path, backends: Backends
+) -> None:
+    port = free_port()
+    s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
+    child = _apply_in_child(ingress_root, port, s1.port, "ingress:started")
+    until(lambda: _stopped(child.pid), timeout=20)
+    child.kill()
+    child.wait()
+    assert served_by(port) == "s1"  # HAProxy lives on without its starter
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    master = ing.running()
+    with Load(port) as load:
+        load.more(20)
+        # What the starter applied was never recorded: a (hitless) reload sets it.
+        ing.apply([Route(port, "http", "web")], [Backend("web", [s1.server(), s2.server()])])
+        until(lambda: load.ok.get("s2", 0) > 5, timeout=20)
+    assert load.failures == []
+    assert ing.running() == master
+
+
+def test_a_route_changing_hosts_while_traffic_flows(ingress_root: Path, backends: Backends) -> None:
+    port = free_port()
+    steady, moving = backends.start("http", "steady"), backends.start("http", "moving")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    pool = [Backend("steady", [steady.server()]), Backend("moving", [moving.server()])]
+    base = Route(port, "http", "steady", host="steady.test")
+    ing.apply([base, Route(port, "http", "moving", host="old.test")], pool)
+    assert served_by(port, "old.test") == "moving"
+    with Load(port, host="steady.test") as load:
+        load.more(30)
+        ing.apply([base, Route(port, "http", "moving", host="new.test")], pool)
+        load.more(30)
+    assert load.failures == [] and set(load.ok) == {"steady"}
+    assert served_by(port, "new.test") == "moving"
+    assert get(port, "old.test")[0] == 404

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lamina import _leases
+from lamina import _hooks, _leases
 from lamina._fsutil import atomic_write
 from lamina.ingress import _process, _runtime
 from lamina.ingress._certs import CertInfo, CertStore
@@ -199,6 +199,7 @@ class Ingress:
             _process.clean_leftovers(self.paths)
             self._write_config(full)
             _process.start(self.paths)
+            _hooks.stop_point("ingress:started")
             outcome = "started"
         elif applied.get("structure") != structure or applied.get("address") != self.address:
             self._write_config(full)
@@ -228,6 +229,7 @@ class Ingress:
             lease.add_path(new)
             try:
                 new.write_text(text)
+                _hooks.stop_point("ingress:config-written")
                 if check:
                     _process.check_config(self.paths, new)
                 os.replace(new, self.paths.cfg)
