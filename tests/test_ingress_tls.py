@@ -27,7 +27,7 @@ from ingress_fixtures import (
     get,
     served_by,
 )
-from runtime_fixtures import until
+from runtime_fixtures import error_line, lamina_cli, lamina_ok, until
 
 from lamina.errors import NotFound
 from lamina.ingress import Acme, Backend, Ingress, InvalidIngress, Route
@@ -268,3 +268,53 @@ def test_certificate_issued_by_pebble_over_http01(
 def _no_hostname(context: ssl.SSLContext) -> ssl.SSLContext:
     context.check_hostname = False
     return context
+
+
+def test_cli_cert_add_ls_rm_and_ingress_ls(
+    ingress_root: Path, backends: Backends, tmp_path: Path
+) -> None:
+    ca = CA(tmp_path / "ca")
+    cert, key = ca.issue("cli.test")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    (tmp_path / "junk.pem").write_bytes(b"junk")
+    tls = free_port()
+    web = backends.start("http", "web")
+    Ingress(ingress_root, address="127.0.0.1").apply(
+        [Route(tls, "https", "web", host="cli.test")], [Backend("web", [web.server()])]
+    )
+    files = ["--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem")]
+    out = lamina_ok(ingress_root, "ingress", "cert", "add", "cli.test", *files)
+    assert out.startswith("cli.test (expires ")
+    assert https_get(tls, "cli.test", ca.file)[0] == 200  # served at once
+
+    rows = [
+        json.loads(x)
+        for x in lamina_ok(ingress_root, "ingress", "cert", "ls", "--format", "json").splitlines()
+    ]
+    assert [(r["Host"], r["Source"]) for r in rows] == [("cli.test", "file")]
+    listing = lamina_ok(ingress_root, "ingress", "ls", "--format", "json")
+    route = json.loads(listing)
+    assert (route["Port"], route["Host"], route["Backend"], route["Servers"]) == (
+        tls,
+        "cli.test",
+        "web",
+        "1/1",
+    )
+    state = json.loads(lamina_ok(ingress_root, "ingress", "inspect"))
+    assert state["running"] and state["backends"][0]["servers"][0]["health"] == "up"
+
+    bad = lamina_cli(
+        ingress_root, "ingress", "cert", "add", "cli.test",
+        "--cert", str(tmp_path / "junk.pem"), "--key", str(tmp_path / "key.pem"),
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert error_line(bad.stderr).startswith("lamina: error: certificate for cli.test: not a PEM")
+    assert lamina_ok(ingress_root, "ingress", "cert", "rm", "cli.test") == "cli.test\n"
+    gone = lamina_cli(ingress_root, "ingress", "cert", "rm", "cli.test")
+    assert (
+        gone.returncode != 0
+        and error_line(gone.stderr) == "lamina: error: no certificate for cli.test"
+    )
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_get(tls, "cli.test", ca.file)
