@@ -30,7 +30,7 @@ from ingress_fixtures import (
 from runtime_fixtures import error_line, lamina_cli, lamina_ok, until
 
 from lamina.errors import NotFound
-from lamina.ingress import Acme, Backend, Ingress, InvalidIngress, Route
+from lamina.ingress import Acme, Backend, Ingress, IngressError, InvalidIngress, Route
 
 
 @pytest.fixture
@@ -171,6 +171,15 @@ def test_bad_certificates_are_refused(ingress_root: Path, tmp_path: Path) -> Non
         with pytest.raises(InvalidIngress, match=message):
             ing.add_cert(*args)
     assert ing.certs.list() == []
+    # What goes into HAProxy's command lines and map file is base64url only.
+    for token, value in [
+        ("t", "a b"),
+        ("t", "x\nshutdown sessions server be_web/s1"),
+        ("../t", "v.w"),
+    ]:
+        with pytest.raises(IngressError, match="invalid ACME"):
+            ing.set_challenge(token, value)
+    assert not (ingress_root / "ingress" / "acme.map").exists()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ from lamina.ingress._model import (
 )
 
 DRAIN_TIMEOUT = 30.0
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 class Ingress:
@@ -123,8 +125,12 @@ class Ingress:
         self._challenge(token, None)
 
     def _challenge(self, token: str, value: str | None) -> None:
-        if not token or not all(c.isalnum() or c in "-_" for c in token):
+        # Both go into a runtime API command line and the map file: base64url only
+        # (and the "." between the key authorization's two parts).
+        if not _BASE64URL.match(token):
             raise IngressError(f"invalid ACME token: {token!r}")
+        if value is not None and not _BASE64URL.match(value.replace(".", "", 1)):
+            raise IngressError(f"invalid ACME key authorization: {value!r}")
         key = ACME_PREFIX + token
         with self._locked():
             entries = self._read_map()
