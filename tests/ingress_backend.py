@@ -7,6 +7,7 @@ and serves until killed.
 - ``ws``: a websocket echo (RFC 6455 handshake, text frames echoed back prefixed
   with the name).
 - ``tcp``: echoes each line prefixed with the name.
+- ``udp``: echoes each datagram prefixed with the name.
 """
 
 from __future__ import annotations
@@ -109,8 +110,20 @@ def _serve_tcp(name: str) -> socketserver.ThreadingTCPServer:
     return socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
 
 
+def _serve_udp(name: str) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    while True:
+        data, peer = sock.recvfrom(65536)
+        sock.sendto(f"{name}:".encode() + data, peer)
+
+
 def main() -> None:
     mode, name = sys.argv[1], sys.argv[2]
+    if mode == "udp":
+        _serve_udp(name)
+        return
     server = _serve_tcp(name) if mode == "tcp" else _serve_http(name)
     server.daemon_threads = True
     server.handle_error = lambda request, address: None  # type: ignore[method-assign]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from runtime_fixtures import until
 
-from lamina.ingress import Ingress, Server
+from lamina.ingress import Ingress, Server, _udp
 
 BACKEND_SCRIPT = Path(__file__).with_name("ingress_backend.py")
 
@@ -106,6 +106,9 @@ def checked_ingress_root(tmp_path: Path) -> Iterator[Path]:
     assert not [n for n in left if n.endswith((".new", ".tmp"))]
     leases = root / "leases"
     assert not (leases.exists() and list(leases.iterdir()))
+    if os.geteuid() == 0:  # the UDP endpoints' NAT chain
+        rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True)
+        assert _udp.chain_name(root) not in rules.stdout
 
 
 def get(

@@ -26,7 +26,7 @@ from ingress_fixtures import (
 )
 from runtime_fixtures import until
 
-from lamina.ingress import Backend, Ingress, InvalidIngress, Route, Server
+from lamina.ingress import Backend, Ingress, InvalidIngress, Route, Server, _udp
 from lamina.ingress._runtime import show_proc
 
 
@@ -263,7 +263,7 @@ def test_a_killed_haproxy_is_cleaned_up_and_replaced(
         ([Route(80, "http", "web", host="bad host")], ["web"], "invalid host name: 'bad host'"),
         ([Route(80, "http", "web", path="/x y")], ["web"], "invalid path"),
         ([Route(80, "http", "nope")], ["web"], "unknown backend 'nope'"),
-        ([Route(80, "http", "web"), Route(80, "tcp", "web")], ["web"], "used by both tcp and http"),
+        ([Route(80, "http", "web"), Route(80, "tcp", "web")], ["web"], "used by both http and tcp"),
         ([Route(80, "http", "web"), Route(80, "https", "web")], ["web"], "cannot mix"),
         ([Route(0, "http", "web")], ["web"], "invalid port 0"),
         ([Route(80, "http", "web")], ["web\nbind :1"], "invalid backend key"),
@@ -362,3 +362,46 @@ def test_a_route_changing_hosts_while_traffic_flows(ingress_root: Path, backends
     assert load.failures == [] and set(load.ok) == {"steady"}
     assert served_by(port, "new.test") == "moving"
     assert get(port, "old.test")[0] == 404
+
+
+def _nat_rules() -> str:
+    return subprocess.run(
+        ["iptables", "-t", "nat", "-S"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _udp_echo(port: int) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # a new flow
+        sock.settimeout(5)
+        sock.sendto(b"ping", ("127.0.0.1", port))
+        return sock.recv(100)
+
+
+def test_udp_echo_balanced_by_the_kernel_across_ready_replicas(
+    ingress_root: Path, backends: Backends
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (iptables)")
+    port = free_port()
+    one, two = backends.start("udp", "one"), backends.start("udp", "two")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    # A UDP and a TCP endpoint may share a port number (DNS does).
+    tcp = backends.start("tcp", "tcp")
+    routes = [Route(port, "udp", "dns"), Route(port, "tcp", "dns-tcp")]
+    pool = [Backend("dns", [one.server(), two.server()]), Backend("dns-tcp", [tcp.server()])]
+    ing.apply(routes, pool)
+    answers = {_udp_echo(port) for _ in range(6)}
+    assert answers == {b"one:ping", b"two:ping"}
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"hi\n")
+        assert sock.makefile("rb").readline() == b"tcp:hi\n"
+    # A replica that is not ready gets no new flow.
+    pool[0] = Backend("dns", [one.server(False), two.server()])
+    assert ing.apply(routes, pool) == "runtime"
+    assert {_udp_echo(port) for _ in range(6)} == {b"two:ping"}
+    servers = ing.inspect()["backends"][0]["servers"]
+    assert [s["health"] for s in servers] == ["maint", "nat"]
+    chain = _udp.chain_name(ingress_root)
+    assert chain in _nat_rules()
+    ing.close()
+    assert chain not in _nat_rules()

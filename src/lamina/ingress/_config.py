@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.ingress._model import Backend, Listener, Route, Server
+from lamina.ingress._model import Backend, Listener, Route, Server, backend_mode
 
 NOT_FOUND_BACKEND = "lamina_not_found"
 # A backend of its own keeps a redirecting route in its place among the others
@@ -110,9 +110,7 @@ def render(
 ) -> str:
     """The whole configuration; ``with_servers=False`` leaves the servers out, which is
     what tells a structural change (a reload) from a change of servers (runtime API)."""
-    modes = {
-        r.backend: ("tcp" if r.protocol == "tcp" else "http") for li in listeners for r in li.routes
-    }
+    modes = {r.backend: backend_mode(r.protocol) for li in listeners for r in li.routes}
     out = [
         "# Written by lamina (lamina.ingress); changes here are overwritten.",
         "global",
@@ -137,7 +135,8 @@ def render(
         "",
     ]
     for listener in listeners:
-        out += _frontend(paths, address, listener)
+        if not listener.udp:
+            out += _frontend(paths, address, listener)
     out += [
         f"backend {NOT_FOUND_BACKEND}",
         "    mode http",
@@ -149,7 +148,8 @@ def render(
         "",
     ]
     for backend in sorted(backends, key=lambda b: b.key):
-        out += _backend(backend, modes.get(backend.key, "http"), with_servers)
+        if modes.get(backend.key) != "udp":
+            out += _backend(backend, modes.get(backend.key, "http"), with_servers)
     return "\n".join(out) + "\n"
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from lamina import _hooks, _leases
 from lamina._fsutil import atomic_write
-from lamina.ingress import _process, _runtime
+from lamina.ingress import _process, _runtime, _udp
 from lamina.ingress._certs import CertInfo, CertStore
 from lamina.ingress._config import ACME_PREFIX, Paths, backend_name, render, server_options
 from lamina.ingress._model import (
@@ -74,6 +74,7 @@ class Ingress:
         """Stop HAProxy (its connections end) and forget what was applied."""
         with self._locked():
             _process.stop(self.paths)
+            _udp.remove(self.root)
             with contextlib.suppress(FileNotFoundError):
                 self.paths.applied.unlink()
 
@@ -86,8 +87,13 @@ class Ingress:
         applied = self._read_applied()
         pid = self.running()
         backends = []
+        udp = {r["backend"] for r in applied.get("routes", []) if r["protocol"] == "udp"}
         for b in applied.get("backends", []):
             live: dict[str, _runtime.LiveServer] = {}
+            if b["key"] in udp:  # the kernel's NAT: lamina's readiness is all there is
+                servers = [{**s, "health": "nat" if s["ready"] else "maint"} for s in b["servers"]]
+                backends.append({**b, "servers": servers})
+                continue
             if pid is not None:
                 with contextlib.suppress(IngressError):
                     live = _runtime.servers(self.paths.admin_sock, backend_name(b["key"]))
@@ -196,8 +202,11 @@ class Ingress:
             self.certs.write_crt_list(self.paths.crt_list)
         if not self.paths.acme_map.exists():
             self._write_map({})
-        structure = self._structure(listeners, backends, tls)
-        full = render(self.paths, self.address, listeners, backends)
+        udp_routes = [r for r in routes if r.protocol == "udp"]
+        udp_keys = {r.backend for r in udp_routes}
+        proxied = [b for b in backends if b.key not in udp_keys]
+        structure = self._structure(listeners, proxied, tls)
+        full = render(self.paths, self.address, listeners, proxied)
         applied = self._read_applied()
         pid = _process.master_pid(self.paths)
         if pid is None:
@@ -212,11 +221,17 @@ class Ingress:
             _process.reload(self.paths)
             outcome = "reloaded"
         else:
-            changed = self._apply_servers(backends)
+            changed = self._apply_servers(proxied)
             if changed:
                 self._write_config(full, check=False)  # a later reload keeps the servers
             outcome = "runtime" if changed else "unchanged"
-        self._write_applied(routes, backends, structure)
+        nat = _udp.rules(_udp.chain_name(self.root), self.address, udp_routes, backends)
+        # Rewritten when they changed, or after a start (a reboot flushed them too).
+        if nat != applied.get("udp", []) or (nat and outcome == "started"):
+            _udp.apply(self.root, self.address, udp_routes, backends)
+            if outcome == "unchanged":
+                outcome = "runtime"
+        self._write_applied(routes, backends, structure, nat)
         return outcome
 
     def _structure(self, listeners: list[Listener], backends: list[Backend], tls: bool) -> str:
@@ -323,10 +338,13 @@ class Ingress:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _write_applied(self, routes: list[Route], backends: list[Backend], structure: str) -> None:
+    def _write_applied(
+        self, routes: list[Route], backends: list[Backend], structure: str, nat: list[str]
+    ) -> None:
         data = {
             "address": self.address,
             "structure": structure,
+            "udp": nat,
             "routes": [dataclasses.asdict(r) for r in routes],
             "backends": [
                 {**dataclasses.asdict(b), "servers": [dataclasses.asdict(s) for s in b.servers]}

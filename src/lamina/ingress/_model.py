@@ -11,10 +11,10 @@ from typing import Literal
 
 from lamina.errors import LaminaError
 
-Protocol = Literal["http", "https", "tcp", "websocket"]
+Protocol = Literal["http", "https", "tcp", "udp", "websocket"]
 Balance = Literal["roundrobin", "leastconn"]
 
-PROTOCOLS: tuple[str, ...] = ("http", "https", "tcp", "websocket")
+PROTOCOLS: tuple[str, ...] = ("http", "https", "tcp", "udp", "websocket")
 BALANCES: tuple[str, ...] = ("roundrobin", "leastconn")
 
 # HAProxy identifiers (backend and server names) and what we put in ACLs and paths:
@@ -77,6 +77,7 @@ class Listener:
     tls: bool
     tcp: bool
     routes: tuple[Route, ...] = field(default_factory=tuple)
+    udp: bool = False  # served by the kernel's NAT (``_udp``), not by HAProxy
 
 
 def check_host(host: str) -> str:
@@ -116,7 +117,8 @@ def validate(routes: Iterable[Route], backends: Iterable[Backend]) -> list[Liste
             _check_port(server.port, f"backend {backend.key}: server {server.name}")
         by_key[backend.key] = backend
 
-    by_port: dict[int, list[Route]] = {}
+    # A UDP port is another port than the TCP port of the same number.
+    by_port: dict[tuple[int, bool], list[Route]] = {}
     modes: dict[str, str] = {}
     for route in routes:
         _check_port(route.port, "route")
@@ -128,21 +130,22 @@ def validate(routes: Iterable[Route], backends: Iterable[Backend]) -> list[Liste
             check_host(route.host)
         if route.path is not None and not _PATH.match(route.path):
             raise InvalidIngress(f"port {route.port}: invalid path {route.path!r}")
-        mode = "tcp" if route.protocol == "tcp" else "http"
+        mode = backend_mode(route.protocol)
         if modes.setdefault(route.backend, mode) != mode:
-            raise InvalidIngress(f"backend {route.backend}: used by both tcp and http routes")
-        by_port.setdefault(route.port, []).append(route)
+            used = " and ".join(sorted({mode, modes[route.backend]}))
+            raise InvalidIngress(f"backend {route.backend}: used by both {used} routes")
+        by_port.setdefault((route.port, route.protocol == "udp"), []).append(route)
 
     listeners = []
-    for port, port_routes in sorted(by_port.items()):
+    for (port, _), port_routes in sorted(by_port.items()):
         kinds = {_kind(r.protocol) for r in port_routes}
         if len(kinds) > 1:
             raise InvalidIngress(f"port {port}: cannot mix {' and '.join(sorted(kinds))} routes")
         kind = kinds.pop()
-        if kind == "tcp" and len(port_routes) > 1:
-            raise InvalidIngress(f"port {port}: only one tcp route per port")
-        if kind == "tcp" and (port_routes[0].host or port_routes[0].path):
-            raise InvalidIngress(f"port {port}: a tcp route has no host or path")
+        if kind in ("tcp", "udp") and len(port_routes) > 1:
+            raise InvalidIngress(f"port {port}: only one {kind} route per port")
+        if kind in ("tcp", "udp") and (port_routes[0].host or port_routes[0].path):
+            raise InvalidIngress(f"port {port}: a {kind} route has no host or path")
         seen: set[tuple[str | None, str | None]] = set()
         for r in port_routes:
             match = (r.host.lower() if r.host else None, r.path)
@@ -152,10 +155,22 @@ def validate(routes: Iterable[Route], backends: Iterable[Backend]) -> list[Liste
                 )
             seen.add(match)
         listeners.append(
-            Listener(port, tls=kind == "tls", tcp=kind == "tcp", routes=tuple(port_routes))
+            Listener(
+                port,
+                tls=kind == "tls",
+                tcp=kind == "tcp",
+                routes=tuple(port_routes),
+                udp=kind == "udp",
+            )
         )
     return listeners
 
 
 def _kind(protocol: str) -> str:
-    return {"https": "tls", "tcp": "tcp"}.get(protocol, "plain")
+    return {"https": "tls", "tcp": "tcp", "udp": "udp"}.get(protocol, "plain")
+
+
+def backend_mode(protocol: str) -> str:
+    """What a backend is to carry a route of ``protocol``: HAProxy's ``http`` or
+    ``tcp`` mode, or ``udp`` (the kernel's NAT, no HAProxy backend at all)."""
+    return protocol if protocol in ("tcp", "udp") else "http"

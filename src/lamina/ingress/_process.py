@@ -143,10 +143,21 @@ def reload(paths: Paths) -> None:
             raise IngressError(f"HAProxy's reload failed: {_log_alert(paths)}")
         worker = now.current_worker
         new_worker = now.reloads > before.reloads and worker != before.current_worker
-        if new_worker and worker and _worker_answers(paths, worker):
+        # Done once the new worker serves and the old ones take no new connection
+        # (they get the soft stop just after the new one is ready).
+        if (
+            new_worker
+            and worker
+            and _worker_answers(paths, worker)
+            and all(_runtime.stopping(paths.master_sock, pid) for pid in _old(now))
+        ):
             return
         time.sleep(0.02)
     raise IngressError("HAProxy's reload did not finish in time")
+
+
+def _old(proc: _runtime.Proc) -> list[int]:
+    return proc.old_workers + [pid for pid, reloads in proc.workers if reloads > 0]
 
 
 def _worker_answers(paths: Paths, worker: int) -> bool:

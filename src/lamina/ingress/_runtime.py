@@ -105,6 +105,7 @@ class Proc:
     reloads: int
     failed: int
     workers: list[tuple[int, int]]  # (pid, reloads: 0 is the newest)
+    old_workers: list[int]  # workers of earlier configurations finishing their connections
 
     @property
     def current_worker(self) -> int | None:
@@ -116,6 +117,7 @@ def show_proc(master_sock: Path) -> Proc:
     text = command(master_sock, "show proc")
     master = reloads = failed = 0
     workers: list[tuple[int, int]] = []
+    old_workers: list[int] = []
     section = ""
     for line in text.splitlines():
         if line.startswith("# workers"):
@@ -134,6 +136,17 @@ def show_proc(master_sock: Path) -> Proc:
                 failed = int(line.split("[failed:")[1].split("]")[0])
         elif section == "workers":
             workers.append((int(fields[0]), int(fields[2])))
+        elif section == "old workers":
+            old_workers.append(int(fields[0]))
     if not master:
         raise IngressError(f"unexpected answer from HAProxy's master: {text.strip()[:200]}")
-    return Proc(master, reloads, failed, workers)
+    return Proc(master, reloads, failed, workers, old_workers)
+
+
+def stopping(master_sock: Path, worker: int) -> bool:
+    """Whether ``worker`` has stopped taking new connections (or is gone)."""
+    try:
+        info = command(master_sock, f"@!{worker} show info", timeout=2.0)
+    except IngressError:
+        return True
+    return "Stopping: 0" not in info
