@@ -26,7 +26,7 @@ from ingress_fixtures import (
 )
 from runtime_fixtures import until
 
-from lamina.ingress import Backend, Ingress, InvalidIngress, Route, Server, _udp
+from lamina.ingress import Backend, Ingress, IngressError, InvalidIngress, Route, Server, _udp
 from lamina.ingress._runtime import show_proc
 
 
@@ -405,3 +405,47 @@ def test_udp_echo_balanced_by_the_kernel_across_ready_replicas(
     assert chain in _nat_rules()
     ing.close()
     assert chain not in _nat_rules()
+
+
+def test_a_port_in_use_is_refused_at_start_and_reload_and_nothing_changes(
+    ingress_root: Path, backends: Backends
+) -> None:
+    s1 = backends.start("http", "s1")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ing = Ingress(ingress_root, address="127.0.0.1")
+        pool = [Backend("web", [s1.server()])]
+        with pytest.raises(IngressError, match=f"cannot listen on 127.0.0.1 port {taken}: in use"):
+            ing.apply([Route(taken, "http", "web")], pool)
+        assert ing.running() is None and haproxy_processes(ingress_root) == []
+        port = free_port()
+        ing.apply([Route(port, "http", "web")], pool)
+        before = (ingress_root / "ingress" / "haproxy.cfg").read_text()
+        with pytest.raises(IngressError, match=f"port {taken}: in use"):
+            ing.apply([Route(port, "http", "web"), Route(taken, "http", "web")], pool)
+        assert (ingress_root / "ingress" / "haproxy.cfg").read_text() == before
+        assert served_by(port) == "s1"
+        # The ingress's own ports are no obstacle to a reload.
+        assert ing.apply([Route(port, "http", "web", host="x.test")], pool) == "reloaded"
+
+
+def test_concurrent_applies_from_several_processes_share_one_haproxy(
+    ingress_root: Path, backends: Backends
+) -> None:
+    port = free_port()
+    servers = [backends.start("http", f"s{i}") for i in range(4)]
+    children = []
+    for i, server in enumerate(servers):
+        code = (
+            "import sys; from lamina.ingress import Backend, Ingress, Route, Server; "
+            f"Ingress(sys.argv[1], address='127.0.0.1').apply([Route({port}, 'http', 'web')], "
+            f"[Backend('web', [Server('s{i}', '127.0.0.1', {server.port})])])"
+        )
+        children.append(subprocess.Popen([sys.executable, "-c", code, str(ingress_root)]))
+    assert [c.wait() for c in children] == [0, 0, 0, 0]
+    masters = Ingress(ingress_root).running()
+    assert masters is not None and len(haproxy_processes(ingress_root)) == 2  # master, worker
+    last = Ingress(ingress_root).inspect()["backends"][0]["servers"]
+    assert len(last) == 1 and served_by(port) == last[0]["name"]  # the last apply won

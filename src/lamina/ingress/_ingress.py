@@ -209,6 +209,11 @@ class Ingress:
         full = render(self.paths, self.address, listeners, proxied)
         applied = self._read_applied()
         pid = _process.master_pid(self.paths)
+        # Ports HAProxy does not hold yet must be free (its own it passes on); what
+        # it holds is what its configuration binds (applied.json may be older).
+        held = set() if pid is None else _bound_ports(self.paths.cfg)
+        wanted = sorted({li.port for li in listeners if not li.udp} - held)
+        _process.check_ports(self.address, wanted)
         if pid is None:
             _leases.reap(self.root)
             _process.clean_leftovers(self.paths)
@@ -217,8 +222,15 @@ class Ingress:
             _hooks.stop_point("ingress:started")
             outcome = "started"
         elif applied.get("structure") != structure or applied.get("address") != self.address:
+            previous = self.paths.cfg.read_text()
             self._write_config(full)
-            _process.reload(self.paths)
+            try:
+                _process.reload(self.paths)
+            except IngressError:
+                # The master kept its workers on the previous configuration: so
+                # must the file, which its next reload reads.
+                self._write_config(previous, check=False)
+                raise
             outcome = "reloaded"
         else:
             changed = self._apply_servers(proxied)
@@ -354,6 +366,14 @@ class Ingress:
         atomic_write(
             self.paths.applied, json.dumps(data, indent=1).encode(), mode=0o600, sync=False
         )
+
+
+def _bound_ports(cfg: Path) -> set[int]:
+    try:
+        text = cfg.read_text()
+    except OSError:
+        return set()
+    return {int(m) for m in re.findall(r"(?m)^ +bind \S*:(\d+)", text)}
 
 
 def _health(state: _runtime.LiveServer | None) -> str:

@@ -11,8 +11,10 @@ master is gone its workers exit too (HAProxy's master-worker pipe); what is left
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -83,9 +85,24 @@ def _tail(lines: list[str]) -> str:
     return lines[0].strip() if lines else "no reason given"
 
 
+def check_ports(address: str, ports: list[int]) -> None:
+    """Refuse ports another program listens on, before HAProxy tries them (a reload
+    that cannot bind fails with no word of why)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as e:
+                why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+                raise IngressError(f"cannot listen on {address} port {port}: {why}") from None
+
+
 def start(paths: Paths) -> int:
     """Start the master (which forks its worker) and wait until both answer."""
     clean_leftovers(paths)
+    offset = _log_size(paths)
     with open(paths.log, "ab") as log:
         proc = subprocess.run(
             [
@@ -107,23 +124,38 @@ def start(paths: Paths) -> int:
             start_new_session=True,
         )
     if proc.returncode != 0:
-        raise IngressError(f"HAProxy did not start: {_log_alert(paths)}")
+        clean_leftovers(paths)
+        raise IngressError(f"HAProxy did not start: {_log_alert(paths, offset)}")
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         pid = master_pid(paths)
         if pid is not None and _runtime.answers(paths.admin_sock):
             return pid
         time.sleep(0.02)
-    raise IngressError(f"HAProxy did not come up: {_log_alert(paths)}")
+    stop(paths)
+    raise IngressError(f"HAProxy did not come up: {_log_alert(paths, offset)}")
 
 
-def _log_alert(paths: Paths) -> str:
+def _log_size(paths: Paths) -> int:
     try:
-        lines = paths.log.read_text(errors="replace").splitlines()[-20:]
+        return paths.log.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_alert(paths: Paths, offset: int) -> str:
+    """The first alert HAProxy logged since ``offset`` (the cause; later ones are
+    consequences such as "Some protocols failed to start"), without its prefix."""
+    try:
+        with open(paths.log, "rb") as f:
+            f.seek(offset)
+            lines = f.read(65536).decode(errors="replace").splitlines()
     except OSError:
         lines = []
-    alerts = [ln for ln in lines if "ALERT" in ln]
-    return _tail(alerts[-1:] or lines[-1:])
+    alerts = [ln for ln in lines if "ALERT" in ln] or lines
+    if not alerts:
+        return "no reason given"
+    return alerts[0].split(" : ", 1)[-1].strip()
 
 
 def reload(paths: Paths) -> None:
@@ -140,7 +172,8 @@ def reload(paths: Paths) -> None:
             time.sleep(0.02)  # the master re-executes itself: its socket comes back
             continue
         if now.failed > before.failed:
-            raise IngressError(f"HAProxy's reload failed: {_log_alert(paths)}")
+            # A daemonized master logs nowhere: its workers stay on the old config.
+            raise IngressError("HAProxy's reload failed; the previous configuration stays")
         worker = now.current_worker
         new_worker = now.reloads > before.reloads and worker != before.current_worker
         # Done once the new worker serves and the old ones take no new connection
