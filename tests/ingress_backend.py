@@ -3,7 +3,7 @@
 and serves until killed.
 
 - ``http``: any request gets ``{"name", "path", "headers"}`` as JSON (keep-alive);
-  ``/slow`` waits half a second first.
+  ``/slow`` waits half a second first; ``/fail-NAME`` is a 503 from backend NAME.
 - ``ws``: a websocket echo (RFC 6455 handshake, text frames echoed back prefixed
   with the name).
 - ``tcp``: echoes each line prefixed with the name.
@@ -38,6 +38,11 @@ def _serve_http(name: str) -> ThreadingHTTPServer:
                 return
             if self.path == "/slow":
                 time.sleep(0.5)
+            if self.path == f"/fail-{name}":  # this one's health check fails
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = json.dumps(
                 {"name": name, "path": self.path, "headers": dict(self.headers.items())}
             ).encode()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -449,3 +450,58 @@ def test_concurrent_applies_from_several_processes_share_one_haproxy(
     assert masters is not None and len(haproxy_processes(ingress_root)) == 2  # master, worker
     last = Ingress(ingress_root).inspect()["backends"][0]["servers"]
     assert len(last) == 1 and served_by(port) == last[0]["name"]  # the last apply won
+
+
+def test_requests_in_flight_on_a_killed_replica_are_retried(
+    ingress_root: Path, backends: Backends
+) -> None:
+    port = free_port()
+    s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply([Route(port, "http", "web")], [Backend("web", [s1.server(), s2.server()])])
+    results: list[object] = []
+
+    def slow() -> None:
+        try:
+            results.append(get(port, path="/slow")[0])
+        except OSError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=slow) for _ in range(6)]
+    for t in threads:
+        t.start()
+    # Once requests are in flight on both (each waits half a second), s1 dies.
+    until(lambda: len(_established_to(s1.port)) > 0, timeout=10)
+    s1.kill()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6  # those on s1 were sent again to s2
+
+
+def _established_to(port: int) -> list[str]:
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"dport = :{port}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.splitlines()
+
+
+def test_haproxy_health_checks_follow_the_backend_health_path(
+    ingress_root: Path, backends: Backends
+) -> None:
+    port = free_port()
+    s1, s2 = backends.start("http", "s1"), backends.start("http", "s2")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    route = [Route(port, "http", "web")]
+    # /fail-s1 fails on s1 only: HAProxy takes s1 out of the rotation.
+    ing.apply(route, [Backend("web", [s1.server(), s2.server()], health_path="/fail-s1")])
+
+    def health() -> list[str]:
+        return [s["health"] for s in ing.inspect()["backends"][0]["servers"]]
+
+    until(lambda: health() == ["down", "up"], timeout=20)
+    assert {served_by(port) for _ in range(6)} == {"s2"}
+    # Another health path: s1 comes back (a reload: checks are part of the structure).
+    ing.apply(route, [Backend("web", [s1.server(), s2.server()], health_path="/healthz")])
+    until(lambda: health() == ["up", "up"], timeout=20)
+    assert {served_by(port) for _ in range(6)} == {"s1", "s2"}
