@@ -241,6 +241,8 @@ class Ingress:
         # Rewritten when they changed, or after a start (a reboot flushed them too).
         if nat != applied.get("udp", []) or (nat and outcome == "started"):
             _udp.apply(self.root, self.address, udp_routes, backends)
+            if udp_routes:
+                _udp.forget_flows(udp_routes, backends)
             if outcome == "unchanged":
                 outcome = "runtime"
         self._write_applied(routes, backends, structure, nat)

@@ -3,13 +3,17 @@ nat chain, ``LAMINA-INGRESS-<hash of the root>``, jumped to from PREROUTING and 
 for local destinations (as netavark's port forwards are); each udp route is one DNAT
 rule per ready server, spread evenly by ``statistic --mode nth`` (every N-th new flow
 to the first, every (N-1)-th of the rest to the second, ...). conntrack keeps a flow
-on the server it was given. The chain is rewritten in one ``iptables-restore``
-transaction, so a packet never meets half a rule set.
+on the server it was given; when a server stops being ready its flows are
+forgotten (``forget_flows``) so that their next datagram is balanced again. The
+chain is rewritten in one ``iptables-restore`` transaction, so a packet never meets
+half a rule set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,3 +87,29 @@ def remove(root: Path) -> None:
             pass
     if _iptables("-t", "nat", "-F", chain, check=False):
         _iptables("-t", "nat", "-X", chain, check=False)
+
+
+def forget_flows(routes: Sequence[Route], backends: Sequence[Backend]) -> int:
+    """Delete the conntrack entries of the udp ``routes``' flows that were sent to a
+    server that is no longer ready (or no longer there); how many went."""
+    from pyroute2 import Conntrack, NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    by_key = {b.key: b for b in backends}
+    ready = {
+        route.port: {(s.address, s.port) for s in by_key[route.backend].servers if s.ready}
+        for route in routes
+    }
+    stale = []
+    with Conntrack() as ct:
+        # The whole dump first: pyroute2 cannot delete while it iterates.
+        for entry in list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP))):
+            orig, reply = entry.tuple_orig, entry.tuple_reply
+            servers = ready.get(orig.dport)
+            translated = (reply.saddr, reply.sport) != (orig.daddr, orig.dport)
+            if servers is not None and translated and (reply.saddr, reply.sport) not in servers:
+                stale.append(entry)
+        for entry in stale:
+            with contextlib.suppress(NetlinkError):  # ended meanwhile
+                ct.delete(entry)
+    return len(stale)
