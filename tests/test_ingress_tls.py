@@ -249,8 +249,10 @@ def test_certificate_issued_by_pebble_over_http01(
     ing.apply(routes, [Backend("web", [web.server()])])
 
     acme = Acme(ing, directory, "ops@shop.test", ca_bundle=str(pebble_ca))
-    info = acme.obtain("shop.test")
-    assert info.acme and info.host == "shop.test"
+    issued, failed = acme.ensure(["shop.test", "*.wild.test"])
+    assert failed == {} and [c.host for c in issued] == ["shop.test"]
+    info = issued[0]
+    assert info.acme and acme.ensure(["shop.test"]) == ([], {})  # nothing more to do
     # The challenge answers are gone again; the route's backend serves the path.
     status, body = get(http_port, "shop.test", "/.well-known/acme-challenge/x")
     assert status == 200 and isinstance(body, dict) and body["name"] == "web"
@@ -327,3 +329,24 @@ def test_cli_cert_add_ls_rm_and_ingress_ls(
     )
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(tls, "cli.test", ca.file)
+
+
+def test_an_acme_challenge_the_ca_cannot_reach_fails_in_one_line(
+    ingress_root: Path, backends: Backends, pebble: tuple[str, Path, int]
+) -> None:
+    directory, pebble_ca, _ = pebble  # nothing of ours listens on pebble's HTTP port
+    web = backends.start("http", "web")
+    ing = Ingress(ingress_root, address="127.0.0.1")
+    ing.apply(
+        [Route(free_port(), "https", "web", host="lost.test")], [Backend("web", [web.server()])]
+    )
+    acme = Acme(ing, directory, "ops@lost.test", ca_bundle=str(pebble_ca))
+    with pytest.raises(IngressError) as e:
+        acme.obtain("lost.test")
+    assert str(e.value).startswith("ACME certificate for lost.test: ") and "\n" not in str(e.value)
+    assert ing.certs.list() == []
+    assert (ingress_root / "ingress" / "acme.map").read_text() == ""  # the answer withdrawn
+    issued, failed = acme.ensure(["lost.test"])
+    assert issued == [] and list(failed) == ["lost.test"]
+    with pytest.raises(IngressError, match=r"^ACME directory https://127.0.0.1:1/dir: "):
+        Acme(ing, "https://127.0.0.1:1/dir", "ops@lost.test").obtain("lost.test")

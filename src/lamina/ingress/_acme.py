@@ -130,6 +130,27 @@ class Acme:
         self.ingress.refresh()
         return info
 
+    def ensure(
+        self, hosts: list[str], within: dt.timedelta = dt.timedelta(days=30)
+    ) -> tuple[list[CertInfo], dict[str, str]]:
+        """What a daemon runs after each apply and once a day: a certificate for each
+        of ``hosts`` (the https routes' exact hosts) that has none, then renewals of
+        those expiring within ``within``. Returns the certificates issued and, by
+        host, why one could not be (one host's failure does not stop the others)."""
+        have = {c.host for c in self.ingress.certs.list()}
+        issued: list[CertInfo] = []
+        failed: dict[str, str] = {}
+        for host in sorted({h.lower() for h in hosts if not h.startswith("*.")} - have):
+            try:
+                issued.append(self.obtain(host))
+            except IngressError as e:
+                failed[host] = str(e)
+        try:
+            issued += self.renew_due(within)
+        except IngressError as e:
+            failed["renewal"] = str(e)
+        return issued, failed
+
     def renew_due(self, within: dt.timedelta = dt.timedelta(days=30)) -> list[CertInfo]:
         """Renew every ACME certificate expiring within ``within``; the new ones."""
         now = dt.datetime.now(dt.UTC)

@@ -144,13 +144,21 @@ class Ingress:
             if value is not None:
                 entries[key] = value
             self._write_map(entries)
-            if self.running() is None:
+            if self.running() is None or not self._serves_challenges():
                 return
             sock, map_file = self.paths.admin_sock, self.paths.acme_map
             with contextlib.suppress(IngressError):  # absent: nothing to delete
                 _runtime.checked(sock, f"del map {map_file} {key}")
             if value is not None:
                 _runtime.checked(sock, f"add map {map_file} {key} {value}")
+
+    def _serves_challenges(self) -> bool:
+        """Whether HAProxy loaded the map (it has a plain HTTP port): otherwise the
+        runtime API knows no such map, and the file is read at the next reload."""
+        try:
+            return str(self.paths.acme_map) in self.paths.cfg.read_text()
+        except OSError:
+            return False
 
     def _read_map(self) -> dict[str, str]:
         try:
