@@ -5,7 +5,7 @@ wildcard (longest domain first), then any host, each by longest path prefix firs
 what no route takes gets a 404 from a backend that has no servers. Servers are
 written out too (``disabled`` when not ready) so that a reload starts with the live
 set; between reloads they change through the runtime API (``_runtime``), which is why
-their options (``server_options``) must be the same in both places: servers added at
+their options (``SERVER_OPTIONS``) must be the same in both places: servers added at
 run time inherit no ``default-server``.
 """
 
@@ -78,22 +78,21 @@ def backend_name(key: str) -> str:
     return f"be_{key}"
 
 
-def server_options(backend: Backend) -> str:
-    """Options of every server of ``backend``, in the config and in ``add server``."""
-    del backend  # the same for all today; kept per backend for the health check's needs
-    return "check inter 1s fall 2 rise 2 pool-purge-delay 500ms"
+# Options of every server, in the config and in ``add server``. Idle connections are
+# purged within half a second so that a removed server can be deleted soon
+# (``del server`` waits until it has none).
+SERVER_OPTIONS = "check inter 1s fall 2 rise 2 pool-purge-delay 500ms"
 
 
-def server_line(backend: Backend, server: Server) -> str:
+def server_line(server: Server) -> str:
     disabled = "" if server.ready else " disabled"
-    return (
-        f"    server {server.name} {_addr(server.address)}:{server.port} "
-        f"{server_options(backend)}{disabled}"
-    )
+    return f"    server {server.name} {server_address(server)} {SERVER_OPTIONS}{disabled}"
 
 
-def _addr(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
+def server_address(server: Server) -> str:
+    """``ADDRESS:PORT`` as HAProxy reads it (an IPv6 address in brackets)."""
+    address = f"[{server.address}]" if ":" in server.address else server.address
+    return f"{address}:{server.port}"
 
 
 def _bind_address(address: str, port: int) -> str:
@@ -228,6 +227,6 @@ def _backend(backend: Backend, mode: str, with_servers: bool) -> list[str]:
         out.append("    retry-on conn-failure empty-response response-timeout")
         out.append("    http-request disable-l7-retry if !METH_GET !METH_HEAD")
     if with_servers:
-        out += [server_line(backend, s) for s in backend.servers]
+        out += [server_line(s) for s in backend.servers]
     out.append("")
     return out

@@ -32,7 +32,14 @@ from lamina import _hooks, _leases
 from lamina._fsutil import atomic_write
 from lamina.ingress import _process, _runtime, _udp
 from lamina.ingress._certs import CertInfo, CertStore
-from lamina.ingress._config import ACME_PREFIX, Paths, backend_name, render, server_options
+from lamina.ingress._config import (
+    ACME_PREFIX,
+    SERVER_OPTIONS,
+    Paths,
+    backend_name,
+    render,
+    server_address,
+)
 from lamina.ingress._model import (
     Backend,
     IngressError,
@@ -295,7 +302,7 @@ class Ingress:
             for server in backend.servers:
                 current = live.get(server.name)
                 if current is None:
-                    self._add_server(name, backend, server)
+                    self._add_server(name, server)
                     changed = True
                     continue
                 if (current.address, current.port) != (server.address, server.port):
@@ -319,12 +326,11 @@ class Ingress:
             changed = True
         return changed
 
-    def _add_server(self, name: str, backend: Backend, server: Server) -> None:
+    def _add_server(self, name: str, server: Server) -> None:
         sock = self.paths.admin_sock
-        address = f"[{server.address}]" if ":" in server.address else server.address
         _runtime.checked(
             sock,
-            f"add server {name}/{server.name} {address}:{server.port} {server_options(backend)}",
+            f"add server {name}/{server.name} {server_address(server)} {SERVER_OPTIONS}",
             "New server registered",
         )
         # A server added at run time starts in maintenance with its checks off.
