@@ -61,6 +61,7 @@ _COMMANDS: dict[str, str] = {
     "system": "_system:system",
     "events": "_events:events",
     "daemon": "_daemon:daemon",
+    "ingress": "_ingress:ingress",
 }
 _ALIASES = {"ls": "images"}
 
@@ -110,6 +111,7 @@ _SUMMARIES = {
     "system": "Manage lamina (df: disk usage, prune: remove unused data)",
     "events": "Get real time events from lamina's commands",
     "daemon": "Serve this root's engine over HTTP (the REST API)",
+    "ingress": "Public endpoints through HAProxy (ls, inspect, cert)",
 }
 
 
