@@ -119,6 +119,7 @@ class Deployments:
         self._backoff: dict[tuple[str, str], _Backoff] = {}
         self._waiting: dict[tuple[str, str, str], float] = {}  # dependency clocks
         self._notes: dict[str, _Notes] = {}
+        self._draining: set[str] = set()  # replicas out of their service's name, to be removed
 
     # -- the converge thread --------------------------------------------------------------
     def start(self) -> None:
@@ -584,18 +585,19 @@ class Deployments:
         for replica in d.alias_on:
             if replica not in d.remove:
                 self._set_alias(engine, spec, svc, replica, on=True)
-        drained = False
+        leaving = [r for r in d.remove if r in d.alias_off]
+        self._draining.update(leaving)  # not ready from now on, whatever the engine says
         for replica in d.alias_off:
             self._set_alias(engine, spec, svc, replica, on=False)
-            drained = True
-        if d.halt:
-            self._halt(desired, svc, d.halt)
         for r in d.crashed:
             self._crashed(name, svc, r)
-        if drained and DRAIN:
+        if leaving and DRAIN:
             time.sleep(DRAIN)  # requests resolved or routed just before it left
         for replica in d.remove:
             self._remove(engine, replica, drain=False)
+        self._draining.difference_update(leaving)
+        if d.halt:  # once the new replica is gone: a halted status shows what stays
+            self._halt(desired, svc, d.halt)
         for replica in d.start:
             self._start(engine, replica)
         for n in d.create:
@@ -646,6 +648,8 @@ class Deployments:
                 ready = ready and not health.get("FailingStreak")
         if not _live_aliases(engine):
             aliased = ready  # the alias was given at create: nothing to switch
+        if c.name in self._draining:
+            ready = aliased = False
         try:
             n = int(labels.get(LABEL_REPLICA, "0"))
         except ValueError:
