@@ -76,7 +76,8 @@ def test_rolling_update_under_load_fails_no_request(controller: Controller) -> N
     assert len(after) == 3 and all(r.ready for r in after)
     assert not set(before.values()) & {r.spec_hash for r in after}
     assert {get(r.address) for r in after} == {"v2"}
-    actions = [(e.action, e.attributes.get("service")) for e in read(root) if e.type == "deployment"]
+    events = [e for e in read(root) if e.type == "deployment"]
+    actions = [(e.action, e.attributes.get("service")) for e in events]
     assert ("update", None) in actions and ("rollout", "web") in actions
 
 
