@@ -230,6 +230,7 @@ class Deployments:
                 new = self._desired(spec, images, old)
                 plan = self._plan(engine, new, old)
                 _state.save(self.root, new)
+        _hooks.stop_point("deploy:applied")
         self._notes.pop(spec.deployment, None)
         self._waiting = {k: v for k, v in self._waiting.items() if k[0] != spec.deployment}
         emit(
@@ -404,6 +405,7 @@ class Deployments:
         for c in self._containers(engine, desired.name):
             self._remove(engine, c.name, drain=False)
             removed.append(c.name)
+            _hooks.stop_point("deploy:down")
         for net in engine.networks.list(filters={"label": [f"{LABEL_DEPLOYMENT}={desired.name}"]}):
             with contextlib.suppress(NotFound):
                 engine.networks.remove(net.id)
@@ -707,6 +709,7 @@ class Deployments:
                 time.sleep(DRAIN)
             with contextlib.suppress(LaminaError):
                 engine.stop(name)
+            _hooks.stop_point("deploy:removing")
             engine.remove(name, force=True, volumes=True)
         except NotFound:
             pass
