@@ -29,7 +29,10 @@ HOST_ENV_PREFIX = "$E:"  # env value taken from the deployer's environment by lo
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    # numbers where text is expected are their text (args: [sleep, 10]), as YAML writes them
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, serialize_by_alias=True, coerce_numbers_to_str=True
+    )
 
 
 # -- image, command, resources
