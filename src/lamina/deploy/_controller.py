@@ -188,7 +188,7 @@ class Deployments:
             while not self._closing.is_set():
                 if any(True for _ in follower.events()):
                     self._wake.set()
-                follower.wait(PASS_INTERVAL)
+                follower.wait(0.2)  # woken by the journal; the timeout checks closing
         finally:
             follower.close()
 
@@ -417,11 +417,8 @@ class Deployments:
     def _teardown(self, engine: Engine, desired: Desired) -> builtins.list[str]:
         from lamina.engine._events import emit
 
-        removed: builtins.list[str] = []
-        for c in self._containers(engine, desired.name, replicas=False):
-            self._remove(engine, c.name, drain=False)
-            removed.append(c.name)
-            _hooks.stop_point("deploy:down")
+        removed = [c.name for c in self._containers(engine, desired.name, replicas=False)]
+        self._remove_all(engine, removed)
         for net in engine.networks.list(filters={"label": [f"{LABEL_DEPLOYMENT}={desired.name}"]}):
             with contextlib.suppress(NotFound):
                 engine.networks.remove(net.id)
@@ -685,8 +682,7 @@ class Deployments:
             self._crashed(name, svc, r)
         if leaving and DRAIN:
             time.sleep(DRAIN)  # requests resolved or routed just before it left
-        for replica in d.remove:
-            self._remove(engine, replica, drain=False)
+        self._remove_all(engine, d.remove)
         self._draining.difference_update(leaving)
         if d.halt:  # once the new replica is gone: a halted status shows what stays
             self._halt(desired, svc, d.halt)
@@ -846,6 +842,24 @@ class Deployments:
             return
         except LaminaError as e:
             self.say(f"deployments: cannot start {name}: {e}")
+
+    def _remove_all(self, engine: Engine, names: builtins.list[str]) -> None:
+        """Remove replicas, in parallel (each one's stop may wait its grace period)."""
+        if len(names) <= 1:
+            for name in names:
+                self._remove(engine, name, drain=False)
+                _hooks.stop_point("deploy:removed")
+            return
+
+        def remove(name: str) -> None:
+            with self._engine() as own:  # an engine per thread
+                self._remove(own, name, drain=False)
+            _hooks.stop_point("deploy:removed")
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            list(pool.map(remove, names))
 
     def _remove(self, engine: Engine, name: str, *, drain: bool) -> None:
         try:
