@@ -59,6 +59,16 @@ def test_three_services_start_in_dependency_order(controller: Controller) -> Non
                      "--format", "{{.Name}}")  # fmt: skip
     assert nets.split() == ["shop"]
     assert ("create", "shop") in [(a, i) for a, i, _ in _events(root, "deployment")]
+    # what another apply would do, said and not done
+    plan = d.plan(spec("shop", web=httpd("web2"), db=httpd("db"), cache=httpd("cache")))
+    assert plan.lines == [
+        "unchanged network shop",
+        "replace (rolling) service web: 1 replicas",
+        "unchanged service db: 1 replicas",
+        "create service cache: 1 replicas",
+        "remove service api",
+    ]
+    assert d.status("shop").state == "running" and len(lamina_ok(root, "ps", "-q").split()) == 4
 
 
 def test_a_service_name_resolves_to_ready_replicas_only(controller: Controller) -> None:
@@ -130,20 +140,6 @@ def test_dependency_timeout_fails_the_deployment_with_one_line(controller: Contr
     status = d.status("dt")
     assert status.state == "failed" and "\n" not in status.message
     assert status.service("web").replicas == []  # type: ignore[union-attr]
-
-
-def test_plan_says_what_apply_would_do(controller: Controller) -> None:
-    d = controller.d
-    d.apply(spec("pl", web=httpd("v1"), db=httpd("db")))
-    d.wait("pl", timeout=60)
-    plan = d.plan(spec("pl", web=httpd("v2"), cache=httpd("cache")))
-    assert plan.lines == [
-        "unchanged network pl",
-        "replace (rolling) service web: 1 replicas",
-        "create service cache: 1 replicas",
-        "remove service db",
-    ]
-    assert d.status("pl").state == "running"  # a plan changes nothing
 
 
 def test_jobs_run_on_demand_and_cron_on_schedule(controller: Controller) -> None:
