@@ -50,6 +50,7 @@ LABEL_JOB = "lamina.job"  # a job's run (deploy._jobs)
 LABEL_INIT = "lamina.init"  # an init step's container (deploy._init)
 
 PASS_INTERVAL = 1.0  # a pass at least this often, besides wake-ups
+ACTED_PAUSE = 0.05  # between a pass that acted and the next
 DRAIN = 1.0  # seconds between a replica leaving its service's name and its stop
 NO_CHECK_READY = 1.0  # a replica without a health check is ready once up this long
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # crash loops: doubling delay, capped
@@ -160,6 +161,7 @@ class Deployments:
         self._held.close()
 
     def _run(self) -> None:
+        said = ""
         while not self._closing.is_set():
             self._wake.wait(PASS_INTERVAL)
             self._wake.clear()
@@ -167,9 +169,14 @@ class Deployments:
                 return
             try:
                 if self.converge():
-                    self._wake.set()  # it acted: look again at once
+                    # it acted: look again soon (not at once: an action that fails the
+                    # same way each time must not spin)
+                    self._closing.wait(ACTED_PAUSE)
+                    self._wake.set()
             except Exception as e:  # a pass must never end the thread
-                self.say(f"deployments: {e}")
+                if str(e) != said:  # said once, not every second
+                    said = str(e)
+                    self.say(f"deployments: {e}")
 
     def _watch(self) -> None:
         """Wake the converge thread when a container dies, its health changes or it is
@@ -659,7 +666,9 @@ class Deployments:
     def _crashed(self, name: str, svc: str, replica: Replica) -> None:
         b = self._backoff.setdefault((name, svc), _Backoff())
         b.crashes += 1
-        b.until = time.monotonic() + min(BACKOFF_FIRST * 2 ** (b.crashes - 1), BACKOFF_MAX)
+        # the first death is replaced at once; a crash loop waits 0.5 s, 1 s, 2 s, ...
+        delay = 0.0 if b.crashes == 1 else BACKOFF_FIRST * 2 ** (b.crashes - 2)
+        b.until = time.monotonic() + min(delay, BACKOFF_MAX)
         why = (
             f"exited with code {replica.exit_code}"
             if replica.exit_code is not None
@@ -674,7 +683,7 @@ class Deployments:
         for replica in d.alias_on:
             if replica not in d.remove:
                 self._set_alias(engine, spec, svc, replica, on=True)
-        leaving = [r for r in d.remove if r in d.alias_off]
+        leaving = d.drain
         self._draining.update(leaving)  # not ready from now on, whatever the engine says
         for replica in d.alias_off:
             self._set_alias(engine, spec, svc, replica, on=False)
@@ -756,8 +765,8 @@ class Deployments:
             if failed:  # a dead replica for the rules: removed, backing off
                 state, output = "failed", failed
             ready = ready and done
-        if not _live_aliases(engine):
-            aliased = ready  # the alias was given at create: nothing to switch
+        if not _live_aliases(engine) or not _networks_of(spec, service):
+            aliased = ready  # given at create, or no network: nothing to switch
         if c.name in self._draining:
             ready = aliased = False
         try:

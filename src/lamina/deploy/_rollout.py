@@ -63,6 +63,7 @@ class Decision:
     crashed: list[Replica] = field(default_factory=list)  # removed because they ended
     alias_on: list[str] = field(default_factory=list)
     alias_off: list[str] = field(default_factory=list)
+    drain: list[str] = field(default_factory=list)  # removed while serving: wait before the stop
     halt: str = ""  # one line: why the rollout halted
 
     def empty(self) -> bool:
@@ -137,15 +138,24 @@ def decide(view: ServiceView) -> Decision:
         for r in new_out:
             d.remove.append(r.name)
         extra = len(new) - len(new_out) + len(old) - view.desired
-        if extra > 0:
-            d.remove += [r.name for r in _removal_order(old)[:extra]]
+        for r in _removal_order(old)[: max(extra, 0)]:
+            d.remove.append(r.name)
+            if r.aliased:
+                d.alias_off.append(r.name)
+                d.drain.append(r.name)
         return d
-    used = {r.n for r in view.replicas}
+    # after a crash the next step creates, once the crash's back-off allows it
+    may_create = view.may_create and not d.crashed
+    used = {r.n for r in live if r.name not in d.remove}  # the removed ones' numbers are free
     if not old:
-        if len(new) < view.desired and view.may_create:
+        if len(new) < view.desired and may_create:
             d.create = free_numbers(used, view.desired - len(new))
         elif len(new) > view.desired:
-            d.remove += [r.name for r in _removal_order(new)[: len(new) - view.desired]]
+            for r in _removal_order(new)[: len(new) - view.desired]:
+                d.remove.append(r.name)
+                if r.aliased:
+                    d.alias_off.append(r.name)
+                    d.drain.append(r.name)
         return d
     # a rollout: surge 1, unavailable 0
     pending = [r for r in new if not r.ready]
@@ -165,7 +175,8 @@ def decide(view: ServiceView) -> Decision:
         victim = _removal_order(old)[0]
         if victim.aliased:
             d.alias_off.append(victim.name)
+            d.drain.append(victim.name)
         d.remove.append(victim.name)
-    elif len(new) < view.desired and view.may_create:
+    elif len(new) < view.desired and may_create:
         d.create = free_numbers(used, 1)
     return d
