@@ -20,6 +20,12 @@ def _events(root: Path, type: str) -> list[tuple[str, str, dict[str, str]]]:
     return [(e.action, e.actor_id, dict(e.attributes)) for e in read(root) if e.type == type]
 
 
+def _when(root: Path, action: str, container: str) -> int:
+    """When the journal says ``container`` first did ``action`` (ns)."""
+    return next(e.time_nano for e in read(root) if e.type == "container"
+                and e.action == action and e.attributes.get("name") == container)  # fmt: skip
+
+
 def test_three_services_start_in_dependency_order(controller: Controller) -> None:
     d, root = controller.d, controller.root
     s = spec(
@@ -227,3 +233,22 @@ def test_a_dead_replica_is_replaced_and_a_crash_loop_backs_off(controller: Contr
     assert min(gaps) > 0.1 and gaps[-1] > 1.5 and gaps[-1] > 2 * gaps[0], gaps
     crashed = d.status("cl").service("crash")
     assert crashed is not None and crashed.last_error.startswith("cl-crash-1 exited with code 7")
+
+
+def test_a_service_that_runs_to_completion_stays_done(controller: Controller) -> None:
+    """restart_policy no (Compose's ``restart: "no"``): its replica ends and is kept, and
+    ``depends`` on it ``completed`` (Compose's service_completed_successfully) holds."""
+    d, root = controller.d, controller.root
+    migrate = {"image": {"name": IMAGE_REF, "pull_policy": "never"},
+               "command": {"args": ["sh", "-c", "sleep 0.5"]}, "restart_policy": {"kind": "no"},
+               "scale": {"mode": "fixed", "replicas": 1}}  # fmt: skip
+    dep = {"service": "migrate", "condition": "completed", "timeout": "30s"}
+    d.apply(spec("rc", migrate=migrate, web=httpd("web", depends=[dep])))
+    status = d.wait("rc", timeout=60)
+    done = status.service("migrate")
+    assert done is not None and (done.completed, done.ready, done.rollout) == (1, 0, "complete")
+    assert [r.state for r in done.replicas] == ["exited"]
+    creates = [e for e in read(root) if e.type == "container" and e.action == "create"
+               and e.attributes.get("lamina.service") == "migrate"]  # fmt: skip
+    assert len(creates) == 1  # not replaced
+    assert _when(root, "die", "rc-migrate-1") < _when(root, "create", "rc-web-1")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lamina import _hooks
 from lamina.deploy import _state
-from lamina.deploy._rollout import Decision, Replica, ServiceView, decide
+from lamina.deploy._rollout import Decision, Replica, ServiceView, decide, finished
 from lamina.deploy._state import Desired, Halt
 from lamina.deploy._status import (
     DeploymentStatus,
@@ -586,6 +586,8 @@ class Deployments:
                 ready_deadline=_ready_deadline(service),
                 now=time.time(),
                 may_create=go and self._may_create(name, svc, replicas[svc]),
+                restart=_restart_kind(service),
+                gave_up=self._gave_up(name, svc, service),
             )
             decision = decide(view)
             if not decision.empty():
@@ -662,6 +664,13 @@ class Deployments:
         else:
             b.stable_since = None
         return now >= b.until
+
+    def _gave_up(self, name: str, svc: str, service: ServiceSpec) -> bool:
+        """``on_failure`` with ``max_attempts``: that many crashes, and no more tries."""
+        policy = service.restart_policy
+        if policy is None or policy.kind != "on_failure" or policy.max_attempts is None:
+            return False
+        return self._backoff.get((name, svc), _Backoff()).crashes >= policy.max_attempts
 
     def _crashed(self, name: str, svc: str, replica: Replica) -> None:
         b = self._backoff.setdefault((name, svc), _Backoff())
@@ -1020,7 +1029,10 @@ class Deployments:
                 )
                 for r in mine
             ]
-            ready_new = sum(1 for r in replicas if r.current and r.ready)
+            gave_up = self._gave_up(desired.name, svc, service)
+            kind = _restart_kind(service)
+            completed = sum(1 for r in mine if finished(r, current, kind, gave_up))
+            ready_new = sum(1 for r in replicas if r.current and r.ready) + completed
             old = sum(1 for r in replicas if not r.current)
             has_check = service.health is not None or any(r.health for r in mine)
             status = ServiceStatus(
@@ -1029,6 +1041,7 @@ class Deployments:
                 desired=want,
                 running=sum(1 for r in mine if r.state == "running"),
                 ready=sum(1 for r in replicas if r.ready),
+                completed=completed,
                 health=service_health(replicas, has_check),
                 rollout=rollout_word(ready_new, want, old, halted)
                 if service.rtype == "service"
@@ -1048,7 +1061,8 @@ class Deployments:
             out.state, out.message = "failed", notes.failed
         elif progressing and out.state == "running":
             out.state = "progressing"
-            waiting = [s for s in out.services if s.rollout != "complete" or s.ready < s.desired]
+            waiting = [s for s in out.services
+                       if s.rollout != "complete" or s.ready + s.completed < s.desired]  # fmt: skip
             if waiting:
                 s = waiting[0]
                 out.message = f"{s.name}: {s.ready}/{s.desired} ready"
@@ -1184,6 +1198,12 @@ def _healthcheck(service: ServiceSpec) -> dict[str, Any]:
         "StartInterval": int(min(health.interval, 1.0) * ns) or ns,
         "Retries": health.retries,
     }
+
+
+def _restart_kind(service: ServiceSpec) -> str:
+    """What the service's restart policy says of an ended replica (none: replaced)."""
+    policy = service.restart_policy
+    return "always" if policy is None else policy.kind
 
 
 def _ready_deadline(service: ServiceSpec) -> float:
