@@ -4,6 +4,7 @@ in dependency order, DNS of ready replicas, scaling, down, dependency timeouts."
 from __future__ import annotations
 
 import itertools
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -252,3 +253,20 @@ def test_a_service_that_runs_to_completion_stays_done(controller: Controller) ->
                and e.attributes.get("lamina.service") == "migrate"]  # fmt: skip
     assert len(creates) == 1  # not replaced
     assert _when(root, "die", "rc-migrate-1") < _when(root, "create", "rc-web-1")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None
+    or not list(Path("/boot").glob("vmlinuz-*-cloud-amd64")),
+    reason="needs qemu-system-x86 and linux-image-cloud-amd64",
+)
+def test_a_service_in_micro_vms(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    d.apply(spec("vm", web=httpd("in a vm", isolation="vm", scale={"replicas": 1},
+                                 health={"start_grace": "60s"})))  # fmt: skip
+    status = d.wait("vm", timeout=180)
+    web = status.services[0].replicas
+    assert [(r.name, r.health, r.ready) for r in web] == [("vm-web-1", "healthy", True)]
+    assert get(web[0].address) == "in a vm"
+    assert lamina_ok(root, "inspect", "-f", "{{.Isolation}}", "vm-web-1").strip() == "vm"
