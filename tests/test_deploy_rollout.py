@@ -9,7 +9,7 @@ import time
 
 import pytest
 from deploy_fixtures import Controller, controller, deploy_root, get, httpd, spec
-from runtime_fixtures import until
+from runtime_fixtures import IMAGE_REF, lamina_ok, until
 
 from lamina.deploy import DeploymentFailed
 from lamina.engine._events import read
@@ -132,3 +132,22 @@ def test_rolling_restart_replaces_every_replica(controller: Controller) -> None:
     after = d.wait("rr", timeout=90).services[0].replicas
     assert len(after) == 2 and not {r.spec_hash for r in after} & set(first.values())
     assert {get(r.address) for r in after} == {"v1"}
+
+
+def test_a_new_image_under_the_same_name_rolls_out(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    lamina_ok(root, "tag", IMAGE_REF, "example.com/test/app:1")
+    app = httpd("v1", scale={"replicas": 2}, image={"name": "example.com/test/app:1"})
+    d.apply(spec("img", web=app))
+    d.wait("img", timeout=60)
+    old_image = lamina_ok(root, "inspect", "-f", "{{.Image}}", "img-web-1").strip()
+    # the tag moves to another image (what a pull of a new digest does)
+    lamina_ok(root, "run", "--name", "img-build", IMAGE_REF, "touch", "/new")
+    lamina_ok(root, "commit", "img-build", "example.com/test/app:1")
+    lamina_ok(root, "rm", "img-build")
+    plan = d.apply(spec("img", web=app))
+    assert "replace (rolling) service web: 2 replicas" in plan.lines
+    web = d.wait("img", timeout=90).services[0].replicas
+    images = {lamina_ok(root, "inspect", "-f", "{{.Image}}", r.name).strip() for r in web}
+    assert len(web) == 2 and len(images) == 1 and old_image not in images
+    assert lamina_ok(root, "exec", web[0].name, "ls", "/new").strip() == "/new"

@@ -127,7 +127,8 @@ class Deployments:
         self._samplers: dict[tuple[str, str], Sampler] = {}
         self._scaled_at: dict[tuple[str, str], float] = {}
         self._draining: set[str] = set()  # replicas out of their service's name, to be removed
-        self._inits: dict[str, str] = {}  # container ID -> running | failed: why
+        # (deployment, container ID) -> running | failed: why
+        self._inits: dict[tuple[str, str], str] = {}
 
     # -- the converge thread --------------------------------------------------------------
     def start(self) -> None:
@@ -556,6 +557,9 @@ class Deployments:
                 acted = True
         containers = self._containers(engine, name)
         _state.forget_inits(self.root, name, {c.id for c in containers})
+        live = {c.id for c in containers}
+        for key in [k for k in self._inits if k[0] == name and k[1] not in live]:
+            self._inits.pop(key, None)
         by_service: dict[str, builtins.list[Container]] = {}
         for c in containers:
             by_service.setdefault(c.config.labels.get(LABEL_SERVICE, ""), []).append(c)
@@ -804,9 +808,10 @@ class Deployments:
         marker = _state.init_marker(self.root, desired.name, c.id)
         if marker.exists():
             return True, ""
-        state = self._inits.get(c.id)
+        key = (desired.name, c.id)
+        state = self._inits.get(key)
         if state is None and act:
-            self._inits[c.id] = "running"
+            self._inits[key] = "running"
             threading.Thread(target=self._run_init, args=(desired, svc, c),
                              name=f"init-{c.name}", daemon=True).start()  # fmt: skip
         failed = state[len("failed: ") :] if state and state.startswith("failed: ") else ""
@@ -823,9 +828,10 @@ class Deployments:
                 run_init_steps(engine, desired.name, svc, service.init.steps, c.config,
                                networks[0] if networks else None, say=self.say)  # fmt: skip
             _state.mark_init_done(self.root, desired.name, c.id)
-            self._inits.pop(c.id, None)
+            self._inits.pop((desired.name, c.id), None)
         except Exception as e:
-            self._inits[c.id] = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self._inits[(desired.name, c.id)] = f"failed: {why}"
         self._wake.set()
 
     def _set_alias(
