@@ -12,7 +12,10 @@ import pytest
 from deploy_fixtures import Controller, controller, deploy_root, get, httpd, spec
 from runtime_fixtures import CLI, IMAGE_REF, lamina_cli, lamina_ok, until
 
+from lamina.deploy._model import DeploymentSpec
+from lamina.deploy._spec import InvalidSpec
 from lamina.engine._events import read
+from lamina.errors import NotFound
 
 __all__ = ["controller", "deploy_root"]
 
@@ -270,3 +273,20 @@ def test_a_service_in_micro_vms(controller: Controller) -> None:
     assert [(r.name, r.health, r.ready) for r in web] == [("vm-web-1", "healthy", True)]
     assert get(web[0].address) == "in a vm"
     assert lamina_ok(root, "inspect", "-f", "{{.Isolation}}", "vm-web-1").strip() == "vm"
+
+
+def test_hostile_names_and_specs_are_refused(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    for name in ("../../etc", "/tmp/x", "a", "UPPER"):
+        with pytest.raises(NotFound, match="no such deployment"):
+            d.status(name)
+        with pytest.raises(NotFound):
+            d.down(name)
+    bad = DeploymentSpec.model_validate({"deployment": "../x"})  # as a client may send it
+    with pytest.raises(InvalidSpec, match="not a valid deployment name"):
+        d.apply(bad)
+    cyclic = spec("cy", a=httpd("a", depends=[{"service": "b"}]),
+                  b=httpd("b", depends=[{"service": "a"}]))  # fmt: skip
+    with pytest.raises(InvalidSpec, match="dependency cycle"):
+        d.apply(cyclic)
+    assert d.list() == [] and not (root / "x").exists()

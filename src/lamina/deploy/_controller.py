@@ -226,6 +226,7 @@ class Deployments:
     # -- desired state --------------------------------------------------------------------
     def plan(self, spec: DeploymentSpec) -> Plan:
         """What ``apply(spec)`` would do."""
+        _validate(spec)
         with self._engine() as engine:
             images = self._images(engine, spec, pull=False)
             try:
@@ -241,6 +242,7 @@ class Deployments:
         Returns what it is going to do."""
         from lamina.engine._events import emit
 
+        _validate(spec)
         self._check_secrets(spec)
         with self._engine() as engine:
             images = self._images(engine, spec, pull=True)
@@ -1081,6 +1083,19 @@ class Deployments:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _validate(spec: DeploymentSpec) -> None:
+    """The checks a spec file gets (names, dependencies, cycles, ...), again: a model
+    may come from a client as JSON rather than from the parser. InvalidSpec."""
+    from lamina.deploy._spec import Problems, build_spec, check_deployment_name
+
+    data = spec.model_dump(mode="json", by_alias=True)
+    services = data.pop("services")
+    problems = Problems()
+    check_deployment_name(spec.deployment, "deployment", problems)
+    build_spec(data, services, problems)
+    problems.raise_if_any()
 
 
 def _spec_of(desired: Desired) -> DeploymentSpec:

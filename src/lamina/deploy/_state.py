@@ -67,6 +67,14 @@ def root_dir(root: Path) -> Path:
 
 
 def deployment_dir(root: Path, name: str) -> Path:
+    """The directory of deployment ``name``; a name no deployment can have (a path, as
+    from a request) is NotFound, never a path outside."""
+    from lamina.deploy._spec import Problems, check_deployment_name
+
+    problems = Problems()
+    check_deployment_name(name, "", problems)
+    if problems.items:
+        raise NotFound(f"no such deployment: {name}")
     return root_dir(root) / name
 
 
