@@ -52,17 +52,17 @@ class Load:
 
 def test_rolling_update_under_load_fails_no_request(controller: Controller) -> None:
     d, root = controller.d, controller.root
-    d.apply(spec("ru", web=httpd("v1", scale={"replicas": 3})))
-    before = {r.name: r.spec_hash for r in d.wait("ru", timeout=90).services[0].replicas}
-    load = Load(controller, "ru", "web")
+    d.apply(spec("rud", web=httpd("v1", scale={"replicas": 3})))
+    before = {r.name: r.spec_hash for r in d.wait("rud", timeout=90).services[0].replicas}
+    load = Load(controller, "rud", "web")
     try:
         until(lambda: load.ok > 20, timeout=30)
-        plan = d.apply(spec("ru", web=httpd("v2", scale={"replicas": 3})))
+        plan = d.apply(spec("rud", web=httpd("v2", scale={"replicas": 3})))
         assert plan.lines == ["unchanged network ru", "replace (rolling) service web: 3 replicas"]
         seen: set[int] = set()
 
         def rolled() -> bool:
-            s = d.status("ru").services[0]
+            s = d.status("rud").services[0]
             seen.add(len(s.replicas))
             return s.rollout == "complete" and all(r.current for r in s.replicas)
 
@@ -72,7 +72,7 @@ def test_rolling_update_under_load_fails_no_request(controller: Controller) -> N
         load.stop()
     assert load.failed == [] and load.ok > 100
     assert max(seen) <= 4  # surge 1
-    after = d.status("ru").services[0].replicas
+    after = d.status("rud").services[0].replicas
     assert len(after) == 3 and all(r.ready for r in after)
     assert not set(before.values()) & {r.spec_hash for r in after}
     assert {get(r.address) for r in after} == {"v2"}
@@ -126,10 +126,10 @@ def test_a_never_healthy_new_replica_halts_at_its_deadline(controller: Controlle
 
 def test_rolling_restart_replaces_every_replica(controller: Controller) -> None:
     d = controller.d
-    d.apply(spec("rr", web=httpd("v1", scale={"replicas": 2})))
-    first = {r.address: r.spec_hash for r in d.wait("rr", timeout=60).services[0].replicas}
-    d.restart("rr", "web")
-    after = d.wait("rr", timeout=90).services[0].replicas
+    d.apply(spec("rrs", web=httpd("v1", scale={"replicas": 2})))
+    first = {r.address: r.spec_hash for r in d.wait("rrs", timeout=60).services[0].replicas}
+    d.restart("rrs", "web")
+    after = d.wait("rrs", timeout=90).services[0].replicas
     assert len(after) == 2 and not {r.spec_hash for r in after} & set(first.values())
     assert {get(r.address) for r in after} == {"v1"}
 
