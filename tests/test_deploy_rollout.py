@@ -58,7 +58,7 @@ def test_rolling_update_under_load_fails_no_request(controller: Controller) -> N
     try:
         until(lambda: load.ok > 20, timeout=30)
         plan = d.apply(spec("rud", web=httpd("v2", scale={"replicas": 3})))
-        assert plan.lines == ["unchanged network ru", "replace (rolling) service web: 3 replicas"]
+        assert plan.lines == ["unchanged network rud", "replace (rolling) service web: 3 replicas"]
         seen: set[int] = set()
 
         def rolled() -> bool:
