@@ -213,7 +213,7 @@ def test_materialized_secrets_are_tmpfs_files_a_container_reads(
     store = SecretStore(root)
     store.create("db-password", PLAIN)
     store.create("api-key", b"key-1")
-    refs = [("db-password", "db"), SecretFile("api-key", "/etc/api.key")]
+    refs = [("db-password", "db"), SecretFile("api-key", "/etc/api.key", mode=0o400)]
     mounts = materialize(root, "shop-web-1", refs, base=run_dir)
     assert [(m.type, m.target, m.read_only) for m in mounts] == [
         ("bind", "/run/secrets/db", True),
@@ -223,17 +223,20 @@ def test_materialized_secrets_are_tmpfs_files_a_container_reads(
     assert on_tmpfs(replica_dir) and not on_tmpfs(run_dir.parent)
     assert stat.S_IMODE(replica_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
-    for m in mounts:
-        assert stat.S_IMODE(os.stat(m.source).st_mode) == 0o400
-    script = "cat /run/secrets/db; cat /etc/api.key; echo x > /run/secrets/db || echo read-only"
+    # Compose's default 0444 (a replica's non-root user reads it), or as asked.
+    assert [stat.S_IMODE(os.stat(m.source).st_mode) for m in mounts] == [0o444, 0o400]
+    script = ("cat /run/secrets/db; cat /etc/api.key 2>/dev/null || echo denied; "
+              "echo x 2>/dev/null > /run/secrets/db || echo read-only")  # fmt: skip
     with open_engine(root) as engine:
         image = engine.images.require(IMAGE_REF).id
-        c = engine.create(config(image, "sh", "-c", script, mounts=mounts))
-        engine.start(c.id)
-        engine.wait(c.id, timeout=30)
-        out = b"".join(e.data for e in engine.logs(c.id, stderr=False))
-        engine.remove(c.id)
-    assert out == PLAIN + b"key-1read-only\n"
+        outputs = []
+        for user in ("app", "root"):
+            c = engine.create(config(image, "sh", "-c", script, mounts=mounts, user=user))
+            engine.start(c.id)
+            engine.wait(c.id, timeout=30)
+            outputs.append(b"".join(e.data for e in engine.logs(c.id, stderr=False)))
+            engine.remove(c.id)
+    assert outputs == [PLAIN + b"denied\nread-only\n", PLAIN + b"key-1read-only\n"]
 
     # Again (a new value): replaced as a whole, the old files gone.
     store.remove("api-key")

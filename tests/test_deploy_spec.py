@@ -7,6 +7,7 @@ them at once. Also the units, the YAML reader's limits and load_spec's file hand
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from datetime import UTC, datetime
@@ -26,7 +27,13 @@ from lamina.deploy._model import (
     TcpCheck,
     TmpfsStorage,
 )
-from lamina.deploy._spec import InvalidSpec, dependency_cycle, load_spec, parse_spec
+from lamina.deploy._spec import (
+    InvalidSpec,
+    check_spec,
+    dependency_cycle,
+    load_spec,
+    parse_spec,
+)
 from lamina.deploy._units import cron_schedule, parse_duration, parse_size
 from lamina.errors import LaminaError
 
@@ -45,7 +52,7 @@ services:
       DB_PASS: $S:db-pass
       CROSS: $S:@auth/jwt_key
     resources: {cpu: 0.5, memory: 512Mi, pids_limit: 200}
-    scale: {mode: adaptive, min: 2, max: 6, cooldown: 1m30s, targets: {cpu: 70, memory: 80}}
+    scale: {mode: adaptive, min: 1, max: 6, cooldown: 1m30s, targets: {cpu: 70, memory: 80}}
     endpoints:
       - {name: http, protocol: http, port: 80, target_port: 8080, path: /api, host: shop.test,
          expose: public}
@@ -144,7 +151,7 @@ def test_every_field_of_a_full_spec_reaches_the_model() -> None:
         200,
     )
     assert api.scale == AdaptiveScale(
-        min=2, max=6, cooldown=90.0, targets={"cpu": 70, "memory": 80}
+        min=1, max=6, cooldown=90.0, targets={"cpu": 70, "memory": 80}
     )
     http, admin = api.endpoints
     assert (http.port, http.container_port(), http.path, http.host, http.expose) == (
@@ -226,6 +233,22 @@ def test_the_json_form_round_trips() -> None:
     assert dumped["services"]["api"]["resources"]["memory"] == 512 * 1024**2  # bytes
 
 
+def test_a_model_received_as_json_passes_the_same_checks() -> None:
+    """The daemon validates the client's JSON with the model, then check_spec: what a
+    client could send without load_spec (a cycle, a missing dependency) is refused."""
+    dumped = parse(FULL, {"API_TOKEN": "t"}).model_dump(mode="json")
+    check_spec(DeploymentSpec.model_validate(dumped))  # a file's model passes
+    dumped["services"]["db"]["depends"] = [{"service": "api"}, {"service": "ghost"}]
+    dumped["services"]["db"]["endpoints"] = [{"name": "a", "protocol": "tcp", "port": 1}] * 2
+    with pytest.raises(InvalidSpec) as info:
+        check_spec(DeploymentSpec.model_validate(dumped))
+    assert info.value.problems == [
+        "services.db.depends[1]: no service named 'ghost'",
+        "services.db.endpoints[1]: endpoint name 'a' used twice",
+        "services: dependency cycle: api -> db -> api",
+    ]
+
+
 def test_zlayer_defaults() -> None:
     spec = parse(
         """\
@@ -283,6 +306,14 @@ def test_host_environment_comes_from_the_given_environ_only(
 
 SERVICE_ERRORS = [
     ("bogus: 1", "services.web.bogus: unknown key"),
+    (
+        "node_mode: dedicated",
+        "services.web.node_mode: unknown key (a ZLayer key lamina does not support)",
+    ),
+    (
+        "resources: {gpu: {count: 1}}",
+        "services.web.resources.gpu: unknown key (a ZLayer key lamina does not support)",
+    ),
     ("scale: {mode: fixed, replicas: -1}", "services.web.scale.replicas: must be >= 0"),
     ("scale: {mode: fixed}", "services.web.scale.replicas: required"),
     ("scale: {mode: fixed, replicas: 2, max: 3}", "services.web.scale.max: unknown key"),
@@ -326,6 +357,10 @@ SERVICE_ERRORS = [
         "(not 'sometimes')",
     ),
     ('image: {name: ""}', "services.web.image.name: must not be empty"),
+    (
+        "image: {name: Busybox}",
+        'services.web.image.name: invalid reference "Busybox": repository name must be lowercase',
+    ),
     (
         "resources: {memory: 12 parsecs}",
         "services.web.resources.memory: invalid size "
@@ -382,6 +417,10 @@ SERVICE_ERRORS = [
         "services.web.health.check.command: must not be empty",
     ),
     (
+        "health: {check: {type: command, command: {sh: x}}}",
+        "services.web.health.check.command: must be a string or a list",
+    ),
+    (
         "health: {interval: -1s, check: {type: tcp, port: 1}}",
         "services.web.health.interval: invalid duration '-1s': expected e.g. 10s, 1m30s, "
         "500ms or 1h",
@@ -399,7 +438,11 @@ SERVICE_ERRORS = [
     ),
     (
         "init: {steps: [{id: a, uses: init.wait_tcp, with: {host: db}}]}",
-        "services.web.init.steps[0].with.port: required by init.wait_tcp",
+        "services.web.init.steps[0].with.port: required for init.wait_tcp: a port 1-65535",
+    ),
+    (
+        "init: {steps: [{id: a, uses: init.run, with: {command: x, cmd: x}}]}",
+        "services.web.init.steps[0].with.cmd: unknown key",
     ),
     (
         "init: {steps: [{id: a, uses: init.run, with: {command: x}},"
@@ -409,6 +452,11 @@ SERVICE_ERRORS = [
     (
         "init: {steps: [{id: a, uses: init.run, with: {command: x}, on_failure: retry}]}",
         "services.web.init.steps[0].on_failure: must be one of fail, warn, continue (not 'retry')",
+    ),
+    (
+        "init: {steps: [{id: a, uses: init.run, with: {command: !!binary /w==}}]}",
+        "services.web.init.steps[0].with.command: must be plain YAML: text, numbers, lists "
+        "and mappings",
     ),
     (
         "restart_policy: {kind: sometimes}",
@@ -429,6 +477,7 @@ SERVICE_ERRORS = [
         "services.web.isolation: must be one of process, vm, auto (not 'hyperv')",
     ),
     ("privileged: maybe", "services.web.privileged: must be true or false"),
+    ('env: {A: "a\\0b"}', "services.web.env.A: a value cannot hold a NUL byte"),
     ("env: {A: $E:MISSING}", "services.web.env.A: $E:MISSING: the variable MISSING is not set"),
     (
         "env: {A: $S:9lives}",
@@ -474,7 +523,11 @@ def test_each_validation_error_names_its_path(service_yaml: str, expected: str) 
             f"deployment: {'a' * 64!r} is not a valid deployment name: 3-63 characters, "
             "lowercase letters, digits and '-', starting with a letter or digit",
         ),
-        ("version: v1\ndeployment: shop\ntunnels: {}", "tunnels: unknown key"),
+        (
+            "version: v1\ndeployment: shop\ntunnels: {}",
+            "tunnels: unknown key (a ZLayer key lamina does not support)",
+        ),
+        ("version: v1\ndeployment: shop\ncolour: blue", "colour: unknown key"),
     ],
 )
 def test_top_level_errors(top: str, expected: str) -> None:
@@ -504,6 +557,22 @@ def test_a_dependency_cycle_is_named() -> None:
     )
     assert lines == ["services: dependency cycle: a -> b -> c -> a"]
     assert dependency_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
+    assert dependency_cycle({"a": ["a"]}) == ["a", "a"]
+    assert dependency_cycle({"a": ["b", "c"], "b": ["c"], "c": ["d"], "d": ["b"]}) == [
+        "b",
+        "c",
+        "d",
+        "b",
+    ]
+
+
+def test_a_long_dependency_chain_is_no_recursion() -> None:
+    services = "".join(
+        f"  s{i}: {{image: {{name: x}}, depends: [{{service: s{i + 1}}}]}}\n" for i in range(3000)
+    )
+    last = "  s3000: {image: {name: x}, depends: [{service: s0}]}\n"
+    lines = problems(f"version: v1\ndeployment: shop\nservices:\n{services}{last}")
+    assert len(lines) == 1 and lines[0].startswith("services: dependency cycle: s0 -> s1 -> ")
 
 
 def test_all_errors_are_reported_at_once() -> None:
@@ -539,6 +608,16 @@ def test_all_errors_are_reported_at_once() -> None:
     )
 
 
+def test_errors_past_the_first_500_are_counted() -> None:
+    services = "".join(f"  s{i}: {{image: {{name: x}}, bad: 1}}\n" for i in range(1500))
+    with pytest.raises(InvalidSpec) as info:
+        parse("version: v1\ndeployment: shop\nservices:\n" + services)
+    assert len(info.value.problems) == 1500
+    lines = str(info.value).splitlines()
+    assert len(lines) == 501 and lines[-1] == "(1000 more problems)"
+    assert lines[0] == "services.s0.bad: unknown key"
+
+
 def test_invalid_spec_is_a_lamina_error_with_its_problems() -> None:
     with pytest.raises(LaminaError) as info:
         parse("version: v1\ndeployment: x\nservices: {a: {image: {name: y}, b: 1}}\n")
@@ -561,6 +640,10 @@ def test_invalid_spec_is_a_lamina_error_with_its_problems() -> None:
         ("1.5h", 5400.0),
         ("2d", 172800.0),
         ("250us", 0.00025),
+        ("5min", 300.0),  # humantime's spellings, as ZLayer reads them
+        ("30 sec", 30.0),
+        ("2 hours 3 minutes", 7380.0),
+        ("1w", 604800.0),
         ("15", 15.0),
         ("0", 0.0),
         (12, 12.0),
@@ -571,7 +654,9 @@ def test_durations(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "s", "10", "10x", "1m30", "-5s", "ten seconds", True])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10", "10x", "1m30", "-5s", "ten seconds", "5 mo", "1sx", True]
+)
 def test_bad_durations(text: object) -> None:
     if text == "10":
         assert parse_duration(text) == 10.0  # a bare number is seconds
@@ -685,8 +770,38 @@ def test_recursive_alias_is_refused() -> None:
 def test_huge_file_is_refused_unread(tmp_path: Path) -> None:
     big = tmp_path / "spec.yaml"
     big.write_text("version: v1\ndeployment: shop\n" + "# padding\n" * 500_000)
-    with pytest.raises(InvalidSpec, match=r"spec.yaml: too large \(\d+ bytes; at most"):
+    with pytest.raises(InvalidSpec, match=r"spec.yaml: too large \(more than 4194304 bytes\)$"):
         load_spec(big, {})
+    big.unlink()
+    big.symlink_to("/dev/zero")  # a device is not read at all
+    with pytest.raises(InvalidSpec, match=r"spec.yaml: cannot read: not a regular file$"):
+        load_spec(big, {})
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "compose.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidSpec, match=r"compose.yaml: cannot read: not a regular file$"):
+        load_spec(fifo, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"services: \xff", "compose.yaml: invalid YAML: invalid leading UTF-8 octet (byte 10)"),
+        (b"", "compose.yaml: not a deployment file: it is empty"),
+        (
+            b"a: !!python/object:os.system {}",
+            "compose.yaml:1: invalid YAML: could not determine "
+            "a constructor for the tag 'tag:yaml.org,2002:python/object:os.system'",
+        ),
+        (b"---\na: 1\n---\nb: 2\n", "compose.yaml:3: invalid YAML: but found another document"),
+    ],
+)
+def test_bad_yaml_is_one_line(text: bytes, message: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_spec(text, "compose.yaml", {}, "/")
+    assert str(info.value) == message
 
 
 def test_load_spec_reads_the_file_and_picks_the_format(tmp_path: Path) -> None:
@@ -709,3 +824,72 @@ def test_load_spec_reads_the_file_and_picks_the_format(tmp_path: Path) -> None:
         load_spec(tmp_path / "missing.yaml", {})
     with pytest.raises(InvalidSpec, match=r"no compose.yaml, .* in this directory"):
         load_spec(tmp_path / "shop2" / "..", {})
+
+
+# -- no traceback, whatever the values
+
+FUZZ_COMPOSE = """\
+services:
+  web:
+    build: {context: ., args: {V: 1}}
+    command: [httpd, -f]
+    environment: [A=1]
+    env_file: [{path: web.env, required: false}]
+    ports: ["8080:80", {target: 443, published: 8443}]
+    expose: ["9000"]
+    volumes: [data:/data, ./conf:/conf:ro, {type: tmpfs, target: /t, tmpfs: {size: 1m}}]
+    networks: {front: {aliases: [www]}}
+    depends_on: {db: {condition: service_healthy}}
+    healthcheck: {test: [CMD, "true"], interval: 1s}
+    restart: on-failure:3
+    deploy: {replicas: 1, resources: {limits: {cpus: "1", memory: 64m}}}
+    secrets: [{source: token, target: t}]
+    labels: [a=b]
+    extra_hosts: ["h:1.2.3.4"]
+    tmpfs: [/run]
+  db: {image: busybox, profiles: [all]}
+networks: {front: {ipam: {config: [{subnet: 10.1.0.0/24}]}}}
+volumes: {data: {external: true}}
+secrets: {token: {file: ./token}}
+"""
+
+
+def _paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _paths(value, (*prefix, i))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "filename"), [(FULL, "spec.yaml"), (FUZZ_COMPOSE, "compose.yaml")]
+)
+def test_any_value_anywhere_is_an_error_line_never_a_traceback(
+    tmp_path: Path, text: str, filename: str
+) -> None:
+    """Each value of a valid file replaced in turn by values of other types and
+    shapes: the reader answers InvalidSpec or a model, nothing else.
+    (Found: a top-level section that is not a mapping, a directory as env_file.)"""
+    import copy
+
+    import yaml
+
+    document = yaml.safe_load(text)
+    kinds: list[object] = [None, -1, "${", [1], {"a": 1}, "", 1.5]
+    for i, path in enumerate(_paths(document)[1:]):
+        # three kinds a path, rotating: every kind at every depth, in a second or two
+        for replacement in (kinds[i % 7], kinds[(i + 2) % 7], kinds[(i + 5) % 7]):
+            mutated = copy.deepcopy(document)
+            node = mutated
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = replacement
+            try:
+                dumped = yaml.dump(mutated, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
+                parse_spec(dumped, filename, {"API_TOKEN": "t"}, tmp_path)
+            except InvalidSpec as exc:
+                assert str(exc).strip(), (path, replacement)

@@ -233,9 +233,11 @@ def _split(name: str, raw: bytes) -> tuple[bytes, bytes, bytes]:
 # -- service secrets as files ----------------------------------------------------------
 #
 # A replica's secrets are files on a tmpfs (never the disk), bind-mounted read-only
-# into it: ``<RUN_DIR>/<root hash>/<replica>/<n>-<name>``, directories 0700, files
-# 0400. The tmpfs is lamina's own (mounted at RUN_DIR once, under a lock) unless the
-# directory is on one already. A replica's directory is built beside its place,
+# into it: ``<RUN_DIR>/<root hash>/<replica>/<n>-<name>``, directories 0700 (nobody
+# else on the host gets near them), files 0444 unless the service says otherwise
+# (Compose's default: a replica running as a user other than root reads them). The
+# tmpfs is lamina's own (mounted at RUN_DIR once, under a lock) unless the directory
+# is on one already. A replica's directory is built beside its place,
 # leased, and renamed in: a writer killed halfway leaves nothing (``_leases.reap``),
 # and a replica never sees half its secrets. The directory lives as long as the
 # replica (a restart bind-mounts the files again): ``release`` when it is removed,
@@ -250,11 +252,11 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 @dataclass(frozen=True)
 class SecretFile:
     """A secret of the store as a file in a replica: ``target`` absolute, or relative
-    to /run/secrets."""
+    to /run/secrets; ``mode`` as Compose's ``secrets[].mode``."""
 
     name: str
     target: str
-    mode: int = 0o400
+    mode: int = 0o444
 
 
 def _replica_dir(root: Path, replica: str, base: Path) -> Path:
