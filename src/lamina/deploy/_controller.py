@@ -37,7 +37,7 @@ from lamina.deploy._status import (
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 
 if TYPE_CHECKING:
-    from lamina.deploy._autoscale import Sampler
+    from lamina.deploy._autoscale import Autoscaler
     from lamina.deploy._jobs import JobRun
     from lamina.deploy._model import DeploymentSpec, ServiceSpec
     from lamina.engine import Container, Engine
@@ -46,8 +46,6 @@ LABEL_DEPLOYMENT = "lamina.deployment"
 LABEL_SERVICE = "lamina.service"
 LABEL_REPLICA = "lamina.replica"
 LABEL_HASH = "lamina.spec-hash"
-LABEL_JOB = "lamina.job"  # a job's run (deploy._jobs)
-LABEL_INIT = "lamina.init"  # an init step's container (deploy._init)
 
 PASS_INTERVAL = 1.0  # a pass at least this often, besides wake-ups
 ACTED_PAUSE = 0.05  # between a pass that acted and the next
@@ -124,8 +122,7 @@ class Deployments:
         self._backoff: dict[tuple[str, str], _Backoff] = {}
         self._waiting: dict[tuple[str, str, str], float] = {}  # dependency clocks
         self._notes: dict[str, _Notes] = {}
-        self._samplers: dict[tuple[str, str], Sampler] = {}
-        self._scaled_at: dict[tuple[str, str], float] = {}
+        self._autoscaler: Autoscaler | None = None
         self._draining: set[str] = set()  # replicas out of their service's name, to be removed
         # (deployment, container ID) -> running | failed: why
         self._inits: dict[tuple[str, str], str] = {}
@@ -442,6 +439,8 @@ class Deployments:
                     removed.append(f"volume {vol.name}")
         _state.remove(self.root, desired.name)
         self._notes.pop(desired.name, None)
+        if self._autoscaler is not None:
+            self._autoscaler.forget(desired.name)
         emit(self.root, "deployment", "remove", desired.name, {"name": desired.name})
         return removed
 
@@ -510,11 +509,8 @@ class Deployments:
     def _run_job(self, engine: Engine, desired: Desired, spec: DeploymentSpec, svc: str) -> JobRun:
         from lamina.deploy import _jobs
 
-        template = self._config(engine, desired, spec, svc, 0)
-        labels = {k: v for k, v in template.labels.items() if k not in (LABEL_REPLICA, LABEL_HASH)}
-        template = dataclasses.replace(template, labels=labels, healthcheck=None)
-        networks = _networks_of(spec, spec.services[svc])
-        run = _jobs.run_job(engine, desired.name, svc, template, networks[0] if networks else None)
+        template = self._config(engine, desired, spec, svc, 0)  # one_off_config renames it
+        run = _jobs.run_job(engine, desired.name, svc, template, None)
         self._event("job", desired.name, service=svc, container=run.container)
         return run
 
@@ -533,12 +529,11 @@ class Deployments:
         schedule = spec.services[svc].schedule
         if not schedule:
             return False
-        runs = _jobs.job_runs(engine, desired.name, svc)
-        last = max([desired.created, *(r.started or 0.0 for r in runs)])
-        if not _jobs.cron_due(schedule, last):
-            return False
-        self._run_job(engine, desired, spec, svc)
-        return True
+        template = self._config(engine, desired, spec, svc, 0)
+        run = _jobs.cron_tick(engine, desired.name, svc, schedule, template, None, desired.created)
+        if run is not None:
+            self._event("job", desired.name, service=svc, container=run.container)
+        return run is not None
 
     # -- one deployment -------------------------------------------------------------------
     def _converge_one(self, engine: Engine, name: str) -> bool:
@@ -632,23 +627,17 @@ class Deployments:
     def _autoscale(self, desired: Desired, svc: str, service: ServiceSpec,
                    replicas: builtins.list[Replica], engine: Engine) -> None:  # fmt: skip
         """An adaptive service's count from its replicas' cgroup usage (with cooldown)."""
-        from lamina.deploy import _autoscale
-
         scale = service.scale
         assert scale.mode == "adaptive"
-        key = (desired.name, svc)
-        sampler = self._samplers.get(key)
-        if sampler is None:
-            sampler = self._samplers[key] = _autoscale.Sampler()
         ids = [r.id for r in replicas if r.state == "running" and r.ready]
-        usage = sampler.read(engine, ids)
         current = self._count(desired, svc, service)
-        now = time.monotonic()
-        wanted = _autoscale.decide(current, scale.min, scale.max, scale.targets, usage,
-                                   self._scaled_at.get(key), now, scale.cooldown)  # fmt: skip
+        if self._autoscaler is None:
+            from lamina.deploy._autoscale import Autoscaler
+
+            self._autoscaler = Autoscaler()
+        wanted = self._autoscaler.replicas(engine, desired.name, svc, scale, ids, current)
         if wanted == current:
             return
-        self._scaled_at[key] = now
 
         def change(d: Desired) -> None:
             d.scale[svc] = wanted
@@ -656,8 +645,7 @@ class Deployments:
         self._update(desired.name, change)
         desired.scale[svc] = wanted
         self._event("scale", desired.name, service=svc, replicas=str(wanted), reason="adaptive")
-        self.say(f"deployment {desired.name}: {svc} scaled {current} -> {wanted} "
-                 f"(cpu {usage.cpu_percent:.0f}%, memory {usage.memory_percent:.0f}%)")  # fmt: skip
+        self.say(f"deployment {desired.name}: {svc} scaled {current} -> {wanted}")
 
     def _may_create(self, name: str, svc: str, replicas: builtins.list[Replica]) -> bool:
         """Crash loops back off; a stable run starts the back-off over."""
@@ -733,8 +721,11 @@ class Deployments:
         found = engine.list(all=True, filters={"label": [f"{LABEL_DEPLOYMENT}={name}"]})
         if not replicas:
             return found
-        return [c for c in found if LABEL_REPLICA in c.config.labels
-                and not {LABEL_JOB, LABEL_INIT} & set(c.config.labels)]  # fmt: skip
+        from lamina.deploy._jobs import is_one_off
+
+        labels = [c.config.labels for c in found]
+        return [c for c, lb in zip(found, labels, strict=True)
+                if LABEL_REPLICA in lb and not is_one_off(lb)]  # fmt: skip
 
     def _observe(
         self,
