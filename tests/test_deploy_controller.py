@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from deploy_fixtures import Controller, controller, deploy_root, get, httpd, spec
+from leak_check import assert_clean, container_traces
 from runtime_fixtures import CLI, IMAGE_REF, lamina_cli, lamina_ok, until
 
 from lamina.deploy._model import DeploymentSpec
@@ -132,6 +133,7 @@ def test_down_removes_everything_and_is_repeatable(controller: Controller) -> No
                                                        "target": "/data"}])))  # fmt: skip
     d.wait("gone", timeout=60)
     assert "gone_data" in lamina_ok(root, "volume", "ls", "-q").split()
+    ids = container_traces(root)
     removed = d.down("gone", volumes=True)
     assert "gone-web-1" in removed and "network gone" in removed and "volume gone_data" in removed
     assert lamina_ok(root, "ps", "-a", "-q") == ""
@@ -140,6 +142,7 @@ def test_down_removes_everything_and_is_repeatable(controller: Controller) -> No
     with pytest.raises(Exception, match="no such deployment"):
         d.down("gone")
     assert [a for a, i, _ in _events(root, "deployment") if i == "gone"][-1] == "remove"
+    assert_clean(root, ids)  # no mount, cgroup, process, netns, bridge, rule, lease
 
 
 def test_dependency_timeout_fails_the_deployment_with_one_line(controller: Controller) -> None:

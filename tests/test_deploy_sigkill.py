@@ -57,7 +57,7 @@ def names(root: Path) -> list[str]:
 @pytest.fixture
 def root(deploy_root: Path) -> Iterator[Path]:
     yield deploy_root
-    bring_down_and_check(deploy_root, container_traces(deploy_root))
+    bring_down_and_check(deploy_root, container_traces(deploy_root), full=True)
 
 
 def _shop(text: str) -> DeploymentSpec:
