@@ -269,7 +269,7 @@ class SecretCreate(BaseModel):
     """A secret's name and value (base64): the value is stored encrypted, never shown."""
 
     model_config = _STRICT
-    name: str = Field(min_length=1, max_length=253)
+    name: str = Field(description="[a-zA-Z0-9][a-zA-Z0-9_.-]* (the store checks it)")
     data: str = Field(description="the value, base64")
 
 
