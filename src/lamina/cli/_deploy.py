@@ -83,7 +83,7 @@ class InvalidFile(Exception):
 def load(path: str, profiles: Sequence[str] = ()) -> Any:
     """The file's model (``DeploymentSpec``) read with this process's environment;
     ``InvalidFile`` naming every error (with the file) if it has any."""
-    from lamina.deploy import InvalidSpec, load_spec
+    from lamina.deploy._spec import InvalidSpec, load_spec
 
     file = Path(path)
     if not file.is_file():
@@ -91,8 +91,10 @@ def load(path: str, profiles: Sequence[str] = ()) -> Any:
     try:
         return load_spec(file, dict(os.environ), profiles=tuple(profiles))
     except InvalidSpec as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        raise InvalidFile([f"{path}: {line}" for line in lines] or [f"{path}: invalid"]) from None
+        lines = [line for line in e.problems if line.strip()] or ["invalid"]
+        # A YAML error names the file already (with its line): not twice.
+        raise InvalidFile([line if line.startswith((path, file.name)) else f"{path}: {line}"
+                           for line in lines]) from None  # fmt: skip
 
 
 def _fail(e: InvalidFile) -> None:
@@ -354,7 +356,7 @@ def _status_row(svc: Mapping[str, Any]) -> Any:
     return Row("ServiceRow", {
         "Service": svc.get("name", ""), "Ready": _ready_text(svc),
         "Running": str(svc.get("running", "")), "Health": str(svc.get("health") or "-"),
-        "Rollout": str(svc.get("rollout") or "-"), "Error": str(svc.get("error") or ""),
+        "Rollout": str(svc.get("rollout") or "-"), "Error": str(svc.get("last_error") or ""),
     })  # fmt: skip
 
 
@@ -393,8 +395,8 @@ def _progress_lines(status: Mapping[str, Any]) -> list[str]:
         line = f"{svc.get('name', '')}: {_ready_text(svc)} ready"
         if svc.get("rollout") and svc.get("rollout") != "complete":
             line += f", rollout {svc['rollout']}"
-        if svc.get("error"):
-            line += f" ({svc['error']})"
+        if svc.get("last_error"):
+            line += f" ({svc['last_error']})"
         out.append(line)
     return out
 
