@@ -81,7 +81,7 @@ def test_the_roots_daemon_is_started_for_deployment_commands_and_again_after_a_k
     root: Path,
 ) -> None:
     stop_daemon(root)
-    assert ok(root, "deployment", "ls").splitlines() == ["NAME   SERVICES   READY   STATUS"]
+    assert ok(root, "deployment", "ls").split() == ["NAME", "SERVICES", "READY", "STATUS"]
     first = daemon_pid(root)
     assert first is not None, "a daemon serves the root after the command"
     assert "serving" in (root / "daemon.log").read_text()

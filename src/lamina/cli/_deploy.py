@@ -376,12 +376,14 @@ def deployment_status(name: str, fmt: str) -> None:
     if fmt in ("", "table") or fmt.startswith("table "):
         from lamina.cli._output import print_listing
 
-        state = status.get("state") or status.get("status")
-        if fmt in ("", "table") and state:
-            click.echo(f"deployment {status.get('name', name)}: {state}")
-        rows = [_status_row(s) for s in _service_rows(status)]
-        print_listing(fmt, rows, ("Service", "Ready", "Health", "Rollout", "Error"),
-                      _STATUS_HEADERS)  # fmt: skip
+        services = _service_rows(status)
+        if fmt in ("", "table"):
+            message = f" ({status['message']})" if status.get("message") else ""
+            click.echo(f"deployment {status.get('name', name)}: {status.get('state')}{message}")
+        columns: tuple[str, ...] = ("Service", "Ready", "Health", "Rollout")
+        if any(s.get("last_error") for s in services):
+            columns += ("Error",)
+        print_listing(fmt, [_status_row(s) for s in services], columns, _STATUS_HEADERS)
         return
     from lamina.cli._output import print_object
 

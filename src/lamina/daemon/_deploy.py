@@ -148,8 +148,8 @@ def _waited(request: Request, deployments: Any, name: str, timeout: float | None
 
     def run() -> None:
         try:
-            deployments.wait(name, timeout)
-            done.put({"result": jsonable(deployments.status(name))})
+            status = deployments.wait(name) if timeout is None else deployments.wait(name, timeout)
+            done.put({"result": jsonable(status)})
         except LaminaError as e:
             done.put({"error": " ".join(str(e).split()), "code": api.status_of(e)})
         except Exception as e:  # a bug: said, not hidden
@@ -252,7 +252,8 @@ def services_restart(request: Request) -> Response:
        "deployments", status=201, answer=_JSON_OBJECT)  # fmt: skip
 def jobs_run(request: Request) -> Response:
     p = request.params
-    return json_response(jsonable(_deployments().run_job(p["name"], p["service"])), 201)
+    run = jsonable(_deployments().run_job(p["name"], p["service"]))
+    return json_response(run if isinstance(run, dict) else {"container": run}, 201)
 
 
 @route("GET", "/v1/deployments/{name}/services/{service}/jobs", "A job's runs (its history)",
