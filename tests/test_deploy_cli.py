@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,7 +106,8 @@ def test_secret_create_ls_rm_never_shows_the_value(root: Path, tmp_path: Path) -
     assert listing.splitlines()[0].split() == ["NAME", "SIZE", "CREATED"]
     rows = {line.split()[0]: line.split()[1] for line in listing.splitlines()[1:]}
     assert rows == {"api.token": "21", "db-pass": str(len(value))}
-    as_json = [json.loads(line) for line in ok(root, "secret", "ls", "--format", "json").splitlines()]
+    as_json = [json.loads(line)
+               for line in ok(root, "secret", "ls", "--format", "json").splitlines()]
     assert {r["Name"] for r in as_json} == {"api.token", "db-pass"}
     everything = listing + json.dumps(as_json) + api(root).get("/v1/secrets").text
     assert value not in everything and "another-hidden-value" not in everything
@@ -153,3 +153,227 @@ def test_deployment_routes_validate_before_acting(root: Path) -> None:
         assert r.status_code == 400 and "replicas" in r.json()["message"]
         r = c.get("/v1/deployments/nope/status")
         assert r.status_code == 404 and "nope" in r.json()["message"]
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def _httpd(text: str) -> str:
+    """A busybox httpd replica that says it started (its log) and serves ``text``."""
+    return (f'echo "$(hostname) started"; mkdir -p /www && echo {text} > /www/index.html '
+            "&& exec httpd -f -p 8080 -h /www")  # fmt: skip
+
+
+HEALTH = """    health:
+      start_grace: 0s
+      interval: 1s
+      timeout: 2s
+      retries: 3
+      check: {type: http, url: "http://localhost:8080/", expect_status: 200}
+"""
+
+
+def shop_spec(api_replicas: str = "mode: manual") -> str:
+    """Three services: db, api (depends on db healthy), web (on api ready)."""
+    out = "version: v1\ndeployment: shop\nservices:\n"
+    for name, scale, depends in (
+        ("db", "mode: fixed\n      replicas: 1", ""),
+        ("api", api_replicas, "    depends: [{service: db, condition: healthy, timeout: 60s}]\n"),
+        ("web", "mode: fixed\n      replicas: 2",
+         "    depends: [{service: api, condition: ready, timeout: 60s}]\n"),
+    ):
+        out += (f"  {name}:\n    image: {{name: {IMAGE_REF}}}\n"
+                f"    command: {{args: [sh, -c, {json.dumps(_httpd(name))}]}}\n"
+                f"    scale:\n      {scale}\n{depends}{HEALTH}")  # fmt: skip
+    return out
+
+
+def status_json(root: Path, name: str) -> dict[str, object]:
+    return json.loads(ok(root, "deployment", "status", name, "--format", "json"))  # type: ignore[no-any-return]
+
+
+def services_of(status: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {s["name"]: s for s in status["services"]}  # type: ignore[attr-defined,index]
+
+
+def test_validate_names_every_error_with_its_path(root: Path, tmp_path: Path) -> None:
+    good = tmp_path / "shop.yaml"
+    good.write_text(shop_spec())
+    assert ok(root, "validate", str(good)) == f"{good}: valid (3 services)\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(shop_spec("mode: fixed\n      replicas: -1").replace(
+        "condition: healthy", "condition: sometimes") + "  extra:\n    image: {name: x}\n"
+        "    depends: [{service: nowhere}]\n    colour: blue\n")  # fmt: skip
+    r = lamina(root, "validate", str(bad))
+    assert r.returncode == 1 and r.stdout == ""
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert all(line.startswith(f"lamina: error: {bad}: services.") for line in lines), lines
+    text = "\n".join(lines)
+    for path in ("services.api.scale.replicas", "services.api.depends[0].condition",
+                 "services.extra.colour", "services.extra.depends[0].service"):  # fmt: skip
+        assert path in text, (path, text)
+    # deploy of the same file: the same errors, nothing sent or made.
+    r = lamina(root, "deploy", str(bad))
+    assert r.returncode == 1 and r.stderr.splitlines() == lines
+    yaml_error = tmp_path / "broken.yaml"
+    yaml_error.write_text("version: v1\ndeployment: x\nservices: [\n")
+    r = lamina(root, "validate", str(yaml_error))
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"lamina: error: {yaml_error}") and "YAML" in r.stderr
+    missing = lamina(root, "validate", str(tmp_path / "none.yaml"))
+    assert missing.returncode == 1 and "no such file" in error_line(missing.stderr)
+
+
+def test_deploy_dry_run_prints_the_plan_and_changes_nothing(root: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(shop_spec())
+    out = ok(root, "deploy", "--dry-run", str(spec))
+    assert out.splitlines() == ["create network shop", "create service db: 1 replicas",
+                                "create service api: 1 replicas",
+                                "create service web: 2 replicas"]  # fmt: skip
+    assert ok(root, "deployment", "ls", "-q") == ""
+    assert ok(root, "ps", "-aq") == ""
+    assert "shop" not in ok(root, "network", "ls", "--format", "{{.Name}}").split()
+
+
+def test_deploy_wait_status_scale_restart_logs_down(root: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(shop_spec())
+    r = lamina(root, "deploy", "--wait", "--timeout", "120", str(spec))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:4] == ["create network shop", "create service db: 1 replicas",
+                                         "create service api: 1 replicas",
+                                         "create service web: 2 replicas"]  # fmt: skip
+    assert r.stdout.splitlines()[-1] == "deployment shop: ready"
+    status = status_json(root, "shop")
+    assert status["state"] == "running"
+    services = services_of(status)
+    assert {n: (s["ready"], s["desired"], s["health"]) for n, s in services.items()} == {
+        "db": (1, 1, "healthy"), "api": (1, 1, "healthy"), "web": (2, 2, "healthy")}
+    assert ok(root, "deployment", "ls").splitlines()[1].split() == ["shop", "3", "4/4", "running"]
+    table = ok(root, "deployment", "status", "shop").splitlines()
+    assert table[0] == "deployment shop: running"
+    assert [line.split() for line in table[1:]] == [
+        ["SERVICE", "READY", "HEALTH", "ROLLOUT"], ["api", "1/1", "healthy", "complete"],
+        ["db", "1/1", "healthy", "complete"], ["web", "2/2", "healthy", "complete"]]
+    # Dependencies were waited for: db was healthy before api's replica started.
+    db = json.loads(ok(root, "inspect", "shop-db-1"))[0]
+    api_replica = json.loads(ok(root, "inspect", "shop-api-1"))[0]
+    first_pass = min(h["End"] for h in db["State"]["Health"]["Log"] if h["ExitCode"] == 0)
+    assert api_replica["State"]["StartedAt"] > first_pass
+    ids = set(ok(root, "ps", "-q", "--no-trunc").split())
+    assert len(ids) == 4
+
+    # Scale up, then down; the daemon converges.
+    assert ok(root, "service", "scale", "shop/api", "3") == "shop/api scaled to 3\n"
+    until(lambda: services_of(status_json(root, "shop"))["api"]["ready"] == 3, 60)
+    names = sorted(c for c in ok(root, "ps", "--format", "{{.Names}}").split()
+                   if c.startswith("shop-api-"))  # fmt: skip
+    assert names == ["shop-api-1", "shop-api-2", "shop-api-3"]
+    ok(root, "service", "scale", "shop/api", "1")
+    until(lambda: [c for c in ok(root, "ps", "--format", "{{.Names}}").split()
+                   if c.startswith("shop-api-")] == ["shop-api-1"], 60)  # fmt: skip
+
+    # The merged logs: each replica's line after its name, as Compose prints them.
+    logs = ok(root, "service", "logs", "shop/web").splitlines()
+    assert sorted(logs) == ["shop-web-1 | shop-web-1 started", "shop-web-2 | shop-web-2 started"]
+    assert ok(root, "service", "logs", "--no-prefix", "shop/db") == "shop-db-1 started\n"
+
+    # A rolling restart replaces every replica of web, one at a time.
+    before = set(ok(root, "ps", "-q", "--no-trunc", "--filter", "label=lamina.service=web").split())
+    ok(root, "service", "restart", "shop/web")
+
+    def web_replaced() -> bool:
+        now = set(ok(root, "ps", "-q", "--no-trunc", "--filter",
+                      "label=lamina.service=web").split())  # fmt: skip
+        web = services_of(status_json(root, "shop"))["web"]
+        return not (now & before) and web["ready"] == 2 and web["rollout"] == "complete"
+
+    until(web_replaced, 90)
+    ids |= set(ok(root, "ps", "-aq", "--no-trunc").split())
+
+    bad = lamina(root, "service", "scale", "shop/nothing", "2")
+    assert bad.returncode == 1 and "nothing" in error_line(bad.stderr)
+    bad = lamina(root, "service", "scale", "shop", "2")
+    assert bad.returncode == 125 and "DEPLOYMENT/SERVICE" in error_line(bad.stderr)
+
+    removed = ok(root, "down", str(spec)).splitlines()
+    assert {"shop-db-1", "shop-api-1", "shop-web-1", "shop-web-2", "network shop"} <= set(removed)
+    assert ok(root, "deployment", "ls", "-q") == ""
+    assert ok(root, "ps", "-aq") == ""
+    gone = lamina(root, "deployment", "status", "shop")
+    assert gone.returncode == 1 and "shop" in error_line(gone.stderr)
+    assert_clean(root, ids)
+
+
+def test_deploy_with_a_missing_secret_is_one_line_and_leaves_nothing(
+    root: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"version: v1\ndeployment: needs-secret\nservices:\n  app:\n"
+                    f"    image: {{name: {IMAGE_REF}}}\n    command: {{args: [sleep, '600']}}\n"
+                    f"    env: {{PASSWORD: '$S:not-there'}}\n")  # fmt: skip
+    r = lamina(root, "deploy", str(spec))
+    assert r.returncode == 1
+    assert "not-there" in error_line(r.stderr)
+    assert ok(root, "deployment", "ls", "-q") == ""
+    assert ok(root, "ps", "-aq") == ""
+
+
+COMPOSE = f"""\
+name: app
+services:
+  db:
+    image: {IMAGE_REF}
+    command: ["sh", "-c", {json.dumps(_httpd("db"))}]
+    healthcheck:
+      test: ["CMD-SHELL", "wget -q -O /dev/null http://localhost:8080/"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+  web:
+    build: ./web
+    command: ["sh", "-c", "cat /built && exec httpd -f -p 8080 -h /"]
+    depends_on:
+      db:
+        condition: service_healthy
+    secrets: [token]
+    deploy:
+      replicas: 2
+secrets:
+  token:
+    file: ./token.txt
+"""
+
+
+def test_compose_file_built_with_its_secret_and_depends_on_service_healthy(
+    root: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / "app"
+    (project / "web").mkdir(parents=True)
+    (project / "web" / "Dockerfile").write_text(
+        f"FROM {IMAGE_REF}\nRUN echo built-by-lamina > /built\n")  # fmt: skip
+    (project / "token.txt").write_text("compose-secret-value")
+    (project / "compose.yaml").write_text(COMPOSE)
+    assert ok(root, "validate", "compose.yaml", cwd=project) == "compose.yaml: valid (2 services)\n"
+    r = lamina(root, "deploy", "--wait", "--timeout", "120", "compose.yaml", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "deployment app: ready"
+    services = services_of(status_json(root, "app"))
+    assert (services["db"]["ready"], services["web"]["ready"]) == (1, 2)
+    # web's image is the one built from ./web; its secret went to the store by name.
+    assert "app_token" in ok(root, "secret", "ls", "-q").split()
+    until(lambda: "built-by-lamina" in ok(root, "service", "logs", "app/web"))
+    # service_healthy: web's replicas started after db's first passing check.
+    db = json.loads(ok(root, "inspect", "app-db-1"))[0]
+    first_pass = min(h["End"] for h in db["State"]["Health"]["Log"] if h["ExitCode"] == 0)
+    for n in (1, 2):
+        web = json.loads(ok(root, "inspect", f"app-web-{n}"))[0]
+        assert web["State"]["StartedAt"] > first_pass
+    ids = set(ok(root, "ps", "-aq", "--no-trunc").split())
+    ok(root, "down", "app", "-v")
+    ok(root, "secret", "rm", "app_token")
+    assert ok(root, "ps", "-aq") == ""
+    assert network_leaks(root) == []
+    assert_clean(root, ids)
