@@ -624,7 +624,7 @@ class Deployments:
         if state != "running":
             ready = False
         elif c.health:
-            ready = c.health == "healthy"
+            ready = c.health == "healthy"  # and no check failing since (below)
         else:
             ready = started is not None and time.time() - started >= NO_CHECK_READY
         address, aliased, output = "", False, ""
@@ -636,8 +636,14 @@ class Deployments:
                     address = e.ipv4
                     aliased = svc in e.aliases
             if c.health:
-                log = (rec.extra.get("health") or {}).get("Log") or []
+                from lamina.engine._health import state_of
+
+                health = state_of(rec) or {}
+                log = health.get("Log") or []
                 output = str(log[-1].get("Output", "")) if log else ""
+                # a failed check takes it out of its service's name at once (the
+                # engine says unhealthy only after the retries: then it is replaced)
+                ready = ready and not health.get("FailingStreak")
         if not _live_aliases(engine):
             aliased = ready  # the alias was given at create: nothing to switch
         try:

@@ -1,0 +1,145 @@
+"""The deployment controller on real containers, networks and health checks: services
+in dependency order, DNS of ready replicas, scaling, down, dependency timeouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from deploy_fixtures import Controller, controller, deploy_root, get, httpd, spec
+from runtime_fixtures import lamina_cli, lamina_ok, until
+
+from lamina.engine._events import read
+
+__all__ = ["controller", "deploy_root"]
+
+
+def _events(root: Path, type: str) -> list[tuple[str, str, dict[str, str]]]:
+    return [(e.action, e.actor_id, dict(e.attributes)) for e in read(root) if e.type == type]
+
+
+def test_three_services_start_in_dependency_order(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    s = spec(
+        "shop",
+        web=httpd("web", depends=[{"service": "api", "condition": "ready", "timeout": "60s"}]),
+        api=httpd("api", scale={"replicas": 2},
+                  depends=[{"service": "db", "condition": "healthy", "timeout": "60s"}]),
+        db=httpd("db"),
+    )  # fmt: skip
+    plan = d.apply(s)
+    assert "create network shop" in plan.lines
+    assert "create service api: 2 replicas" in plan.lines
+    status = d.wait("shop", timeout=90)
+    assert status.state == "running"
+    assert {(x.name, x.desired, x.ready, x.health, x.rollout) for x in status.services} == {
+        ("web", 1, 1, "healthy", "complete"),
+        ("api", 2, 2, "healthy", "complete"),
+        ("db", 1, 1, "healthy", "complete"),
+    }
+    api = status.service("api")
+    assert api is not None
+    assert [r.name for r in api.replicas] == ["shop-api-1", "shop-api-2"]
+    for r in api.replicas:
+        assert get(r.address) == "api"
+    # created after what they depend on was healthy (api) or ready (web)
+    events = [(a, attrs.get("name", ""), attrs.get("health_status", ""))
+              for a, _i, attrs in _events(root, "container")]  # fmt: skip
+    order = [(a.split(":")[0], n) for a, n, _h in events
+             if a == "create" or a.startswith("health_status: healthy")]  # fmt: skip
+    assert order.index(("health_status", "shop-db-1")) < order.index(("create", "shop-api-1"))
+    first_api_healthy = min(order.index(("health_status", f"shop-api-{n}")) for n in (1, 2))
+    assert first_api_healthy < order.index(("create", "shop-web-1"))
+    # labels name the deployment and the service; the network is the deployment's
+    labels = lamina_ok(root, "inspect", "-f", "{{json .Config.Labels}}", "shop-api-2")
+    for pair in ('"lamina.deployment":"shop"', '"lamina.service":"api"', '"lamina.replica":"2"'):
+        assert pair in labels
+    nets = lamina_ok(root, "network", "ls", "--filter", "label=lamina.deployment=shop",
+                     "--format", "{{.Name}}")  # fmt: skip
+    assert nets.split() == ["shop"]
+    assert ("create", "shop") in [(a, i) for a, i, _ in _events(root, "deployment")]
+
+
+def test_a_service_name_resolves_to_ready_replicas_only(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    d.apply(spec("dns", api=httpd("api", scale={"replicas": 2}), client=httpd("client")))
+    d.wait("dns", timeout=90)
+
+    def resolved() -> set[str]:
+        out = lamina_cli(root, "exec", "dns-client-1", "nslookup", "api").stdout  # NXDOMAIN: 1
+        answer = out.split("Name:", 1)[-1] if "Name:" in out else ""
+        return {line.split()[-1] for line in answer.splitlines() if line.startswith("Address")}
+
+    def ready() -> set[str]:
+        return {r.address for r in d.replicas("dns", "api") if r.ready}
+
+    until(lambda: resolved() == ready() and len(ready()) == 2, timeout=30)
+    own = lamina_ok(root, "exec", "dns-client-1", "nslookup", "dns-api-2")
+    assert next(r.address for r in d.replicas("dns", "api") if r.name == "dns-api-2") in own
+    sick = next(r for r in d.replicas("dns", "api") if r.name == "dns-api-1")
+    lamina_ok(root, "exec", "dns-api-1", "touch", "/tmp/sick")
+    # out of the name at its first failed check (well before it is replaced)
+    until(lambda: sick.address not in resolved() and resolved() == ready(), timeout=10)
+    # then replaced by a new healthy dns-api-1, which the name resolves to again
+    until(lambda: len(ready()) == 2 and resolved() == ready(), timeout=60)
+
+
+def test_scale_up_and_down(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    d.apply(spec("sc", web=httpd("web", scale={"mode": "manual"})))
+    assert [r.name for r in d.wait("sc", timeout=60).services[0].replicas] == ["sc-web-1"]
+    d.scale("sc", "web", 4)
+    status = d.wait("sc", timeout=90)
+    assert [r.name for r in status.services[0].replicas] == [f"sc-web-{n}" for n in (1, 2, 3, 4)]
+    assert all(r.ready for r in status.services[0].replicas)
+    d.scale("sc", "web", 2)
+    status = d.wait("sc", timeout=60)
+    assert [r.name for r in status.services[0].replicas] == ["sc-web-1", "sc-web-2"]
+    assert lamina_ok(root, "ps", "-a", "--format", "{{.Names}}").split() == ["sc-web-2", "sc-web-1"]
+    scaled = [attrs for a, _i, attrs in _events(root, "deployment") if a == "scale"]
+    assert [x.get("replicas") for x in scaled][-2:] == ["4", "2"]
+    with pytest.raises(Exception, match="fixed scale"):
+        d.apply(spec("sc2", web=httpd("web")))
+        d.scale("sc2", "web", 3)
+
+
+def test_down_removes_everything_and_is_repeatable(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    d.apply(spec("gone", web=httpd("web", storage=[{"type": "named", "name": "data",
+                                                       "target": "/data"}])))  # fmt: skip
+    d.wait("gone", timeout=60)
+    assert "gone_data" in lamina_ok(root, "volume", "ls", "-q").split()
+    removed = d.down("gone", volumes=True)
+    assert "gone-web-1" in removed and "network gone" in removed and "volume gone_data" in removed
+    assert lamina_ok(root, "ps", "-a", "-q") == ""
+    assert "gone_data" not in lamina_ok(root, "volume", "ls", "-q").split()
+    assert "gone" not in lamina_ok(root, "network", "ls", "--format", "{{.Name}}").split()
+    with pytest.raises(Exception, match="no such deployment"):
+        d.down("gone")
+    assert [a for a, i, _ in _events(root, "deployment") if i == "gone"][-1] == "remove"
+
+
+def test_dependency_timeout_fails_the_deployment_with_one_line(controller: Controller) -> None:
+    d = controller.d
+    never = httpd("db", health={"check": {"command": "false"}})
+    dep = {"service": "db", "condition": "healthy", "timeout": "2s", "on_timeout": "fail"}
+    d.apply(spec("dt", db=never, web=httpd("web", depends=[dep])))
+    with pytest.raises(Exception, match="failed: service web: db not healthy after 2s"):
+        d.wait("dt", timeout=60)
+    status = d.status("dt")
+    assert status.state == "failed" and "\n" not in status.message
+    assert status.service("web").replicas == []  # type: ignore[union-attr]
+
+
+def test_plan_says_what_apply_would_do(controller: Controller) -> None:
+    d = controller.d
+    d.apply(spec("pl", web=httpd("v1"), db=httpd("db")))
+    d.wait("pl", timeout=60)
+    plan = d.plan(spec("pl", web=httpd("v2"), cache=httpd("cache")))
+    assert plan.lines == [
+        "unchanged network pl",
+        "replace (rolling) service web: 1 replicas",
+        "create service cache: 1 replicas",
+        "remove service db",
+    ]
+    assert d.status("pl").state == "running"  # a plan changes nothing
