@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 from leak_check import assert_clean, network_leaks
-from runtime_fixtures import CLI, IMAGE_REF, cli_image_root, error_line, until
+from runtime_fixtures import (
+    CLI,
+    IMAGE_REF,
+    cli_image_root,
+    error_line,
+    remove_all_containers,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,6 +79,17 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
     finally:
         stop_daemon(root)
+        remove_all_containers(root)  # what a failed test left: nothing outlives the module
+        lamina(root, "network", "prune", "-f")
+
+
+@pytest.fixture(autouse=True)
+def _nothing_deployed_after(root: Path) -> Iterator[None]:
+    """A test that failed halfway leaves no deployment to the next."""
+    yield
+    if daemon_pid(root) is not None:
+        for name in lamina(root, "deployment", "ls", "-q").stdout.split():
+            lamina(root, "down", "-v", name)
 
 
 # -- the root's own daemon -------------------------------------------------------------------
@@ -159,9 +178,11 @@ def test_deployment_routes_validate_before_acting(root: Path) -> None:
 
 
 def _httpd(text: str) -> str:
-    """A busybox httpd replica that says it started (its log) and serves ``text``."""
-    return (f'echo "$(hostname) started"; mkdir -p /www && echo {text} > /www/index.html '
-            "&& exec httpd -f -p 8080 -h /www")  # fmt: skip
+    """A busybox httpd replica that says it started (its log) and serves ``text``; its
+    shell ends on SIGTERM (a PID 1 without a handler ignores it: each stop would wait
+    its whole grace period)."""
+    return (f'echo "$(hostname) started"; mkdir -p /www && echo {text} > /www/index.html; '
+            "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait")  # fmt: skip
 
 
 HEALTH = """    health:
@@ -211,7 +232,7 @@ def test_validate_names_every_error_with_its_path(root: Path, tmp_path: Path) ->
     assert all(line.startswith(f"lamina: error: {bad}: services.") for line in lines), lines
     text = "\n".join(lines)
     for path in ("services.api.scale.replicas", "services.api.depends[0].condition",
-                 "services.extra.colour", "services.extra.depends[0].service"):  # fmt: skip
+                 "services.extra.colour", "services.extra.depends[0]: no service"):  # fmt: skip
         assert path in text, (path, text)
     # deploy of the same file: the same errors, nothing sent or made.
     r = lamina(root, "deploy", str(bad))
@@ -276,9 +297,11 @@ def test_deploy_wait_status_scale_restart_logs_down(root: Path, tmp_path: Path) 
                    if c.startswith("shop-api-")] == ["shop-api-1"], 60)  # fmt: skip
 
     # The merged logs: each replica's line after its name, as Compose prints them.
-    logs = ok(root, "service", "logs", "shop/web").splitlines()
-    assert sorted(logs) == ["shop-web-1 | shop-web-1 started", "shop-web-2 | shop-web-2 started"]
-    assert ok(root, "service", "logs", "--no-prefix", "shop/db") == "shop-db-1 started\n"
+    logs = sorted(ok(root, "service", "logs", "shop/web").splitlines())
+    assert [re.sub(r"[0-9a-f]{12}", "ID", line) for line in logs] == [
+        "shop-web-1 | ID started", "shop-web-2 | ID started"]
+    assert re.fullmatch(r"[0-9a-f]{12} started\n",
+                        ok(root, "service", "logs", "--no-prefix", "shop/db"))  # fmt: skip
 
     # A rolling restart replaces every replica of web, one at a time.
     before = set(ok(root, "ps", "-q", "--no-trunc", "--filter", "label=lamina.service=web").split())
@@ -298,8 +321,9 @@ def test_deploy_wait_status_scale_restart_logs_down(root: Path, tmp_path: Path) 
     bad = lamina(root, "service", "scale", "shop", "2")
     assert bad.returncode == 125 and "DEPLOYMENT/SERVICE" in error_line(bad.stderr)
 
-    removed = ok(root, "down", str(spec)).splitlines()
-    assert {"shop-db-1", "shop-api-1", "shop-web-1", "shop-web-2", "network shop"} <= set(removed)
+    replicas = ok(root, "ps", "--format", "{{.Names}}").split()
+    assert len(replicas) == 4
+    assert set(ok(root, "down", str(spec)).splitlines()) == {*replicas, "network shop"}
     assert ok(root, "deployment", "ls", "-q") == ""
     assert ok(root, "ps", "-aq") == ""
     gone = lamina(root, "deployment", "status", "shop")
@@ -326,7 +350,7 @@ name: app
 services:
   db:
     image: {IMAGE_REF}
-    command: ["sh", "-c", {json.dumps(_httpd("db"))}]
+    command: ["sh", "-c", {json.dumps(_httpd("db").replace("$", "$$"))}]
     healthcheck:
       test: ["CMD-SHELL", "wget -q -O /dev/null http://localhost:8080/"]
       interval: 1s
@@ -334,7 +358,7 @@ services:
       retries: 3
   web:
     build: ./web
-    command: ["sh", "-c", "cat /built && exec httpd -f -p 8080 -h /"]
+    command: ["sh", "-c", "cat /built; trap 'exit 0' TERM; httpd -f -p 8080 -h / & wait"]
     depends_on:
       db:
         condition: service_healthy

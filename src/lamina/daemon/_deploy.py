@@ -44,12 +44,9 @@ def start(root: Path, oci_runtime: str, say: Callable[[str], None]) -> None:
     """Make the root's ``Deployments`` and start its converge thread (the daemon,
     before it serves)."""
     global DEPLOYMENTS, _ROOT
+    from lamina.deploy import Deployments
+
     _ROOT = root
-    try:
-        from lamina.deploy import Deployments
-    except ImportError as e:  # TEMPORARY until h/ctrl is merged: the daemon serves the rest
-        say(f"deployments not served: {e}")
-        return
     DEPLOYMENTS = Deployments(root, oci_runtime, say)
     DEPLOYMENTS.start()
 
