@@ -283,8 +283,27 @@ def main() -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         subprocess.run([*bench.podman, "system", "reset", "-f"], env=bench.penv,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        _wait_gone(str(bench.root))  # the health runner and exit commands end on their own
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_gone(mark: str, timeout: float = 30.0) -> None:
+    """Until no process names ``mark`` in its command line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and pid != str(os.getpid()):
+                try:
+                    alive = mark.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if alive:
+                    break
+        if not alive:
+            return
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":
