@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from leak_check import assert_clean
 from runtime_fixtures import IMAGE_REF, cli_image_root, config, remove_all_containers, until
 
-from lamina.deploy._autoscale import Sampler, Usage, decide, sample
+from lamina.deploy._autoscale import Autoscaler, Sampler, Usage, decide, sample
+from lamina.deploy._model import AdaptiveScale, ScaleTargets
 from lamina.engine import Engine, Resources, open_engine
 
 pytestmark = pytest.mark.timeout(180)
@@ -76,6 +78,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     with open_engine(root) as eng:
         yield eng
     remove_all_containers(root)
+    assert_clean(root, set())
 
 
 def start(engine: Engine, *cmd: str, resources: Resources | None = None) -> str:
@@ -114,11 +117,9 @@ def test_memory_is_read_against_the_limit(engine: Engine) -> None:
     light = start(engine, *IDLE, resources=Resources(memory=64 * 1024 * 1024))
     try:
         until(lambda: engine.exec(holder, ["test", "-e", "/tmp/full"]).exit_code == 0, 30)
-        sampler = Sampler()
-        sampler.read(engine, [holder])
-        full = sampler.read(engine, [holder])
+        full = sample(engine, [holder])
         assert 20 < full.memory_percent < 60, full  # 16 MB of 64 MiB, and the shell
-        assert Sampler().read(engine, [light]).memory_percent < 10
+        assert sample(engine, [light]).memory_percent < 10
         assert decide(1, 1, 4, Targets(memory=10), full, None, 0.0, 0) > 1
     finally:
         for cid in (holder, light):
@@ -128,6 +129,32 @@ def test_memory_is_read_against_the_limit(engine: Engine) -> None:
 def test_gone_replicas_are_left_out(engine: Engine) -> None:
     cid = start(engine, *IDLE)
     sampler = Sampler()
-    assert sampler.read(engine, [cid, "no-such-container"]).replicas == 1
+    both = [cid, "no-such-container"]
+    assert sampler.read(engine, both).replicas == 0  # nothing to compare with yet
+    assert sampler.read(engine, both).replicas == 0  # too short a window
+    until(lambda: sampler.read(engine, both).replicas == 1, 10)
     engine.remove(cid, force=True)
     assert sampler.read(engine, [cid]) == Usage(0.0, 0.0, 0)
+
+
+def test_the_autoscaler_scales_busy_replicas_up_then_waits_its_cooldown(engine: Engine) -> None:
+    busy = [start(engine, *BUSY, resources=Resources(cpus=0.2)) for _ in range(2)]
+    scale = AdaptiveScale(min=1, max=5, cooldown=3600,
+                          targets=ScaleTargets(cpu=50))  # fmt: skip
+    scaler, fresh = Autoscaler(), Autoscaler()
+    try:
+        # First sight: no usage yet.
+        assert scaler.replicas(engine, "shop", "api", scale, busy, 2, now=0.0) == 2
+        assert fresh.replicas(engine, "shop", "api", scale, busy, 2, now=0.0) == 2
+        # Busy, so up (as soon as a window of usage is there)...
+        until(lambda: scaler.replicas(engine, "shop", "api", scale, busy, 2, now=4000.0) > 2, 20)
+        # ...and not again within the cooldown, busy as they are.
+        assert sample(engine, busy).cpu_percent > 60  # a window goes by
+        assert scaler.replicas(engine, "shop", "api", scale, busy, 3, now=4001.0) == 3
+        # A service seen for the first time counts as just changed (a restarted daemon).
+        assert fresh.replicas(engine, "shop", "api", scale, busy, 2, now=10.0) == 2
+        fresh.forget("shop")
+        assert fresh._samplers == {} and fresh._changed == {}
+    finally:
+        for cid in busy:
+            engine.remove(cid, force=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from leak_check import network_leaks
+from leak_check import assert_clean
 from runtime_fixtures import IMAGE_REF, cli_image_root, remove_all_containers, until
 
 from lamina.deploy._init import InitFailed, run_init_steps, step_errors
@@ -45,7 +45,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     remove_all_containers(r)
     with open_engine(r) as engine:
         engine.networks.remove(NETWORK)
-    assert network_leaks(r) == []
+    assert_clean(r, set())  # network leaks included
 
 
 @pytest.fixture

@@ -8,19 +8,24 @@ times from the schedule."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from leak_check import network_leaks
-from runtime_fixtures import IMAGE_REF, cli_image_root, remove_all_containers
+from leak_check import assert_clean, pid_stopped
+from runtime_fixtures import IMAGE_REF, cli_image_root, remove_all_containers, until
 
 from lamina.deploy._jobs import (
     HISTORY,
     JobRun,
     cron_due,
+    cron_tick,
+    is_one_off,
     job_runs,
     next_run,
     prune_history,
@@ -45,7 +50,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for net in engine.networks.list():
             if net.name == NETWORK:
                 engine.networks.remove(net.id)
-    assert network_leaks(r) == []
+    assert_clean(r, set())  # network leaks included
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def template(engine: Engine, *cmd: str, network: str | None = None) -> Container
         network=network or "none",
         network_aliases=["task"] if network else (),
         env=["GREETING=hello"],
-        labels=["tier=batch"],
+        labels=["tier=batch", "lamina.replica=0", "lamina.spec-hash=abc"],  # the controller's
     )
     config, _warnings = prepare_run(engine, opts, image=IMAGE_REF, command=list(cmd))
     return config
@@ -92,12 +97,17 @@ def test_a_run_is_a_labelled_container_on_the_network(engine: Engine) -> None:
     labels = c.config.labels
     assert labels["lamina.deployment"] == "shop" and labels["lamina.service"] == "task"
     assert labels["lamina.job"] == "1" and labels["tier"] == "batch"
-    assert [n.aliases for n in c.config.networks] == [[]]  # not the service's address
+    assert "lamina.replica" not in labels and "lamina.spec-hash" not in labels
+    assert is_one_off(labels)
+    assert [(n.name, n.aliases) for n in c.config.networks] == [(NETWORK, [])]  # no alias
     assert c.config.restart.name == "no" and c.config.ports == []
 
     bad = template(engine, "sh", "-c", "echo oops >&2; exit 3", network=NETWORK)
-    second = wait_job(engine, run_job(engine, DEPLOYMENT, "task", bad, NETWORK), timeout=60)
+    # No network named: the template's, without its aliases.
+    second = wait_job(engine, run_job(engine, DEPLOYMENT, "task", bad, None), timeout=60)
     assert (second.id, second.status, second.exit_code) == (2, "failed", 3)
+    networks = engine.get(second.container).config.networks
+    assert [(n.name, n.aliases) for n in networks] == [(NETWORK, [])]
     assert logs(engine, second.container) == b"oops\n"
     runs = job_runs(engine, DEPLOYMENT)
     assert [(r.id, r.status) for r in runs] == [(1, "succeeded"), (2, "failed")]
@@ -112,7 +122,8 @@ def test_history_keeps_the_newest_finished_runs_and_running_ones(engine: Engine)
         wait_job(engine, run_job(engine, DEPLOYMENT, "batch", quick, None), timeout=60)
     runs = job_runs(engine, DEPLOYMENT, "batch")
     assert [r.id for r in runs] == [1, *range(4, HISTORY + 4)]
-    assert runs[0] == JobRun(1, "batch", long.container, "running", None, runs[0].started, None)
+    assert runs[0] == JobRun(1, "batch", long.container, "running", None, runs[0].started, None,
+                             long.created)  # fmt: skip
     engine.kill(long.container)
     wait_job(engine, long, timeout=30)
     assert prune_history(engine, DEPLOYMENT, "batch") == [long.container]
@@ -163,3 +174,42 @@ def test_cron_due_times() -> None:
         next_run("61 * * * *", 0.0)
     with pytest.raises(ValueError, match="invalid cron schedule"):
         next_run("every day", 0.0)
+
+
+_KILLED_RUN = """
+import sys
+from pathlib import Path
+from lamina.deploy._jobs import run_job
+from lamina.engine import open_engine
+from lamina.engine._options import RunOptions, prepare_run
+with open_engine(Path(sys.argv[1])) as engine:
+    config, _ = prepare_run(engine, RunOptions(), image=sys.argv[2], command=["true"])
+    run_job(engine, "shop", "nightly", config, None)
+"""
+
+
+def test_cron_runs_when_due_once_and_a_killed_start_is_finished(root: Path, engine: Engine) -> None:
+    """A yearly schedule deployed before the last new year: due now; made by a process
+    killed before it started the run, which the next tick starts rather than making
+    another; then not due again (the runs are the memory, nothing else)."""
+    yearly = "0 0 1 1 *"
+    deployed = local(f"{datetime.now().year - 1}-12-31T00:00:00")
+    env = {**os.environ, "LAMINA_TEST_STOP_AT": "job:created"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(root), IMAGE_REF], env=env)
+    try:
+        until(lambda: pid_stopped(proc.pid), 60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    [pending] = job_runs(engine, DEPLOYMENT, "nightly")
+    assert engine.get(pending.container).state.status == "created"
+    quick = template(engine, "true")
+    assert cron_tick(engine, DEPLOYMENT, "nightly", yearly, quick, None, since=deployed) is None
+    assert wait_job(engine, pending, timeout=30).status == "succeeded"
+    # Without the pending run: due (new year since it was deployed), once.
+    engine.remove(pending.container)
+    run = cron_tick(engine, DEPLOYMENT, "nightly", yearly, quick, None, since=deployed)
+    assert run is not None and run.id == 1
+    assert wait_job(engine, run, timeout=30).status == "succeeded"
+    assert cron_tick(engine, DEPLOYMENT, "nightly", yearly, quick, None, since=deployed) is None
+    assert len(job_runs(engine, DEPLOYMENT, "nightly")) == 1

@@ -10,18 +10,26 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from leak_check import pid_stopped
-from runtime_fixtures import until
+from runtime_fixtures import IMAGE_REF, cli_image_root, config, until
 
+from lamina import _leases
+from lamina._mount import mounts_under, unmount_under
 from lamina.deploy._secrets import (
     MAX_SECRET_SIZE,
     InvalidSecret,
+    SecretFile,
     SecretStore,
     SecretUnreadable,
+    materialize,
+    release,
+    release_orphans,
 )
+from lamina.engine import open_engine
 from lamina.errors import AlreadyExists, NotFound
 
 pytestmark = pytest.mark.timeout(120)
@@ -176,3 +184,102 @@ def test_killed_create_leaves_nothing(tmp_path: Path) -> None:
     assert store.get("half") == b"again"
     assert sorted(p.name for p in data.iterdir()) == ["first", "half"]
     assert not list((tmp_path / "leases").iterdir())
+
+
+# -- service secrets as files ------------------------------------------------------------
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    """A secrets run directory of the test's own (lamina mounts its tmpfs there)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts)")
+    base = tmp_path / "run" / "secrets"
+    yield base
+    unmount_under(base)
+    assert mounts_under(tmp_path) == []
+
+
+def on_tmpfs(path: Path) -> bool:
+    out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return out.strip() == "tmpfs"
+
+
+def test_materialized_secrets_are_tmpfs_files_a_container_reads(
+    tmp_path_factory: pytest.TempPathFactory, run_dir: Path
+) -> None:
+    root = cli_image_root(tmp_path_factory, "secretfiles")
+    store = SecretStore(root)
+    store.create("db-password", PLAIN)
+    store.create("api-key", b"key-1")
+    refs = [("db-password", "db"), SecretFile("api-key", "/etc/api.key", mode=0o400)]
+    mounts = materialize(root, "shop-web-1", refs, base=run_dir)
+    assert [(m.type, m.target, m.read_only) for m in mounts] == [
+        ("bind", "/run/secrets/db", True),
+        ("bind", "/etc/api.key", True),
+    ]
+    replica_dir = Path(mounts[0].source).parent
+    assert on_tmpfs(replica_dir) and not on_tmpfs(run_dir.parent)
+    assert stat.S_IMODE(replica_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    # Compose's default 0444 (a replica's non-root user reads it), or as asked.
+    assert [stat.S_IMODE(os.stat(m.source).st_mode) for m in mounts] == [0o444, 0o400]
+    script = ("cat /run/secrets/db; cat /etc/api.key 2>/dev/null || echo denied; "
+              "echo x 2>/dev/null > /run/secrets/db || echo read-only")  # fmt: skip
+    with open_engine(root) as engine:
+        image = engine.images.require(IMAGE_REF).id
+        outputs = []
+        for user in ("app", "root"):
+            c = engine.create(config(image, "sh", "-c", script, mounts=mounts, user=user))
+            engine.start(c.id)
+            engine.wait(c.id, timeout=30)
+            outputs.append(b"".join(e.data for e in engine.logs(c.id, stderr=False)))
+            engine.remove(c.id)
+    assert outputs == [PLAIN + b"denied\nread-only\n", PLAIN + b"key-1read-only\n"]
+
+    # Again (a new value): replaced as a whole, the old files gone.
+    store.remove("api-key")
+    store.create("api-key", b"key-2")
+    again = materialize(root, "shop-web-1", [("api-key", "api")], base=run_dir)
+    assert Path(again[0].source).read_bytes() == b"key-2"
+    assert sorted(p.name for p in replica_dir.iterdir()) == ["0-api-key"]
+    # A missing secret: an error, and the replica's files are as they were.
+    with pytest.raises(NotFound, match="no such secret: nope"):
+        materialize(root, "shop-web-1", [("nope", "x")], base=run_dir)
+    assert sorted(p.name for p in replica_dir.iterdir()) == ["0-api-key"]
+
+    materialize(root, "shop-web-2", [("api-key", "api")], base=run_dir)
+    materialize(root, "shop-db-1", [("db-password", "pw")], base=run_dir)
+    assert release_orphans(root, {"shop-web-1"}, base=run_dir) == ["shop-db-1", "shop-web-2"]
+    assert sorted(p.name for p in replica_dir.parent.iterdir()) == ["shop-web-1"]
+    release(root, "shop-web-1", base=run_dir)
+    assert list(replica_dir.parent.iterdir()) == []
+    assert not list((root / "leases").iterdir())
+
+
+_MATERIALIZE = """
+import sys
+from pathlib import Path
+from lamina.deploy._secrets import materialize
+materialize(Path(sys.argv[1]), "shop-web-1", [("token", "token")], base=Path(sys.argv[2]))
+"""
+
+
+def test_a_killed_materialize_leaves_the_old_files_and_no_scratch(
+    tmp_path: Path, run_dir: Path
+) -> None:
+    root = tmp_path / "root"
+    SecretStore(root).create("token", b"t")
+    first = materialize(root, "shop-web-1", [("token", "token")], base=run_dir)
+    env = {**os.environ, "LAMINA_TEST_STOP_AT": "secret-files:written"}
+    proc = subprocess.Popen([sys.executable, "-c", _MATERIALIZE, str(root), str(run_dir)],
+                            env=env)  # fmt: skip
+    until(lambda: pid_stopped(proc.pid), 30)
+    host_dir = Path(first[0].source).parent.parent
+    assert len(list(host_dir.iterdir())) == 2  # the replica's files and the scratch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Path(first[0].source).read_bytes() == b"t"
+    _leases.reap(root)  # what the next command of the root does
+    assert [p.name for p in host_dir.iterdir()] == ["shop-web-1"]

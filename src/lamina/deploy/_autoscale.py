@@ -1,13 +1,15 @@
 """Adaptive scaling: how busy a service's replicas are, and how many it should have.
 
-``Sampler``/``sample`` read the engine's cgroup statistics of the replicas twice and
+``Sampler``/``sample`` read the engine's cgroup statistics of the replicas twice (a
+second or more apart) and
 turn the CPU time used in between into percent of each replica's CPU limit (``--cpus``;
 one core without one), and memory in use into percent of its memory limit (the host's
 memory without one), averaged over the replicas. ``decide`` is pure: from the current
 count, the bounds, the targets and a usage, the count to have, with a tolerance band
 around the target (no flapping on noise) and nothing done inside the cooldown after
 the last change (the bounds always apply: a count outside them is brought back at
-once).
+once). ``Autoscaler`` is what the converge loop keeps: per adaptive service, its
+sampler and the time of its last change.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from lamina.deploy._model import AdaptiveScale
     from lamina.engine import Engine, Stats
 
 # Above target by more than this fraction: scale up. Scaling down leaves as much
 # headroom below the target, so a count chosen one way is not undone the next tick.
 TOLERANCE = 0.1
+# CPU use over less time than this is noise (a throttled replica's quota comes in
+# 100 ms periods): a read that soon after the last one leaves the window open.
+MIN_WINDOW = 1.0
 
 
 class Targets(Protocol):
@@ -43,7 +49,9 @@ class Usage:
 
     cpu_percent: float
     memory_percent: float
-    replicas: int  # how many were measured (gone ones are left out)
+    # How many were measured: running and read before (CPU use is a difference), so a
+    # replica that is new or gone is left out; 0: nothing to go by.
+    replicas: int
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,9 @@ class Sampler:
         self._last: dict[str, _Sample] = {}
 
     def read(self, engine: Engine, container_ids: Iterable[str]) -> Usage:
-        """Usage since the previous ``read`` of the same containers; a replica read for
-        the first time counts only once it has a previous sample."""
+        """Usage since the previous ``read`` of the same containers, for those read at
+        least ``MIN_WINDOW`` seconds before (a replica read for the first time, or too
+        recently, is not counted: ``replicas`` says how many were)."""
         cpu: list[float] = []
         memory: list[float] = []
         seen: dict[str, _Sample] = {}
@@ -72,17 +81,20 @@ class Sampler:
             now = _read_one(engine, cid)
             if now is None:
                 continue
-            seen[cid] = now
-            memory.append(100.0 * now.memory / now.memory_limit if now.memory_limit else 0.0)
             before = self._last.get(cid)
-            if before is not None and now.at_ns > before.at_ns:
+            if before is not None and now.at_ns - before.at_ns < MIN_WINDOW * 1e9:
+                seen[cid] = before  # too short a window to say: it goes on growing
+                continue
+            seen[cid] = now
+            if before is not None:
                 used = max(0, now.cpu_ns - before.cpu_ns)
                 cpu.append(100.0 * used / ((now.at_ns - before.at_ns) * now.cpu_limit))
+                memory.append(100.0 * now.memory / now.memory_limit if now.memory_limit else 0.0)
         self._last = seen
         return Usage(
             cpu_percent=sum(cpu) / len(cpu) if cpu else 0.0,
             memory_percent=sum(memory) / len(memory) if memory else 0.0,
-            replicas=len(seen),
+            replicas=len(cpu),
         )
 
 
@@ -91,7 +103,7 @@ def sample(engine: Engine, container_ids: Iterable[str], window: float = 1.0) ->
     ids = list(container_ids)
     sampler = Sampler()
     sampler.read(engine, ids)
-    time.sleep(window)  # the measurement window itself
+    time.sleep(builtins.max(window, MIN_WINDOW))  # the measurement window itself
     return sampler.read(engine, ids)
 
 
@@ -159,3 +171,43 @@ def decide(
 
 def _clamp(n: int, low: int, high: int) -> int:
     return low if n < low else high if n > high else n
+
+
+class Autoscaler:
+    """What the converge loop keeps for its adaptive services: a sampler each, and
+    when each count last changed. A service seen for the first time counts as just
+    changed (a restarted daemon waits a cooldown before it acts)."""
+
+    def __init__(self) -> None:
+        self._samplers: dict[tuple[str, str], Sampler] = {}
+        self._changed: dict[tuple[str, str], float] = {}
+
+    def replicas(
+        self,
+        engine: Engine,
+        deployment: str,
+        service: str,
+        scale: AdaptiveScale,
+        container_ids: Iterable[str],
+        current: int,
+        now: float | None = None,
+    ) -> int:
+        """How many replicas ``service`` should have, from its running replicas'
+        usage since the previous call."""
+        key = (deployment, service)
+        now = time.monotonic() if now is None else now
+        usage = self._samplers.setdefault(key, Sampler()).read(engine, container_ids)
+        last = self._changed.setdefault(key, now)
+        wanted = decide(current, scale.min, scale.max, scale.targets, usage, last, now,
+                        scale.cooldown)  # fmt: skip
+        if wanted != current:
+            self._changed[key] = now
+        return wanted
+
+    def forget(self, deployment: str, service: str | None = None) -> None:
+        """Drop what is kept of a deployment (or one service) that is gone or no
+        longer adaptive."""
+        for key in [k for k in self._samplers.keys() | self._changed.keys()
+                    if k[0] == deployment and service in (None, k[1])]:  # fmt: skip
+            self._samplers.pop(key, None)
+            self._changed.pop(key, None)

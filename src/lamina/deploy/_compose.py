@@ -16,15 +16,23 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lamina.deploy._interpolate import chain, interpolate_tree, parse_env_file
-from lamina.deploy._model import DeploymentSpec
-from lamina.deploy._spec import Problems, build_spec, check_deployment_name, join
+from lamina.deploy._model import DeploymentSpec, file_secret_name
+from lamina.deploy._spec import (
+    InvalidSpec,
+    Problems,
+    build_spec,
+    check_deployment_name,
+    join,
+    read_capped,
+)
 from lamina.errors import LaminaError
 
-# service keys and the function converting each (into ``out``, the model's shape)
+# converts the value of one Compose key of a service into the model's shape (``out``)
 _Converter = Callable[["_Service", Any], None]
 
 _TOP_KEYS = {"version", "name", "services", "networks", "volumes", "secrets"}
@@ -40,6 +48,9 @@ _CONDITIONS = {
     "service_healthy": "healthy",
     "service_completed_successfully": "completed",
 }
+MAX_ENV_FILE_BYTES = 1 << 20
+MAX_PORT_RANGE = 4096  # ports of one range; each becomes a mapping of its own
+MAX_PORTS = 65536  # of a file
 _PORT = re.compile(r"(\d+)(?:-(\d+))?")
 _TMPFS_OPTION = re.compile(r"(size|mode)=(.+)")
 
@@ -68,20 +79,20 @@ class _Service:
         return path
 
 
+@dataclass
 class _Context:
-    def __init__(
-        self,
-        base_dir: Path,
-        environ: Mapping[str, str],
-        lookup: Callable[[str], str | None],
-        problems: Problems,
-        top: dict[str, Any],
-    ) -> None:
-        self.base_dir = base_dir
-        self.environ = environ
-        self.lookup = lookup
-        self.problems = problems
-        self.top = top  # interpolated document
+    base_dir: Path
+    environ: Mapping[str, str]
+    lookup: Callable[[str], str | None]
+    problems: Problems
+    top: dict[Any, Any]  # the interpolated document
+    project: str  # the deployment's name
+    ports_left: int = MAX_PORTS  # ports and exposed ports of the file, ranges expanded
+
+    def spend_ports(self, count: int) -> None:
+        self.ports_left -= count
+        if self.ports_left < 0:
+            raise _Bad(f"too many ports: more than {MAX_PORTS} in the file, ranges expanded")
 
     def host_path(self, path: str) -> str:
         """A bind source or build context made absolute against the file's directory."""
@@ -98,18 +109,19 @@ def parse_compose(
     base_dir: Path,
     profiles: tuple[str, ...] = (),
 ) -> DeploymentSpec:
-    problems = Problems()
+    problems = Problems(rename=_compose_path)
     dotenv = _read_dotenv(base_dir, environ, problems)
     lookup = chain(environ, dotenv)
     errors: list[tuple[str, str]] = []
     doc = interpolate_tree(data, "", lookup, errors)
     for path, message in errors:
         problems.add(path, message)
+    problems.raise_if_any()  # what follows would read the templates left unexpanded
     for key in doc:
         if not _is_extension(key) and key not in _TOP_KEYS:
             problems.add(str(key), "unknown key" + _unsupported_hint(key))
-    ctx = _Context(base_dir, environ, lookup, problems, doc)
     project = _project_name(doc, base_dir, lookup, problems)
+    ctx = _Context(base_dir, environ, lookup, problems, doc, project)
     active = set(profiles) | {p for p in (lookup("COMPOSE_PROFILES") or "").split(",") if p}
     top: dict[str, Any] = {
         "deployment": project,
@@ -137,16 +149,50 @@ def parse_compose(
     return spec
 
 
+# the model's keys of a service -> Compose's, for the errors found after conversion
+_MODEL_TO_COMPOSE = [
+    (re.compile(r"^health\.start_grace"), "healthcheck.start_period"),
+    (re.compile(r"^health\.check(\.command)?"), "healthcheck.test"),
+    (re.compile(r"^health\b"), "healthcheck"),
+    (re.compile(r"^port_mappings\b"), "ports"),
+    (re.compile(r"^depends(\[\d+\])?(\.\w+)?$"), "depends_on"),
+    (re.compile(r"^storage(\[\d+\])?"), "volumes"),
+    (re.compile(r"^scale\.replicas$"), "deploy.replicas"),
+    (re.compile(r"^resources\.cpu$"), "deploy.resources.limits.cpus"),
+    (re.compile(r"^resources\.memory$"), "deploy.resources.limits.memory"),
+    (re.compile(r"^resources\.pids_limit$"), "deploy.resources.limits.pids"),
+    (re.compile(r"^command\.args\b"), "command"),
+    (re.compile(r"^command\.entrypoint\b"), "entrypoint"),
+    (re.compile(r"^command\.workdir$"), "working_dir"),
+    (re.compile(r"^env\b"), "environment"),
+    (re.compile(r"^restart_policy\b.*"), "restart"),
+    (re.compile(r"^image\.name$"), "image"),
+    (re.compile(r"^image\.pull_policy$"), "pull_policy"),
+]
+_SERVICE_PATH = re.compile(r"^(services\.[^.\[]+)\.(.+)$")
+
+
+def _compose_path(path: str) -> str:
+    m = _SERVICE_PATH.match(path)
+    if m is None:
+        return path
+    for pattern, compose_key in _MODEL_TO_COMPOSE:
+        rest, n = pattern.subn(compose_key, m.group(2), count=1)
+        if n:
+            return f"{m.group(1)}.{rest}"
+    return path
+
+
 def _read_dotenv(
     base_dir: Path, environ: Mapping[str, str], problems: Problems
 ) -> dict[str, str | None]:
     path = base_dir / ".env"
     try:
-        text = path.read_text()
-    except FileNotFoundError:
+        text = _read_env_text(path)
+    except _Bad as exc:
+        problems.add("", exc.message)
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.add(str(path), f"cannot read: {exc}")
+    if text is None:
         return {}
     values, errors = parse_env_file(text, chain(environ))
     for line, message in errors:
@@ -204,11 +250,14 @@ def _top_section(
     }
 
 
-def _known_keys(
-    path: str, raw: dict[Any, Any], known: set[str], problems: Problems
-) -> dict[str, Any]:
+def _known_keys(path: str, raw: Any, known: set[str], problems: Problems) -> dict[str, Any]:
     """``raw`` without its ``x-`` keys; every other key not in ``known`` an error."""
-    out = {}
+    out: dict[str, Any] = {}
+    if raw is None:  # "key:" with nothing after it
+        return out
+    if not isinstance(raw, dict):
+        problems.add(path, "must be a mapping")
+        return out
     for key, value in raw.items():
         if _is_extension(key):
             continue
@@ -241,12 +290,7 @@ def _network_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
     ipam = fields.pop("ipam", None)
     if ipam is not None:
         ipam_path = join(path, "ipam")
-        ipam = _known_keys(
-            ipam_path,
-            _mapping(ipam_path, ipam, ctx.problems) or {},
-            {"driver", "config"},
-            ctx.problems,
-        )
+        ipam = _known_keys(ipam_path, ipam, {"driver", "config"}, ctx.problems)
         if ipam.get("driver") not in (None, "default"):
             ctx.problems.add(join(ipam_path, "driver"), "only the default IPAM driver is supported")
         configs = ipam.get("config") or []
@@ -254,12 +298,7 @@ def _network_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
             ctx.problems.add(join(ipam_path, "config"), "must be a list of at most one subnet")
         elif configs:
             cfg_path = join(join(ipam_path, "config"), 0)
-            cfg = _known_keys(
-                cfg_path,
-                _mapping(cfg_path, configs[0], ctx.problems) or {},
-                {"subnet", "gateway"},
-                ctx.problems,
-            )
+            cfg = _known_keys(cfg_path, configs[0], {"subnet", "gateway"}, ctx.problems)
             fields.update(cfg)
     return fields
 
@@ -338,11 +377,11 @@ class _Bad(Exception):
 def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
     out = service.out
     if "image" not in out:
-        if "build" not in out:
+        if "build" not in raw and "image" not in raw:
             service.problem("", "needs image or build")
             out["image"] = {"name": "invalid"}
-        else:  # Compose's name for a built image
-            out["image"] = {"name": f"{_project(service)}-{service.name}"}
+        else:  # Compose's name for a built image (or a placeholder: image had an error)
+            out["image"] = {"name": f"{service.ctx.project}-{service.name}"}
     if "pull_policy" in out:
         out["image"]["pull_policy"] = out.pop("pull_policy")
     if "network_mode" in out and out.get("networks"):
@@ -355,7 +394,7 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
         ]
     top = service.ctx.top
     for i, net in enumerate(out.get("networks", [])):
-        if net["name"] != "default" and net["name"] not in (top.get("networks") or {}):
+        if net["name"] != "default" and net["name"] not in _defined(top, "networks"):
             service.problem(
                 f"networks[{i}]"
                 if isinstance(raw.get("networks"), list)
@@ -363,19 +402,14 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
                 f"undefined network {net['name']!r}",
             )
     for i, volume in enumerate(out.get("storage", [])):
-        if volume.get("type") == "named" and volume["name"] not in (top.get("volumes") or {}):
+        if volume.get("type") == "named" and volume["name"] not in _defined(top, "volumes"):
             service.problem(f"volumes[{i}]", f"undefined volume {volume['name']!r}")
-    for i, secret in enumerate(out.get("secrets", [])):
-        if secret["source"] not in (top.get("secrets") or {}):
-            service.problem(f"secrets[{i}]", f"undefined secret {secret['source']!r}")
 
 
-def _project(service: _Service) -> str:
-    name = service.ctx.lookup("COMPOSE_PROJECT_NAME") or service.ctx.top.get("name")
-    if isinstance(name, str):
-        return name
-    base = service.ctx.base_dir.resolve().name.lower()
-    return "".join(re.findall(r"[a-z0-9_-]", base)).lstrip("_-")
+def _defined(top: dict[Any, Any], section: str) -> set[str]:
+    """The names a top-level section defines (none if it is not a mapping)."""
+    entries = top.get(section)
+    return set(map(str, entries)) if isinstance(entries, dict) else set()
 
 
 def _scalar_text(value: Any) -> str:
@@ -546,18 +580,18 @@ def _env_file(s: _Service, value: Any) -> None:
         if isinstance(entry, dict):
             fields = _known_keys(s.sub(key), entry, {"path", "required", "format"}, s.ctx.problems)
             required = fields.get("required", True) is not False
-            if fields.get("format") not in (None, "raw", "dotenv"):
-                s.problem(f"{key}.format", "must be dotenv or raw")
+            if fields.get("format") not in (None, "dotenv"):
+                s.problem(f"{key}.format", "only dotenv is supported")
             entry = fields.get("path")
         path = Path(s.ctx.host_path(_string(entry)))
         try:
-            text = path.read_text()
-        except FileNotFoundError:
+            text = _read_env_text(path)
+        except _Bad as exc:
+            s.problem(key, exc.message)
+            continue
+        if text is None:
             if required:
                 s.problem(key, f"{path}: no such file")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            s.problem(key, f"{path}: cannot read: {exc}")
             continue
         values, errors = parse_env_file(text, s.ctx.lookup)
         for line, message in errors:
@@ -568,6 +602,22 @@ def _env_file(s: _Service, value: Any) -> None:
                 merged[name] = found
     env = s.out.setdefault("env", {})
     s.out["env"] = {**merged, **env}
+
+
+def _read_env_text(path: Path) -> str | None:
+    """An env file's text; None if there is no such file."""
+    if not path.exists():
+        return None
+    try:
+        data = read_capped(path, MAX_ENV_FILE_BYTES)
+    except InvalidSpec as exc:
+        raise _Bad(str(exc)) from None
+    if data is None:
+        raise _Bad(f"{path}: too large (more than {MAX_ENV_FILE_BYTES} bytes)")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise _Bad(f"{path}: not UTF-8 text") from None
 
 
 def _labels_key(s: _Service, value: Any) -> None:
@@ -583,6 +633,7 @@ def _ports(s: _Service, value: Any) -> None:
             mappings += _port_long(s, i, item) if isinstance(item, dict) else _port_short(item)
         except _Bad as exc:
             s.problem(f"ports[{i}]", exc.message)
+    s.ctx.spend_ports(len(mappings))
     s.out["port_mappings"] = mappings
 
 
@@ -593,6 +644,8 @@ def _port_range(text: str) -> list[int]:
     low, high = int(m.group(1)), int(m.group(2) or m.group(1))
     if not (1 <= low <= high <= 65535):
         raise _Bad(f"invalid port range {text!r}: ports are 1-65535, low to high")
+    if high - low >= MAX_PORT_RANGE:
+        raise _Bad(f"port range {text!r} too large: at most {MAX_PORT_RANGE} ports")
     return list(range(low, high + 1))
 
 
@@ -673,6 +726,7 @@ def _expose(s: _Service, value: Any) -> None:
             exposed += [{"port": p, "protocol": protocol or "tcp"} for p in _port_range(port)]
         except _Bad as exc:
             s.problem(f"expose[{i}]", exc.message)
+    s.ctx.spend_ports(len(exposed))
     s.out["expose"] = exposed
 
 
@@ -796,12 +850,7 @@ def _networks(s: _Service, value: Any) -> None:
     elif isinstance(value, dict):
         for name, opts in value.items():
             path = s.sub("networks", str(name))
-            fields = _known_keys(
-                path,
-                _mapping(path, opts or {}, s.ctx.problems) or {},
-                {"aliases", "ipv4_address"},
-                s.ctx.problems,
-            )
+            fields = _known_keys(path, opts, {"aliases", "ipv4_address"}, s.ctx.problems)
             net: dict[str, Any] = {"name": str(name)}
             if "aliases" in fields:
                 net["aliases"] = _strings(fields["aliases"])
@@ -827,18 +876,18 @@ def _depends_on(s: _Service, value: Any) -> None:
     elif isinstance(value, dict):
         for name, opts in value.items():
             path = s.sub("depends_on", str(name))
-            fields = _known_keys(
-                path,
-                _mapping(path, opts or {}, s.ctx.problems) or {},
-                {"condition", "required", "restart"},
-                s.ctx.problems,
-            )
+            fields = _known_keys(path, opts, {"condition", "required", "restart"}, s.ctx.problems)
             condition = _CONDITIONS.get(str(fields.get("condition", "service_started")))
             if condition is None:
                 s.problem(
                     f"depends_on.{name}.condition", f"must be one of {', '.join(_CONDITIONS)}"
                 )
                 condition = "started"
+            if fields.get("restart", False) is not False:
+                s.problem(
+                    f"depends_on.{name}.restart",
+                    "restarting a service with its dependency is not supported",
+                )
             dep: dict[str, Any] = {"service": str(name), "condition": condition}
             if fields.get("required") is False:
                 dep["required"] = False
@@ -920,16 +969,12 @@ def _deploy(s: _Service, value: Any) -> None:
         s.out["scale"] = {"mode": "fixed", "replicas": fields["replicas"]}
     if "resources" in fields:
         res_path = join(path, "resources")
-        res = _known_keys(
-            res_path,
-            _mapping(res_path, fields["resources"], s.ctx.problems) or {},
-            {"limits"},
-            s.ctx.problems,
-        )
+        res = _known_keys(res_path, fields["resources"], {"limits"}, s.ctx.problems)
         limits_path = join(res_path, "limits")
+
         limits = _known_keys(
             limits_path,
-            _mapping(limits_path, res.get("limits") or {}, s.ctx.problems) or {},
+            res.get("limits"),
             {"cpus", "memory", "pids"},
             s.ctx.problems,
         )
@@ -965,12 +1010,7 @@ def _limits(s: _Service, key: str, limits: dict[str, Any]) -> None:
 
 def _deploy_restart(s: _Service, value: Any) -> None:
     path = s.sub("deploy", "restart_policy")
-    fields = _known_keys(
-        path,
-        _mapping(path, value, s.ctx.problems) or {},
-        {"condition", "max_attempts", "delay"},
-        s.ctx.problems,
-    )
+    fields = _known_keys(path, value, {"condition", "max_attempts", "delay"}, s.ctx.problems)
     kinds = {"none": "no", "on-failure": "on_failure", "any": "always"}
     condition = str(fields.get("condition", "any"))
     if condition not in kinds:
@@ -1025,7 +1065,7 @@ def _secrets(s: _Service, value: Any) -> None:
             if isinstance(item, str)
             else _known_keys(
                 s.sub("secrets", i),
-                _mapping(s.sub("secrets", i), item, s.ctx.problems) or {},
+                item,
                 {"source", "target", "mode"},
                 s.ctx.problems,
             )
@@ -1033,10 +1073,12 @@ def _secrets(s: _Service, value: Any) -> None:
         if "source" not in fields:
             s.problem(f"secrets[{i}].source", "required")
             continue
-        source = _string(fields["source"])
-        target = _string(fields.get("target", source))
+        key = _string(fields["source"])
+        if key not in _defined(s.ctx.top, "secrets"):
+            s.problem(f"secrets[{i}]", f"undefined secret {key!r}")
+        target = _string(fields.get("target", key))
         entry: dict[str, Any] = {
-            "source": source,
+            "source": file_secret_name(s.ctx.project, key),
             "target": target if target.startswith("/") else f"/run/secrets/{target}",
         }
         if "mode" in fields:

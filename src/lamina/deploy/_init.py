@@ -34,14 +34,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from lamina import _leases
-from lamina.deploy._jobs import DEPLOYMENT_LABEL, SERVICE_LABEL, one_off_config
+from lamina.deploy._jobs import DEPLOYMENT_LABEL, INIT_LABEL, SERVICE_LABEL, one_off_config
 from lamina.errors import LaminaError
 
 if TYPE_CHECKING:
     from lamina.deploy._model import InitStep
     from lamina.engine import ContainerConfig, Engine
 
-INIT_LABEL = "lamina.init"  # on an init.run container: the step's id
 DEFAULT_TIMEOUT = 300.0
 RETRY_DELAY = 0.5  # between a failed attempt and the next
 _PROBE_TIMEOUT = 5.0  # one connection attempt at most
@@ -164,6 +163,8 @@ def run_init_steps(
     resolved, mounts), ``network_name`` the deployment's network. Returns the
     warnings (steps with ``on_failure: warn`` that failed); InitFailed for a step with
     ``on_failure: fail``."""
+    if network_name is None and template.networks:
+        network_name = template.networks[0].name  # the service's first network
     ctx = _Context(engine, deployment, service_name, template, network_name)
     warnings: list[str] = []
     for step in steps:

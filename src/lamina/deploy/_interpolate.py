@@ -90,29 +90,58 @@ def _expand_braced(inner: str, lookup: Callable[[str], str | None]) -> str:
     return "" if unset else interpolate(word, lookup)  # :+ and +
 
 
+MAX_EXPANDED_CHARS = 16 << 20  # all strings of a file once interpolated
+MAX_VALUE_CHARS = 1 << 20  # one value of an env file (whose values may repeat earlier ones)
+
+
 def interpolate_tree(
     data: Any, path: str, lookup: Callable[[str], str | None], errors: list[tuple[str, str]]
 ) -> Any:
     """The document with every string value interpolated (keys are not, as in
-    Compose; ``x-`` extensions are left alone). Errors go to ``errors`` by path."""
+    Compose; ``x-`` extensions are left alone). Errors go to ``errors`` by path; a
+    document growing beyond MAX_EXPANDED_CHARS stops with one error."""
     from lamina.deploy._spec import join
 
-    if isinstance(data, str):
-        try:
-            return interpolate(data, lookup)
-        except InterpolationError as exc:
-            errors.append((path, str(exc)))
-            return data
-    if isinstance(data, dict):
-        return {
-            key: value
-            if isinstance(key, str) and key.startswith("x-")
-            else interpolate_tree(value, join(path, str(key)), lookup, errors)
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [interpolate_tree(v, join(path, i), lookup, errors) for i, v in enumerate(data)]
-    return data
+    budget = MAX_EXPANDED_CHARS
+
+    def walk(node: Any, at: str) -> Any:
+        nonlocal budget
+        if isinstance(node, str):
+            try:
+                value = interpolate(node, lookup)
+            except InterpolationError as exc:
+                errors.append((at, str(exc)))
+                return node
+            except RecursionError:
+                errors.append((at, "invalid interpolation format: nested too deeply"))
+                return node
+            budget -= len(value)
+            if budget < 0:
+                raise _TooLarge(at)
+            return value
+        if isinstance(node, dict):
+            return {
+                key: value
+                if isinstance(key, str) and key.startswith("x-")
+                else walk(value, join(at, str(key)))
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v, join(at, i)) for i, v in enumerate(node)]
+        return node
+
+    try:
+        return walk(data, path)
+    except _TooLarge as exc:
+        errors.append(
+            (exc.path, f"the file's values exceed {MAX_EXPANDED_CHARS} characters interpolated")
+        )
+        return data
+
+
+class _TooLarge(Exception):
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 # -- .env and env_file
@@ -171,6 +200,11 @@ def parse_env_file(
             values[key] = interpolate(body, scoped)
         except InterpolationError as exc:
             problems.append((number, str(exc)))
+        except RecursionError:
+            problems.append((number, "invalid interpolation format: nested too deeply"))
+        if len(values.get(key) or "") > MAX_VALUE_CHARS:
+            values.pop(key)
+            problems.append((number, f"the value exceeds {MAX_VALUE_CHARS} characters"))
     return values, problems
 
 

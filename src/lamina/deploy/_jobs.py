@@ -18,12 +18,15 @@ Cron: ``next_run``/``cron_due`` on the schedule as ``_units.cron_schedule`` read
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
+from lamina._hooks import stop_point
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 
 if TYPE_CHECKING:
@@ -32,7 +35,11 @@ if TYPE_CHECKING:
 HISTORY = 10  # runs kept per service
 DEPLOYMENT_LABEL = "lamina.deployment"
 SERVICE_LABEL = "lamina.service"
-JOB_LABEL = "lamina.job"
+JOB_LABEL = "lamina.job"  # a job's run: its number
+INIT_LABEL = "lamina.init"  # an init step's init.run: the step's id
+# A replica's own labels (the controller's): a one-off container made from a
+# replica's config must not pass for one.
+_REPLICA_LABELS = ("lamina.replica", "lamina.spec-hash")
 _NO_HEALTHCHECK = {"Test": ["NONE"]}  # Docker's HealthConfig that turns the image's off
 
 JobStatus = Literal["running", "succeeded", "failed"]
@@ -49,6 +56,13 @@ class JobRun:
     exit_code: int | None  # None while running
     started: float | None
     finished: float | None
+    created: float = 0.0  # when the run was made (a cron service's last run counts from it)
+
+
+def is_one_off(labels: Mapping[str, str]) -> bool:
+    """Whether a container with ``labels`` is a job's run or an init step's, not a
+    replica (the deployment's label is on all three)."""
+    return JOB_LABEL in labels or INIT_LABEL in labels
 
 
 def one_off_config(
@@ -61,15 +75,19 @@ def one_off_config(
     entrypoint: list[str] | None = None,
 ) -> ContainerConfig:
     """A container of a service's config that is not one of its replicas (a job's run,
-    an init step's ``init.run``): on ``network_name`` without the service's aliases, no
-    published port, no restart policy, no health check. ``command``/``entrypoint``
+    an init step's ``init.run``): on ``network_name`` (None: the template's networks)
+    with none of the service's aliases or static addresses, no published port, no
+    restart policy, no health check, no replica label. ``command``/``entrypoint``
     replace the template's when given."""
     from lamina.engine import RestartPolicy
     from lamina.runtime._types import NetworkRequest
 
+    kept = {k: v for k, v in template.labels.items() if k not in _REPLICA_LABELS}
+    names = [network_name] if network_name is not None else [n.name for n in template.networks]
     changes: dict[str, object] = {
         "name": name,
-        "labels": {**template.labels, **labels},
+        "labels": {**kept, **labels},
+        "networks": [NetworkRequest(name=n) for n in names],
         "ports": [],
         "publish_all": False,
         "restart": RestartPolicy(),
@@ -80,7 +98,6 @@ def one_off_config(
     }
     if network_name is not None:
         changes["network"] = network_name
-        changes["networks"] = [NetworkRequest(name=network_name)]
     if command is not None:
         changes["command"] = command
     if entrypoint is not None:
@@ -120,9 +137,22 @@ def run_job(
             break
         except AlreadyExists:  # another run took the number first
             number += 1
+    stop_point("job:created")
     engine.start(container.id)
     prune_history(engine, deployment, service_name)
     return _run_of(engine, container.id)
+
+
+def start_pending(engine: Engine, deployment: str, service: str | None = None) -> list[str]:
+    """Start the runs that were made but never started (their starter died between
+    the two): they were asked for. Returns their containers."""
+    started = []
+    for c in engine.list(all=True, filters=_service_filter(deployment, service)):
+        if c.state.status == "created" and _job_run(c) is not None:
+            with contextlib.suppress(LaminaError):  # started by someone else meanwhile
+                engine.start(c.id)
+                started.append(c.name)
+    return started
 
 
 def wait_job(engine: Engine, run: JobRun, timeout: float | None = None) -> JobRun:
@@ -185,6 +215,7 @@ def _job_run(c: Container) -> JobRun | None:
         exit_code=None if status == "running" else state.exit_code,
         started=state.started_at,
         finished=None if status == "running" else state.finished_at,
+        created=c.created,
     )
 
 
@@ -198,6 +229,28 @@ def next_run(schedule: str, after: float) -> float:
 
     start = datetime.fromtimestamp(after).astimezone()
     return float(cron_schedule(schedule, start).get_next(float))
+
+
+def cron_tick(
+    engine: Engine,
+    deployment: str,
+    service_name: str,
+    schedule: str,
+    template: ContainerConfig,
+    network_name: str | None,
+    since: float,
+    now: float | None = None,
+) -> JobRun | None:
+    """One look at a cron service (the converge loop's, each pass): its next run
+    started if the schedule fired since its last run was made (or since ``since``,
+    when the service was deployed, before the first). The runs are the memory: a
+    restarted daemon neither repeats nor skips one. Runs may overlap, as ZLayer's."""
+    start_pending(engine, deployment, service_name)
+    runs = job_runs(engine, deployment, service_name)
+    last = max([since, *(r.created for r in runs)])
+    if not cron_due(schedule, last, now):
+        return None
+    return run_job(engine, deployment, service_name, template, network_name)
 
 
 def cron_due(schedule: str, last_run: float, now: float | None = None) -> bool:

@@ -6,15 +6,15 @@ Compose-only things are fields too (``build``, service ``networks`` and ``secret
 seconds and sizes int bytes: the unit strings of the files are parsed on the way in,
 and plain numbers pass unchanged, so ``model_dump(mode="json")`` ->
 ``DeploymentSpec.model_validate(...)`` round-trips (the client sends the parsed model
-to the daemon as JSON). Cross-field checks (dependencies, cycles, cron) are
-``_spec.validate_spec``'s, which both formats run.
+to the daemon as JSON). Checks across fields (dependencies, cycles, cron, host
+ports) are ``_spec.check_services``', which both formats pass.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from lamina.deploy._units import parse_duration, parse_size
 
@@ -29,7 +29,10 @@ HOST_ENV_PREFIX = "$E:"  # env value taken from the deployer's environment by lo
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    # numbers where text is expected are their text (args: [sleep, 10]), as YAML writes them
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, serialize_by_alias=True, coerce_numbers_to_str=True
+    )
 
 
 # -- image, command, resources
@@ -184,7 +187,7 @@ class InitStep(_Model):
     uses: Literal["init.wait_tcp", "init.wait_http", "init.run"]
     # wait_tcp: {host, port}; wait_http: {url, expect_status}; run: {command}; checked
     # by deploy._init, which runs them
-    with_: dict[str, Any] = Field(default={}, alias="with")
+    with_: dict[str, JsonValue] = Field(default={}, alias="with")  # JSON: the daemon gets it
     retry: int | None = Field(default=None, ge=0)
     timeout: Duration | None = None
     on_failure: Literal["fail", "warn", "continue"] = "fail"
@@ -253,8 +256,12 @@ class ServiceNetwork(_Model):
 
 
 class ServiceSecret(_Model):
-    source: str  # a key of DeploymentSpec.secrets
-    target: str  # absolute path in the container (Compose's default /run/secrets/SOURCE)
+    """A secret of lamina's store as a file in the replicas."""
+
+    # the store's name: for a Compose file's secret KEY, file_secret_name(deployment, KEY),
+    # the name the client stores the file under before it deploys
+    source: str
+    target: str  # absolute path in the container (Compose's default /run/secrets/KEY)
     mode: int | None = Field(default=None, ge=0, le=0o7777)
 
 
@@ -297,10 +304,12 @@ class ServiceSpec(_Model):
     isolation: Literal["process", "vm", "auto"] = "process"
 
     def secret_refs(self) -> set[str]:
-        """Names of the store's secrets this service's env refers to (``$S:name``)."""
-        return {
+        """Names of the store's secrets this service uses: its env's (``$S:name``) and
+        its secret files'."""
+        refs = {
             secret_name(value) for value in self.env.values() if value.startswith(SECRET_PREFIX)
         }
+        return refs | {secret.source for secret in self.secrets}
 
 
 class NetworkDef(_Model):
@@ -326,7 +335,8 @@ class VolumeDef(_Model):
 
 
 class SecretDef(_Model):
-    """Compose top-level ``secrets`` entry: a file on the deploying host."""
+    """Compose top-level ``secrets`` entry: a file on the deploying host, which the
+    client puts in the store as ``file_secret_name(deployment, key)`` before deploying."""
 
     file: str  # absolute
 
@@ -347,6 +357,12 @@ class DeploymentSpec(_Model):
         for service in self.services.values():
             refs |= service.secret_refs()
         return refs
+
+
+def file_secret_name(deployment: str, key: str) -> str:
+    """The store's name of a Compose file's secret ``key``: ``{deployment}_{key}``, as
+    Compose names the secrets of a project."""
+    return f"{deployment}_{key}"
 
 
 def secret_name(value: str) -> str:

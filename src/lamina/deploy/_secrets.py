@@ -25,10 +25,14 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lamina import _leases
 from lamina._hooks import stop_point
 from lamina.errors import AlreadyExists, LaminaError, NotFound
+
+if TYPE_CHECKING:
+    from lamina.runtime._types import Mount
 
 MAX_SECRET_SIZE = 64 * 1024
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -224,3 +228,157 @@ def _split(name: str, raw: bytes) -> tuple[bytes, bytes, bytes]:
     if not raw.startswith(_MAGIC) or len(raw) < body + _TAG_SIZE:
         raise SecretUnreadable(f"secret {name} is damaged (not a lamina secret file)")
     return raw[start : start + _HEADER.size], raw[start + _HEADER.size : body], raw[body:]
+
+
+# -- service secrets as files ----------------------------------------------------------
+#
+# A replica's secrets are files on a tmpfs (never the disk), bind-mounted read-only
+# into it: ``<RUN_DIR>/<root hash>/<replica>/<n>-<name>``, directories 0700 (nobody
+# else on the host gets near them), files 0444 unless the service says otherwise
+# (Compose's default: a replica running as a user other than root reads them). The
+# tmpfs is lamina's own (mounted at RUN_DIR once, under a lock) unless the directory
+# is on one already. A replica's directory is built beside its place,
+# leased, and renamed in: a writer killed halfway leaves nothing (``_leases.reap``),
+# and a replica never sees half its secrets. The directory lives as long as the
+# replica (a restart bind-mounts the files again): ``release`` when it is removed,
+# ``release_orphans`` for what a dead daemon left.
+
+RUN_DIR = Path("/run/lamina/secrets")
+SECRETS_MOUNT_DIR = "/run/secrets"  # where a relative target goes in the container
+_TMPFS_OPTIONS = b"mode=0700,size=64m"
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret of the store as a file in a replica: ``target`` absolute, or relative
+    to /run/secrets; ``mode`` as Compose's ``secrets[].mode``."""
+
+    name: str
+    target: str
+    mode: int = 0o444
+
+
+def _replica_dir(root: Path, replica: str, base: Path) -> Path:
+    import hashlib
+
+    if not _NAME_RE.fullmatch(replica):
+        raise InvalidSecret(f"invalid replica name {replica!r}")
+    digest = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:16]
+    return base / digest / replica
+
+
+def _on_tmpfs(path: Path) -> bool:
+    """Whether ``path`` is on a tmpfs (the deepest mount holding it)."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                point = fields[4]
+                kind = fields[fields.index("-") + 1]
+                inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, fstype = point, kind
+    except (OSError, ValueError, IndexError):
+        return False
+    return fstype == "tmpfs"
+
+
+def _ensure_tmpfs(base: Path) -> None:
+    """``base`` exists, 0700, on a tmpfs: lamina's own mounted there when needed."""
+    import fcntl
+
+    from lamina._mount import last_errno, libc
+
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if _on_tmpfs(base):
+        return
+    lock = os.open(base.parent / f".{base.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _on_tmpfs(base):  # mounted by whoever held the lock before
+            return
+        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        if libc().mount(b"tmpfs", str(base).encode(), b"tmpfs", flags, _TMPFS_OPTIONS) != 0:
+            err = last_errno()
+            raise LaminaError(f"cannot mount a tmpfs for secrets at {base}: {os.strerror(err)}")
+    finally:
+        os.close(lock)
+
+
+def materialize(
+    root: Path,
+    replica_name: str,
+    refs: list[SecretFile] | list[tuple[str, str]],
+    *,
+    base: Path = RUN_DIR,
+) -> list[Mount]:
+    """The store's secrets ``refs`` written for replica ``replica_name`` (replacing
+    what it had), as read-only bind mounts for its config. NotFound for a secret
+    that does not exist (nothing is written then)."""
+    from lamina.runtime._types import Mount
+
+    files = [r if isinstance(r, SecretFile) else SecretFile(*r) for r in refs]
+    store = SecretStore(root)
+    values = [store.get(f.name) for f in files]  # every one readable before any is written
+    final = _replica_dir(root, replica_name, base)
+    _ensure_tmpfs(base)
+    final.parent.mkdir(mode=0o700, exist_ok=True)
+    _leases.reap(root)
+    with _leases.take(root, "secret-files") as lease:
+        tmp = final.parent / f".{replica_name}.{lease.id}"
+        old = final.parent / f".{replica_name}.{lease.id}.old"
+        lease.add_path(tmp)
+        lease.add_path(old)
+        tmp.mkdir(mode=0o700)
+        mounts = []
+        for i, (f, value) in enumerate(zip(files, values, strict=True)):
+            host_name = f"{i}-{f.name}"
+            fd = os.open(
+                tmp / host_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, f.mode
+            )
+            try:
+                os.fchmod(fd, f.mode)
+                view = memoryview(value)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            target = f.target if f.target.startswith("/") else f"{SECRETS_MOUNT_DIR}/{f.target}"
+            mounts.append(Mount(type="bind", source=str(final / host_name), target=target,
+                                read_only=True))  # fmt: skip
+        stop_point("secret-files:written")
+        with contextlib.suppress(FileNotFoundError):
+            final.rename(old)  # the replica's earlier files: replaced as a whole
+        tmp.rename(final)
+        lease.discard(tmp)
+        _remove_tree(old)
+        lease.discard(old)
+    return mounts
+
+
+def release(root: Path, replica_name: str, *, base: Path = RUN_DIR) -> None:
+    """Remove the secret files of a replica that is gone."""
+    _remove_tree(_replica_dir(root, replica_name, base))
+
+
+def release_orphans(root: Path, live_replicas: set[str], *, base: Path = RUN_DIR) -> list[str]:
+    """Remove the secret files of every replica of ``root`` not in ``live_replicas``
+    (the daemon at its start: a dead one's replicas may have been removed since).
+    Returns the replicas cleaned."""
+    parent = _replica_dir(root, "x", base).parent
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return []
+    gone = sorted(n for n in names if not n.startswith(".") and n not in live_replicas)
+    for name in gone:
+        _remove_tree(parent / name)
+    return gone
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

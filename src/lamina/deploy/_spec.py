@@ -3,7 +3,8 @@ become ``DeploymentSpec`` and pass the same checks.
 
 Public: ``load_spec(path, environ, profiles=())``, ``parse_spec(text, filename, environ,
 base_dir, profiles=())`` and ``InvalidSpec``, whose message lists every problem of
-the file, one a line, each by its path (``services.web.scale.replicas: must be >= 0``).
+the file, one a line, each by its path (``services.web.scale.replicas: must be >= 0``);
+``check_spec(spec)`` runs the checks across fields on a model received as JSON.
 
 YAML is read as YAML 1.2 reads it (``no``, ``on`` and ``22:22`` stay strings, as
 Compose's Go reader has them), with a size cap, duplicate keys refused, and the
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +36,7 @@ from lamina.errors import LaminaError
 
 MAX_FILE_BYTES = 4 << 20  # no deployment file comes near; a bigger one is a mistake or hostile
 MAX_NODES = 200_000  # values of the document with aliases expanded
+MAX_DEPTH = 64  # levels of nesting; the model's deepest path has 8
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -44,12 +47,19 @@ _SECRET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+MAX_PROBLEMS = 500  # lines of a message; a file with more has one mistake repeated
+
+
 class InvalidSpec(LaminaError, ValueError):
-    """A deployment file that cannot be deployed; one problem a line, each by its path."""
+    """A deployment file that cannot be deployed; one problem a line, each by its path
+    (``problems``; the message shows the first MAX_PROBLEMS and counts the rest)."""
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+        lines = self.problems[:MAX_PROBLEMS]
+        if len(self.problems) > MAX_PROBLEMS:
+            lines.append(f"({len(self.problems) - MAX_PROBLEMS} more problems)")
+        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -57,10 +67,16 @@ class Problems:
     """Every problem found in one file, collected so that all are reported at once."""
 
     items: list[str] = field(default_factory=list)
+    # the file's path of a path of the model (Compose's keys are not the model's)
+    rename: Callable[[str], str] | None = None
+    _seen: set[str] = field(default_factory=set)
 
     def add(self, path: str, message: str) -> None:
+        if self.rename is not None:
+            path = self.rename(path)
         line = f"{path}: {message}" if path else message
-        if line not in self.items:
+        if line not in self._seen:
+            self._seen.add(line)
             self.items.append(line)
 
     def raise_if_any(self) -> None:
@@ -149,32 +165,34 @@ def load_yaml(text: str | bytes, filename: str) -> Any:
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename
         what = exc.problem or exc.context or "invalid YAML"
         raise InvalidSpec([f"{where}: invalid YAML: {what}"]) from None
+    except yaml.reader.ReaderError as exc:  # bytes that are not text
+        raise InvalidSpec(
+            [f"{filename}: invalid YAML: {exc.reason} (byte {exc.position})"]
+        ) from None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise InvalidSpec([f"{filename}: invalid YAML: {exc}"]) from None
+        raise InvalidSpec([f"{filename}: invalid YAML: {' '.join(str(exc).split())}"]) from None
     _count_nodes(data, filename)
     return data
 
 
 def _count_nodes(data: Any, filename: str) -> None:
-    """Walk the document as a reader would, aliases expanded, and stop at MAX_NODES:
-    a few anchors can stand for billions of values (or a cycle)."""
+    """Walk the document as a reader would, aliases expanded, and stop at MAX_NODES
+    values or MAX_DEPTH levels: a few anchors can stand for billions of values (or a
+    cycle), and deep nesting would exhaust the stack of what reads it next."""
     budget = MAX_NODES
-    stack = [data]
+    stack: list[tuple[Any, int]] = [(data, 0)]
     while stack:
+        value, depth = stack.pop()
         budget -= 1
-        if budget < 0:
+        if budget < 0 or depth > MAX_DEPTH:
+            limit = f"more than {MAX_NODES} values" if budget < 0 else f"deeper than {MAX_DEPTH}"
             raise InvalidSpec(
-                [
-                    f"{filename}: document too large: more than {MAX_NODES} values once "
-                    "its aliases are expanded"
-                ]
+                [f"{filename}: document too large: {limit} once its aliases are expanded"]
             )
-        value = stack.pop()
         if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
         elif isinstance(value, list):
-            stack.extend(value)
+            stack.extend((item, depth + 1) for item in value)
 
 
 # -- pydantic errors by path
@@ -199,17 +217,14 @@ def _error_message(err: Mapping[str, Any]) -> str:
         "list_type": "must be a list",
         "string_too_short": "must not be empty",
         "union_tag_not_found": "required",
+        "invalid-json-value": "must be plain YAML: text, numbers, lists and mappings",
     }
     if kind in simple:
         return simple[kind]
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if kind == "less_than":
-        return f"must be < {ctx['lt']}"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<="}
+    if kind in bounds or kind == "less_than":
+        bound = next(iter(ctx.values()))
+        return f"must be {bounds.get(kind, '<')} {bound:g}"
     if kind == "literal_error":
         expected = str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
         return f"must be one of {expected} (not {err['input']!r})"
@@ -231,18 +246,30 @@ def _error_path(prefix: str, loc: tuple[Any, ...], data: Any) -> str:
             path, node = join(path, key), node[key] if key < len(node) else None
         elif isinstance(node, dict) and key in node:
             path, node = join(path, key), node[key]
-        elif last or not isinstance(key, str):
+        elif (last or not isinstance(key, str)) and not _UNION_MEMBER.fullmatch(str(key)):
             path, node = join(path, key), None
-        # else: a union's tag, not a key of the file
+        # else: a union's tag or member type, not a key of the file
     return path
 
 
+# how pydantic names the member of a union (str | list[str]) an error is about
+_UNION_MEMBER = re.compile(r"str|int|float|bool|list\[.*\]|dict\[.*\]|[a-z-]+\[.*\]")
+
+
 def add_validation_errors(problems: Problems, exc: ValidationError, prefix: str, data: Any) -> None:
+    by_path: dict[str, list[str]] = {}
     for err in exc.errors():
         path = _error_path(prefix, tuple(err["loc"]), data)
+        hint = _zlayer_hint(err["loc"][-1]) if err["type"] == "extra_forbidden" else ""
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # at the tag's key
             path = join(path, str(err["ctx"]["discriminator"]).strip("'"))
-        problems.add(path, _error_message(err))
+        by_path.setdefault(path, []).append(_error_message(err) + hint)
+    for path, messages in by_path.items():
+        if len(messages) > 1 and all(m.startswith("must be a") for m in messages):
+            # each member of a union failed: "must be a string or a list"
+            messages = ["must be " + " or ".join(m.removeprefix("must be ") for m in messages)]
+        for message in messages:
+            problems.add(path, message)
 
 
 def validate_model(
@@ -293,10 +320,18 @@ def build_spec(top: dict[str, Any], raw_services: Any, problems: Problems) -> De
             checked[str(name)] = _partial_service(raw)
     spec = validate_model(DeploymentSpec, {**top, "services": {}}, "", problems)
     if spec is not None:
-        check_deployment_name(spec.deployment, "deployment", problems)
         spec.services = services
     check_services(checked, set(map(str, raw_services)), problems)
     return spec
+
+
+def check_spec(spec: DeploymentSpec) -> None:
+    """The checks across fields, on a model that did not come from ``load_spec`` (the
+    daemon's, from a client's JSON): InvalidSpec as the file's reader would raise."""
+    problems = Problems()
+    check_deployment_name(spec.deployment, "deployment", problems)
+    check_services(spec.services, set(spec.services), problems)
+    problems.raise_if_any()
 
 
 def _partial_service(raw: dict[Any, Any]) -> ServiceSpec:
@@ -320,6 +355,35 @@ def check_services(
     cycle = dependency_cycle({n: [d.service for d in s.depends] for n, s in services.items()})
     if cycle:
         problems.add("services", "dependency cycle: " + " -> ".join(cycle))
+    _check_host_ports(services, problems)
+
+
+def _check_host_ports(services: Mapping[str, ServiceSpec], problems: Problems) -> None:
+    """A host port is bound by one container: not by two services (on the same
+    address, or one of them on all), nor by a service starting more than one replica."""
+    bound: dict[tuple[int, str], list[tuple[str, str]]] = {}  # -> (address, service)
+    for name, service in services.items():
+        scale = service.scale
+        starts = {"fixed": getattr(scale, "replicas", 1), "adaptive": getattr(scale, "min", 1)}
+        replicas = starts.get(scale.mode, 1)
+        for i, mapping in enumerate(service.port_mappings):
+            if mapping.host_port is None:
+                continue
+            path = f"services.{name}.port_mappings[{i}]"
+            port, protocol = mapping.host_port, mapping.protocol
+            address = "" if mapping.host_ip in (None, "0.0.0.0", "::") else mapping.host_ip
+            if replicas > 1:
+                problems.add(
+                    path,
+                    f"host port {port} can be published by one replica only, and the "
+                    f"service starts {replicas}",
+                )
+            others = bound.setdefault((port, protocol), [])
+            owner = next((o for a, o in others if not a or not address or a == address), None)
+            if owner is not None:
+                whom = "this service" if owner == name else f"service {owner}"
+                problems.add(path, f"host port {port}/{protocol} is published by {whom} too")
+            others.append((address or "", name))
 
 
 def _check_service(
@@ -328,7 +392,14 @@ def _check_service(
     from datetime import UTC, datetime
 
     from lamina.deploy._units import cron_schedule
+    from lamina.image._reference import parse_reference
 
+    image = getattr(service, "image", None)  # absent from a partial service
+    try:
+        if image is not None:
+            parse_reference(image.name)
+    except LaminaError as exc:
+        problems.add(join(path, "image.name"), str(exc))
     if service.rtype == "cron" and service.schedule is None:
         problems.add(join(path, "schedule"), "required when rtype is cron")
     elif service.rtype != "cron" and service.schedule is not None:
@@ -340,7 +411,7 @@ def _check_service(
             problems.add(join(path, "schedule"), str(exc))
     for i, dep in enumerate(service.depends):
         if dep.service not in service_names:
-            problems.add(join(join(path, "depends"), i), f"no service named {dep.service!r}")
+            problems.add(f"{path}.depends[{i}].service", f"no service named {dep.service!r}")
     seen: set[str] = set()
     for i, endpoint in enumerate(service.endpoints):
         if endpoint.name in seen:
@@ -370,28 +441,22 @@ def _check_health(path: str, health: HealthSpec, problems: Problems) -> None:
         problems.add(join(path, "check.command"), "must not be empty")
 
 
-_INIT_NEEDS = {
-    "init.wait_tcp": ("host", "port"),
-    "init.wait_http": ("url",),
-    "init.run": ("command",),
-}
-
-
 def _check_init(path: str, service: ServiceSpec, problems: Problems) -> None:
+    from lamina.deploy._init import step_errors  # what the runner of the steps needs
+
     ids: set[str] = set()
     for i, step in enumerate(service.init.steps):
         step_path = join(path, i)
         if step.id in ids:
             problems.add(join(step_path, "id"), f"step id {step.id!r} used twice")
         ids.add(step.id)
-        for key in _INIT_NEEDS[step.uses]:
-            if key not in step.with_:
-                problems.add(join(step_path, f"with.{key}"), f"required by {step.uses}")
+        for key, message in step_errors(step):
+            problems.add(join(step_path, key), message)
 
 
 def _check_env_value(path: str, key: str, value: str, problems: Problems) -> None:
-    if not _ENV_NAME.fullmatch(key):
-        problems.add(path, "not a valid variable name")
+    if not key or "=" in key or "\0" in key:
+        problems.add(path, "not a valid variable name (empty, or with '=')")
     if value.startswith(SECRET_PREFIX):
         ref = value[len(SECRET_PREFIX) :]
         service, slash, name = ref[1:].partition("/") if ref.startswith("@") else ("", "/", ref)
@@ -407,33 +472,39 @@ def _check_env_value(path: str, key: str, value: str, problems: Problems) -> Non
 
 def dependency_cycle(graph: Mapping[str, list[str]]) -> list[str]:
     """The first dependency cycle found, as ``[a, b, a]``; empty if there is none.
-    Services are visited in name order so that the same file names the same cycle."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str]:
-        state[node] = 1
-        path.append(node)
-        for dep in sorted(set(graph.get(node, ()))):
-            if dep not in graph:
-                continue
-            if state.get(dep) == 1:
+    Services are visited in name order so that the same file names the same cycle;
+    depth first without recursion (a chain of thousands of services is a file too)."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path: list[str] = [start]  # the services being visited, each waiting for its deps
+        on_path = {start}
+        pending = [iter(sorted(set(graph[start])))]
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:  # all of path[-1]'s dependencies visited
+                pending.pop()
+                done.add(path[-1])
+                on_path.discard(path.pop())
+            elif dep in on_path:
                 return [*path[path.index(dep) :], dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        path.pop()
-        state[node] = 2
-        return []
-
-    for node in sorted(graph):
-        if node not in state and (found := visit(node)):
-            return found
+            elif dep in graph and dep not in done:
+                path.append(dep)
+                on_path.add(dep)
+                pending.append(iter(sorted(set(graph[dep]))))
     return []
 
 
 # -- ZLayer v1
 
 _ZLAYER_TOP = {"version", "deployment", "services"}
+# ZLayer's keys lamina does not implement (cluster placement, overlays, WASM, GPUs):
+# refused like unknown ones, but said to be ZLayer's
+_ZLAYER_UNSUPPORTED = {
+    "tunnels", "api", "network", "errors", "devices", "capabilities", "node_mode",
+    "node_selector", "service_type", "wasm_http", "gpu", "stream", "tunnel",
+}  # fmt: skip
 # Compose-only fields of the model: not keys of a ZLayer file
 _COMPOSE_ONLY = {"build", "networks", "secrets", "expose"}
 
@@ -443,15 +514,14 @@ def parse_zlayer(data: dict[Any, Any], environ: Mapping[str, str]) -> Deployment
     top: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _ZLAYER_TOP:
-            problems.add(str(key), "unknown key")
+            problems.add(str(key), "unknown key" + _zlayer_hint(key))
         elif key != "services":
             top[key] = value
-    if top.get("version") not in ("v1", None):
+    if "version" not in top:
+        problems.add("version", "required (version: v1)")
+    elif top["version"] != "v1":
         problems.add("version", f"must be v1 (not {top['version']!r})")
-        top.pop("version")
-    if "deployment" not in top:
-        problems.add("deployment", "required")
-        top["deployment"] = "invalid"
+        del top["version"]
     raw_services = data.get("services")
     services: Any = raw_services
     if isinstance(raw_services, dict):
@@ -459,10 +529,16 @@ def parse_zlayer(data: dict[Any, Any], environ: Mapping[str, str]) -> Deployment
             name: _zlayer_service(join("services", str(name)), raw, environ, problems)
             for name, raw in raw_services.items()
         }
+    if "deployment" in top:
+        check_deployment_name(top["deployment"], "deployment", problems)
     spec = build_spec(top, services, problems)
     problems.raise_if_any()
     assert spec is not None
     return spec.model_copy(update={"source": "zlayer"})
+
+
+def _zlayer_hint(key: Any) -> str:
+    return " (a ZLayer key lamina does not support)" if key in _ZLAYER_UNSUPPORTED else ""
 
 
 def _zlayer_service(path: str, raw: Any, environ: Mapping[str, str], problems: Problems) -> Any:
@@ -541,6 +617,8 @@ def parse_spec(
     a Compose file name or a ``services:`` document without them is Compose);
     ``base_dir`` is what Compose's relative paths are relative to."""
     data = load_yaml(text, filename)
+    if data is None:
+        raise InvalidSpec([f"{filename}: not a deployment file: it is empty"])
     if not isinstance(data, dict):
         raise InvalidSpec([f"{filename}: not a deployment file: the document is not a mapping"])
     if "deployment" in data:
@@ -555,6 +633,24 @@ def parse_spec(
             "(services:)"
         ]
     )
+
+
+def read_capped(path: Path, limit: int) -> bytes | None:
+    """The bytes of the regular file ``path``, None if it has more than ``limit``.
+    Never blocks on a FIFO or reads a device endlessly; InvalidSpec if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidSpec([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidSpec([f"{path}: cannot read: not a regular file"])
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise InvalidSpec([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    return data if len(data) <= limit else None
 
 
 def find_spec_file(path: Path) -> Path:
@@ -574,9 +670,7 @@ def load_spec(
     ``$E:`` and Compose's variables resolved from ``environ``. The secrets of the
     store it names are ``spec.secret_refs()``. InvalidSpec lists what is wrong."""
     file = find_spec_file(Path(path))
-    try:
-        with open(file, "rb") as f:
-            text = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise InvalidSpec([f"{file}: cannot read: {exc.strerror or exc}"]) from None
+    text = read_capped(file, MAX_FILE_BYTES)
+    if text is None:
+        raise InvalidSpec([f"{file}: too large (more than {MAX_FILE_BYTES} bytes)"])
     return parse_spec(text, str(file), environ, file.resolve().parent, profiles)

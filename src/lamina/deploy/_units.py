@@ -92,7 +92,10 @@ def parse_size(value: Any) -> int:
         m = _SIZE.fullmatch(value.strip())
         if m is None:
             raise ValueError(f"invalid size {value!r}: expected e.g. 512Mi, 1Gi, 100M or 1k")
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+        exact = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+        if exact != int(exact):
+            raise ValueError(f"invalid size {value!r}: bytes are whole numbers")
+        size = int(exact)
     if size > _MAX_SIZE:
         raise ValueError(f"invalid size {value!r}: too large")
     return size
