@@ -88,18 +88,27 @@ class Controller:
         self.d.close()
 
 
+def bring_down_and_check(root: Path, ids: set[str]) -> None:
+    """Every deployment of ``root`` brought down by a new controller; nothing of them
+    may be left (containers, mounts, networks, leases, processes, desired state)."""
+    c = Controller(root)
+    try:
+        for status in c.d.list():
+            c.d.down(status.name, volumes=True)
+    finally:
+        c.close()
+    assert lamina_cli(root, "ps", "-a", "-q").stdout.split() == []
+    assert_clean(root, ids | container_traces(root))
+    assert list((root / "deployments").glob("*/")) == []
+
+
 @pytest.fixture
 def controller(deploy_root: Path) -> Iterator[Controller]:
-    """A controller; after the test every deployment is brought down and nothing of
-    them may be left (containers, mounts, networks, leases, processes)."""
+    """A started controller; after the test, ``bring_down_and_check``."""
     c = Controller(deploy_root)
     try:
         yield c
     finally:
         ids = container_traces(deploy_root)
-        for status in c.d.list():
-            c.d.down(status.name, volumes=True)
         c.close()
-        assert lamina_cli(deploy_root, "ps", "-a", "-q").stdout.split() == []
-        assert_clean(deploy_root, ids)
-        assert list((deploy_root / "deployments").glob("*/")) == []
+        bring_down_and_check(deploy_root, ids)

@@ -3,11 +3,12 @@ in dependency order, DNS of ready replicas, scaling, down, dependency timeouts."
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from deploy_fixtures import Controller, controller, deploy_root, get, httpd, spec
-from runtime_fixtures import lamina_cli, lamina_ok, until
+from runtime_fixtures import CLI, IMAGE_REF, lamina_cli, lamina_ok, until
 
 from lamina.engine._events import read
 
@@ -58,6 +59,16 @@ def test_three_services_start_in_dependency_order(controller: Controller) -> Non
                      "--format", "{{.Name}}")  # fmt: skip
     assert nets.split() == ["shop"]
     assert ("create", "shop") in [(a, i) for a, i, _ in _events(root, "deployment")]
+    # what another apply would do, said and not done
+    plan = d.plan(spec("shop", web=httpd("web2"), db=httpd("db"), cache=httpd("cache")))
+    assert plan.lines == [
+        "unchanged network shop",
+        "replace (rolling) service web: 1 replicas",
+        "unchanged service db: 1 replicas",
+        "create service cache: 1 replicas",
+        "remove service api",
+    ]
+    assert d.status("shop").state == "running" and len(lamina_ok(root, "ps", "-q").split()) == 4
 
 
 def test_a_service_name_resolves_to_ready_replicas_only(controller: Controller) -> None:
@@ -131,15 +142,57 @@ def test_dependency_timeout_fails_the_deployment_with_one_line(controller: Contr
     assert status.service("web").replicas == []  # type: ignore[union-attr]
 
 
-def test_plan_says_what_apply_would_do(controller: Controller) -> None:
+def test_jobs_run_on_demand_and_cron_on_schedule(controller: Controller) -> None:
     d = controller.d
-    d.apply(spec("pl", web=httpd("v1"), db=httpd("db")))
-    d.wait("pl", timeout=60)
-    plan = d.plan(spec("pl", web=httpd("v2"), cache=httpd("cache")))
-    assert plan.lines == [
-        "unchanged network pl",
-        "replace (rolling) service web: 1 replicas",
-        "create service cache: 1 replicas",
-        "remove service db",
-    ]
-    assert d.status("pl").state == "running"  # a plan changes nothing
+    job = {"rtype": "job", "image": {"name": IMAGE_REF, "pull_policy": "never"},
+           "command": {"args": ["sh", "-c", "echo done"]}}  # fmt: skip
+    cron = {**job, "rtype": "cron", "schedule": "* * * * * *"}  # every second
+    d.apply(spec("jb", web=httpd("web"), once=job, tick=cron))
+    status = d.wait("jb", timeout=60)
+    assert status.service("once").replicas == []  # type: ignore[union-attr]
+    assert [r.service for r in d.jobs("jb", "once")] == []  # not started by deploy
+    run = d.run_job("jb", "once")
+    assert run.container == "jb-once-job-1"
+    until(lambda: d.jobs("jb", "once")[0].status == "succeeded", timeout=30)
+    until(lambda: len(d.jobs("jb", "tick")) >= 2, timeout=30)
+    assert all(r.container.startswith("jb-tick-job-") for r in d.jobs("jb", "tick"))
+    with pytest.raises(Exception, match="not a job"):
+        d.run_job("jb", "web")
+
+
+def test_init_steps_run_before_a_replica_is_ready(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    steps = [{"id": "db-up", "uses": "init.wait_http", "with": {"url": "http://db:8080/"}},
+             {"id": "mark", "uses": "init.run", "with": {"command": "echo ran"}}]  # fmt: skip
+    d.apply(spec("in", db=httpd("db"), web=httpd("web", init={"steps": steps})))
+    status = d.wait("in", timeout=90)
+    assert status.service("web").ready == 1  # type: ignore[union-attr]
+    assert (root / "deployments" / "in" / "init").is_dir()
+    # a failing step (on_failure fail) keeps the replica from ever serving
+    bad = [{"id": "nope", "uses": "init.run", "with": {"command": "exit 4"}}]
+    d.apply(spec("in", db=httpd("db"), web=httpd("web2", init={"steps": bad})))
+    with pytest.raises(Exception, match=r"in-web-2 never turned healthy: .*nope"):
+        d.wait("in", timeout=90)
+    assert [r.name for r in d.replicas("in", "web")] == ["in-web-1"]
+
+
+def test_adaptive_scale_follows_cpu_load(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    web = httpd("web", scale={"mode": "adaptive", "min": 1, "max": 2, "cooldown": "1s",
+                              "targets": {"cpu": 50}}, resources={"cpu": 0.2})  # fmt: skip
+    d.apply(spec("as", web=web))
+    d.wait("as", timeout=60)
+    loop = "while [ ! -e /tmp/stop ]; do :; done"
+    busy = subprocess.Popen(  # generated load: a busy loop in the replica
+        [*CLI, "--root", str(root), "exec", "as-web-1", "sh", "-c", loop],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        until(lambda: len(d.replicas("as", "web")) == 2, timeout=60)
+    finally:
+        busy.kill()
+        busy.wait()
+        lamina_ok(root, "exec", "as-web-1", "touch", "/tmp/stop")
+    until(lambda: len(d.replicas("as", "web")) == 1, timeout=60)
+    scaled = [e.attributes.get("replicas") for e in read(root)
+              if e.type == "deployment" and e.action == "scale" and e.actor_id == "as"]  # fmt: skip
+    assert scaled[-2:] == ["2", "1"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -52,14 +53,16 @@ def clean(root: Path) -> Iterator[None]:
     assert_clean(root, ids)
 
 
-def create_checked(root: Path, name: str, test: list[str], *cmd: str, network: str = "") -> str:
+def create_checked(
+    root: Path, name: str, test: list[str], *cmd: str, network: str = "", isolation: str = "process"
+) -> str:
     """A container with the check ``test`` (200 ms interval, 2 retries, a start period
     long enough that its first failures leave it starting), made by the engine."""
     from lamina.engine import open_engine
     from lamina.engine._options import RunOptions, prepare_run
 
     with open_engine(root) as engine:
-        opts = RunOptions(name=name, network=network or None)
+        opts = RunOptions(name=name, network=network or None, isolation=isolation)
         config, _ = prepare_run(engine, opts, image=IMAGE_REF, command=list(cmd))
         check = {"Test": test, "Interval": 200 * MS, "Timeout": 1000 * MS, "Retries": 2,
                  "StartPeriod": 60_000 * MS, "StartInterval": 200 * MS}  # fmt: skip
@@ -161,6 +164,22 @@ def test_http_check_on_a_bridge_network(root: Path) -> None:
     assert status(root, "httpweb") == "starting"
     lamina_ok(root, "exec", "httpweb", "sh", "-c", "touch /www/healthz; killall httpd")
     cycle(root, "httpweb", serve, ["killall", "httpd"], up="HTTP 200", down=down)
+
+
+@pytest.mark.skipif(
+    shutil.which("mkfs.erofs") is None or shutil.which("qemu-system-x86_64") is None,
+    reason="VM containers need erofs-utils and QEMU",
+)
+def test_tcp_check_of_a_vm_container_from_the_host(root: Path) -> None:
+    """A VM's workload has its own kernel: the check connects from the host to its
+    address on its bridge network."""
+    create_checked(root, "vmweb", ["TCP", str(PORT)], "sleep", "300", isolation="vm")
+    lamina_ok(root, "start", "vmweb")
+    ip = json.loads(lamina_ok(root, "inspect", "vmweb"))[0]["NetworkSettings"]["IPAddress"]
+    cycle(
+        root, "vmweb", ["nc", "-ll", "-p", str(PORT), "-e", "true"], ["killall", "nc"],
+        up=f"connect {ip}:{PORT}: ok", down=f"connect {ip}:{PORT}: connection refused",
+    )  # fmt: skip
 
 
 def test_malformed_tests_are_one_clear_error(root: Path) -> None:

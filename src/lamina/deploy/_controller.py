@@ -37,6 +37,8 @@ from lamina.deploy._status import (
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 
 if TYPE_CHECKING:
+    from lamina.deploy._autoscale import Sampler
+    from lamina.deploy._jobs import JobRun
     from lamina.deploy._model import DeploymentSpec, ServiceSpec
     from lamina.engine import Container, Engine
 
@@ -44,6 +46,8 @@ LABEL_DEPLOYMENT = "lamina.deployment"
 LABEL_SERVICE = "lamina.service"
 LABEL_REPLICA = "lamina.replica"
 LABEL_HASH = "lamina.spec-hash"
+LABEL_JOB = "lamina.job"  # a job's run (deploy._jobs)
+LABEL_INIT = "lamina.init"  # an init step's container (deploy._init)
 
 PASS_INTERVAL = 1.0  # a pass at least this often, besides wake-ups
 DRAIN = 1.0  # seconds between a replica leaving its service's name and its stop
@@ -119,6 +123,10 @@ class Deployments:
         self._backoff: dict[tuple[str, str], _Backoff] = {}
         self._waiting: dict[tuple[str, str, str], float] = {}  # dependency clocks
         self._notes: dict[str, _Notes] = {}
+        self._samplers: dict[tuple[str, str], Sampler] = {}
+        self._scaled_at: dict[tuple[str, str], float] = {}
+        self._draining: set[str] = set()  # replicas out of their service's name, to be removed
+        self._inits: dict[str, str] = {}  # container ID -> running | failed: why
 
     # -- the converge thread --------------------------------------------------------------
     def start(self) -> None:
@@ -128,11 +136,20 @@ class Deployments:
             self._held.close()
             raise LaminaError(f"another deployment controller runs on {self.root}")
         _state.clean_scratch(self.root)
+        self._release_orphans()
         for target, name in ((self._run, "deploy-converge"), (self._watch, "deploy-events")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self._wake.set()
+
+    def _release_orphans(self) -> None:
+        """Secret files of replicas a dead controller removed (or never finished)."""
+        from lamina.deploy._secrets import release_orphans
+
+        with self._engine() as engine:
+            found = engine.list(all=True, filters={"label": [LABEL_DEPLOYMENT]})
+        release_orphans(self.root, {c.name for c in found})
 
     def close(self) -> None:
         self._closing.set()
@@ -171,7 +188,7 @@ class Deployments:
             while not self._closing.is_set():
                 if any(True for _ in follower.events()):
                     self._wake.set()
-                follower.wait(PASS_INTERVAL)
+                follower.wait(0.2)  # woken by the journal; the timeout checks closing
         finally:
             follower.close()
 
@@ -229,6 +246,7 @@ class Deployments:
                 new = self._desired(spec, images, old)
                 plan = self._plan(engine, new, old)
                 _state.save(self.root, new)
+        _hooks.stop_point("deploy:applied")
         self._notes.pop(spec.deployment, None)
         self._waiting = {k: v for k, v in self._waiting.items() if k[0] != spec.deployment}
         emit(
@@ -399,10 +417,8 @@ class Deployments:
     def _teardown(self, engine: Engine, desired: Desired) -> builtins.list[str]:
         from lamina.engine._events import emit
 
-        removed: builtins.list[str] = []
-        for c in self._containers(engine, desired.name):
-            self._remove(engine, c.name, drain=False)
-            removed.append(c.name)
+        removed = [c.name for c in self._containers(engine, desired.name, replicas=False)]
+        self._remove_all(engine, removed)
         for net in engine.networks.list(filters={"label": [f"{LABEL_DEPLOYMENT}={desired.name}"]}):
             with contextlib.suppress(NotFound):
                 engine.networks.remove(net.id)
@@ -471,12 +487,48 @@ class Deployments:
             time.sleep(0.1)
 
     # -- jobs -----------------------------------------------------------------------------
-    def run_job(self, name: str, service: str) -> str:
-        """Start one run of a job (or cron) service; returns its container's name."""
-        raise LaminaError("jobs are not supported yet")
+    def run_job(self, name: str, service: str) -> JobRun:
+        """Start one run of a job (or cron) service (not waited for)."""
+        desired = _state.load(self.root, name)
+        spec = _spec_of(desired)
+        svc = _service(desired, service)
+        if svc.rtype == "service":
+            raise LaminaError(f"service {name}/{service} is not a job (rtype {svc.rtype})")
+        with self._engine() as engine:
+            return self._run_job(engine, desired, spec, service)
 
-    def jobs(self, name: str, service: str | None = None) -> builtins.list[dict[str, Any]]:
-        return []
+    def _run_job(self, engine: Engine, desired: Desired, spec: DeploymentSpec, svc: str) -> JobRun:
+        from lamina.deploy import _jobs
+
+        template = self._config(engine, desired, spec, svc, 0)
+        labels = {k: v for k, v in template.labels.items() if k not in (LABEL_REPLICA, LABEL_HASH)}
+        template = dataclasses.replace(template, labels=labels, healthcheck=None)
+        networks = _networks_of(spec, spec.services[svc])
+        run = _jobs.run_job(engine, desired.name, svc, template, networks[0] if networks else None)
+        self._event("job", desired.name, service=svc, container=run.container)
+        return run
+
+    def jobs(self, name: str, service: str | None = None) -> builtins.list[JobRun]:
+        """The runs of the deployment's jobs (of ``service``), oldest first per service."""
+        from lamina.deploy import _jobs
+
+        _state.load(self.root, name)
+        with self._engine() as engine:
+            return _jobs.job_runs(engine, name, service)
+
+    def _cron(self, engine: Engine, desired: Desired, spec: DeploymentSpec, svc: str) -> bool:
+        """A cron service's run, when its schedule says one is due."""
+        from lamina.deploy import _jobs
+
+        schedule = spec.services[svc].schedule
+        if not schedule:
+            return False
+        runs = _jobs.job_runs(engine, desired.name, svc)
+        last = max([desired.created, *(r.started or 0.0 for r in runs)])
+        if not _jobs.cron_due(schedule, last):
+            return False
+        self._run_job(engine, desired, spec, svc)
+        return True
 
     # -- one deployment -------------------------------------------------------------------
     def _converge_one(self, engine: Engine, name: str) -> bool:
@@ -490,23 +542,31 @@ class Deployments:
         notes.service_notes.clear()
         self._ensure_networks(engine, desired, spec)
         self._ensure_volumes(engine, desired, spec)
-        containers = self._containers(engine, name)
         acted = False
-        for c in containers:  # of a service the spec no longer has
-            if c.config.labels.get(LABEL_SERVICE) not in spec.services:
+        for c in self._containers(engine, name, replicas=False):
+            if c.config.labels.get(LABEL_SERVICE) not in spec.services:  # a service gone
                 self._remove(engine, c.name, drain=True)
                 acted = True
+        containers = self._containers(engine, name)
+        _state.forget_inits(self.root, name, {c.id for c in containers})
         by_service: dict[str, builtins.list[Container]] = {}
         for c in containers:
             by_service.setdefault(c.config.labels.get(LABEL_SERVICE, ""), []).append(c)
         replicas = {
-            svc: [self._observe(engine, desired, spec, svc, c) for c in by_service.get(svc, [])]
+            svc: [
+                self._observe(engine, desired, spec, svc, c, act=True)
+                for c in by_service.get(svc, [])
+            ]
             for svc in spec.services
         }
         for svc in _order(spec):
             service = spec.services[svc]
+            if service.rtype == "cron":
+                acted |= self._cron(engine, desired, spec, svc)
             if service.rtype != "service":
                 continue
+            if service.scale.mode == "adaptive":
+                self._autoscale(desired, svc, service, replicas[svc], engine)
             go = self._dependencies_met(name, svc, service, replicas, notes)
             if go is None:  # failed: nothing after it starts either
                 break
@@ -554,6 +614,36 @@ class Deployments:
                 notes.service_notes.setdefault(svc, []).append(line)
         return go
 
+    def _autoscale(self, desired: Desired, svc: str, service: ServiceSpec,
+                   replicas: builtins.list[Replica], engine: Engine) -> None:  # fmt: skip
+        """An adaptive service's count from its replicas' cgroup usage (with cooldown)."""
+        from lamina.deploy import _autoscale
+
+        scale = service.scale
+        assert scale.mode == "adaptive"
+        key = (desired.name, svc)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            sampler = self._samplers[key] = _autoscale.Sampler()
+        ids = [r.id for r in replicas if r.state == "running" and r.ready]
+        usage = sampler.read(engine, ids)
+        current = self._count(desired, svc, service)
+        now = time.monotonic()
+        wanted = _autoscale.decide(current, scale.min, scale.max, scale.targets, usage,
+                                   self._scaled_at.get(key), now, scale.cooldown)  # fmt: skip
+        if wanted == current:
+            return
+        self._scaled_at[key] = now
+
+        def change(d: Desired) -> None:
+            d.scale[svc] = wanted
+
+        self._update(desired.name, change)
+        desired.scale[svc] = wanted
+        self._event("scale", desired.name, service=svc, replicas=str(wanted), reason="adaptive")
+        self.say(f"deployment {desired.name}: {svc} scaled {current} -> {wanted} "
+                 f"(cpu {usage.cpu_percent:.0f}%, memory {usage.memory_percent:.0f}%)")  # fmt: skip
+
     def _may_create(self, name: str, svc: str, replicas: builtins.list[Replica]) -> bool:
         """Crash loops back off; a stable run starts the back-off over."""
         b = self._backoff.setdefault((name, svc), _Backoff())
@@ -584,18 +674,18 @@ class Deployments:
         for replica in d.alias_on:
             if replica not in d.remove:
                 self._set_alias(engine, spec, svc, replica, on=True)
-        drained = False
+        leaving = [r for r in d.remove if r in d.alias_off]
+        self._draining.update(leaving)  # not ready from now on, whatever the engine says
         for replica in d.alias_off:
             self._set_alias(engine, spec, svc, replica, on=False)
-            drained = True
-        if d.halt:
-            self._halt(desired, svc, d.halt)
         for r in d.crashed:
             self._crashed(name, svc, r)
-        if drained and DRAIN:
+        if leaving and DRAIN:
             time.sleep(DRAIN)  # requests resolved or routed just before it left
-        for replica in d.remove:
-            self._remove(engine, replica, drain=False)
+        self._remove_all(engine, d.remove)
+        self._draining.difference_update(leaving)
+        if d.halt:  # once the new replica is gone: a halted status shows what stays
+            self._halt(desired, svc, d.halt)
         for replica in d.start:
             self._start(engine, replica)
         for n in d.create:
@@ -611,12 +701,29 @@ class Deployments:
         self.say(f"deployment {desired.name}: rollout of {svc} halted: {line}")
 
     # -- replicas -------------------------------------------------------------------------
-    def _containers(self, engine: Engine, name: str) -> builtins.list[Container]:
-        return engine.list(all=True, filters={"label": [f"{LABEL_DEPLOYMENT}={name}"]})
+    def _containers(
+        self, engine: Engine, name: str, *, replicas: bool = True
+    ) -> builtins.list[Container]:
+        """The deployment's replicas (``replicas=False``: every container labelled with
+        it, its jobs' runs and init steps' too)."""
+        found = engine.list(all=True, filters={"label": [f"{LABEL_DEPLOYMENT}={name}"]})
+        if not replicas:
+            return found
+        return [c for c in found if LABEL_REPLICA in c.config.labels
+                and not {LABEL_JOB, LABEL_INIT} & set(c.config.labels)]  # fmt: skip
 
     def _observe(
-        self, engine: Engine, desired: Desired, spec: DeploymentSpec, svc: str, c: Container
+        self,
+        engine: Engine,
+        desired: Desired,
+        spec: DeploymentSpec,
+        svc: str,
+        c: Container,
+        *,
+        act: bool = False,
     ) -> Replica:
+        """A replica as it is now; ``act`` (the converge pass): its init steps are
+        started when they are due."""
         labels = c.config.labels
         state = str(c.state.status)
         started = c.state.started_at
@@ -644,8 +751,15 @@ class Deployments:
                 # a failed check takes it out of its service's name at once (the
                 # engine says unhealthy only after the retries: then it is replaced)
                 ready = ready and not health.get("FailingStreak")
+        if service.init.steps and state == "running":
+            done, failed = self._init(desired, svc, c, act=act)
+            if failed:  # a dead replica for the rules: removed, backing off
+                state, output = "failed", failed
+            ready = ready and done
         if not _live_aliases(engine):
             aliased = ready  # the alias was given at create: nothing to switch
+        if c.name in self._draining:
+            ready = aliased = False
         try:
             n = int(labels.get(LABEL_REPLICA, "0"))
         except ValueError:
@@ -662,7 +776,39 @@ class Deployments:
             address=address,
             aliased=aliased,
             last_output=output,
+            id=c.id,
         )
+
+    def _init(self, desired: Desired, svc: str, c: Container, *, act: bool) -> tuple[bool, str]:
+        """Whether the replica's init steps are done (a marker file, so a restarted
+        controller does not run them again), or failed (why); with ``act``, started in
+        a thread of their own when they have not run."""
+        marker = _state.init_marker(self.root, desired.name, c.id)
+        if marker.exists():
+            return True, ""
+        state = self._inits.get(c.id)
+        if state is None and act:
+            self._inits[c.id] = "running"
+            threading.Thread(target=self._run_init, args=(desired, svc, c),
+                             name=f"init-{c.name}", daemon=True).start()  # fmt: skip
+        failed = state[len("failed: ") :] if state and state.startswith("failed: ") else ""
+        return False, failed
+
+    def _run_init(self, desired: Desired, svc: str, c: Container) -> None:
+        from lamina.deploy._init import run_init_steps
+
+        spec = _spec_of(desired)
+        service = spec.services[svc]
+        networks = _networks_of(spec, service)
+        try:
+            with self._engine() as engine:
+                run_init_steps(engine, desired.name, svc, service.init.steps, c.config,
+                               networks[0] if networks else None, say=self.say)  # fmt: skip
+            _state.mark_init_done(self.root, desired.name, c.id)
+            self._inits.pop(c.id, None)
+        except Exception as e:
+            self._inits[c.id] = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        self._wake.set()
 
     def _set_alias(
         self, engine: Engine, spec: DeploymentSpec, svc: str, replica: str, *, on: bool
@@ -697,15 +843,37 @@ class Deployments:
         except LaminaError as e:
             self.say(f"deployments: cannot start {name}: {e}")
 
+    def _remove_all(self, engine: Engine, names: builtins.list[str]) -> None:
+        """Remove replicas, in parallel (each one's stop may wait its grace period)."""
+        if len(names) <= 1:
+            for name in names:
+                self._remove(engine, name, drain=False)
+                _hooks.stop_point("deploy:removed")
+            return
+
+        def remove(name: str) -> None:
+            with self._engine() as own:  # an engine per thread
+                self._remove(own, name, drain=False)
+            _hooks.stop_point("deploy:removed")
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            list(pool.map(remove, names))
+
     def _remove(self, engine: Engine, name: str, *, drain: bool) -> None:
         try:
             if drain:
                 time.sleep(DRAIN)
             with contextlib.suppress(LaminaError):
                 engine.stop(name)
+            _hooks.stop_point("deploy:removing")
             engine.remove(name, force=True, volumes=True)
         except NotFound:
             pass
+        from lamina.deploy._secrets import release
+
+        release(self.root, name)  # its secret files, if it had any
 
     def _config(
         self, engine: Engine, desired: Desired, spec: DeploymentSpec, svc: str, n: int
@@ -761,6 +929,12 @@ class Deployments:
             changes["entrypoint"] = list(service.command.entrypoint)
         if service.health is not None:
             changes["healthcheck"] = _healthcheck(service)
+        if service.secrets:
+            from lamina.deploy._secrets import SecretFile, materialize
+
+            files = [SecretFile(x.source, x.target, x.mode if x.mode is not None else 0o400)
+                     for x in service.secrets]  # fmt: skip
+            changes["mounts"] = [*config.mounts, *materialize(self.root, name, files)]
         return dataclasses.replace(config, **changes)
 
     def _env(self, service: ServiceSpec) -> dict[str, str]:

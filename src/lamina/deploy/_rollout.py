@@ -41,6 +41,7 @@ class Replica:
     address: str = ""
     aliased: bool = False  # has the service's name on its network now
     last_output: str = ""  # the last health check's output, for a halt's line
+    id: str = ""
 
 
 @dataclass
@@ -86,6 +87,8 @@ def _removal_order(replicas: list[Replica]) -> list[Replica]:
 
 
 def halt_line(replica: Replica) -> str:
+    if replica.state == "failed" and replica.last_output:  # its init failed
+        return f"{replica.name} never turned healthy: {replica.last_output}"
     if replica.state not in UP:
         why = (
             f"exited with code {replica.exit_code}"

@@ -111,7 +111,7 @@ def clean_scratch(root: Path) -> None:
     for d in base.iterdir():
         if not d.is_dir():
             continue
-        for tmp in d.glob(".*.tmp"):
+        for tmp in [*d.glob(".*.tmp"), *d.glob("init/.*.tmp")]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         if not (d / DESIRED).exists():
@@ -135,6 +135,29 @@ def controller_lock(root: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def init_marker(root: Path, name: str, container_id: str) -> Path:
+    """Present once the init steps of replica ``container_id`` have succeeded."""
+    return deployment_dir(root, name) / "init" / container_id
+
+
+def mark_init_done(root: Path, name: str, container_id: str) -> None:
+    marker = init_marker(root, name, container_id)
+    if not marker.parent.parent.is_dir():
+        return  # the deployment was removed meanwhile
+    marker.parent.mkdir(exist_ok=True)
+    atomic_write(marker, b"", mode=0o600)
+
+
+def forget_inits(root: Path, name: str, live: set[str]) -> None:
+    """Markers of replicas that are gone."""
+    d = deployment_dir(root, name) / "init"
+    if d.is_dir():
+        for marker in d.iterdir():
+            if marker.name not in live and not marker.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    marker.unlink()
 
 
 def service_hash(service: dict[str, Any], image_id: str, restarts: int) -> str:
