@@ -263,16 +263,10 @@ class Networks:
     def _lease(
         self, db: sqlite3.Connection, cid: str, net: Network, req: NetworkRequest, interface: str
     ) -> Endpoint:
-        try:
-            aliases = _aardvark.check_names(req.aliases)
-        except _aardvark.InvalidAlias as e:
-            raise _ipam.InvalidNetwork(str(e)) from None
+        aliases = _aardvark.check_names(req.aliases)
         if not net.dns and (aliases or req.ip or req.ip6):
-            what = (
-                "network-scoped aliases are" if req.aliases else "user specified IP addresses are"
-            )
-            raise _ipam.InvalidNetwork(
-                f"{what} supported only for containers on user-defined networks, not on {net.name}"
+            raise _user_networks_only(
+                net, "network-scoped aliases are" if aliases else "user specified IP addresses are"
             )
         ep = Endpoint(network=net.name, network_id=net.id, endpoint_id=os.urandom(32).hex(),
                       interface=interface, aliases=aliases, dns=net.dns,
@@ -596,10 +590,7 @@ class Networks:
         already says so (an earlier call killed between the two). Returns the aliases
         as kept (checked, repeats dropped)."""
         engine = self.engine
-        try:
-            wanted = _aardvark.check_names(aliases)
-        except _aardvark.InvalidAlias as e:
-            raise _ipam.InvalidNetwork(str(e)) from None
+        wanted = _aardvark.check_names(aliases)
         rec = engine._resolve(ctr_ref)
         with engine._locked(rec.id, rec.isolation):
             rec = engine._fresh(rec.id)
@@ -607,10 +598,7 @@ class Networks:
             if not any(e["network_id"] == net.id for e in rec.extra.get("endpoints") or []):
                 raise NotFound(f"container {rec.name} is not connected to network {net.name}")
             if not net.dns and wanted:
-                raise _ipam.InvalidNetwork(
-                    "network-scoped aliases are supported only for containers on "
-                    f"user-defined networks, not on {net.name}"
-                )
+                raise _user_networks_only(net, "network-scoped aliases are")
             for endpoint in rec.extra["endpoints"]:
                 if endpoint["network_id"] == net.id:
                     endpoint["aliases"] = list(wanted)
@@ -761,6 +749,12 @@ class RunSetup:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _user_networks_only(net: Network, what: str) -> _ipam.InvalidNetwork:
+    return _ipam.InvalidNetwork(
+        f"{what} supported only for containers on user-defined networks, not on {net.name}"
+    )
 
 
 def _new(name: str, subnets: builtins.list[Any]) -> Network:

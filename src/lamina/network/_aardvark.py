@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lamina._hooks import stop_point
 from lamina.network import _netavark
+from lamina.network._ipam import InvalidNetwork
 
 _PID_FILE = "aardvark.pid"
 _NETAVARK_LOCK = "aardvark.lock"  # netavark 1.4's, beside aardvark-dns/
@@ -35,19 +36,16 @@ _SCRATCH = "aardvark-edit.tmp"  # in the netavark config dir, beside aardvark-dn
 _LABEL = re.compile(r"^[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?$")
 
 
-class InvalidAlias(ValueError):
-    """A name aardvark-dns cannot hold (its file would break) or DNS cannot carry."""
-
-
 def check_names(names: Sequence[str]) -> list[str]:
     """``names`` as DNS names (labels of letters, digits, ``_`` and ``-``, 63 at
     most, 253 in all), without repeats (case aside: DNS ignores it), in order;
-    InvalidAlias for the first that is not one."""
+    InvalidNetwork for the first that is not one (aardvark-dns's file would break on
+    a space or comma)."""
     out: list[str] = []
     for name in names:
         labels = name.split(".")
         if not (0 < len(name) <= 253 and all(_LABEL.match(label) for label in labels)):
-            raise InvalidAlias(
+            raise InvalidNetwork(
                 f"invalid network alias {name!r}: a DNS name (letters, digits, '_', '-', "
                 "labels of 1 to 63 characters split by '.')"
             )
