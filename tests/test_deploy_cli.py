@@ -401,3 +401,55 @@ def test_compose_file_built_with_its_secret_and_depends_on_service_healthy(
     assert ok(root, "ps", "-aq") == ""
     assert network_leaks(root) == []
     assert_clean(root, ids)
+
+
+def test_jobs_run_ls_logs_and_inspect_keeps_secret_values_out(root: Path, tmp_path: Path) -> None:
+    ok(root, "secret", "create", "job-token", "-", input="job-secret-value")
+    spec = tmp_path / "jobs.yaml"
+    spec.write_text(f"version: v1\ndeployment: batch\nservices:\n"
+                    f"  migrate:\n    rtype: job\n    image: {{name: {IMAGE_REF}}}\n"
+                    f"    env: {{TOKEN: '$S:job-token'}}\n"
+                    f"    command: {{args: [sh, -c, 'echo migrated ${{#TOKEN}}; exit 3']}}\n")
+    ok(root, "deploy", "--wait", "--timeout", "60", str(spec))
+    assert ok(root, "job", "ls", "batch/migrate").split() == [
+        "RUN", "CONTAINER", "STATUS", "EXIT", "CODE", "STARTED"]  # no run before asked
+    r = lamina(root, "job", "run", "--wait", "batch/migrate")
+    assert (r.returncode, r.stdout) == (3, "batch-migrate-job-1\n"), r.stderr
+    rows = [json.loads(line) for line in
+            ok(root, "job", "ls", "--format", "json", "batch/migrate").splitlines()]  # fmt: skip
+    assert [(x["ID"], x["Container"], x["Status"], x["ExitCode"]) for x in rows] == [
+        ("1", "batch-migrate-job-1", "failed", "3")]
+    assert ok(root, "job", "logs", "batch/migrate") == f"migrated {len('job-secret-value')}\n"
+    inspected = ok(root, "deployment", "inspect", "batch")
+    assert "$S:job-token" in inspected and "job-secret-value" not in inspected
+    assert json.loads(inspected)[0]["Name"] == "batch"
+    missing = lamina(root, "deployment", "inspect", "batch", "nothing-here")
+    assert missing.returncode == 1 and "nothing-here" in error_line(missing.stderr)
+    ids = set(ok(root, "ps", "-aq", "--no-trunc").split())
+    ok(root, "down", "batch")
+    ok(root, "secret", "rm", "job-token")
+    assert ok(root, "ps", "-aq") == ""
+    assert_clean(root, ids)
+
+
+def test_service_logs_follow_every_replica(root: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "tick.yaml"
+    spec.write_text(f"version: v1\ndeployment: ticks\nservices:\n"
+                    f"  tick:\n    image: {{name: {IMAGE_REF}}}\n"
+                    f"    scale: {{mode: fixed, replicas: 2}}\n    command: {{args: [sh, -c, "
+                    f"\"trap 'exit 0' TERM; while :; do echo tick; sleep 0.2; done\"]}}\n")
+    ok(root, "deploy", "--wait", "--timeout", "60", str(spec))
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_HOST"}
+    follow = subprocess.Popen([*CLI, "--root", str(root), "service", "logs", "-f", "--tail", "0",
+                               "ticks/tick"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)  # fmt: skip
+    try:
+        assert follow.stdout is not None
+        seen: set[str] = set()
+        while seen != {"ticks-tick-1 | tick", "ticks-tick-2 | tick"}:
+            seen.add(follow.stdout.readline().rstrip("\n"))
+            assert len(seen) <= 2, seen  # only the two replicas' lines, prefixed
+    finally:
+        follow.terminate()
+        follow.wait(10)
+    ok(root, "down", "ticks")

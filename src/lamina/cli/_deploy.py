@@ -241,20 +241,18 @@ def _with_image(svc: Any, tag: str) -> Any:
 def _send_file_secrets(api: DeployClient, spec: Any, file: Path) -> None:
     """A Compose file's top-level ``secrets: {name: {file: PATH}}`` into the daemon's
     secret store as ``{deployment}_{name}`` (replaced: the file may have changed)."""
+    from lamina.deploy._model import file_secret_name
     from lamina.errors import NotFound
 
-    for name, secret in dict(getattr(spec, "secrets", None) or {}).items():
-        path = getattr(secret, "file", None)
-        if not path:
-            continue
-        source = Path(path)
+    for name, secret in spec.secrets.items():
+        source = Path(secret.file)
         if not source.is_absolute():
             source = file.absolute().parent / source
         try:
             data = source.read_bytes()
         except OSError as e:
             raise click.ClickException(f"secret {name}: cannot read {source}: {e.strerror}")
-        stored = f"{spec.deployment}_{name}"
+        stored = file_secret_name(spec.deployment, name)
         try:
             api.remove_secret(stored)
         except NotFound:
