@@ -113,6 +113,29 @@ def test_the_roots_daemon_is_started_for_deployment_commands_and_again_after_a_k
     assert daemon_pid(root) == second
 
 
+def test_commands_starting_the_roots_daemon_at_once_share_one(root: Path) -> None:
+    stop_daemon(root)
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_HOST"}
+    procs = [subprocess.Popen([*CLI, "--root", str(root), "secret", "ls", "-q"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, out, err) == (0, "", "")
+    pid = daemon_pid(root)
+    assert pid is not None
+    daemons = [p for p in os.listdir("/proc") if p.isdigit() and _is_daemon_of(int(p), root)]
+    assert daemons == [str(pid)]
+
+
+def _is_daemon_of(pid: int, root: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"daemon" in argv and str(root).encode() in argv and b"lamina.cli.main" in argv
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 
