@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -477,3 +478,25 @@ def test_service_logs_follow_every_replica(root: Path, tmp_path: Path) -> None:
         follow.terminate()
         follow.wait(10)
     ok(root, "down", "ticks")
+
+
+def test_deploy_wait_that_never_gets_ready_is_one_line_and_exit_1(
+    root: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "sick.yaml"
+    spec.write_text(f"version: v1\ndeployment: sick\nservices:\n"
+                    f"  app:\n    image: {{name: {IMAGE_REF}}}\n"
+                    f"    scale: {{mode: fixed, replicas: 1}}\n"
+                    f"    command: {{args: [sh, -c, \"trap 'exit 0' TERM; sleep 600 & wait\"]}}\n"
+                    f"{HEALTH}")  # fmt: skip
+    t0 = time.monotonic()
+    r = lamina(root, "deploy", "--wait", "--timeout", "4", str(spec))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    line = error_line(r.stderr)
+    assert "sick" in line and "4s" in line, line
+    assert time.monotonic() - t0 < 30
+    assert r.stdout.splitlines()[:2] == ["create network sick", "create service app: 1 replicas"]
+    assert "app: 0/1 ready, rollout progressing 0/1" in r.stdout.splitlines()
+    # The deployment stays (the daemon keeps trying); down removes it.
+    assert ok(root, "deployment", "ls", "-q") == "sick\n"
+    ok(root, "down", "sick")
