@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +395,16 @@ def test_profiles_select_services(tmp_path: Path) -> None:
     assert set(both.services) == {"web", "debug", "seed"}
 
 
+def test_paths_are_relative_to_the_directory_named_not_a_links_target(tmp_path: Path) -> None:
+    write(tmp_path / "real", "services: {web: {image: x, volumes: [./data:/data]}}\n")
+    (tmp_path / "shop").symlink_to(tmp_path / "real")
+    spec = load_spec(tmp_path / "shop" / "compose.yaml", {})
+    assert spec.deployment == "shop"
+    assert spec.services["web"].storage[0] == BindStorage(
+        source=str(tmp_path / "shop" / "data"), target="/data"
+    )
+
+
 def test_project_name(tmp_path: Path) -> None:
     text = "services: {web: {image: x}}\n"
     assert load_spec(write(tmp_path / "My.Shop", text), {}).deployment == "myshop"
@@ -471,12 +482,15 @@ def test_a_service_needs_image_or_build_and_defined_references(tmp_path: Path) -
             networks: [default]
         secrets:
           other: {environment: TOKEN}
+          "bad key": {file: ./x}
         """,
     )
     assert sorted(lines) == sorted(
         [
             "secrets.other.environment: unknown key (lamina does not support 'environment')",
             "secrets.other.file: required: lamina's Compose secrets come from files",
+            "secrets.bad key: the store cannot hold it: invalid secret name 'shop_bad key': it "
+            "must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)",
             "services.api.network_mode: cannot be combined with networks",
             "services.web: needs image or build",
             "services.web.networks[0]: undefined network 'front'",
@@ -744,9 +758,14 @@ def test_hostile_env_files_are_contained(tmp_path: Path) -> None:
 
 
 def test_hostile_interpolation_is_contained(tmp_path: Path) -> None:
-    nested = "${A:-" * 5000 + "x" + "}" * 5000
+    # each level scans the rest again: 900 levels of a megabyte would take minutes
+    nested = "${A:-" * 900 + "x" * 1_000_000 + "}" * 900
+    started = time.monotonic()
     (line,) = problems(tmp_path, f"services:\n  web: {{image: '{nested}'}}\n")
-    assert line == "services.web.image: invalid interpolation format: nested too deeply"
+    assert line == (
+        "services.web.image: invalid interpolation format: nested more than 16 levels deep"
+    )
+    assert time.monotonic() - started < 20
     big = "x" * 1_000_000
     refs = ", ".join(["$BIG"] * 20)
     (line,) = problems(
@@ -841,3 +860,15 @@ def test_ports_of_a_file_are_bounded(tmp_path: Path) -> None:
     assert lines == [
         "services.s1.expose: too many ports: more than 65536 in the file, ranges expanded"
     ]
+
+
+def test_an_unterminated_quote_in_a_large_env_file_is_quick(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    write(shop, 'A="never closed\n' + "x" * 10 + "\n" * 100_000, ".env")
+    started = time.monotonic()
+    assert problems(tmp_path, "services:\n  web: {image: x}\n") == [
+        f'{shop / ".env"}:1: unterminated " quote'
+    ]
+    assert time.monotonic() - started < 10
+    values, bad = parse_env_file('A="one\\"\ntwo" B\nC=3\n', chain({}))
+    assert values == {"A": 'one"\ntwo', "C": "3"} and bad == []

@@ -243,7 +243,7 @@ def test_a_model_received_as_json_passes_the_same_checks() -> None:
     with pytest.raises(InvalidSpec) as info:
         check_spec(DeploymentSpec.model_validate(dumped))
     assert info.value.problems == [
-        "services.db.depends[1].service: no service named 'ghost'",
+        "services.db.depends[1]: no service named 'ghost'",
         "services.db.endpoints[1]: endpoint name 'a' used twice",
         "services: dependency cycle: api -> db -> api",
     ]
@@ -425,7 +425,7 @@ SERVICE_ERRORS = [
         "services.web.health.interval: invalid duration '-1s': expected e.g. 10s, 1m30s, "
         "500ms or 1h",
     ),
-    ("depends: [{service: ghost}]", "services.web.depends[0].service: no service named 'ghost'"),
+    ("depends: [{service: ghost}]", "services.web.depends[0]: no service named 'ghost'"),
     (
         "depends: [{service: web, condition: ready, on_timeout: panic}]",
         "services.web.depends[0].on_timeout: must be one of fail, warn, continue (not 'panic')",
@@ -477,6 +477,7 @@ SERVICE_ERRORS = [
         "services.web.isolation: must be one of process, vm, auto (not 'hyperv')",
     ),
     ("privileged: maybe", "services.web.privileged: must be true or false"),
+    ('env: {A: "a\\0b"}', "services.web.env.A: a value cannot hold a NUL byte"),
     ("env: {A: $E:MISSING}", "services.web.env.A: $E:MISSING: the variable MISSING is not set"),
     (
         "env: {A: $S:9lives}",
@@ -598,7 +599,7 @@ def test_all_errors_are_reported_at_once() -> None:
     assert sorted(lines) == sorted(
         [
             "services.web.scale.replicas: must be >= 0",
-            "services.web.depends[0].service: no service named 'ghost'",
+            "services.web.depends[0]: no service named 'ghost'",
             "services.web.endpoints[1]: endpoint name 'http' used twice",
             "services.api.colour: unknown key",
             "services.api.health.interval: invalid duration '10x': expected e.g. 10s, 1m30s, "
@@ -639,6 +640,10 @@ def test_invalid_spec_is_a_lamina_error_with_its_problems() -> None:
         ("1.5h", 5400.0),
         ("2d", 172800.0),
         ("250us", 0.00025),
+        ("5min", 300.0),  # humantime's spellings, as ZLayer reads them
+        ("30 sec", 30.0),
+        ("2 hours 3 minutes", 7380.0),
+        ("1w", 604800.0),
         ("15", 15.0),
         ("0", 0.0),
         (12, 12.0),
@@ -649,7 +654,9 @@ def test_durations(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "s", "10", "10x", "1m30", "-5s", "ten seconds", True])
+@pytest.mark.parametrize(
+    "text", ["", "s", "10", "10x", "1m30", "-5s", "ten seconds", "5 mo", "1sx", True]
+)
 def test_bad_durations(text: object) -> None:
     if text == "10":
         assert parse_duration(text) == 10.0  # a bare number is seconds

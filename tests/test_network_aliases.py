@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,17 +184,65 @@ def test_a_change_killed_halfway_is_finished_by_the_next(root: Path) -> None:
     resolves(root, "web", {ip})
 
     set_aliases_killed_at(root, "network:aardvark", "replica-1", ["api"])
-    scratch = root / "networks" / "netavark" / "aardvark-edit.tmp"
-    assert scratch.exists()
+    scratch = list((root / "networks" / "netavark").glob(".aardvark-edit-*.tmp"))
+    assert len(scratch) == 1
     assert sorted(os.listdir(root / "networks" / "netavark" / "aardvark-dns")) == [
         "aardvark.pid", NET
     ]  # fmt: skip
-    other = run(root, "replica-2", "web")  # netavark's lock is free
+    other = run(root, "replica-2", "web")  # netavark's lock is free, the scratch reaped
+    assert not scratch[0].exists()
     resolves(root, "web", {ip, other})
     set_aliases(root, "replica-1", ["api"])
     resolves(root, "api", {ip})
     resolves(root, "web", {other})
-    assert not scratch.exists()
+
+
+def dns_lines(root: Path) -> dict[str, list[str]]:
+    """aardvark-dns's file of the network: container ID -> its names."""
+    text = (root / "networks" / "netavark" / "aardvark-dns" / NET).read_text()
+    fields = [line.split(" ") for line in text.splitlines()[1:]]
+    return {f[0]: f[3].split(",") for f in fields if len(f) >= 4}
+
+
+def test_concurrent_changes_and_starts_lose_nothing(root: Path) -> None:
+    """Changes of several containers at once, while netavark adds and removes other
+    containers' lines in the same file: each change is a read-modify-write of the
+    file under the netavark locks, so none undoes another's or netavark's."""
+    names = [f"replica-{i}" for i in range(3)]
+    ids = {n: lamina_ok(root, "run", "-d", "--name", n, "--network", NET, IMAGE_REF,
+                        "sleep", "300").strip() for n in names}  # fmt: skip
+    errors: list[BaseException] = []
+
+    def flip(name: str) -> None:
+        try:
+            for k in range(8):
+                set_aliases(root, name, [f"{name}-v{k}", "web"])
+        except BaseException as e:
+            errors.append(e)
+
+    def churn() -> None:
+        try:
+            for k in range(3):
+                lamina_ok(root, "run", "-d", "--name", f"churn-{k}", "--network", NET,
+                          IMAGE_REF, "sleep", "300")  # fmt: skip
+                if k:
+                    lamina_ok(root, "rm", "-f", f"churn-{k - 1}")
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=flip, args=(n,)) for n in names]
+    threads.append(threading.Thread(target=churn))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    lines = dns_lines(root)
+    for n in names:
+        assert lines[ids[n]] == [n, ids[n][:12], f"{n}-v7", "web"]
+    churned = lamina_ok(root, "inspect", "-f", "{{.Id}}", "churn-2").strip()
+    assert churned in lines and len(lines) == len(names) + 2  # the client, churn-2
+    resolves(root, "web", {address(root, n) for n in names})
 
 
 def test_bad_aliases_are_refused_with_nothing_changed(root: Path) -> None:

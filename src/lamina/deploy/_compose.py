@@ -208,8 +208,9 @@ def _project_name(
     name = lookup("COMPOSE_PROJECT_NAME") or doc.get("name")
     path = "name"
     if name is None:
-        name = "".join(re.findall(r"[a-z0-9_-]", base_dir.resolve().name.lower())).lstrip("_-")
-        path = f"name (from the directory {base_dir.resolve().name!r})"
+        directory = Path(os.path.abspath(base_dir)).name
+        name = "".join(re.findall(r"[a-z0-9_-]", directory.lower())).lstrip("_-")
+        path = f"name (from the directory {directory!r})"
     if not isinstance(name, str):
         problems.add("name", "must be a string")
         return "invalid-name"
@@ -332,7 +333,13 @@ def _secret_def(path: str, raw: Any, ctx: _Context) -> dict[str, Any]:
     raw = _mapping(path, raw, ctx.problems)
     if raw is None:
         return {}
+    from lamina.deploy._secrets import check_name
+
     fields = _known_keys(path, raw, {"file"}, ctx.problems)
+    try:  # the client stores the file under this name
+        check_name(file_secret_name(ctx.project, path.removeprefix("secrets.")))
+    except LaminaError as exc:
+        ctx.problems.add(path, f"the store cannot hold it: {exc}")
     file = fields.get("file")
     if not isinstance(file, str) or not file:
         ctx.problems.add(join(path, "file"), "required: lamina's Compose secrets come from files")

@@ -15,14 +15,24 @@ from typing import Any
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = (":-", "-", ":?", "?", ":+", "+")
+MAX_NESTING = 16  # ${A:-${B:-...}} levels; each level scans the rest of the text again
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut short: a value may be megabytes."""
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 class InterpolationError(ValueError):
     """A template Compose cannot expand; the message says what, not where."""
 
 
-def interpolate(text: str, lookup: Callable[[str], str | None]) -> str:
+def interpolate(text: str, lookup: Callable[[str], str | None], depth: int = 0) -> str:
     """``text`` with its variables expanded by ``lookup`` (None: unset)."""
+    if depth > MAX_NESTING:
+        raise InterpolationError(
+            f"invalid interpolation format: nested more than {MAX_NESTING} levels deep"
+        )
     out, pos = [], 0
     while True:
         dollar = text.find("$", pos)
@@ -30,22 +40,24 @@ def interpolate(text: str, lookup: Callable[[str], str | None]) -> str:
             out.append(text[pos:])
             return "".join(out)
         out.append(text[pos:dollar])
-        value, pos = _expand_at(text, dollar, lookup)
+        value, pos = _expand_at(text, dollar, lookup, depth)
         out.append(value)
 
 
-def _expand_at(text: str, dollar: int, lookup: Callable[[str], str | None]) -> tuple[str, int]:
+def _expand_at(
+    text: str, dollar: int, lookup: Callable[[str], str | None], depth: int
+) -> tuple[str, int]:
     """The expansion of the ``$...`` at ``dollar`` and the position after it."""
     rest = dollar + 1
     if text.startswith("$", rest):
         return "$", rest + 1
     if text.startswith("{", rest):
         end = _closing_brace(text, rest)
-        return _expand_braced(text[rest + 1 : end], lookup), end + 1
+        return _expand_braced(text[rest + 1 : end], lookup, depth), end + 1
     m = _NAME.match(text, rest)
     if m is None:
         raise InterpolationError(
-            f"invalid interpolation format in {text!r}: a '$' starts a variable; "
+            f"invalid interpolation format in {_shown(text)}: a '$' starts a variable; "
             "write '$$' for a literal '$'"
         )
     return lookup(m.group()) or "", m.end()
@@ -64,30 +76,30 @@ def _closing_brace(text: str, opening: int) -> int:
             if depth == 0:
                 return i
         i += 1
-    raise InterpolationError(f"invalid interpolation format in {text!r}: '${{' not closed")
+    raise InterpolationError(f"invalid interpolation format in {_shown(text)}: '${{' not closed")
 
 
-def _expand_braced(inner: str, lookup: Callable[[str], str | None]) -> str:
+def _expand_braced(inner: str, lookup: Callable[[str], str | None], depth: int) -> str:
     m = _NAME.match(inner)
     if m is None:
-        raise InterpolationError(f"invalid interpolation format: '${{{inner}}}'")
+        raise InterpolationError(f"invalid interpolation format: {_shown('${' + inner + '}')}")
     name, tail = m.group(), inner[m.end() :]
     if not tail:
         return lookup(name) or ""
     operator = next((op for op in _OPERATORS if tail.startswith(op)), None)
     if operator is None:
-        raise InterpolationError(f"invalid interpolation format: '${{{inner}}}'")
+        raise InterpolationError(f"invalid interpolation format: {_shown('${' + inner + '}')}")
     word = tail[len(operator) :]
     value = lookup(name)
     unset = value is None or (operator.startswith(":") and value == "")
     if operator in (":-", "-"):
-        return interpolate(word, lookup) if unset else str(value)
+        return interpolate(word, lookup, depth + 1) if unset else str(value)
     if operator in (":?", "?"):
         if unset:
-            message = interpolate(word, lookup) or f"the variable {name} is required"
+            message = interpolate(word, lookup, depth + 1) or f"the variable {name} is required"
             raise InterpolationError(f"{name}: {message}")
         return str(value)
-    return "" if unset else interpolate(word, lookup)  # :+ and +
+    return "" if unset else interpolate(word, lookup, depth + 1)  # :+ and +
 
 
 MAX_EXPANDED_CHARS = 16 << 20  # all strings of a file once interpolated
@@ -111,9 +123,6 @@ def interpolate_tree(
                 value = interpolate(node, lookup)
             except InterpolationError as exc:
                 errors.append((at, str(exc)))
-                return node
-            except RecursionError:
-                errors.append((at, "invalid interpolation format: nested too deeply"))
                 return node
             budget -= len(value)
             if budget < 0:
@@ -181,11 +190,15 @@ def parse_env_file(
         raw = raw.strip()
         if raw[:1] in ("'", '"'):
             quote = raw[0]
-            end = _closing_quote(raw, quote)
+            end, parts, scanned = _closing_quote(raw, quote, 1), [raw], len(raw)
             while end < 0 and i < len(lines):  # a quoted value may span lines
-                raw += "\n" + lines[i]
+                chunk = "\n" + lines[i]  # scanned alone: a long value stays linear
                 i += 1
-                end = _closing_quote(raw, quote)
+                found = _closing_quote(chunk, quote, 0)
+                end = scanned + found if found >= 0 else -1
+                parts.append(chunk)
+                scanned += len(chunk)
+            raw = "".join(parts)
             if end < 0:
                 problems.append((number, f"unterminated {quote} quote"))
                 continue
@@ -200,16 +213,16 @@ def parse_env_file(
             values[key] = interpolate(body, scoped)
         except InterpolationError as exc:
             problems.append((number, str(exc)))
-        except RecursionError:
-            problems.append((number, "invalid interpolation format: nested too deeply"))
         if len(values.get(key) or "") > MAX_VALUE_CHARS:
             values.pop(key)
             problems.append((number, f"the value exceeds {MAX_VALUE_CHARS} characters"))
     return values, problems
 
 
-def _closing_quote(raw: str, quote: str) -> int:
-    i = 1
+def _closing_quote(raw: str, quote: str, start: int) -> int:
+    """The index of the quote closing a value from ``start`` (a double-quoted value's
+    backslash escapes the next character); -1 if there is none."""
+    i = start
     while i < len(raw):
         if quote == '"' and raw[i] == "\\":
             i += 2

@@ -411,7 +411,7 @@ def _check_service(
             problems.add(join(path, "schedule"), str(exc))
     for i, dep in enumerate(service.depends):
         if dep.service not in service_names:
-            problems.add(f"{path}.depends[{i}].service", f"no service named {dep.service!r}")
+            problems.add(f"{path}.depends[{i}]", f"no service named {dep.service!r}")
     seen: set[str] = set()
     for i, endpoint in enumerate(service.endpoints):
         if endpoint.name in seen:
@@ -457,6 +457,8 @@ def _check_init(path: str, service: ServiceSpec, problems: Problems) -> None:
 def _check_env_value(path: str, key: str, value: str, problems: Problems) -> None:
     if not key or "=" in key or "\0" in key:
         problems.add(path, "not a valid variable name (empty, or with '=')")
+    if "\0" in value:
+        problems.add(path, "a value cannot hold a NUL byte")
     if value.startswith(SECRET_PREFIX):
         ref = value[len(SECRET_PREFIX) :]
         service, slash, name = ref[1:].partition("/") if ref.startswith("@") else ("", "/", ref)
@@ -673,4 +675,5 @@ def load_spec(
     text = read_capped(file, MAX_FILE_BYTES)
     if text is None:
         raise InvalidSpec([f"{file}: too large (more than {MAX_FILE_BYTES} bytes)"])
-    return parse_spec(text, str(file), environ, file.resolve().parent, profiles)
+    # the file's directory as given, links not followed, as Compose has it
+    return parse_spec(text, str(file), environ, os.path.abspath(file.parent), profiles)

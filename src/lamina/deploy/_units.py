@@ -1,7 +1,8 @@
 """Units of the deployment files: durations, sizes and cron schedules.
 
 Durations are float seconds: ``10s``, ``1m30s``, ``500ms``, ``1h``, ``2d``, parts
-optionally separated by spaces (ZLayer's humantime); a bare number is seconds.
+optionally separated by spaces and units also spelled as humantime (ZLayer's parser)
+spells them (``5min``, ``30 sec``, ``2 hours``); a bare number is seconds.
 Sizes are int bytes in Kubernetes' notation, which ZLayer uses: ``512Mi``, ``1Gi``
 (binary), ``100M``, ``1k`` (decimal); a bare number is bytes. Compose files carry
 Docker's sizes (``512m`` is binary), which the Compose reader parses with the
@@ -27,8 +28,35 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
     "d": 86400.0,
+    "w": 604800.0,
 }
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+# humantime's longer spellings (ZLayer parses its durations with humantime)
+_DURATION_WORDS = {
+    "nsec": "ns",
+    "usec": "us",
+    "msec": "ms",
+    "sec": "s",
+    "secs": "s",
+    "second": "s",
+    "seconds": "s",
+    "min": "m",
+    "mins": "m",
+    "minute": "m",
+    "minutes": "m",
+    "hr": "h",
+    "hrs": "h",
+    "hour": "h",
+    "hours": "h",
+    "day": "d",
+    "days": "d",
+    "week": "w",
+    "weeks": "w",
+}
+_DURATION_PART = re.compile(
+    r"\s*(\d+(?:\.\d+)?)\s*("
+    + "|".join(sorted([*_DURATION_UNITS, *_DURATION_WORDS], key=len, reverse=True))
+    + r")(?![a-zµ])"
+)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?")
 _SIZE_UNITS = {
@@ -74,7 +102,8 @@ def parse_duration(value: Any) -> float:
         m = _DURATION_PART.match(text, pos)
         if m is None:
             break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        unit = _DURATION_WORDS.get(m.group(2), m.group(2))
+        total += float(m.group(1)) * _DURATION_UNITS[unit]
         pos = m.end()
     if not text or pos != len(text):
         raise ValueError(f"invalid duration {value!r}: expected e.g. 10s, 1m30s, 500ms or 1h")

@@ -238,7 +238,7 @@ def _network_probe(test: list[str]) -> TcpProbe | HttpProbe:
 
     if test[0] == TCP:
         port = test[1] if len(test) == 2 else ""
-        if not (port.isdigit() and 1 <= int(port) <= 65535):
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             raise InvalidHealthcheck(
                 'Healthcheck TCP test must be ["TCP", PORT] with PORT from 1 to 65535, '
                 f"not {test!r}"
@@ -253,7 +253,7 @@ def _network_probe(test: list[str]) -> TcpProbe | HttpProbe:
     except ValueError as e:
         raise InvalidHealthcheck(f"Healthcheck HTTP test: {e}") from None
     status = test[2] if len(test) == 3 else "200"
-    if not (status.isdigit() and 100 <= int(status) <= 599):
+    if not (status.isascii() and status.isdigit() and 100 <= int(status) <= 599):
         raise InvalidHealthcheck(
             f"Healthcheck HTTP test: expected status {status!r} must be a number from 100 to 599"
         )

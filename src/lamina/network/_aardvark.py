@@ -11,9 +11,9 @@ separated: the container's name, its short ID and its aliases. aardvark-dns answ
 name with the addresses of every line that has it (several containers: all of theirs).
 
 The edit replaces the file in one step (``rename``) from a scratch file kept *outside*
-that directory: aardvark-dns reads every file in it as a network's, a leftover too.
-The scratch file has one fixed name under the lock, so one killed edit leaves at most
-that file, which the next edit replaces.
+that directory (aardvark-dns reads every file in it as a network's, a leftover too),
+registered on a lease before it is made: a killed edit's goes with the next
+command's reap.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from lamina import _leases
 from lamina._hooks import stop_point
 from lamina.network import _netavark
 from lamina.network._ipam import InvalidNetwork
 
 _PID_FILE = "aardvark.pid"
 _NETAVARK_LOCK = "aardvark.lock"  # netavark 1.4's, beside aardvark-dns/
-_SCRATCH = "aardvark-edit.tmp"  # in the netavark config dir, beside aardvark-dns/
 _LABEL = re.compile(r"^[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?$")
 
 
@@ -105,23 +105,27 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _replace(root: Path, path: Path, data: bytes) -> None:
-    scratch = _netavark.config_dir(root) / _SCRATCH
-    with contextlib.suppress(FileNotFoundError):
-        scratch.unlink()  # a killed edit's
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    stop_point("network:aardvark")
-    try:
-        os.replace(scratch, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            scratch.unlink()
-        raise
+    """``path`` replaced by ``data`` in one step, from a scratch file beside
+    aardvark-dns's directory, registered on a lease first: a killed edit's is
+    removed by the next command's reap."""
+    with _leases.take(root, "aliases") as lease:
+        scratch = _netavark.config_dir(root) / f".aardvark-edit-{lease.id}.tmp"
+        lease.add_path(scratch)
+        try:
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            stop_point("network:aardvark")
+            os.replace(scratch, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                scratch.unlink()
+            raise
+        lease.discard(scratch)
 
 
 def _notify(root: Path) -> None:
