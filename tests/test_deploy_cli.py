@@ -196,6 +196,19 @@ def test_deployment_routes_validate_before_acting(root: Path) -> None:
         assert r.status_code == 400 and "replicas" in r.json()["message"]
         r = c.get("/v1/deployments/nope/status")
         assert r.status_code == 404 and "nope" in r.json()["message"]
+        # Names that could never be a deployment's go nowhere near the store.
+        (root / "deployments" / "x").mkdir(parents=True, exist_ok=True)
+        (root / "victim").mkdir(exist_ok=True)
+        (root / "victim" / "desired.json").write_text("{}")
+        for path in ("/v1/deployments/..%2Fvictim", "/v1/deployments/..%2F..%2Fvictim",
+                     "/v1/deployments/..%2Fvictim/services/a/jobs"):  # fmt: skip
+            r = c.request("DELETE" if path.count("/") == 3 else "GET", path)
+            assert r.status_code == 400, (path, r.text)
+            assert "not a valid deployment name" in r.json()["message"]
+        assert (root / "victim" / "desired.json").exists()
+        r = c.delete("/v1/secrets/..%2Fkey")
+        assert r.status_code == 400 and "invalid secret name" in r.json()["message"]
+        assert c.get("/v1/deployments").json() == []
 
 
 # -- files -------------------------------------------------------------------------------------

@@ -80,6 +80,19 @@ def jsonable(value: Any) -> Any:
     return api.plain(value)
 
 
+def _name(request: Request) -> str:
+    """The path's deployment name, checked as the spec checks it (a name that could
+    never be a deployment's, ``..%2Fx`` say, is refused before the store is asked)."""
+    from lamina.deploy._spec import Problems, check_deployment_name
+
+    name = request.params["name"]
+    problems = Problems()
+    check_deployment_name(name, "", problems)
+    if problems.items:
+        raise HttpError(400, problems.items[0])
+    return name
+
+
 def _spec(request: Request) -> Any:
     from lamina.deploy._model import DeploymentSpec
 
@@ -184,14 +197,14 @@ def _line(value: Any) -> bytes:
 @route("GET", "/v1/deployments/{name}", "Inspect a deployment: its spec and state",
        "deployments", answer=_JSON_OBJECT)  # fmt: skip
 def deployments_inspect(request: Request) -> Response:
-    return json_response(jsonable(_deployments().inspect(request.params["name"])))
+    return json_response(jsonable(_deployments().inspect(_name(request))))
 
 
 @route("GET", "/v1/deployments/{name}/status", "A deployment's status: per service the "
        "desired, ready and running replicas, health, rollout", "deployments",
        answer=_JSON_OBJECT)  # fmt: skip
 def deployments_status(request: Request) -> Response:
-    return json_response(jsonable(_deployments().status(request.params["name"])))
+    return json_response(jsonable(_deployments().status(_name(request))))
 
 
 @route("DELETE", "/v1/deployments/{name}", "Remove a deployment: its replicas, jobs, network "
@@ -199,14 +212,14 @@ def deployments_status(request: Request) -> Response:
        query=(Param("volumes", "boolean", "remove its named volumes too"),),
        answer=_JSON_OBJECT)  # fmt: skip
 def deployments_down(request: Request) -> Response:
-    result = _deployments().down(request.params["name"], volumes=request.flag("volumes"))
+    result = _deployments().down(_name(request), volumes=request.flag("volumes"))
     return json_response(jsonable(result) if result is not None else {})
 
 
 @route("GET", "/v1/deployments/{name}/services", "A deployment's services and their state",
        "deployments", answer=_JSON_LIST)  # fmt: skip
 def services_list(request: Request) -> Response:
-    status = jsonable(_deployments().status(request.params["name"]))
+    status = jsonable(_deployments().status(_name(request)))
     services = status.get("services", []) if isinstance(status, dict) else []
     if isinstance(services, dict):
         services = [{"name": k, **v} for k, v in services.items()]
@@ -216,7 +229,7 @@ def services_list(request: Request) -> Response:
 @route("GET", "/v1/deployments/{name}/services/{service}/replicas",
        "A service's replica containers", "deployments", answer=_JSON_LIST)  # fmt: skip
 def services_replicas(request: Request) -> Response:
-    p = request.params
+    p = {**request.params, "name": _name(request)}
     return json_response(jsonable(_deployments().replicas(p["name"], p["service"])))
 
 
@@ -231,7 +244,7 @@ class ServiceScale(BaseModel):
        "deployments", body=ServiceScale, answer=_JSON_OBJECT)  # fmt: skip
 def services_scale(request: Request) -> Response:
     body = m.parse(ServiceScale, request.json())
-    p = request.params
+    p = {**request.params, "name": _name(request)}
     result = _deployments().scale(p["name"], p["service"], body.replicas)
     return json_response(jsonable(result) if result is not None else {})
 
@@ -240,7 +253,7 @@ def services_scale(request: Request) -> Response:
        "Restart a service's replicas, one by one (a rolling restart)", "deployments",
        answer=_JSON_OBJECT)  # fmt: skip
 def services_restart(request: Request) -> Response:
-    p = request.params
+    p = {**request.params, "name": _name(request)}
     result = _deployments().restart(p["name"], p["service"])
     return json_response(jsonable(result) if result is not None else {})
 
@@ -248,7 +261,7 @@ def services_restart(request: Request) -> Response:
 @route("POST", "/v1/deployments/{name}/services/{service}/jobs", "Start a run of a job",
        "deployments", status=201, answer=_JSON_OBJECT)  # fmt: skip
 def jobs_run(request: Request) -> Response:
-    p = request.params
+    p = {**request.params, "name": _name(request)}
     run = jsonable(_deployments().run_job(p["name"], p["service"]))
     return json_response(run if isinstance(run, dict) else {"container": run}, 201)
 
@@ -256,7 +269,7 @@ def jobs_run(request: Request) -> Response:
 @route("GET", "/v1/deployments/{name}/services/{service}/jobs", "A job's runs (its history)",
        "deployments", answer=_JSON_LIST)  # fmt: skip
 def jobs_list(request: Request) -> Response:
-    p = request.params
+    p = {**request.params, "name": _name(request)}
     return json_response(jsonable(_deployments().jobs(p["name"], p["service"])))
 
 
