@@ -112,6 +112,13 @@ def test_the_roots_daemon_is_started_for_deployment_commands_and_again_after_a_k
     # A third command uses the running one.
     ok(root, "secret", "ls")
     assert daemon_pid(root) == second
+    # --host (LAMINA_HOST): that daemon, and none started when it does not answer.
+    host = f"unix://{root / 'lamina.sock'}"
+    assert ok(root, "--host", host, "deployment", "ls", "-q") == ""
+    elsewhere = root.parent / "elsewhere"
+    r = lamina(elsewhere, "deployment", "ls", env={"LAMINA_HOST": f"unix://{root}/none.sock"})
+    assert r.returncode == 1 and "Cannot connect to the lamina daemon" in error_line(r.stderr)
+    assert not (elsewhere / "daemon.log").exists()
 
 
 def test_commands_starting_the_roots_daemon_at_once_share_one(root: Path) -> None:
@@ -311,6 +318,9 @@ def test_deploy_wait_status_scale_restart_logs_down(root: Path, tmp_path: Path) 
     assert {n: (s["ready"], s["desired"], s["health"]) for n, s in services.items()} == {
         "db": (1, 1, "healthy"), "api": (1, 1, "healthy"), "web": (2, 2, "healthy")}
     assert ok(root, "deployment", "ls").splitlines()[1].split() == ["shop", "3", "4/4", "running"]
+    assert ok(root, "deployment", "ls", "--format", "{{.Name}}:{{.Ready}}") == "shop:4/4\n"
+    assert ok(root, "deployment", "status", "shop", "--format",
+              "{{.state}} {{len .services}}") == "running 3\n"  # fmt: skip
     table = ok(root, "deployment", "status", "shop").splitlines()
     assert table[0] == "deployment shop: running"
     assert [line.split() for line in table[1:]] == [
