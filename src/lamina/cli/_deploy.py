@@ -103,10 +103,6 @@ def _fail(e: InvalidFile) -> None:
     sys.exit(1)
 
 
-def _services(spec: Any) -> Mapping[str, Any]:
-    return dict(spec.services)
-
-
 # -- validate, deploy, down ----------------------------------------------------------------
 
 
@@ -120,7 +116,7 @@ def validate(file: str, profiles: tuple[str, ...]) -> None:
     except InvalidFile as e:
         _fail(e)
         return
-    n = len(_services(spec))
+    n = len(spec.services)
     click.echo(f"{file}: valid ({n} service{'s' if n != 1 else ''})")
 
 
@@ -146,7 +142,7 @@ def deploy(file: str, wait: bool, dry_run: bool, profiles: tuple[str, ...],
     if dry_run:
         _print_plan(api.plan(_model_json(spec)))
         return
-    spec = _built(api, spec, file)
+    spec = _built(api, spec)
     _send_file_secrets(api, spec, Path(file))
     body = _model_json(spec)
     if not wait:
@@ -171,71 +167,38 @@ def _model_json(spec: Any) -> dict[str, Any]:
     return data
 
 
-def _print_plan(plan: Any) -> None:
-    """The daemon's plan, one action a line."""
-    lines = plan.get("lines") if isinstance(plan, dict) else plan
-    if isinstance(lines, list):
-        for line in lines:
-            click.echo(line if isinstance(line, str) else _plan_item(line))
-    elif plan:
-        from lamina.cli._output import print_json
-
-        print_json(plan)
+def _print_plan(plan: Mapping[str, Any]) -> None:
+    """The daemon's plan, one action a line (``create service web: 3 replicas``)."""
+    for line in plan["lines"]:
+        click.echo(line)
 
 
-def _plan_item(item: Any) -> str:
-    if isinstance(item, dict):
-        return " ".join(str(v) for v in item.values() if v not in (None, "", [], {}))
-    return str(item)
-
-
-def _built(api: DeployClient, spec: Any, file: str) -> Any:
-    """Compose services with ``build:`` built by the daemon's builder (tagged
-    ``{deployment}-{service}``); the model then names the built image."""
-    services = _services(spec)
-    todo = {name: s for name, s in services.items() if getattr(s, "build", None) is not None}
+def _built(api: DeployClient, spec: Any) -> Any:
+    """Compose services with ``build:`` built by the daemon's builder, tagged with the
+    service's image name (Compose's ``{project}-{service}`` unless it names one); the
+    service then runs that image, never pulled."""
+    todo = {name: svc for name, svc in spec.services.items() if svc.build is not None}
     if not todo:
         return spec
     from lamina.builder import BuildOptions
     from lamina.cli._build import _progress, _registry_config
 
-    changed = {}
+    built = {}
     for name, svc in todo.items():
-        build = svc.build
-        tag = _image_name(svc) or f"{spec.deployment}-{name}"
-        context = Path(build.context)
-        if not context.is_absolute():
-            context = Path(file).absolute().parent / context
-        opts = BuildOptions(context=context, tags=[tag], build_args=dict(build.args or {}),
-                            target=build.target, registry_config=_registry_config)  # fmt: skip
-        if build.dockerfile:
-            dockerfile = Path(build.dockerfile)
-            opts.dockerfile = dockerfile if dockerfile.is_absolute() else context / dockerfile
+        context = Path(svc.build.context)  # absolute: the parser made it so
+        opts = BuildOptions(context=context, tags=[svc.image.name],
+                            build_args=dict(svc.build.args), target=svc.build.target,
+                            registry_config=_registry_config)  # fmt: skip
+        if svc.build.dockerfile:
+            opts.dockerfile = context / svc.build.dockerfile  # an absolute one stays itself
         reporter = _progress("auto")
         try:
             api.engine.build(opts, reporter)
         finally:
             reporter.close()
-        changed[name] = _with_image(svc, tag)
-    return spec.model_copy(update={"services": {**services, **changed}})
-
-
-def _image_name(svc: Any) -> str | None:
-    image = getattr(svc, "image", None)
-    name = getattr(image, "name", image)
-    return str(name) if name else None
-
-
-def _with_image(svc: Any, tag: str) -> Any:
-    """The service running the image just built (the daemon's, never pulled)."""
-    image = svc.image
-    if image is None or isinstance(image, str):
-        from lamina.deploy._model import ImageSpec
-
-        image = ImageSpec(name=tag, pull_policy="never")
-    else:
-        image = image.model_copy(update={"name": tag, "pull_policy": "never"})
-    return svc.model_copy(update={"image": image, "build": None})
+        image = svc.image.model_copy(update={"pull_policy": "never"})
+        built[name] = svc.model_copy(update={"image": image, "build": None})
+    return spec.model_copy(update={"services": {**spec.services, **built}})
 
 
 def _send_file_secrets(api: DeployClient, spec: Any, file: Path) -> None:
@@ -272,9 +235,8 @@ def down(target: str, volumes: bool) -> None:
         except InvalidFile as e:
             _fail(e)
             return
-    result = client().down(name, volumes=volumes)
-    for line in result.get("lines", []) if isinstance(result, dict) else result or []:
-        click.echo(line)
+    for removed in client().down(name, volumes=volumes):  # what went, one a line
+        click.echo(removed)
 
 
 # -- deployment ls|inspect|status ----------------------------------------------------------
@@ -443,15 +405,6 @@ def service_restart(target: str) -> None:
     click.echo(f"{name}/{svc} restarting")
 
 
-def _replica_name(replica: Any) -> str:
-    if isinstance(replica, str):
-        return replica
-    for key in ("name", "container", "Name", "id"):
-        if replica.get(key):
-            return str(replica[key])
-    raise click.ClickException(f"the daemon sent a replica without a name: {replica}")
-
-
 @service.command("logs")
 @click.argument("target", metavar="DEPLOYMENT/SERVICE")
 @click.option("-f", "--follow", is_flag=True, help="Follow log output.")
@@ -462,7 +415,7 @@ def service_logs(target: str, follow: bool, tail: str, no_prefix: bool) -> None:
     """The logs of a service's replicas, merged, each line after its replica's name."""
     name, svc = _target(target, "service logs")
     api = client()
-    replicas = sorted(_replica_name(r) for r in api.replicas(name, svc))
+    replicas = sorted(r["name"] for r in api.replicas(name, svc))
     print_merged_logs(api, replicas, follow, _tail(tail, "service logs"), not no_prefix)
 
 

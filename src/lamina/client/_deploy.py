@@ -69,8 +69,9 @@ class DeployClient:
         if not ended:
             raise LaminaError("the lamina daemon ended the deploy without a result")
 
-    def down(self, name: str, *, volumes: bool = False) -> Any:
-        return self._json("DELETE", f"/deployments/{segment(name)}", {"volumes": volumes})
+    def down(self, name: str, *, volumes: bool = False) -> list[str]:
+        """Remove the deployment; what was removed (replicas, ``network NAME``, ...)."""
+        return list(self._json("DELETE", f"/deployments/{segment(name)}", {"volumes": volumes}))
 
     def list_deployments(self) -> list[Any]:
         return list(self._json("GET", "/deployments"))

@@ -208,12 +208,11 @@ def deployments_status(request: Request) -> Response:
 
 
 @route("DELETE", "/v1/deployments/{name}", "Remove a deployment: its replicas, jobs, network "
-       "(named volumes too with volumes)", "deployments",
+       "(named volumes too with volumes); what was removed, one a line", "deployments",
        query=(Param("volumes", "boolean", "remove its named volumes too"),),
-       answer=_JSON_OBJECT)  # fmt: skip
+       answer={"type": "array", "items": {"type": "string"}})  # fmt: skip
 def deployments_down(request: Request) -> Response:
-    result = _deployments().down(_name(request), volumes=request.flag("volumes"))
-    return json_response(jsonable(result) if result is not None else {})
+    return json_response(_deployments().down(_name(request), volumes=request.flag("volumes")))
 
 
 @route("GET", "/v1/deployments/{name}/services", "A deployment's services and their state",
