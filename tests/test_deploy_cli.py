@@ -523,3 +523,24 @@ def test_deploy_wait_that_never_gets_ready_is_one_line_and_exit_1(
     # The deployment stays (the daemon keeps trying); down removes it.
     assert ok(root, "deployment", "ls", "-q") == "sick\n"
     ok(root, "down", "sick")
+
+
+def test_a_deploy_wait_killed_midway_leaves_the_deployment_to_the_daemon(
+    root: Path, tmp_path: Path
+) -> None:
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(shop_spec())
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_HOST"}
+    waiting = subprocess.Popen([*CLI, "--root", str(root), "deploy", "--wait", str(spec)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)  # fmt: skip
+    assert waiting.stdout is not None
+    assert waiting.stdout.readline() == "create network shop\n"  # the daemon has it
+    waiting.kill()
+    waiting.wait(10)
+    until(lambda: status_json(root, "shop")["state"] == "running", 60)
+    assert ok(root, "secret", "ls", "-q") == ""  # the daemon serves on
+    ids = set(ok(root, "ps", "-aq", "--no-trunc").split())
+    assert len(ids) == 4
+    ok(root, "down", "shop")
+    assert_clean(root, ids)
