@@ -326,6 +326,9 @@ def test_deploy_wait_status_scale_restart_logs_down(root: Path, tmp_path: Path) 
     assert [line.split() for line in table[1:]] == [
         ["SERVICE", "READY", "HEALTH", "ROLLOUT"], ["api", "1/1", "healthy", "complete"],
         ["db", "1/1", "healthy", "complete"], ["web", "2/2", "healthy", "complete"]]
+    events = ok(root, "events", "--since", "5m", "--until", "0s", "--filter", "type=deployment",
+                "--format", "{{.Action}} {{.Actor.Attributes.name}}")  # fmt: skip
+    assert events.splitlines()[-1] == "create shop", events
     # Dependencies were waited for: db was healthy before api's replica started.
     db = json.loads(ok(root, "inspect", "shop-db-1"))[0]
     api_replica = json.loads(ok(root, "inspect", "shop-api-1"))[0]
