@@ -16,7 +16,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,15 @@ class _Context:
     project: str  # the deployment's name
     ports_left: int = MAX_PORTS  # ports and exposed ports of the file, ranges expanded
 
+    _defined: dict[str, set[str]] = field(default_factory=dict)
+
+    def defined(self, section: str) -> set[str]:
+        """The names a top-level section defines (none if it is not a mapping)."""
+        if section not in self._defined:
+            entries = self.top.get(section)
+            self._defined[section] = set(map(str, entries)) if isinstance(entries, dict) else set()
+        return self._defined[section]
+
     def spend_ports(self, count: int) -> None:
         self.ports_left -= count
         if self.ports_left < 0:
@@ -138,9 +147,10 @@ def parse_compose(
             for name, raw in raw_services.items()
             if not _is_extension(name) and _profile_active(raw, active)
         }
-        services = {}
-        for name, raw in selected.items():
-            services[name] = _convert_service(str(name), raw, ctx, set(map(str, selected)))
+        names = set(map(str, selected))
+        services = {
+            name: _convert_service(str(name), raw, ctx, names) for name, raw in selected.items()
+        }
     elif raw_services is None:
         problems.add("services", "required: a Compose file has at least one service")
     spec = build_spec(top, services, problems)
@@ -399,9 +409,8 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
             for dep in out["depends"]
             if dep["service"] in names or dep.get("required", True)
         ]
-    top = service.ctx.top
     for i, net in enumerate(out.get("networks", [])):
-        if net["name"] != "default" and net["name"] not in _defined(top, "networks"):
+        if net["name"] != "default" and net["name"] not in service.ctx.defined("networks"):
             service.problem(
                 f"networks[{i}]"
                 if isinstance(raw.get("networks"), list)
@@ -409,14 +418,8 @@ def _finish(service: _Service, raw: dict[Any, Any], names: set[str]) -> None:
                 f"undefined network {net['name']!r}",
             )
     for i, volume in enumerate(out.get("storage", [])):
-        if volume.get("type") == "named" and volume["name"] not in _defined(top, "volumes"):
+        if volume.get("type") == "named" and volume["name"] not in service.ctx.defined("volumes"):
             service.problem(f"volumes[{i}]", f"undefined volume {volume['name']!r}")
-
-
-def _defined(top: dict[Any, Any], section: str) -> set[str]:
-    """The names a top-level section defines (none if it is not a mapping)."""
-    entries = top.get(section)
-    return set(map(str, entries)) if isinstance(entries, dict) else set()
 
 
 def _scalar_text(value: Any) -> str:
@@ -992,7 +995,7 @@ def _deploy(s: _Service, value: Any) -> None:
 
 def _limits(s: _Service, key: str, limits: dict[str, Any]) -> None:
     resources = s.out.setdefault("resources", {})
-    for name, field in (
+    for name, model_key in (
         ("cpus", "cpu"),
         ("memory", "memory"),
         ("pids", "pids_limit"),
@@ -1002,12 +1005,12 @@ def _limits(s: _Service, key: str, limits: dict[str, Any]) -> None:
         if name not in limits:
             continue
         try:
-            if field == "memory":
-                resources[field] = _memory(limits[name])
-            elif field == "cpu":
-                resources[field] = float(_string(limits[name]))
+            if model_key == "memory":
+                resources[model_key] = _memory(limits[name])
+            elif model_key == "cpu":
+                resources[model_key] = float(_string(limits[name]))
             else:
-                resources[field] = limits[name]
+                resources[model_key] = limits[name]
         except (_Bad, ValueError) as exc:
             s.problem(
                 f"{key}.{name}" if key else name,
@@ -1081,7 +1084,7 @@ def _secrets(s: _Service, value: Any) -> None:
             s.problem(f"secrets[{i}].source", "required")
             continue
         key = _string(fields["source"])
-        if key not in _defined(s.ctx.top, "secrets"):
+        if key not in s.ctx.defined("secrets"):
             s.problem(f"secrets[{i}]", f"undefined secret {key!r}")
         target = _string(fields.get("target", key))
         entry: dict[str, Any] = {
