@@ -483,12 +483,15 @@ def test_jobs_run_ls_logs_and_inspect_keeps_secret_values_out(root: Path, tmp_pa
     assert_clean(root, ids)
 
 
-def test_service_logs_follow_every_replica(root: Path, tmp_path: Path) -> None:
+def test_service_logs_follow_every_replica_and_their_replacements(
+    root: Path, tmp_path: Path
+) -> None:
     spec = tmp_path / "tick.yaml"
     spec.write_text(f"version: v1\ndeployment: ticks\nservices:\n"
                     f"  tick:\n    image: {{name: {IMAGE_REF}}}\n"
                     f"    scale: {{mode: fixed, replicas: 2}}\n    command: {{args: [sh, -c, "
-                    f"\"trap 'exit 0' TERM; while :; do echo tick; sleep 0.2; done\"]}}\n")
+                    f"\"trap 'exit 0' TERM; while :; do echo tick $(hostname); sleep 0.2; "
+                    f"done\"]}}\n")  # fmt: skip
     ok(root, "deploy", "--wait", "--timeout", "60", str(spec))
     env = {k: v for k, v in os.environ.items() if k != "LAMINA_HOST"}
     follow = subprocess.Popen([*CLI, "--root", str(root), "service", "logs", "-f", "--tail", "0",
@@ -496,14 +499,32 @@ def test_service_logs_follow_every_replica(root: Path, tmp_path: Path) -> None:
                               text=True, env=env)  # fmt: skip
     try:
         assert follow.stdout is not None
+        lines = follow.stdout
+
+        def hosts_until(count: int) -> dict[str, set[str]]:
+            """Each replica's hostnames (its containers) seen, until ``count`` in all."""
+            seen: dict[str, set[str]] = {}
+            while sum(len(v) for v in seen.values()) < count:
+                line = lines.readline()
+                m = re.fullmatch(r"(ticks-tick-\d) \| tick ([0-9a-f]{12})\n", line)
+                assert m, f"only the replicas' lines, prefixed: {line!r}"
+                seen.setdefault(m[1], set()).add(m[2])
+            return seen
+
+        first = hosts_until(2)
+        assert set(first) == {"ticks-tick-1", "ticks-tick-2"}
+        ok(root, "service", "restart", "ticks/tick")  # every replica replaced
+        before = {h for v in first.values() for h in v}
         seen: set[str] = set()
-        while seen != {"ticks-tick-1 | tick", "ticks-tick-2 | tick"}:
-            seen.add(follow.stdout.readline().rstrip("\n"))
-            assert len(seen) <= 2, seen  # only the two replicas' lines, prefixed
+        while len(seen - before) < 2:  # the replacements' lines come through the same command
+            seen |= {h for v in hosts_until(1).values() for h in v}
+        ok(root, "down", "ticks")
+        assert follow.wait(30) == 0  # the deployment went: nothing left to follow
     finally:
-        follow.terminate()
-        follow.wait(10)
-    ok(root, "down", "ticks")
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(10)
+    lamina(root, "down", "ticks")
 
 
 def test_deploy_wait_that_never_gets_ready_is_one_line_and_exit_1(

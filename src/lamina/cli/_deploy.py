@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -412,11 +413,22 @@ def service_restart(target: str) -> None:
               help="Lines to show from the end of each replica's logs.")  # fmt: skip
 @click.option("--no-prefix", is_flag=True, help="Do not print the replica's name before a line.")
 def service_logs(target: str, follow: bool, tail: str, no_prefix: bool) -> None:
-    """The logs of a service's replicas, merged, each line after its replica's name."""
+    """The logs of a service's replicas, merged, each line after its replica's name;
+    with -f, replicas that replace others are followed as they appear."""
+    from lamina.errors import NotFound
+
     name, svc = _target(target, "service logs")
     api = client()
-    replicas = sorted(r["name"] for r in api.replicas(name, svc))
-    print_merged_logs(api, replicas, follow, _tail(tail, "service logs"), not no_prefix)
+
+    def replicas() -> list[str] | None:
+        try:
+            return sorted(r["name"] for r in api.replicas(name, svc))
+        except NotFound:  # the deployment went (down): nothing more to follow
+            return None
+
+    first = sorted(r["name"] for r in api.replicas(name, svc))
+    print_merged_logs(api, first, follow, _tail(tail, "service logs"), not no_prefix,
+                      refresh=replicas if follow else None)  # fmt: skip
 
 
 def _tail(tail: str, command_path: str) -> int | None:
@@ -429,19 +441,28 @@ def _tail(tail: str, command_path: str) -> int | None:
     return None if n < 0 else n
 
 
+_REFRESH = 1.0  # seconds between looks for new replicas while following
+
+
 def print_merged_logs(api: DeployClient, containers: Sequence[str], follow: bool,
-                      tail: int | None, prefix: bool) -> None:  # fmt: skip
+                      tail: int | None, prefix: bool,
+                      refresh: Callable[[], list[str] | None] | None = None) -> None:  # fmt: skip
     """The containers' logs with ``name | `` prefixes (as Compose prints them): in
-    time order, then (``follow``) as they come."""
+    time order, then (``follow``) as they come. ``refresh`` (when following) names the
+    containers to follow now: a name not followed any more (its container was
+    replaced) is followed again from the last line seen of it, a new one from its
+    start; it returns None once there is nothing left to follow."""
     width = max((len(c) for c in containers), default=0)
     out = sys.stdout.buffer
     lock = threading.Lock()
+    last_seen: dict[str, float] = {}
 
     def emit(container: str, entry: Any) -> None:
         head = f"{container.ljust(width)} | ".encode() if prefix else b""
         data = entry.data if entry.data.endswith(b"\n") else entry.data + b"\n"
         with lock:
             out.write(b"".join(head + line for line in data.splitlines(keepends=True)))
+            last_seen[container] = entry.timestamp
             if follow:
                 out.flush()
 
@@ -453,24 +474,49 @@ def print_merged_logs(api: DeployClient, containers: Sequence[str], follow: bool
             emit(c, e)
         out.flush()
         return
-    def relay(container: str) -> None:
-        for entry in _logs(api, container, True, tail):
+
+    def relay(container: str, tail: int | None, since: float | None) -> None:
+        for entry in _logs(api, container, True, tail, since):
             emit(container, entry)
 
-    threads = [threading.Thread(target=relay, args=(c,), daemon=True) for c in containers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+    followers: dict[str, threading.Thread] = {}
+
+    def follow_all(names: Sequence[str], first: bool) -> None:
+        nonlocal width
+        for c in names:
+            if c in followers and followers[c].is_alive():
+                continue
+            with lock:
+                width = max(width, len(c))
+                since = last_seen[c] + 1e-6 if c in last_seen else None
+            t = threading.Thread(target=relay, args=(c, tail if first else None, since),
+                                 daemon=True)  # fmt: skip
+            followers[c] = t
+            t.start()
+
+    follow_all(containers, True)
+    while True:
+        if refresh is None:
+            if not any(t.is_alive() for t in followers.values()):
+                break
+            time.sleep(0.2)
+            continue
+        time.sleep(_REFRESH)
+        names = refresh()
+        if names is None:
+            break
+        follow_all(names, False)
+    for t in followers.values():
+        t.join(5)
     out.flush()
 
 
-def _logs(api: DeployClient, container: str, follow: bool, tail: int | None) -> Iterator[Any]:
+def _logs(api: DeployClient, container: str, follow: bool, tail: int | None,
+          since: float | None = None) -> Iterator[Any]:  # fmt: skip
     from lamina.errors import NotFound
 
     try:
-        yield from api.engine.logs(container, follow=follow, tail=tail)
+        yield from api.engine.logs(container, follow=follow, tail=tail, since=since)
     except NotFound:  # a replica replaced meanwhile: its logs went with it
         return
 
