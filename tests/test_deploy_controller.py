@@ -3,6 +3,7 @@ in dependency order, DNS of ready replicas, scaling, down, dependency timeouts."
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,12 @@ __all__ = ["controller", "deploy_root"]
 
 def _events(root: Path, type: str) -> list[tuple[str, str, dict[str, str]]]:
     return [(e.action, e.actor_id, dict(e.attributes)) for e in read(root) if e.type == type]
+
+
+def _when(root: Path, action: str, container: str) -> int:
+    """When the journal says ``container`` first did ``action`` (ns)."""
+    return next(e.time_nano for e in read(root) if e.type == "container"
+                and e.action == action and e.attributes.get("name") == container)  # fmt: skip
 
 
 def test_three_services_start_in_dependency_order(controller: Controller) -> None:
@@ -196,3 +203,52 @@ def test_adaptive_scale_follows_cpu_load(controller: Controller) -> None:
     scaled = [e.attributes.get("replicas") for e in read(root)
               if e.type == "deployment" and e.action == "scale" and e.actor_id == "as"]  # fmt: skip
     assert scaled[-2:] == ["2", "1"]
+
+
+def test_a_dead_replica_is_replaced_and_a_crash_loop_backs_off(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    d.apply(spec("cl", web=httpd("web", scale={"replicas": 2})))
+    d.wait("cl", timeout=60)
+    first = lamina_ok(root, "inspect", "-f", "{{.Id}}", "cl-web-1").strip()
+    lamina_ok(root, "kill", "cl-web-1")
+
+    def replaced() -> bool:
+        now = lamina_cli(root, "inspect", "-f", "{{.Id}}", "cl-web-1").stdout.strip()
+        return now not in ("", first) and all(r.ready for r in d.replicas("cl", "web"))
+
+    until(replaced, timeout=10)
+    assert [r.name for r in d.replicas("cl", "web")] == ["cl-web-1", "cl-web-2"]
+    assert "cl-web-1 exited with code 137" in d.status("cl").services[0].last_error
+    # a replica that always exits is made again after 0, 0.5, 1, 2 s ... (not in a spin)
+    crash = {"image": {"name": IMAGE_REF, "pull_policy": "never"},
+             "command": {"args": ["sh", "-c", "exit 7"]}}  # fmt: skip
+    d.apply(spec("cl", web=httpd("web", scale={"replicas": 2}), crash=crash))
+
+    def creates() -> list[float]:
+        return [e.time_nano / 1e9 for e in read(root) if e.type == "container"
+                and e.action == "create" and e.attributes.get("name") == "cl-crash-1"]  # fmt: skip
+
+    until(lambda: len(creates()) >= 5, timeout=30)
+    gaps = [b - a for a, b in itertools.pairwise(creates())]
+    assert min(gaps) > 0.1 and gaps[-1] > 1.5 and gaps[-1] > 2 * gaps[0], gaps
+    crashed = d.status("cl").service("crash")
+    assert crashed is not None and crashed.last_error.startswith("cl-crash-1 exited with code 7")
+
+
+def test_a_service_that_runs_to_completion_stays_done(controller: Controller) -> None:
+    """restart_policy no (Compose's ``restart: "no"``): its replica ends and is kept, and
+    ``depends`` on it ``completed`` (Compose's service_completed_successfully) holds."""
+    d, root = controller.d, controller.root
+    migrate = {"image": {"name": IMAGE_REF, "pull_policy": "never"},
+               "command": {"args": ["sh", "-c", "sleep 0.5"]}, "restart_policy": {"kind": "no"},
+               "scale": {"mode": "fixed", "replicas": 1}}  # fmt: skip
+    dep = {"service": "migrate", "condition": "completed", "timeout": "30s"}
+    d.apply(spec("rc", migrate=migrate, web=httpd("web", depends=[dep])))
+    status = d.wait("rc", timeout=60)
+    done = status.service("migrate")
+    assert done is not None and (done.completed, done.ready, done.rollout) == (1, 0, "complete")
+    assert [r.state for r in done.replicas] == ["exited"]
+    creates = [e for e in read(root) if e.type == "container" and e.action == "create"
+               and e.attributes.get("lamina.service") == "migrate"]  # fmt: skip
+    assert len(creates) == 1  # not replaced
+    assert _when(root, "die", "rc-migrate-1") < _when(root, "create", "rc-web-1")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from lamina import _hooks
 from lamina.deploy import _state
-from lamina.deploy._rollout import Decision, Replica, ServiceView, decide
+from lamina.deploy._rollout import Decision, Replica, ServiceView, decide, finished
 from lamina.deploy._state import Desired, Halt
 from lamina.deploy._status import (
     DeploymentStatus,
@@ -50,6 +50,7 @@ LABEL_JOB = "lamina.job"  # a job's run (deploy._jobs)
 LABEL_INIT = "lamina.init"  # an init step's container (deploy._init)
 
 PASS_INTERVAL = 1.0  # a pass at least this often, besides wake-ups
+ACTED_PAUSE = 0.05  # between a pass that acted and the next
 DRAIN = 1.0  # seconds between a replica leaving its service's name and its stop
 NO_CHECK_READY = 1.0  # a replica without a health check is ready once up this long
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # crash loops: doubling delay, capped
@@ -160,6 +161,7 @@ class Deployments:
         self._held.close()
 
     def _run(self) -> None:
+        said = ""
         while not self._closing.is_set():
             self._wake.wait(PASS_INTERVAL)
             self._wake.clear()
@@ -167,9 +169,14 @@ class Deployments:
                 return
             try:
                 if self.converge():
-                    self._wake.set()  # it acted: look again at once
+                    # it acted: look again soon (not at once: an action that fails the
+                    # same way each time must not spin)
+                    self._closing.wait(ACTED_PAUSE)
+                    self._wake.set()
             except Exception as e:  # a pass must never end the thread
-                self.say(f"deployments: {e}")
+                if str(e) != said:  # said once, not every second
+                    said = str(e)
+                    self.say(f"deployments: {e}")
 
     def _watch(self) -> None:
         """Wake the converge thread when a container dies, its health changes or it is
@@ -579,6 +586,8 @@ class Deployments:
                 ready_deadline=_ready_deadline(service),
                 now=time.time(),
                 may_create=go and self._may_create(name, svc, replicas[svc]),
+                restart=_restart_kind(service),
+                gave_up=self._gave_up(name, svc, service),
             )
             decision = decide(view)
             if not decision.empty():
@@ -656,10 +665,19 @@ class Deployments:
             b.stable_since = None
         return now >= b.until
 
+    def _gave_up(self, name: str, svc: str, service: ServiceSpec) -> bool:
+        """``on_failure`` with ``max_attempts``: that many crashes, and no more tries."""
+        policy = service.restart_policy
+        if policy is None or policy.kind != "on_failure" or policy.max_attempts is None:
+            return False
+        return self._backoff.get((name, svc), _Backoff()).crashes >= policy.max_attempts
+
     def _crashed(self, name: str, svc: str, replica: Replica) -> None:
         b = self._backoff.setdefault((name, svc), _Backoff())
         b.crashes += 1
-        b.until = time.monotonic() + min(BACKOFF_FIRST * 2 ** (b.crashes - 1), BACKOFF_MAX)
+        # the first death is replaced at once; a crash loop waits 0.5 s, 1 s, 2 s, ...
+        delay = 0.0 if b.crashes == 1 else BACKOFF_FIRST * 2 ** (b.crashes - 2)
+        b.until = time.monotonic() + min(delay, BACKOFF_MAX)
         why = (
             f"exited with code {replica.exit_code}"
             if replica.exit_code is not None
@@ -674,7 +692,7 @@ class Deployments:
         for replica in d.alias_on:
             if replica not in d.remove:
                 self._set_alias(engine, spec, svc, replica, on=True)
-        leaving = [r for r in d.remove if r in d.alias_off]
+        leaving = d.drain
         self._draining.update(leaving)  # not ready from now on, whatever the engine says
         for replica in d.alias_off:
             self._set_alias(engine, spec, svc, replica, on=False)
@@ -756,8 +774,8 @@ class Deployments:
             if failed:  # a dead replica for the rules: removed, backing off
                 state, output = "failed", failed
             ready = ready and done
-        if not _live_aliases(engine):
-            aliased = ready  # the alias was given at create: nothing to switch
+        if not _live_aliases(engine) or not _networks_of(spec, service):
+            aliased = ready  # given at create, or no network: nothing to switch
         if c.name in self._draining:
             ready = aliased = False
         try:
@@ -1011,7 +1029,10 @@ class Deployments:
                 )
                 for r in mine
             ]
-            ready_new = sum(1 for r in replicas if r.current and r.ready)
+            gave_up = self._gave_up(desired.name, svc, service)
+            kind = _restart_kind(service)
+            completed = sum(1 for r in mine if finished(r, current, kind, gave_up))
+            ready_new = sum(1 for r in replicas if r.current and r.ready) + completed
             old = sum(1 for r in replicas if not r.current)
             has_check = service.health is not None or any(r.health for r in mine)
             status = ServiceStatus(
@@ -1020,6 +1041,7 @@ class Deployments:
                 desired=want,
                 running=sum(1 for r in mine if r.state == "running"),
                 ready=sum(1 for r in replicas if r.ready),
+                completed=completed,
                 health=service_health(replicas, has_check),
                 rollout=rollout_word(ready_new, want, old, halted)
                 if service.rtype == "service"
@@ -1039,7 +1061,8 @@ class Deployments:
             out.state, out.message = "failed", notes.failed
         elif progressing and out.state == "running":
             out.state = "progressing"
-            waiting = [s for s in out.services if s.rollout != "complete" or s.ready < s.desired]
+            waiting = [s for s in out.services
+                       if s.rollout != "complete" or s.ready + s.completed < s.desired]  # fmt: skip
             if waiting:
                 s = waiting[0]
                 out.message = f"{s.name}: {s.ready}/{s.desired} ready"
@@ -1175,6 +1198,12 @@ def _healthcheck(service: ServiceSpec) -> dict[str, Any]:
         "StartInterval": int(min(health.interval, 1.0) * ns) or ns,
         "Retries": health.retries,
     }
+
+
+def _restart_kind(service: ServiceSpec) -> str:
+    """What the service's restart policy says of an ended replica (none: replaced)."""
+    policy = service.restart_policy
+    return "always" if policy is None else policy.kind
 
 
 def _ready_deadline(service: ServiceSpec) -> float:

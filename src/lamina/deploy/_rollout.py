@@ -53,6 +53,19 @@ class ServiceView:
     ready_deadline: float  # seconds from start a new replica has to turn ready
     now: float
     may_create: bool = True  # false while a crash back-off runs or a dependency waits
+    restart: str = "always"  # the service's restart_policy kind (always when it has none)
+    gave_up: bool = False  # on_failure: its max_attempts are used up
+
+
+def finished(r: Replica, spec_hash: str, restart: str, gave_up: bool) -> bool:
+    """A replica of the current spec that ended and stays ended, as its service's
+    restart policy says (``no``; ``on_failure`` after a success or its last attempt):
+    kept, not replaced, and counted as one of the service's replicas."""
+    if r.state in UP or r.state == "failed" or r.spec_hash != spec_hash:
+        return False
+    if restart == "no":
+        return True
+    return restart == "on_failure" and (r.exit_code == 0 or gave_up)
 
 
 @dataclass
@@ -63,6 +76,7 @@ class Decision:
     crashed: list[Replica] = field(default_factory=list)  # removed because they ended
     alias_on: list[str] = field(default_factory=list)
     alias_off: list[str] = field(default_factory=list)
+    drain: list[str] = field(default_factory=list)  # removed while serving: wait before the stop
     halt: str = ""  # one line: why the rollout halted
 
     def empty(self) -> bool:
@@ -107,8 +121,15 @@ def decide(view: ServiceView) -> Decision:
     d = Decision()
     live: list[Replica] = []
     old_exist = any(r.spec_hash != view.spec_hash for r in view.replicas if r.state in UP)
+    done = [r for r in view.replicas
+            if finished(r, view.spec_hash, view.restart, view.gave_up)]  # fmt: skip
+    for r in done:
+        if r.aliased:
+            d.alias_off.append(r.name)
     for r in view.replicas:
         current = r.spec_hash == view.spec_hash
+        if r in done:
+            continue
         if r.state not in UP or r.health == "unhealthy":
             if r.aliased:
                 d.alias_off.append(r.name)
@@ -130,25 +151,35 @@ def decide(view: ServiceView) -> Decision:
             d.alias_on.append(r.name)
         elif not r.ready and r.aliased:
             d.alias_off.append(r.name)
-    new = [r for r in live if r.spec_hash == view.spec_hash]
+    new = [r for r in live if r.spec_hash == view.spec_hash] + done
     old = [r for r in live if r.spec_hash != view.spec_hash]
     if view.halted:
-        new_out = [r for r in new if not r.ready]
+        new_out = [r for r in new if not r.ready and r not in done]
         for r in new_out:
             d.remove.append(r.name)
         extra = len(new) - len(new_out) + len(old) - view.desired
-        if extra > 0:
-            d.remove += [r.name for r in _removal_order(old)[:extra]]
+        for r in _removal_order(old)[: max(extra, 0)]:
+            d.remove.append(r.name)
+            if r.aliased:
+                d.alias_off.append(r.name)
+                d.drain.append(r.name)
         return d
-    used = {r.n for r in view.replicas}
+    # after a crash the next step creates, once the crash's back-off allows it
+    may_create = view.may_create and not d.crashed
+    # the numbers of the replicas removed now are free
+    used = {r.n for r in [*live, *done] if r.name not in d.remove}
     if not old:
-        if len(new) < view.desired and view.may_create:
+        if len(new) < view.desired and may_create:
             d.create = free_numbers(used, view.desired - len(new))
         elif len(new) > view.desired:
-            d.remove += [r.name for r in _removal_order(new)[: len(new) - view.desired]]
+            for r in _removal_order(new)[: len(new) - view.desired]:
+                d.remove.append(r.name)
+                if r.aliased:
+                    d.alias_off.append(r.name)
+                    d.drain.append(r.name)
         return d
     # a rollout: surge 1, unavailable 0
-    pending = [r for r in new if not r.ready]
+    pending = [r for r in new if not r.ready and r not in done]
     if d.halt:
         d.remove += [r.name for r in pending]
         return d
@@ -165,7 +196,8 @@ def decide(view: ServiceView) -> Decision:
         victim = _removal_order(old)[0]
         if victim.aliased:
             d.alias_off.append(victim.name)
+            d.drain.append(victim.name)
         d.remove.append(victim.name)
-    elif len(new) < view.desired and view.may_create:
+    elif len(new) < view.desired and may_create:
         d.create = free_numbers(used, 1)
     return d

@@ -6,7 +6,8 @@ Shape of ``DeploymentStatus.to_json()``::
     {"name": "shop", "state": "running|progressing|halted|failed|removing",
      "message": "one line or empty", "network": "shop", "generation": 3,
      "services": [{"name": "web", "rtype": "service", "desired": 3, "running": 3,
-                   "ready": 3, "health": "healthy|unhealthy|starting|none",
+                   "ready": 3, "completed": 0,
+                   "health": "healthy|unhealthy|starting|none",
                    "rollout": "complete|progressing 1/3|halted: ...",
                    "last_error": "", "notes": [],
                    "replicas": [{"name": "shop-web-1", "n": 1, "state": "running",
@@ -50,6 +51,7 @@ class ServiceStatus:
     health: str
     rollout: str  # complete | progressing n/m | halted: <one line>
     last_error: str = ""
+    completed: int = 0  # replicas that ran to completion and stay so (restart_policy)
     notes: list[str] = field(default_factory=list)
     replicas: list[ReplicaStatus] = field(default_factory=list)
 
