@@ -682,7 +682,8 @@ def test_until_in_the_future_follows_until_then(tmp_path: Path) -> None:
 
 BAD_TIME = "expected an RFC 3339 time, a Unix timestamp or a duration like 10m"
 FILTER_KEYS = "type, event, container, image, label, network, volume, scope"
-TYPES = "builder, config, container, daemon, image, network, node, plugin, secret, service, volume"
+TYPES = ("builder, config, container, daemon, deployment, image, network, node, plugin, secret, "
+         "service, volume")
 
 
 @pytest.mark.parametrize(

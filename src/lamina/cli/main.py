@@ -61,6 +61,14 @@ _COMMANDS: dict[str, str] = {
     "system": "_system:system",
     "events": "_events:events",
     "daemon": "_daemon:daemon",
+    "ingress": "_ingress:ingress",
+    "deploy": "_deploy:deploy",
+    "down": "_deploy:down",
+    "validate": "_deploy:validate",
+    "deployment": "_deploy:deployment",
+    "service": "_deploy:service",
+    "job": "_deploy:job",
+    "secret": "_deploy:secret",
 }
 _ALIASES = {"ls": "images"}
 
@@ -110,6 +118,14 @@ _SUMMARIES = {
     "system": "Manage lamina (df: disk usage, prune: remove unused data)",
     "events": "Get real time events from lamina's commands",
     "daemon": "Serve this root's engine over HTTP (the REST API)",
+    "ingress": "Public endpoints through HAProxy (ls, inspect, cert)",
+    "deploy": "Deploy a file (ZLayer v1 spec or Compose) through the daemon",
+    "down": "Remove a deployment",
+    "validate": "Check a deployment file, every error with its path",
+    "deployment": "Manage deployments (ls, inspect, status)",
+    "service": "Manage a deployment's services (ls, logs, scale, restart)",
+    "job": "Run a deployment's jobs and see their runs (run, ls, logs)",
+    "secret": "Manage secrets (create, ls, rm)",
 }
 
 

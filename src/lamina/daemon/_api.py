@@ -1262,3 +1262,4 @@ def volumes_prune(request: Request) -> Response:
 
 # ``POST /v1/build`` lives in its own module; importing it registers its route.
 from lamina.daemon import _build as _build  # noqa: E402
+from lamina.daemon import _deploy as _deploy  # noqa: E402  (/v1/deployments, /v1/secrets)

@@ -229,7 +229,7 @@ def _who(root: Path) -> str:
 
 def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
                   ready: Callable[[list[str]], None] | None) -> None:  # fmt: skip
-    from lamina.daemon import _api, _boot
+    from lamina.daemon import _api, _boot, _deploy
 
     engines = _api.Engines(root, opts.oci_runtime, insecure_registries=opts.insecure_registries,
                            registries_config=opts.registries_config,
@@ -240,6 +240,7 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
     listeners: list[Listener] = []
     made: list[Path] = []
     try:
+        _deploy.start(root, opts.oci_runtime, say)  # the deployments' converge thread
         docker = None
         if checked.docker_unix or checked.docker_tcp:
             from lamina import dockerapi
@@ -290,5 +291,6 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
                 path.unlink()
         with contextlib.suppress(OSError):
             (root / STATE_FILE).unlink()
+        _deploy.stop()
         _api.API = None
         engines.close()

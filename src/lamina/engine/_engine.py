@@ -903,7 +903,7 @@ class Engine:
         if rec.config.healthcheck:
             from lamina.engine import _health
 
-            if _health.probe_argv(rec.config.healthcheck) is not None:
+            if _health.probe_of(rec.config.healthcheck) is not None:
                 _health.ensure_runner(self.root)  # its checks run from now on
         return rec
 

@@ -74,10 +74,10 @@ _LIVE = "events.log"
 _OLD = "events.log.1"
 _LOCK = "journal.lock"
 
-# Docker's object types (the engine API's EventMessage.Type).
+# Docker's object types (the engine API's EventMessage.Type), and lamina's deployments.
 TYPES = (
-    "builder", "config", "container", "daemon", "image", "network", "node", "plugin",
-    "secret", "service", "volume",
+    "builder", "config", "container", "daemon", "deployment", "image", "network", "node",
+    "plugin", "secret", "service", "volume",
 )  # fmt: skip
 SCOPES = ("local", "swarm")
 FILTER_KEYS = ("type", "event", "container", "image", "label", "network", "volume", "scope")

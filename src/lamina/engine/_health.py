@@ -7,6 +7,15 @@ The check is Docker's HealthConfig, with Docker's keys, in ``ContainerConfig.hea
 ``Retries``; zero or absent means Docker's default (30s, 30s, 0, 5s, 3). ``create``
 merges the run flags' over the image's field by field (``merge``), as dockerd does.
 
+Two kinds of lamina's own need no tool in the image (deployments' ``tcp`` and
+``http`` checks): ``["TCP", "PORT"]``, healthy when a TCP connect to 127.0.0.1:PORT
+succeeds, and ``["HTTP", "URL"]`` or ``["HTTP", "URL", "STATUS"]``, healthy when a GET
+of URL (``http://localhost:8080/healthz``; an IP address or localhost) answers STATUS
+(default 200). They are made from inside the container's network namespace
+(``lamina.network._probe``: a thread that joins it), a VM container's from the host
+to its address on its first bridge network; each result's exit code is 0 or 1, its
+output one line (``connect 127.0.0.1:80: connection refused``, ``HTTP 503``).
+
 State (``Record.extra["health"]``): ``Status``, ``FailingStreak``, ``Log`` (the last
 five results: Start and End in ns, ExitCode, Output cut at 4 KiB) and ``Run``, the
 ``started_at`` of the run it belongs to. A start needs no write: a state of another
@@ -48,6 +57,7 @@ MAX_OUTPUT = 4096  # bytes of a check's output kept, then "..."
 MAX_LOG = 5  # results kept
 
 STARTING, HEALTHY, UNHEALTHY, NONE = "starting", "healthy", "unhealthy", "none"
+TCP, HTTP = "TCP", "HTTP"  # lamina's test kinds besides Docker's CMD, CMD-SHELL, NONE
 STATUSES = (STARTING, HEALTHY, UNHEALTHY, NONE)
 KEY = "health"  # in Record.extra
 _DURATIONS = ("Interval", "Timeout", "StartPeriod", "StartInterval")
@@ -134,7 +144,8 @@ def _flag_duration(value: str | None, flag: str) -> int:
 
 
 def validate(check: dict[str, Any] | None) -> None:
-    """dockerd's rules for a HealthConfig sent to create (the API's, the CLI's)."""
+    """dockerd's rules for a HealthConfig sent to create (the API's, the CLI's), and
+    the shapes of lamina's TCP and HTTP tests."""
     if check is None:
         return
     if not isinstance(check, dict):
@@ -142,6 +153,8 @@ def validate(check: dict[str, Any] | None) -> None:
     test = check.get("Test") or []
     if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
         raise InvalidHealthcheck("Test in Healthcheck must be a list of strings")
+    if test and test[0] in (TCP, HTTP):
+        _network_probe(test)
     for key in _DURATIONS:
         ns = check.get(key) or 0
         if not isinstance(ns, int) or (ns != 0 and ns < MINIMUM_DURATION):
@@ -165,9 +178,50 @@ def merge(user: dict[str, Any] | None, image: dict[str, Any] | None) -> dict[str
     return {k: v for k, v in out.items() if v}
 
 
+@dataclass(frozen=True)
+class ExecProbe:
+    """A command run in the container (CMD, CMD-SHELL)."""
+
+    argv: list[str]
+
+
+@dataclass(frozen=True)
+class TcpProbe:
+    """A TCP connect to 127.0.0.1:``port`` in the container's network namespace."""
+
+    port: int
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    """An HTTP GET of ``url`` in the container's network namespace, healthy when it
+    answers ``expect_status``."""
+
+    url: str
+    expect_status: int = 200
+
+
+Probe = ExecProbe | TcpProbe | HttpProbe
+
+
+def probe_of(check: dict[str, Any] | None) -> Probe | None:
+    """What the check does; None when there is none to run (no check, NONE, an empty,
+    unknown or malformed one)."""
+    argv = probe_argv(check)
+    if argv is not None:
+        return ExecProbe(argv)
+    test = (check or {}).get("Test") or []
+    if len(test) < 2 or test[0] not in (TCP, HTTP):
+        return None
+    try:
+        return _network_probe(test)
+    except InvalidHealthcheck:
+        return None
+
+
 def probe_argv(check: dict[str, Any] | None) -> list[str] | None:
     """What the check runs in the container (CMD as given, CMD-SHELL by ``/bin/sh -c``);
-    None when there is none to run (no check, NONE, an empty or unknown one)."""
+    None when it runs nothing there (no check, NONE, TCP, HTTP, an empty or unknown one)."""
     test = (check or {}).get("Test") or []
     if len(test) < 2:
         return None
@@ -176,6 +230,34 @@ def probe_argv(check: dict[str, Any] | None) -> list[str] | None:
     if test[0] == "CMD-SHELL":
         return ["/bin/sh", "-c", " ".join(str(a) for a in test[1:])]
     return None
+
+
+def _network_probe(test: list[str]) -> TcpProbe | HttpProbe:
+    """A TCP or HTTP test as a probe; InvalidHealthcheck naming what is wrong."""
+    from lamina.network._probe import parse_http_url
+
+    if test[0] == TCP:
+        port = test[1] if len(test) == 2 else ""
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise InvalidHealthcheck(
+                'Healthcheck TCP test must be ["TCP", PORT] with PORT from 1 to 65535, '
+                f"not {test!r}"
+            )
+        return TcpProbe(int(port))
+    if len(test) not in (2, 3):
+        raise InvalidHealthcheck(
+            f'Healthcheck HTTP test must be ["HTTP", URL] or ["HTTP", URL, STATUS], not {test!r}'
+        )
+    try:
+        parse_http_url(test[1])
+    except ValueError as e:
+        raise InvalidHealthcheck(f"Healthcheck HTTP test: {e}") from None
+    status = test[2] if len(test) == 3 else "200"
+    if not (status.isascii() and status.isdigit() and 100 <= int(status) <= 599):
+        raise InvalidHealthcheck(
+            f"Healthcheck HTTP test: expected status {status!r} must be a number from 100 to 599"
+        )
+    return HttpProbe(test[1], int(status))
 
 
 @dataclass(frozen=True)
@@ -294,7 +376,7 @@ def _entry(result: Result) -> dict[str, Any]:
 def state_of(rec: Record) -> dict[str, Any] | None:
     """The health state of ``rec`` now (a copy): None when it has no check to run or was
     never started; ``starting`` (the log kept) while no result of this run is in."""
-    if probe_argv(rec.config.healthcheck) is None or rec.started_at is None:
+    if probe_of(rec.config.healthcheck) is None or rec.started_at is None:
         return None
     stored = rec.extra.get(KEY) or {}
     if stored.get("Run") != rec.started_at:
@@ -336,7 +418,7 @@ def needs_checks(rec: Record | None) -> bool:
     return (
         rec is not None
         and rec.status == Status.RUNNING
-        and probe_argv(rec.config.healthcheck) is not None
+        and probe_of(rec.config.healthcheck) is not None
     )
 
 

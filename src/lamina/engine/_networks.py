@@ -48,7 +48,7 @@ from lamina import _leases
 from lamina._fsutil import atomic_write
 from lamina._hooks import stop_point
 from lamina.errors import InUse, LaminaError, NotFound
-from lamina.network import _db, _ipam, _netavark, _netns, _ports
+from lamina.network import _aardvark, _db, _ipam, _netavark, _netns, _ports
 from lamina.network._model import (
     BRIDGE_NAME_OPTION,
     DEFAULT_NETWORK,
@@ -263,15 +263,13 @@ class Networks:
     def _lease(
         self, db: sqlite3.Connection, cid: str, net: Network, req: NetworkRequest, interface: str
     ) -> Endpoint:
-        if not net.dns and (req.aliases or req.ip or req.ip6):
-            what = (
-                "network-scoped aliases are" if req.aliases else "user specified IP addresses are"
-            )
-            raise _ipam.InvalidNetwork(
-                f"{what} supported only for containers on user-defined networks, not on {net.name}"
+        aliases = _aardvark.check_names(req.aliases)
+        if not net.dns and (aliases or req.ip or req.ip6):
+            raise _user_networks_only(
+                net, "network-scoped aliases are" if aliases else "user specified IP addresses are"
             )
         ep = Endpoint(network=net.name, network_id=net.id, endpoint_id=os.urandom(32).hex(),
-                      interface=interface, aliases=list(req.aliases), dns=net.dns,
+                      interface=interface, aliases=aliases, dns=net.dns,
                       internal=net.internal, requested={"ip": req.ip, "ip6": req.ip6})  # fmt: skip
         taken = _db.taken(db, net.id)
         for subnet in net.subnets:
@@ -582,6 +580,35 @@ class Networks:
             engine._task(rec.isolation).update_network(rec, rec.endpoints)
         self._event("disconnect", net, container=rec.id)
 
+    def set_aliases(self, ctr_ref: str, net_ref: str, aliases: Sequence[str]) -> builtins.list[str]:
+        """Give the container's endpoint on a network exactly ``aliases`` (its name and
+        short ID always resolve besides), in its record (what every later start sets
+        up) and, while it runs, in aardvark-dns at once: a name leaves or joins name
+        resolution without a restart (a deployment's service name, its ready
+        replicas'). Several containers with one alias resolve to all their addresses.
+        Idempotent: the records of a run are brought in line even when the record
+        already says so (an earlier call killed between the two). Returns the aliases
+        as kept (checked, repeats dropped)."""
+        engine = self.engine
+        wanted = _aardvark.check_names(aliases)
+        rec = engine._resolve(ctr_ref)
+        with engine._locked(rec.id, rec.isolation):
+            rec = engine._fresh(rec.id)
+            net = self.get(net_ref)
+            if not any(e["network_id"] == net.id for e in rec.extra.get("endpoints") or []):
+                raise NotFound(f"container {rec.name} is not connected to network {net.name}")
+            if not net.dns and wanted:
+                raise _user_networks_only(net, "network-scoped aliases are")
+            for endpoint in rec.extra["endpoints"]:
+                if endpoint["network_id"] == net.id:
+                    endpoint["aliases"] = list(wanted)
+            engine.store.update(rec.id, extra=rec.extra)
+            stop_point("network:aliases")
+            if net.dns and rec.status in _ACTIVE:
+                names = [rec.name, rec.id[:12], *wanted]
+                _aardvark.set_names(self.root, net.name, rec.id, names)
+        return wanted
+
     def _drop_endpoint(self, rec: Record, net_id: str) -> None:
         with self.engine.store.tx() as db:
             _db.release(db, rec.id, net_id)
@@ -722,6 +749,12 @@ class RunSetup:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _user_networks_only(net: Network, what: str) -> _ipam.InvalidNetwork:
+    return _ipam.InvalidNetwork(
+        f"{what} supported only for containers on user-defined networks, not on {net.name}"
+    )
 
 
 def _new(name: str, subnets: builtins.list[Any]) -> Network:

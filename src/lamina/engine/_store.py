@@ -331,10 +331,11 @@ class ContainerStore:
 
     def health_checked(self) -> builtins.list[str]:
         """IDs of running containers with a health check to run (``engine._health``): a
-        CMD or CMD-SHELL test with a command."""
+        CMD, CMD-SHELL, TCP or HTTP test with its argument."""
         rows = self._all(
             "SELECT id FROM containers WHERE status=? AND "
-            "json_extract(config, '$.healthcheck.Test[0]') IN ('CMD', 'CMD-SHELL') AND "
+            "json_extract(config, '$.healthcheck.Test[0]') IN "
+            "('CMD', 'CMD-SHELL', 'TCP', 'HTTP') AND "
             "json_extract(config, '$.healthcheck.Test[1]') IS NOT NULL",
             (Status.RUNNING.value,),
         )

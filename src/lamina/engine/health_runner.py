@@ -29,6 +29,7 @@ from lamina.engine import _health
 
 if TYPE_CHECKING:
     from lamina.engine._engine import Engine
+    from lamina.runtime._types import Record
 
 _RESCAN = 1.0  # seconds between looks at the store with no event
 _LINGER = 1.0  # seconds with nothing to check before the runner exits
@@ -60,8 +61,8 @@ class Monitor(threading.Thread):
             if not _health.needs_checks(rec) or rec is None or rec.started_at != self.run_at:
                 return
             check = rec.config.healthcheck or {}
-            argv = _health.probe_argv(check)
-            if argv is None:
+            probe = _health.probe_of(check)
+            if probe is None:
                 return
             t = _health.timing(check)
             state = _health.state_of(rec) or {}
@@ -72,8 +73,55 @@ class Monitor(threading.Thread):
             due = base + _health.next_delay(t, base - self.run_at, str(state.get("Status")))
             if self.stop.wait(max(due - time.time(), 0.0)):
                 return
-            result = _probe(engine, self.cid, argv, t)
+            if isinstance(probe, _health.ExecProbe):
+                result = _probe(engine, self.cid, probe.argv, t)
+            else:
+                result = _network_probe(engine, rec, probe, t)
             _health.record(engine, self.cid, self.run_at, result, t)
+
+
+def _network_probe(
+    engine: Engine, rec: Record, probe: _health.TcpProbe | _health.HttpProbe, t: _health.Timing
+) -> _health.Result:
+    """One TCP or HTTP check, from inside the container's network namespace (a VM
+    container's from here, to its address): exit code 0 or 1, one line of output."""
+    import ipaddress
+
+    from lamina.network import _probe as net
+
+    start = time.time_ns()
+    netns, host, why = _probe_site(engine, rec)
+    if why:
+        return _health.Result(start, time.time_ns(), 1, why)
+    if isinstance(probe, _health.TcpProbe):
+        ok, output = net.probe_tcp(netns, host or "127.0.0.1", probe.port, t.timeout)
+    else:
+        if host and not ipaddress.ip_address(net.parse_http_url(probe.url).host).is_loopback:
+            host = ""  # a VM's check of another address: that address, from here
+        ok, output = net.probe_http(netns, probe.url, probe.expect_status, t.timeout, host=host)
+    output = _health.output_text(output.encode(), False)
+    return _health.Result(start, time.time_ns(), 0 if ok else 1, output)
+
+
+def _probe_site(engine: Engine, rec: Record) -> tuple[str | None, str, str]:
+    """Where a network probe of ``rec`` is made: (namespace path or None for this
+    one, the address to connect to or "" for the test's own, why it cannot be made
+    or ""). A process container's namespace is its run's (bridge networks) or its
+    workload's; a VM's workload has its own kernel, reached at its first bridge
+    address from the host (a VM on ``nat`` or ``none`` has none)."""
+    from lamina.engine._networks import bridge_mode, netns_path
+
+    if rec.isolation == "vm":
+        address = next((e.ipv4 or e.ipv6 for e in rec.endpoints if e.ipv4 or e.ipv6), "")
+        if not (bridge_mode(rec.config) and address):
+            why = "a VM container's TCP and HTTP checks need a bridge network, not --network"
+            return None, "", f"{why} {rec.config.network}"
+        return None, address, ""
+    if bridge_mode(rec.config):
+        return str(netns_path(engine.root, rec.id)), "", ""
+    if rec.pid <= 0:
+        return None, "", "the container has no running process"
+    return f"/proc/{rec.pid}/ns/net", "", ""
 
 
 def _probe(engine: Engine, cid: str, argv: list[str], t: _health.Timing) -> _health.Result:

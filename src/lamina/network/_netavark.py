@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +29,9 @@ _NETAVARK = ("/usr/lib/podman/netavark", "/usr/libexec/podman/netavark")
 _AARDVARK = ("/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns")
 _NOISE = ("failed to connect to syslog",)  # aardvark-dns's, on every start
 _HOST_LOCK = Path("/run/lamina/netavark.lock")  # shared by every root (_host_locked)
+_SIOCSIFHWADDR = 0x8924  # ioctl: set a link's hardware address
+_ARPHRD_ETHER = 1
+_NET_ADDR_SET = "3"  # addr_assign_type of an address set by hand
 
 
 class NetworkSetupFailed(LaminaError):
@@ -192,6 +197,25 @@ def _host_locked() -> Iterator[None]:
         os.close(fd)
 
 
+def pin_bridge_address(interface: str) -> None:
+    """Set the bridge's MAC address to the one it has, once: a Linux bridge whose
+    address was never set takes the lowest of its ports' at every port added or
+    removed, and each of its containers then has the gateway at a stale address in
+    its ARP cache (DNS and egress lost for up to half a minute) whenever another
+    container of the network starts or stops. A set address (``addr_assign_type``
+    3) stays. Nothing done where that fails: the kernel's choice stands."""
+    base = Path("/sys/class/net") / interface
+    try:
+        if (base / "addr_assign_type").read_text().strip() == _NET_ADDR_SET:
+            return
+        mac = bytes.fromhex((base / "address").read_text().strip().replace(":", ""))
+        ifreq = struct.pack("16sH14s", interface.encode(), _ARPHRD_ETHER, mac)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock.fileno(), _SIOCSIFHWADDR, ifreq)
+    except (OSError, ValueError, struct.error):
+        return
+
+
 def run(
     root: Path, action: str, netns: Path, opts: dict[str, Any], *, locked: bool = False
 ) -> dict[str, Any]:
@@ -211,6 +235,9 @@ def run(
             # Podman changed a global chain at the same time: once more.
             _run([*argv[:-2], "teardown", argv[-1]], opts)
             proc = _run(argv, opts)
+        if proc.returncode == 0 and action == "setup":
+            for info in opts["network_info"].values():
+                pin_bridge_address(str(info["network_interface"]))
         if proc.returncode == 0:
             v6 = any(":" in ip for n in opts["networks"].values() for ip in n["static_ips"])
             for tool in ("iptables", "ip6tables") if v6 else ("iptables",):

@@ -1,0 +1,168 @@
+"""Desired state of deployments, persisted before anything is acted on.
+
+``<root>/deployments/<name>/desired.json`` (written whole, atomically): the spec as
+the model dumps it, each service's resolved image ID and spec hash, manual scale
+counts, rolling-restart generations, halted rollouts, and ``removing`` (a ``down``
+in progress: a controller that restarts finishes it). ``<root>/deployments/
+controller.lock``: held by the one controller converging the root; whoever holds it
+may remove temporary files an earlier (killed) holder left half written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamina._fsutil import atomic_write
+from lamina.errors import LaminaError, NotFound
+
+DIR = "deployments"
+DESIRED = "desired.json"
+CONTROLLER_LOCK = "controller.lock"
+
+
+@dataclass
+class Halt:
+    spec_hash: str  # the hash whose rollout halted; a new apply clears it
+    message: str
+
+
+@dataclass
+class Desired:
+    """What one deployment should be."""
+
+    name: str
+    spec: dict[str, Any]  # DeploymentSpec.model_dump(mode="json", by_alias=True)
+    images: dict[str, str] = field(default_factory=dict)  # service -> image ID
+    hashes: dict[str, str] = field(default_factory=dict)  # service -> spec hash
+    scale: dict[str, int] = field(default_factory=dict)  # service -> replicas set by ``scale``
+    restarts: dict[str, int] = field(default_factory=dict)  # service -> rolling-restart count
+    halted: dict[str, Halt] = field(default_factory=dict)
+    removing: bool = False
+    volumes: bool = False  # ``down -v`` asked (with ``removing``)
+    generation: int = 1
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Desired:
+        data = dict(data)
+        data["halted"] = {k: Halt(**v) for k, v in (data.get("halted") or {}).items()}
+        return cls(**data)
+
+
+def root_dir(root: Path) -> Path:
+    return Path(root) / DIR
+
+
+def deployment_dir(root: Path, name: str) -> Path:
+    return root_dir(root) / name
+
+
+def save(root: Path, desired: Desired) -> None:
+    """Write ``desired`` whole (atomic: a crash leaves the old file or the new one)."""
+    d = deployment_dir(root, desired.name)
+    d.mkdir(parents=True, exist_ok=True)
+    desired.updated = time.time()
+    data = json.dumps(desired.to_json(), indent=1, sort_keys=True).encode()
+    atomic_write(d / DESIRED, data, mode=0o600)
+
+
+def load(root: Path, name: str) -> Desired:
+    path = deployment_dir(root, name) / DESIRED
+    try:
+        return Desired.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise NotFound(f"no such deployment: {name}") from None
+    except (ValueError, TypeError) as e:
+        raise LaminaError(f"the desired state of deployment {name} is unreadable: {e}") from None
+
+
+def names(root: Path) -> list[str]:
+    """Deployments with a desired state (a directory without one is a killed first
+    apply's: nothing was acted on)."""
+    base = root_dir(root)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / DESIRED).is_file())
+
+
+def remove(root: Path, name: str) -> None:
+    shutil.rmtree(deployment_dir(root, name), ignore_errors=True)
+
+
+def clean_scratch(root: Path) -> None:
+    """What killed writers left (half-written temporary files, the directory of a
+    first apply killed before its file was in place). Only the lock's holder calls it."""
+    base = root_dir(root)
+    if not base.is_dir():
+        return
+    for d in base.iterdir():
+        if not d.is_dir():
+            continue
+        for tmp in [*d.glob(".*.tmp"), *d.glob("init/.*.tmp")]:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if not (d / DESIRED).exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def controller_lock(root: Path) -> Iterator[bool]:
+    """Held by the one controller of ``root`` (True inside when taken)."""
+    base = root_dir(root)
+    base.mkdir(parents=True, exist_ok=True)
+    fd = os.open(base / CONTROLLER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def init_marker(root: Path, name: str, container_id: str) -> Path:
+    """Present once the init steps of replica ``container_id`` have succeeded."""
+    return deployment_dir(root, name) / "init" / container_id
+
+
+def mark_init_done(root: Path, name: str, container_id: str) -> None:
+    marker = init_marker(root, name, container_id)
+    if not marker.parent.parent.is_dir():
+        return  # the deployment was removed meanwhile
+    marker.parent.mkdir(exist_ok=True)
+    atomic_write(marker, b"", mode=0o600)
+
+
+def forget_inits(root: Path, name: str, live: set[str]) -> None:
+    """Markers of replicas that are gone."""
+    d = deployment_dir(root, name) / "init"
+    if d.is_dir():
+        for marker in d.iterdir():
+            if marker.name not in live and not marker.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    marker.unlink()
+
+
+def service_hash(service: dict[str, Any], image_id: str, restarts: int) -> str:
+    """What a replica is made from: the service's spec (less what changes no
+    container: its scale and dependencies), its image and its rolling-restart count."""
+    made_of = {k: v for k, v in service.items() if k not in ("scale", "depends")}
+    text = json.dumps([made_of, image_id, restarts], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
