@@ -1,0 +1,226 @@
+"""Deployments' public endpoints through the ingress, on real containers and a real
+HAProxy: routing by host and path, 404 for unknown hosts, internal endpoints kept
+off the host, a replica turning unhealthy leaving the backend at once, a rolling
+update and ``down`` under a steady client loop with no failed request."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_fixtures import bring_down_and_check, deploy_root, httpd, spec
+from ingress_fixtures import free_port, haproxy_processes
+from leak_check import container_traces
+from runtime_fixtures import lamina_cli, lamina_ok, until
+
+from lamina.deploy import Deployments
+from lamina.deploy._ingress import IngressOptions
+from lamina.ingress import Ingress
+
+__all__ = ["deploy_root"]
+
+
+def site(text: str, **over: Any) -> dict[str, Any]:
+    """busybox httpd on 8080 answering ``text`` and the replica's hostname at /, and
+    at /api/ and /apix/ too (what a route by path sends there)."""
+    write = (
+        f'mkdir -p /www/api /www/apix && echo "{text} $(hostname)" > /www/index.html'
+        " && cp /www/index.html /www/api/ && cp /www/index.html /www/apix/"
+        " && exec httpd -f -p 8080 -h /www"
+    )
+    return httpd(text, command={"args": [write]}, **over)
+
+
+def public(port: int, name: str = "http", **over: Any) -> dict[str, Any]:
+    return {"name": name, "protocol": "http", "port": port, "target_port": 8080,
+            "expose": "public", **over}  # fmt: skip
+
+
+def request(port: int, host: str, path: str = "/", timeout: float = 10.0) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode().strip()
+    finally:
+        conn.close()
+
+
+def answers(port: int, host: str, path: str = "/") -> str:
+    status, body = request(port, host, path)
+    assert status == 200, (status, body)
+    return body
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+class Load:
+    """Requests through the ingress in a loop (a new connection each, as many
+    clients), counting answers by body and failures, until ``stop``."""
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port, self.host = port, host
+        self.bodies: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body = request(self.port, self.host)
+                if status == 200:
+                    self.bodies.append((time.monotonic(), body))
+                else:
+                    self.failures.append(f"status {status}: {body[:100]}")
+            except OSError as e:
+                self.failures.append(f"{type(e).__name__}: {e}")
+
+    def more(self, count: int, timeout: float = 30) -> None:
+        start = len(self.bodies) + len(self.failures)
+        until(lambda: len(self.bodies) + len(self.failures) - start >= count, timeout=timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Controller:
+    """A started ``Deployments`` whose ingress listens on loopback."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.said: list[str] = []
+        self.d = Deployments(root, say=self.said.append,
+                             ingress=IngressOptions(address="127.0.0.1"))  # fmt: skip
+        self.d.start()
+
+
+@pytest.fixture
+def controller(deploy_root: Path) -> Iterator[Controller]:
+    """A controller with an ingress; after the test every deployment is brought
+    down through it (which stops HAProxy), then nothing may be left."""
+    c = Controller(deploy_root)
+    try:
+        yield c
+    finally:
+        ids = container_traces(deploy_root)
+        try:
+            for status in c.d.list():
+                c.d.down(status.name, volumes=True)
+        finally:
+            c.d.close()
+            stray = haproxy_processes(deploy_root)
+            Ingress(deploy_root).close()
+        assert stray == []
+        bring_down_and_check(deploy_root, ids)
+
+
+def ingress_servers(root: Path, key: str) -> dict[str, str]:
+    """Server name -> health (HAProxy's view) of one backend, from ``lamina ingress
+    inspect`` (what a user sees; it reads the root, whoever serves it)."""
+    state = json.loads(lamina_ok(root, "ingress", "inspect"))
+    for backend in state["backends"]:
+        if backend["key"] == key:
+            return {s["name"]: s["health"] for s in backend["servers"]}
+    return {}
+
+
+def test_host_and_path_routing_404_internal_endpoints_and_down(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    port, internal = free_port(), free_port()
+    web = site("web", scale={"replicas": 2},
+               endpoints=[public(port, host="shop.test"),
+                          {"name": "admin", "protocol": "http", "port": internal,
+                           "target_port": 8080, "expose": "internal"}])  # fmt: skip
+    api = site("api", endpoints=[public(port, host="shop.test", path="/api")])
+    d.apply(spec("shop", web=web, api=api))
+    d.wait("shop", timeout=60)
+    until(lambda: ingress_servers(root, "shop-web-http") == {
+        "shop-web-1": "up", "shop-web-2": "up"}, timeout=15)  # fmt: skip
+    until(lambda: ingress_servers(root, "shop-api-http") == {"shop-api-1": "up"}, timeout=15)
+
+    seen = {answers(port, "shop.test") for _ in range(12)}
+    assert len(seen) == 2 and all(b.startswith("web ") for b in seen)  # both replicas
+    assert answers(port, "SHOP.test:80", "/api/").startswith("api ")  # longest path first
+    assert answers(port, "shop.test", "/apix/").startswith("web ")  # a prefix is segments
+    status, body = request(port, "nobody.test")
+    assert status == 404 and "no route" in body
+    assert refused(internal)  # internal: only on the deployment's network
+
+    out = lamina_ok(root, "ingress", "ls", "--format", "json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted((r["Port"], r["Host"], r["Path"], r["Backend"], r["Servers"]) for r in rows) == [
+        (port, "shop.test", "/", "shop-web-http", "2/2"),
+        (port, "shop.test", "/api", "shop-api-http", "1/1")]  # fmt: skip
+
+    d.down("shop")
+    assert refused(port)
+    assert haproxy_processes(root) == []
+    assert json.loads(lamina_ok(root, "ingress", "inspect"))["routes"] == []
+
+
+def test_unhealthy_replica_leaves_the_backend_at_once(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    port = free_port()
+    d.apply(spec("sick", web=site("v1", scale={"replicas": 3}, endpoints=[public(port)])))
+    d.wait("sick", timeout=60)
+    until(lambda: sorted(ingress_servers(root, "sick-web-http").values()) == ["up"] * 3)
+    load = Load(port, "any.test")
+    try:
+        load.more(30)
+        lamina_ok(root, "exec", "sick-web-2", "touch", "/tmp/sick")
+        sick_host = lamina_ok(root, "exec", "sick-web-2", "hostname").strip()
+        made_sick = time.monotonic()
+        until(lambda: ingress_servers(root, "sick-web-http").get("sick-web-2") != "up",
+              timeout=10)  # fmt: skip
+        gone = time.monotonic()
+
+        def late() -> list[str]:  # answered once the server left (less what was in flight)
+            return [b for t, b in load.bodies if t > gone + 0.2]
+
+        until(lambda: len(late()) >= 40, timeout=30)
+    finally:
+        load.stop()
+    # a check every 0.3 s, then the next converge pass (at most a second)
+    assert gone - made_sick < 2.5, gone - made_sick
+    assert load.failures == []
+    assert not [b for b in late() if b.endswith(sick_host)]
+    assert {b.split()[1] for b in late()} - {sick_host}  # the others serve on
+
+
+def test_rolling_update_through_the_ingress_fails_no_request(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    port = free_port()
+    d.apply(spec("roll", web=site("v1", endpoints=[public(port)])))
+    d.wait("roll", timeout=60)
+    until(lambda: ingress_servers(root, "roll-web-http") == {"roll-web-1": "up"}, timeout=15)
+    load = Load(port, "any.test")
+    try:
+        load.more(30)
+        d.apply(spec("roll", web=site("v2", endpoints=[public(port)])))
+
+        def rolled() -> bool:
+            s = d.status("roll").services[0]
+            return s.rollout == "complete" and [r.current for r in s.replicas] == [True]
+
+        until(rolled, timeout=60)
+        until(lambda: [b for _, b in load.bodies[-20:]] and all(
+            b.startswith("v2 ") for _, b in load.bodies[-20:]), timeout=15)  # fmt: skip
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert {b.split()[0] for _, b in load.bodies} == {"v1", "v2"}
+    assert list(ingress_servers(root, "roll-web-http")) == ["roll-web-2"]
