@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_fixtures import Daemon
 from deploy_fixtures import bring_down_and_check, deploy_root, httpd, spec
 from ingress_fixtures import free_port, haproxy_processes
 from leak_check import container_traces
-from runtime_fixtures import lamina_cli, lamina_ok, until
+from runtime_fixtures import cli_image_root, lamina_cli, lamina_ok, remove_all_containers, until
 
 from lamina.deploy import Deployments
 from lamina.deploy._ingress import IngressOptions
@@ -223,4 +224,61 @@ def test_rolling_update_through_the_ingress_fails_no_request(controller: Control
         load.stop()
     assert load.failures == []
     assert {b.split()[0] for _, b in load.bodies} == {"v1", "v2"}
-    assert list(ingress_servers(root, "roll-web-http")) == ["roll-web-2"]
+    until(lambda: list(ingress_servers(root, "roll-web-http")) == ["roll-web-2"], timeout=10)
+
+
+def test_deployments_without_public_endpoints_start_no_haproxy(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    port = free_port()
+    internal = {"name": "http", "protocol": "http", "port": port, "target_port": 8080}
+    d.apply(spec("quiet", web=site("v1", endpoints=[internal])))
+    d.wait("quiet", timeout=60)
+    d.converge()  # a whole pass, and its sync, after the replica is ready
+    assert haproxy_processes(root) == [] and not (root / "ingress" / "applied.json").exists()
+    assert refused(port)
+
+
+def test_the_ingress_outlives_the_daemon_which_adopts_it_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = cli_image_root(tmp_path_factory, "deploy-ingress-daemon")
+    port = free_port()
+    data = {
+        "version": "v1",
+        "deployment": "site",
+        "services": {"web": site("v1", scale={"replicas": 2}, endpoints=[public(port)])},
+    }
+    spec_file = root.parent / "site.yaml"
+    spec_file.write_text(json.dumps(data))  # JSON is YAML
+    flags = ("--ingress-address", "127.0.0.1")
+    daemon = Daemon(root, *flags)
+    try:
+        lamina_ok(root, "deploy", str(spec_file), "--wait")
+        until(lambda: sorted(ingress_servers(root, "site-web-http").values()) == ["up", "up"])
+        haproxy = Ingress(root).running()
+        assert haproxy is not None
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # keep-alive
+        kept.request("GET", "/", headers={"Host": "a.test"})
+        assert kept.getresponse().read().startswith(b"v1 ")
+        assert daemon.stop() == 0
+        assert "HAProxy serves public endpoints on 127.0.0.1" in daemon.output()
+        assert Ingress(root).running() == haproxy
+        assert answers(port, "a.test").startswith("v1 ")
+        kept.request("GET", "/", headers={"Host": "a.test"})  # the same connection
+        assert kept.getresponse().read().startswith(b"v1 ")
+        daemon = Daemon(root, *flags)
+        assert answers(port, "a.test").startswith("v1 ")
+        lamina_ok(root, "deployment", "status", "site")  # a pass of the new controller
+        assert Ingress(root).running() == haproxy  # adopted, not started again
+        kept.request("GET", "/", headers={"Host": "a.test"})
+        assert kept.getresponse().read().startswith(b"v1 ")
+        kept.close()
+        lamina_ok(root, "down", "site")
+        assert refused(port) and haproxy_processes(root) == []
+    finally:
+        if daemon.proc.poll() is None:
+            lamina_cli(root, "down", "site")
+            daemon.stop()
+        Ingress(root).close()
+        remove_all_containers(root)
+        lamina_cli(root, "network", "prune", "-f")
