@@ -70,13 +70,14 @@ class Load:
     """Requests through the ingress in a loop (a new connection each, as many
     clients), counting answers by body and failures, until ``stop``."""
 
-    def __init__(self, port: int, host: str) -> None:
+    def __init__(self, port: int, host: str, threads: int = 1) -> None:
         self.port, self.host = port, host
         self.bodies: list[tuple[float, str]] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -95,7 +96,8 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        for t in self._threads:
+            t.join()
 
 
 class Controller:
@@ -137,6 +139,20 @@ def ingress_servers(root: Path, key: str) -> dict[str, str]:
         if backend["key"] == key:
             return {s["name"]: s["health"] for s in backend["servers"]}
     return {}
+
+
+def retries(root: Path, key: str) -> int:
+    """Requests HAProxy retried or redispatched in one backend: each one was sent to a
+    replica that did not answer it (a stopping one, say)."""
+    from lamina.ingress._runtime import command
+
+    lines = command(root / "ingress" / "admin.sock", "show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == f"be_{key}" and row.get("svname") == "BACKEND":
+            return int(row["wretr"] or 0) + int(row["wredis"] or 0)
+    raise AssertionError(f"no backend {key}")
 
 
 def test_host_and_path_routing_404_internal_endpoints_and_down(controller: Controller) -> None:
@@ -198,33 +214,38 @@ def test_unhealthy_replica_leaves_the_backend_at_once(controller: Controller) ->
     # a check every 0.3 s, then the next converge pass (at most a second)
     assert gone - made_sick < 2.5, gone - made_sick
     assert load.failures == []
+    assert retries(root, "sick-web-http") == 0
     assert not [b for b in late() if b.endswith(sick_host)]
     assert {b.split()[1] for b in late()} - {sick_host}  # the others serve on
 
 
-def test_rolling_update_through_the_ingress_fails_no_request(controller: Controller) -> None:
+def test_rolling_updates_through_the_ingress_fail_no_request(controller: Controller) -> None:
+    """One replica replaced by a new one, three times, under clients in a loop: the new
+    one is in the backend before the old one leaves it, which is before its stop."""
     d, root = controller.d, controller.root
     port = free_port()
     d.apply(spec("roll", web=site("v1", endpoints=[public(port)])))
     d.wait("roll", timeout=60)
     until(lambda: ingress_servers(root, "roll-web-http") == {"roll-web-1": "up"}, timeout=15)
-    load = Load(port, "any.test")
+    load = Load(port, "any.test", threads=3)
     try:
         load.more(30)
-        d.apply(spec("roll", web=site("v2", endpoints=[public(port)])))
+        for version in ("v2", "v3", "v4"):
+            d.apply(spec("roll", web=site(version, endpoints=[public(port)])))
 
-        def rolled() -> bool:
-            s = d.status("roll").services[0]
-            return s.rollout == "complete" and [r.current for r in s.replicas] == [True]
+            def rolled(version: str = version) -> bool:
+                s = d.status("roll").services[0]
+                return s.rollout == "complete" and [r.current for r in s.replicas] == [True]
 
-        until(rolled, timeout=60)
-        until(lambda: [b for _, b in load.bodies[-20:]] and all(
-            b.startswith("v2 ") for _, b in load.bodies[-20:]), timeout=15)  # fmt: skip
+            until(rolled, timeout=60)
+            until(lambda v=version: len(load.bodies) > 20 and all(
+                b.startswith(f"{v} ") for _, b in load.bodies[-20:]), timeout=15)  # fmt: skip
     finally:
         load.stop()
     assert load.failures == []
-    assert {b.split()[0] for _, b in load.bodies} == {"v1", "v2"}
-    until(lambda: list(ingress_servers(root, "roll-web-http")) == ["roll-web-2"], timeout=10)
+    assert retries(root, "roll-web-http") == 0  # no old replica got a request once stopping
+    assert {b.split()[0] for _, b in load.bodies} == {"v1", "v2", "v3", "v4"}
+    until(lambda: len(ingress_servers(root, "roll-web-http")) == 1, timeout=10)
 
 
 def test_deployments_without_public_endpoints_start_no_haproxy(controller: Controller) -> None:
