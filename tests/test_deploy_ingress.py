@@ -303,3 +303,20 @@ def test_the_ingress_outlives_the_daemon_which_adopts_it_again(
         Ingress(root).close()
         remove_all_containers(root)
         lamina_cli(root, "network", "prune", "-f")
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (("--ingress-address", "nope"), "'--ingress-address': not an IP address: 'nope'"),
+        (("--acme-directory", "ftp://ca"), "'--acme-directory': not an http(s) URL"),
+        (("--acme-ca-bundle", "/nonexistent.pem"), "'--acme-ca-bundle': File"),
+    ],
+)
+def test_bad_ingress_flags_of_the_daemon_in_one_line(
+    tmp_path: Path, flags: tuple[str, str], said: str
+) -> None:
+    r = lamina_cli(tmp_path / "root", "daemon", *flags)
+    assert r.returncode == 125 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and said in r.stderr and r.stderr.startswith("lamina: error:")
+    assert not (tmp_path / "root").exists()

@@ -60,17 +60,20 @@ SYSTEM_ROOT = "/var/lib/lamina"  # its daemon listens on /run/lamina/lamina.sock
     default="0.0.0.0",
     metavar="ADDR",
     help="Where deployments' public endpoints listen (default: all IPv4 addresses).",
+    callback=lambda _ctx, _param, value: _ip_address(value),
 )
 @click.option(
     "--acme-directory",
     default=None,
     metavar="URL",
     help="An ACME directory: https endpoints' hosts get certificates from it (HTTP-01).",
+    callback=lambda _ctx, _param, value: _directory_url(value),
 )
 @click.option("--acme-email", default="", metavar="ADDR", help="The ACME account's contact.")
 @click.option(
     "--acme-ca-bundle",
     default=None,
+    type=click.Path(exists=True, dir_okay=False),
     metavar="FILE",
     help="CAs trusted for the ACME directory's own TLS (default: the system's).",
 )
@@ -114,3 +117,18 @@ def daemon(
         acme_ca_bundle=acme_ca_bundle,
     )
     serve(options)
+
+
+def _ip_address(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise click.BadParameter(f"not an IP address: {value!r}") from None
+
+
+def _directory_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise click.BadParameter(f"not an http(s) URL: {value!r}")
+    return value
