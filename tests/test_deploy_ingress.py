@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -20,12 +21,13 @@ from deploy_fixtures import bring_down_and_check, deploy_root, httpd, spec
 from ingress_fixtures import free_port, haproxy_processes
 from leak_check import container_traces
 from runtime_fixtures import cli_image_root, lamina_cli, lamina_ok, remove_all_containers, until
+from test_ingress_tls import _no_hostname, https_get, pebble
 
 from lamina.deploy import Deployments
 from lamina.deploy._ingress import IngressOptions
 from lamina.ingress import Ingress
 
-__all__ = ["deploy_root"]
+__all__ = ["deploy_root", "pebble"]
 
 
 def site(text: str, **over: Any) -> dict[str, Any]:
@@ -246,6 +248,47 @@ def test_rolling_updates_through_the_ingress_fail_no_request(controller: Control
     assert retries(root, "roll-web-http") == 0  # no old replica got a request once stopping
     assert {b.split()[0] for _, b in load.bodies} == {"v1", "v2", "v3", "v4"}
     until(lambda: len(ingress_servers(root, "roll-web-http")) == 1, timeout=10)
+
+
+def test_https_endpoints_get_certificates_from_acme(
+    deploy_root: Path, pebble: tuple[str, Path, int], tmp_path: Path
+) -> None:
+    """With an ACME directory (Debian's pebble on loopback), an https endpoint's host
+    gets a certificate by HTTP-01 through the deployment's plain http endpoint."""
+    directory, pebble_ca, http_port = pebble
+    tls = free_port()
+    options = IngressOptions("127.0.0.1", directory, "ops@shop.test", str(pebble_ca))
+    d = Deployments(deploy_root, say=print, ingress=options)
+    d.start()
+    try:
+        endpoints = [public(http_port), public(tls, "https", protocol="https", host="shop.test")]
+        d.apply(spec("tls", web=site("v1", endpoints=endpoints)))
+        d.wait("tls", timeout=60)
+        certs = Ingress(deploy_root).certs
+        until(lambda: [(c.host, c.acme) for c in certs.list()] == [("shop.test", True)], 60)
+        mgmt = json.loads((tmp_path / "pebble.json").read_text())["pebble"]
+        host, port = mgmt["managementListenAddress"].split(":")
+        context = _no_hostname(ssl.create_default_context(cafile=str(pebble_ca)))
+        conn = http.client.HTTPSConnection(host, int(port), context=context)
+        conn.request("GET", "/roots/0")
+        (tmp_path / "pebble-root.pem").write_bytes(conn.getresponse().read())
+        conn.close()
+
+        def served() -> bool:  # once HAProxy reloaded with it
+            try:
+                status, _, body = https_get(tls, "shop.test", tmp_path / "pebble-root.pem")
+            except ssl.SSLCertVerificationError:
+                return False
+            return status == 200 and body.startswith("v1 ")
+
+        until(served, timeout=15)
+    finally:
+        ids = container_traces(deploy_root)
+        for status_ in d.list():
+            d.down(status_.name)
+        d.close()
+        Ingress(deploy_root).close()
+        bring_down_and_check(deploy_root, ids)
 
 
 def test_deployments_without_public_endpoints_start_no_haproxy(controller: Controller) -> None:
