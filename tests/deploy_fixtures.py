@@ -67,12 +67,22 @@ def get(address: str, port: int = PORT, timeout: float = 5.0) -> str:
         return str(r.read().decode().strip())
 
 
+SEEN: dict[Path, set[str]] = {}  # per root: the containers its tests made
+
+
 @pytest.fixture(scope="module")
 def deploy_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A root with the busybox image; at the module's end, after every test brought its
+    deployments down, nothing of any of them may be left (``assert_clean``: mounts,
+    cgroups, processes, network namespaces, bridges, rules, leases)."""
     root = cli_image_root(tmp_path_factory, "deploy")
+    SEEN[root] = set()
     yield root
-    remove_all_containers(root)
-    lamina_cli(root, "network", "prune", "-f")
+    try:
+        assert_clean(root, SEEN.pop(root) | container_traces(root))
+    finally:
+        remove_all_containers(root)
+        lamina_cli(root, "network", "prune", "-f")
 
 
 class Controller:
@@ -88,9 +98,11 @@ class Controller:
         self.d.close()
 
 
-def bring_down_and_check(root: Path, ids: set[str]) -> None:
-    """Every deployment of ``root`` brought down by a new controller; nothing of them
-    may be left (containers, mounts, networks, leases, processes, desired state)."""
+def bring_down_and_check(root: Path, ids: set[str], *, full: bool = False) -> None:
+    """Every deployment of ``root`` brought down by a new controller: no container, no
+    network of theirs, no desired state left; with ``full`` (else at the module's end)
+    nothing at all (``assert_clean``)."""
+    SEEN.setdefault(root, set()).update(ids)
     c = Controller(root)
     try:
         for status in c.d.list():
@@ -98,8 +110,11 @@ def bring_down_and_check(root: Path, ids: set[str]) -> None:
     finally:
         c.close()
     assert lamina_cli(root, "ps", "-a", "-q").stdout.split() == []
-    assert_clean(root, ids | container_traces(root))
     assert list((root / "deployments").glob("*/")) == []
+    nets = lamina_cli(root, "network", "ls", "--filter", "label=lamina.deployment", "-q")
+    assert nets.stdout.split() == []
+    if full:
+        assert_clean(root, ids | container_traces(root))
 
 
 @pytest.fixture

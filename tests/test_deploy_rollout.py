@@ -9,7 +9,7 @@ import time
 
 import pytest
 from deploy_fixtures import Controller, controller, deploy_root, get, httpd, spec
-from runtime_fixtures import until
+from runtime_fixtures import IMAGE_REF, lamina_ok, until
 
 from lamina.deploy import DeploymentFailed
 from lamina.engine._events import read
@@ -52,17 +52,17 @@ class Load:
 
 def test_rolling_update_under_load_fails_no_request(controller: Controller) -> None:
     d, root = controller.d, controller.root
-    d.apply(spec("ru", web=httpd("v1", scale={"replicas": 3})))
-    before = {r.name: r.spec_hash for r in d.wait("ru", timeout=90).services[0].replicas}
-    load = Load(controller, "ru", "web")
+    d.apply(spec("rud", web=httpd("v1", scale={"replicas": 3})))
+    before = {r.name: r.spec_hash for r in d.wait("rud", timeout=90).services[0].replicas}
+    load = Load(controller, "rud", "web")
     try:
         until(lambda: load.ok > 20, timeout=30)
-        plan = d.apply(spec("ru", web=httpd("v2", scale={"replicas": 3})))
-        assert plan.lines == ["unchanged network ru", "replace (rolling) service web: 3 replicas"]
+        plan = d.apply(spec("rud", web=httpd("v2", scale={"replicas": 3})))
+        assert plan.lines == ["unchanged network rud", "replace (rolling) service web: 3 replicas"]
         seen: set[int] = set()
 
         def rolled() -> bool:
-            s = d.status("ru").services[0]
+            s = d.status("rud").services[0]
             seen.add(len(s.replicas))
             return s.rollout == "complete" and all(r.current for r in s.replicas)
 
@@ -72,7 +72,7 @@ def test_rolling_update_under_load_fails_no_request(controller: Controller) -> N
         load.stop()
     assert load.failed == [] and load.ok > 100
     assert max(seen) <= 4  # surge 1
-    after = d.status("ru").services[0].replicas
+    after = d.status("rud").services[0].replicas
     assert len(after) == 3 and all(r.ready for r in after)
     assert not set(before.values()) & {r.spec_hash for r in after}
     assert {get(r.address) for r in after} == {"v2"}
@@ -126,9 +126,28 @@ def test_a_never_healthy_new_replica_halts_at_its_deadline(controller: Controlle
 
 def test_rolling_restart_replaces_every_replica(controller: Controller) -> None:
     d = controller.d
-    d.apply(spec("rr", web=httpd("v1", scale={"replicas": 2})))
-    first = {r.address: r.spec_hash for r in d.wait("rr", timeout=60).services[0].replicas}
-    d.restart("rr", "web")
-    after = d.wait("rr", timeout=90).services[0].replicas
+    d.apply(spec("rrs", web=httpd("v1", scale={"replicas": 2})))
+    first = {r.address: r.spec_hash for r in d.wait("rrs", timeout=60).services[0].replicas}
+    d.restart("rrs", "web")
+    after = d.wait("rrs", timeout=90).services[0].replicas
     assert len(after) == 2 and not {r.spec_hash for r in after} & set(first.values())
     assert {get(r.address) for r in after} == {"v1"}
+
+
+def test_a_new_image_under_the_same_name_rolls_out(controller: Controller) -> None:
+    d, root = controller.d, controller.root
+    lamina_ok(root, "tag", IMAGE_REF, "example.com/test/app:1")
+    app = httpd("v1", scale={"replicas": 2}, image={"name": "example.com/test/app:1"})
+    d.apply(spec("img", web=app))
+    d.wait("img", timeout=60)
+    old_image = lamina_ok(root, "inspect", "-f", "{{.Image}}", "img-web-1").strip()
+    # the tag moves to another image (what a pull of a new digest does)
+    lamina_ok(root, "run", "--name", "img-build", IMAGE_REF, "touch", "/new")
+    lamina_ok(root, "commit", "img-build", "example.com/test/app:1")
+    lamina_ok(root, "rm", "img-build")
+    plan = d.apply(spec("img", web=app))
+    assert "replace (rolling) service web: 2 replicas" in plan.lines
+    web = d.wait("img", timeout=90).services[0].replicas
+    images = {lamina_ok(root, "inspect", "-f", "{{.Image}}", r.name).strip() for r in web}
+    assert len(web) == 2 and len(images) == 1 and old_image not in images
+    assert lamina_ok(root, "exec", web[0].name, "ls", "/new").strip() == "/new"

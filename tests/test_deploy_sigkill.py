@@ -57,11 +57,21 @@ def names(root: Path) -> list[str]:
 @pytest.fixture
 def root(deploy_root: Path) -> Iterator[Path]:
     yield deploy_root
-    bring_down_and_check(deploy_root, container_traces(deploy_root))
+    bring_down_and_check(deploy_root, container_traces(deploy_root), full=True)
 
 
 def _shop(text: str) -> DeploymentSpec:
-    return spec("kd", web=httpd(text, scale={"replicas": 2}), db=httpd("db"))
+    return spec("kdp", web=httpd(text, scale={"replicas": 2}), db=httpd("db"))
+
+
+def _deployed(root: Path) -> None:
+    """``_shop("v1")`` deployed by a controller that is then closed."""
+    c = Controller(root)
+    try:
+        c.d.apply(_shop("v1"))
+        c.d.wait("kdp", timeout=90)
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("point", ["deploy:applied", "deploy:created"])
@@ -72,28 +82,23 @@ def test_killed_mid_deploy(root: Path, point: str) -> None:
         assert len(names(root)) == 1
     c = Controller(root)
     try:
-        status = c.d.wait("kd", timeout=90)
+        status = c.d.wait("kdp", timeout=90)
     finally:
         c.close()
-    assert names(root) == ["kd-db-1", "kd-web-1", "kd-web-2"]
+    assert names(root) == ["kdp-db-1", "kdp-web-1", "kdp-web-2"]
     assert all(r.ready for s in status.services for r in s.replicas)
 
 
 @pytest.mark.parametrize("point", ["deploy:created", "deploy:removing"])
 def test_killed_mid_rollout(root: Path, point: str) -> None:
-    c = Controller(root)
-    try:
-        c.d.apply(_shop("v1"))
-        c.d.wait("kd", timeout=90)
-    finally:
-        c.close()
+    _deployed(root)
     proc = stopped_controller(root, point, "apply", _shop("v2").model_dump_json())
     kill(proc)
     if point == "deploy:created":
-        assert "kd-web-3" in names(root)  # the surge replica, created, not started
+        assert "kdp-web-3" in names(root)  # the surge replica, created, not started
     c = Controller(root)
     try:
-        status = c.d.wait("kd", timeout=120)
+        status = c.d.wait("kdp", timeout=120)
     finally:
         c.close()
     web = status.service("web")
@@ -104,20 +109,15 @@ def test_killed_mid_rollout(root: Path, point: str) -> None:
 
 
 def test_killed_mid_down(root: Path) -> None:
-    c = Controller(root)
-    try:
-        c.d.apply(_shop("v1"))
-        c.d.wait("kd", timeout=90)
-    finally:
-        c.close()
-    proc = stopped_controller(root, "deploy:removed", "down", "kd")
+    _deployed(root)
+    proc = stopped_controller(root, "deploy:removed", "down", "kdp")
     kill(proc)
     assert len(names(root)) < 3  # one removed at least; the network, the state not yet
-    assert (root / "deployments" / "kd").is_dir()
+    assert (root / "deployments" / "kdp").is_dir()
     c = Controller(root)
     try:
         until(lambda: c.d.list() == [], timeout=60)
     finally:
         c.close()
     assert names(root) == []
-    assert "kd" not in lamina_ok(root, "network", "ls", "--format", "{{.Name}}").split()
+    assert "kdp" not in lamina_ok(root, "network", "ls", "--format", "{{.Name}}").split()

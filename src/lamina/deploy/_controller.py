@@ -37,7 +37,7 @@ from lamina.deploy._status import (
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 
 if TYPE_CHECKING:
-    from lamina.deploy._autoscale import Sampler
+    from lamina.deploy._autoscale import Autoscaler
     from lamina.deploy._ingress import IngressOptions
     from lamina.deploy._jobs import JobRun
     from lamina.deploy._model import DeploymentSpec, ServiceSpec
@@ -47,8 +47,6 @@ LABEL_DEPLOYMENT = "lamina.deployment"
 LABEL_SERVICE = "lamina.service"
 LABEL_REPLICA = "lamina.replica"
 LABEL_HASH = "lamina.spec-hash"
-LABEL_JOB = "lamina.job"  # a job's run (deploy._jobs)
-LABEL_INIT = "lamina.init"  # an init step's container (deploy._init)
 
 PASS_INTERVAL = 1.0  # a pass at least this often, besides wake-ups
 ACTED_PAUSE = 0.05  # between a pass that acted and the next
@@ -131,10 +129,10 @@ class Deployments:
         self._backoff: dict[tuple[str, str], _Backoff] = {}
         self._waiting: dict[tuple[str, str, str], float] = {}  # dependency clocks
         self._notes: dict[str, _Notes] = {}
-        self._samplers: dict[tuple[str, str], Sampler] = {}
-        self._scaled_at: dict[tuple[str, str], float] = {}
+        self._autoscaler: Autoscaler | None = None
         self._draining: set[str] = set()  # replicas out of their service's name, to be removed
-        self._inits: dict[str, str] = {}  # container ID -> running | failed: why
+        # (deployment, container ID) -> running | failed: why
+        self._inits: dict[tuple[str, str], str] = {}
         self._ingress = IngressSync(self.root, ingress, say)  # public endpoints (HAProxy)
 
     # -- the converge thread --------------------------------------------------------------
@@ -235,6 +233,7 @@ class Deployments:
     # -- desired state --------------------------------------------------------------------
     def plan(self, spec: DeploymentSpec) -> Plan:
         """What ``apply(spec)`` would do."""
+        _validate(spec)
         with self._engine() as engine:
             images = self._images(engine, spec, pull=False)
             try:
@@ -250,6 +249,7 @@ class Deployments:
         Returns what it is going to do."""
         from lamina.engine._events import emit
 
+        _validate(spec)
         self._check_secrets(spec)
         with self._engine() as engine:
             images = self._images(engine, spec, pull=True)
@@ -450,6 +450,8 @@ class Deployments:
                     removed.append(f"volume {vol.name}")
         _state.remove(self.root, desired.name)
         self._notes.pop(desired.name, None)
+        if self._autoscaler is not None:
+            self._autoscaler.forget(desired.name)
         emit(self.root, "deployment", "remove", desired.name, {"name": desired.name})
         return removed
 
@@ -518,11 +520,8 @@ class Deployments:
     def _run_job(self, engine: Engine, desired: Desired, spec: DeploymentSpec, svc: str) -> JobRun:
         from lamina.deploy import _jobs
 
-        template = self._config(engine, desired, spec, svc, 0)
-        labels = {k: v for k, v in template.labels.items() if k not in (LABEL_REPLICA, LABEL_HASH)}
-        template = dataclasses.replace(template, labels=labels, healthcheck=None)
-        networks = _networks_of(spec, spec.services[svc])
-        run = _jobs.run_job(engine, desired.name, svc, template, networks[0] if networks else None)
+        template = self._config(engine, desired, spec, svc, 0)  # one_off_config renames it
+        run = _jobs.run_job(engine, desired.name, svc, template, None)
         self._event("job", desired.name, service=svc, container=run.container)
         return run
 
@@ -541,12 +540,11 @@ class Deployments:
         schedule = spec.services[svc].schedule
         if not schedule:
             return False
-        runs = _jobs.job_runs(engine, desired.name, svc)
-        last = max([desired.created, *(r.started or 0.0 for r in runs)])
-        if not _jobs.cron_due(schedule, last):
-            return False
-        self._run_job(engine, desired, spec, svc)
-        return True
+        template = self._config(engine, desired, spec, svc, 0)
+        run = _jobs.cron_tick(engine, desired.name, svc, schedule, template, None, desired.created)
+        if run is not None:
+            self._event("job", desired.name, service=svc, container=run.container)
+        return run is not None
 
     # -- one deployment -------------------------------------------------------------------
     def _converge_one(self, engine: Engine, name: str) -> bool:
@@ -567,6 +565,9 @@ class Deployments:
                 acted = True
         containers = self._containers(engine, name)
         _state.forget_inits(self.root, name, {c.id for c in containers})
+        live = {c.id for c in containers}
+        for key in [k for k in self._inits if k[0] == name and k[1] not in live]:
+            self._inits.pop(key, None)
         by_service: dict[str, builtins.list[Container]] = {}
         for c in containers:
             by_service.setdefault(c.config.labels.get(LABEL_SERVICE, ""), []).append(c)
@@ -637,23 +638,17 @@ class Deployments:
     def _autoscale(self, desired: Desired, svc: str, service: ServiceSpec,
                    replicas: builtins.list[Replica], engine: Engine) -> None:  # fmt: skip
         """An adaptive service's count from its replicas' cgroup usage (with cooldown)."""
-        from lamina.deploy import _autoscale
-
         scale = service.scale
         assert scale.mode == "adaptive"
-        key = (desired.name, svc)
-        sampler = self._samplers.get(key)
-        if sampler is None:
-            sampler = self._samplers[key] = _autoscale.Sampler()
         ids = [r.id for r in replicas if r.state == "running" and r.ready]
-        usage = sampler.read(engine, ids)
         current = self._count(desired, svc, service)
-        now = time.monotonic()
-        wanted = _autoscale.decide(current, scale.min, scale.max, scale.targets, usage,
-                                   self._scaled_at.get(key), now, scale.cooldown)  # fmt: skip
+        if self._autoscaler is None:
+            from lamina.deploy._autoscale import Autoscaler
+
+            self._autoscaler = Autoscaler()
+        wanted = self._autoscaler.replicas(engine, desired.name, svc, scale, ids, current)
         if wanted == current:
             return
-        self._scaled_at[key] = now
 
         def change(d: Desired) -> None:
             d.scale[svc] = wanted
@@ -661,8 +656,7 @@ class Deployments:
         self._update(desired.name, change)
         desired.scale[svc] = wanted
         self._event("scale", desired.name, service=svc, replicas=str(wanted), reason="adaptive")
-        self.say(f"deployment {desired.name}: {svc} scaled {current} -> {wanted} "
-                 f"(cpu {usage.cpu_percent:.0f}%, memory {usage.memory_percent:.0f}%)")  # fmt: skip
+        self.say(f"deployment {desired.name}: {svc} scaled {current} -> {wanted}")
 
     def _may_create(self, name: str, svc: str, replicas: builtins.list[Replica]) -> bool:
         """Crash loops back off; a stable run starts the back-off over."""
@@ -740,8 +734,11 @@ class Deployments:
         found = engine.list(all=True, filters={"label": [f"{LABEL_DEPLOYMENT}={name}"]})
         if not replicas:
             return found
-        return [c for c in found if LABEL_REPLICA in c.config.labels
-                and not {LABEL_JOB, LABEL_INIT} & set(c.config.labels)]  # fmt: skip
+        from lamina.deploy._jobs import is_one_off
+
+        labels = [c.config.labels for c in found]
+        return [c for c, lb in zip(found, labels, strict=True)
+                if LABEL_REPLICA in lb and not is_one_off(lb)]  # fmt: skip
 
     def _observe(
         self,
@@ -817,9 +814,10 @@ class Deployments:
         marker = _state.init_marker(self.root, desired.name, c.id)
         if marker.exists():
             return True, ""
-        state = self._inits.get(c.id)
+        key = (desired.name, c.id)
+        state = self._inits.get(key)
         if state is None and act:
-            self._inits[c.id] = "running"
+            self._inits[key] = "running"
             threading.Thread(target=self._run_init, args=(desired, svc, c),
                              name=f"init-{c.name}", daemon=True).start()  # fmt: skip
         failed = state[len("failed: ") :] if state and state.startswith("failed: ") else ""
@@ -836,9 +834,10 @@ class Deployments:
                 run_init_steps(engine, desired.name, svc, service.init.steps, c.config,
                                networks[0] if networks else None, say=self.say)  # fmt: skip
             _state.mark_init_done(self.root, desired.name, c.id)
-            self._inits.pop(c.id, None)
+            self._inits.pop((desired.name, c.id), None)
         except Exception as e:
-            self._inits[c.id] = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self._inits[(desired.name, c.id)] = f"failed: {why}"
         self._wake.set()
 
     def _set_alias(
@@ -1088,6 +1087,19 @@ class Deployments:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _validate(spec: DeploymentSpec) -> None:
+    """The checks a spec file gets (names, dependencies, cycles, ...), again: a model
+    may come from a client as JSON rather than from the parser. InvalidSpec."""
+    from lamina.deploy._spec import Problems, build_spec, check_deployment_name
+
+    data = spec.model_dump(mode="json", by_alias=True)
+    services = data.pop("services")
+    problems = Problems()
+    check_deployment_name(spec.deployment, "deployment", problems)
+    build_spec(data, services, problems)
+    problems.raise_if_any()
 
 
 def _spec_of(desired: Desired) -> DeploymentSpec:

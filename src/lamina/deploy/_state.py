@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -67,6 +66,14 @@ def root_dir(root: Path) -> Path:
 
 
 def deployment_dir(root: Path, name: str) -> Path:
+    """The directory of deployment ``name``; a name no deployment can have (a path, as
+    from a request) is NotFound, never a path outside."""
+    from lamina.deploy._spec import Problems, check_deployment_name
+
+    problems = Problems()
+    check_deployment_name(name, "", problems)
+    if problems.items:
+        raise NotFound(f"no such deployment: {name}")
     return root_dir(root) / name
 
 
@@ -121,20 +128,11 @@ def clean_scratch(root: Path) -> None:
 @contextlib.contextmanager
 def controller_lock(root: Path) -> Iterator[bool]:
     """Held by the one controller of ``root`` (True inside when taken)."""
-    base = root_dir(root)
-    base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(base / CONTROLLER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        import fcntl
+    from lamina import _leases
 
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    root_dir(root).mkdir(parents=True, exist_ok=True)
+    with _leases.try_lock(root_dir(root) / CONTROLLER_LOCK) as taken:
+        yield taken
 
 
 def init_marker(root: Path, name: str, container_id: str) -> Path:
