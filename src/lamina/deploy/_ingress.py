@@ -15,7 +15,6 @@ a renewal check daily).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import threading
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from lamina.ingress import Backend, Ingress, Route
 
 ACME_EVERY = 24 * 3600.0  # seconds between renewal checks
+ACME_RETRY_FIRST, ACME_RETRY_MAX = 30.0, 3600.0  # after a failure: doubling, capped
 
 
 @dataclass(frozen=True)
@@ -278,33 +278,37 @@ class _AcmeThread:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        retry = 0.0  # after a failure: the next try sooner than the daily one
         while not self._closing.is_set():
-            self._due.wait(ACME_EVERY)
+            self._due.wait(retry or ACME_EVERY)
             self._due.clear()
             if self._closing.is_set():
                 return
             try:
-                self._ensure()
+                ok = self._ensure()
             except Exception as e:  # the thread must go on to the next renewal
                 self.say(f"ingress: ACME: {e}")
+                ok = False
+            retry = 0.0 if ok else min(max(retry * 2, ACME_RETRY_FIRST), ACME_RETRY_MAX)
 
-    def _ensure(self) -> None:
+    def _ensure(self) -> bool:
+        """Certificates for the https routes' hosts; False when one could not be had."""
         from lamina.ingress import Acme
 
-        with contextlib.suppress(OSError, ValueError):
+        try:
             applied = json.loads(self.ingress.paths.applied.read_text())
-            hosts = [
-                r["host"]
-                for r in applied.get("routes", [])
-                if r.get("protocol") == "https" and r.get("host")
-            ]
-            if not hosts:
-                return
-            assert self.options.acme_directory is not None
-            acme = Acme(self.ingress, self.options.acme_directory, self.options.acme_email,
-                        self.options.acme_ca_bundle)  # fmt: skip
-            issued, failed = acme.ensure(hosts)
-            for info in issued:
-                self.say(f"ingress: certificate for {info.host} from {acme.directory}")
-            for host, why in failed.items():
-                self.say(f"ingress: no certificate for {host}: {why}")
+        except (OSError, ValueError):
+            return True  # nothing applied: nothing to certify
+        hosts = [r["host"] for r in applied.get("routes", [])
+                 if r.get("protocol") == "https" and r.get("host")]  # fmt: skip
+        if not hosts:
+            return True
+        assert self.options.acme_directory is not None
+        acme = Acme(self.ingress, self.options.acme_directory, self.options.acme_email,
+                    self.options.acme_ca_bundle)  # fmt: skip
+        issued, failed = acme.ensure(hosts)
+        for info in issued:
+            self.say(f"ingress: certificate for {info.host} from {acme.directory}")
+        for host, why in failed.items():
+            self.say(f"ingress: no certificate for {host}: {why}")
+        return not failed
