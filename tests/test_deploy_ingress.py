@@ -363,3 +363,50 @@ def test_bad_ingress_flags_of_the_daemon_in_one_line(
     assert r.returncode == 125 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and said in r.stderr and r.stderr.startswith("lamina: error:")
     assert not (tmp_path / "root").exists()
+
+
+def test_desired_routes_from_the_specs_and_the_replicas_readiness() -> None:
+    """The pure part: keys, ports, the health path from an http check on the endpoint's
+    port, servers ready as the controller counts them (none without an address), internal
+    endpoints out,
+    a deployment whose routes clash with another's left out whole (and named)."""
+    from lamina.deploy._ingress import PublicView, desired_routes
+    from lamina.deploy._status import DeploymentStatus, ReplicaStatus, ServiceStatus
+    from lamina.ingress import Backend, Route, Server
+
+    web = site(
+        "v1",
+        scale={"replicas": 2},
+        endpoints=[public(80, host="shop.test"), public(81, "admin", expose="internal")],
+    )
+    web["health"]["check"] = {"type": "http", "url": "http://localhost:8080/healthz"}
+    # its check asks another port than the endpoint's: HAProxy checks by TCP connects
+    other_port = site("v1", endpoints=[public(80, "api", host="shop.test", path="/api")])
+    other_port["health"]["check"] = {"type": "http", "url": "http://localhost:9090/"}
+
+    def replica(name: str, n: int, ready: bool, address: str) -> ReplicaStatus:
+        return ReplicaStatus(name, n, "running", "healthy", ready, address, "h", True)
+
+    def status(name: str, **services: list[ReplicaStatus]) -> DeploymentStatus:
+        return DeploymentStatus(name, "running", services=[
+            ServiceStatus(svc, "service", len(r), len(r), 0, "healthy", "complete", replicas=r)
+            for svc, r in services.items()])  # fmt: skip
+
+    shop = PublicView("shop", spec("shop", web=web, api=other_port), created=1.0, status=status(
+        "shop", web=[replica("shop-web-2", 2, False, "10.0.0.3"),
+                     replica("shop-web-1", 1, True, "10.0.0.2")],
+        api=[replica("shop-api-1", 1, True, "10.0.0.4"),
+             replica("shop-api-2", 2, False, "")]))  # fmt: skip
+    clash = PublicView("clash", spec("clash", web=site("v1", endpoints=[
+        public(80, protocol="tcp")])), status("clash", web=[]), created=2.0)  # fmt: skip
+    refused: list[tuple[str, str]] = []
+    routes, backends = desired_routes([shop, clash], lambda *why: refused.append(why))
+    assert routes == [Route(80, "http", "shop-web-http", "shop.test", None),
+                      Route(80, "http", "shop-api-api", "shop.test", "/api")]  # fmt: skip
+    assert backends == [
+        Backend("shop-web-http", (Server("shop-web-1", "10.0.0.2", 8080, True),
+                                  Server("shop-web-2", "10.0.0.3", 8080, False)),
+                health_path="/healthz"),
+        Backend("shop-api-api", (Server("shop-api-1", "10.0.0.4", 8080, True),)),
+    ]  # fmt: skip
+    assert refused == [("clash", "port 80: cannot mix plain and tcp routes")]

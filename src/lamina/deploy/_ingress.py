@@ -55,6 +55,7 @@ class PublicView:
     name: str
     spec: DeploymentSpec
     status: DeploymentStatus
+    created: float = 0.0  # the older of two clashing deployments keeps its routes
 
 
 def backend_key(deployment: str, service: str, endpoint: str) -> str:
@@ -96,7 +97,8 @@ def deployment_routes(view: PublicView) -> tuple[list[Route], list[Backend]]:
 
 def health_path(service: ServiceSpec, ep: EndpointSpec) -> str | None:
     """HAProxy's own check of an endpoint's servers: a GET of the service's http check
-    path when that check asks the endpoint's port (else a TCP connect)."""
+    path when that check asks the endpoint's port (else a TCP connect; also for a URL
+    the ingress cannot put in its config, one with a query say)."""
     health = service.health
     if health is None or health.check.type != "http" or ep.protocol in ("tcp", "udp"):
         return None
@@ -120,15 +122,15 @@ def desired_routes(
     refused: Callable[[str, str], None] | None = None,
 ) -> tuple[list[Route], list[Backend]]:
     """Every public endpoint of ``views`` as ingress routes and backends. A deployment
-    whose routes the ingress cannot take with the others' (a port another deployment
-    uses for another protocol, the same host and path twice) is left out whole and
-    named to ``refused(deployment, why)``: it never breaks the routes of the others."""
+    whose routes the ingress cannot take with those of older ones (a port another
+    deployment uses for another protocol, the same host and path twice) is left out
+    whole and named to ``refused(deployment, why)``: it never breaks the others'."""
     from lamina.ingress import InvalidIngress
     from lamina.ingress._model import validate
 
     routes: list[Route] = []
     backends: list[Backend] = []
-    for view in sorted(views, key=lambda v: v.name):
+    for view in sorted(views, key=lambda v: (v.created, v.name)):
         mine, theirs = deployment_routes(view)
         try:
             validate([*routes, *mine], [*backends, *theirs])
@@ -197,7 +199,7 @@ class IngressSync:
             if cached is None or cached[0] != desired.updated:
                 cached = (desired.updated, DeploymentSpec.model_validate(desired.spec))
                 self._specs[name] = cached
-            out.append(PublicView(name, cached[1], status_of(engine, desired)))
+            out.append(PublicView(name, cached[1], status_of(engine, desired), desired.created))
         self._specs = {v.name: self._specs[v.name] for v in out}
         return out
 
