@@ -55,6 +55,28 @@ SYSTEM_ROOT = "/var/lib/lamina"  # its daemon listens on /run/lamina/lamina.sock
 @click.option(
     "--group", default=None, metavar="GROUP", help="Group owning unix sockets (mode 0660)."
 )
+@click.option(
+    "--ingress-address",
+    default="0.0.0.0",
+    metavar="ADDR",
+    help="Where deployments' public endpoints listen (default: all IPv4 addresses).",
+    callback=lambda _ctx, _param, value: _ip_address(value),
+)
+@click.option(
+    "--acme-directory",
+    default=None,
+    metavar="URL",
+    help="An ACME directory: https endpoints' hosts get certificates from it (HTTP-01).",
+    callback=lambda _ctx, _param, value: _directory_url(value),
+)
+@click.option("--acme-email", default="", metavar="ADDR", help="The ACME account's contact.")
+@click.option(
+    "--acme-ca-bundle",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="CAs trusted for the ACME directory's own TLS (default: the system's).",
+)
 def daemon(
     hosts: tuple[str, ...],
     tlscert: str | None,
@@ -64,6 +86,10 @@ def daemon(
     group: str | None,
     docker_hosts: tuple[str, ...],
     registry_mirrors: tuple[str, ...],
+    ingress_address: str,
+    acme_directory: str | None,
+    acme_email: str,
+    acme_ca_bundle: str | None,
 ) -> None:
     """Serve the engine of this root over HTTP until SIGTERM or SIGINT."""
     from lamina.daemon import DaemonOptions, serve
@@ -85,5 +111,24 @@ def daemon(
         registries_config=settings.registries_config,
         registry_mirrors=tuple(mirror_url(u) for u in registry_mirrors),
         default_root=root.absolute() == Path(SYSTEM_ROOT),
+        ingress_address=ingress_address,
+        acme_directory=acme_directory,
+        acme_email=acme_email,
+        acme_ca_bundle=acme_ca_bundle,
     )
     serve(options)
+
+
+def _ip_address(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise click.BadParameter(f"not an IP address: {value!r}") from None
+
+
+def _directory_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise click.BadParameter(f"not an http(s) URL: {value!r}")
+    return value

@@ -57,6 +57,10 @@ class DaemonOptions:
     registries_config: str | None = None
     registry_mirrors: tuple[str, ...] = ()  # tried first by pulls of docker.io names
     default_root: bool = False  # the root is the system's: /run/lamina/lamina.sock
+    ingress_address: str = "0.0.0.0"  # where deployments' public endpoints listen
+    acme_directory: str | None = None  # ACME certificates for https endpoints' hosts
+    acme_email: str = ""
+    acme_ca_bundle: str | None = None  # CAs of the ACME directory's own TLS
 
 
 def default_host(root: Path, *, system_root: bool) -> str:
@@ -240,7 +244,11 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
     listeners: list[Listener] = []
     made: list[Path] = []
     try:
-        _deploy.start(root, opts.oci_runtime, say)  # the deployments' converge thread
+        from lamina.deploy._ingress import IngressOptions
+
+        ingress = IngressOptions(opts.ingress_address, opts.acme_directory, opts.acme_email,
+                                 opts.acme_ca_bundle)  # fmt: skip
+        _deploy.start(root, opts.oci_runtime, say, ingress)  # the deployments' converge thread
         docker = None
         if checked.docker_unix or checked.docker_tcp:
             from lamina import dockerapi

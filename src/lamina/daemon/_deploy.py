@@ -40,14 +40,14 @@ DEPLOYMENTS: Any = None  # lamina.deploy.Deployments, set by start()
 _ROOT: Path | None = None
 
 
-def start(root: Path, oci_runtime: str, say: Callable[[str], None]) -> None:
+def start(root: Path, oci_runtime: str, say: Callable[[str], None], ingress: Any = None) -> None:
     """Make the root's ``Deployments`` and start its converge thread (the daemon,
-    before it serves)."""
+    before it serves); ``ingress``: its ``IngressOptions`` (the daemon's flags)."""
     global DEPLOYMENTS, _ROOT
     from lamina.deploy import Deployments
 
     _ROOT = root
-    DEPLOYMENTS = Deployments(root, oci_runtime, say)
+    DEPLOYMENTS = Deployments(root, oci_runtime, say, ingress)
     DEPLOYMENTS.start()
 
 

@@ -38,6 +38,7 @@ from lamina.errors import AlreadyExists, LaminaError, NotFound
 
 if TYPE_CHECKING:
     from lamina.deploy._autoscale import Autoscaler
+    from lamina.deploy._ingress import IngressOptions
     from lamina.deploy._jobs import JobRun
     from lamina.deploy._model import DeploymentSpec, ServiceSpec
     from lamina.engine import Container, Engine
@@ -108,8 +109,14 @@ class _Notes:
 
 class Deployments:
     def __init__(
-        self, root: Path, oci_runtime: str = "runc", say: Callable[[str], None] = print
+        self,
+        root: Path,
+        oci_runtime: str = "runc",
+        say: Callable[[str], None] = print,
+        ingress: IngressOptions | None = None,
     ) -> None:
+        from lamina.deploy._ingress import IngressSync
+
         self.root = Path(root).absolute()
         self.oci_runtime = oci_runtime
         self.say = say
@@ -126,6 +133,7 @@ class Deployments:
         self._draining: set[str] = set()  # replicas out of their service's name, to be removed
         # (deployment, container ID) -> running | failed: why
         self._inits: dict[tuple[str, str], str] = {}
+        self._ingress = IngressSync(self.root, ingress, say)  # public endpoints (HAProxy)
 
     # -- the converge thread --------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +164,7 @@ class Deployments:
         for t in self._threads:
             t.join(timeout=60)
         self._threads.clear()
+        self._ingress.close()  # HAProxy stays: it serves on, the next controller adopts it
         self._held.close()
 
     def _run(self) -> None:
@@ -208,6 +217,7 @@ class Deployments:
                     continue
                 except LaminaError as e:
                     self._note(dep).failed = str(e).splitlines()[0] if str(e) else "error"
+            self._ingress.sync(engine, self._status)
         return acted
 
     @contextlib.contextmanager
@@ -419,6 +429,7 @@ class Deployments:
             desired.removing, desired.volumes = True, desired.volumes or volumes
             _state.save(self.root, desired)
         with self._converge_lock, self._engine() as engine:
+            self._ingress.sync(engine, self._status)  # its routes go before its replicas
             return self._teardown(engine, desired)
 
     def _teardown(self, engine: Engine, desired: Desired) -> builtins.list[str]:
@@ -690,6 +701,8 @@ class Deployments:
         self._draining.update(leaving)  # not ready from now on, whatever the engine says
         for replica in d.alias_off:
             self._set_alias(engine, spec, svc, replica, on=False)
+        if d.alias_on or d.alias_off:  # the ingress follows at once, before any stop
+            self._ingress.sync(engine, self._status)
         for r in d.crashed:
             self._crashed(name, svc, r)
         if leaving and DRAIN:

@@ -291,10 +291,12 @@ class Ingress:
     def _apply_servers(self, backends: list[Backend]) -> bool:
         """Bring each backend's live servers in line with ``backends``; True when
         anything changed. New servers come first and old ones go last, so that the
-        backend never has fewer servers than it needs while traffic flows."""
+        backend never has fewer servers than it needs while traffic flows: servers
+        turning ready (or added) before any goes to maintenance or is removed."""
         sock = self.paths.admin_sock
         changed = False
         removals: list[tuple[str, str]] = []
+        maints: list[str] = []
         for backend in backends:
             name = backend_name(backend.key)
             live = _runtime.servers(sock, name)
@@ -318,9 +320,11 @@ class Ingress:
                     _runtime.checked(sock, f"set server {name}/{server.name} state ready")
                     changed = True
                 elif not server.ready and not current.maint:
-                    _runtime.checked(sock, f"set server {name}/{server.name} state maint")
-                    changed = True
+                    maints.append(f"{name}/{server.name}")
             removals += [(name, s) for s in live if s not in wanted]
+        for target in maints:
+            _runtime.checked(sock, f"set server {target} state maint")
+            changed = True
         for name, server_name in removals:
             self._remove_server(name, server_name)
             changed = True

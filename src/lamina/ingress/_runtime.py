@@ -10,8 +10,10 @@ from pathlib import Path
 from lamina.ingress._model import IngressError
 
 # Admin state bits (HAProxy's SRV_ADMF_*) meaning "in maintenance", for any reason:
-# forced by the API, inherited, from the config (``disabled``), resolution, DNS.
-_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+# forced by the API, inherited, resolution, DNS. Not CMAINT (0x04): it only records
+# that the config said ``disabled`` and stays after ``state ready`` (which clears the
+# FMAINT that ``disabled`` also set), while the server takes traffic.
+_MAINT_BITS = 0x01 | 0x02 | 0x20 | 0x40
 _DRAIN_BITS = 0x08 | 0x10
 
 
