@@ -13,8 +13,9 @@
    deployed again with ``--wait``, while client threads on the host send HTTP requests
    to the service's name as the deployment network's DNS (aardvark-dns on the
    bridge's gateway) answers it, resolving before each request as a DNS client does;
-   failed requests are counted (goal 0); the resolver retries a lost query after 1 s. ``wrk`` and ``ab`` are not used: they resolve
-   a name once and would hammer one replica, not the service.
+   failed requests are counted (goal 0); the resolver retries a lost query after 1 s.
+   ``wrk`` and ``ab`` are not used: they resolve a name once and would hammer one
+   replica, not the service.
 """
 
 from __future__ import annotations
