@@ -35,8 +35,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) examples/demo.py
 
+# Two workers, a test file each at a time (module fixtures stay whole): most of a test's
+# time is spent waiting on containers, VMs and daemons, not on a core.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) bench/run.py
