@@ -228,8 +228,9 @@ def test_detached_lifecycle(root: Path) -> None:
 
 
 def test_logs_follow_tail_and_stats(root: Path) -> None:
+    # Running for 2 s: a remote stats --no-stream reads the daemon's two samples 1 s apart.
     ok(root, "run", "-d", "--name", "talk", IMAGE, "sh", "-c",
-       "echo a; echo b >&2; sleep 1; echo c")  # fmt: skip
+       "echo a; echo b >&2; sleep 2; echo c")  # fmt: skip
     out = ok(root, "stats", "--no-stream", "--format", "json", "talk")
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["Name"] == "talk" and row["Container"] == "talk" and int(row["PIDs"]) >= 1

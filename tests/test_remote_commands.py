@@ -7,11 +7,14 @@ of the daemon's root where the two can be compared."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +238,99 @@ def test_pull_and_push_progress_as_in_process(
 def _shape(lines: str) -> list[str]:
     """Progress lines without sizes that depend on what the store holds already."""
     return [line.split(" ", 1)[0] for line in lines.splitlines()]
+
+
+class _CountingRelay:
+    """A unix socket in front of the daemon's that counts the connections made through
+    it (each request of the remote CLI is a connection of its own)."""
+
+    def __init__(self, path: Path, target: Path) -> None:
+        self.path = path
+        self.connections = 0
+        self._target = str(target)
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self._target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _stats_client(sides: Sides, host: str, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_HOST"}
+    return subprocess.Popen([*CLI, "--root", str(sides.client_root), "--host", host, "stats",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env=env)  # fmt: skip
+
+
+def _sockets(daemon: Daemon) -> set[str]:
+    """The daemon's open sockets, by inode."""
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+    out = set()
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(f"{fd_dir}/{fd}")).startswith("socket:"):
+                out.add(target)
+    return out
+
+
+def test_stats_reads_the_daemons_stream(sides: Sides, tmp_path: Path) -> None:
+    """A request a second was the old way: the samples now come on one connection per
+    container; the output is the in-process one; a client killed mid-stream leaves
+    neither a thread nor a descriptor in the daemon."""
+    sides.remote_ok("run", "-d", "--name", "st", IMAGE_REF, "sleep", "120")
+    relay = _CountingRelay(tmp_path / "relay.sock", sides.daemon.socket)
+    try:
+        fmt = "{{.Name}} {{.ID}} {{.PIDs}}"
+        one = _run(["--root", str(sides.client_root), "--host", f"unix://{relay.path}",
+                    "stats", "--no-stream", "--format", fmt, "st"], None)  # fmt: skip
+        assert one.returncode == 0, one.stderr
+        assert one.stdout == sides.local("stats", "--no-stream", "--format", fmt, "st").stdout
+        assert one.stdout.startswith("st ") and one.stdout.endswith(" 1\n"), one.stdout
+        assert relay.connections <= 2  # the container's lookup, then its stream
+
+        streaming = _stats_client(sides, f"unix://{relay.path}", "--format", fmt, "st")
+        assert streaming.stdout is not None
+        try:
+            assert streaming.stdout.readline() == one.stdout
+            at_first = relay.connections
+            for _ in range(3):  # three more samples, a second apart
+                assert streaming.stdout.readline() == one.stdout
+            assert relay.connections == at_first
+        finally:
+            streaming.kill()
+            streaming.communicate()
+
+        before = _sockets(sides.daemon)
+        killed = _stats_client(sides, f"unix://{sides.daemon.socket}", "--format", fmt, "st")
+        assert killed.stdout is not None and killed.stdout.readline() == one.stdout
+        streams = _sockets(sides.daemon) - before
+        assert streams  # the daemon's end of the stream
+        killed.kill()
+        killed.communicate()
+        until(lambda: not streams & _sockets(sides.daemon), timeout=10)
+    finally:
+        relay.close()
+        sides.remote("rm", "-f", "st")

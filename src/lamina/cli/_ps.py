@@ -16,6 +16,7 @@ from lamina.cli._common import (
     _command,
     _short,
     human_duration,
+    is_remote,
     open_engine,
     parse_filters,
     status_text,
@@ -203,10 +204,15 @@ def stats(
                 continue
         return out
 
-    first = sample()
-    if no_stream:
-        time.sleep(0.5)  # two samples: CPU % is a rate
-        prev, first = first, sample()
+    if is_remote():  # the daemon's streams, one connection each (not a request a second)
+        streams = _StatsStreams(engine, [c.id for c in targets])
+        sample = streams.latest
+        prev, first = streams.first_two() if no_stream else ({}, streams.first())
+    else:
+        first = sample()
+        if no_stream:
+            time.sleep(0.5)  # two samples: CPU % is a rate
+            prev, first = first, sample()
     refs = dict(zip((c.id for c in targets), containers, strict=False))
     while True:
         rows = [
@@ -224,6 +230,55 @@ def stats(
         prev, first = first, sample()
         if containers and not first:
             return
+
+
+class _StatsStreams:
+    """The latest sample of each container from the daemon's stats streams, each read
+    by a thread of its own; a stream ends with its container."""
+
+    def __init__(self, engine: Any, ids: Sequence[str]) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._samples: dict[str, list[Any]] = {i: [] for i in ids}
+        self._open = set(ids)
+        for i in ids:
+            threading.Thread(target=self._read, args=(engine, i), daemon=True).start()
+
+    def _read(self, engine: Any, container_id: str) -> None:
+        from lamina.errors import LaminaError
+
+        try:
+            for s in engine.stats_stream(container_id):
+                with self._cond:
+                    self._samples[container_id] = [*self._samples[container_id][-1:], s]
+                    self._cond.notify_all()
+        except LaminaError:
+            pass  # removed before its first sample: shown as gone, as in-process
+        finally:
+            with self._cond:
+                self._open.discard(container_id)
+                self._cond.notify_all()
+
+    def _wait_for(self, count: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: all(
+                len(got) >= count or i not in self._open for i, got in self._samples.items()))
+
+    def latest(self) -> dict[str, Any]:
+        with self._cond:
+            return {i: got[-1] for i, got in self._samples.items() if got and i in self._open}
+
+    def first(self) -> dict[str, Any]:
+        self._wait_for(1)
+        return self.latest()
+
+    def first_two(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Each container's first two samples (a second apart: CPU % is a rate)."""
+        self._wait_for(2)
+        with self._cond:
+            pairs = {i: got for i, got in self._samples.items() if len(got) == 2}
+        return {i: p[0] for i, p in pairs.items()}, {i: p[1] for i, p in pairs.items()}
 
 
 @_command("port")

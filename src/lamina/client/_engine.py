@@ -262,6 +262,15 @@ class RemoteEngine:
         return decode(Stats, self._json("GET", f"/containers/{segment(ref)}/stats",
                                         {"stream": False}))  # fmt: skip
 
+    def stats_stream(self, ref: str) -> Iterator[Stats]:
+        """The daemon's stream of ``ref``'s samples (one a second, one connection),
+        until the container is gone or the iteration is abandoned (which closes it)."""
+        from lamina.runtime._types import Stats
+
+        for line in self._call("GET", f"/containers/{segment(ref)}/stats",
+                               {"stream": True}).lines():  # fmt: skip
+            yield decode(Stats, json.loads(line))
+
     def diff(self, ref: str) -> list[ChangeEntry]:
         from lamina.runtime._types import ChangeEntry
 
