@@ -4,6 +4,8 @@ step cancels the build and leaves nothing on the daemon's root."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -117,6 +119,8 @@ def test_bad_uploads_are_one_line_and_leave_nothing(root: Path) -> None:
          "query parameter dockerfile: a file name, not '../../etc/passwd'"),
         ({"dockerfile": "Other"}, context,
          "the build context sent has no dockerfile/Other (the Dockerfile)"),
+        ({}, tar_of({"dockerfile/Dockerfile": b"FROM x\n", "secrets/zz": b"x"}),
+         "the build context sent: secrets/zz: not a secret id in hex"),
     ]  # fmt: skip
     with running_daemon(root) as daemon:
         transport = Transport(Address.parse(f"unix://{daemon.socket}"))
@@ -125,6 +129,52 @@ def test_bad_uploads_are_one_line_and_leave_nothing(root: Path) -> None:
             assert (answer.status, answer.json()) == (400, {"message": message})
         assert _scratch(root) == [] and not _leases.live(root)
         assert not list(root.parent.rglob("escape"))
+
+
+def _files_holding(root: Path, data: bytes) -> list[Path]:
+    out = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 64 << 20:
+            with contextlib.suppress(OSError):
+                if data in path.read_bytes():
+                    out.append(path)
+    return out
+
+
+def test_build_secrets_are_sent_and_leave_nothing(root: Path, tmp_path: Path) -> None:
+    """``--secret`` (a file's and a variable's) reaches RUN --mount=type=secret on the
+    daemon as in-process; neither the image nor the daemon's root keeps it."""
+    token = f"tok-{os.urandom(8).hex()}"
+    word = f"word-{os.urandom(8).hex()}"
+    (tmp_path / "token").write_text(token)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    # The step compares digests: the values themselves are in no file of the build.
+    tok_sum, word_sum = (hashlib.sha256(v.encode()).hexdigest() for v in (token, word))
+    (ctx / "Dockerfile").write_text(
+        f"FROM {IMAGE_REF}\n"
+        f"RUN --mount=type=secret,id=tok --mount=type=secret,id=word,env=WORD "
+        f"test \"$(sha256sum < /run/secrets/tok | cut -d' ' -f1)\" = {tok_sum} && "
+        f"test \"$(printf %s \"$WORD\" | sha256sum | cut -d' ' -f1)\" = {word_sum} && "
+        f"echo secrets-seen\n"
+    )
+    args = ("build", "--progress", "plain", "--no-cache", "-t", "secret/out",
+            "--secret", f"id=tok,src={tmp_path / 'token'}", "--secret", "id=word,env=WORD_VAR",
+            str(ctx))  # fmt: skip
+    env = {"WORD_VAR": word}
+    local = lamina_cli(root, *args, env=env)
+    assert local.returncode == 0 and "secrets-seen" in local.stderr, local.stderr
+    with running_daemon(root) as daemon:
+        remote = lamina_cli(root, *args, env={**env, "LAMINA_HOST": f"unix://{daemon.socket}"})
+    assert remote.returncode == 0, remote.stderr
+    assert "secrets-seen" in remote.stderr
+    assert _scratch(root) == [] and not _leases.live(root)
+    run = lamina_cli(root, "run", "--rm", "secret/out", "sh", "-c",
+                     "cat /run/secrets/* 2>/dev/null; true")  # fmt: skip
+    assert (run.returncode, run.stdout) == (0, "")
+    assert _files_holding(root, token.encode()) == []
+    assert _files_holding(root, word.encode()) == []
+    lamina_cli(root, "rmi", "secret/out")
 
 
 def test_a_remote_build_imports_no_engine_nor_image_plane(root: Path, tmp_path: Path) -> None:

@@ -20,12 +20,16 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 CONTEXT_DIR = "context"
 DOCKERFILE_DIR = "dockerfile"
+# The build's secrets (``--secret``): a 0700 directory of 0600 files, each named by
+# its id in hex (any id is a file name); never part of the context.
+SECRETS_DIR = "secrets"
 
 
 @dataclass
@@ -62,10 +66,11 @@ def receive_context(root: Path, body: BinaryIO, kind: str, into: str = "") -> Up
 
 
 def pack_context(context: Path, dockerfile: Path | None, dockerfile_text: str | None,
-                 out: IO[bytes]) -> str:  # fmt: skip
+                 out: IO[bytes], secrets: Mapping[str, bytes] | None = None) -> str:  # fmt: skip
     """Write the tar ``receive_context`` takes to ``out``; returns the Dockerfile's
     name under ``dockerfile/``. Raises the local build's errors for a context that is
-    not a directory or a Dockerfile that cannot be read."""
+    not a directory or a Dockerfile that cannot be read. ``secrets`` (id -> value)
+    go under ``secrets/`` (``received_secrets`` finds them)."""
     from lamina.builder._dockerfile import BuildError
     from lamina.builder._dockerignore import PatternMatcher, iter_context, read_dockerignore
 
@@ -90,6 +95,8 @@ def pack_context(context: Path, dockerfile: Path | None, dockerfile_text: str | 
             if specific.is_file():
                 tar.add(str(specific), f"{DOCKERFILE_DIR}/{specific.name}", recursive=False)
             patterns = read_dockerignore(context, path)
+        if secrets:
+            _add_secrets(tar, secrets)
         tar.add(str(context), CONTEXT_DIR, recursive=False)
         matcher = PatternMatcher(patterns) if patterns else None
         for item in iter_context(context, matcher):
@@ -97,10 +104,40 @@ def pack_context(context: Path, dockerfile: Path | None, dockerfile_text: str | 
     return name
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
     import io
 
     info = tarfile.TarInfo(name)
     info.size = len(data)
-    info.mode = 0o644
+    info.mode = mode
     tar.addfile(info, io.BytesIO(data))
+
+
+def _add_secrets(tar: tarfile.TarFile, secrets: Mapping[str, bytes]) -> None:
+    directory = tarfile.TarInfo(SECRETS_DIR)
+    directory.type = tarfile.DIRTYPE
+    directory.mode = 0o700
+    tar.addfile(directory)
+    for sid, value in secrets.items():
+        _add_bytes(tar, f"{SECRETS_DIR}/{sid.encode('utf-8', 'surrogateescape').hex()}",
+                   value, 0o600)  # fmt: skip
+
+
+def received_secrets(upload: Upload) -> dict[str, tuple[str, str]]:
+    """The secrets an upload carried, as ``BuildOptions.secrets`` (id -> ("file",
+    path)); their directory is made private (0700) first. Raises ValueError for a
+    name that is not an id in hex."""
+    directory = upload.scratch / SECRETS_DIR
+    if not directory.is_dir() or directory.is_symlink():
+        return {}
+    directory.chmod(0o700)
+    out: dict[str, tuple[str, str]] = {}
+    for entry in directory.iterdir():
+        try:
+            sid = bytes.fromhex(entry.name).decode("utf-8", "surrogateescape")
+        except ValueError:
+            raise ValueError(f"{SECRETS_DIR}/{entry.name}: not a secret id in hex") from None
+        if not sid or not entry.is_file() or entry.is_symlink():
+            raise ValueError(f"{SECRETS_DIR}/{entry.name}: not a secret")
+        out[sid] = ("file", str(entry))
+    return out

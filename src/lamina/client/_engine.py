@@ -562,9 +562,6 @@ class RemoteEngine:
 
         from lamina.builder._upload import pack_context
 
-        if options.secrets:
-            raise NotServed("build --secret is not served by the lamina daemon yet: "
-                            "run it without --host")  # fmt: skip
         query = {"t": list(options.tags), "target": options.target,
                  "no_cache": options.no_cache, "pull": options.pull,
                  "build_arg": [f"{k}={v}" for k, v in options.build_args.items()],
@@ -574,7 +571,8 @@ class RemoteEngine:
                  "source_date_epoch": options.source_date_epoch}  # fmt: skip
         with tempfile.TemporaryFile() as spool:
             query["dockerfile"] = pack_context(options.context, options.dockerfile,
-                                               options.dockerfile_text, spool)  # fmt: skip
+                                               options.dockerfile_text, spool,
+                                               _secret_values(options.secrets))  # fmt: skip
             query["dockerfile_stdin"] = options.dockerfile_text is not None
             spool.seek(0)
             answer = self._call("POST", "/build", query, body=iter(lambda: spool.read(65536), b""),
@@ -764,6 +762,22 @@ def _build_error(event: dict[str, Any]) -> LaminaError:
         error = error_of(int(event.get("code") or 500), str(event["error"]))
     error.exit_code = int(event.get("exit_code") or 1)
     return error
+
+
+def _secret_values(secrets: Mapping[str, tuple[str, str]]) -> dict[str, bytes]:
+    """``--secret``'s values as the build reads them: a file's bytes, a variable's."""
+    from pathlib import Path
+
+    out = {}
+    for sid, (kind, value) in secrets.items():
+        if kind == "env":
+            out[sid] = value.encode("utf-8", "surrogateescape")
+            continue
+        try:
+            out[sid] = Path(value).read_bytes()
+        except OSError as e:
+            raise LaminaError(f"--secret {sid}: cannot read {value}: {e.strerror}") from None
+    return out
 
 
 @contextlib.contextmanager

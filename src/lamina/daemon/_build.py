@@ -2,7 +2,8 @@
 
 The body is the tar ``lamina.builder._upload.pack_context`` writes (the context as
 the client's build sees it under ``context/``, the Dockerfile under
-``dockerfile/``; gzip and zstd accepted), extracted under a lease. The answer is
+``dockerfile/``, ``--secret``'s values under ``secrets/``, read by the build from
+the private scratch; gzip and zstd accepted), extracted under a lease. The answer is
 JSON lines: the builder's progress calls as they happen (``{"progress": "start",
 "step": 2}``, ``{"progress": "output", "step": 2, "data": "..."}``, ...), which the
 client replays into its own display, so that it prints what the local build
@@ -142,7 +143,12 @@ def _error_line(err: LaminaError) -> dict[str, Any]:
        body=TAR, answer="progress events, then {result} or {error, code, exit_code}",
        answer_type=NDJSON)  # fmt: skip
 def build(request: Request) -> Response:
-    from lamina.builder._upload import CONTEXT_DIR, DOCKERFILE_DIR, receive_context
+    from lamina.builder._upload import (
+        CONTEXT_DIR,
+        DOCKERFILE_DIR,
+        receive_context,
+        received_secrets,
+    )
 
     options = _options(request)
     upload = receive_context(api._api().engines.root, request.stream(), "build-context")
@@ -150,6 +156,11 @@ def build(request: Request) -> Response:
         upload.drop()
         raise HttpError(400, f"the build context sent has no {DOCKERFILE_DIR}/"
                         f"{options['dockerfile']} (the Dockerfile)")  # fmt: skip
+    try:  # kept in the upload's scratch: dropped with it, swept with its lease
+        options["secrets"] = received_secrets(upload)
+    except ValueError as e:
+        upload.drop()
+        raise HttpError(400, f"the build context sent: {e}") from None
     events: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancel = threading.Event()
 
