@@ -11,6 +11,8 @@ import contextlib
 import io
 import json
 import os
+import pty
+import select
 import socket
 import subprocess
 import tarfile
@@ -334,3 +336,38 @@ def test_stats_reads_the_daemons_stream(sides: Sides, tmp_path: Path) -> None:
     finally:
         relay.close()
         sides.remote("rm", "-f", "st")
+
+
+def test_detaching_from_exec_it_leaves_the_exec_running(sides: Sides) -> None:
+    """ctrl-p ctrl-q (Docker's detach keys) in ``exec -it``: the client exits 0 with
+    Docker's line, the exec runs on in the container (its output after the detach
+    goes nowhere and does not end it)."""
+    sides.remote_ok("run", "-d", "--name", "det", IMAGE_REF, "sleep", "120")
+    try:
+        script = "echo up; sleep 1; echo after; touch /detached-done; sleep 1; echo more"
+        host = f"unix://{sides.daemon.socket}"
+        argv = [*CLI, "--root", str(sides.client_root), "--host", host,
+                "exec", "-it", "det", "sh", "-c", script]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "LAMINA_HOST"}
+        pid, fd = pty.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.execve(argv[0], argv, env)
+        out = b""
+        try:
+            while b"up" not in out:
+                ready, _, _ = select.select([fd], [], [], 20)
+                assert ready, out
+                out += os.read(fd, 4096)
+            os.write(fd, b"\x10\x11")
+            with contextlib.suppress(OSError):  # EIO: the client has exited
+                while data := os.read(fd, 4096) if select.select([fd], [], [], 20)[0] else b"":
+                    out += data
+            _, status = os.waitpid(pid, 0)
+        finally:
+            os.close(fd)
+        assert os.waitstatus_to_exitcode(status) == 0, out
+        assert out.endswith(b"read escape sequence\r\n"), out
+        until(lambda: sides.remote("exec", "det", "test", "-f", "/detached-done").returncode == 0,
+              timeout=20)  # fmt: skip
+    finally:
+        sides.remote("rm", "-f", "det")

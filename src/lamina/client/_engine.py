@@ -373,6 +373,10 @@ class RemoteEngine:
                     target.write(payload)
                     target.flush()
         info = self._json("GET", f"/exec/{exec_id}/json")
+        if info.get("Running") and tty and stdin is not None:
+            # The daemon ended the stream of a running exec: its detach keys were typed.
+            sys.stderr.write("read escape sequence\n")
+            return 0
         if info.get("Error"):
             error = LaminaError(str(info["Error"]))
             error.exit_code = int(info["ExitCode"] or 1)

@@ -942,17 +942,29 @@ def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin:
 
     spec: m.ExecCreate = entry["spec"]
     stdin_fd = feeder = None
+    # Set once a terminal exec's client typed the detach keys: the exec runs on (its
+    # output dropped), the client's going away is no longer its end.
+    detached = threading.Event()
     if with_stdin:
         stdin_fd, write_end = os.pipe2(os.O_CLOEXEC)
-        feeder = threading.Thread(target=_feed_stdin, args=(sock, early, write_end), daemon=True)
+        feeder = threading.Thread(target=_feed_stdin, daemon=True, args=(
+            sock, early, write_end, detached if spec.tty else None))  # fmt: skip
         feeder.start()
     writers = {1: _FrameWriter(sock, 1, spec.tty), 2: _FrameWriter(sock, 2, spec.tty)}
 
     def write(stream: int, data: bytes) -> None:
-        writers[stream].write(data)
+        if detached.is_set():
+            return
+        try:
+            writers[stream].write(data)
+        except OSError:
+            if not detached.is_set():  # detached meanwhile: not a client gone
+                raise
 
-    sink = ExecSink(write=write, gone=lambda: _hung_up(sock, peek=not with_stdin),
-                    stdin_fd=stdin_fd, size=size)  # fmt: skip
+    def gone() -> bool:
+        return not detached.is_set() and _hung_up(sock, peek=not with_stdin)
+
+    sink = ExecSink(write=write, gone=gone, stdin_fd=stdin_fd, size=size)
     entry["sink"] = sink
     try:
         with engine() as e:
@@ -972,19 +984,42 @@ def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin:
             os.close(stdin_fd)
 
 
-def _feed_stdin(sock: Any, early: bytes, write_end: int) -> None:
+_DETACH_KEYS = b"\x10\x11"  # Docker's default detach keys: ctrl-p ctrl-q
+
+
+def _feed_stdin(sock: Any, early: bytes, write_end: int,
+                detached: threading.Event | None = None) -> None:  # fmt: skip
     """The client's bytes (those sent with its request first) into the exec's stdin
-    pipe, until the client's half-close or the end of the exec."""
+    pipe, until the client's half-close or the end of the exec. With ``detached`` (a
+    terminal exec), the detach keys end the feed and the connection instead, and set
+    it: the exec keeps running without its client, as Docker's."""
     reader = _SocketReader(sock, early)
+    held = b""  # a ctrl-p at the end of a read: the keys may be split across two
     try:
         while data := reader.read(65536):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_end, view) :]
+            data, held = held + data, b""
+            if detached is not None:
+                before, keys, _ = data.partition(_DETACH_KEYS)
+                if keys:
+                    _write_all(write_end, before)
+                    detached.set()
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # the client's stream ends
+                    return
+                if data.endswith(_DETACH_KEYS[:1]):
+                    data, held = data[:-1], data[-1:]
+            _write_all(write_end, data)
+        _write_all(write_end, held)
     except OSError:
         pass  # the exec has ended (its stdin closed)
     finally:
         os.close(write_end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _hung_up(sock: Any, *, peek: bool) -> bool:
