@@ -371,3 +371,27 @@ def test_detaching_from_exec_it_leaves_the_exec_running(sides: Sides) -> None:
               timeout=20)  # fmt: skip
     finally:
         sides.remote("rm", "-f", "det")
+
+
+def test_detach_keys_split_across_reads_and_a_lone_ctrl_p() -> None:
+    """The daemon's feeder of a terminal exec: keys split between two reads still
+    detach; a ctrl-p followed by anything else reaches the exec as typed."""
+    from lamina.daemon._api import _feed_stdin
+
+    for chunks, fed, detaches in (([b"ab\x10", b"\x11cd"], b"ab", True),
+                                  ([b"ab\x10", b"x\x10"], b"ab\x10x\x10", False)):  # fmt: skip
+        client, server = socket.socketpair()
+        read_end, write_end = os.pipe()
+        detached = threading.Event()
+        feeder = threading.Thread(target=_feed_stdin, args=(server, b"", write_end, detached))
+        feeder.start()
+        for chunk in chunks:
+            client.sendall(chunk)
+            time.sleep(0.05)  # two reads on the daemon's side, not one
+        if not detaches:
+            client.shutdown(socket.SHUT_WR)
+        feeder.join(10)
+        with os.fdopen(read_end, "rb") as pipe:
+            assert (pipe.read(), detached.is_set()) == (fed, detaches)
+        client.close()
+        server.close()
