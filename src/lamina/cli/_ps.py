@@ -246,6 +246,8 @@ class _StatsStreams:
             threading.Thread(target=self._read, args=(engine, i), daemon=True).start()
 
     def _read(self, engine: Any, container_id: str) -> None:
+        import http.client
+
         from lamina.errors import LaminaError
 
         try:
@@ -253,8 +255,8 @@ class _StatsStreams:
                 with self._cond:
                     self._samples[container_id] = [*self._samples[container_id][-1:], s]
                     self._cond.notify_all()
-        except LaminaError:
-            pass  # removed before its first sample: shown as gone, as in-process
+        except (LaminaError, OSError, http.client.HTTPException):
+            pass  # removed, or its stream broken: shown as gone, as a removed one in-process
         finally:
             with self._cond:
                 self._open.discard(container_id)
