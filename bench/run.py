@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     "pull", "run_container", "network", "build", "vm", "daemon_http", "daemon", "remote",
-    "docker_api", "deploy",
+    "docker_api", "deploy", "ingress",
 ]  # fmt: skip
 
 

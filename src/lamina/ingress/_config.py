@@ -11,6 +11,7 @@ run time inherit no ``default-server``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,14 @@ def backend_name(key: str) -> str:
 SERVER_OPTIONS = "check inter 1s fall 2 rise 2 pool-purge-delay 500ms"
 
 
+def worker_threads() -> int:
+    """HAProxy's threads: the host's cores but one, left to the replicas it forwards
+    to, which run on the same host. HAProxy's default (all cores) loses there: on 2
+    cores one thread did the same work with ~15% less CPU per request and 20-45% more
+    requests/s than two (``bench/ingress.py --variants``, docs/BENCHMARKS.md)."""
+    return max(1, min(64, len(os.sched_getaffinity(0)) - 1))  # 64: HAProxy's MAX_THREADS
+
+
 def server_line(server: Server) -> str:
     disabled = "" if server.ready else " disabled"
     return f"    server {server.name} {server_address(server)} {SERVER_OPTIONS}{disabled}"
@@ -117,6 +126,7 @@ def render(
         "    stats timeout 2m",
         "    hard-stop-after 30m",
         "    maxconn 8000",
+        f"    nbthread {worker_threads()}",
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         "",
         "defaults",
