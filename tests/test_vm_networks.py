@@ -293,6 +293,12 @@ def test_vm_and_process_containers_share_networks(root: Path) -> None:
     links = lamina_ok(root, "exec", "vmweb", "ip", "-o", "link", "show", "up")
     assert "eth0" in links and "eth1" not in links, links
     assert get(root, "front", "http://vmweb/") == "from-the-vm\n"
+    # The published port goes on through front; back's forwarding left with back.
+    with urllib.request.urlopen(f"http://127.0.0.1:{host_port}/", timeout=30) as r:
+        assert r.read() == b"from-the-vm\n"
+    cid = inspect(root, "vmweb")["Id"]
+    nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert [line for line in nat.splitlines() if f"dnat name: back id: {cid}" in line] == []
 
 
 def _vm_pids(root: Path, cid: str) -> tuple[int, int]:

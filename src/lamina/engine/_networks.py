@@ -570,7 +570,11 @@ class Networks:
             if ep is None:
                 raise NotFound(f"container {rec.name} is not connected to network {net.name}")
             if rec.status in _ACTIVE and _netns.exists(_netns.path_of(self.root, rec.id)):
-                opts = _netavark.options(rec.id, rec.name, [ep], {net.id: net})
+                # netavark forwards published ports on each network: this one's DNAT
+                # goes with it (the container's last teardown names only the others).
+                mark = rec.extra.get(NETRUN) or {}
+                ports = [PortMapping(**p) for p in mark.get("ports") or []]
+                opts = _netavark.options(rec.id, rec.name, [ep], {net.id: net}, ports)
                 try:
                     _netavark.run(self.root, "teardown", _netns.path_of(self.root, rec.id), opts)
                 except _netavark.NetworkSetupFailed:
