@@ -73,7 +73,9 @@ class Lease:
         self._info = LeaseInfo(self.id, kind, os.getpid(), time.time())
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Blocking: a reaper probing every lock file may hold this new one for a
+            # moment (it leaves a lock file without its json alone for a while).
+            fcntl.flock(fd, fcntl.LOCK_EX)
             self._write()  # may fail (a full disk): then no lock file may stay either
         except BaseException:
             os.close(fd)
@@ -277,7 +279,10 @@ def reap(root: Path) -> list[LeaseInfo]:
         with _try_lock(lock_path) as free:
             if not free:
                 continue
-            info = _read(json_path) or LeaseInfo(lease_id, "", 0, 0.0)
+            found = _read(json_path)
+            if found is None and _young(lock_path):
+                continue  # its owner may be between making the lock file and taking it
+            info = found or LeaseInfo(lease_id, "", 0, 0.0)
             for mount in sorted(info.mounts, key=len, reverse=True):
                 unmount_under(mount)
             for path in info.paths:
@@ -294,6 +299,16 @@ def reap(root: Path) -> list[LeaseInfo]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(json_path)
     return reaped
+
+
+_BIRTH = 5.0  # seconds a lease's lock file may exist without its json
+
+
+def _young(lock_path: Path) -> bool:
+    try:
+        return time.time() - lock_path.stat().st_mtime < _BIRTH
+    except FileNotFoundError:
+        return False
 
 
 def _remove(path: str) -> None:
