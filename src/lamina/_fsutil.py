@@ -38,6 +38,13 @@ def naming(path: str | os.PathLike[str]) -> Iterator[None]:
         raise
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (``os.write`` may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write(
     path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, sync: bool = True
 ) -> None:
@@ -51,9 +58,7 @@ def atomic_write(
         with naming(target):
             try:
                 os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 if sync:
                     os.fsync(fd)
             finally:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina._fsutil import write_all
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina._paths import join_in_root
 from lamina.builder._dockerfile import BuildError
@@ -312,9 +313,7 @@ def write_file(dst: str, data: bytes, mode: int, owner: Owner, mtime_ns: int | N
     _clear(dst, for_dir=False)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fchown(fd, owner.uid, owner.gid)
         os.fchmod(fd, mode)
         if mtime_ns is not None:

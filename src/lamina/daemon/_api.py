@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lamina._fsutil import write_all
 from lamina.daemon import _models as m
 from lamina.daemon._http import HttpError, Request, Response, error_response, json_response
 from lamina.daemon._routes import MULTIPLEXED, NDJSON, TAR, Param, Router
@@ -1001,25 +1002,19 @@ def _feed_stdin(sock: Any, early: bytes, write_end: int,
             if detached is not None:
                 before, keys, _ = data.partition(_DETACH_KEYS)
                 if keys:
-                    _write_all(write_end, before)
+                    write_all(write_end, before)
                     detached.set()
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)  # the client's stream ends
                     return
                 if data.endswith(_DETACH_KEYS[:1]):
                     data, held = data[:-1], data[-1:]
-            _write_all(write_end, data)
-        _write_all(write_end, held)
+            write_all(write_end, data)
+        write_all(write_end, held)
     except OSError:
         pass  # the exec has ended (its stdin closed)
     finally:
         os.close(write_end)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _hung_up(sock: Any, *, peek: bool) -> bool:

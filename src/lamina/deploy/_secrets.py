@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina import _leases
+from lamina._fsutil import write_all
 from lamina._hooks import stop_point
 from lamina.errors import AlreadyExists, LaminaError, NotFound
 
@@ -116,9 +117,7 @@ class SecretStore:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    write_all(fd, data)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -340,9 +339,7 @@ def materialize(
             )
             try:
                 os.fchmod(fd, f.mode)
-                view = memoryview(value)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, value)
             finally:
                 os.close(fd)
             target = f.target if f.target.startswith("/") else f"{SECRETS_MOUNT_DIR}/{f.target}"

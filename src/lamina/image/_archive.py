@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, cast
 
-from lamina._fsutil import fsync_dir, naming
+from lamina._fsutil import fsync_dir, naming, write_all
 from lamina.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -498,9 +498,7 @@ class _DirWriter:
     def add_bytes(self, name: str, data: bytes) -> None:
         fd = self._open(name)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

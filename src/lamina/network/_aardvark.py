@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lamina import _leases
+from lamina._fsutil import write_all
 from lamina._hooks import stop_point
 from lamina.network import _netavark
 from lamina.network._ipam import InvalidNetwork
@@ -114,9 +115,7 @@ def _replace(root: Path, path: Path, data: bytes) -> None:
         try:
             fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
             finally:
                 os.close(fd)
             stop_point("network:aardvark")

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
+from lamina._fsutil import write_all
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay
 from lamina.errors import LaminaError, NotFound
 from lamina.image import apply_layer, open_decompressed
@@ -238,7 +239,7 @@ class _Child:
         try:
             with open_decompressed(tar_stream) as plain:
                 while chunk := plain.read(_CHUNK):
-                    _write_all(self.data, chunk)
+                    write_all(self.data, chunk)
         except BrokenPipeError:
             pass  # the child stopped reading: its status says why
         finally:
@@ -299,12 +300,6 @@ def _describe(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by signal {-code}"
     return f"exit status {code}"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # -- the child's side ---------------------------------------------------------------
@@ -464,7 +459,7 @@ def _serve(job: _Job) -> None:
         chunks = _fsops.copy_out(root, job.path, follow_link=job.follow_link)
         _send(job.status_fd, {"ok": True})
         for chunk in chunks:
-            _write_all(job.data_fd, chunk)
+            write_all(job.data_fd, chunk)
         os.close(job.data_fd)
         _send(job.status_fd, {"ok": True})
     else:
@@ -476,7 +471,7 @@ def _serve(job: _Job) -> None:
 
 
 def _send(fd: int, msg: dict[str, Any]) -> None:
-    _write_all(fd, json.dumps(msg).encode() + b"\n")
+    write_all(fd, json.dumps(msg).encode() + b"\n")
 
 
 def _os_error(what: str) -> LaminaError:
