@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from lamina._fsutil import write_all
 from lamina.daemon import _models as m
-from lamina.daemon._http import HttpError, Request, Response, error_response, json_response
+from lamina.daemon._http import (
+    HttpError,
+    Request,
+    Response,
+    drain_json_lines,
+    error_response,
+    json_response,
+)
 from lamina.daemon._routes import MULTIPLEXED, NDJSON, TAR, Param, Router
 from lamina.errors import (
     AlreadyExists,
@@ -1135,19 +1142,7 @@ def _transfer(request: Request, work: Any) -> Response:
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
 
-    def stream() -> Iterator[bytes]:
-        while True:
-            try:
-                item = sink.events.get(timeout=1.0)
-            except queue.Empty:
-                if request.gone():
-                    return
-                continue
-            if item is None:
-                return
-            yield json.dumps(item).encode() + b"\n"
-
-    return Response(body=stream(), content_type=NDJSON)
+    return Response(body=drain_json_lines(sink.events, request), content_type=NDJSON)
 
 
 @route("POST", "/v1/images/pull", "Pull an image (progress as JSON lines)", "images",

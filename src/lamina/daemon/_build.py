@@ -15,7 +15,6 @@ its step containers are killed and removed, its scratch dropped.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 from lamina.builder._progress import Progress, Step
 from lamina.daemon import _api as api
 from lamina.daemon._api import route
-from lamina.daemon._http import HttpError, Request, Response
+from lamina.daemon._http import HttpError, Request, Response, drain_json_lines
 from lamina.daemon._routes import NDJSON, TAR, Param
 from lamina.errors import LaminaError
 
@@ -194,16 +193,7 @@ def build(request: Request) -> Response:
 
     def stream() -> Iterator[bytes]:
         try:
-            while True:
-                try:
-                    item = events.get(timeout=0.5)
-                except queue.Empty:
-                    if request.gone():
-                        return
-                    continue
-                if item is None:
-                    return
-                yield json.dumps(item).encode() + b"\n"
+            yield from drain_json_lines(events, request, poll=0.5)
         finally:  # the end, or a client gone (a write failed, or it hung up)
             cancel.set()
 

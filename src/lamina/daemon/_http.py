@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import queue
 import select
 import socket
 import ssl
@@ -164,6 +165,23 @@ class Request:
             return _peek_closed(sock)
         except (OSError, ValueError):
             return True
+
+
+def drain_json_lines(
+    items: queue.Queue[Any], request: Request, *, poll: float = 1.0, end: bytes = b"\n"
+) -> Iterator[bytes]:
+    """What a worker thread puts in ``items``, as JSON lines, until it puts None; ends
+    early when the client went away (looked at while nothing comes for ``poll`` s)."""
+    while True:
+        try:
+            item = items.get(timeout=poll)
+        except queue.Empty:
+            if request.gone():
+                return
+            continue
+        if item is None:
+            return
+        yield json.dumps(item).encode() + end
 
 
 def _peek_closed(sock: socket.socket) -> bool:

@@ -10,12 +10,12 @@ import fnmatch
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from lamina.daemon import _api as lapi
-from lamina.daemon._http import HttpError, Request, Response, json_response
+from lamina.daemon._http import HttpError, Request, Response, drain_json_lines, json_response
 from lamina.dockerapi._router import api_version, route
 from lamina.errors import LaminaError
 
@@ -78,19 +78,7 @@ def json_lines(request: Request, work: Callable[[Put], None]) -> Response:
 
     threading.Thread(target=run, daemon=True).start()
 
-    def stream() -> Iterator[bytes]:
-        while True:
-            try:
-                item = lines.get(timeout=1.0)
-            except queue.Empty:
-                if request.gone():
-                    return
-                continue
-            if item is None:
-                return
-            yield json.dumps(item).encode() + b"\r\n"
-
-    return Response(body=stream(), content_type=JSON_LINES)
+    return Response(body=drain_json_lines(lines, request, end=b"\r\n"), content_type=JSON_LINES)
 
 
 class _DockerProgress:
