@@ -223,3 +223,9 @@ def store_leftovers(root: Path) -> list[str]:
         if rel in ("snapshots", "content/ingest"):
             found.extend(os.path.join(rel, d) for d in dirnames)
     return sorted(found)
+
+
+# Bridge networks need Debian's netavark and aardvark-dns (installed by make setup).
+NEEDS_NETAVARK = pytest.mark.skipif(
+    not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
+)

@@ -7,21 +7,25 @@ interfaces. Traffic goes only to that namespace."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from leak_check import network_leaks
-from runtime_fixtures import IMAGE_REF, cli_image_root, lamina_cli, lamina_ok, remove_all_containers
+from runtime_fixtures import (
+    IMAGE_REF,
+    NEEDS_NETAVARK,
+    cli_image_root,
+    lamina_cli,
+    lamina_ok,
+    remove_all_containers,
+)
 from test_networks import outside
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
-    ),
+    NEEDS_NETAVARK,
 ]
 __all__ = ["outside"]  # a fixture of this module too
 

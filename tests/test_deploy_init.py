@@ -8,7 +8,6 @@ also when the process running it is killed; ``retry``, ``timeout`` and
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from leak_check import assert_clean
-from runtime_fixtures import IMAGE_REF, cli_image_root, remove_all_containers, until
+from runtime_fixtures import IMAGE_REF, NEEDS_NETAVARK, cli_image_root, remove_all_containers, until
 
 from lamina.deploy._init import InitFailed, run_init_steps, step_errors
 from lamina.deploy._model import InitStep
@@ -28,7 +27,7 @@ from lamina.engine._options import RunOptions, prepare_run
 
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark"),
+    NEEDS_NETAVARK,
 ]
 
 NETWORK = "initnet"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from leak_check import assert_clean, pid_stopped
-from runtime_fixtures import IMAGE_REF, cli_image_root, remove_all_containers, until
+from runtime_fixtures import IMAGE_REF, NEEDS_NETAVARK, cli_image_root, remove_all_containers, until
 
 from lamina.deploy._jobs import (
     HISTORY,
@@ -77,7 +77,7 @@ def logs(engine: Engine, name: str) -> bytes:
     return b"".join(entry.data for entry in engine.logs(name))
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark")
+@NEEDS_NETAVARK
 def test_a_run_is_a_labelled_container_on_the_network(engine: Engine) -> None:
     if not any(n.name == NETWORK for n in engine.networks.list()):
         engine.networks.create(NETWORK)

@@ -17,6 +17,7 @@ from leak_check import clear_networks, kill, start_stopped
 from runtime_fixtures import (
     CLI,
     IMAGE_REF,
+    NEEDS_NETAVARK,
     cli_image_root,
     lamina_cli,
     lamina_ok,
@@ -25,9 +26,7 @@ from runtime_fixtures import (
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.skipif(
-        not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
-    ),
+    NEEDS_NETAVARK,
 ]
 
 

@@ -17,6 +17,7 @@ from leak_check import clear_networks, conmons, network_leaks
 from runtime_fixtures import (
     CLI,
     IMAGE_REF,
+    NEEDS_NETAVARK,
     cli_image_root,
     error_line,
     lamina_cli,
@@ -27,9 +28,7 @@ from runtime_fixtures import (
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
-    ),
+    NEEDS_NETAVARK,
 ]
 
 

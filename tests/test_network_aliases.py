@@ -21,6 +21,7 @@ import pytest
 from leak_check import clear_networks, pid_stopped
 from runtime_fixtures import (
     IMAGE_REF,
+    NEEDS_NETAVARK,
     cli_image_root,
     error_line,
     lamina_cli,
@@ -31,9 +32,7 @@ from runtime_fixtures import (
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
-    ),
+    NEEDS_NETAVARK,
 ]
 
 NET = "svc"

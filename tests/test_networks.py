@@ -22,6 +22,7 @@ import pytest
 from leak_check import clear_networks, network_leaks
 from runtime_fixtures import (
     IMAGE_REF,
+    NEEDS_NETAVARK,
     cli_image_root,
     error_line,
     lamina_cli,
@@ -32,9 +33,7 @@ from runtime_fixtures import (
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
-    ),
+    NEEDS_NETAVARK,
 ]
 
 UDP_ECHO_C = r"""

@@ -29,6 +29,7 @@ import pytest
 from leak_check import network_leaks, zombie
 from runtime_fixtures import (
     IMAGE_REF,
+    NEEDS_NETAVARK,
     cli_image_root,
     error_line,
     lamina_cli,
@@ -221,9 +222,6 @@ def test_netns_attachments_are_checked(namespaces: Namespaces) -> None:
 
 # -- through the CLI, with netavark ------------------------------------------------------
 
-needs_netavark = pytest.mark.skipif(
-    not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
-)
 HTTPD = "mkdir -p /www && echo {} > /www/index.html && exec httpd -f -p 80 -h /www"
 VM = ("--isolation", "vm")
 
@@ -255,7 +253,7 @@ def get(root: Path, network: str, url: str) -> str:
     return r.stdout if r.returncode == 0 else ""
 
 
-@needs_netavark
+@NEEDS_NETAVARK
 def test_vm_and_process_containers_share_networks(root: Path) -> None:
     lamina_ok(root, "network", "create", "front")
     lamina_ok(root, "network", "create", "back")
@@ -306,7 +304,7 @@ def _vm_pids(root: Path, cid: str) -> tuple[int, int]:
     return int((vmdir / "supervisor.pid").read_text()), int((vmdir / "qemu.pid").read_text())
 
 
-@needs_netavark
+@NEEDS_NETAVARK
 @pytest.mark.parametrize("victim", ["qemu", "supervisor"])
 def test_sigkill_of_a_bridged_vm_leaves_nothing(root: Path, victim: str) -> None:
     cid = lamina_ok(root, "run", "-d", *VM, IMAGE_REF, "sleep", "300").strip()
@@ -325,7 +323,7 @@ def test_sigkill_of_a_bridged_vm_leaves_nothing(root: Path, victim: str) -> None
     assert network_leaks(root) == []
 
 
-@needs_netavark
+@NEEDS_NETAVARK
 def test_vm_network_refusals_are_one_line(root: Path) -> None:
     for i in range(9):
         lamina_ok(root, "network", "create", f"n{i}")
