@@ -37,6 +37,7 @@ from lamina.daemon._http import (
     Response,
     drain_json_lines,
     error_response,
+    internal_error,
     json_response,
 )
 from lamina.daemon._routes import MULTIPLEXED, NDJSON, TAR, Param, Router
@@ -165,7 +166,7 @@ def route_request(routes: Router, request: Request, path: str) -> Response:
         import traceback
 
         traceback.print_exc()
-        return error_response(500, f"internal error: {type(e).__name__}: {e}")
+        return error_response(500, internal_error(e))
 
 
 def status_of(e: LaminaError) -> int:
@@ -1135,7 +1136,7 @@ def _transfer(request: Request, work: Any) -> Response:
         except LaminaError as e:
             sink.events.put({"error": " ".join(str(e).split()), "code": status_of(e)})
         except Exception as e:  # a bug: said, not hidden
-            sink.events.put({"error": f"internal error: {type(e).__name__}: {e}", "code": 500})
+            sink.events.put({"error": internal_error(e), "code": 500})
         finally:
             sink.events.put(None)
 

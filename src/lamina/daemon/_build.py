@@ -23,7 +23,7 @@ from typing import Any
 from lamina.builder._progress import Progress, Step
 from lamina.daemon import _api as api
 from lamina.daemon._api import route
-from lamina.daemon._http import HttpError, Request, Response, drain_json_lines
+from lamina.daemon._http import HttpError, Request, Response, drain_json_lines, internal_error
 from lamina.daemon._routes import NDJSON, TAR, Param
 from lamina.errors import LaminaError
 
@@ -184,7 +184,7 @@ def build(request: Request) -> Response:
         except LaminaError as err:
             events.put(_error_line(err))
         except Exception as err:  # a bug: said, not hidden
-            events.put({"error": f"internal error: {type(err).__name__}: {err}", "code": 500})
+            events.put({"error": internal_error(err), "code": 500})
         finally:
             upload.drop()
             events.put(None)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lamina.daemon import _api as api
 from lamina.daemon import _models as m
 from lamina.daemon._api import route
-from lamina.daemon._http import HttpError, Request, Response, json_response
+from lamina.daemon._http import HttpError, Request, Response, internal_error, json_response
 from lamina.daemon._routes import NDJSON, Param
 from lamina.errors import LaminaError
 
@@ -163,7 +163,7 @@ def _waited(request: Request, deployments: Any, name: str, timeout: float | None
         except LaminaError as e:
             done.put({"error": " ".join(str(e).split()), "code": api.status_of(e)})
         except Exception as e:  # a bug: said, not hidden
-            done.put({"error": f"internal error: {type(e).__name__}: {e}", "code": 500})
+            done.put({"error": internal_error(e), "code": 500})
 
     threading.Thread(target=run, daemon=True, name=f"deploy-wait-{name}").start()
 

@@ -167,6 +167,11 @@ class Request:
             return True
 
 
+def internal_error(e: BaseException) -> str:
+    """What a client is told of a bug (a 500 or a stream's error line): said, not hidden."""
+    return f"internal error: {type(e).__name__}: {e}"
+
+
 def drain_json_lines(
     items: queue.Queue[Any], request: Request, *, poll: float = 1.0, end: bytes = b"\n"
 ) -> Iterator[bytes]:

@@ -15,7 +15,14 @@ from datetime import datetime
 from typing import Any
 
 from lamina.daemon import _api as lapi
-from lamina.daemon._http import HttpError, Request, Response, drain_json_lines, json_response
+from lamina.daemon._http import (
+    HttpError,
+    Request,
+    Response,
+    drain_json_lines,
+    internal_error,
+    json_response,
+)
 from lamina.dockerapi._router import api_version, route
 from lamina.errors import LaminaError
 
@@ -72,7 +79,7 @@ def json_lines(request: Request, work: Callable[[Put], None]) -> Response:
         except LaminaError as e:
             lines.put(error_line(str(e)))
         except Exception as e:  # a bug: said, not hidden
-            lines.put(error_line(f"internal error: {type(e).__name__}: {e}"))
+            lines.put(error_line(internal_error(e)))
         finally:
             lines.put(None)
 
