@@ -1,4 +1,5 @@
-"""Durable file writes shared by every layer: ``fsync_dir`` and ``atomic_write``.
+"""Durable file writes shared by every layer: ``fsync_dir`` and ``atomic_write``;
+``remove_tree`` for trees already renamed out of the way.
 
 ``atomic_write`` never leaves a half-written file: it writes a temporary file next
 to the target (same directory, so the rename stays on one filesystem), optionally
@@ -6,6 +7,12 @@ fsyncs it, renames it over the target and, when syncing, fsyncs the directory so
 the rename itself survives a crash. A reader sees the old file or the new one,
 never a mix; on failure the temporary file is removed and the target is untouched.
 Standard library only: this module sits below ``lamina.image`` and everything else.
+
+``remove_tree`` deletes at once, or, in a long-lived process that asked for it
+(``remove_trees_in_background``: the daemon), in a background thread, so that a
+``run --rm`` answers before its files are gone. Callers rename a tree to a ``.rm-``
+name first: whoever sweeps trash (the engine's reconcile) deletes what a killed
+process left queued.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+_remover: Any = None  # the background remover's queue (queue.SimpleQueue), when asked
+_queued: set[str] = set()  # trees handed to it and not yet deleted
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -72,3 +83,54 @@ def atomic_write(
         raise
     if sync:
         fsync_dir(target.parent)
+
+
+def remove_trees_in_background() -> None:
+    """From now on ``remove_tree`` hands its trees to one background thread of this
+    process (idempotent). For long-lived processes only: trees still queued when the
+    process ends stay on disk as ``.rm-`` trash for the next sweep."""
+    global _remover
+    if _remover is not None:
+        return
+    import queue
+    import shutil
+    import threading
+
+    pending: queue.SimpleQueue[Path] = queue.SimpleQueue()
+
+    def run() -> None:
+        while True:
+            path = pending.get()
+            shutil.rmtree(path, ignore_errors=True)
+            _queued.discard(str(path))
+
+    threading.Thread(target=run, name="tree-remover", daemon=True).start()
+    _remover = pending
+
+
+def remove_tree(path: Path) -> None:
+    """Delete the tree ``path`` (errors ignored: a sweeper may delete it too): now,
+    or later in the background when this process asked for that."""
+    if _remover is not None:
+        _queued.add(str(path))
+        _remover.put(path)
+        return
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def queued_for_removal(path: Path) -> bool:
+    """Whether ``path`` waits for this process's background remover: a sweeper of
+    trash leaves it be, and it is not something left over."""
+    return str(path) in _queued
+
+
+def finish_removals(timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) until the background remover has deleted what
+    it was handed: a process that ends on purpose leaves no trash behind."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _queued and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -181,7 +181,12 @@ class RemoteEngine:
             self.pull_image(image, progress=progress())
             body["pull"] = "missing"
             created = self._json("POST", "/containers", json_body=body)
-        return self.get(created["Id"]), list(created.get("Warnings") or [])
+        warnings = list(created.get("Warnings") or [])
+        if isinstance(created.get("Container"), dict):
+            from lamina.runtime._types import Container
+
+            return decode(Container, created["Container"]), warnings
+        return self.get(created["Id"]), warnings
 
     def get(self, ref: str) -> Container:
         from lamina.runtime._types import Container

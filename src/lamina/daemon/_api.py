@@ -423,7 +423,7 @@ def containers_create(request: Request) -> Response:
         config, warnings = prepare_run(e, opts, image=image, command=command, pull=pull,
                                        platform=platform, environ={})  # fmt: skip
         created = e.create(config)
-    return json_response({"Id": created.id, "Warnings": warnings}, 201)
+    return json_response({"Id": created.id, "Warnings": warnings, "Container": plain(created)}, 201)
 
 
 @route("GET", "/v1/containers/{id}", "Inspect a container (Docker's inspect)", "containers",

@@ -233,6 +233,7 @@ def _who(root: Path) -> str:
 
 def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
                   ready: Callable[[list[str]], None] | None) -> None:  # fmt: skip
+    from lamina._fsutil import finish_removals, remove_trees_in_background
     from lamina.daemon import _api, _boot, _deploy
 
     engines = _api.Engines(root, opts.oci_runtime, insecure_registries=opts.insecure_registries,
@@ -240,6 +241,9 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
                            registry_mirrors=opts.registry_mirrors, say=say)  # fmt: skip
     with engines.engine() as engine:
         _boot.take_over(engine, say)
+    # A removed container's files go in the background: a ``run --rm`` answers once
+    # the container is gone from its names, not once its files are (boot swept above).
+    remove_trees_in_background()
     _api.API = _api.Api(engines)
     listeners: list[Listener] = []
     made: list[Path] = []
@@ -302,3 +306,4 @@ def _serve_locked(root: Path, opts: DaemonOptions, checked: _Plan,
         _deploy.stop()
         _api.API = None
         engines.close()
+        finish_removals(timeout=30)  # what it still deletes; a kill leaves it to the sweep

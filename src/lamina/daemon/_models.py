@@ -60,6 +60,9 @@ ContainerCreate = _create_model()
 class ContainerCreated(BaseModel):
     Id: str
     Warnings: list[str]
+    # the created container as ``GET /v1/containers/{id}/record`` describes it: a
+    # ``run`` needs no second request for it
+    Container: dict[str, Any] | None = None
 
 
 class ContainerUpdate(BaseModel):

@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lamina._fsutil import remove_tree
 from lamina.engine._names import new_id
 from lamina.errors import LaminaError
 
@@ -66,8 +67,9 @@ def remove_dir(d: Path) -> None:
     except FileNotFoundError:
         return
     except OSError:
-        trash = d  # cannot rename (busy?): delete in place, as well as that goes
-    shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)  # cannot rename (busy?): in place, as it goes
+        return
+    remove_tree(trash)
 
 
 def list_dir(d: Path) -> list[str]:

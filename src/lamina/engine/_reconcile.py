@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from lamina import _leases
+from lamina._fsutil import queued_for_removal
 from lamina.engine import _health, _locks
 from lamina.errors import LaminaError, NotFound, StorageError
 from lamina.runtime._types import Status
@@ -234,7 +235,8 @@ def _collect_orphans(engine: Engine, isolation: str, known: set[str], *, thoroug
         if name.startswith(".rm-"):  # a removal's trash; a live remover ignores errors
             import shutil
 
-            shutil.rmtree(task.task_root / name, ignore_errors=True)
+            if not queued_for_removal(task.task_root / name):
+                shutil.rmtree(task.task_root / name, ignore_errors=True)
         elif _locks.is_id(name):
             with _recovering(engine, name):
                 _remove_orphan(engine, name, isolation)
