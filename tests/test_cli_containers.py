@@ -225,6 +225,12 @@ def test_detached_lifecycle(root: Path) -> None:
     assert r.stdout == "web\n"
     assert_one_line_error(r)
     assert ok(root, "ps", "-a", "-q") == ""
+    # -f: a container that is not there is said, but no failure (Docker's CLI)
+    ok(root, "create", "--name", "gone", IMAGE, "true")
+    r = lamina(root, "rm", "-f", "nosuch", "gone")
+    assert (r.returncode, r.stdout) == (0, "gone\n")
+    assert_one_line_error(r)
+    assert "nosuch" in r.stderr
 
 
 def test_logs_follow_tail_and_stats(root: Path) -> None:

@@ -105,10 +105,12 @@ def _error(msg: str) -> None:
     print(f"lamina: error: {' '.join(msg.split())}", file=sys.stderr)
 
 
-def _each(refs: Sequence[str], action: Callable[[str], object], echo: bool = True) -> None:
+def _each(refs: Sequence[str], action: Callable[[str], object], echo: bool = True,
+          *, missing_ok: bool = False) -> None:  # fmt: skip
     """Apply ``action`` to every container, reporting failures one line each (Docker
-    goes on with the others), then exit 1 if any failed."""
-    from lamina.errors import LaminaError
+    goes on with the others), then exit 1 if any failed. ``missing_ok`` (``rm -f``):
+    a container that does not exist is said but is no failure, as Docker's CLI has it."""
+    from lamina.errors import LaminaError, NotFound
 
     failed = False
     for ref in refs:
@@ -116,7 +118,7 @@ def _each(refs: Sequence[str], action: Callable[[str], object], echo: bool = Tru
             action(ref)
         except LaminaError as e:
             _error(str(e))
-            failed = True
+            failed = failed or not (missing_ok and isinstance(e, NotFound))
             continue
         if echo:
             click.echo(ref)

@@ -84,7 +84,8 @@ def unpause(containers: tuple[str, ...]) -> None:
 def rm(containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove one or more containers."""
     engine = open_engine()
-    _each(containers, lambda ref: engine.remove(ref, force=force, volumes=volumes))
+    _each(containers, lambda ref: engine.remove(ref, force=force, volumes=volumes),
+          missing_ok=force)  # fmt: skip
 
 
 @_command("rename")
