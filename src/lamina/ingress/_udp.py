@@ -5,8 +5,14 @@ rule per ready server, spread evenly by ``statistic --mode nth`` (every N-th new
 to the first, every (N-1)-th of the rest to the second, ...). conntrack keeps a flow
 on the server it was given; when a server stops being ready its flows are
 forgotten (``forget_flows``) so that their next datagram is balanced again. The
-chain is rewritten in one ``iptables-restore`` transaction, so a packet never meets
+chains are rewritten in one ``iptables-restore`` transaction, so a packet never meets
 half a rule set.
+
+A client on the host's loopback (127.0.0.1) reaches a container as netavark's port
+forwards let it: the bridge towards the server routes loopback sources
+(``route_localnet``, else the kernel drops such a packet as a martian) and a second
+chain, ``<chain>-M`` from POSTROUTING, masquerades those flows to the bridge's address
+so that the replies come back through the NAT.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ from pathlib import Path
 from lamina.ingress._model import Backend, IngressError, Route
 
 _HOOKS = ("PREROUTING", "OUTPUT")
+_MASQ_HOOK = "POSTROUTING"
 
 
 def chain_name(root: Path) -> str:
     digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:10].upper()
     return f"LAMINA-INGRESS-{digest}"
+
+
+def masq_chain_name(root: Path) -> str:
+    return chain_name(root) + "-M"  # 27 characters: iptables allows 28
 
 
 def _iptables(*args: str, input: str | None = None, check: bool = True) -> bool:
@@ -63,30 +74,70 @@ def rules(
     return out
 
 
+def masq_rules(masq: str, routes: Sequence[Route]) -> list[str]:
+    """The masquerade chain's rules: a flow from a loopback address that the DNAT
+    chain sent on (its original destination port is a udp route's) leaves with the
+    outgoing interface's address."""
+    return [
+        f"-A {masq} -s 127.0.0.0/8 -p udp -m conntrack --ctstate DNAT "
+        f"--ctorigdstport {route.port} -j MASQUERADE"
+        for route in sorted(routes, key=lambda r: r.port)
+    ]
+
+
 def apply(root: Path, address: str, routes: Sequence[Route], backends: Sequence[Backend]) -> None:
-    """Make the root's chain hold exactly the rules of ``routes`` (none: removed)."""
-    chain = chain_name(root)
+    """Make the root's chains hold exactly the rules of ``routes`` (none: removed)."""
+    chain, masq = chain_name(root), masq_chain_name(root)
     if not routes:
         remove(root)
         return
-    lines = rules(chain, address, routes, backends)
+    lines = [*rules(chain, address, routes, backends), *masq_rules(masq, routes)]
+    if address in ("0.0.0.0", "") or address.startswith("127."):
+        _route_loopback_to(backends, routes)
     # A declared chain is flushed by iptables-restore (--noflush keeps the others).
-    _iptables("--noflush", input="\n".join(["*nat", f":{chain} - [0:0]", *lines, "COMMIT", ""]))
-    for hook in _HOOKS:
-        jump = [hook, "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
-        if not _iptables("-t", "nat", "-C", *jump, check=False):
-            _iptables("-t", "nat", "-I", *jump)
+    restore = ["*nat", f":{chain} - [0:0]", f":{masq} - [0:0]", *lines, "COMMIT", ""]
+    _iptables("--noflush", input="\n".join(restore))
+    for hook, jump in _jumps(chain, masq):
+        if not _iptables("-t", "nat", "-C", hook, *jump, check=False):
+            _iptables("-t", "nat", "-I", hook, *jump)
+
+
+def _jumps(chain: str, masq: str) -> list[tuple[str, list[str]]]:
+    local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
+    return [*((hook, local) for hook in _HOOKS), (_MASQ_HOOK, ["-j", masq])]
+
+
+def _route_loopback_to(backends: Sequence[Backend], routes: Sequence[Route]) -> None:
+    """``route_localnet`` on the interfaces towards the udp routes' servers (their
+    bridges), as netavark sets it for its port forwards: without it the kernel drops a
+    packet from 127.0.0.1 that the DNAT sends out of a bridge."""
+    from pyroute2 import IPRoute, NetlinkError
+
+    keys = {r.backend for r in routes}
+    addresses = {s.address for b in backends if b.key in keys for s in b.servers}
+    with IPRoute() as ipr:
+        for address in sorted(addresses):
+            try:
+                found = ipr.route("get", dst=address)
+                index = found[0].get_attr("RTA_OIF")
+                name = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+            except (NetlinkError, IndexError, OSError, ValueError):
+                continue  # no route (a server gone meanwhile): nothing to reach
+            if name == "lo":
+                continue
+            with contextlib.suppress(OSError):  # the bridge went away meanwhile
+                Path(f"/proc/sys/net/ipv4/conf/{name}/route_localnet").write_text("1\n")
 
 
 def remove(root: Path) -> None:
-    """Remove the root's chain and the jumps to it (nothing when absent)."""
-    chain = chain_name(root)
-    for hook in _HOOKS:
-        jump = [hook, "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
-        while _iptables("-t", "nat", "-D", *jump, check=False):
+    """Remove the root's chains and the jumps to them (nothing when absent)."""
+    chain, masq = chain_name(root), masq_chain_name(root)
+    for hook, jump in _jumps(chain, masq):
+        while _iptables("-t", "nat", "-D", hook, *jump, check=False):
             pass
-    if _iptables("-t", "nat", "-F", chain, check=False):
-        _iptables("-t", "nat", "-X", chain, check=False)
+    for name in (chain, masq):
+        if _iptables("-t", "nat", "-F", name, check=False):
+            _iptables("-t", "nat", "-X", name, check=False)
 
 
 def forget_flows(routes: Sequence[Route], backends: Sequence[Backend]) -> int:
