@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from daemon_fixtures import running_daemon
 from ingress_fixtures import (
     Backends,
     backend_procs,
@@ -314,6 +315,7 @@ def test_cli_cert_add_ls_rm_and_ingress_ls(
     )
     state = json.loads(lamina_ok(ingress_root, "ingress", "inspect"))
     assert state["running"] and state["backends"][0]["servers"][0]["health"] == "up"
+    assert state["address"] == "127.0.0.1"  # a certificate's reload keeps it
 
     bad = lamina_cli(
         ingress_root, "ingress", "cert", "add", "cli.test",
@@ -329,6 +331,43 @@ def test_cli_cert_add_ls_rm_and_ingress_ls(
     )
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(tls, "cli.test", ca.file)
+
+
+def test_the_ingress_commands_through_the_daemon(ingress_root: Path, tmp_path: Path) -> None:
+    """``--host``: the daemon's ingress (here without public endpoints: no HAProxy)."""
+    ca = CA(tmp_path / "ca")
+    cert, key = ca.issue("remote.test")
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    files = ["--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem")]
+    with running_daemon(ingress_root) as daemon:
+        host = ("--host", f"unix://{daemon.socket}")
+        out = lamina_ok(ingress_root, *host, "ingress", "cert", "add", "remote.test", *files)
+        assert out.startswith("remote.test (expires ")
+        rows = lamina_ok(ingress_root, *host, "ingress", "cert", "ls", "--format", "json")
+        assert [json.loads(r)["Host"] for r in rows.splitlines()] == ["remote.test"]
+        state = json.loads(lamina_ok(ingress_root, *host, "ingress", "inspect"))
+        assert (state["running"], state["routes"]) == (False, [])
+        assert [c["host"] for c in state["certificates"]] == ["remote.test"]
+        assert lamina_ok(ingress_root, *host, "ingress", "ls").split() == [
+            "PORT",
+            "PROTOCOL",
+            "HOST",
+            "PATH",
+            "BACKEND",
+            "SERVERS",
+        ]
+        bad = lamina_cli(ingress_root, *host, "ingress", "cert", "add", "bad host", *files)
+        assert bad.returncode != 0 and error_line(bad.stderr).startswith("lamina: error: ")
+        assert lamina_ok(ingress_root, *host, "ingress", "cert", "rm", "remote.test") == (
+            "remote.test\n"
+        )
+        gone = lamina_cli(ingress_root, *host, "ingress", "cert", "rm", "remote.test")
+        assert error_line(gone.stderr) == "lamina: error: no certificate for remote.test"
+    # the daemon wrote into the root: the local command sees the same store
+    assert lamina_ok(ingress_root, "ingress", "cert", "ls").split() == [
+        "HOST", "EXPIRES", "ISSUER", "SOURCE"
+    ]  # fmt: skip
 
 
 def test_an_acme_challenge_the_ca_cannot_reach_fails_in_one_line(

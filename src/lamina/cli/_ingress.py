@@ -1,6 +1,6 @@
 """Ingress commands: ``ingress ls|inspect`` (routes, backends, each server's health as
 HAProxy sees it) and ``ingress cert add|ls|rm`` (the certificates served by SNI), on
-the local root's ingress (``lamina.ingress``)."""
+the local root's ingress (``lamina.ingress``) or, with ``--host``, the daemon's."""
 
 from __future__ import annotations
 
@@ -13,15 +13,19 @@ from lamina.cli._click import DockerGroup, FlagError
 from lamina.cli._output import FORMAT_OPTION
 
 if TYPE_CHECKING:
+    from lamina.client._deploy import IngressClient
     from lamina.ingress import Ingress
 
 
-def _ingress(command: str) -> Ingress:
-    from lamina.cli._common import _settings, is_remote
-    from lamina.ingress import Ingress
+def _ingress() -> Ingress | IngressClient:
+    from lamina.cli._common import _settings, is_remote, open_engine
 
     if is_remote():
-        raise FlagError("works on the local root's ingress only (no --host)", command)
+        from lamina.client._deploy import IngressClient
+
+        return IngressClient(open_engine())  # type: ignore[arg-type]
+    from lamina.ingress import Ingress
+
     return Ingress(_settings().root)
 
 
@@ -42,7 +46,7 @@ def ls(fmt: str) -> None:
     """List routes with their backend's servers (up/total)."""
     from lamina.cli._output import print_listing
 
-    state = _ingress("ingress ls").inspect()
+    state = _ingress().inspect()
     backends = {b["key"]: b for b in state["backends"]}
     rows = []
     for route in state["routes"]:
@@ -66,7 +70,7 @@ def inspect() -> None:
     """Show the ingress: whether HAProxy runs, routes, backends and servers (JSON)."""
     from lamina.cli._output import print_json
 
-    print_json(_ingress("ingress inspect").inspect())
+    print_json(_ingress().inspect())
 
 
 @ingress.group("cert", cls=DockerGroup)
@@ -98,7 +102,7 @@ def cert_add(host: str, cert_file: Path, key_file: Path) -> None:
             data.append(path.read_bytes())
         except OSError as e:
             raise FlagError(f"cannot read {path}: {e.strerror}", "ingress cert add") from None
-    info = _ingress("ingress cert add").add_cert(host, data[0], data[1])
+    info = _ingress().add_cert(host, data[0], data[1])
     click.echo(f"{info.host} (expires {info.not_after})")
 
 
@@ -118,7 +122,7 @@ def cert_ls(fmt: str) -> None:
             "Issuer": c.issuer,
             "Source": "acme" if c.acme else "file",
         }
-        for c in _ingress("ingress cert ls").certs.list()
+        for c in _ingress().list_certs()
     ]
     print_listing(fmt, rows, list(_CERT_HEADERS), _CERT_HEADERS)
 
@@ -127,7 +131,7 @@ def cert_ls(fmt: str) -> None:
 @click.argument("hosts", nargs=-1, required=True)
 def cert_rm(hosts: tuple[str, ...]) -> None:
     """Remove the certificates of HOSTS."""
-    ing = _ingress("ingress cert rm")
+    ing = _ingress()
     for host in hosts:
         ing.remove_cert(host)
         click.echo(host)

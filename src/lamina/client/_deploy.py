@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,44 @@ class DeployClient:
 
     def remove_secret(self, name: str) -> None:
         self.engine._done("DELETE", f"/secrets/{segment(name)}")
+
+
+@dataclass(frozen=True)
+class RemoteCert:
+    """A certificate the daemon's ingress serves (``lamina.ingress.CertInfo``'s fields)."""
+
+    host: str
+    not_after: str
+    issuer: str
+    acme: bool = False
+
+
+class IngressClient:
+    """The daemon's ingress (``/v1/ingress``): what ``lamina.ingress.Ingress`` offers the
+    ``ingress`` commands."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+
+    def inspect(self) -> dict[str, Any]:
+        return dict(self.engine._json("GET", "/ingress"))
+
+    def list_certs(self) -> list[RemoteCert]:
+        return [_cert(c) for c in self.engine._json("GET", "/ingress/certificates")]
+
+    def add_cert(self, host: str, cert_pem: bytes, key_pem: bytes) -> RemoteCert:
+        body = {"cert": cert_pem.decode("utf-8", "replace"),
+                "key": key_pem.decode("utf-8", "replace")}  # fmt: skip
+        return _cert(self.engine._json("PUT", f"/ingress/certificates/{segment(host)}",
+                                       json_body=body))  # fmt: skip
+
+    def remove_cert(self, host: str) -> None:
+        self.engine._done("DELETE", f"/ingress/certificates/{segment(host)}")
+
+
+def _cert(data: dict[str, Any]) -> RemoteCert:
+    return RemoteCert(str(data["host"]), str(data["not_after"]), str(data.get("issuer", "")),
+                      bool(data.get("acme")))  # fmt: skip
 
 
 # -- the root's own daemon ------------------------------------------------------------------

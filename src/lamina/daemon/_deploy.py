@@ -1,6 +1,7 @@
-"""The deployment routes (``/v1/deployments...``) and the secret store's
-(``/v1/secrets``): each translates one request into a call of the daemon's
-``lamina.deploy.Deployments`` (or ``SecretStore``) and its answer into JSON.
+"""The deployment routes (``/v1/deployments...``), the secret store's
+(``/v1/secrets``) and the ingress's (``/v1/ingress...``): each translates one request
+into a call of the daemon's ``lamina.deploy.Deployments`` (or ``SecretStore``, or the
+root's ``lamina.ingress.Ingress``) and its answer into JSON.
 
 The daemon makes one ``Deployments`` on its root and starts it before it serves
 (``start``) and closes it after (``stop``); nothing is decided here.
@@ -311,4 +312,49 @@ def secrets_create(request: Request) -> Response:
 @route("DELETE", "/v1/secrets/{name}", "Remove a secret", "secrets", status=204)
 def secrets_remove(request: Request) -> Response:
     _secrets().remove(request.params["name"])
+    return Response(status=204)
+
+
+# -- the ingress ----------------------------------------------------------------------------
+
+
+class CertificateAdd(BaseModel):
+    """A certificate (chain) and its private key, PEM, for one host."""
+
+    model_config = _STRICT
+    cert: str = Field(description="PEM certificate (chain)")
+    key: str = Field(description="PEM private key")
+
+
+def _ingress() -> Any:
+    from lamina.ingress import Ingress
+
+    return Ingress(_ROOT if _ROOT is not None else api._api().engines.root)
+
+
+@route("GET", "/v1/ingress", "The ingress: whether HAProxy runs, its routes, backends and "
+       "servers (with their health) and certificates", "ingress", answer=_JSON_OBJECT)  # fmt: skip
+def ingress_inspect(_request: Request) -> Response:
+    return json_response(_ingress().inspect())
+
+
+@route("GET", "/v1/ingress/certificates", "The certificates served by SNI, with their expiry",
+       "ingress", answer=_JSON_LIST)  # fmt: skip
+def ingress_certificates(_request: Request) -> Response:
+    return json_response(jsonable(_ingress().list_certs()))
+
+
+@route("PUT", "/v1/ingress/certificates/{host}", "Serve a certificate for a host (exact or "
+       "*.domain); replaces the host's", "ingress", body=CertificateAdd,
+       answer=_JSON_OBJECT)  # fmt: skip
+def ingress_certificate_add(request: Request) -> Response:
+    body = m.parse(CertificateAdd, request.json())
+    info = _ingress().add_cert(request.params["host"], body.cert.encode(), body.key.encode())
+    return json_response(jsonable(info))
+
+
+@route("DELETE", "/v1/ingress/certificates/{host}", "Stop serving a host's certificate",
+       "ingress", status=204)  # fmt: skip
+def ingress_certificate_remove(request: Request) -> Response:
+    _ingress().remove_cert(request.params["host"])
     return Response(status=204)

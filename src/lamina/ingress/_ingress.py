@@ -128,6 +128,9 @@ class Ingress:
         self.certs.remove(host)
         self.refresh()
 
+    def list_certs(self) -> list[CertInfo]:
+        return self.certs.list()
+
     # -- ACME HTTP-01 answers ------------------------------------------------------------
 
     def set_challenge(self, token: str, key_authorization: str) -> None:
@@ -196,6 +199,8 @@ class Ingress:
         applied = self._read_applied()
         if not applied or self.running() is None:
             return
+        # on the address it serves (a command's Ingress does not know the daemon's flag)
+        self.address = applied.get("address", self.address)
         routes = [Route(**r) for r in applied["routes"]]
         backends = [
             Backend(
