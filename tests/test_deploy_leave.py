@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from deploy_fixtures import Controller, controller, deploy_root, httpd, spec
+from deploy_fixtures import Controller, bring_down_and_check, controller, deploy_root, httpd, spec
 from dockerapi_fixtures import DockerEndpoint, docker_endpoint
 from runtime_fixtures import IMAGE_REF, NEEDS_NETAVARK, cli_image_root, lamina_ok, until
 
@@ -215,3 +215,37 @@ def test_unless_stopped_keeps_a_replica_the_user_stopped(controller: Controller)
     assert [r.state for r in d.replicas("uls", "keep")] == ["running", "exited"]
     d.apply(s)
     until(lambda: len([r for r in d.replicas("uls", "keep") if r.ready]) == 2, timeout=30)
+
+
+def test_a_replica_the_controller_was_removing_is_not_taken_for_a_user_stop(
+    deploy_root: Path,
+) -> None:
+    """unless_stopped: the controller stops an unhealthy replica to replace it and is
+    killed (SIGKILL) between the stop and the removal. The next controller replaces
+    it: the stop was the controller's (its mark), not the user's."""
+    from leak_check import container_traces, kill
+    from test_deploy_sigkill import stopped_controller
+
+    root = deploy_root
+    s = spec("ulk", web=httpd("web", restart_policy={"kind": "unless_stopped"}))
+    c = Controller(root)
+    try:
+        c.d.apply(s)
+        c.d.wait("ulk", timeout=60)
+    finally:
+        c.close()
+    first = lamina_ok(root, "inspect", "-f", "{{.Id}}", "ulk-web-1").strip()
+    lamina_ok(root, "exec", "ulk-web-1", "touch", "/tmp/sick")
+    until(lambda: lamina_ok(root, "inspect", "-f", "{{.State.Health.Status}}",
+                            "ulk-web-1").strip() == "unhealthy", timeout=30)  # fmt: skip
+    kill(stopped_controller(root, "deploy:removing", "apply", s.model_dump_json()))
+    assert lamina_ok(root, "inspect", "-f", "{{.State.Status}}", "ulk-web-1").strip() == "exited"
+    c = Controller(root)
+    try:
+        until(lambda: [(r.name, r.ready) for r in c.d.replicas("ulk", "web")]
+              == [("ulk-web-1", True)], timeout=30)  # fmt: skip
+        assert lamina_ok(root, "inspect", "-f", "{{.Id}}", "ulk-web-1").strip() != first
+    finally:
+        ids = container_traces(root)
+        c.close()
+        bring_down_and_check(root, ids)
