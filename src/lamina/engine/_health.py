@@ -435,9 +435,9 @@ def needs_checks(rec: Record | None) -> bool:
 def record(engine: Engine, cid: str, run: float, result: Result, t: Timing) -> None:
     """Write ``result`` into the container's state, under its lock, if it still runs the
     run the check was made in (a result of a stopped or paused run is dropped, as Docker
-    drops a probe cancelled meanwhile); a change of status is a ``health_status`` event,
-    a result that starts or ends a failing streak without one lamina's ``health_check:
-    failing`` or ``health_check: passing`` (``CHECK_EVENT``; not shown to Docker clients)."""
+    drops a probe cancelled meanwhile). A change of status is a ``health_status`` event;
+    a result that starts or ends a failing streak without changing the status is
+    lamina's ``health_check: failing`` or ``health_check: passing`` (``CHECK_EVENT``)."""
     from lamina.errors import NotFound
 
     rec = engine.store.get(cid)
