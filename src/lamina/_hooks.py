@@ -17,5 +17,9 @@ def stop_point(name: str) -> None:
     """SIGSTOP this process when the tests asked to stop at ``name``."""
     if os.environ.get(ENV) == name:
         import signal
+        import threading
 
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # To this thread, not the process: a signal to the process is taken by its main
+        # thread, and this one ran on (a controller's thread went into the next step)
+        # until the main thread stopped them all.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from lamina.deploy._jobs import JobRun
     from lamina.deploy._model import DeploymentSpec, ServiceSpec
     from lamina.engine import Container, Engine
+    from lamina.runtime._types import Record
 
 LABEL_DEPLOYMENT = "lamina.deployment"
 LABEL_SERVICE = "lamina.service"
@@ -186,14 +187,16 @@ class Deployments:
                     self.say(f"deployments: {e}")
 
     def _watch(self) -> None:
-        """Wake the converge thread when a container dies, its health changes or it is
-        removed (whoever did it)."""
+        """Wake the converge thread when a container dies, its health changes, a check
+        starts or ends a failing streak (``health_check``: the replica leaves or rejoins
+        its service's name now, not at the next pass) or it is removed (whoever did it)."""
         from lamina.engine._events import EventFilter, Follower
+        from lamina.engine._health import CHECK_EVENT
 
         filters = EventFilter(
             {
                 "type": ["container"],
-                "event": ["die", "health_status", "destroy"],
+                "event": ["die", "health_status", CHECK_EVENT, "destroy"],
                 "label": [LABEL_DEPLOYMENT],
             }
         )
@@ -293,6 +296,8 @@ class Deployments:
                 for k, v in old.scale.items()
                 if k in spec.services and spec.services[k].scale.mode != "fixed"
             }
+        # a deploy asks for every replica again: those the user stopped too
+        new.resumed = {svc: time.time() for svc in spec.services}
         for svc, service in dumped["services"].items():
             new.hashes[svc] = _state.service_hash(
                 service, images.get(svc, ""), new.restarts.get(svc, 0)
@@ -402,6 +407,7 @@ class Deployments:
                     f"service {name}/{service} has a fixed scale: change its replicas in the spec"
                 )
             d.scale[service] = replicas
+            d.resumed[service] = time.time()
 
         self._update(name, change)
         self._event("scale", name, service=service, replicas=str(replicas))
@@ -416,6 +422,7 @@ class Deployments:
                 d.spec["services"][service], d.images.get(service, ""), d.restarts[service]
             )
             d.halted.pop(service, None)
+            d.resumed[service] = time.time()
 
         self._update(name, change)
         self._event("rollout", name, service=service, reason="restart")
@@ -564,7 +571,7 @@ class Deployments:
                 self._remove(engine, c.name, drain=True)
                 acted = True
         containers = self._containers(engine, name)
-        _state.forget_inits(self.root, name, {c.id for c in containers})
+        _state.forget_markers(self.root, name, {c.id for c in containers})
         live = {c.id for c in containers}
         for key in [k for k in self._inits if k[0] == name and k[1] not in live]:
             self._inits.pop(key, None)
@@ -764,6 +771,9 @@ class Deployments:
             ready = started is not None and time.time() - started >= NO_CHECK_READY
         address, aliased, output = "", False, ""
         rec = engine.store.get(c.id)
+        user_stopped = (
+            rec is not None and state == "exited" and self._user_stopped(desired, svc, rec)
+        )
         if rec is not None:
             main = _networks_of(spec, service)[0] if _networks_of(spec, service) else ""
             for e in rec.endpoints:
@@ -805,7 +815,20 @@ class Deployments:
             aliased=aliased,
             last_output=output,
             id=c.id,
+            user_stopped=user_stopped,
         )
+
+    def _user_stopped(self, desired: Desired, svc: str, rec: Record) -> bool:
+        """Whether an ended replica was ended by a user's ``stop`` or ``kill`` (the
+        engine's mark, Docker's HasBeenManuallyStopped) since its service was last
+        deployed, scaled or restarted, and not by the controller removing it."""
+        from lamina.engine._restart import RestartState
+
+        if not RestartState.of(rec).stopped_by_user or rec.finished_at is None:
+            return False
+        if rec.finished_at < desired.resumed.get(svc, 0.0):
+            return False
+        return not _state.removal_marker(self.root, desired.name, rec.id).exists()
 
     def _init(self, desired: Desired, svc: str, c: Container, *, act: bool) -> tuple[bool, str]:
         """Whether the replica's init steps are done (a marker file, so a restarted
@@ -895,6 +918,10 @@ class Deployments:
         try:
             if drain:
                 time.sleep(DRAIN)
+            found = engine.get(name)
+            deployment = found.config.labels.get(LABEL_DEPLOYMENT)
+            if deployment:  # the stop below is ours, not a user's (after a crash too)
+                _state.mark_removing(self.root, deployment, found.id)
             with contextlib.suppress(LaminaError):
                 engine.stop(name)
             _hooks.stop_point("deploy:removing")

@@ -7,7 +7,8 @@ repeated after a crash at any point decides the same thing or the next one.
 
 Rules:
 - a replica that is gone (exited, failed) is removed and counts as a crash (the
-  controller's back-off delays the next create); one never started is started;
+  controller's back-off delays the next create), unless its restart policy keeps it
+  ended (``finished``); one never started is started;
 - a replica whose health check turned unhealthy leaves the service's name at once
   and is removed (replaced by the next step);
 - with no replica of an older spec (no rollout): create the missing (lowest free
@@ -42,6 +43,9 @@ class Replica:
     aliased: bool = False  # has the service's name on its network now
     last_output: str = ""  # the last health check's output, for a halt's line
     id: str = ""
+    # ended by a user's stop or kill since the service was last deployed, scaled or
+    # restarted (not by the controller's own removal)
+    user_stopped: bool = False
 
 
 @dataclass
@@ -59,12 +63,15 @@ class ServiceView:
 
 def finished(r: Replica, spec_hash: str, restart: str, gave_up: bool) -> bool:
     """A replica of the current spec that ended and stays ended, as its service's
-    restart policy says (``no``; ``on_failure`` after a success or its last attempt):
-    kept, not replaced, and counted as one of the service's replicas."""
+    restart policy says (``no``; ``on_failure`` after a success or its last attempt;
+    ``unless_stopped`` when the user stopped it): kept, not replaced, and counted as
+    one of the service's replicas."""
     if r.state in UP or r.state == "failed" or r.spec_hash != spec_hash:
         return False
     if restart == "no":
         return True
+    if restart == "unless_stopped":
+        return r.user_stopped
     return restart == "on_failure" and (r.exit_code == 0 or gave_up)
 
 

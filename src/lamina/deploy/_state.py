@@ -2,8 +2,12 @@
 
 ``<root>/deployments/<name>/desired.json`` (written whole, atomically): the spec as
 the model dumps it, each service's resolved image ID and spec hash, manual scale
-counts, rolling-restart generations, halted rollouts, and ``removing`` (a ``down``
-in progress: a controller that restarts finishes it). ``<root>/deployments/
+counts, rolling-restart generations, halted rollouts, when each service was last
+deployed, scaled or restarted (``resumed``: ``unless_stopped`` keeps a replica the
+user stopped after that stopped), and ``removing`` (a ``down`` in progress: a
+controller that restarts finishes it). Beside it, markers per replica (container ID):
+``init/ID`` once its init steps succeeded, ``removing/ID`` once the controller
+decided to remove it (its stop is then not the user's). ``<root>/deployments/
 controller.lock``: held by the one controller converging the root; whoever holds it
 may remove temporary files an earlier (killed) holder left half written.
 """
@@ -45,6 +49,8 @@ class Desired:
     scale: dict[str, int] = field(default_factory=dict)  # service -> replicas set by ``scale``
     restarts: dict[str, int] = field(default_factory=dict)  # service -> rolling-restart count
     halted: dict[str, Halt] = field(default_factory=dict)
+    # service -> when a deploy, scale or restart of it last asked for all its replicas
+    resumed: dict[str, float] = field(default_factory=dict)
     removing: bool = False
     volumes: bool = False  # ``down -v`` asked (with ``removing``)
     generation: int = 1
@@ -148,14 +154,29 @@ def mark_init_done(root: Path, name: str, container_id: str) -> None:
     atomic_write(marker, b"", mode=0o600)
 
 
-def forget_inits(root: Path, name: str, live: set[str]) -> None:
-    """Markers of replicas that are gone."""
-    d = deployment_dir(root, name) / "init"
-    if d.is_dir():
-        for marker in d.iterdir():
-            if marker.name not in live and not marker.name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    marker.unlink()
+def removal_marker(root: Path, name: str, container_id: str) -> Path:
+    """Present once the controller decided to remove replica ``container_id``: a stop
+    it made, seen after a crash, is not taken for the user's."""
+    return deployment_dir(root, name) / "removing" / container_id
+
+
+def mark_removing(root: Path, name: str, container_id: str) -> None:
+    marker = removal_marker(root, name, container_id)
+    if not marker.parent.parent.is_dir():
+        return  # the deployment was removed meanwhile
+    marker.parent.mkdir(exist_ok=True)
+    marker.touch(mode=0o600)
+
+
+def forget_markers(root: Path, name: str, live: set[str]) -> None:
+    """Markers (init, removing) of replicas that are gone."""
+    for kind in ("init", "removing"):
+        d = deployment_dir(root, name) / kind
+        if d.is_dir():
+            for marker in d.iterdir():
+                if marker.name not in live and not marker.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        marker.unlink()
 
 
 def service_hash(service: dict[str, Any], image_id: str, restarts: int) -> str:

@@ -4,6 +4,7 @@ refusals of what lamina does not serve (swarm, plugins, BuildKit's session)."""
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 from lamina.daemon import _api as lamina_api
@@ -131,10 +132,31 @@ def _registry_config(registry: Any) -> dict[str, Any]:
 
 @route("GET", "/events", "Events: the journal's from since, then new ones", "system")
 def events(request: Request) -> Response:
-    """The journal is Docker's JSON already: lamina's own handler serves it."""
+    """The journal is Docker's JSON already: lamina's own handler serves it, less the
+    container actions of lamina's own that Docker never sends."""
+    import contextlib
+
     from lamina.dockerapi._containers import _lamina_filters
 
-    return lamina_api.events(_lamina_filters(request))
+    response = lamina_api.events(_lamina_filters(request))
+    journal = response.body
+    assert isinstance(journal, lamina_api.Held)
+    held = contextlib.ExitStack()
+    held.callback(journal.close)
+    response.body = lamina_api.Held(_docker_events(journal), held)
+    return response
+
+
+def _docker_events(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    from lamina.engine._events import LAMINA_ACTIONS, docker_sends, parse_line
+
+    marks = [a.encode() for a in LAMINA_ACTIONS]  # parsed only when it may be one
+    for chunk in chunks:
+        lines = chunk.splitlines(keepends=True)
+        kept = [line for line in lines if not any(m in line for m in marks)
+                or (e := parse_line(line)) is None or docker_sends(e)]  # fmt: skip
+        if kept:
+            yield b"".join(kept)
 
 
 @route("GET", "/system/df", "Disk usage (Docker's shape)", "system")

@@ -280,9 +280,17 @@ class EventFilter:
 
 
 _ALLOWED = {"type": TYPES, "scope": SCOPES}
+# lamina's own container actions, which Docker never sends (its API's /events leaves
+# them out): "health_check: failing|passing" (engine/_health.py)
+LAMINA_ACTIONS = frozenset({"health_check"})
 # Docker's exec and health actions carry a detail ("exec_start: sh -c true"): given
-# without one, these match by prefix.
-_PREFIX_ACTIONS = frozenset({"health_status", "exec_create", "exec_start"})
+# without one, these match by prefix (and lamina's health_check).
+_PREFIX_ACTIONS = frozenset({"health_status", "exec_create", "exec_start", *LAMINA_ACTIONS})
+
+
+def docker_sends(e: Event) -> bool:
+    """Whether Docker has such an event (lamina's own actions: no)."""
+    return e.action.split(":", 1)[0] not in LAMINA_ACTIONS
 
 
 def _exact(values: frozenset[str] | None, value: str) -> bool:

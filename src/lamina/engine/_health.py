@@ -23,6 +23,13 @@ run reads as ``starting`` with a streak of 0 (the log kept), as Docker resets it
 each start. A stopped container keeps its last status (Docker stops the checks and
 keeps it); one never started has none.
 
+Events: a change of status is Docker's ``health_status: <status>``. A result that
+starts a failing streak (the first failed check of a healthy container) or ends one
+without changing the status is lamina's ``health_check: failing`` / ``health_check:
+passing`` (``exitCode``): Docker has no event for it, but a deployment's replica
+leaves its service's name at its first failed check, and its controller learns of
+it from this event. The Docker API leaves it out of its ``/events``.
+
 Who runs the checks: the health runner (``lamina.engine.health_runner``), one process
 per root holding ``health/runner.lock``, started in the background by the start of a
 container with a check, or by any command's reconcile that finds such a container
@@ -59,6 +66,9 @@ MAX_LOG = 5  # results kept
 STARTING, HEALTHY, UNHEALTHY, NONE = "starting", "healthy", "unhealthy", "none"
 TCP, HTTP = "TCP", "HTTP"  # lamina's test kinds besides Docker's CMD, CMD-SHELL, NONE
 STATUSES = (STARTING, HEALTHY, UNHEALTHY, NONE)
+# lamina's event (Docker has none) for a check that starts a failing streak, or ends
+# one, while the status stays: "health_check: failing", "health_check: passing"
+CHECK_EVENT, FAILING, PASSING = "health_check", "failing", "passing"
 KEY = "health"  # in Record.extra
 _DURATIONS = ("Interval", "Timeout", "StartPeriod", "StartInterval")
 
@@ -425,7 +435,9 @@ def needs_checks(rec: Record | None) -> bool:
 def record(engine: Engine, cid: str, run: float, result: Result, t: Timing) -> None:
     """Write ``result`` into the container's state, under its lock, if it still runs the
     run the check was made in (a result of a stopped or paused run is dropped, as Docker
-    drops a probe cancelled meanwhile); a change of status is a ``health_status`` event."""
+    drops a probe cancelled meanwhile). A change of status is a ``health_status`` event;
+    a result that starts or ends a failing streak without changing the status is
+    lamina's ``health_check: failing`` or ``health_check: passing`` (``CHECK_EVENT``)."""
     from lamina.errors import NotFound
 
     rec = engine.store.get(cid)
@@ -437,6 +449,7 @@ def record(engine: Engine, cid: str, run: float, result: Result, t: Timing) -> N
             if not needs_checks(rec) or rec is None or rec.started_at != run:
                 return
             state = state_of(rec) or {}
+            was_failing = bool(state.get("FailingStreak"))
             old, new = apply(state, result, t, run)
             rec.extra[KEY] = state
             engine.store.update(cid, extra=rec.extra)
@@ -444,6 +457,13 @@ def record(engine: Engine, cid: str, run: float, result: Result, t: Timing) -> N
         return
     if old != new:
         engine._container_event(f"health_status: {new}", rec)
+    elif was_failing != bool(state["FailingStreak"]):
+        # Docker shows no event here; whoever acts on the first failed check (the
+        # deployment controller takes the replica out of its service's name) would
+        # otherwise see it only at its next look. Only at a streak's edges, not per
+        # check: a journal line per passing check of every container is noise.
+        word = FAILING if state["FailingStreak"] else PASSING
+        engine._container_event(f"{CHECK_EVENT}: {word}", rec, exitCode=str(result.exit_code))
 
 
 # -- the runner ------------------------------------------------------------------------------
