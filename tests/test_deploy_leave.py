@@ -257,3 +257,13 @@ def test_a_replica_the_controller_was_removing_is_not_taken_for_a_user_stop(
         ids = container_traces(root)
         c.close()
         bring_down_and_check(root, ids)
+
+
+def test_docker_has_no_deployment_or_health_check_events() -> None:
+    """What lamina's Docker API leaves out of ``/events`` (its own types and actions)."""
+    from lamina.engine._events import Event, docker_sends
+
+    assert docker_sends(Event("container", "health_status: healthy", "c"))
+    assert docker_sends(Event("container", "exec_die", "c"))
+    assert not docker_sends(Event("container", "health_check: failing", "c"))
+    assert not docker_sends(Event("deployment", "create", "shop"))

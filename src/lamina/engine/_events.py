@@ -288,9 +288,12 @@ LAMINA_ACTIONS = frozenset({"health_check"})
 _PREFIX_ACTIONS = frozenset({"health_status", "exec_create", "exec_start", *LAMINA_ACTIONS})
 
 
+LAMINA_TYPES = frozenset({"deployment"})
+
+
 def docker_sends(e: Event) -> bool:
-    """Whether Docker has such an event (lamina's own actions: no)."""
-    return e.action.split(":", 1)[0] not in LAMINA_ACTIONS
+    """Whether Docker has such an event (lamina's own types and actions: no)."""
+    return e.type not in LAMINA_TYPES and e.action.split(":", 1)[0] not in LAMINA_ACTIONS
 
 
 def _exact(values: frozenset[str] | None, value: str) -> bool:
