@@ -25,6 +25,7 @@ from test_ingress_tls import _no_hostname, https_get, pebble
 
 from lamina.deploy import Deployments
 from lamina.deploy._ingress import IngressOptions
+from lamina.errors import InUse
 from lamina.ingress import Ingress
 
 __all__ = ["deploy_root", "pebble"]
@@ -184,6 +185,17 @@ def test_host_and_path_routing_404_internal_endpoints_and_down(controller: Contr
     assert sorted((r["Port"], r["Host"], r["Path"], r["Backend"], r["Servers"]) for r in rows) == [
         (port, "shop.test", "/", "shop-web-http", "2/2"),
         (port, "shop.test", "/api", "shop-api-http", "1/1")]  # fmt: skip
+
+    # another deployment asking the same host and path, or the port for tcp: refused
+    # at its deploy, in one line; nothing of it is kept and the shop serves on
+    for clashing in (public(port, host="shop.test"), public(port, protocol="tcp")):
+        with pytest.raises(InUse) as refusal:
+            d.apply(spec("rival", web=site("rival", endpoints=[clashing])))
+        assert str(refusal.value).startswith(f"public endpoints of deployment rival: port {port}")
+        assert "\n" not in str(refusal.value)
+    assert [s.name for s in d.list()] == ["shop"]
+    assert answers(port, "shop.test").startswith("web ")
+    d.apply(spec("shop", web=web, api=api))  # its own routes are no clash
 
     d.down("shop")
     assert refused(port)

@@ -34,7 +34,7 @@ from lamina.deploy._status import (
     rollout_word,
     service_health,
 )
-from lamina.errors import AlreadyExists, LaminaError, NotFound
+from lamina.errors import AlreadyExists, InUse, LaminaError, NotFound
 
 if TYPE_CHECKING:
     from lamina.deploy._autoscale import Autoscaler
@@ -263,6 +263,11 @@ class Deployments:
                     old = None
                 if old is not None and old.removing:
                     raise LaminaError(f"deployment {spec.deployment} is being removed")
+                from lamina.deploy._ingress import clash
+
+                if why := clash(self.root, spec):
+                    raise InUse(f"public endpoints of deployment {spec.deployment}: {why} "
+                                "(with another deployment's)")  # fmt: skip
                 new = self._desired(spec, images, old)
                 plan = self._plan(engine, new, old)
                 _state.save(self.root, new)

@@ -117,6 +117,36 @@ def health_path(service: ServiceSpec, ep: EndpointSpec) -> str | None:
     return path if _PATH.match(path) else None
 
 
+def clash(root: Path, spec: DeploymentSpec) -> str | None:
+    """Why the ingress could not serve ``spec``'s public endpoints beside those of the
+    root's other deployments (a port used for another protocol, a host and path taken),
+    or None. Asked before a deploy is accepted, so that the clash is the deploy's error
+    and not a line in the daemon's log."""
+    from lamina.deploy._model import DeploymentSpec
+    from lamina.deploy._status import DeploymentStatus
+
+    if not has_public(spec.model_dump(mode="json")):
+        return None
+    views = []
+    for name in _state.names(root):
+        if name == spec.deployment:
+            continue
+        try:
+            desired = _state.load(root, name)
+        except LaminaError:
+            continue
+        if desired.removing or not has_public(desired.spec):
+            continue
+        other = DeploymentSpec.model_validate(desired.spec)
+        views.append(PublicView(name, other, DeploymentStatus(name, "running"), desired.created))
+    # the one asking is the newest: the others keep what they have
+    mine = PublicView(spec.deployment, spec, DeploymentStatus(spec.deployment, "running"),
+                      float("inf"))  # fmt: skip
+    refused: dict[str, str] = {}
+    desired_routes([*views, mine], refused.__setitem__)
+    return refused.get(spec.deployment)
+
+
 def desired_routes(
     views: Iterable[PublicView],
     refused: Callable[[str, str], None] | None = None,
