@@ -554,6 +554,7 @@ class VmTasks(TaskBackend):
         timeout: float | None = None,
         output_limit: int | None = None,
         sink: ExecSink | None = None,
+        detach_keys: bytes | None = None,  # not yet: a VM's terminal has no detach keys
     ) -> ExecResult:
         from lamina.runtime._term import window_size
         from lamina.runtime.common import merge_env
@@ -718,7 +719,8 @@ class _LogAttachment(Attachment):
         stderr: BinaryIO,
         tty: bool,
         running: Callable[[], bool],
-    ) -> None:
+        detach_keys: bytes | None = None,  # not yet: a VM's terminal has no detach keys
+    ) -> bool:
         forward = stdin is not None
         in_fd = _fileno(stdin) if forward else None
         term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
@@ -747,7 +749,7 @@ class _LogAttachment(Attachment):
                     out.flush()
                 pending = []
                 if done:
-                    return
+                    return False
                 if fwd is not None:
                     fwd.wait(0.02)  # the supervisor sends attached clients nothing
                 else:
