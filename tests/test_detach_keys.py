@@ -87,6 +87,28 @@ def test_run_it_detaches_and_attach_types_into_it_again(root: Path) -> None:
             again.close()
 
 
+def test_a_detached_rm_container_is_finished_when_it_ends(root: Path) -> None:
+    """Nobody waits for it once detached: its end is still recorded and ``--rm``
+    removes it, seen in the journal (which ``events`` reads without reconciling)."""
+    script = "echo ready; while [ ! -e /go ]; do sleep 0.05; done"
+    term = lamina_term(root, "run", "-it", "--rm", "--name", "gone", IMAGE_REF, "sh", "-c", script)
+    try:
+        term.expect(b"ready")
+        term.type(DETACH)
+        term.rest()
+        assert term.wait() == 0
+    finally:
+        term.close()
+    lamina_ok(root, "exec", "gone", "touch", "/go")
+
+    def destroyed() -> bool:
+        events = lamina_ok(root, "events", "--since", "5m", "--until", "0s", "--filter",
+                           "container=gone", "--format", "{{.Action}}")  # fmt: skip
+        return "destroy" in events.split()
+
+    until(destroyed, timeout=20)
+
+
 def test_attach_detaches_with_docker_line(root: Path) -> None:
     lamina_ok(root, "run", "-dit", "--name", "att", IMAGE_REF, "sh")
     term = lamina_term(root, "attach", "att")
@@ -137,18 +159,22 @@ def test_other_detach_keys_and_the_default_passed_through(root: Path) -> None:
         term.close()
 
 
-def test_a_lone_ctrl_p_reaches_an_exec(root: Path) -> None:
+def test_a_lone_ctrl_p_reaches_an_exec_then_the_keys_detach(root: Path) -> None:
     lamina_ok(root, "run", "-d", "--name", "box", IMAGE_REF, "sleep", "1000")
-    term = lamina_term(root, "exec", "-it", "box", "sh", "-c",
-                       "stty raw -echo; echo ready; head -c 3 | od -An -tx1")  # fmt: skip
+    script = "stty raw -echo; echo ready; head -c 3 | od -An -tx1; echo =done; exec sleep 4323"
+    term = lamina_term(root, "exec", "-it", "box", "sh", "-c", script)
     try:
         term.expect(b"ready")
         term.type(b"\x10")  # held until the next key shows it is no detach
         term.type(b"ab")
         term.expect(b"10 61 62")
-        assert term.wait() == 0
+        term.expect(b"=done")
+        term.type(DETACH)
+        assert term.rest().endswith(DETACHED_LINE)
+        assert term.wait() == 1
     finally:
         term.close()
+    assert "sleep 4323" in in_container(root, "box", "ps -o args")
 
 
 @pytest.mark.parametrize("command", ["run", "start", "attach", "exec"])

@@ -1723,14 +1723,21 @@ class Engine:
             raise LaminaError(f"cannot attach to a stopped container {rec.id[:12]}; start it first")
         else:
             attachment = task.attach(rec)
-        return bool(attachment.pump(
+        detached = attachment.pump(
             stdin=stdin if rec.config.stdin_open else None,
             stdout=stdout,
             stderr=stderr,
             tty=tty,
             running=lambda: self._running(rec),
             detach_keys=detach_keys,
-        ))
+        )
+        if not detached:
+            return False
+        # Nobody waits now: the exit command finishes it (this process may live on, a
+        # daemon); if it ended meanwhile, here.
+        _remove_waiter(task.task_dir(rec.id) / "waiter")
+        self._running(rec)
+        return True
 
     def _start_attached(
         self, rec: Record, task: TaskBackend, *, stdin: BinaryIO | None, tty: bool
