@@ -177,6 +177,18 @@ def test_a_lone_ctrl_p_reaches_an_exec_then_the_keys_detach(root: Path) -> None:
     assert "sleep 4323" in in_container(root, "box", "ps -o args")
 
 
+@pytest.mark.parametrize("command", ["run", "exec"])
+def test_without_a_terminal_the_keys_are_input(root: Path, command: str) -> None:
+    """As Docker's: detach keys act on a terminal's input only; piped, they are data."""
+    if command == "exec":
+        lamina_ok(root, "run", "-d", "--name", "box", IMAGE_REF, "sleep", "1000")
+        args = ["exec", "-i", "--detach-keys", "ctrl-a,x", "box"]
+    else:
+        args = ["run", "-i", "--rm", "--detach-keys", "ctrl-a,x", IMAGE_REF]
+    out = lamina_ok(root, *args, "od", "-An", "-tx1", input=b"\x01x" + DETACH + b"z")
+    assert out.split() == ["01", "78", "10", "11", "7a"]
+
+
 @pytest.mark.parametrize("command", ["run", "start", "attach", "exec"])
 def test_bad_detach_keys_are_one_line(root: Path, command: str) -> None:
     rest = {"run": ["-it", IMAGE_REF, "sh"], "start": ["-ai", "x"], "attach": ["x"],
