@@ -275,7 +275,7 @@ def _until_closed(sock: socket.socket) -> bytes:
 
 
 def test_docker_api_attach_and_exec_take_detach_keys(ep: DockerEndpoint) -> None:
-    ep.docker_ok("run", "-dit", "--name", "api", IMAGE_REF, "sh")
+    ep.docker_ok("run", "-dit", "--network", "none", "--name", "api", IMAGE_REF, "sh")
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(ep.socket)),
                       base_url="http://docker") as api:  # fmt: skip
         bad = api.post("/containers/api/attach", params={"stream": 1, "detachKeys": "shift-a"})
@@ -305,3 +305,6 @@ def test_docker_api_attach_and_exec_take_detach_keys(ep: DockerEndpoint) -> None
             _until_closed(sock)
         assert api.get(f"/exec/{exec_id}/json").json()["Running"] is True
         assert "sleep 4322" in ep.docker_ok("exec", "api", "ps", "-o", "args")
+        ep.docker_ok("exec", "api", "sh", "-c", "kill $(pidof sleep)")  # its end: still its own
+        until(lambda: api.get(f"/exec/{exec_id}/json").json()["Running"] is False, timeout=20)
+        assert api.get(f"/exec/{exec_id}/json").json()["ExitCode"] == 143
