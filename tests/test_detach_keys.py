@@ -26,6 +26,7 @@ from runtime_fixtures import (
     error_line,
     lamina_cli,
     lamina_ok,
+    local_only,
     remove_all_containers,
     until,
 )
@@ -175,6 +176,36 @@ def test_a_lone_ctrl_p_reaches_an_exec_then_the_keys_detach(root: Path) -> None:
     finally:
         term.close()
     assert "sleep 4323" in in_container(root, "box", "ps -o args")
+
+
+def test_a_vm_container_detaches_too(root: Path) -> None:
+    """The micro-VM backend's pumps watch for the keys as the OCI backend's do."""
+    if not os.path.exists("/usr/bin/qemu-system-x86_64"):
+        pytest.skip("needs qemu-system-x86_64")
+    local_only("a VM's attach through the daemon reads its client's stdin whole")
+    term = lamina_term(root, "run", "-it", "--isolation", "vm", "--network", "none",
+                       "--name", "vmdet", IMAGE_REF, "sh")  # fmt: skip
+    again: Terminal | None = None
+    try:
+        term.expect(b"# ", timeout=90)
+        term.type(DETACH)
+        term.rest()
+        assert term.wait() == 0
+        assert status(root, "vmdet") == "running"
+        term = lamina_term(root, "exec", "-it", "vmdet", "sh", "-c", "echo up; exec sleep 4324")
+        term.expect(b"up")
+        term.type(DETACH)
+        assert term.rest().endswith(DETACHED_LINE)
+        assert term.wait() == 1
+        assert "sleep 4324" in in_container(root, "vmdet", "ps -o args")
+        again = lamina_term(root, "attach", "vmdet")
+        again.retype(b"echo ag''ain\r", b"\r\nagain\r\n")  # its stdin stayed open
+        again.type(b"exit 3\r")
+        assert again.wait() == 3
+    finally:
+        term.close()
+        if again is not None:
+            again.close()
 
 
 @pytest.mark.parametrize("command", ["run", "exec"])
