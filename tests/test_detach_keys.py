@@ -339,3 +339,21 @@ def test_docker_api_attach_and_exec_take_detach_keys(ep: DockerEndpoint) -> None
         ep.docker_ok("exec", "api", "sh", "-c", "kill $(pidof sleep)")  # its end: still its own
         until(lambda: api.get(f"/exec/{exec_id}/json").json()["Running"] is False, timeout=20)
         assert api.get(f"/exec/{exec_id}/json").json()["ExitCode"] == 143
+
+
+def test_docker_cli_exec_it_detach_leaves_the_exec_running(ep: DockerEndpoint) -> None:
+    """The docker CLI reads the keys itself and just leaves (nothing reaches the
+    daemon): as on dockerd, its terminal exec runs on, what it prints then dropped."""
+    ep.docker_ok("run", "-dit", "--network", "none", "--name", "cli", IMAGE_REF, "sh")
+    script = "echo up; sleep 1; echo after; touch /after; exec sleep 4326"
+    term = Terminal(["docker", "exec", "-it", "cli", "sh", "-c", script], ep.env())
+    try:
+        term.expect(b"up")
+        term.type(DETACH)
+        assert term.rest().endswith(DETACHED_LINE)
+        assert term.wait() == 1
+    finally:
+        term.close()
+    until(lambda: ep.docker("exec", "cli", "test", "-f", "/after").returncode == 0, timeout=20)
+    assert "sleep 4326" in ep.docker_ok("exec", "cli", "ps", "-o", "args")
+    ep.docker_ok("exec", "cli", "sh", "-c", "kill $(pidof sleep)")  # its relay ends with it

@@ -962,13 +962,15 @@ def _exec_error_line(err: LaminaError) -> bytes:
 
 
 def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin: bool,
-                  size: tuple[int, int] | None) -> None:  # fmt: skip
+                  size: tuple[int, int] | None, gone_detaches: bool = False) -> None:  # fmt: skip
     """An exec over the taken-over connection: its output to the client as it comes
     (frames, raw with a TTY), the client's bytes to its stdin through a pipe (TLS
     sockets cannot be handed to a process). A client gone kills the exec's process
-    (``ExecSink``); the connection is shut down once the exit code (or the error
-    that kept it from running) is recorded, so the client's ``/json`` after the end
-    of the stream finds it."""
+    (``ExecSink``), unless ``gone_detaches`` (Docker's API with a terminal: the docker
+    CLI reads the detach keys itself and just leaves, and dockerd's exec runs on):
+    then its output is dropped. The connection is shut down once the exit code (or
+    the error that kept it from running) is recorded, so the client's ``/json`` after
+    the end of the stream finds it."""
     from lamina.runtime._types import ExecSink
 
     spec: m.ExecCreate = entry["spec"]
@@ -980,15 +982,28 @@ def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin:
         feeder.start()
     writers = {1: _FrameWriter(sock, 1, spec.tty), 2: _FrameWriter(sock, 2, spec.tty)}
 
+    client_gone = False
+
     def write(stream: int, data: bytes) -> None:
-        writers[stream].write(data)
+        nonlocal client_gone
+        if client_gone:
+            return
+        try:
+            writers[stream].write(data)
+        except OSError:
+            if not gone_detaches:
+                raise
+            client_gone = True
+
+    def gone() -> bool:
+        return not gone_detaches and _hung_up(sock, peek=not with_stdin)
 
     def detached() -> None:  # the detach keys: the exec runs on, the client's stream ends
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 
-    sink = ExecSink(write=write, gone=lambda: _hung_up(sock, peek=not with_stdin),
-                    stdin_fd=stdin_fd, size=size, detached=detached)  # fmt: skip
+    sink = ExecSink(write=write, gone=gone, stdin_fd=stdin_fd, size=size,
+                    detached=detached)  # fmt: skip
     entry["sink"] = sink
     try:
         with engine() as e:

@@ -304,7 +304,7 @@ def exec_start(request: Request) -> Response:
         return Response(status=101, content_type=media,
                         takeover=lambda sock, early: lapi._exec_relayed(
                             entry, sock, early, with_stdin=with_stdin,
-                            size=(size[0], size[1]) if size else None),
+                            size=(size[0], size[1]) if size else None, gone_detaches=spec.tty),
                         headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
     with lapi._api().lock:
         entry["running"] = False  # the daemon's own start runs it whole
