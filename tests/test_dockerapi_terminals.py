@@ -3,77 +3,19 @@ with its detach keys, the terminal's size and its resize seen inside."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
-import select
-import signal
-import struct
-import termios
-import time
 from collections.abc import Iterator
 
 import pytest
+import terminal_fixtures
 from dockerapi_fixtures import DockerEndpoint, docker_endpoint
 from runtime_fixtures import IMAGE_REF, cli_image_root, until
 
 
-class Terminal:
+class Terminal(terminal_fixtures.Terminal):
     """The docker CLI run on a pty of ours, as a user's terminal runs it."""
 
     def __init__(self, ep: DockerEndpoint, *args: str, rows: int = 30, cols: int = 101) -> None:
-        env = ep.env()
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: the docker CLI with the pty as its terminal
-            os.execvpe("docker", ["docker", *args], env)
-        self.resize(rows, cols, signal_it=False)
-        self.seen = b""
-        self.code: int | None = None
-
-    def resize(self, rows: int, cols: int, *, signal_it: bool = True) -> None:
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        if signal_it:  # what the kernel does for a terminal emulator's resize
-            os.kill(self.pid, signal.SIGWINCH)
-
-    def type(self, text: bytes) -> None:
-        os.write(self.fd, text)
-
-    def expect(self, needle: bytes, timeout: float = 30) -> bytes:
-        """Read until ``needle`` has been seen since the last expect; what came."""
-        deadline = time.monotonic() + timeout
-        while needle not in self.seen:
-            left = deadline - time.monotonic()
-            assert left > 0, f"{needle!r} not seen; got {self.seen!r}"
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if ready:
-                try:
-                    data = os.read(self.fd, 65536)
-                except OSError:  # EIO: the CLI has exited
-                    data = b""
-                assert data, f"{needle!r} not seen before the end; got {self.seen!r}"
-                self.seen += data
-        at = self.seen.index(needle) + len(needle)
-        got, self.seen = self.seen[:at], self.seen[at:]
-        return got
-
-    def exited(self) -> bool:
-        if self.code is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.code = os.waitstatus_to_exitcode(status)
-        return self.code is not None
-
-    def wait(self, timeout: float = 30) -> int:
-        until(self.exited, timeout)
-        os.close(self.fd)
-        assert self.code is not None
-        return self.code
-
-    def close(self) -> None:
-        if not self.exited():
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            os.close(self.fd)
+        super().__init__(["docker", *args], ep.env(), rows=rows, cols=cols)
 
 
 @pytest.fixture(scope="module")

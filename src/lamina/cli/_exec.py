@@ -1,5 +1,6 @@
 """``exec``: a command in a running container; exits with its exit code (126/127
-when it could not be executed or found)."""
+when it could not be executed or found). With ``-it``, the detach keys leave it
+running: ``read escape sequence`` and exit 1, as the docker CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import click
 
 from lamina.cli._click import FlagError
 from lamina.cli._common import _args_command, open_engine
-from lamina.cli._run import _require_tty
+from lamina.cli._run import _require_tty, detach_keys_option
 
 # -- exec ----------------------------------------------------------------------------
 
@@ -35,6 +36,7 @@ from lamina.cli._run import _require_tty
 )
 @click.option("-u", "--user", default=None, help="User to run as.")
 @click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
+@detach_keys_option
 def exec_(
     container: str,
     command: tuple[str, ...],
@@ -45,6 +47,7 @@ def exec_(
     env_files: tuple[str, ...],
     user: str | None,
     workdir: str | None,
+    detach_keys: bytes | None,
 ) -> None:
     """Run a command in a running container; exits with its exit code."""
     from lamina.engine._options import InvalidOption, parse_env, parse_env_file
@@ -77,5 +80,11 @@ def exec_(
             stdin=stdin,
             detach=detach,
             stream=True,
+            detach_keys=detach_keys,
         )
+    if result.detached:
+        from lamina.runtime._term import DETACHED_MESSAGE
+
+        print(DETACHED_MESSAGE, file=sys.stderr)
+        sys.exit(1)
     sys.exit(result.exit_code)

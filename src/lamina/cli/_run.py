@@ -1,10 +1,13 @@
-"""``run``, ``create`` and ``start``: flags parsed into a ``ContainerConfig``
+"""``run``, ``create``, ``start`` and ``attach``: flags parsed into a ``ContainerConfig``
 (``engine._options``), settled and created by the engine, then started and attached.
 
-Flag and pre-run failures exit 125 with one line on stderr (Docker's code); ``run``
-and ``start -a`` exit with the container's code, 126/127 when its command could not
-be executed or found; ``run -it`` with a stdin that is not a terminal exits 1, as
-Docker's CLI does.
+Flag and pre-run failures exit 125 with one line on stderr (Docker's code); ``run``,
+``start -a`` and ``attach`` exit with the container's code, 126/127 when its command
+could not be executed or found; ``run -it`` with a stdin that is not a terminal exits
+1, as Docker's CLI does. With a terminal, the detach keys (``--detach-keys``, Docker's
+ctrl-p ctrl-q) leave the container running: ``run`` and ``start`` then exit 0 without
+a word, ``attach`` (as ``exec``) says ``read escape sequence`` and exits 1, as the
+docker CLI does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,29 @@ if TYPE_CHECKING:
     from lamina.engine import Container, Engine, WaitOutcome
 
 _SIGNALS_TO_PROXY = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+def _detach_keys(ctx: click.Context, _param: click.Parameter, value: str | None) -> bytes | None:
+    """``--detach-keys`` read (Docker's notation), or a one-line error naming the command."""
+    if value is None:
+        return None
+    from lamina.errors import LaminaError
+    from lamina.runtime._term import parse_detach_keys
+
+    try:
+        return parse_detach_keys(value)
+    except LaminaError as e:
+        raise FlagError(str(e), ctx.command_path.partition(" ")[2]) from None
+
+
+detach_keys_option = click.option(
+    "--detach-keys",
+    "detach_keys",
+    default=None,
+    metavar="KEYS",
+    callback=_detach_keys,
+    help="Override the key sequence for detaching a container (default ctrl-p,ctrl-q).",
+)
 
 
 # -- run / create --------------------------------------------------------------------
@@ -289,6 +315,7 @@ def _create(
 @click.option(
     "--sig-proxy/--no-sig-proxy", default=True, help="Forward signals to the container (no TTY)."
 )
+@detach_keys_option
 @_run_options
 def run(
     image: str,
@@ -296,6 +323,7 @@ def run(
     detach: bool,
     auto_remove: bool,
     sig_proxy: bool,
+    detach_keys: bytes | None,
     **flags: Any,
 ) -> None:
     """Create and run a new container from an image."""
@@ -321,8 +349,9 @@ def run(
         tty=ctr.config.tty,
         sig_proxy=sig_proxy,
         start=True,
+        detach_keys=detach_keys,
     )
-    _exit(engine, code)
+    _exit(engine, 0 if code is None else code)  # None: detached, the container goes on
 
 
 @_args_command("create")
@@ -381,9 +410,17 @@ def exit_code_of(outcome: WaitOutcome) -> int:
 
 
 def run_attached(
-    engine: Engine, cid: str, *, stdin: bool, tty: bool, sig_proxy: bool, start: bool
-) -> int:
-    """Attach the caller's stdio (stdin only if asked), start, wait; the exit code.
+    engine: Engine,
+    cid: str,
+    *,
+    stdin: bool,
+    tty: bool,
+    sig_proxy: bool,
+    start: bool,
+    detach_keys: bytes | None = None,
+) -> int | None:
+    """Attach the caller's stdio (stdin only if asked), start, wait; the exit code, or
+    None when the detach keys were typed (the container runs on).
 
     The runtime connects the attach before it starts the container, so no early
     output is lost. Attaching happens on the main thread: the runtime follows the
@@ -406,18 +443,21 @@ def run_attached(
         if sig_proxy and not tty and threading.current_thread() is threading.main_thread():
             stack.enter_context(_proxy_signals(engine, cid, signal))
         try:
-            engine.attach(
+            detached = engine.attach(
                 cid,
                 stdin=in_stream,
                 stdout=sys.stdout.buffer,
                 stderr=sys.stderr.buffer,
                 tty=tty,
                 start=start,
+                detach_keys=detach_keys,
             )
         except LaminaError as e:
             if e.exit_code not in (126, 127):
                 e.exit_code = 125
             raise
+        if detached:
+            return None
         try:
             outcome = engine.wait(cid)
         except NotFound:
@@ -454,7 +494,10 @@ def _proxy_signals(engine: Engine, cid: str, signal: Any) -> Iterator[None]:
 @click.argument("containers", nargs=-1, required=True)
 @click.option("-a", "--attach", is_flag=True, help="Attach stdout/stderr and forward signals.")
 @click.option("-i", "--interactive", is_flag=True, help="Attach the container's STDIN.")
-def start(containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
+@detach_keys_option
+def start(
+    containers: tuple[str, ...], attach: bool, interactive: bool, detach_keys: bytes | None
+) -> None:
     """Start one or more stopped containers."""
     engine = open_engine()
     if attach or interactive:
@@ -462,7 +505,38 @@ def start(containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
             raise FlagError("you cannot start and attach multiple containers at once", "start")
         ctr = engine.get(containers[0])
         code = run_attached(
-            engine, ctr.id, stdin=interactive, tty=ctr.config.tty, sig_proxy=True, start=True
-        )
-        sys.exit(code)
+            engine, ctr.id, stdin=interactive, tty=ctr.config.tty, sig_proxy=True, start=True,
+            detach_keys=detach_keys,
+        )  # fmt: skip
+        sys.exit(0 if code is None else code)  # None: detached, the container goes on
     _each(containers, engine.start)
+
+
+@_command("attach")
+@click.argument("container")
+@click.option("--no-stdin", is_flag=True, help="Do not attach STDIN.")
+@click.option(
+    "--sig-proxy/--no-sig-proxy", default=True, help="Forward signals to the container (no TTY)."
+)
+@detach_keys_option
+def attach(container: str, no_stdin: bool, sig_proxy: bool, detach_keys: bytes | None) -> None:
+    """Attach local standard input, output, and error streams to a running container;
+    exits with its exit code."""
+    from lamina.errors import LaminaError
+    from lamina.runtime._term import DETACHED_MESSAGE
+
+    engine = open_engine()
+    ctr = engine.get(container)
+    stdin = ctr.config.stdin_open and not no_stdin
+    _require_tty(stdin, ctr.config.tty)
+    try:
+        code = run_attached(engine, ctr.id, stdin=stdin, tty=ctr.config.tty,
+                            sig_proxy=sig_proxy, start=False, detach_keys=detach_keys)  # fmt: skip
+    except LaminaError as e:
+        if e.exit_code == 125:  # not attached (a stopped container): Docker's 1
+            e.exit_code = 1
+        raise
+    if code is None:
+        print(DETACHED_MESSAGE, file=sys.stderr)
+        code = 1
+    _exit(engine, code)

@@ -33,6 +33,7 @@ from lamina.errors import (
 
 if TYPE_CHECKING:
     from lamina.engine._options import RunOptions
+    from lamina.runtime._term import DetachKeys
     from lamina.runtime._types import (
         ChangeEntry,
         Container,
@@ -306,20 +307,22 @@ class RemoteEngine:
     def exec(self, ref: str, argv: list[str], *, env: list[str] | None = None,
              user: str | None = None, workdir: str | None = None, tty: bool = False,
              stdin: BinaryIO | None = None, detach: bool = False,
-             stream: bool = False) -> ExecResult:  # fmt: skip
+             stream: bool = False, detach_keys: bytes | None = None) -> ExecResult:  # fmt: skip
         """``stream``: through the daemon's upgrade, as it comes (``_exec_streamed``);
         else captured, the output sent at its end."""
+        from lamina.runtime._term import format_detach_keys
         from lamina.runtime._types import ExecResult
 
         if not argv:
             raise LaminaError("exec needs a command")
         body = {"cmd": list(argv), "env": list(env or []), "user": user, "workdir": workdir,
                 "tty": tty}  # fmt: skip
+        if detach_keys is not None:
+            body["detach_keys"] = format_detach_keys(detach_keys)
         exec_id = self._json("POST", f"/containers/{segment(ref)}/exec", json_body=body)["Id"]
         if stream and not detach:
             interactive = stdin is not None and _is_our_stdin(stdin)
-            return ExecResult(self._exec_streamed(exec_id, tty, stdin if interactive else None),
-                              b"", b"")  # fmt: skip
+            return self._exec_streamed(exec_id, tty, stdin if interactive else None, detach_keys)
         answer = self._call("POST", f"/exec/{exec_id}/start")
         out, err = bytearray(), bytearray()
         failure = b""  # the daemon's line for a command that could not run
@@ -337,11 +340,17 @@ class RemoteEngine:
         return ExecResult(exit_code=code if code is not None else 0, stdout=bytes(out),
                           stderr=bytes(err))  # fmt: skip
 
-    def _exec_streamed(self, exec_id: str, tty: bool, stdin: BinaryIO | None) -> int:
+    def _exec_streamed(self, exec_id: str, tty: bool, stdin: BinaryIO | None,
+                       detach_keys: bytes | None) -> ExecResult:  # fmt: skip
         """The exec's output here as it comes (raw with a TTY), ``stdin`` there (its end
         a half-close), our terminal raw and its size followed (``-it``); its exit code,
-        or the error that kept it from running, read once the daemon ends the stream."""
+        or the error that kept it from running, read once the daemon ends the stream
+        (early when it saw the detach keys: the exec runs on, ``detached``)."""
+        from lamina.runtime._term import DetachKeys
+        from lamina.runtime._types import ExecResult
+
         term = 0 if tty and stdin is not None and os.isatty(0) else None
+        watch = DetachKeys(detach_keys) if tty and stdin is not None else None
         query: dict[str, Any] = {"stdin": stdin is not None}
         if term is not None:
             from lamina.runtime._term import window_size
@@ -365,11 +374,13 @@ class RemoteEngine:
                 stack.enter_context(follow_window_size(term, functools.partial(
                     self._resize_exec, exec_id)))  # fmt: skip
             if stdin is not None:
-                threading.Thread(target=_pump_stdin, args=(stdin, answer.conn.sock),
+                threading.Thread(target=_pump_stdin, args=(stdin, answer.conn.sock, watch),
                                  daemon=True).start()  # fmt: skip
             chunks = iter(lambda: reader.read1(65536), b"")
             if tty:
                 for data in chunks:
+                    if watch is not None and watch.detached:
+                        break  # nothing more of the exec once the keys are typed
                     sys.stdout.buffer.write(data)
                     sys.stdout.buffer.flush()
             else:
@@ -378,27 +389,33 @@ class RemoteEngine:
                     target.write(payload)
                     target.flush()
         info = self._json("GET", f"/exec/{exec_id}/json")
-        if info.get("Running") and tty and stdin is not None:
-            # The daemon ended the stream of a running exec: its detach keys were typed.
-            sys.stderr.write("read escape sequence\n")
-            return 0
+        if info.get("Running") and watch is not None and watch.detached:
+            return ExecResult(0, b"", b"", detached=True)  # the daemon saw them too
         if info.get("Error"):
             error = LaminaError(str(info["Error"]))
             error.exit_code = int(info["ExitCode"] or 1)
             raise error
-        return int(info["ExitCode"] if info["ExitCode"] is not None else 0)
+        return ExecResult(int(info["ExitCode"] if info["ExitCode"] is not None else 0), b"", b"")
 
     def _resize_exec(self, exec_id: str, rows: int, cols: int) -> None:
         with contextlib.suppress(OSError, LaminaError):
             self._done("POST", f"/exec/{exec_id}/resize", {"h": rows, "w": cols})
 
     def attach(self, ref: str, *, stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO,
-               tty: bool = False, start: bool = False) -> None:  # fmt: skip
+               tty: bool = False, start: bool = False,
+               detach_keys: bytes | None = None) -> bool:  # fmt: skip
         """The daemon's attach upgrade: its output here as it comes, our stdin there
-        (its end a half-close), until the container's output closes."""
+        (its end a half-close), until the container's output closes, or the daemon
+        saw the detach keys (a terminal's): then True."""
+        from lamina.runtime._term import DetachKeys, format_detach_keys
+
+        query: dict[str, Any] = {"stdin": stdin is not None, "start": start}
+        if detach_keys is not None:
+            query["detach_keys"] = format_detach_keys(detach_keys)
+        # The daemon's copy of the keys ends the stream; ours says why it ended.
+        watch = DetachKeys(detach_keys) if tty and stdin is not None else None
         answer = self._t.request(
-            "POST", f"/v1/containers/{segment(ref)}/attach",
-            {"stdin": stdin is not None, "start": start},
+            "POST", f"/v1/containers/{segment(ref)}/attach", query,
             headers={"Connection": "Upgrade", "Upgrade": "tcp"},
         )  # fmt: skip
         if answer.status != 101:
@@ -409,13 +426,14 @@ class RemoteEngine:
         reader = answer.resp.fp  # buffered: may hold the first bytes after the 101
         try:
             if stdin is not None:
-                threading.Thread(target=_pump_stdin, args=(stdin, sock), daemon=True).start()
+                threading.Thread(target=_pump_stdin, args=(stdin, sock, watch),
+                                 daemon=True).start()  # fmt: skip
             if tty:
                 self._follow_terminal(ref)
-                while data := reader.read1(65536):
+                while (data := reader.read1(65536)) and not (watch and watch.detached):
                     stdout.write(data)
                     stdout.flush()
-                return
+                return watch is not None and watch.detached
             chunks = iter(lambda: reader.read1(65536), b"")
             for kind, payload in _frames(chunks):
                 if kind == 2 and payload.startswith(_ERROR_LINE):
@@ -423,6 +441,7 @@ class RemoteEngine:
                 target = stderr if kind == 2 else stdout
                 target.write(payload)
                 target.flush()
+            return False
         finally:
             answer.close()
 
@@ -849,15 +868,21 @@ def _is_devnull(fd: int) -> bool:
         return False
 
 
-def _pump_stdin(stdin: BinaryIO, sock: socket.socket) -> None:
-    """Our stdin to the container's; its end is a half-close (the container's EOF)."""
+def _pump_stdin(stdin: BinaryIO, sock: socket.socket, watch: DetachKeys | None = None) -> None:
+    """Our stdin to the container's; its end is a half-close (the container's EOF).
+    ``watch`` follows it for the detach keys: sent on as typed (the daemon acts on
+    them), and then nothing more."""
     with contextlib.suppress(OSError, ValueError):
         try:
             fd = stdin.fileno()
         except (OSError, AttributeError):
             fd = None  # a Python stream (tests, an embedding program)
         while data := (os.read(fd, 65536) if fd is not None else stdin.read(65536)):
+            if watch is not None:
+                watch.feed(data)
             sock.sendall(data)
+            if watch is not None and watch.detached:
+                return
         sock.shutdown(socket.SHUT_WR)
 
 

@@ -758,7 +758,9 @@ class _SocketReader:
        "Attach to the container's stdio (HTTP upgrade, then raw bytes both ways)",
        "containers", query=(
            Param("stdin", "boolean", "the client's bytes to the container's stdin"),
-           Param("start", "boolean", "start it once attached (run, start -a): no output lost")),
+           Param("start", "boolean", "start it once attached (run, start -a): no output lost"),
+           Param("detach_keys", "string", "with a TTY, the keys (Docker's notation, default "
+                 "ctrl-p,ctrl-q) that end the stream and leave the container running")),
        status=101, answer="Docker's multiplexed frames (raw bytes with a TTY)",
        answer_type=MULTIPLEXED)  # fmt: skip
 def containers_attach(request: Request) -> Response:
@@ -768,6 +770,7 @@ def containers_attach(request: Request) -> Response:
     ):
         raise HttpError(400, "attach needs an upgrade: Connection: Upgrade and Upgrade: tcp")
     with_stdin, start = request.flag("stdin"), request.flag("start")
+    keys = detach_keys_arg(request.arg("detach_keys"))
     with engine() as e:
         ctr = e.get(ref)  # 404 before the upgrade
     raw = ctr.config.tty
@@ -777,15 +780,33 @@ def containers_attach(request: Request) -> Response:
         with engine() as e:
             try:
                 e.attach(ctr.id, stdin=stdin, stdout=_FrameWriter(sock, 1, raw),  # type: ignore[arg-type]
-                         stderr=_FrameWriter(sock, 2, raw), tty=raw, start=start)  # type: ignore[arg-type]  # fmt: skip
+                         stderr=_FrameWriter(sock, 2, raw), tty=raw, start=start,  # type: ignore[arg-type]
+                         detach_keys=keys)  # fmt: skip
             except LaminaError as err:
                 with contextlib.suppress(OSError):
                     _FrameWriter(sock, 2, raw).write(f"lamina: error: {err}\n".encode())
             except OSError:
                 return  # the client went away: the container goes on (detached)
+            finally:
+                # Wakes our reader of its stdin, still blocked in recv (closing alone
+                # would not end the connection) and tells the client: the end (or a detach).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     return Response(status=101, content_type=MULTIPLEXED, takeover=takeover,
                     headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
+
+
+def detach_keys_arg(value: str | None) -> bytes | None:
+    """Detach keys given in Docker's notation (None: not given), or a 400 naming them."""
+    if value is None:
+        return None
+    from lamina.runtime._term import parse_detach_keys
+
+    try:
+        return parse_detach_keys(value)
+    except LaminaError as e:
+        raise HttpError(400, str(e)) from None
 
 
 @route("POST", "/v1/containers/{id}/resize", "Resize the container's terminal", "containers",
@@ -849,6 +870,7 @@ def containers_archive_put(request: Request) -> Response:
        "exec", body=m.ExecCreate, status=201, answer=m.IdResponse)  # fmt: skip
 def exec_create(request: Request) -> Response:
     body = m.parse(m.ExecCreate, request.json())
+    detach_keys_arg(body.detach_keys)  # checked now: its start has no answer for it
     with engine() as e:
         ctr = e.get(request.params[_ID])
     exec_id = os.urandom(32).hex()
@@ -940,45 +962,54 @@ def _exec_error_line(err: LaminaError) -> bytes:
 
 
 def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin: bool,
-                  size: tuple[int, int] | None) -> None:  # fmt: skip
+                  size: tuple[int, int] | None, gone_detaches: bool = False) -> None:  # fmt: skip
     """An exec over the taken-over connection: its output to the client as it comes
     (frames, raw with a TTY), the client's bytes to its stdin through a pipe (TLS
     sockets cannot be handed to a process). A client gone kills the exec's process
-    (``ExecSink``); the connection is shut down once the exit code (or the error
-    that kept it from running) is recorded, so the client's ``/json`` after the end
-    of the stream finds it."""
+    (``ExecSink``), unless ``gone_detaches`` (Docker's API with a terminal: the docker
+    CLI reads the detach keys itself and just leaves, and dockerd's exec runs on):
+    then its output is dropped. The connection is shut down once the exit code (or
+    the error that kept it from running) is recorded, so the client's ``/json`` after
+    the end of the stream finds it."""
     from lamina.runtime._types import ExecSink
 
     spec: m.ExecCreate = entry["spec"]
     stdin_fd = feeder = None
-    # Set once a terminal exec's client typed the detach keys: the exec runs on (its
-    # output dropped), the client's going away is no longer its end.
-    detached = threading.Event()
     if with_stdin:
         stdin_fd, write_end = os.pipe2(os.O_CLOEXEC)
-        feeder = threading.Thread(target=_feed_stdin, daemon=True, args=(
-            sock, early, write_end, detached if spec.tty else None))  # fmt: skip
+        feeder = threading.Thread(target=_feed_stdin, args=(sock, early, write_end),
+                                  daemon=True)  # fmt: skip
         feeder.start()
     writers = {1: _FrameWriter(sock, 1, spec.tty), 2: _FrameWriter(sock, 2, spec.tty)}
 
+    client_gone = False
+
     def write(stream: int, data: bytes) -> None:
-        if detached.is_set():
+        nonlocal client_gone
+        if client_gone:
             return
         try:
             writers[stream].write(data)
         except OSError:
-            if not detached.is_set():  # detached meanwhile: not a client gone
+            if not gone_detaches:
                 raise
+            client_gone = True
 
     def gone() -> bool:
-        return not detached.is_set() and _hung_up(sock, peek=not with_stdin)
+        return not gone_detaches and _hung_up(sock, peek=not with_stdin)
 
-    sink = ExecSink(write=write, gone=gone, stdin_fd=stdin_fd, size=size)
+    def detached() -> None:  # the detach keys: the exec runs on, the client's stream ends
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    sink = ExecSink(write=write, gone=gone, stdin_fd=stdin_fd, size=size,
+                    detached=detached)  # fmt: skip
     entry["sink"] = sink
     try:
         with engine() as e:
             result = e.exec(entry["container"], spec.cmd, env=spec.env, user=spec.user,
-                            workdir=spec.workdir, tty=spec.tty, sink=sink)  # fmt: skip
+                            workdir=spec.workdir, tty=spec.tty, sink=sink,
+                            detach_keys=detach_keys_arg(spec.detach_keys))  # fmt: skip
         entry["exit_code"] = result.exit_code
     except LaminaError as err:  # it could not run (or the container is not running)
         entry["exit_code"], entry["error"] = err.exit_code, " ".join(str(err).split())
@@ -993,32 +1024,14 @@ def _exec_relayed(entry: dict[str, Any], sock: Any, early: bytes, *, with_stdin:
             os.close(stdin_fd)
 
 
-_DETACH_KEYS = b"\x10\x11"  # Docker's default detach keys: ctrl-p ctrl-q
-
-
-def _feed_stdin(sock: Any, early: bytes, write_end: int,
-                detached: threading.Event | None = None) -> None:  # fmt: skip
+def _feed_stdin(sock: Any, early: bytes, write_end: int) -> None:
     """The client's bytes (those sent with its request first) into the exec's stdin
-    pipe, until the client's half-close or the end of the exec. With ``detached`` (a
-    terminal exec), the detach keys end the feed and the connection instead, and set
-    it: the exec keeps running without its client, as Docker's."""
+    pipe, until the client's half-close, the end of the exec or its detach (the
+    runtime watches a terminal's input for the keys: ``ExecSink.detached``)."""
     reader = _SocketReader(sock, early)
-    held = b""  # a ctrl-p at the end of a read: the keys may be split across two
     try:
         while data := reader.read(65536):
-            data, held = held + data, b""
-            if detached is not None:
-                before, keys, _ = data.partition(_DETACH_KEYS)
-                if keys:
-                    write_all(write_end, before)
-                    detached.set()
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)  # the client's stream ends
-                    return
-                if data.endswith(_DETACH_KEYS[:1]):
-                    data, held = data[:-1], data[-1:]
             write_all(write_end, data)
-        write_all(write_end, held)
     except OSError:
         pass  # the exec has ended (its stdin closed)
     finally:

@@ -96,6 +96,7 @@ class ExecCreate(BaseModel):
     user: str | None = None
     workdir: str | None = None
     tty: bool = False
+    detach_keys: str | None = None  # Docker's notation; None: ctrl-p,ctrl-q
 
 
 class IdResponse(BaseModel):

@@ -94,6 +94,7 @@ def attach(request: Request) -> Response:
     with_stdin, stream = request.flag("stdin"), request.flag("stream")
     outputs = {1: request.flag("stdout"), 2: request.flag("stderr")}
     logs = request.flag("logs")
+    keys = lapi.detach_keys_arg(request.arg("detachKeys"))
     media = stream_type(request, tty)
     if not stream:
         return Response(body=_logs(ctr.id, outputs, tty) if logs else b"", content_type=media)
@@ -114,7 +115,8 @@ def attach(request: Request) -> Response:
         with lapi.engine() as e:
             try:
                 e.attach(ctr.id, stdin=stdin if with_stdin else None, stdout=writers[1],  # type: ignore[arg-type]
-                         stderr=writers[2], tty=tty, start=pending is not None)  # type: ignore[arg-type]  # fmt: skip
+                         stderr=writers[2], tty=tty, start=pending is not None,  # type: ignore[arg-type]
+                         detach_keys=keys)  # fmt: skip
             except LaminaError as err:
                 if pending is not None and not pending.launched.is_set():
                     pending.error = err
@@ -250,10 +252,12 @@ def exec_create(request: Request) -> Response:
         raise HttpError(400, "No exec command specified")
     if _typed(body, "Privileged", bool, False):
         raise HttpError(400, "invalid field Privileged: privileged execs are not supported")
+    detach_keys = _typed(body, "DetachKeys", str, "") or None
+    lapi.detach_keys_arg(detach_keys)  # a 400 now, as Docker's
     spec = m.ExecCreate(cmd=cmd, env=_strings(body, "Env"),
                         user=_typed(body, "User", str, "") or None,
                         workdir=_typed(body, "WorkingDir", str, "") or None,
-                        tty=_typed(body, "Tty", bool, False))  # fmt: skip
+                        tty=_typed(body, "Tty", bool, False), detach_keys=detach_keys)  # fmt: skip
     with lapi.engine() as e:
         ctr = e.get(request.params["id"])
         if ctr.state.status.value != "running":
@@ -300,7 +304,7 @@ def exec_start(request: Request) -> Response:
         return Response(status=101, content_type=media,
                         takeover=lambda sock, early: lapi._exec_relayed(
                             entry, sock, early, with_stdin=with_stdin,
-                            size=(size[0], size[1]) if size else None),
+                            size=(size[0], size[1]) if size else None, gone_detaches=spec.tty),
                         headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")])  # fmt: skip
     with lapi._api().lock:
         entry["running"] = False  # the daemon's own start runs it whole

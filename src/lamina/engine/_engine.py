@@ -1657,10 +1657,13 @@ class Engine:
         timeout: float | None = None,
         output_limit: int | None = None,
         sink: ExecSink | None = None,
+        detach_keys: bytes | None = None,
     ) -> ExecResult:
         """Run a process in a running container. ``stream=True`` passes the caller's
         stdio through (exit code returned, outputs empty); ``tty=True`` allocates a
-        pseudo-terminal and follows the caller's window size. Captured (a health
+        pseudo-terminal and follows the caller's window size, and ``detach_keys``
+        (``runtime._term.parse_detach_keys``; None: Docker's ctrl-p ctrl-q) typed
+        there leave the process running (``ExecResult.detached``). Captured (a health
         check): ``timeout`` seconds, then the process is killed (``timed_out``, exit
         code -1); ``output_limit``: stdout and stderr together, in the order written,
         in ``stdout``, its first ``output_limit`` bytes kept (``truncated``). ``sink``:
@@ -1678,8 +1681,9 @@ class Engine:
         result = self._task(rec.isolation).exec(
             rec, argv, env=env, user=user, workdir=workdir, tty=tty, stdin=stdin,
             detach=detach, stream=stream, timeout=timeout, output_limit=output_limit, sink=sink,
+            detach_keys=detach_keys,
         )  # fmt: skip
-        if not detach:
+        if not detach and not result.detached:
             self._container_event("exec_die", rec, execID=exec_id, exitCode=str(result.exit_code))
         return result
 
@@ -1692,18 +1696,22 @@ class Engine:
         stderr: BinaryIO,
         tty: bool = False,
         start: bool = False,
-    ) -> None:
+        detach_keys: bytes | None = None,
+    ) -> bool:
         """Pump the container's stdio to the caller's until its output closes. With
-        ``tty`` the caller's terminal size is followed. ``start=True`` (``run``
-        without ``-d``, ``start -a``): connect first, then start a created or exited
-        container, so that no early output is lost."""
+        ``tty`` the caller's terminal size is followed, and ``detach_keys`` (None:
+        Docker's ctrl-p ctrl-q) in ``stdin`` end the pump with the container running
+        (its stdin open): then True. ``start=True`` (``run`` without ``-d``,
+        ``start -a``): connect first, then start a created or exited container, so
+        that no early output is lost."""
         rec = self._resolve(ref)
         task = self._task(rec.isolation)
         tty = tty and rec.config.tty
         if start and rec.status not in _ACTIVE:
             attachment = self._start_attached(rec, task, stdin=stdin, tty=tty)
             if attachment is None:  # running already: attach as to any running one
-                return self.attach(rec.id, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
+                return self.attach(rec.id, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty,
+                                   detach_keys=detach_keys)  # fmt: skip
         elif rec.status == Status.PAUSED:
             raise LaminaError(f"cannot attach to container {rec.id[:12]}: it is paused")
         elif rec.status == Status.RESTARTING:
@@ -1715,13 +1723,21 @@ class Engine:
             raise LaminaError(f"cannot attach to a stopped container {rec.id[:12]}; start it first")
         else:
             attachment = task.attach(rec)
-        attachment.pump(
+        detached = attachment.pump(
             stdin=stdin if rec.config.stdin_open else None,
             stdout=stdout,
             stderr=stderr,
             tty=tty,
             running=lambda: self._running(rec),
+            detach_keys=detach_keys,
         )
+        if not detached:
+            return False
+        # Nobody waits now: the exit command finishes it (this process may live on, a
+        # daemon); if it ended meanwhile, here.
+        _remove_waiter(task.task_dir(rec.id) / "waiter")
+        self._running(rec)
+        return True
 
     def _start_attached(
         self, rec: Record, task: TaskBackend, *, stdin: BinaryIO | None, tty: bool

@@ -14,7 +14,10 @@ arguments, extra environment, user and working directory. Four modes:
 - tty: runc makes the container's pseudo-terminal and proxies it to its own stdio,
   a pty lamina opens; lamina pumps that to the caller's terminal (in raw mode) or
   collects it, and forwards window size changes (SIGWINCH -> TIOCSWINSZ on its
-  master, then SIGWINCH to runc, which resizes the container's terminal);
+  master, then SIGWINCH to runc, which resizes the container's terminal); the detach
+  keys typed there (``DetachKeys``) leave it running: in-process, its terminal is
+  then read to its end by a ``cat`` of its own (the container's pty must not fill
+  and block it, nor close and hang it up), through a sink the relay drops its output;
 - detach: returns once the process has started; it runs under a conmon of its own
   (``conmon --exec``), which reaps it when it exits: with a bare ``runc exec
   --detach`` it would be orphaned to the host's init, and a zombie there keeps the
@@ -50,7 +53,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina.runtime._conmon import OciBinary, launch_exec, runc_error_text
-from lamina.runtime._term import follow_window_size, raw_terminal, set_window_size, window_size
+from lamina.runtime._term import (
+    DetachKeys,
+    follow_window_size,
+    raw_terminal,
+    set_window_size,
+    window_size,
+)
 from lamina.runtime._types import ExecResult, ExecSink
 from lamina.runtime.common import StartFailed, exec_failed, merge_env
 
@@ -165,14 +174,16 @@ def run_exec(
     timeout: float | None = None,
     output_limit: int | None = None,
     sink: ExecSink | None = None,
+    detach_keys: bytes | None = None,
 ) -> ExecResult:
-    """Run the process; see the module docstring for the modes."""
+    """Run the process; see the module docstring for the modes. ``detach_keys``: a
+    terminal's (None: Docker's ctrl-p ctrl-q)."""
     ex = _Exec(runtime, cid, bundle, process)
     try:
         if (timeout is not None or output_limit is not None) and not (detach or stream or sink):
             return _run_bounded(ex, timeout, output_limit)
         if process.get("terminal") and not detach:
-            return _run_tty(ex, stdin=stdin, stream=stream, sink=sink)
+            return _run_tty(ex, stdin=stdin, stream=stream, sink=sink, detach_keys=detach_keys)
         if sink is not None and not detach:
             return ExecResult(_run_relayed(ex, sink), b"", b"")
         if detach:
@@ -433,7 +444,12 @@ def _has_fileno(f: object) -> bool:
 
 
 def _run_tty(
-    ex: _Exec, *, stdin: BinaryIO | None, stream: bool, sink: ExecSink | None = None
+    ex: _Exec,
+    *,
+    stdin: BinaryIO | None,
+    stream: bool,
+    sink: ExecSink | None = None,
+    detach_keys: bytes | None = None,
 ) -> ExecResult:
     # runc 1.1 hands out the pty master (--console-socket) only with --detach, which
     # would lose the exit status. Without it, runc proxies between the container's pty
@@ -441,6 +457,7 @@ def _run_tty(
     # runc sets that terminal raw and, on SIGWINCH, copies its size to the container.
     master, slave = os.openpty()
     proc: subprocess.Popen[bytes] | None = None
+    left_running = False  # detached in-process: runc is not waited for
     try:
         in_fd: int | None
         if sink is not None:
@@ -485,11 +502,22 @@ def _run_tty(
         else:
             write = captured.extend
         hold = HoldRuntimeError()  # runc's error comes through the terminal too
+        watch = DetachKeys(detach_keys) if in_fd is not None else None
         with contextlib.ExitStack() as stack:
             if term_fd is not None:
                 stack.enter_context(raw_terminal(term_fd))
                 stack.enter_context(follow_window_size(term_fd, on_resize))
-            pump_pty(master, in_fd, write, hold, idle=relay.check if relay else None)
+            pump_pty(master, in_fd, write, hold, idle=relay.check if relay else None,
+                     watch=watch)  # fmt: skip
+            if watch is not None and watch.detached:
+                if sink is None:
+                    _drain_in_background(master)
+                    left_running = True
+                    return ExecResult(0, b"", b"", detached=True)
+                sink.resize = None
+                if sink.detached is not None:
+                    sink.detached()
+                pump_pty(master, None, lambda _data: None)  # to the exec's end, dropped
             code = proc.wait()
             if sink is not None:
                 sink.resize = None
@@ -502,7 +530,7 @@ def _run_tty(
         os.close(master)
         if slave >= 0:
             os.close(slave)
-        if proc is not None and proc.poll() is None:
+        if proc is not None and not left_running and proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 
@@ -514,10 +542,12 @@ def pump_pty(
     hold: HoldRuntimeError | None = None,
     *,
     idle: Callable[[], None] | None = None,
+    watch: DetachKeys | None = None,
 ) -> None:
     """Copy ``in_fd`` -> master and master -> ``write``, through ``hold`` when given,
-    until the pty closes (EIO once every process holding the slave has exited);
-    ``idle`` is called after each second without traffic."""
+    until the pty closes (EIO once every process holding the slave has exited) or
+    ``watch`` sees the detach keys in the input (``watch.detached``, nothing of the
+    output written after them); ``idle`` is called after each second without traffic."""
     reading_in = in_fd is not None
     while True:
         fds = [master] + ([in_fd] if reading_in and in_fd is not None else [])
@@ -544,8 +574,19 @@ def pump_pty(
             data = os.read(in_fd, 65536)
             if not data:
                 reading_in = False  # a terminal has no "closed stdin": stop forwarding
-            else:
-                _write_all(master, data)
+                data = watch.flush() if watch is not None else b""
+            elif watch is not None:
+                data = watch.feed(data)
+            _write_all(master, data)
+            if watch is not None and watch.detached:
+                return
+
+
+def _drain_in_background(master: int) -> None:
+    """Read the pty of a detached exec to its end (the exec's exit) in a process of
+    its own, which outlives ours: its output is dropped, as Docker's is."""
+    subprocess.Popen(["cat"], stdin=master, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
 
 def _write_all(fd: int, data: bytes) -> None:

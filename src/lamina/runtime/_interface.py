@@ -60,10 +60,12 @@ class Attachment(abc.ABC):
         stderr: BinaryIO,
         tty: bool,
         running: Callable[[], bool],
-    ) -> None:
+        detach_keys: bytes | None = None,
+    ) -> bool:
         """Copy the workload's output to ``stdout``/``stderr`` (and ``stdin`` to it)
         until its output ends; ``running()`` says whether the container still runs.
-        With ``tty`` the caller's terminal size is followed."""
+        With ``tty`` the caller's terminal size is followed, and ``detach_keys`` (None:
+        Docker's ctrl-p ctrl-q) in ``stdin`` end the pump early: then True."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Drop the connection (when it is never pumped)."""
@@ -266,9 +268,12 @@ class TaskBackend(abc.ABC):
         timeout: float | None = None,
         output_limit: int | None = None,
         sink: ExecSink | None = None,
+        detach_keys: bytes | None = None,
     ) -> ExecResult:
         """``stream``: the caller's stdio passed through (``stdin`` or ours); with a
-        ``sink``, through it instead (see ``ExecSink``)."""
+        ``sink``, through it instead (see ``ExecSink``). With a terminal,
+        ``detach_keys`` (None: Docker's ctrl-p ctrl-q) in its stdin leave the exec
+        running (``ExecResult.detached``)."""
 
     @abc.abstractmethod
     def attach(self, rec: Record) -> Attachment:

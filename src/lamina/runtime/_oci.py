@@ -656,6 +656,7 @@ class OciTasks(TaskBackend):
         timeout: float | None = None,
         output_limit: int | None = None,
         sink: ExecSink | None = None,
+        detach_keys: bytes | None = None,
     ) -> ExecResult:
         from lamina.runtime import _exec
 
@@ -692,6 +693,7 @@ class OciTasks(TaskBackend):
             timeout=timeout,
             output_limit=output_limit,
             sink=sink,
+            detach_keys=detach_keys,
         )
 
     def attach(self, rec: Record) -> Attachment:
@@ -833,11 +835,12 @@ class _ConmonAttachment(Attachment):
         stderr: BinaryIO,
         tty: bool,
         running: Callable[[], bool],
-    ) -> None:
+        detach_keys: bytes | None = None,
+    ) -> bool:
         try:
-            _pump_attach(
+            return _pump_attach(
                 self._sock, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty,
-                resize=self._resize,
+                resize=self._resize, detach_keys=detach_keys,
             )  # fmt: skip
         finally:
             self._sock.close()
@@ -967,17 +970,21 @@ def _pump_attach(
     stderr: BinaryIO,
     tty: bool,
     resize: Any,
-) -> None:
+    detach_keys: bytes | None = None,
+) -> bool:
     """Copy conmon's packets to stdout/stderr until it closes the socket; stdin (if
-    any) is sent from a thread, and its EOF closes the container's stdin."""
+    any) is sent from a thread, and its EOF closes the container's stdin. With a
+    terminal, the detach keys in stdin end both (the container goes on, its stdin
+    open): then True."""
     import socket
     import threading
 
-    from lamina.runtime._term import follow_window_size, raw_terminal
+    from lamina.runtime._term import DetachKeys, follow_window_size, raw_terminal
 
     stop_r, stop_w = os.pipe()
     in_fd = _fileno(stdin)
     sender: threading.Thread | None = None
+    watch = DetachKeys(detach_keys) if tty else None
 
     def send_stdin() -> None:
         assert stdin is not None
@@ -992,7 +999,15 @@ def _pump_attach(
                     data = stdin.read(8192)
                 if not data:
                     break
+                if watch is not None:
+                    data = watch.feed(data)
+                    if watch.detached:
+                        sock.sendall(data)
+                        sock.shutdown(socket.SHUT_RDWR)  # ends the output loop too
+                        return
                 sock.sendall(data)
+            if watch is not None:
+                sock.sendall(watch.flush())
         except OSError:
             return
         with contextlib.suppress(OSError):
@@ -1019,7 +1034,7 @@ def _pump_attach(
                     continue
                 except ConnectionResetError:
                     break
-                if not packet:
+                if not packet or (watch is not None and watch.detached):
                     break
                 kind, data = packet[0], packet[1:]
                 out = stderr if kind == _conmon.STDERR_PIPE else stdout
@@ -1031,6 +1046,7 @@ def _pump_attach(
             sender.join(timeout=1.0 if in_fd is not None else 0.05)
         os.close(stop_r)
         os.close(stop_w)
+    return watch is not None and watch.detached
 
 
 def _safe_resize(resize: Any, rows: int, cols: int) -> None:

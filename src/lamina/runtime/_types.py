@@ -269,6 +269,7 @@ class ExecResult:
     stderr: bytes
     timed_out: bool = False  # killed after the exec's ``timeout`` (exit_code is then -1)
     truncated: bool = False  # more output came than the exec's ``output_limit`` kept
+    detached: bool = False  # left running by the detach keys (exit_code 0: not its own)
 
 
 @dataclass
@@ -279,13 +280,16 @@ class ExecSink:
     ``stdin_fd`` is read to its end (None: no input); ``gone()`` is polled while the
     exec is silent. A reader gone ends the exec: its process is killed, the
     container is not touched. ``size`` is the terminal's first (rows, cols); while a
-    terminal exec runs, the backend sets ``resize`` to follow later sizes."""
+    terminal exec runs, the backend sets ``resize`` to follow later sizes. A terminal
+    exec whose stdin brings the detach keys calls ``detached()`` and runs on: from
+    then its output is dropped and neither ``write`` nor ``gone`` is called."""
 
     write: Callable[[int, bytes], None]
     gone: Callable[[], bool]
     stdin_fd: int | None = None
     size: tuple[int, int] | None = None
     resize: Callable[[int, int], None] | None = None
+    detached: Callable[[], None] | None = None
 
 
 @dataclass

@@ -102,6 +102,7 @@ if TYPE_CHECKING:
 
     from lamina.image import ImageRecord, LocalImages
     from lamina.runtime._logs import LogSettings
+    from lamina.runtime._term import DetachKeys
     from lamina.runtime._volumes import Volume
     from lamina.vm._agent import AgentConnection, Frame
 
@@ -554,6 +555,7 @@ class VmTasks(TaskBackend):
         timeout: float | None = None,
         output_limit: int | None = None,
         sink: ExecSink | None = None,
+        detach_keys: bytes | None = None,
     ) -> ExecResult:
         from lamina.runtime._term import window_size
         from lamina.runtime.common import merge_env
@@ -611,8 +613,11 @@ class VmTasks(TaskBackend):
                 conn.send_stdin(WORKLOAD, stdin.read())
             if bounded:
                 return _collect_bounded(conn, timeout, output_limit)
+            from lamina.runtime._term import DetachKeys
+
+            watch = DetachKeys(detach_keys) if tty and in_fd is not None else None
             return _collect_exec(conn, stream, in_fd=in_fd, term=term, session=session,
-                                 sink=sink)  # fmt: skip
+                                 sink=sink, watch=watch)  # fmt: skip
         finally:
             conn.close()
 
@@ -718,7 +723,10 @@ class _LogAttachment(Attachment):
         stderr: BinaryIO,
         tty: bool,
         running: Callable[[], bool],
-    ) -> None:
+        detach_keys: bytes | None = None,
+    ) -> bool:
+        from lamina.runtime._term import DetachKeys
+
         forward = stdin is not None
         in_fd = _fileno(stdin) if forward else None
         term = in_fd if tty and in_fd is not None and os.isatty(in_fd) else None
@@ -735,10 +743,13 @@ class _LogAttachment(Attachment):
         with contextlib.ExitStack() as stack:
             stack.callback(self._tail.close)
             fwd = None
+            watch = DetachKeys(detach_keys) if tty and in_fd is not None else None
             if conn is not None:
                 stack.callback(conn.close)
-                fwd = stack.enter_context(_InputForwarder(conn, WORKLOAD, in_fd, term))
+                fwd = stack.enter_context(_InputForwarder(conn, WORKLOAD, in_fd, term, watch))
             while True:
+                if watch is not None and watch.detached:
+                    return True  # the workload's stdin stays open: only ours stops
                 # Polled every 20 ms (not logs -f's backoff): the exit is seen at once.
                 done = not running()
                 for entry in pending + self._tail.read():
@@ -747,7 +758,7 @@ class _LogAttachment(Attachment):
                     out.flush()
                 pending = []
                 if done:
-                    return
+                    return False
                 if fwd is not None:
                     fwd.wait(0.02)  # the supervisor sends attached clients nothing
                 else:
@@ -865,11 +876,19 @@ class _InputForwarder:
     a signal handler in the middle of a send."""
 
     def __init__(
-        self, conn: AgentConnection, session: int, in_fd: int | None, term: int | None
+        self,
+        conn: AgentConnection,
+        session: int,
+        in_fd: int | None,
+        term: int | None,
+        watch: DetachKeys | None = None,
     ) -> None:
+        """``watch``: the input goes through it; once it has seen the detach keys,
+        nothing more is read (and no end of input is sent)."""
         import selectors
 
         self.conn, self.session, self.in_fd, self.term = conn, session, in_fd, term
+        self.watch = watch
         self._size: tuple[int, int] | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel = selectors.DefaultSelector()
@@ -924,11 +943,32 @@ class _InputForwarder:
                 with contextlib.suppress(OSError):
                     os.read(self._wake_r, 512)
             elif key.fd == self.in_fd:
-                data = os.read(self.in_fd, STDIN_CHUNK)
+                read = os.read(self.in_fd, STDIN_CHUNK)
+                data = self._watched(read) if self.watch is not None else read
+                if data is None:
+                    continue
                 self.conn.send(Msg.STDIN, self.session, data)  # b"": the end
                 if not data:
                     self._sel.unregister(self.in_fd)
         return self.conn.poll(0)
+
+    def _watched(self, data: bytes) -> bytes | None:
+        """``data`` through the watch: what to send (b"": the end), None for nothing."""
+        from lamina.vm._agent import Msg
+
+        assert self.watch is not None and self.in_fd is not None
+        if not data:  # the end: a held ctrl-p first, as typed
+            held = self.watch.flush()
+            if held:
+                self.conn.send(Msg.STDIN, self.session, held)
+            return b""
+        data = self.watch.feed(data)
+        if self.watch.detached:
+            if data:
+                self.conn.send(Msg.STDIN, self.session, data)
+            self._sel.unregister(self.in_fd)
+            return None
+        return data or None
 
 
 def _started(conn: AgentConnection) -> ExecResult:
@@ -956,10 +996,14 @@ def _collect_exec(
     term: int | None = None,
     session: int = WORKLOAD,
     sink: ExecSink | None = None,
+    watch: DetachKeys | None = None,
 ) -> ExecResult:
     """Run an exec session to its EXIT: output passed through (``stream``), handed
     to ``sink`` or collected, the caller's stdin and terminal size forwarded
-    (``_InputForwarder``). A sink whose reader has gone gets the process SIGKILL."""
+    (``_InputForwarder``). A sink whose reader has gone gets the process SIGKILL.
+    Once ``watch`` sees the detach keys (a terminal's) in the input, the exec runs on: this client
+    leaves it (the supervisor drops its output), or a sink is told and the output
+    dropped here until its end."""
     import signal
 
     from lamina.vm._agent import Msg, parse_exit
@@ -973,12 +1017,18 @@ def _collect_exec(
         sink_gone = True
         conn.send(Msg.SIGNAL, session, int(signal.SIGKILL).to_bytes(4, "big"))
 
-    with _InputForwarder(conn, session, in_fd, term) as fwd:
+    with _InputForwarder(conn, session, in_fd, term, watch) as fwd:
         if sink is not None:
             sink.resize = fwd.on_size
         try:
             while True:
                 frames = fwd.wait(1.0)
+                if watch is not None and watch.detached and not sink_gone:
+                    if sink is None:
+                        return ExecResult(0, b"", b"", detached=True)
+                    sink_gone, sink.resize = True, None  # its output dropped from now
+                    if sink.detached is not None:
+                        sink.detached()
                 if sink is not None and not frames and not sink_gone and sink.gone():
                     end_for_gone_reader()
                 for f in frames:
