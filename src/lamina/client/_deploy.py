@@ -197,6 +197,7 @@ def root_daemon(root: Path, url: str, daemon_args: Sequence[str] = (),
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if answers(transport):
+            _settle(proc, root)
             return transport
         if proc.poll() is not None and not answers(transport):
             if "another lamina daemon serves" in _log_since(log_path, start):
@@ -207,6 +208,22 @@ def root_daemon(root: Path, url: str, daemon_args: Sequence[str] = (),
         time.sleep(0.05)
     raise LaminaError(f"the lamina daemon of {root} did not answer at {url} within "
                       f"{timeout:.0f} s (see {log_path})")  # fmt: skip
+
+
+def _settle(proc: subprocess.Popen[bytes], root: Path, timeout: float = 10.0) -> None:
+    """Wait until the daemon this command started serves the root or has exited, having
+    found another serving it (two commands started one each): no loser is left behind
+    still starting when the command ends."""
+    from lamina.daemon._daemon import STATE_FILE  # the CLI has it: default_host
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads((root / STATE_FILE).read_text()).get("pid") == proc.pid:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+        time.sleep(0.02)
 
 
 def _log_since(path: Path, offset: int) -> str:
