@@ -889,7 +889,12 @@ class Deployments:
         try:
             engine.create(config)
         except AlreadyExists:
-            pass  # a create repeated after a crash: the one made then is started below
+            # A create repeated after a crash: the one made then is started below. One
+            # that has run (a replica a user stopped, whose removal has not happened)
+            # is not started behind anybody's back: the next pass decides on it.
+            with contextlib.suppress(NotFound):
+                if str(engine.get(name).state.status) != "created":
+                    return
         _hooks.stop_point("deploy:created")
         self._start(engine, name)
 

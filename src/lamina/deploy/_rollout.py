@@ -63,8 +63,7 @@ class ServiceView:
 
 def finished(r: Replica, spec_hash: str, restart: str, gave_up: bool) -> bool:
     """A replica of the current spec that ended and stays ended, as its service's
-    restart policy says (``no``; ``on_failure`` after a success, its last attempt or
-    the user's stop, as Docker never restarts a container its user stopped;
+    restart policy says (``no``; ``on_failure`` after a success or its last attempt;
     ``unless_stopped`` when the user stopped it): kept, not replaced, and counted as
     one of the service's replicas."""
     if r.state in UP or r.state == "failed" or r.spec_hash != spec_hash:
@@ -73,7 +72,7 @@ def finished(r: Replica, spec_hash: str, restart: str, gave_up: bool) -> bool:
         return True
     if restart == "unless_stopped":
         return r.user_stopped
-    return restart == "on_failure" and (r.exit_code == 0 or gave_up or r.user_stopped)
+    return restart == "on_failure" and (r.exit_code == 0 or gave_up)
 
 
 @dataclass
