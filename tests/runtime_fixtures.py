@@ -9,6 +9,7 @@ non-root user ``app`` (1000:1000, home /home/app) besides root and nobody.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -229,3 +230,14 @@ def store_leftovers(root: Path) -> list[str]:
 NEEDS_NETAVARK = pytest.mark.skipif(
     not os.path.exists("/usr/lib/podman/netavark"), reason="needs netavark and aardvark-dns"
 )
+
+
+def read_http_head(sock: socket.socket) -> bytes:
+    """An HTTP response's status line and headers, read a byte at a time so that nothing
+    after them (an upgraded connection's first bytes) is taken from the socket."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    return head

@@ -27,6 +27,7 @@ from runtime_fixtures import (
     lamina_cli,
     lamina_ok,
     local_only,
+    read_http_head,
     remove_all_containers,
     until,
 )
@@ -280,11 +281,7 @@ def _hijacked(
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\n"
                  "Upgrade: tcp\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data)  # fmt: skip
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, head
-        head += chunk
+    head = read_http_head(sock)
     assert head.startswith(b"HTTP/1.1 101"), head
     return sock
 

@@ -25,7 +25,7 @@ from ingress_fixtures import (
     haproxy_processes,
     served_by,
 )
-from runtime_fixtures import until
+from runtime_fixtures import read_http_head, until
 
 from lamina.ingress import Backend, Ingress, IngressError, InvalidIngress, Route, Server, _udp
 from lamina.ingress._runtime import show_proc
@@ -91,11 +91,7 @@ def _ws_connect(port: int, host: str) -> socket.socket:
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, head
-        head += chunk
+    head = read_http_head(sock)
     assert head.startswith(b"HTTP/1.1 101"), head
     assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
     return sock

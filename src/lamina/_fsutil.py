@@ -1,5 +1,5 @@
 """Durable file writes shared by every layer: ``fsync_dir`` and ``atomic_write``;
-``remove_tree`` for trees already renamed out of the way.
+``remove_dir``, which renames a directory away before deleting it.
 
 ``atomic_write`` never leaves a half-written file: it writes a temporary file next
 to the target (same directory, so the rename stays on one filesystem), optionally
@@ -8,11 +8,10 @@ the rename itself survives a crash. A reader sees the old file or the new one,
 never a mix; on failure the temporary file is removed and the target is untouched.
 Standard library only: this module sits below ``lamina.image`` and everything else.
 
-``remove_tree`` deletes at once, or, in a long-lived process that asked for it
+``remove_dir`` deletes at once, or, in a long-lived process that asked for it
 (``remove_trees_in_background``: the daemon), in a background thread, so that a
-``run --rm`` answers before its files are gone. Callers rename a tree to a ``.rm-``
-name first: whoever sweeps trash (the engine's reconcile) deletes what a killed
-process left queued.
+``run --rm`` answers before its files are gone. Whoever sweeps ``.rm-`` trash (the
+engine's reconcile, ``sweep_trash``) deletes what a killed process left queued.
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ def atomic_write(
 
 
 def remove_trees_in_background() -> None:
-    """From now on ``remove_tree`` hands its trees to one background thread of this
+    """From now on ``remove_dir`` hands its trees to one background thread of this
     process (idempotent). For long-lived processes only: trees still queued when the
     process ends stay on disk as ``.rm-`` trash for the next sweep."""
     global _remover
@@ -108,22 +107,44 @@ def remove_trees_in_background() -> None:
     _remover = pending
 
 
-def remove_tree(path: Path) -> None:
-    """Delete the tree ``path`` (errors ignored: a sweeper may delete it too): now,
-    or later in the background when this process asked for that."""
-    if _remover is not None:
-        _queued.add(str(path))
-        _remover.put(path)
+def remove_dir(d: Path) -> None:
+    """Delete the directory ``d``: renamed to a ``.rm-`` name beside it first (gone from
+    its name at once: nothing opens anything in it again), then its files now, or later
+    in the background when this process asked for that. One that cannot be renamed
+    (busy?) is deleted in place, as well as that goes."""
+    trash = d.with_name(f".rm-{d.name}-{os.urandom(4).hex()}")
+    try:
+        os.rename(d, trash)
+    except FileNotFoundError:
+        return
+    except OSError:
+        trash = d
+    if _remover is not None and trash is not d:
+        _queued.add(str(trash))
+        _remover.put(trash)
         return
     import shutil
 
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
-def queued_for_removal(path: Path) -> bool:
-    """Whether ``path`` waits for this process's background remover: a sweeper of
-    trash leaves it be, and it is not something left over."""
-    return str(path) in _queued
+def sweep_trash(path: Path) -> None:
+    """Delete ``path``, a ``.rm-`` tree another process (maybe a killed one) left,
+    unless this process's background remover has it queued (errors ignored: its
+    remover may be deleting it too)."""
+    if str(path) not in _queued:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def queued_in(d: Path) -> int:
+    """How many trees in ``d`` wait for this process's background remover: not
+    something left over, to whoever counts the entries of ``d``."""
+    if not _queued:
+        return 0
+    parent = str(d)
+    return sum(1 for p in list(_queued) if os.path.dirname(p) == parent)
 
 
 def finish_removals(timeout: float) -> None:

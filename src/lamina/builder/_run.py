@@ -41,6 +41,7 @@ from typing import Any
 from lamina.builder._dockerfile import BuildError
 from lamina.builder._fileops import overlay_view, remove_scratch, resolve_in, scratch_dir, unmount
 from lamina.builder._mounts import MountSpec
+from lamina.builder._upload import secret_bytes
 from lamina.image._gc import StoreLease
 
 # What the runtime mounts in every container: runc creates these when missing.
@@ -296,16 +297,7 @@ class Runner:
                     f"secret {m.id!r} is required but was not given (--secret id={m.id},src=FILE)"
                 )
             return None
-        kind, value = secret
-        if kind == "file":
-            try:
-                data = Path(value).read_bytes()
-            except OSError as e:
-                raise BuildError(
-                    f"cannot read secret {m.id!r} from {value}: {e.strerror}"
-                ) from None
-        else:
-            data = value.encode()
+        data = secret_bytes(m.id, *secret, error=BuildError)
         if m.env is not None:
             env.append(f"{m.env}={data.decode('utf-8', 'replace')}")
         if not m.target:

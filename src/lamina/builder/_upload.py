@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from lamina.errors import LaminaError
+
 CONTEXT_DIR = "context"
 DOCKERFILE_DIR = "dockerfile"
 # The build's secrets (``--secret``): a 0700 directory of 0600 files, each named by
@@ -111,6 +113,20 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     info.size = len(data)
     info.mode = mode
     tar.addfile(info, io.BytesIO(data))
+
+
+def secret_bytes(
+    sid: str, kind: str, value: str, error: type[LaminaError] = LaminaError
+) -> bytes:
+    """A ``--secret``'s value as a build reads it (``BuildOptions.secrets``: id ->
+    (kind, value)): a file's bytes, or a variable's value; a file that cannot be read
+    is one ``error`` line naming the secret."""
+    if kind != "file":
+        return value.encode("utf-8", "surrogateescape")
+    try:
+        return Path(value).read_bytes()
+    except OSError as e:
+        raise error(f"cannot read secret {sid!r} from {value}: {e.strerror}") from None
 
 
 def _add_secrets(tar: tarfile.TarFile, secrets: Mapping[str, bytes]) -> None:

@@ -60,6 +60,11 @@ detach_keys_option = click.option(
 )
 
 
+sig_proxy_option = click.option(
+    "--sig-proxy/--no-sig-proxy", default=True, help="Forward signals to the container (no TTY)."
+)
+
+
 # -- run / create --------------------------------------------------------------------
 
 
@@ -312,9 +317,7 @@ def _create(
     "-d", "--detach", is_flag=True, help="Run in the background and print the container ID."
 )
 @click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
-@click.option(
-    "--sig-proxy/--no-sig-proxy", default=True, help="Forward signals to the container (no TTY)."
-)
+@sig_proxy_option
 @detach_keys_option
 @_run_options
 def run(
@@ -515,9 +518,7 @@ def start(
 @_command("attach")
 @click.argument("container")
 @click.option("--no-stdin", is_flag=True, help="Do not attach STDIN.")
-@click.option(
-    "--sig-proxy/--no-sig-proxy", default=True, help="Forward signals to the container (no TTY)."
-)
+@sig_proxy_option
 @detach_keys_option
 def attach(container: str, no_stdin: bool, sig_proxy: bool, detach_keys: bytes | None) -> None:
     """Attach local standard input, output, and error streams to a running container;

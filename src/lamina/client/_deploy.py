@@ -17,13 +17,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.client._engine import RemoteEngine, error_of
 from lamina.client._transport import Address, DaemonUnreachable, Transport, segment
 from lamina.errors import LaminaError
+
+if TYPE_CHECKING:
+    from lamina.ingress._certs import CertInfo
 
 DAEMON_LOG = "daemon.log"
 _START_TIMEOUT = 60.0  # a first daemon start reconciles the root: seconds, not more
@@ -118,16 +120,6 @@ class DeployClient:
         self.engine._done("DELETE", f"/secrets/{segment(name)}")
 
 
-@dataclass(frozen=True)
-class RemoteCert:
-    """A certificate the daemon's ingress serves (``lamina.ingress.CertInfo``'s fields)."""
-
-    host: str
-    not_after: str
-    issuer: str
-    acme: bool = False
-
-
 class IngressClient:
     """The daemon's ingress (``/v1/ingress``): what ``lamina.ingress.Ingress`` offers the
     ``ingress`` commands."""
@@ -138,10 +130,10 @@ class IngressClient:
     def inspect(self) -> dict[str, Any]:
         return dict(self.engine._json("GET", "/ingress"))
 
-    def list_certs(self) -> list[RemoteCert]:
+    def list_certs(self) -> list[CertInfo]:
         return [_cert(c) for c in self.engine._json("GET", "/ingress/certificates")]
 
-    def add_cert(self, host: str, cert_pem: bytes, key_pem: bytes) -> RemoteCert:
+    def add_cert(self, host: str, cert_pem: bytes, key_pem: bytes) -> CertInfo:
         body = {"cert": cert_pem.decode("utf-8", "replace"),
                 "key": key_pem.decode("utf-8", "replace")}  # fmt: skip
         return _cert(self.engine._json("PUT", f"/ingress/certificates/{segment(host)}",
@@ -151,9 +143,11 @@ class IngressClient:
         self.engine._done("DELETE", f"/ingress/certificates/{segment(host)}")
 
 
-def _cert(data: dict[str, Any]) -> RemoteCert:
-    return RemoteCert(str(data["host"]), str(data["not_after"]), str(data.get("issuer", "")),
-                      bool(data.get("acme")))  # fmt: skip
+def _cert(data: dict[str, Any]) -> CertInfo:
+    from lamina.ingress._certs import CertInfo
+
+    return CertInfo(str(data["host"]), str(data["not_after"]), str(data.get("issuer", "")),
+                    bool(data.get("acme")))  # fmt: skip
 
 
 # -- the root's own daemon ------------------------------------------------------------------
@@ -214,15 +208,12 @@ def _settle(proc: subprocess.Popen[bytes], root: Path, timeout: float = 10.0) ->
     """Wait until the daemon this command started serves the root or has exited, having
     found another serving it (two commands started one each): no loser is left behind
     still starting when the command ends."""
-    from lamina.daemon._daemon import STATE_FILE  # the CLI has it: default_host
+    from lamina.daemon._daemon import serving  # the CLI has it: default_host
 
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if json.loads((root / STATE_FILE).read_text()).get("pid") == proc.pid:
-                return
-        except (OSError, ValueError, AttributeError):
-            pass
+        if (serving(root) or {}).get("pid") == proc.pid:
+            return
         time.sleep(0.02)
 
 

@@ -182,12 +182,9 @@ class RemoteEngine:
             self.pull_image(image, progress=progress())
             body["pull"] = "missing"
             created = self._json("POST", "/containers", json_body=body)
-        warnings = list(created.get("Warnings") or [])
-        if isinstance(created.get("Container"), dict):
-            from lamina.runtime._types import Container
+        from lamina.runtime._types import Container
 
-            return decode(Container, created["Container"]), warnings
-        return self.get(created["Id"]), warnings
+        return decode(Container, created["Container"]), list(created.get("Warnings") or [])
 
     def get(self, ref: str) -> Container:
         from lamina.runtime._types import Container
@@ -793,19 +790,10 @@ def _build_error(event: dict[str, Any]) -> LaminaError:
 
 
 def _secret_values(secrets: Mapping[str, tuple[str, str]]) -> dict[str, bytes]:
-    """``--secret``'s values as the build reads them: a file's bytes, a variable's."""
-    from pathlib import Path
+    """``--secret``'s values as the build reads them (sent in the context upload)."""
+    from lamina.builder._upload import secret_bytes
 
-    out = {}
-    for sid, (kind, value) in secrets.items():
-        if kind == "env":
-            out[sid] = value.encode("utf-8", "surrogateescape")
-            continue
-        try:
-            out[sid] = Path(value).read_bytes()
-        except OSError as e:
-            raise LaminaError(f"--secret {sid}: cannot read {value}: {e.strerror}") from None
-    return out
+    return {sid: secret_bytes(sid, kind, value) for sid, (kind, value) in secrets.items()}
 
 
 @contextlib.contextmanager

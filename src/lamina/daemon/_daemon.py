@@ -224,10 +224,21 @@ def serve(opts: DaemonOptions, *, ready: Callable[[list[str]], None] | None = No
         _serve_locked(root, opts, checked, ready)
 
 
-def _who(root: Path) -> str:
-    with contextlib.suppress(OSError, ValueError, KeyError):
+def serving(root: Path) -> dict[str, Any] | None:
+    """What the daemon serving ``root`` wrote of itself (``pid``, ``hosts``,
+    ``docker_hosts``), or None when there is no such file (or it cannot be read)."""
+    try:
         state = json.loads((root / STATE_FILE).read_text())
-        return f" (process {state['pid']}, on {', '.join(state['hosts'])})"
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _who(root: Path) -> str:
+    state = serving(root)
+    with contextlib.suppress(KeyError, TypeError):
+        if state is not None:
+            return f" (process {state['pid']}, on {', '.join(state['hosts'])})"
     return ""
 
 

@@ -62,7 +62,7 @@ class ContainerCreated(BaseModel):
     Warnings: list[str]
     # the created container as ``GET /v1/containers/{id}/record`` describes it: a
     # ``run`` needs no second request for it
-    Container: dict[str, Any] | None = None
+    Container: dict[str, Any]
 
 
 class ContainerUpdate(BaseModel):

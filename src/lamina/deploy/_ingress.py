@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,6 +117,18 @@ def health_path(service: ServiceSpec, ep: EndpointSpec) -> str | None:
     return path if _PATH.match(path) else None
 
 
+def public_states(root: Path) -> Iterator[Desired]:
+    """The desired states of the root's deployments that have public endpoints (not
+    being removed; one that cannot be read is skipped: the next pass reads it again)."""
+    for name in _state.names(root):
+        try:
+            desired = _state.load(root, name)
+        except LaminaError:
+            continue
+        if not desired.removing and has_public(desired.spec):
+            yield desired
+
+
 def clash(root: Path, spec: DeploymentSpec) -> str | None:
     """Why the ingress could not serve ``spec``'s public endpoints beside those of the
     root's other deployments (a port used for another protocol, a host and path taken),
@@ -127,21 +139,13 @@ def clash(root: Path, spec: DeploymentSpec) -> str | None:
 
     if not has_public(spec.model_dump(mode="json")):
         return None
-    views = []
-    for name in _state.names(root):
-        if name == spec.deployment:
-            continue
-        try:
-            desired = _state.load(root, name)
-        except LaminaError:
-            continue
-        if desired.removing or not has_public(desired.spec):
-            continue
-        other = DeploymentSpec.model_validate(desired.spec)
-        views.append(PublicView(name, other, DeploymentStatus(name, "running"), desired.created))
+    def view(name: str, spec: DeploymentSpec, created: float) -> PublicView:
+        return PublicView(name, spec, DeploymentStatus(name, "running"), created)  # no replicas
+
+    views = [view(d.name, DeploymentSpec.model_validate(d.spec), d.created)
+             for d in public_states(root) if d.name != spec.deployment]  # fmt: skip
     # the one asking is the newest: the others keep what they have
-    mine = PublicView(spec.deployment, spec, DeploymentStatus(spec.deployment, "running"),
-                      float("inf"))  # fmt: skip
+    mine = view(spec.deployment, spec, float("inf"))
     refused: dict[str, str] = {}
     desired_routes([*views, mine], refused.__setitem__)
     return refused.get(spec.deployment)
@@ -218,13 +222,8 @@ class IngressSync:
         from lamina.deploy._model import DeploymentSpec
 
         out: list[PublicView] = []
-        for name in _state.names(self.root):
-            try:
-                desired = _state.load(self.root, name)
-            except LaminaError:
-                continue
-            if desired.removing or not has_public(desired.spec):
-                continue
+        for desired in public_states(self.root):
+            name = desired.name
             cached = self._specs.get(name)
             if cached is None or cached[0] != desired.updated:
                 cached = (desired.updated, DeploymentSpec.model_validate(desired.spec))

@@ -147,11 +147,7 @@ def init_marker(root: Path, name: str, container_id: str) -> Path:
 
 
 def mark_init_done(root: Path, name: str, container_id: str) -> None:
-    marker = init_marker(root, name, container_id)
-    if not marker.parent.parent.is_dir():
-        return  # the deployment was removed meanwhile
-    marker.parent.mkdir(exist_ok=True)
-    atomic_write(marker, b"", mode=0o600)
+    _mark(init_marker(root, name, container_id))
 
 
 def removal_marker(root: Path, name: str, container_id: str) -> Path:
@@ -161,11 +157,15 @@ def removal_marker(root: Path, name: str, container_id: str) -> Path:
 
 
 def mark_removing(root: Path, name: str, container_id: str) -> None:
-    marker = removal_marker(root, name, container_id)
+    _mark(removal_marker(root, name, container_id))
+
+
+def _mark(marker: Path) -> None:
+    """Make the empty file ``marker`` (``<deployment>/<kind>/<container id>``)."""
     if not marker.parent.parent.is_dir():
         return  # the deployment was removed meanwhile
     marker.parent.mkdir(exist_ok=True)
-    marker.touch(mode=0o600)
+    atomic_write(marker, b"", mode=0o600)
 
 
 def forget_markers(root: Path, name: str, live: set[str]) -> None:

@@ -39,6 +39,7 @@ from signal import SIGKILL
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina import _leases
+from lamina._fsutil import remove_dir
 from lamina._hooks import stop_point
 from lamina.engine import _locks, _restart
 from lamina.engine._store import ContainerStore, name_conflict
@@ -778,7 +779,7 @@ class Engine:
         except BaseException:
             with contextlib.suppress(LaminaError, OSError):
                 task.discard(cid)
-            _locks.remove_dir(task.task_dir(cid))
+            remove_dir(task.task_dir(cid))
             for vol in created_volumes:
                 with contextlib.suppress(LaminaError, OSError):
                     self.volumes.remove(vol, force=True)
@@ -1357,7 +1358,7 @@ class Engine:
 
         task = self._task(rec.isolation)
         task.delete(rec)
-        _locks.remove_dir(task.task_dir(rec.id))
+        remove_dir(task.task_dir(rec.id))
         stop_point("remove:dropping")
         self.images.images.release(_HOLDER + rec.id)
         if rec.extra.get("endpoints"):

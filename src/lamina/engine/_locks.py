@@ -4,8 +4,8 @@ Every container has a directory of its backend's (``containers/<id>``, ``vms/<id
 holding ``lock``: a flock held by whoever changes the container (creator, starter,
 remover), from before the directory has any content until the record says what it
 is. A free lock and a record that disagrees with the files means its owner died.
-A directory is removed by renaming it away first (``remove_dir``): a process about
-to open its lock then fails instead of making a new file in a directory being
+A directory is removed by renaming it away first (``_fsutil.remove_dir``): a process
+about to open its lock then fails instead of making a new file in a directory being
 deleted.
 """
 
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 from pathlib import Path
 
-from lamina._fsutil import remove_tree
 from lamina.engine._names import new_id
 from lamina.errors import LaminaError
 
@@ -57,19 +55,6 @@ def new_dir(parent: Path) -> tuple[str, int]:
             return cid, fd
         os.close(fd)
     raise LaminaError("cannot make a container directory: it keeps being removed")
-
-
-def remove_dir(d: Path) -> None:
-    """Delete a container's directory: renamed away first (see the module doc)."""
-    trash = d.with_name(f".rm-{d.name}-{os.urandom(4).hex()}")
-    try:
-        os.rename(d, trash)
-    except FileNotFoundError:
-        return
-    except OSError:
-        shutil.rmtree(d, ignore_errors=True)  # cannot rename (busy?): in place, as it goes
-        return
-    remove_tree(trash)
 
 
 def list_dir(d: Path) -> list[str]:

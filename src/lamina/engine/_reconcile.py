@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from lamina import _leases
-from lamina._fsutil import queued_for_removal
+from lamina._fsutil import remove_dir, sweep_trash
 from lamina.engine import _health, _locks
 from lamina.errors import LaminaError, NotFound, StorageError
 from lamina.runtime._types import Status
@@ -232,11 +232,8 @@ def _collect_orphans(engine: Engine, isolation: str, known: set[str], *, thoroug
     for name in _locks.list_dir(task.task_root):
         if name in known:
             continue
-        if name.startswith(".rm-"):  # a removal's trash; a live remover ignores errors
-            import shutil
-
-            if not queued_for_removal(task.task_root / name):
-                shutil.rmtree(task.task_root / name, ignore_errors=True)
+        if name.startswith(".rm-"):  # a removal's trash
+            sweep_trash(task.task_root / name)
         elif _locks.is_id(name):
             with _recovering(engine, name):
                 _remove_orphan(engine, name, isolation)
@@ -255,7 +252,7 @@ def _remove_orphan(engine: Engine, cid: str, isolation: str) -> None:
             return  # its creator still works, or finished since the records were read
         what = task.orphan(cid)
         engine.images.images.release(_HOLDER + cid)
-        _locks.remove_dir(task.task_dir(cid))
+        remove_dir(task.task_dir(cid))
     if what:
         engine._notice(cid, f"left over by an interrupted command: removed its {_and(what)}")
     else:

@@ -41,7 +41,7 @@ from pathlib import Path
 from signal import SIGKILL
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from lamina._fsutil import atomic_write, naming, queued_for_removal, remove_tree
+from lamina._fsutil import atomic_write, naming, queued_in, remove_dir, sweep_trash
 from lamina._hooks import stop_point
 from lamina._mount import MNT_DETACH, last_errno, libc, mount_overlay, unmount_under
 from lamina.errors import InUse, LaminaError
@@ -191,16 +191,7 @@ class OciTasks(TaskBackend):
 
     def discard(self, cid: str) -> None:
         self._unmount(cid)
-        ovl = self._ovl(cid)
-        trash = ovl.with_name(f".rm-{cid}-{os.urandom(4).hex()}")
-        try:
-            os.rename(ovl, trash)  # gone from its name at once; the files maybe later
-        except FileNotFoundError:
-            return
-        except OSError:
-            shutil.rmtree(ovl, ignore_errors=True)
-            return
-        remove_tree(trash)
+        remove_dir(self._ovl(cid))
 
     def rebuild(self, rec: Record) -> None:
         """conmon writes the exit status into exit/ (and persist/): with these back,
@@ -241,9 +232,8 @@ class OciTasks(TaskBackend):
         tells whether its owner lives): freed here. ``thorough``: runtime state of
         containers that have nothing else, for the engine to free as orphans."""
         for name in _list_dir(self.overlay_dir):
-            if name.startswith(".rm-"):  # a removal's trash (a live remover ignores errors)
-                if not queued_for_removal(self.overlay_dir / name):
-                    shutil.rmtree(self.overlay_dir / name, ignore_errors=True)
+            if name.startswith(".rm-"):  # a removal's trash
+                sweep_trash(self.overlay_dir / name)
                 continue
             if name in known or not _is_id(name) or (self.task_root / name).exists():
                 continue
@@ -904,7 +894,7 @@ def _list_dir(d: Path) -> builtins.list[str]:
 def _count_entries(d: Path) -> int:
     """Entries of ``d``, but trash this process deletes in the background (not left
     over: sweeping it would put its deletion back on the caller's path)."""
-    return sum(1 for name in _list_dir(d) if not queued_for_removal(d / name))
+    return len(_list_dir(d)) - queued_in(d)
 
 
 def _is_id(name: str) -> bool:
