@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from deploy_fixtures import Controller, bring_down_and_check, controller, deploy_root, httpd, spec
 from dockerapi_fixtures import DockerEndpoint, docker_endpoint
-from runtime_fixtures import IMAGE_REF, NEEDS_NETAVARK, cli_image_root, lamina_ok, until
+from runtime_fixtures import (
+    IMAGE_REF,
+    NEEDS_NETAVARK,
+    cli_image_root,
+    lamina_cli,
+    lamina_ok,
+    until,
+)
 
 from lamina.deploy import Deployments, _controller
 from lamina.engine._events import read
@@ -182,8 +189,11 @@ def test_unless_stopped_keeps_a_replica_the_user_stopped(controller: Controller)
     d.wait("uls", timeout=60)
 
     def ids(svc: str) -> dict[str, str]:
-        return {r.name: lamina_ok(root, "inspect", "-f", "{{.Id}}", r.name).strip()
-                for r in d.replicas("uls", svc)}  # fmt: skip
+        """Replica name -> container ID, of the replicas there now (one the controller
+        removes between the listing and its inspect is left out)."""
+        found = {r.name: lamina_cli(root, "inspect", "-f", "{{.Id}}", r.name)
+                 for r in d.replicas("uls", svc)}  # fmt: skip
+        return {name: r.stdout.strip() for name, r in found.items() if r.returncode == 0}
 
     before = {**ids("keep"), **ids("back")}
     lamina_ok(root, "stop", "uls-keep-1")
